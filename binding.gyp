@@ -7,7 +7,6 @@
         "native/crc32c.cc",
         "native/local_io.cc",
         "native/fuse_frontend.cc",
-        "native/loop_device.cc",
         "native/pipeline.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -1,1 +1,126 @@
+#include "local_io.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cassert>
+
+namespace nraid {
+
+LocalDisk* LocalDisk::open(const std::string& path, bool read_only, std::string* error) {
+  int flags = (read_only ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC;
+  // A block device opened O_EXCL cannot be opened O_EXCL or mounted by anyone else.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    int saved = errno;
+    *error = "stat " + path + ": " + strerror(saved);
+    errno = saved;
+    return nullptr;
+  }
+  bool block = S_ISBLK(st.st_mode);
+  if (!block && !S_ISREG(st.st_mode)) {
+    *error = path + " is neither a block device nor a regular file";
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (block && !read_only) flags |= O_EXCL;
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) {
+    int saved = errno;
+    *error = "open " + path + ": " + strerror(saved);
+    if (saved == EBUSY) *error += " (it is mounted or held by another program)";
+    errno = saved;
+    return nullptr;
+  }
+  auto* disk = new LocalDisk();
+  disk->path_ = path;
+  disk->fd_ = fd;
+  disk->is_block_device_ = block;
+  if (block) {
+    uint64_t size = 0;
+    int logical = 512;
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0 || ioctl(fd, BLKSSZGET, &logical) != 0) {
+      int saved = errno;
+      *error = "ioctl " + path + ": " + strerror(saved);
+      delete disk;
+      errno = saved;
+      return nullptr;
+    }
+    disk->size_bytes_ = size;
+    disk->logical_block_bytes_ = static_cast<uint32_t>(logical);
+  } else {
+    disk->size_bytes_ = static_cast<uint64_t>(st.st_size);
+    disk->logical_block_bytes_ = 512;
+  }
+  return disk;
+}
+
+LocalDisk::~LocalDisk() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+int LocalDisk::write(const void* data, uint64_t length_bytes, uint64_t offset_bytes) {
+  assert(reinterpret_cast<uintptr_t>(data) % logical_block_bytes_ == 0);
+  assert(length_bytes % logical_block_bytes_ == 0 && offset_bytes % logical_block_bytes_ == 0);
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < length_bytes) {
+    ssize_t n = ::pwrite(fd_, bytes + done, length_bytes - done, static_cast<off_t>(offset_bytes + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) return -EIO;
+    done += static_cast<uint64_t>(n);
+  }
+  return 0;
+}
+
+int LocalDisk::read(void* data, uint64_t length_bytes, uint64_t offset_bytes) {
+  assert(reinterpret_cast<uintptr_t>(data) % logical_block_bytes_ == 0);
+  assert(length_bytes % logical_block_bytes_ == 0 && offset_bytes % logical_block_bytes_ == 0);
+  auto* bytes = static_cast<uint8_t*>(data);
+  uint64_t done = 0;
+  while (done < length_bytes) {
+    ssize_t n = ::pread(fd_, bytes + done, length_bytes - done, static_cast<off_t>(offset_bytes + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) return -EIO;  // past the end: never expected inside the data area
+    done += static_cast<uint64_t>(n);
+  }
+  return 0;
+}
+
+int LocalDisk::flush() { return ::fdatasync(fd_) == 0 ? 0 : -errno; }
+
+int LocalDisk::discard(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (is_block_device_) {
+    uint64_t range[2] = {offset_bytes, length_bytes};
+    if (ioctl(fd_, BLKDISCARD, range) == 0) return 0;
+    // A device without discard support: the data may stay, which is allowed for a discard.
+    return errno == EOPNOTSUPP ? 0 : -errno;
+  }
+  int rc = ::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset_bytes),
+                       static_cast<off_t>(length_bytes));
+  return rc == 0 ? 0 : -errno;
+}
+
+int LocalDisk::zero_out(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (is_block_device_) {
+    uint64_t range[2] = {offset_bytes, length_bytes};
+    return ioctl(fd_, BLKZEROOUT, range) == 0 ? 0 : -errno;
+  }
+  int rc = ::fallocate(fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset_bytes),
+                       static_cast<off_t>(length_bytes));
+  return rc == 0 ? 0 : -errno;
+}
+
+}  // namespace nraid

@@ -1,0 +1,67 @@
+#pragma once
+// The FUSE frontend: a single-file filesystem served straight from /dev/fuse
+// (no libfuse), mounted with mount(2) onto a regular file. A direct-I/O loop
+// device on that file (set up by the control plane) is the exposed block
+// device. Each serving thread owns one aligned request buffer and carries one
+// request at a time into the pipeline, so nothing is allocated per request.
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "pipeline.h"
+
+namespace nraid {
+
+struct FrontendOptions {
+  std::string mount_path;  // an existing regular file; the volume appears there
+  std::string source;      // shown in /proc/mounts
+  uint32_t threads;
+  bool lock_memory;  // mlock buffers and stacks + PR_SET_IO_FLUSHER: no deadlock under reclaim
+};
+
+class FuseFrontend {
+ public:
+  FuseFrontend(Pipeline* pipeline, FrontendOptions options);
+  ~FuseFrontend();
+  FuseFrontend(const FuseFrontend&) = delete;
+  FuseFrontend& operator=(const FuseFrontend&) = delete;
+
+  // Opens /dev/fuse, allocates every buffer, starts the threads, mounts.
+  // Returns false and sets `error` on failure, leaving nothing behind.
+  bool start(std::string* error);
+  // Unmounts (lazily, so a stuck opener cannot block us), ends the connection
+  // and joins every thread. Safe to call twice.
+  void stop();
+
+  uint64_t requests_unknown() const { return requests_unknown_.load(std::memory_order_relaxed); }
+  bool initialized() const { return initialized_.load(std::memory_order_acquire); }
+
+ private:
+  struct Worker {
+    FuseFrontend* frontend = nullptr;
+    uint8_t* buffer = nullptr;  // kFuseBufferBytes + slack, kBlockBytes-aligned
+    void* stack = nullptr;
+    pthread_t thread{};
+    bool started = false;
+    std::atomic<bool> exited{false};
+  };
+  static void* run_worker(void* arg);
+  void serve(Worker* worker);
+  void handle(uint8_t* request, size_t request_bytes, uint8_t* buffer);
+  void reply(uint64_t unique, int error, const void* body, size_t body_bytes);
+  void reply_data(uint64_t unique, uint8_t* data_with_room, uint32_t data_bytes);
+
+  Pipeline* pipeline_;
+  FrontendOptions options_;
+  int fd_ = -1;
+  bool mounted_ = false;
+  std::vector<Worker> workers_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> initialized_{false};
+  std::atomic<uint64_t> requests_unknown_{0};
+};
+
+}  // namespace nraid

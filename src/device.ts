@@ -1,0 +1,187 @@
+/**
+ * The exposed device: the FUSE volume mounted on a file in the run directory,
+ * a direct-I/O loop device on it, and the configured path as a symlink to the
+ * loop device. Also the cleanup a daemon killed with -9 left behind.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ConfigError, DeviceBusyError } from './errors';
+import { attachLoop, detachLoop, loopBackingFile } from './loop';
+import { PipelineHandle, binding, isNativeError } from './native';
+
+export interface DeviceRecord {
+  pid: number;
+  mountPath: string;
+  loopDevice: string | null;
+  devicePath: string;
+}
+
+export interface ExposeOptions {
+  pipeline: PipelineHandle;
+  runDir: string;
+  devicePath: string;
+  source: string;
+  threads: number;
+  blockBytes: number;
+  lockMemory: boolean;
+}
+
+const RECORD_FILE = 'device.json';
+const MOUNT_FILE = 'volume';
+
+export function mountPathOf(runDir: string): string {
+  return path.join(runDir, MOUNT_FILE);
+}
+
+export function readRecord(runDir: string): DeviceRecord | null {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(runDir, RECORD_FILE), 'utf8')) as DeviceRecord;
+  } catch {
+    return null;
+  }
+}
+
+function writeRecord(runDir: string, record: DeviceRecord): void {
+  const file = path.join(runDir, RECORD_FILE);
+  fs.writeFileSync(`${file}.tmp`, JSON.stringify(record));
+  fs.renameSync(`${file}.tmp`, file);
+}
+
+function removeRecord(runDir: string): void {
+  fs.rmSync(path.join(runDir, RECORD_FILE), { force: true });
+}
+
+export function isMounted(mountPath: string): boolean {
+  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  return mounts.split('\n').some((line) => line.split(' ')[4] === mountPath);
+}
+
+/** Mounts the FUSE volume, attaches the loop device, links the device path. */
+export function exposeDevice(options: ExposeOptions): DeviceRecord {
+  const mountPath = mountPathOf(options.runDir);
+  checkDevicePathFree(options.devicePath);
+  fs.mkdirSync(options.runDir, { recursive: true, mode: 0o700 });
+  fs.writeFileSync(mountPath, '', { mode: 0o600 });
+  const record: DeviceRecord = { pid: process.pid, mountPath, loopDevice: null, devicePath: options.devicePath };
+  writeRecord(options.runDir, record);
+  binding.frontendStart(options.pipeline, {
+    mountPath,
+    source: options.source,
+    threads: options.threads,
+    lockMemory: options.lockMemory,
+  });
+  try {
+    record.loopDevice = attachLoop({ filePath: mountPath, blockBytes: options.blockBytes });
+    writeRecord(options.runDir, record);
+    fs.mkdirSync(path.dirname(options.devicePath), { recursive: true });
+    fs.rmSync(options.devicePath, { force: true });
+    fs.symlinkSync(record.loopDevice, options.devicePath);
+  } catch (error) {
+    if (record.loopDevice !== null) detachLoop(record.loopDevice);
+    binding.frontendStop(options.pipeline);
+    removeRecord(options.runDir);
+    throw error;
+  }
+  return record;
+}
+
+/** Refuses a device path that exists and is not a symlink nraid could have made. */
+function checkDevicePathFree(devicePath: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.lstatSync(devicePath);
+  } catch {
+    return;
+  }
+  if (!stat.isSymbolicLink()) {
+    throw new ConfigError(`device path ${devicePath} exists and is not a symlink made by nraid; choose another "device" in the config or remove it`);
+  }
+  const target = fs.readlinkSync(devicePath);
+  const backing = loopBackingFile(target);
+  if (backing !== null && isMounted(backing)) {
+    throw new ConfigError(
+      `device path ${devicePath} already points to ${target}, which another nraid volume (${backing}) serves; ` +
+        'two resources or nodes on one machine need different "device" paths',
+    );
+  }
+}
+
+/** Who holds the exposed device open, if anyone: a mount point, or null when it is free. */
+export function deviceHolder(loopDevice: string): string | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(loopDevice, fs.constants.O_RDONLY | fs.constants.O_EXCL);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EBUSY') return null;
+    const name = path.basename(loopDevice);
+    const mount = fs
+      .readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .map((line) => line.split(' '))
+      .find((fields) => fields[0] === loopDevice || fields[0] === `/dev/${name}`);
+    return mount ? `mounted at ${mount[1]}` : 'held open by a program (see fuser -v)';
+  }
+  fs.closeSync(fd);
+  return null;
+}
+
+/** Takes the device away. Refuses while it is open, so that no writer loses its disk. */
+export function unexposeDevice(record: DeviceRecord, pipeline: PipelineHandle, runDir: string): void {
+  if (record.loopDevice !== null) {
+    const holder = deviceHolder(record.loopDevice);
+    if (holder !== null) {
+      throw new DeviceBusyError(`device ${record.devicePath} (${record.loopDevice}) is in use: ${holder}; unmount or close it first`);
+    }
+    binding.pipelineFlush(pipeline);
+    detachLoop(record.loopDevice);
+  }
+  removeSymlinkTo(record.devicePath, record.loopDevice);
+  binding.frontendStop(pipeline);
+  removeRecord(runDir);
+}
+
+function removeSymlinkTo(devicePath: string, loopDevice: string | null): void {
+  try {
+    if (fs.lstatSync(devicePath).isSymbolicLink() && (loopDevice === null || fs.readlinkSync(devicePath) === loopDevice)) {
+      fs.rmSync(devicePath);
+    }
+  } catch {
+    // already gone
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * After kill -9 a daemon leaves a mount whose connection is gone, a loop
+ * device on it and the symlink. Removes what the record names, only if its
+ * process is dead and only what is still ours. Returns what it did.
+ */
+export function cleanupStale(runDir: string): string[] {
+  const record = readRecord(runDir);
+  const done: string[] = [];
+  const mountPath = record?.mountPath ?? mountPathOf(runDir);
+  if (record !== null && record.pid !== process.pid && processAlive(record.pid)) return done;
+  if (record?.loopDevice && loopBackingFile(record.loopDevice) === mountPath) {
+    detachLoop(record.loopDevice);
+    done.push(`detached stale loop device ${record.loopDevice}`);
+  }
+  if (record) removeSymlinkTo(record.devicePath, record.loopDevice);
+  if (isMounted(mountPath)) {
+    try {
+      binding.unmount(mountPath, true);
+      done.push(`unmounted stale FUSE volume ${mountPath}`);
+    } catch (error) {
+      if (!isNativeError(error) || error.code !== 'EINVAL') throw error;
+    }
+  }
+  if (record) removeRecord(runDir);
+  return done;
+}

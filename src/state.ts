@@ -1,0 +1,77 @@
+/** DESIGN.md §6: DRBD's vocabulary, which operators already read. */
+export type Role = 'Primary' | 'Secondary';
+export type PeerRole = Role | 'Unknown';
+export type ConnectionState =
+  | 'StandAlone'
+  | 'Connecting'
+  | 'Connected'
+  | 'Disconnecting'
+  | 'NetworkFailure'
+  | 'ProtocolError';
+export type ReplicationState =
+  | 'Off'
+  | 'Established'
+  | 'SyncSource'
+  | 'SyncTarget'
+  | 'PausedSyncS'
+  | 'PausedSyncT'
+  | 'VerifyS'
+  | 'VerifyT';
+export type DiskState = 'Diskless' | 'Attaching' | 'Inconsistent' | 'Outdated' | 'Consistent' | 'UpToDate';
+export type PeerDiskState = DiskState | 'DUnknown';
+
+/** What `status --json` prints and `events` streams. */
+export interface ResourceStatus {
+  resource: string;
+  node: string;
+  peer: string;
+  role: Role;
+  disk: DiskState;
+  connection: ConnectionState;
+  replication: ReplicationState;
+  peerRole: PeerRole;
+  peerDisk: PeerDiskState;
+  outOfSyncBytes: number;
+  protocol: 'A' | 'B' | 'C';
+  device: string;
+  exposed: boolean;
+  loopDevice: string | null;
+  backingDisk: string;
+  dataSizeBytes: number;
+  uuids: { current: string; bitmap: string; history: [string, string] };
+  writes: number;
+  writeBytes: number;
+  reads: number;
+  readBytes: number;
+  flushes: number;
+  ioErrors: number;
+  requestsInFlight: number;
+  pid: number;
+}
+
+/** One line per resource, in the style of DRBD's status. */
+export function statusLine(status: ResourceStatus): string {
+  const parts = [
+    status.resource,
+    `role:${status.role}`,
+    `disk:${status.disk}`,
+    `peer:${status.peerRole}`,
+    `peer-disk:${status.peerDisk}`,
+    `connection:${status.connection}`,
+    `replication:${status.replication}`,
+  ];
+  if (status.outOfSyncBytes > 0) parts.push(`out-of-sync:${formatBytes(status.outOfSyncBytes)}`);
+  if (status.exposed) parts.push(`device:${status.device}`);
+  return parts.join(' ');
+}
+
+export function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${unit === 0 ? value : value.toFixed(1)}${units[unit]}`;
+}

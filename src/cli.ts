@@ -1,0 +1,237 @@
+/**
+ * The `nraid` command. Commands that need the daemon talk to it over the
+ * admin socket; `create-md` and `up` work on the node directly.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { adminCall } from './admin';
+import { ParsedArgs, parseArgs, usage } from './cli/args';
+import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath } from './config';
+import { Daemon, adminSocketPath } from './daemon';
+import { BackingDisk } from './disk';
+import { AlreadyUpError, DiskError, NotRootError, NotUpError, NraidError, PrerequisiteError, UsageError } from './errors';
+import { jsonLogger } from './log';
+import { createMetadata } from './metadata';
+import { ResourceStatus, statusLine } from './state';
+
+const UP_READY_TIMEOUT_MS = 60_000;
+
+interface Context {
+  args: ParsedArgs;
+  config: ResourceConfig;
+  local: NodeConfig;
+}
+
+function out(line: string): void {
+  process.stdout.write(line + '\n');
+}
+
+function requireRoot(command: string): void {
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
+    throw new NotRootError(`nraid ${command} must run as root (it opens block devices, mounts FUSE and sets up loop devices); run it with sudo`);
+  }
+}
+
+function requireKernelSupport(): void {
+  if (!fs.existsSync('/dev/fuse')) {
+    throw new PrerequisiteError('no /dev/fuse: this kernel has no FUSE support; load the fuse module (modprobe fuse) or use a kernel with FUSE');
+  }
+  if (!fs.existsSync('/dev/loop-control')) {
+    throw new PrerequisiteError('no /dev/loop-control: this kernel has no loop device support; load the loop module (modprobe loop)');
+  }
+}
+
+function context(args: ParsedArgs): Context {
+  const configPath = resolveConfigPath(args.resource, args.configPath);
+  const config = loadConfig(configPath);
+  if (args.resource !== undefined && args.resource !== config.resource) {
+    throw new UsageError(`config ${configPath} is for resource "${config.resource}", not "${args.resource}"; check -c or the resource name`);
+  }
+  const { local } = localAndPeer(config, args.nodeName ?? os.hostname());
+  return { args, config, local };
+}
+
+async function callDaemon(ctx: Context, command: string, args: Record<string, unknown> = {}): Promise<unknown> {
+  try {
+    return await adminCall(adminSocketPath(ctx.local), command, args);
+  } catch (error) {
+    if (error instanceof NotUpError) {
+      throw new NotUpError(`resource ${ctx.config.resource} is not up on node ${ctx.local.name}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`);
+    }
+    throw error;
+  }
+}
+
+async function daemonAnswers(node: NodeConfig): Promise<ResourceStatus | null> {
+  try {
+    return (await adminCall(adminSocketPath(node), 'status', {}, undefined, 5_000)) as ResourceStatus;
+  } catch (error) {
+    if (error instanceof NotUpError) return null;
+    throw error;
+  }
+}
+
+async function createMd(ctx: Context): Promise<void> {
+  requireRoot('create-md');
+  if ((await daemonAnswers(ctx.local)) !== null) {
+    throw new AlreadyUpError(`resource ${ctx.config.resource} is up on node ${ctx.local.name}; run nraid down first: create-md never writes under a running daemon`);
+  }
+  const disk = BackingDisk.open(ctx.local.disk, { configKey: `nodes.${ctx.local.name}.disk in ${ctx.config.path}` });
+  try {
+    const sb = createMetadata(disk, { resource: ctx.config.resource, node: ctx.local.name, force: ctx.args.force });
+    out(`created nraid metadata on ${disk.path} for ${ctx.config.resource} (node ${ctx.local.name}): ${sb.dataSizeBytes} bytes of data`);
+  } finally {
+    disk.close();
+  }
+}
+
+async function up(ctx: Context): Promise<void> {
+  requireRoot('up');
+  requireKernelSupport();
+  if (!fs.existsSync(ctx.local.disk)) {
+    throw new DiskError(`backing device ${ctx.local.disk} does not exist (it may have vanished); check nodes.${ctx.local.name}.disk in ${ctx.config.path}`);
+  }
+  const running = await daemonAnswers(ctx.local);
+  if (running !== null) {
+    throw new AlreadyUpError(`resource ${ctx.config.resource} is already up on node ${ctx.local.name} (daemon pid ${running.pid}); nothing to do, or run nraid down first`);
+  }
+  if (ctx.args.foreground) return runForeground(ctx);
+  fs.mkdirSync(ctx.local.runDir, { recursive: true, mode: 0o700 });
+  const logPath = path.join(ctx.local.runDir, 'daemon.log');
+  const logFd = fs.openSync(logPath, 'a');
+  const child = spawn(
+    process.execPath,
+    [path.join(__dirname, '..', '..', 'bin', 'nraid'), 'up', '--foreground', '-c', ctx.config.path, '-n', ctx.local.name],
+    { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'] },
+  );
+  fs.closeSync(logFd);
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new NraidError(`the daemon did not report ready within ${UP_READY_TIMEOUT_MS} ms; see ${logPath}`)), UP_READY_TIMEOUT_MS);
+    child.once('message', (message: { ready?: boolean; error?: { code: string; message: string } }) => {
+      clearTimeout(timer);
+      if (message.ready) resolve();
+      else reject(Object.assign(new NraidError(message.error?.message ?? 'the daemon failed to start'), { code: message.error?.code }));
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new NraidError(`the daemon exited with code ${code} before it was ready; see ${logPath}`));
+    });
+  });
+  child.removeAllListeners();
+  child.disconnect();
+  child.unref();
+  out(`${ctx.config.resource} is up on node ${ctx.local.name} (daemon pid ${child.pid}, log ${logPath})`);
+}
+
+async function runForeground(ctx: Context): Promise<void> {
+  const log = jsonLogger({ resource: ctx.config.resource, node: ctx.local.name });
+  const daemon = new Daemon({ config: ctx.config, nodeName: ctx.local.name, log, lockMemory: process.env.NRAID_NO_MLOCK !== '1' });
+  try {
+    await daemon.start();
+  } catch (error) {
+    if (process.send) {
+      const e = error as NraidError;
+      process.send({ error: { code: e.code ?? 'NRAID_ERR_INTERNAL', message: e.message } });
+    }
+    throw error;
+  }
+  const onSignal = (signal: string) => {
+    log.info(`received ${signal}, going down`);
+    daemon.down().catch((error: Error) => log.error('down on signal failed', { error: error.message }));
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  if (process.send) {
+    process.send({ ready: true });
+    process.disconnect();
+  }
+  await daemon.whenStopped();
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
+}
+
+async function down(ctx: Context): Promise<void> {
+  requireRoot('down');
+  const status = (await callDaemon(ctx, 'status')) as ResourceStatus;
+  await callDaemon(ctx, 'down');
+  await waitForExit(status.pid);
+  out(`${ctx.config.resource} is down on node ${ctx.local.name}`);
+}
+
+async function waitForExit(pid: number, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new NraidError(`daemon pid ${pid} did not exit within ${timeoutMs} ms after down`);
+}
+
+async function status(ctx: Context): Promise<void> {
+  const result = (await callDaemon(ctx, 'status')) as ResourceStatus;
+  out(ctx.args.json ? JSON.stringify(result, null, 2) : statusLine(result));
+}
+
+async function role(ctx: Context, command: 'primary' | 'secondary'): Promise<void> {
+  requireRoot(command);
+  const result = (await callDaemon(ctx, command, { force: ctx.args.force })) as ResourceStatus;
+  out(statusLine(result));
+}
+
+async function events(ctx: Context): Promise<void> {
+  await adminCall(adminSocketPath(ctx.local), 'events', {}, (event) => out(JSON.stringify(event)), 0);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let json = argv.includes('--json');
+  try {
+    const args = parseArgs(argv);
+    json = args.json;
+    if (args.command === 'help' || args.help) {
+      out(usage(args.command === 'help' ? args.resource : args.command));
+      return 0;
+    }
+    if (args.command === 'demo') {
+      const { runDemo } = await import('./demo');
+      return await runDemo();
+    }
+    const ctx = context(args);
+    switch (args.command) {
+      case 'create-md':
+        await createMd(ctx);
+        break;
+      case 'up':
+        await up(ctx);
+        break;
+      case 'down':
+        await down(ctx);
+        break;
+      case 'primary':
+      case 'secondary':
+        await role(ctx, args.command);
+        break;
+      case 'status':
+        await status(ctx);
+        break;
+      case 'events':
+        await events(ctx);
+        break;
+      default:
+        throw new UsageError(`nraid ${args.command} is not available in this version; see nraid help`);
+    }
+    return 0;
+  } catch (error) {
+    const code = (error as NraidError).code ?? 'NRAID_ERR_INTERNAL';
+    const message = error instanceof Error ? error.message : String(error);
+    if (json) process.stdout.write(JSON.stringify({ error: { code, message } }) + '\n');
+    else process.stderr.write(`error: ${message} (${code})\n`);
+    if (!(error instanceof NraidError) && process.env.NRAID_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,94 @@
+#pragma once
+// The data-link frame (DESIGN.md §7, docs/CONTRACTS.md): a fixed 48-byte
+// little-endian header, then at most 1 MiB of payload. Every header carries
+// the crc32c of its payload and of itself; nothing unchecked is ever applied.
+#include <cstddef>
+#include <cstdint>
+
+#include "crc32c.h"
+#include "limits.h"
+
+namespace nraid {
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "frames are little endian on the wire and in memory");
+
+constexpr uint32_t kFrameMagic = 0x3144524E;  // "NRD1"
+
+enum FrameType : uint16_t {
+  kFrameWrite = 1,
+  kFrameDiscard = 2,
+  kFrameZeroes = 3,
+  kFrameBarrier = 4,
+  kFrameAckRecv = 5,
+  kFrameAckWrite = 6,
+  kFrameBarrierAck = 7,
+  kFrameRsData = 8,
+  kFrameRsRequest = 9,
+  kFrameRsIsInSync = 10,
+  kFrameOvRequest = 11,
+  kFrameOvReply = 12,
+  kFrameHello = 13,  // first frame each way: both sides' data planes are attached
+  kFrameTypeMax = 13,
+};
+
+enum FrameFlag : uint16_t {
+  kFlagWantRecvAck = 1 << 0,   // protocol B: ack on receipt
+  kFlagWantWriteAck = 1 << 1,  // always set on writes: the ack bounds lag and clears dirty tracking
+  kFlagResync = 1 << 2,        // the ack belongs to resync traffic
+};
+
+struct FrameHeader {
+  uint32_t magic;
+  uint16_t type;
+  uint16_t flags;
+  uint64_t seq;
+  uint64_t epoch;
+  uint64_t offset;
+  uint32_t length;
+  uint32_t payload_crc;
+  uint32_t request_id;  // the sender's slot, echoed in acks
+  uint32_t header_crc;
+};
+
+static_assert(sizeof(FrameHeader) == 48);
+static_assert(offsetof(FrameHeader, header_crc) == 44);
+
+inline bool frame_has_payload(uint16_t type) {
+  return type == kFrameWrite || type == kFrameRsData || type == kFrameOvReply;
+}
+
+inline void frame_seal(FrameHeader* header, const void* payload) {
+  header->magic = kFrameMagic;
+  header->payload_crc = frame_has_payload(header->type) ? crc32c(0, payload, header->length) : 0;
+  header->header_crc = crc32c(0, header, offsetof(FrameHeader, header_crc));
+}
+
+enum class FrameCheck { kOk, kBadMagic, kBadHeaderCrc, kBadType, kBadLength, kOutOfBounds };
+
+inline const char* frame_check_name(FrameCheck check) {
+  switch (check) {
+    case FrameCheck::kOk: return "ok";
+    case FrameCheck::kBadMagic: return "bad magic";
+    case FrameCheck::kBadHeaderCrc: return "bad header checksum";
+    case FrameCheck::kBadType: return "unknown frame type";
+    case FrameCheck::kBadLength: return "length over the limit";
+    case FrameCheck::kOutOfBounds: return "range outside the data area";
+  }
+  return "?";
+}
+
+// Checks everything the header alone can tell; the payload crc is checked after it is read.
+inline FrameCheck frame_check_header(const FrameHeader& header, uint64_t data_size_bytes) {
+  if (header.magic != kFrameMagic) return FrameCheck::kBadMagic;
+  if (crc32c(0, &header, offsetof(FrameHeader, header_crc)) != header.header_crc) return FrameCheck::kBadHeaderCrc;
+  if (header.type == 0 || header.type > kFrameTypeMax) return FrameCheck::kBadType;
+  if (frame_has_payload(header.type) && header.length > kRequestBytesMax) return FrameCheck::kBadLength;
+  bool ranged = header.type == kFrameWrite || header.type == kFrameRsData || header.type == kFrameDiscard ||
+                header.type == kFrameZeroes;
+  if (ranged && (header.offset > data_size_bytes || header.length > data_size_bytes - header.offset)) {
+    return FrameCheck::kOutOfBounds;
+  }
+  return FrameCheck::kOk;
+}
+
+}  // namespace nraid

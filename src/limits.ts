@@ -1,0 +1,148 @@
+/**
+ * Every bound the control plane uses, named once (after TigerStyle). The ones
+ * marked "mirrors native/limits.h" must equal their C++ twins; the relations
+ * between limits are asserted when this module loads, so a bad edit fails
+ * every test at once instead of one code path at run time.
+ */
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+
+// --- Blocks and requests --------------------------------------------------
+
+export const sectorBytes = 512;
+/** Alignment of every metadata read and write; mirrors native/limits.h kBlockBytes. */
+export const blockBytes = 4 * KiB;
+/** Largest request from the kernel and largest payload on the data link; mirrors kRequestBytesMax. */
+export const requestBytesMax = 1 * MiB;
+
+// --- Frontend threads (config key frontend-threads) ------------------------
+
+/** Mirrors native/limits.h kFrontendThreadsMin. */
+export const frontendThreadsMin = 1;
+/** Mirrors native/limits.h kFrontendThreadsDefault. */
+export const frontendThreadsDefault = 48;
+/** Mirrors native/limits.h kFrontendThreadsMax. */
+export const frontendThreadsMax = 128;
+
+// --- Internal metadata (DESIGN.md §2) --------------------------------------
+
+/** Data bytes covered by one bit of the dirty bitmap, by default. */
+export const bitmapGranularityBytes = 4 * KiB;
+export const bitmapGranularityBytesMin = blockBytes;
+export const bitmapGranularityBytesMax = 1 * MiB;
+/** The activity log names hot extents of this size; mirrors kActivityExtentBytes. */
+export const activityExtentBytes = 4 * MiB;
+export const activityLogBytes = 1 * MiB;
+export const superblockSlotBytes = 4 * KiB;
+/** Two slots: a torn write of one leaves the other intact. */
+export const superblockSlots = 2;
+export const superblockAreaBytes = superblockSlotBytes * superblockSlots;
+/** Bytes for the resource name and for the node name in the superblock (NUL-padded UTF-8). */
+export const superblockNameBytes = 64;
+/** Smallest data area nraid accepts. */
+export const dataSizeMinBytes = 4 * MiB;
+/** Largest single write when create-md zeroes the bitmap and the activity log. */
+export const metadataWriteChunkBytes = 1 * MiB;
+/** How much of the device head create-md reads to look for filesystem signatures. */
+export const signatureProbeBytes = 128 * KiB;
+
+// --- Names and paths --------------------------------------------------------
+
+/** Resource and node names: /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/. */
+export const nameCharsMax = 63;
+/** Linux PATH_MAX includes the terminating NUL. */
+export const pathBytesMax = 4095;
+/** RFC 1123: a hostname is at most 253 characters. */
+export const hostnameCharsMax = 253;
+export const portMin = 1;
+export const portMax = 65535;
+
+// --- Config file and its timing keys --------------------------------------
+
+/** A config file larger than this is not a config file. */
+export const configFileBytesMax = 1 * MiB;
+export const secretCharsMin = 8;
+export const secretCharsMax = 1024;
+
+export const pingIntervalMsMin = 100;
+export const pingIntervalMsDefault = 1000;
+export const pingIntervalMsMax = 60_000;
+
+/** Must also exceed ping-interval-ms (checked per file). */
+export const pingTimeoutMsMin = 200;
+export const pingTimeoutMsDefault = 5000;
+export const pingTimeoutMsMax = 300_000;
+
+/** Base of the reconnect backoff. */
+export const connectRetryMsMin = 10;
+export const connectRetryMsDefault = 500;
+export const connectRetryMsMax = 10_000;
+/** Ceiling of the reconnect backoff that starts at connect-retry-ms. */
+export const connectRetryBackoffMsMax = 60_000;
+
+/** Protocol A: how far the peer may fall behind before writes wait. */
+export const maxLagBytesMin = requestBytesMax;
+export const maxLagBytesDefault = 64 * MiB;
+export const maxLagBytesMax = 16 * GiB;
+
+export const maxLagMsMin = 10;
+export const maxLagMsDefault = 2000;
+export const maxLagMsMax = 600_000;
+
+// --- Messages ----------------------------------------------------------------
+
+/** One msgpack frame on the admin socket (CLI <-> daemon). */
+export const adminFrameBytesMax = 1 * MiB;
+/** One protobuf message on the control link; a bitmap exchange is chunked below this. */
+export const controlMessageBytesMax = 16 * MiB;
+
+// --- Relations ------------------------------------------------------------------
+
+function check(condition: boolean, relation: string): void {
+  if (!condition) throw new Error(`src/limits.ts: broken relation: ${relation}`);
+}
+
+function isPowerOfTwo(n: number): boolean {
+  return Number.isSafeInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+check(blockBytes % sectorBytes === 0, 'blockBytes is a multiple of sectorBytes');
+check(requestBytesMax % blockBytes === 0, 'requestBytesMax is a multiple of blockBytes');
+check(
+  frontendThreadsMin <= frontendThreadsDefault && frontendThreadsDefault <= frontendThreadsMax,
+  'frontendThreadsMin <= frontendThreadsDefault <= frontendThreadsMax',
+);
+check(isPowerOfTwo(bitmapGranularityBytes), 'bitmapGranularityBytes is a power of two');
+check(
+  bitmapGranularityBytesMin <= bitmapGranularityBytes && bitmapGranularityBytes <= bitmapGranularityBytesMax,
+  'bitmapGranularityBytes within its bounds',
+);
+check(bitmapGranularityBytesMin % blockBytes === 0, 'bitmap granularity is whole blocks');
+check(activityExtentBytes % requestBytesMax === 0, 'activityExtentBytes is a multiple of requestBytesMax');
+check(activityExtentBytes % bitmapGranularityBytesMax === 0, 'an activity extent is whole bitmap bits');
+check(activityLogBytes % blockBytes === 0, 'activityLogBytes is a multiple of blockBytes');
+check(superblockSlotBytes === blockBytes, 'a superblock slot is one block');
+check(superblockSlots === 2, 'two superblock slots');
+check(superblockNameBytes * 2 < superblockSlotBytes, 'names fit in a superblock slot');
+check(dataSizeMinBytes % activityExtentBytes === 0, 'dataSizeMinBytes is whole activity extents');
+check(metadataWriteChunkBytes % blockBytes === 0, 'metadataWriteChunkBytes is a multiple of blockBytes');
+check(signatureProbeBytes % blockBytes === 0, 'signatureProbeBytes is a multiple of blockBytes');
+check(signatureProbeBytes <= dataSizeMinBytes, 'the signature probe stays inside the data area');
+check(pingIntervalMsMin <= pingIntervalMsDefault && pingIntervalMsDefault <= pingIntervalMsMax, 'ping interval default in bounds');
+check(pingTimeoutMsMin <= pingTimeoutMsDefault && pingTimeoutMsDefault <= pingTimeoutMsMax, 'ping timeout default in bounds');
+check(pingTimeoutMsDefault > pingIntervalMsDefault, 'default ping timeout exceeds default ping interval');
+check(pingTimeoutMsMin > pingIntervalMsMin, 'smallest ping timeout exceeds smallest ping interval');
+check(pingTimeoutMsMax > pingIntervalMsMax, 'largest ping timeout exceeds largest ping interval');
+check(connectRetryMsMin <= connectRetryMsDefault && connectRetryMsDefault <= connectRetryMsMax, 'connect retry default in bounds');
+check(connectRetryMsMax <= connectRetryBackoffMsMax, 'backoff ceiling at or above its largest base');
+check(maxLagBytesMin <= maxLagBytesDefault && maxLagBytesDefault <= maxLagBytesMax, 'max lag bytes default in bounds');
+check(maxLagBytesMin >= requestBytesMax, 'protocol A can hold at least one request in flight');
+check(Number.isSafeInteger(maxLagBytesMax), 'max lag bytes is a safe integer');
+check(maxLagMsMin <= maxLagMsDefault && maxLagMsDefault <= maxLagMsMax, 'max lag ms default in bounds');
+check(portMin === 1 && portMax === 65535, 'TCP ports');
+check(secretCharsMin <= secretCharsMax, 'secret length bounds');
+check(controlMessageBytesMax >= requestBytesMax, 'a control message can carry a request-sized chunk');
+check(adminFrameBytesMax <= controlMessageBytesMax, 'admin frames are not larger than control messages');
+check(configFileBytesMax >= 4 * KiB, 'a config file can hold a real config');

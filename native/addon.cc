@@ -4,10 +4,15 @@
 // a JavaScript value.
 #include <napi.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/mount.h>
 
+#include <algorithm>
+#include <atomic>
 #include <memory>
+#include <vector>
 #include <string>
 
 #include "crc32c.h"
@@ -160,6 +165,14 @@ Napi::Value DiskClose(const Napi::CallbackInfo& info) {
 struct PipelineBox {
   std::unique_ptr<Pipeline> pipeline;
   std::unique_ptr<FuseFrontend> frontend;
+  Napi::ThreadSafeFunction events;
+  std::atomic<uint64_t> events_dropped{0};
+  bool events_live = false;
+};
+
+struct Event {
+  std::string type;
+  std::string detail;
 };
 
 Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
@@ -168,11 +181,33 @@ Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
   if (!info[1].IsObject()) throw Napi::TypeError::New(env, "pipelineCreate: expected options");
   auto options = info[1].As<Napi::Object>();
   uint64_t data_size_bytes = get_u64(options.Get("dataSizeBytes"), "dataSizeBytes");
+  uint64_t granularity_bytes = get_u64(options.Get("bitmapGranularityBytes"), "bitmapGranularityBytes");
   if (data_size_bytes == 0 || data_size_bytes % nraid::kBlockBytes != 0 || data_size_bytes > disk->size_bytes()) {
     throw Napi::RangeError::New(env, "pipelineCreate: dataSizeBytes must be a multiple of 4096 within the disk");
   }
+  if (granularity_bytes < nraid::kBlockBytes || (granularity_bytes & (granularity_bytes - 1)) != 0) {
+    throw Napi::RangeError::New(env, "pipelineCreate: bitmapGranularityBytes must be a power of two, at least 4096");
+  }
+  if (!options.Get("onEvent").IsFunction()) throw Napi::TypeError::New(env, "pipelineCreate: expected onEvent");
   auto* box = new PipelineBox();
-  box->pipeline = std::make_unique<Pipeline>(disk, data_size_bytes);
+  // One threadsafe function per pipeline with a bounded queue: native threads
+  // never block on JavaScript; an event that does not fit is counted and dropped.
+  box->events = Napi::ThreadSafeFunction::New(env, options.Get("onEvent").As<Napi::Function>(), "nraid-events",
+                                              nraid::kEventQueueMax, 1);
+  box->events.Unref(env);
+  box->events_live = true;
+  nraid::EventSink sink = [box](const std::string& type, const std::string& detail) {
+    auto* event = new Event{type, detail};
+    napi_status status = box->events.NonBlockingCall(event, [](Napi::Env env, Napi::Function callback, Event* e) {
+      callback.Call({Napi::String::New(env, e->type), Napi::String::New(env, e->detail)});
+      delete e;
+    });
+    if (status != napi_ok) {
+      delete event;
+      box->events_dropped.fetch_add(1, std::memory_order_relaxed);
+    }
+  };
+  box->pipeline = std::make_unique<Pipeline>(disk, data_size_bytes, static_cast<uint32_t>(granularity_bytes), sink);
   return wrap(env, box);
 }
 
@@ -199,6 +234,29 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("sequence", box->pipeline->sequence());
   set("epoch", box->pipeline->epoch());
   set("frontendUnknownRequests", box->frontend ? box->frontend->requests_unknown() : 0);
+  set("replicatedWrites", c.replicated_writes.load());
+  set("dirtyWrites", c.dirty_writes.load());
+  const auto& l = box->pipeline->link_counters();
+  set("framesSent", l.frames_sent.load());
+  set("bytesSent", l.bytes_sent.load());
+  set("bytesAcked", l.bytes_acked.load());
+  set("lagBytes", l.lag_bytes.load());
+  uint64_t oldest = l.lag_oldest_us.load();
+  set("lagUs", oldest == 0 ? 0 : nraid::monotonic_us() - std::min(oldest, nraid::monotonic_us()));
+  set("framesInFlight", l.frames_in_flight.load());
+  set("framesReceived", l.frames_received.load());
+  set("bytesReceived", l.bytes_received.load());
+  set("bytesApplied", l.bytes_applied.load());
+  set("checksumErrors", l.checksum_errors.load());
+  set("protocolErrors", l.protocol_errors.load());
+  set("resyncBytesDone", l.resync_bytes_done.load());
+  set("linkFailures", l.link_failures.load());
+  set("eventsDropped", box->events_dropped.load());
+  auto& bitmap = box->pipeline->bitmap();
+  set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
+  result.Set("linkAttached", Napi::Boolean::New(env, box->pipeline->link_attached()));
+  result.Set("linkFailed", Napi::Boolean::New(env, box->pipeline->link_failed()));
+  result.Set("resyncRunning", Napi::Boolean::New(env, box->pipeline->resync_running()));
   return result;
 }
 
@@ -240,9 +298,104 @@ Napi::Value FrontendStop(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+nraid::Protocol parse_protocol(Napi::Env env, const Napi::Value& value) {
+  std::string name = value.IsString() ? value.As<Napi::String>().Utf8Value() : "";
+  if (name == "A") return nraid::Protocol::kA;
+  if (name == "B") return nraid::Protocol::kB;
+  if (name == "C") return nraid::Protocol::kC;
+  throw Napi::TypeError::New(env, "protocol must be \"A\", \"B\" or \"C\"");
+}
+
+// Takes a connected TCP socket's descriptor (dup()ed: JavaScript closes its own).
+Napi::Value LinkAttach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (!info[1].IsNumber() || !info[2].IsObject()) throw Napi::TypeError::New(env, "linkAttach: expected (pipeline, fd, options)");
+  int fd = info[1].As<Napi::Number>().Int32Value();
+  auto options = info[2].As<Napi::Object>();
+  std::string mode = options.Get("mode").As<Napi::String>();
+  bool hello_first = options.Get("sendHelloFirst").ToBoolean();
+  int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (own < 0) throw errno_error(env, errno, std::string("linkAttach: dup: ") + strerror(errno));
+  if (mode == "source") {
+    nraid::ReplicatorOptions replicator_options;
+    replicator_options.protocol = parse_protocol(env, options.Get("protocol"));
+    replicator_options.max_lag_bytes = get_u64(options.Get("maxLagBytes"), "maxLagBytes");
+    replicator_options.max_lag_us = get_u64(options.Get("maxLagMs"), "maxLagMs") * 1000;
+    replicator_options.send_hello_first = hello_first;
+    box->pipeline->attach_source(own, replicator_options);
+  } else if (mode == "target") {
+    box->pipeline->attach_target(own, hello_first);
+  } else {
+    ::close(own);
+    throw Napi::TypeError::New(env, "linkAttach: mode must be \"source\" or \"target\"");
+  }
+  return env.Undefined();
+}
+
+Napi::Value LinkDetach(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  std::string reason = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "detached";
+  box->pipeline->detach(reason);
+  return info.Env().Undefined();
+}
+
+Napi::Value SetProtocol(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  box->pipeline->set_protocol(parse_protocol(info.Env(), info[1]));
+  return info.Env().Undefined();
+}
+
+Napi::Value ResyncStart(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  return Napi::Boolean::New(info.Env(), box->pipeline->start_resync());
+}
+
+// The bitmap as little-endian 64-bit words, the layout of the on-disk bitmap area.
+Napi::Value BitmapGet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  auto& bitmap = box->pipeline->bitmap();
+  auto buffer = Napi::Buffer<uint8_t>::New(env, bitmap.words() * 8);
+  bitmap.snapshot(reinterpret_cast<uint64_t*>(buffer.Data()));
+  return buffer;
+}
+
+// mode "replace", "merge" (OR) or "all" (every bit set: a full sync).
+Napi::Value BitmapSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  auto& bitmap = box->pipeline->bitmap();
+  std::string mode = info[1].As<Napi::String>();
+  if (mode == "all") {
+    bitmap.set_range(0, box->pipeline->data_size_bytes());
+    return env.Undefined();
+  }
+  if (!info[2].IsTypedArray()) throw Napi::TypeError::New(env, "bitmapSet: expected a Uint8Array");
+  auto data = info[2].As<Napi::Uint8Array>();
+  if (data.ByteLength() < bitmap.words() * 8) {
+    throw Napi::RangeError::New(env, "bitmapSet: expected " + std::to_string(bitmap.words() * 8) + " bytes, found " +
+                                         std::to_string(data.ByteLength()));
+  }
+  std::vector<uint64_t> words(bitmap.words());
+  memcpy(words.data(), data.Data(), words.size() * 8);
+  // Bits past the end of the data never count.
+  uint64_t tail_bits = bitmap.bits() % 64;
+  if (tail_bits != 0) words.back() &= (1ull << tail_bits) - 1;
+  if (mode == "merge") bitmap.merge(words.data());
+  else if (mode == "replace") bitmap.load(words.data());
+  else throw Napi::TypeError::New(env, "bitmapSet: mode must be replace, merge or all");
+  return env.Undefined();
+}
+
 Napi::Value PipelineDestroy(const Napi::CallbackInfo& info) {
   auto* handle = unwrap<PipelineBox>(info, 0, "pipeline");
   if (handle->object->frontend) handle->object->frontend->stop();
+  handle->object->pipeline->detach("closed");
+  if (handle->object->events_live) {
+    handle->object->events.Release();
+    handle->object->events_live = false;
+  }
   delete handle->object;
   handle->object = nullptr;
   return info.Env().Undefined();
@@ -279,6 +432,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("frontendStart", Napi::Function::New(env, FrontendStart));
   exports.Set("frontendStop", Napi::Function::New(env, FrontendStop));
   exports.Set("unmount", Napi::Function::New(env, Unmount));
+  exports.Set("linkAttach", Napi::Function::New(env, LinkAttach));
+  exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));
+  exports.Set("setProtocol", Napi::Function::New(env, SetProtocol));
+  exports.Set("resyncStart", Napi::Function::New(env, ResyncStart));
+  exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
+  exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
   auto limits = Napi::Object::New(env);
   limits.Set("blockBytes", nraid::kBlockBytes);
   limits.Set("requestBytesMax", nraid::kRequestBytesMax);

@@ -86,8 +86,10 @@ bool FuseFrontend::start(std::string* error) {
     return false;
   }
   workers_ = std::vector<Worker>(options_.threads);
-  for (auto& worker : workers_) {
+  for (uint32_t i = 0; i < options_.threads; i++) {
+    Worker& worker = workers_[i];
     worker.frontend = this;
+    worker.slot = i;
     void* buffer = nullptr;
     if (posix_memalign(&buffer, kBlockBytes, kWorkerBufferBytes) != 0) {
       *error = "cannot allocate the frontend's request buffers";
@@ -200,7 +202,7 @@ void FuseFrontend::serve(Worker* worker) {
       break;  // ENODEV: unmounted or aborted
     }
     if (static_cast<size_t>(n) < sizeof(fuse_in_header)) continue;
-    handle(request, static_cast<size_t>(n), worker->buffer);
+    handle(worker->slot, request, static_cast<size_t>(n), worker->buffer);
   }
 }
 
@@ -225,7 +227,7 @@ void FuseFrontend::reply_data(uint64_t unique, uint8_t* data, uint32_t data_byte
   }
 }
 
-void FuseFrontend::handle(uint8_t* request, size_t request_bytes, uint8_t* buffer) {
+void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes, uint8_t* buffer) {
   auto* in = reinterpret_cast<fuse_in_header*>(request);
   const uint8_t* arg = request + sizeof(fuse_in_header);
   const uint64_t size_bytes = pipeline_->data_size_bytes();
@@ -259,7 +261,7 @@ void FuseFrontend::handle(uint8_t* request, size_t request_bytes, uint8_t* buffe
       }
       uint8_t* data = buffer + kFuseHeaderRoomBytes;
       assert(request + kWriteHeaderBytes == data);
-      int rc = pipeline_->write(data, write_in->size, write_in->offset);
+      int rc = pipeline_->write(slot, data, write_in->size, write_in->offset);
       fuse_write_out out{};
       out.size = write_in->size;
       reply(in->unique, rc, &out, sizeof(out));
@@ -297,9 +299,9 @@ void FuseFrontend::handle(uint8_t* request, size_t request_bytes, uint8_t* buffe
       if (offset > size_bytes || length > size_bytes - offset) {
         rc = -EINVAL;
       } else if (mode == FALLOC_FL_PUNCH_HOLE) {
-        rc = pipeline_->discard(offset, length);
+        rc = pipeline_->discard(slot, offset, length);
       } else if (mode == FALLOC_FL_ZERO_RANGE) {
-        rc = pipeline_->zero_out(offset, length);
+        rc = pipeline_->zero_out(slot, offset, length);
       } else if (mode == 0) {
         rc = 0;  // the volume is fully allocated already
       } else {

@@ -42,6 +42,7 @@ class FuseFrontend {
  private:
   struct Worker {
     FuseFrontend* frontend = nullptr;
+    uint32_t slot = 0;  // this thread's slot in the pipeline
     uint8_t* buffer = nullptr;  // kFuseBufferBytes + slack, kBlockBytes-aligned
     void* stack = nullptr;
     pthread_t thread{};
@@ -50,7 +51,7 @@ class FuseFrontend {
   };
   static void* run_worker(void* arg);
   void serve(Worker* worker);
-  void handle(uint8_t* request, size_t request_bytes, uint8_t* buffer);
+  void handle(uint32_t slot, uint8_t* request, size_t request_bytes, uint8_t* buffer);
   void reply(uint64_t unique, int error, const void* body, size_t body_bytes);
   void reply_data(uint64_t unique, uint8_t* data_with_room, uint32_t data_bytes);
 

@@ -31,3 +31,29 @@ static_assert(kFuseCongestionThreshold < kFuseMaxBackground);
 static_assert(kActivityExtentBytes % kRequestBytesMax == 0);
 
 }  // namespace nraid
+
+namespace nraid {
+
+// Replication. Slots: one per frontend thread, plus the resync engine's.
+constexpr uint32_t kSlotsMax = kFrontendThreadsMax + 1;
+constexpr uint32_t kResyncSlot = kFrontendThreadsMax;
+// Frames queued for the sender thread: every slot can have one queued, plus barriers.
+constexpr uint32_t kSendQueueEntries = 512;
+// Frames sent and not yet acknowledged as written (bounded by span of sequence numbers).
+constexpr uint32_t kUnackedEntries = 8192;
+// Target side: payload buffers in flight (the receive window), and apply threads.
+constexpr uint32_t kApplyBuffers = 64;
+constexpr uint32_t kApplyThreads = 16;
+// Resync: chunks read from disk and in flight to the peer.
+constexpr uint32_t kResyncChunkBytes = kRequestBytesMax;
+constexpr uint32_t kResyncWindowChunks = 8;
+constexpr uint32_t kSocketBufferBytes = 4u << 20;
+// Events queued to JavaScript before new ones are dropped (and counted).
+constexpr uint32_t kEventQueueMax = 256;
+
+static_assert(kSendQueueEntries >= kSlotsMax + kResyncWindowChunks + 64);
+static_assert(kUnackedEntries >= kSendQueueEntries);
+static_assert(kApplyBuffers >= kApplyThreads);
+static_assert(kResyncChunkBytes <= kRequestBytesMax);
+
+}  // namespace nraid

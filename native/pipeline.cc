@@ -3,7 +3,7 @@
 #include <errno.h>
 
 #include <cassert>
-#include <chrono>
+#include <mutex>
 
 #include "limits.h"
 
@@ -21,18 +21,16 @@ class InFlight {
   std::atomic<uint64_t>& counter_;
 };
 
-uint64_t now_us() {
-  using namespace std::chrono;
-  return static_cast<uint64_t>(duration_cast<microseconds>(steady_clock::now().time_since_epoch()).count());
-}
-
 }  // namespace
 
-Pipeline::Pipeline(LocalDisk* disk, uint64_t data_size_bytes) : disk_(disk), data_size_bytes_(data_size_bytes) {
+Pipeline::Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granularity_bytes, EventSink sink)
+    : disk_(disk), data_size_bytes_(data_size_bytes), sink_(std::move(sink)), bitmap_(data_size_bytes, granularity_bytes) {
   assert(disk_ != nullptr);
   assert(data_size_bytes_ % kBlockBytes == 0);
   assert(data_size_bytes_ <= disk_->size_bytes());
 }
+
+Pipeline::~Pipeline() { detach("closed"); }
 
 bool Pipeline::in_bounds(uint64_t offset_bytes, uint64_t length_bytes) const {
   return offset_bytes <= data_size_bytes_ && length_bytes <= data_size_bytes_ - offset_bytes;
@@ -43,16 +41,45 @@ int Pipeline::count_error(int rc) {
   return rc;
 }
 
-int Pipeline::write(const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) {
+// The local I/O and the network send start together; the request completes
+// when the local I/O is done and the peer is as far as the protocol asks.
+template <typename LocalIo>
+int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length, uint64_t offset,
+                        LocalIo local_io) {
+  sequence_.fetch_add(1, std::memory_order_relaxed);
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  Replicator* replicator = replicator_.get();
+  if (replicator == nullptr || replicator->failed()) {
+    bitmap_.set_range(offset, length);  // no peer: the region differs from it now
+    counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
+    return local_io();
+  }
+  replicator->region_enter(slot, offset, length);
+  bool queued = replicator->submit(slot, type, data, length, offset);
+  if (!queued) {
+    bitmap_.set_range(offset, length);
+    counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
+  }
+  int rc = local_io();
+  replicator->region_leave(slot);
+  if (queued) {
+    replicator->wait(slot);
+    counters_.replicated_writes.fetch_add(1, std::memory_order_relaxed);
+  }
+  return rc;
+}
+
+int Pipeline::write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) {
   assert(length_bytes <= kRequestBytesMax);
+  assert(slot < kSlotsMax);
   if (!in_bounds(offset_bytes, length_bytes)) return -ENOSPC;
   InFlight in_flight(counters_.requests_in_flight);
-  uint64_t start_us = now_us();
-  sequence_.fetch_add(1, std::memory_order_relaxed);
-  int rc = disk_->write(data, length_bytes, offset_bytes);
+  uint64_t start_us = monotonic_us();
+  int rc = replicate(slot, kFrameWrite, data, length_bytes, offset_bytes,
+                     [&] { return disk_->write(data, length_bytes, offset_bytes); });
   counters_.writes.fetch_add(1, std::memory_order_relaxed);
   counters_.write_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
-  counters_.write_latency_us_total.fetch_add(now_us() - start_us, std::memory_order_relaxed);
+  counters_.write_latency_us_total.fetch_add(monotonic_us() - start_us, std::memory_order_relaxed);
   return count_error(rc);
 }
 
@@ -70,25 +97,96 @@ int Pipeline::flush() {
   InFlight in_flight(counters_.requests_in_flight);
   epoch_.fetch_add(1, std::memory_order_relaxed);
   counters_.flushes.fetch_add(1, std::memory_order_relaxed);
-  return count_error(disk_->flush());
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  int rc = disk_->flush();
+  if (replicator_ != nullptr && !replicator_->failed()) replicator_->barrier();
+  return count_error(rc);
 }
 
-int Pipeline::discard(uint64_t offset_bytes, uint64_t length_bytes) {
+int Pipeline::discard(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes) {
   if (!in_bounds(offset_bytes, length_bytes)) return -EINVAL;
   InFlight in_flight(counters_.requests_in_flight);
-  sequence_.fetch_add(1, std::memory_order_relaxed);
   counters_.discards.fetch_add(1, std::memory_order_relaxed);
   counters_.discard_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
-  return count_error(disk_->discard(offset_bytes, length_bytes));
+  int rc = 0;
+  // A frame's length is 32 bits: long discards go in pieces.
+  for (uint64_t done = 0; done < length_bytes && rc == 0;) {
+    uint64_t piece = std::min<uint64_t>(length_bytes - done, 1ull << 30);
+    rc = replicate(slot, kFrameDiscard, nullptr, static_cast<uint32_t>(piece), offset_bytes + done,
+                   [&] { return disk_->discard(offset_bytes + done, piece); });
+    done += piece;
+  }
+  return count_error(rc);
 }
 
-int Pipeline::zero_out(uint64_t offset_bytes, uint64_t length_bytes) {
+int Pipeline::zero_out(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes) {
   if (!in_bounds(offset_bytes, length_bytes)) return -EINVAL;
   InFlight in_flight(counters_.requests_in_flight);
-  sequence_.fetch_add(1, std::memory_order_relaxed);
   counters_.zeroes.fetch_add(1, std::memory_order_relaxed);
   counters_.zero_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
-  return count_error(disk_->zero_out(offset_bytes, length_bytes));
+  int rc = 0;
+  for (uint64_t done = 0; done < length_bytes && rc == 0;) {
+    uint64_t piece = std::min<uint64_t>(length_bytes - done, 1ull << 30);
+    rc = replicate(slot, kFrameZeroes, nullptr, static_cast<uint32_t>(piece), offset_bytes + done,
+                   [&] { return disk_->zero_out(offset_bytes + done, piece); });
+    done += piece;
+  }
+  return count_error(rc);
+}
+
+void Pipeline::attach_source(int fd, const ReplicatorOptions& options) {
+  detach("replaced");
+  auto replicator = std::make_unique<Replicator>(disk_, &bitmap_, data_size_bytes_, &link_counters_, sink_);
+  replicator->start(fd, options);
+  std::unique_lock<std::shared_mutex> lock(link_mutex_);
+  replicator_ = std::move(replicator);
+}
+
+void Pipeline::attach_target(int fd, bool send_hello_first) {
+  detach("replaced");
+  auto applier = std::make_unique<Applier>(disk_, data_size_bytes_, &link_counters_, sink_);
+  applier->start(fd, send_hello_first);
+  std::unique_lock<std::shared_mutex> lock(link_mutex_);
+  applier_ = std::move(applier);
+}
+
+void Pipeline::detach(const std::string& reason) {
+  // Fail first, so that every waiting writer lets go of the shared lock.
+  {
+    std::shared_lock<std::shared_mutex> lock(link_mutex_);
+    if (replicator_) replicator_->stop(reason);
+    if (applier_) applier_->stop(reason);
+  }
+  std::unique_lock<std::shared_mutex> lock(link_mutex_);
+  replicator_.reset();
+  applier_.reset();
+}
+
+bool Pipeline::link_attached() const {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  return replicator_ != nullptr || applier_ != nullptr;
+}
+
+bool Pipeline::link_failed() const {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  return (replicator_ != nullptr && replicator_->failed()) || (applier_ != nullptr && applier_->failed());
+}
+
+void Pipeline::set_protocol(Protocol protocol) {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (replicator_) replicator_->set_protocol(protocol);
+}
+
+bool Pipeline::start_resync() {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (!replicator_ || replicator_->failed()) return false;
+  replicator_->start_resync();
+  return true;
+}
+
+bool Pipeline::resync_running() const {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  return replicator_ != nullptr && replicator_->resync_running();
 }
 
 }  // namespace nraid

@@ -1,11 +1,18 @@
 #pragma once
 // The write pipeline: every request of the exposed device passes here on its
-// way to the backing device (and, with a peer, to the peer). Called from the
-// frontend threads, blocking; never from JavaScript per request.
+// way to the backing device and, with a peer, to the peer. Called from the
+// frontend threads (each with its own slot), blocking; never from JavaScript
+// per request.
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <shared_mutex>
 
+#include "applier.h"
+#include "bitmap.h"
+#include "link_io.h"
 #include "local_io.h"
+#include "replicator.h"
 
 namespace nraid {
 
@@ -22,38 +29,61 @@ struct PipelineCounters {
   std::atomic<uint64_t> io_errors{0};
   std::atomic<uint64_t> requests_in_flight{0};
   std::atomic<uint64_t> write_latency_us_total{0};
+  std::atomic<uint64_t> replicated_writes{0};
+  std::atomic<uint64_t> dirty_writes{0};  // written with no peer: tracked in the bitmap
 };
 
 class Pipeline {
  public:
-  Pipeline(LocalDisk* disk, uint64_t data_size_bytes);
+  Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granularity_bytes, EventSink sink);
+  ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
 
   // Each returns 0 or a negative errno for the kernel. `data` is block-aligned.
-  int write(const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
+  int write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
   int read(uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
-  // Closes the epoch: everything completed before is durable when this returns 0.
+  // Closes the epoch: everything completed before is durable here and, under
+  // protocols B and C, on the peer when this returns 0.
   int flush();
-  int discard(uint64_t offset_bytes, uint64_t length_bytes);
-  int zero_out(uint64_t offset_bytes, uint64_t length_bytes);
+  int discard(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
+  int zero_out(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
 
+  // The data link: this node sends (source) or applies (target). One at a time.
+  void attach_source(int fd, const ReplicatorOptions& options);
+  void attach_target(int fd, bool send_hello_first);
+  void detach(const std::string& reason);
+  bool link_attached() const;
+  bool link_failed() const;
+  void set_protocol(Protocol protocol);
+  bool start_resync();
+  bool resync_running() const;
+
+  Bitmap& bitmap() { return bitmap_; }
   uint64_t data_size_bytes() const { return data_size_bytes_; }
   const PipelineCounters& counters() const { return counters_; }
+  const LinkCounters& link_counters() const { return link_counters_; }
   uint64_t sequence() const { return sequence_.load(std::memory_order_relaxed); }
   uint64_t epoch() const { return epoch_.load(std::memory_order_relaxed); }
 
  private:
   bool in_bounds(uint64_t offset_bytes, uint64_t length_bytes) const;
   int count_error(int rc);
+  template <typename LocalIo>
+  int replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length, uint64_t offset, LocalIo local_io);
 
   LocalDisk* disk_;
   const uint64_t data_size_bytes_;
-  // Every write, discard and zeroing gets the next sequence number and the
-  // current epoch; a flush closes the epoch. The peer applies in this order.
+  EventSink sink_;
+  Bitmap bitmap_;
   std::atomic<uint64_t> sequence_{0};
   std::atomic<uint64_t> epoch_{1};
   PipelineCounters counters_;
+  LinkCounters link_counters_;
+  // Writers hold it shared for the whole request; attach and detach hold it exclusively.
+  mutable std::shared_mutex link_mutex_;
+  std::unique_ptr<Replicator> replicator_;
+  std::unique_ptr<Applier> applier_;
 };
 
 }  // namespace nraid

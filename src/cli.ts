@@ -222,6 +222,14 @@ export async function main(argv: string[]): Promise<number> {
       case 'events':
         await events(ctx);
         break;
+      case 'connect':
+      case 'disconnect':
+      case 'adjust': {
+        requireRoot(args.command);
+        const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;
+        out(statusLine(result));
+        break;
+      }
       default:
         throw new UsageError(`nraid ${args.command} is not available in this version; see nraid help`);
     }

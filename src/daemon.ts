@@ -7,15 +7,24 @@ import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
+import net from 'node:net';
+import lz4 from 'lz4';
 import { AdminServer, AdminStream } from './admin';
-import { NodeConfig, ResourceConfig, localAndPeer } from './config';
+import { NodeConfig, ResourceConfig, loadConfig, localAndPeer } from './config';
 import { DeviceRecord, cleanupStale, deviceHolder, exposeDevice, unexposeDevice } from './device';
 import { BackingDisk } from './disk';
-import { MetadataError, NotUpToDateError, StateError } from './errors';
+import { MetadataError, NotUpToDateError, NraidError, StateError } from './errors';
+import { ControlLink, SessionInfo } from './link/control-link';
 import { Logger } from './log';
-import { Superblock, diskStateOf, readSuperblock, writeSuperblock } from './metadata';
-import { PipelineHandle, binding } from './native';
-import { DiskState, ResourceStatus, Role } from './state';
+import { Superblock, diskStateOf, flagBits, readSuperblock, writeSuperblock } from './metadata';
+import { NativeCounters, NativeEventType, PipelineHandle, binding } from './native';
+import { NodeState, decodeBitmapChunk, encodeBitmapChunk } from './protocol/control';
+import { ConnectionState, DiskState, PeerDiskState, PeerRole, ReplicationState, ResourceStatus, Role } from './state';
+import { SyncDecision, decideSync } from './sync-decision';
+
+/** How often the dirty bitmap is written to disk while it changes. */
+const BITMAP_PERSIST_INTERVAL_MS = 2_000;
+const BITMAP_REQUEST_TIMEOUT_MS = 30_000;
 
 export const ADMIN_SOCKET = 'admin.sock';
 
@@ -57,6 +66,18 @@ export class Daemon extends EventEmitter {
   private role: Role = 'Secondary';
   private diskState: DiskState = 'Diskless';
   private lastStatus: ResourceStatus | null = null;
+  private link: ControlLink | null = null;
+  private connection: ConnectionState = 'StandAlone';
+  private replication: ReplicationState = 'Off';
+  private peerState: NodeState | null = null;
+  private session: SessionInfo | null = null;
+  private direction: 'source' | 'target' | null = null;
+  private lastDecision: SyncDecision | null = null;
+  private resync: { totalBytes: number; startedAtMs: number; doneBaseBytes: number } | null = null;
+  private persistedOutOfSyncBytes = -1;
+  private persistTimer: NodeJS.Timeout | null = null;
+  private protocol: 'A' | 'B' | 'C';
+  private lastLinkError: string | null = null;
   private stopping = false;
   private readonly stopped: Promise<void>;
   private resolveStopped: () => void = () => {};
@@ -71,6 +92,7 @@ export class Daemon extends EventEmitter {
     this.lockMemory = options.lockMemory ?? true;
     this.admin = new AdminServer(adminSocketPath(local));
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+    this.protocol = options.config.protocol;
   }
 
   /** Attaches the disk and opens the admin socket. Leaves nothing behind on failure. */
@@ -83,7 +105,12 @@ export class Daemon extends EventEmitter {
       const superblock = readSuperblock(disk);
       this.checkIdentity(superblock);
       this.disk = disk;
-      this.pipeline = binding.pipelineCreate(disk.handle, { dataSizeBytes: superblock.dataSizeBytes });
+      this.pipeline = binding.pipelineCreate(disk.handle, {
+        dataSizeBytes: superblock.dataSizeBytes,
+        bitmapGranularityBytes: superblock.bitmapGranularityBytes,
+        onEvent: (type, detail) => this.onNativeEvent(type, detail),
+      });
+      binding.bitmapSet(this.pipeline, 'replace', disk.read(superblock.bitmapOffsetBytes, superblock.bitmapSizeBytes));
       if (superblock.flags.wasPrimary) {
         // The last run ended while Primary without a clean `secondary` or `down`: a crash.
         superblock.flags.crashedPrimary = true;
@@ -103,6 +130,10 @@ export class Daemon extends EventEmitter {
       throw error;
     }
     this.log.info('up', { disk: this.local.disk, dataSizeBytes: this.superblock.dataSizeBytes, diskState: this.diskState });
+    this.persistedOutOfSyncBytes = this.counters()?.outOfSyncBytes ?? 0;
+    this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), BITMAP_PERSIST_INTERVAL_MS);
+    this.persistTimer.unref();
+    await this.startLink();
     this.noteChange();
   }
 
@@ -133,7 +164,7 @@ export class Daemon extends EventEmitter {
   }
 
   status(): ResourceStatus {
-    const counters = this.pipeline !== null ? binding.pipelineCounters(this.pipeline) : null;
+    const counters = this.counters();
     const sb = this.superblock;
     return {
       resource: this.config.resource,
@@ -141,12 +172,12 @@ export class Daemon extends EventEmitter {
       peer: this.peer.name,
       role: this.role,
       disk: this.diskState,
-      connection: 'StandAlone',
-      replication: 'Off',
-      peerRole: 'Unknown',
-      peerDisk: 'DUnknown',
-      outOfSyncBytes: 0,
-      protocol: this.config.protocol,
+      connection: this.connection,
+      replication: this.replication,
+      peerRole: this.peerRole(),
+      peerDisk: this.peerDisk(),
+      outOfSyncBytes: counters?.outOfSyncBytes ?? 0,
+      protocol: this.protocol,
       device: this.local.device,
       exposed: this.device !== null,
       loopDevice: this.device?.loopDevice ?? null,
@@ -164,14 +195,55 @@ export class Daemon extends EventEmitter {
       flushes: counters?.flushes ?? 0,
       ioErrors: counters?.ioErrors ?? 0,
       requestsInFlight: counters?.requestsInFlight ?? 0,
+      bytesSent: counters?.bytesSent ?? 0,
+      bytesAcked: counters?.bytesAcked ?? 0,
+      bytesReceived: counters?.bytesReceived ?? 0,
+      bytesApplied: counters?.bytesApplied ?? 0,
+      writesInFlight: counters?.framesInFlight ?? 0,
+      lagBytes: counters?.lagBytes ?? 0,
+      lagSeconds: (counters?.lagUs ?? 0) / 1e6,
+      checksumErrors: counters?.checksumErrors ?? 0,
+      protocolErrors: counters?.protocolErrors ?? 0,
+      linkFailures: counters?.linkFailures ?? 0,
+      resync: this.resyncProgress(counters),
+      lastLinkError: this.lastLinkError,
+      syncDecision: this.lastDecision?.kind ?? null,
       pid: process.pid,
+    };
+  }
+
+  private counters(): NativeCounters | null {
+    return this.pipeline !== null ? binding.pipelineCounters(this.pipeline) : null;
+  }
+
+  private peerRole(): PeerRole {
+    return this.connection === 'Connected' && this.peerState ? this.peerState.role : 'Unknown';
+  }
+
+  private peerDisk(): PeerDiskState {
+    return this.connection === 'Connected' && this.peerState ? this.peerState.disk : 'DUnknown';
+  }
+
+  private resyncProgress(counters: NativeCounters | null): ResourceStatus['resync'] {
+    if (this.resync === null || counters === null || this.direction !== 'source') return null;
+    const done = Math.max(0, counters.resyncBytesDone - this.resync.doneBaseBytes);
+    const left = counters.outOfSyncBytes;
+    const elapsedS = Math.max(0.001, (Date.now() - this.resync.startedAtMs) / 1000);
+    const rate = done / elapsedS;
+    const total = Math.max(this.resync.totalBytes, done + left);
+    return {
+      percent: total === 0 ? 100 : Math.min(100, (100 * (total - left)) / total),
+      bytesLeft: left,
+      bytesDone: done,
+      rateBytesPerSec: Math.round(rate),
+      etaSeconds: rate > 0 ? left / rate : null,
     };
   }
 
   /** Emits `change` with the state fields that moved (counters are not events). */
   private noteChange(): void {
     const status = this.status();
-    const keys: (keyof ResourceStatus)[] = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol'];
+    const keys: (keyof ResourceStatus)[] = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision'];
     const changed: Partial<ResourceStatus> = {};
     for (const key of keys) {
       if (this.lastStatus === null || this.lastStatus[key] !== status[key]) (changed as Record<string, unknown>)[key] = status[key];
@@ -182,6 +254,17 @@ export class Daemon extends EventEmitter {
 
   async primary(force: boolean): Promise<ResourceStatus> {
     if (this.role === 'Primary') return this.status();
+    if (this.connection === 'Connected' && this.peerState?.role === 'Primary') {
+      throw new StateError(
+        `cannot promote ${this.config.resource}: the peer ${this.peer.name} is Primary; demote it first (nraid secondary on ${this.peer.name}) or use nraid switchover`,
+      );
+    }
+    if (this.replication === 'SyncTarget') {
+      throw new NotUpToDateError(
+        `cannot promote ${this.config.resource}: local disk is Inconsistent (resync from ${this.peer.name} in progress); wait for it to finish`,
+      );
+    }
+    let minted = false;
     if (this.diskState !== 'UpToDate') {
       if (!force) {
         throw new NotUpToDateError(
@@ -199,7 +282,10 @@ export class Daemon extends EventEmitter {
         sb.uuids.bitmap = 0n;
         sb.uuids.current = mintUuid();
       });
+      minted = true;
     }
+    // Promoted without its peer: what it writes now, the peer misses.
+    if (this.connection !== 'Connected' && !minted) this.startNewGeneration();
     this.persist((sb) => {
       sb.flags.wasPrimary = true;
       sb.flags.crashedPrimary = false;
@@ -215,6 +301,9 @@ export class Daemon extends EventEmitter {
     });
     this.role = 'Primary';
     this.log.info('promoted', { device: this.local.device, loopDevice: this.device.loopDevice });
+    this.link?.sendState();
+    // The data link runs from the Primary: turn it around if it ran the other way.
+    if (this.connection === 'Connected' && this.direction !== 'source') this.dropSession('the new Primary becomes the source');
     this.noteChange();
     return this.status();
   }
@@ -230,6 +319,7 @@ export class Daemon extends EventEmitter {
     });
     this.role = 'Secondary';
     this.log.info('demoted');
+    this.link?.sendState();
     this.noteChange();
     return this.status();
   }
@@ -248,7 +338,14 @@ export class Daemon extends EventEmitter {
     this.stopping = true;
     try {
       if (this.role === 'Primary') await this.secondary();
+      if (this.persistTimer !== null) clearInterval(this.persistTimer);
+      if (this.link !== null) {
+        await this.link.stop();
+        this.link = null;
+      }
       if (this.pipeline !== null) {
+        binding.linkDetach(this.pipeline, 'down');
+        this.persistBitmap();
         binding.pipelineFlush(this.pipeline);
         binding.pipelineDestroy(this.pipeline);
         this.pipeline = null;
@@ -268,11 +365,341 @@ export class Daemon extends EventEmitter {
     }
   }
 
+
+  // ---- the peer: control link, data link, resync ----
+
+  private nodeState(): NodeState {
+    const sb = this.superblock;
+    let flags = 0;
+    if (sb) for (const [name, bit] of Object.entries(flagBits)) if (sb.flags[name as keyof typeof sb.flags]) flags |= bit;
+    return {
+      role: this.role,
+      disk: this.diskState,
+      dataSizeBytes: BigInt(sb?.dataSizeBytes ?? 0),
+      uuids: sb ? { current: sb.uuids.current, bitmap: sb.uuids.bitmap, history: [...sb.uuids.history] } : { current: 0n, bitmap: 0n, history: [0n, 0n] },
+      flags,
+      protocol: this.protocol,
+    } as NodeState;
+  }
+
+  private async startLink(): Promise<void> {
+    const link = new ControlLink({
+      resource: this.config.resource,
+      local: { name: this.local.name, host: this.local.host, port: this.local.port },
+      peer: { name: this.peer.name, host: this.peer.host, port: this.peer.port },
+      secret: this.config.secret,
+      pingIntervalMs: this.config.pingIntervalMs,
+      pingTimeoutMs: this.config.pingTimeoutMs,
+      connectRetryMs: this.config.connectRetryMs,
+      getState: () => this.nodeState(),
+      log: (level, message, fields) => this.log[level](message, fields),
+    });
+    this.link = link;
+    link.on('connectionState', (state) => {
+      this.connection = state;
+      this.noteChange();
+    });
+    link.on('connected', (info) => {
+      this.onSession(info).catch((error: Error) => this.dropSession(`session setup failed: ${error.message}`));
+    });
+    link.on('peerState', (state) => {
+      this.peerState = state;
+      this.noteChange();
+    });
+    link.on('disconnected', (event) => this.onSessionEnd(event.reason));
+    link.on('refused', (event) => {
+      this.lastLinkError = event.reason;
+      this.emit('change', { lastLinkError: event.reason });
+    });
+    link.on('dataSocket', (socket, info) => {
+      if (this.session?.id !== info.id) {
+        socket.destroy();
+        return;
+      }
+      this.attachData(socket, info);
+    });
+    link.on('notice', (kind, payload) => this.onNotice(kind, payload));
+    link.onRequest('bitmap', () => this.encodeBitmap());
+    await link.start();
+    link.connect();
+  }
+
+  private sideView(state: NodeState | null): Parameters<typeof decideSync>[0] {
+    const s = state ?? this.nodeState();
+    return { uuids: s.uuids as Parameters<typeof decideSync>[0]['uuids'], disk: s.disk, primary: s.role === 'Primary' };
+  }
+
+  private async onSession(info: SessionInfo): Promise<void> {
+    this.session = info;
+    this.peerState = info.peerState;
+    const decision = decideSync(this.sideView(null), this.sideView(info.peerState));
+    this.lastDecision = decision;
+    this.log.info('peer connected', { peer: info.peerHello.nodeName, decision: decision.kind, reason: decision.reason });
+    if (this.role === 'Primary' && info.peerState.role === 'Primary') {
+      this.refuseSession('both nodes are Primary; demote one with nraid secondary');
+      return;
+    }
+    if (decision.kind === 'split-brain' || decision.kind === 'unrelated') {
+      this.refuseSession(
+        decision.kind === 'split-brain'
+          ? `split brain: ${decision.reason}; choose the node whose changes to drop and run nraid connect --discard-my-data there`
+          : `unrelated data: ${decision.reason}; run create-md on the node that should receive a full sync`,
+      );
+      return;
+    }
+    let source: boolean;
+    if (decision.source !== null) source = decision.source === 'local';
+    else source = this.role === 'Primary' || (info.peerState.role !== 'Primary' && info.dialer);
+    if (this.role === 'Primary' && !source) {
+      this.refuseSession(`this node is Primary but its data is older than the peer's (${decision.reason})`);
+      return;
+    }
+    this.direction = source ? 'source' : 'target';
+    if (source) {
+      if (decision.kind === 'full') binding.bitmapSet(this.pipeline!, 'all');
+      // The target's own dirty regions (written while it was apart) go back too.
+      const reply = await this.link!.request('bitmap', Buffer.alloc(0), BITMAP_REQUEST_TIMEOUT_MS);
+      if (this.session !== info) return;
+      binding.bitmapSet(this.pipeline!, 'merge', this.decodeBitmap(reply));
+    }
+    if (info.dialer) {
+      const socket = await this.link!.openDataSocket();
+      if (this.session !== info) {
+        socket.destroy();
+        return;
+      }
+      this.attachData(socket, info);
+    }
+  }
+
+  private refuseSession(reason: string): void {
+    this.log.warn('session refused', { reason });
+    this.lastLinkError = reason;
+    this.link?.disconnect(reason);
+    this.emit('change', { lastLinkError: reason, connection: 'StandAlone' });
+  }
+
+  private attachData(socket: net.Socket, info: SessionInfo): void {
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    socket.on('error', () => {});
+    if (typeof fd !== 'number' || fd < 0) {
+      socket.destroy();
+      this.dropSession('the data socket has no file descriptor');
+      return;
+    }
+    try {
+      binding.linkAttach(this.pipeline!, fd, {
+        mode: this.direction!,
+        sendHelloFirst: !info.dialer,
+        protocol: this.protocol,
+        maxLagBytes: this.config.maxLagBytes,
+        maxLagMs: this.config.maxLagMs,
+      });
+    } finally {
+      socket.destroy();
+    }
+    this.log.info('data link attached', { direction: this.direction, protocol: this.protocol });
+    if (this.direction === 'source') this.beginResyncIfNeeded();
+    else this.replication = 'Established';
+    this.noteChange();
+  }
+
+  private beginResyncIfNeeded(): void {
+    const counters = this.counters()!;
+    if (counters.outOfSyncBytes === 0) {
+      this.replication = 'Established';
+      this.link?.notice('resync-none', Buffer.alloc(0));
+      this.finishSyncAsSource();
+      return;
+    }
+    this.resync = { totalBytes: counters.outOfSyncBytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesDone };
+    this.replication = 'SyncSource';
+    this.link?.notice('resync-start', Buffer.from(String(counters.outOfSyncBytes)));
+    binding.resyncStart(this.pipeline!);
+    this.log.info('resync started', { bytes: counters.outOfSyncBytes });
+  }
+
+  /** The source's generation after a resync: the bitmap UUID goes to history. */
+  private finishSyncAsSource(): void {
+    if (this.sb.uuids.bitmap !== 0n && this.connection === 'Connected') {
+      this.persist((sb) => {
+        sb.uuids.history = [sb.uuids.bitmap, sb.uuids.history[0]];
+        sb.uuids.bitmap = 0n;
+      });
+    }
+    this.persistBitmap();
+    this.link?.sendState();
+  }
+
+  private onNotice(kind: string, payload: Buffer): void {
+    switch (kind) {
+      case 'resync-start':
+        // This node is the target: Inconsistent until every block has arrived.
+        this.replication = 'SyncTarget';
+        this.persist((sb) => {
+          sb.flags.consistent = false;
+          sb.flags.resyncInProgress = true;
+        });
+        this.log.info('resync started as target', { bytes: Number(payload.toString()) });
+        this.link?.sendState();
+        break;
+      case 'resync-none':
+      case 'resync-done': {
+        this.replication = 'Established';
+        const peer = this.peerState;
+        if (this.direction === 'target' && peer && peer.disk === 'UpToDate') {
+          binding.bitmapSet(this.pipeline!, 'replace', Buffer.alloc(binding.bitmapGet(this.pipeline!).length));
+          this.persist((sb) => {
+            sb.flags.consistent = true;
+            sb.flags.wasUpToDate = true;
+            sb.flags.outdated = false;
+            sb.flags.resyncInProgress = false;
+            sb.uuids.current = peer.uuids.current;
+            sb.uuids.bitmap = 0n;
+            sb.uuids.history = [peer.uuids.history[0], peer.uuids.history[1]];
+          });
+          this.persistBitmap();
+          this.link?.sendState();
+          if (kind === 'resync-done') this.log.info('resync finished: UpToDate');
+        }
+        break;
+      }
+      case 'adjust':
+        this.adjust().catch((error: Error) => this.log.warn('adjust from the peer failed', { error: error.message }));
+        break;
+      default:
+        this.log.warn('unknown notice from the peer', { kind });
+    }
+    this.noteChange();
+  }
+
+  private onNativeEvent(type: NativeEventType, detail: string): void {
+    if (this.stopping) return;
+    if (type === 'link-lost') {
+      this.log.warn('data link lost', { reason: detail });
+      this.lastLinkError = detail;
+      this.dropSession(`data link lost: ${detail}`);
+    } else if (type === 'resync-done') {
+      if (this.direction !== 'source' || this.replication !== 'SyncSource') return;
+      this.log.info('resync finished', { bytes: Number(detail) });
+      this.replication = 'Established';
+      this.resync = null;
+      this.finishSyncAsSource();
+      this.link?.notice('resync-done', Buffer.alloc(0));
+      this.noteChange();
+    }
+  }
+
+  /** Ends this session and, if the operator still wants a connection, dials again. */
+  private dropSession(reason: string): void {
+    if (this.link === null) return;
+    const want = this.link.connectionState !== 'StandAlone';
+    this.link.disconnect(reason);
+    if (want) this.link.connect();
+  }
+
+  private onSessionEnd(reason: string): void {
+    this.log.warn('peer disconnected', { reason });
+    if (this.pipeline !== null) binding.linkDetach(this.pipeline, reason);
+    const wasConnected = this.session !== null;
+    this.session = null;
+    this.direction = null;
+    this.resync = null;
+    this.replication = 'Off';
+    this.peerState = null;
+    if (wasConnected && this.role === 'Primary') this.startNewGeneration();
+    this.persistBitmap();
+    this.noteChange();
+  }
+
+  /** A Primary without its peer starts a new generation; the bitmap records what the peer misses. */
+  private startNewGeneration(): void {
+    if (this.sb.uuids.bitmap !== 0n) return;
+    this.persist((sb) => {
+      sb.uuids.bitmap = sb.uuids.current;
+      sb.uuids.current = mintUuid();
+    });
+    this.log.info('new generation: the peer is gone while Primary', { current: this.sb.uuids.current.toString(16) });
+  }
+
+  private encodeBitmap(): Buffer {
+    const words = binding.bitmapGet(this.pipeline!);
+    return encodeBitmapChunk({
+      offsetBits: 0n,
+      countBits: BigInt(words.length * 8),
+      granularityBytes: this.sb.bitmapGranularityBytes,
+      wordsBytes: words.length,
+      wordsLz4: lz4.encode(words),
+      last: true,
+    });
+  }
+
+  private decodeBitmap(payload: Buffer): Buffer {
+    const chunk = decodeBitmapChunk(payload);
+    const words = lz4.decode(chunk.wordsLz4) as Buffer;
+    const expected = binding.bitmapGet(this.pipeline!).length;
+    if (chunk.granularityBytes !== this.sb.bitmapGranularityBytes || words.length !== expected || chunk.wordsBytes !== expected) {
+      throw new NraidError(
+        `the peer's bitmap does not match: ${words.length} bytes at ${chunk.granularityBytes} bytes per bit, expected ${expected} at ${this.sb.bitmapGranularityBytes}`,
+      );
+    }
+    return words;
+  }
+
+  private persistBitmap(): void {
+    if (this.pipeline === null || this.disk === null) return;
+    const words = binding.bitmapGet(this.pipeline);
+    const area = Buffer.alloc(this.sb.bitmapSizeBytes);
+    words.copy(area, 0, 0, Math.min(words.length, area.length));
+    this.disk.write(this.sb.bitmapOffsetBytes, area);
+    this.disk.flush();
+    this.persistedOutOfSyncBytes = this.counters()?.outOfSyncBytes ?? 0;
+  }
+
+  private persistBitmapIfChanged(): void {
+    try {
+      const counters = this.counters();
+      if (counters !== null && counters.outOfSyncBytes !== this.persistedOutOfSyncBytes) this.persistBitmap();
+    } catch (error) {
+      this.log.error('persisting the bitmap failed', { error: (error as Error).message });
+    }
+  }
+
+  async connect(): Promise<ResourceStatus> {
+    this.link?.connect();
+    return this.status();
+  }
+
+  async disconnect(): Promise<ResourceStatus> {
+    this.link?.disconnect('disconnect requested by the operator');
+    return this.status();
+  }
+
+  /** Re-reads the config file: the protocol may change while connected. */
+  async adjust(): Promise<ResourceStatus> {
+    const next = loadConfig(this.config.path);
+    if (next.resource !== this.config.resource) {
+      throw new StateError(`config ${this.config.path} now names resource "${next.resource}", not "${this.config.resource}"; nothing changed`);
+    }
+    if (next.protocol !== this.protocol) {
+      this.log.info('protocol changed', { from: this.protocol, to: next.protocol });
+      this.protocol = next.protocol;
+      if (this.pipeline !== null) binding.setProtocol(this.pipeline, next.protocol);
+      this.link?.notice('adjust', Buffer.alloc(0));
+      this.link?.sendState();
+      this.noteChange();
+    }
+    return this.status();
+  }
+
   private registerCommands(): void {
     this.admin.on('status', () => this.status());
     this.admin.on('primary', (args) => this.primary(args.force === true));
     this.admin.on('secondary', () => this.secondary());
     this.admin.on('down', () => this.down());
+    this.admin.on('connect', () => this.connect());
+    this.admin.on('disconnect', () => this.disconnect());
+    this.admin.on('adjust', () => this.adjust());
     this.admin.on('events', (args, stream) => this.streamEvents(stream));
   }
 

@@ -21,6 +21,43 @@ export interface NativeCounters {
   sequence: number;
   epoch: number;
   frontendUnknownRequests: number;
+  replicatedWrites: number;
+  /** Writes done with no peer: their regions are set in the bitmap. */
+  dirtyWrites: number;
+  framesSent: number;
+  bytesSent: number;
+  /** Payload bytes the peer has written (its ACK_WRITE). */
+  bytesAcked: number;
+  /** Bytes queued or sent and not yet written by the peer. */
+  lagBytes: number;
+  /** Age of the oldest frame the peer has not yet written. */
+  lagUs: number;
+  framesInFlight: number;
+  framesReceived: number;
+  bytesReceived: number;
+  bytesApplied: number;
+  checksumErrors: number;
+  protocolErrors: number;
+  resyncBytesDone: number;
+  linkFailures: number;
+  eventsDropped: number;
+  outOfSyncBytes: number;
+  linkAttached: boolean;
+  linkFailed: boolean;
+  resyncRunning: boolean;
+}
+
+/** What the data plane reports: `link-lost` (detail: the reason), `resync-done` (detail: bytes sent). */
+export type NativeEventType = 'link-lost' | 'resync-done';
+
+export interface LinkAttachOptions {
+  /** source: this node sends writes and resync data; target: it applies them. */
+  mode: 'source' | 'target';
+  /** The acceptor of the data connection sends HELLO first. */
+  sendHelloFirst: boolean;
+  protocol?: 'A' | 'B' | 'C';
+  maxLagBytes?: number;
+  maxLagMs?: number;
 }
 
 /** An open backing device (O_DIRECT; O_EXCL for block devices). */
@@ -75,11 +112,25 @@ export interface Binding {
   diskFlush(disk: DiskHandle): void;
   diskClose(disk: DiskHandle): void;
 
-  pipelineCreate(disk: DiskHandle, options: { dataSizeBytes: number }): PipelineHandle;
+  pipelineCreate(
+    disk: DiskHandle,
+    options: { dataSizeBytes: number; bitmapGranularityBytes: number; onEvent: (type: NativeEventType, detail: string) => void },
+  ): PipelineHandle;
   pipelineCounters(pipeline: PipelineHandle): NativeCounters;
   pipelineFlush(pipeline: PipelineHandle): void;
   /** Stops the frontend if it runs; the disk stays open. */
   pipelineDestroy(pipeline: PipelineHandle): void;
+
+  /** Hands a connected TCP socket to the data plane (the descriptor is dup()ed). */
+  linkAttach(pipeline: PipelineHandle, fd: number, options: LinkAttachOptions): void;
+  /** Stops the data link; writes in flight are marked dirty. */
+  linkDetach(pipeline: PipelineHandle, reason: string): void;
+  setProtocol(pipeline: PipelineHandle, protocol: 'A' | 'B' | 'C'): void;
+  /** Starts sending every region set in the bitmap (source side); false without a live link. */
+  resyncStart(pipeline: PipelineHandle): boolean;
+  /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
+  bitmapGet(pipeline: PipelineHandle): Buffer;
+  bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;
 
   /** umount2(2) with UMOUNT_NOFOLLOW, and MNT_DETACH when `lazy`. */
   unmount(path: string, lazy: boolean): void;

@@ -46,7 +46,31 @@ export interface ResourceStatus {
   flushes: number;
   ioErrors: number;
   requestsInFlight: number;
+  /** Payload bytes sent to the peer, and those it has written. */
+  bytesSent: number;
+  bytesAcked: number;
+  bytesReceived: number;
+  bytesApplied: number;
+  /** Frames sent or queued that the peer has not yet written. */
+  writesInFlight: number;
+  /** How far the peer trails (protocol A: bounded by max-lag-bytes and max-lag-ms). */
+  lagBytes: number;
+  lagSeconds: number;
+  checksumErrors: number;
+  protocolErrors: number;
+  linkFailures: number;
+  resync: ResyncProgress | null;
+  lastLinkError: string | null;
+  syncDecision: string | null;
   pid: number;
+}
+
+export interface ResyncProgress {
+  percent: number;
+  bytesLeft: number;
+  bytesDone: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
 }
 
 /** One line per resource, in the style of DRBD's status. */
@@ -60,7 +84,12 @@ export function statusLine(status: ResourceStatus): string {
     `connection:${status.connection}`,
     `replication:${status.replication}`,
   ];
+  if (status.resync) {
+    const eta = status.resync.etaSeconds === null ? '?' : `${Math.ceil(status.resync.etaSeconds)}s`;
+    parts.push(`sync:${status.resync.percent.toFixed(1)}% eta:${eta}`);
+  }
   if (status.outOfSyncBytes > 0) parts.push(`out-of-sync:${formatBytes(status.outOfSyncBytes)}`);
+  if (status.protocol === 'A' && status.lagBytes > 0) parts.push(`lag:${formatBytes(status.lagBytes)}`);
   if (status.exposed) parts.push(`device:${status.device}`);
   return parts.join(' ');
 }

@@ -1,0 +1,48 @@
+#pragma once
+// Blocking socket helpers for the data link: whole reads and writes, socket
+// options, and the HELLO exchange that tells each side that the other's data
+// plane (not its JavaScript) now owns the connection.
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "frame.h"
+
+namespace nraid {
+
+// Returns 0, or a negative errno (-EPIPE for an orderly close by the peer).
+int read_full(int fd, void* data, size_t length);
+int writev_full(int fd, iovec* iov, int count);
+int write_frame(int fd, const FrameHeader& header, const void* payload);
+// Blocking mode, TCP_NODELAY, large buffers, keepalive.
+void prepare_socket(int fd);
+// The acceptor sends HELLO first; the dialer waits for it, then answers.
+int exchange_hello(int fd, bool send_first, std::string* error);
+
+// Counters of the data link, both sides; read by the control plane in one call.
+struct LinkCounters {
+  std::atomic<uint64_t> frames_sent{0};
+  std::atomic<uint64_t> bytes_sent{0};      // payload bytes of writes and resync data
+  std::atomic<uint64_t> bytes_acked{0};     // payload bytes the peer has written
+  std::atomic<uint64_t> lag_bytes{0};       // sent or queued, not yet written by the peer
+  std::atomic<uint64_t> lag_oldest_us{0};   // enqueue time of the oldest unacknowledged frame (0: none)
+  std::atomic<uint64_t> frames_in_flight{0};
+  std::atomic<uint64_t> frames_received{0};
+  std::atomic<uint64_t> bytes_received{0};
+  std::atomic<uint64_t> bytes_applied{0};
+  std::atomic<uint64_t> checksum_errors{0};
+  std::atomic<uint64_t> protocol_errors{0};
+  std::atomic<uint64_t> resync_bytes_done{0};
+  std::atomic<uint64_t> link_failures{0};
+};
+
+uint64_t monotonic_us();
+
+// What the data plane tells JavaScript, through one threadsafe function per pipeline.
+using EventSink = std::function<void(const std::string& type, const std::string& detail)>;
+
+}  // namespace nraid

@@ -1,0 +1,435 @@
+#include "replicator.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cassert>
+
+namespace nraid {
+namespace {
+
+enum SlotEvent { kSent = 1, kRecvAcked = 2, kWriteAcked = 3 };
+constexpr uint32_t kNoSlot = 0xFFFFFFFFu;
+static_assert(kResyncWindowChunks <= 32, "the free mask is 32 bits");
+
+bool ranges_overlap(uint64_t a_offset, uint64_t a_length, uint64_t b_offset, uint64_t b_length) {
+  return a_length > 0 && b_length > 0 && a_offset < b_offset + b_length && b_offset < a_offset + a_length;
+}
+
+}  // namespace
+
+Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_bytes, LinkCounters* counters,
+                       EventSink sink)
+    : disk_(disk),
+      bitmap_(bitmap),
+      data_size_bytes_(data_size_bytes),
+      counters_(counters),
+      sink_(std::move(sink)),
+      queue_(new QueueEntry[kSendQueueEntries]),
+      unacked_(new Unacked[kUnackedEntries]),
+      slots_(new Slot[kSlotsMax]),
+      resync_buffers_(new uint8_t*[kResyncWindowChunks]) {
+  for (uint32_t i = 0; i < kResyncWindowChunks; i++) {
+    void* buffer = nullptr;
+    if (posix_memalign(&buffer, kBlockBytes, kResyncChunkBytes) != 0) abort();
+    resync_buffers_[i] = static_cast<uint8_t*>(buffer);
+  }
+  resync_free_mask_ = kResyncWindowChunks == 32 ? ~0u : (1u << kResyncWindowChunks) - 1;
+}
+
+Replicator::~Replicator() {
+  stop("closed");
+  for (uint32_t i = 0; i < kResyncWindowChunks; i++) free(resync_buffers_[i]);
+}
+
+void Replicator::start(int fd, const ReplicatorOptions& options) {
+  assert(fd_ < 0);
+  fd_ = fd;
+  options_ = options;
+  protocol_.store(options.protocol, std::memory_order_release);
+  prepare_socket(fd_);
+  sender_ = std::thread([this] { send_loop(); });
+  receiver_ = std::thread([this] { receive_loop(); });
+}
+
+void Replicator::stop(const std::string& reason) {
+  stopping_.store(true, std::memory_order_release);
+  fail(reason);
+  {
+    std::lock_guard<std::mutex> lock(region_mutex_);
+    region_cv_.notify_all();
+  }
+  if (sender_.joinable()) sender_.join();
+  if (receiver_.joinable()) receiver_.join();
+  if (resyncer_.joinable()) resyncer_.join();
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+}
+
+void Replicator::fail(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (failed_.load(std::memory_order_acquire)) return;
+    failed_.store(true, std::memory_order_release);
+    fail_reason_ = reason;
+    // Everything queued or sent and not known to be on the peer's disk may differ now.
+    uint64_t marked = 0;
+    for (uint32_t i = 0; i < kUnackedEntries; i++) {
+      Unacked& entry = unacked_[i];
+      if (!entry.in_use) continue;
+      if (entry.type != kFrameBarrier && entry.length > 0) {
+        bitmap_->set_range(entry.offset, entry.length);
+        marked++;
+      }
+      entry.in_use = false;
+    }
+    queue_count_ = 0;
+    counters_->lag_bytes.store(0, std::memory_order_relaxed);
+    counters_->lag_oldest_us.store(0, std::memory_order_relaxed);
+    counters_->frames_in_flight.store(0, std::memory_order_relaxed);
+    counters_->link_failures.fetch_add(1, std::memory_order_relaxed);
+    queue_cv_.notify_all();
+    space_cv_.notify_all();
+    barrier_cv_.notify_all();
+  }
+  if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);  // wakes the thread blocked in the other direction
+  for (uint32_t i = 0; i < kSlotsMax; i++) {
+    std::lock_guard<std::mutex> lock(slots_[i].mutex);
+    slots_[i].failed = true;
+    slots_[i].cv.notify_all();
+  }
+  {
+    std::lock_guard<std::mutex> lock(region_mutex_);
+    region_cv_.notify_all();
+  }
+  if (!stopping_.load(std::memory_order_acquire)) sink_("link-lost", reason);
+}
+
+bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
+                         uint64_t offset, uint32_t resync_buffer) {
+  FrameHeader header{};
+  header.type = type;
+  header.flags = flags;
+  header.offset = offset;
+  header.length = length;
+  header.request_id = slot;
+  // The payload checksum is the expensive part: outside the lock.
+  header.payload_crc = frame_has_payload(type) ? crc32c(0, data, length) : 0;
+  std::unique_lock<std::mutex> lock(mutex_);
+  const bool bounded = type == kFrameWrite || type == kFrameRsData;
+  space_cv_.wait(lock, [&] {
+    if (failed_.load(std::memory_order_acquire)) return true;
+    if (queue_count_ >= kSendQueueEntries) return false;
+    if (next_seq_ - oldest_unacked_seq_ >= kUnackedEntries) return false;
+    if (!bounded) return true;
+    uint64_t lag = counters_->lag_bytes.load(std::memory_order_relaxed);
+    if (lag > 0 && lag + length > options_.max_lag_bytes) return false;
+    uint64_t oldest = counters_->lag_oldest_us.load(std::memory_order_relaxed);
+    return oldest == 0 || monotonic_us() - oldest <= options_.max_lag_us;
+  });
+  if (failed_.load(std::memory_order_acquire)) return false;
+  uint64_t seq = next_seq_++;
+  header.seq = seq;
+  header.epoch = epoch_;
+  if (type == kFrameBarrier) epoch_++;
+  header.magic = kFrameMagic;
+  header.header_crc = crc32c(0, &header, offsetof(FrameHeader, header_crc));
+  uint32_t tail = (queue_head_ + queue_count_) % kSendQueueEntries;
+  queue_[tail] = QueueEntry{header, data, slot};
+  queue_count_++;
+  Unacked& entry = unacked_[seq % kUnackedEntries];
+  assert(!entry.in_use);
+  uint64_t now = monotonic_us();
+  entry = Unacked{seq, offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, resync_buffer, now};
+  if (bounded) counters_->lag_bytes.fetch_add(length, std::memory_order_relaxed);
+  if (counters_->lag_oldest_us.load(std::memory_order_relaxed) == 0) counters_->lag_oldest_us.store(now, std::memory_order_relaxed);
+  counters_->frames_in_flight.fetch_add(1, std::memory_order_relaxed);
+  if (slot < kSlotsMax && slot != kResyncSlot) {
+    Slot& s = slots_[slot];
+    std::lock_guard<std::mutex> slot_lock(s.mutex);
+    s.seq = seq;
+    s.sent = s.recv_acked = s.write_acked = false;
+  }
+  queue_cv_.notify_one();
+  return true;
+}
+
+bool Replicator::submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes,
+                        uint64_t offset_bytes) {
+  assert(slot < kSlotsMax);
+  assert(type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
+  uint16_t flags = kFlagWantWriteAck;
+  if (protocol() == Protocol::kB) flags |= kFlagWantRecvAck;
+  return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0);
+}
+
+void Replicator::wait(uint32_t slot) {
+  Slot& s = slots_[slot];
+  Protocol protocol = this->protocol();
+  std::unique_lock<std::mutex> lock(s.mutex);
+  s.cv.wait(lock, [&] {
+    if (s.failed) return true;
+    switch (protocol) {
+      case Protocol::kA: return s.sent;
+      case Protocol::kB: return s.recv_acked || s.write_acked;
+      case Protocol::kC: return s.write_acked;
+    }
+    return true;
+  });
+}
+
+void Replicator::barrier() {
+  uint64_t epoch;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    epoch = epoch_;
+  }
+  if (!enqueue(kNoSlot, kFrameBarrier, 0, nullptr, 0, 0, 0)) return;
+  if (protocol() == Protocol::kA) return;
+  std::unique_lock<std::mutex> lock(mutex_);
+  barrier_cv_.wait(lock, [&] { return failed_.load(std::memory_order_acquire) || barrier_acked_epoch_ >= epoch; });
+}
+
+void Replicator::notify_slot(uint32_t slot, uint64_t seq, int what) {
+  if (slot >= kSlotsMax || slot == kResyncSlot) return;
+  Slot& s = slots_[slot];
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (s.seq != seq) return;  // an ack for an earlier request of this slot (protocol A moved on)
+  if (what == kSent) s.sent = true;
+  if (what == kRecvAcked) s.recv_acked = true;
+  if (what == kWriteAcked) s.write_acked = s.recv_acked = s.sent = true;
+  s.cv.notify_all();
+}
+
+void Replicator::send_loop() {
+  for (;;) {
+    QueueEntry entry;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      // Nothing goes out before the peer's data plane has said HELLO (receive_loop).
+      queue_cv_.wait(lock, [&] { return (hello_done_ && queue_count_ > 0) || failed_.load(std::memory_order_acquire); });
+      if (failed_.load(std::memory_order_acquire)) return;
+      entry = queue_[queue_head_];
+      queue_head_ = (queue_head_ + 1) % kSendQueueEntries;
+      queue_count_--;
+      space_cv_.notify_all();
+    }
+    int rc = write_frame(fd_, entry.header, entry.data);
+    if (rc != 0) {
+      fail(std::string("data link send: ") + strerror(-rc));
+      return;
+    }
+    counters_->frames_sent.fetch_add(1, std::memory_order_relaxed);
+    if (frame_has_payload(entry.header.type)) counters_->bytes_sent.fetch_add(entry.header.length, std::memory_order_relaxed);
+    notify_slot(entry.slot, entry.header.seq, kSent);
+  }
+}
+
+void Replicator::advance_oldest_locked() {
+  while (oldest_unacked_seq_ < next_seq_) {
+    const Unacked& entry = unacked_[oldest_unacked_seq_ % kUnackedEntries];
+    if (entry.in_use && entry.seq == oldest_unacked_seq_) break;
+    oldest_unacked_seq_++;
+  }
+  if (oldest_unacked_seq_ < next_seq_) {
+    counters_->lag_oldest_us.store(unacked_[oldest_unacked_seq_ % kUnackedEntries].enqueued_us, std::memory_order_relaxed);
+  } else {
+    counters_->lag_oldest_us.store(0, std::memory_order_relaxed);
+  }
+}
+
+void Replicator::receive_loop() {
+  std::string error;
+  if (exchange_hello(fd_, options_.send_hello_first, &error) != 0) {
+    fail(error);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    hello_done_ = true;
+    queue_cv_.notify_all();
+  }
+  for (;;) {
+    FrameHeader ack{};
+    int rc = read_full(fd_, &ack, sizeof(ack));
+    if (rc != 0) {
+      fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
+      return;
+    }
+    FrameCheck check = frame_check_header(ack, data_size_bytes_);
+    if (check != FrameCheck::kOk) {
+      counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+      fail(std::string("protocol error on the data link: ") + frame_check_name(check));
+      return;
+    }
+    switch (ack.type) {
+      case kFrameHello:
+        counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        fail("protocol error on the data link: a second HELLO");
+        return;
+      case kFrameAckRecv:
+        notify_slot(ack.request_id, ack.seq, kRecvAcked);
+        continue;
+      case kFrameAckWrite: {
+        bool known;
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          Unacked& entry = unacked_[ack.seq % kUnackedEntries];
+          known = entry.in_use && entry.seq == ack.seq;
+          if (known) {
+            entry.in_use = false;
+            if (entry.type == kFrameWrite || entry.type == kFrameRsData) {
+              counters_->lag_bytes.fetch_sub(entry.length, std::memory_order_relaxed);
+              counters_->bytes_acked.fetch_add(entry.length, std::memory_order_relaxed);
+            }
+            counters_->frames_in_flight.fetch_sub(1, std::memory_order_relaxed);
+            if (entry.resync) {
+              bitmap_->clear_range(entry.offset, entry.length);
+              counters_->resync_bytes_done.fetch_add(entry.length, std::memory_order_relaxed);
+              resync_free_mask_ |= 1u << entry.buffer;
+            }
+            advance_oldest_locked();
+            space_cv_.notify_all();
+          }
+        }
+        if (!known) {
+          counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+          fail("protocol error on the data link: an ack for a frame never sent");
+          return;
+        }
+        notify_slot(ack.request_id, ack.seq, kWriteAcked);
+        continue;
+      }
+      case kFrameBarrierAck: {
+        std::lock_guard<std::mutex> lock(mutex_);
+        Unacked& entry = unacked_[ack.seq % kUnackedEntries];
+        if (entry.in_use && entry.seq == ack.seq && entry.type == kFrameBarrier) {
+          entry.in_use = false;
+          counters_->frames_in_flight.fetch_sub(1, std::memory_order_relaxed);
+          advance_oldest_locked();
+        }
+        if (ack.epoch > barrier_acked_epoch_) barrier_acked_epoch_ = ack.epoch;
+        barrier_cv_.notify_all();
+        space_cv_.notify_all();
+        continue;
+      }
+      default:
+        counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+        fail("protocol error on the data link: unexpected frame type " + std::to_string(ack.type) + " from the target");
+        return;
+    }
+  }
+}
+
+bool Replicator::overlaps_busy(uint64_t offset, uint64_t length) {
+  for (uint32_t i = 0; i < kSlotsMax; i++) {
+    uint64_t busy_length = slots_[i].busy_length.load(std::memory_order_seq_cst);
+    if (busy_length > 0 && ranges_overlap(offset, length, slots_[i].busy_offset.load(std::memory_order_seq_cst), busy_length)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void Replicator::region_enter(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes) {
+  Slot& s = slots_[slot];
+  for (;;) {
+    s.busy_offset.store(offset_bytes, std::memory_order_seq_cst);
+    s.busy_length.store(length_bytes, std::memory_order_seq_cst);
+    if (!ranges_overlap(offset_bytes, length_bytes, resync_lock_offset_.load(std::memory_order_seq_cst),
+                        resync_lock_length_.load(std::memory_order_seq_cst))) {
+      return;
+    }
+    // The resync engine is reading these blocks: let it enqueue them first, so that this write follows.
+    s.busy_length.store(0, std::memory_order_seq_cst);
+    std::unique_lock<std::mutex> lock(region_mutex_);
+    region_cv_.notify_all();
+    region_cv_.wait(lock, [&] {
+      return failed() || !ranges_overlap(offset_bytes, length_bytes, resync_lock_offset_.load(std::memory_order_seq_cst),
+                                         resync_lock_length_.load(std::memory_order_seq_cst));
+    });
+  }
+}
+
+void Replicator::region_leave(uint32_t slot) {
+  slots_[slot].busy_length.store(0, std::memory_order_seq_cst);
+  if (resync_lock_length_.load(std::memory_order_seq_cst) > 0) {
+    std::lock_guard<std::mutex> lock(region_mutex_);
+    region_cv_.notify_all();
+  }
+}
+
+void Replicator::start_resync() {
+  if (resync_running_.exchange(true)) return;
+  if (resyncer_.joinable()) resyncer_.join();
+  resyncer_ = std::thread([this] { resync_loop(); });
+}
+
+void Replicator::resync_loop() {
+  const uint64_t granularity = bitmap_->granularity_bytes();
+  const uint64_t bits_per_chunk = kResyncChunkBytes / granularity;
+  uint64_t bit = 0;
+  while (!failed()) {
+    bit = bitmap_->find_next_set(bit);
+    if (bit >= bitmap_->bits()) {
+      // Wait for what is in flight; its acks clear bits. Then one more pass from the start.
+      std::unique_lock<std::mutex> lock(mutex_);
+      uint32_t all = kResyncWindowChunks == 32 ? ~0u : (1u << kResyncWindowChunks) - 1;
+      space_cv_.wait(lock, [&] { return failed() || resync_free_mask_ == all; });
+      lock.unlock();
+      if (failed()) break;
+      if (bitmap_->count_set() == 0) {
+        resync_running_.store(false, std::memory_order_release);
+        sink_("resync-done", std::to_string(counters_->resync_bytes_done.load()));
+        return;
+      }
+      bit = 0;
+      continue;
+    }
+    uint64_t run = 1;
+    while (run < bits_per_chunk && bitmap_->test(bit + run) && (bit + run) % bits_per_chunk != 0) run++;
+    uint64_t offset = bit * granularity;
+    uint64_t length = run * granularity;
+    if (offset + length > data_size_bytes_) length = data_size_bytes_ - offset;
+    uint32_t buffer;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      space_cv_.wait(lock, [&] { return failed() || resync_free_mask_ != 0; });
+      if (failed()) break;
+      buffer = static_cast<uint32_t>(__builtin_ctz(resync_free_mask_));
+      resync_free_mask_ &= ~(1u << buffer);
+    }
+    // Lock the region against application writes, and wait for those in flight there.
+    resync_lock_offset_.store(offset, std::memory_order_seq_cst);
+    resync_lock_length_.store(length, std::memory_order_seq_cst);
+    {
+      std::unique_lock<std::mutex> lock(region_mutex_);
+      region_cv_.wait(lock, [&] { return failed() || !overlaps_busy(offset, length); });
+    }
+    int rc = failed() ? -ECANCELED : disk_->read(resync_buffers_[buffer], length, offset);
+    bool queued = rc == 0 && enqueue(kResyncSlot, kFrameRsData, kFlagWantWriteAck | kFlagResync, resync_buffers_[buffer],
+                                     static_cast<uint32_t>(length), offset, buffer);
+    resync_lock_length_.store(0, std::memory_order_seq_cst);
+    {
+      std::lock_guard<std::mutex> lock(region_mutex_);
+      region_cv_.notify_all();
+    }
+    if (!queued) {
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        resync_free_mask_ |= 1u << buffer;
+      }
+      if (rc != 0 && rc != -ECANCELED) fail(std::string("resync read of the local disk failed: ") + strerror(-rc));
+      break;
+    }
+    bit += run;
+  }
+  resync_running_.store(false, std::memory_order_release);
+}
+
+}  // namespace nraid

@@ -1,0 +1,146 @@
+#pragma once
+// The source side of the data link (Primary, or SyncSource): writes are
+// queued in sequence order for one sender thread, which writev()s header and
+// payload from the frontend's own buffer (no copy); one receiver thread takes
+// the acks. A frontend thread waits on its own slot, as its protocol says:
+//   A: the frame is in the kernel's send queue;  B: the peer received it;
+//   C: the peer wrote it.
+// When the link fails, every frame not acknowledged as written is marked
+// dirty in the bitmap and every waiter is released: the local write stands.
+#include <pthread.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "bitmap.h"
+#include "frame.h"
+#include "limits.h"
+#include "link_io.h"
+#include "local_io.h"
+
+namespace nraid {
+
+enum class Protocol : uint8_t { kA = 0, kB = 1, kC = 2 };
+
+struct ReplicatorOptions {
+  Protocol protocol = Protocol::kC;
+  uint64_t max_lag_bytes = 64ull << 20;
+  uint64_t max_lag_us = 2000000;
+  bool send_hello_first = false;
+};
+
+class Replicator {
+ public:
+  Replicator(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_bytes, LinkCounters* counters, EventSink sink);
+  ~Replicator();
+  Replicator(const Replicator&) = delete;
+  Replicator& operator=(const Replicator&) = delete;
+
+  // Takes ownership of `fd` and starts the threads.
+  void start(int fd, const ReplicatorOptions& options);
+  // Fails the link (if it still runs) and joins every thread. Idempotent.
+  void stop(const std::string& reason);
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
+  void set_protocol(Protocol protocol) { protocol_.store(protocol, std::memory_order_release); }
+  Protocol protocol() const { return protocol_.load(std::memory_order_acquire); }
+
+  // Queues a WRITE, DISCARD or ZEROES for `slot`; false when the link is down.
+  bool submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
+  // Waits until the slot's last frame is as far as the protocol asks (or the link failed).
+  void wait(uint32_t slot);
+  // Queues a BARRIER closing the current epoch; under B and C waits for its ack.
+  void barrier();
+
+  // Region locks between application writes and resync reads of the same blocks.
+  void region_enter(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
+  void region_leave(uint32_t slot);
+
+  // Sends every region set in the bitmap; emits "resync-done" when the bitmap is clean.
+  void start_resync();
+  bool resync_running() const { return resync_running_.load(std::memory_order_acquire); }
+
+ private:
+  struct Slot {
+    std::mutex mutex;
+    std::condition_variable cv;
+    uint64_t seq = 0;
+    bool sent = false;
+    bool recv_acked = false;
+    bool write_acked = false;
+    bool failed = false;
+    std::atomic<uint64_t> busy_offset{0};
+    std::atomic<uint64_t> busy_length{0};
+  };
+  struct QueueEntry {
+    FrameHeader header;
+    const uint8_t* data;
+    uint32_t slot;
+  };
+  struct Unacked {
+    uint64_t seq = 0;
+    uint64_t offset = 0;
+    uint32_t length = 0;
+    uint16_t type = 0;
+    bool in_use = false;
+    bool resync = false;
+    uint32_t buffer = 0;
+    uint64_t enqueued_us = 0;
+  };
+
+  bool enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length, uint64_t offset,
+               uint32_t resync_buffer);
+  void fail(const std::string& reason);
+  void notify_slot(uint32_t slot, uint64_t seq, int what);
+  void send_loop();
+  void receive_loop();
+  void resync_loop();
+  void advance_oldest_locked();
+  bool overlaps_busy(uint64_t offset, uint64_t length);
+
+  LocalDisk* disk_;
+  Bitmap* bitmap_;
+  const uint64_t data_size_bytes_;
+  LinkCounters* counters_;
+  EventSink sink_;
+  int fd_ = -1;
+  ReplicatorOptions options_;
+  std::atomic<Protocol> protocol_{Protocol::kC};
+
+  std::mutex mutex_;  // queue, unacked table, sequence, epoch
+  std::condition_variable queue_cv_;
+  std::condition_variable space_cv_;
+  std::condition_variable barrier_cv_;
+  std::unique_ptr<QueueEntry[]> queue_;
+  uint32_t queue_head_ = 0;
+  uint32_t queue_count_ = 0;
+  std::unique_ptr<Unacked[]> unacked_;
+  uint64_t next_seq_ = 1;
+  uint64_t oldest_unacked_seq_ = 1;
+  uint64_t epoch_ = 1;
+  uint64_t barrier_acked_epoch_ = 0;
+  bool hello_done_ = false;
+  std::atomic<bool> failed_{false};
+  std::string fail_reason_;
+  std::unique_ptr<Slot[]> slots_;
+
+  std::mutex region_mutex_;
+  std::condition_variable region_cv_;
+  std::atomic<uint64_t> resync_lock_offset_{0};
+  std::atomic<uint64_t> resync_lock_length_{0};
+
+  std::unique_ptr<uint8_t*[]> resync_buffers_;
+  uint32_t resync_free_mask_ = 0;  // under mutex_
+  std::atomic<bool> resync_running_{false};
+  std::atomic<bool> stopping_{false};
+
+  std::thread sender_;
+  std::thread receiver_;
+  std::thread resyncer_;
+};
+
+}  // namespace nraid

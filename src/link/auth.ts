@@ -1,0 +1,52 @@
+/**
+ * HMAC-SHA256 challenge-response of the control link.
+ *
+ * Each side sends a fresh random nonce in its Hello and proves it knows the
+ * shared secret with
+ *
+ *   HMAC-SHA256(secret, "nraid-auth-v1" | receiver's nonce | sender's nonce | sender's node name)
+ *
+ * - Replay: the receiver's nonce is new on every connection, so an Auth
+ *   recorded from an earlier session never matches.
+ * - Reflection: an Auth sent back to its author does not match either,
+ *   because the nonces come in the other order and the name is the author's
+ *   own, not the peer's; a Hello whose nonce equals ours is refused before.
+ * Nonces have a fixed size and the name comes last, so the concatenation is
+ * unambiguous. Comparison is constant-time (crypto.timingSafeEqual).
+ */
+import { createHmac, randomBytes, timingSafeEqual } from 'crypto';
+import { HMAC_BYTES, NONCE_BYTES, DATA_TOKEN_BYTES } from './limits-link';
+
+export const AUTH_LABEL = Buffer.from('nraid-auth-v1', 'ascii');
+
+export function newNonce(): Buffer {
+  return randomBytes(NONCE_BYTES);
+}
+
+export function newDataToken(): Buffer {
+  return randomBytes(DATA_TOKEN_BYTES);
+}
+
+/** The HMAC a node named `senderName` sends, having received `receiverNonce`. */
+export function authHmac(secret: Buffer, receiverNonce: Buffer, senderNonce: Buffer, senderName: string): Buffer {
+  if (receiverNonce.length !== NONCE_BYTES || senderNonce.length !== NONCE_BYTES) {
+    throw new Error(`auth nonces must be ${NONCE_BYTES} bytes`);
+  }
+  return createHmac('sha256', secret)
+    .update(AUTH_LABEL)
+    .update(receiverNonce)
+    .update(senderNonce)
+    .update(Buffer.from(senderName, 'utf8'))
+    .digest();
+}
+
+/** Whether `hmac` proves that `peerName`, who sent `peerNonce`, answered our `ownNonce` with the secret. */
+export function verifyAuthHmac(secret: Buffer, ownNonce: Buffer, peerNonce: Buffer, peerName: string, hmac: Buffer): boolean {
+  const expected = authHmac(secret, ownNonce, peerNonce, peerName);
+  return hmac.length === HMAC_BYTES && timingSafeEqual(expected, hmac);
+}
+
+/** Constant-time equality of two tokens of the same expected size. */
+export function tokensEqual(expected: Buffer, found: Buffer): boolean {
+  return expected.length === found.length && timingSafeEqual(expected, found);
+}

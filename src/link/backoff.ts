@@ -1,0 +1,26 @@
+/**
+ * Exponential redial backoff with jitter: the first delay is `initialMs`,
+ * each failure multiplies it by CONNECT_RETRY_FACTOR up to `maxMs`, and a
+ * session that reaches Connected resets it. Jitter keeps two daemons that
+ * failed together from redialing in lockstep.
+ */
+import { CONNECT_RETRY_FACTOR, CONNECT_RETRY_JITTER } from './limits-link';
+
+export class Backoff {
+  private nextMs: number;
+
+  constructor(private readonly initialMs: number, private readonly maxMs: number, private readonly random: () => number = Math.random) {
+    this.nextMs = initialMs;
+  }
+
+  /** The delay before the next attempt; grows the one after. */
+  next(): number {
+    const baseMs = this.nextMs;
+    this.nextMs = Math.min(this.maxMs, Math.max(1, baseMs) * CONNECT_RETRY_FACTOR);
+    return Math.round(Math.min(this.maxMs, baseMs * (1 + CONNECT_RETRY_JITTER * this.random())));
+  }
+
+  reset(): void {
+    this.nextMs = this.initialMs;
+  }
+}

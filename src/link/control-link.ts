@@ -1,0 +1,710 @@
+/**
+ * ControlLink: the control connection between the two nodes' daemons of one
+ * resource (DESIGN.md §7), and the one-time binding of the data link to it.
+ *
+ * Who connects
+ *   Each node listens on its own address (`start()`). The node whose name
+ *   sorts first is the dialer: it dials the peer and later opens the data
+ *   link; the other only accepts. While this node wants a connection
+ *   (`connect()`), the dialer redials with exponential backoff from
+ *   `connectRetryMs` up to `connectRetryMaxMs` (reset once a session reaches
+ *   Connected), and the acceptor accepts. After `disconnect()` the node is
+ *   StandAlone: it neither dials nor accepts.
+ *
+ * Wire
+ *   Every connection opens with 8 bytes naming its kind: "NRAIDCTL" (control)
+ *   or "NRAIDDAT" (data link, followed by the 32-byte session token). Control
+ *   messages are u32 LE length + protobuf Envelope (src/protocol/control.proto),
+ *   at most 16 MiB each.
+ *
+ * Handshake (src/link/control-session.ts, src/link/auth.ts)
+ *   Hello both ways (versions, features, resource, node name, 32-byte nonce),
+ *   then Auth both ways: HMAC-SHA256(secret, "nraid-auth-v1" | peer's nonce |
+ *   own nonce | own name), compared in constant time. A wrong resource, node
+ *   name, version or HMAC, a timeout (`handshakeTimeoutMs`), or any other
+ *   message first drops the connection, logs the reason at warn and emits
+ *   'refused'. Nothing else is processed before the peer's Auth checks out.
+ *   Features of the session = intersection of both Hellos.
+ *   The dialer then sends SessionStart with a fresh data token; both send
+ *   their NodeState. Different data sizes refuse the session (PeerError
+ *   naming both sizes) on both nodes; redialing keeps its backoff.
+ *
+ * Data link
+ *   Dialer: `openDataSocket()` connects, sends "NRAIDDAT" + token and
+ *   resolves once the acceptor confirms (DataLinkAccepted on the control
+ *   connection). Acceptor: 'dataSocket' fires for the connection carrying the
+ *   current session's unused token; any other data connection is refused.
+ *   Either socket is positioned right after preamble+token, paused, with its
+ *   fd not being read, ready to be handed to native code; it belongs to the
+ *   caller from then on (the link never closes it, and the caller must add an
+ *   'error' listener). One data link per session: the token works once, a
+ *   second `openDataSocket()` rejects, and a session whose data link does not
+ *   come within `dataLinkTimeoutMs` of SessionStart is dropped.
+ *
+ * Liveness
+ *   Once established both sides ping every `pingIntervalMs`; if nothing at
+ *   all arrives for `pingTimeoutMs` the session is dead: 'disconnected' with
+ *   reason 'ping timeout', sockets destroyed, redial per policy. A newly
+ *   authenticated connection from the peer replaces an older session (the
+ *   peer noticed the loss first).
+ *
+ * Requests
+ *   `request(kind, payload, timeoutMs)` resolves with the peer handler's
+ *   answer; rejects with RemoteError (the handler threw: same code and
+ *   message), PeerError (timeout, session lost) or StateError (not
+ *   connected). `onRequest(kind, handler)` registers the answerer of a kind.
+ *   `notice(kind, payload)` is one-way; the peer emits 'notice'. Payloads
+ *   are opaque bytes; Bitmap, ResyncControl and RoleChange have encoders in
+ *   src/protocol/control.ts.
+ *
+ * Events
+ *   'connected' (SessionInfo: peer Hello, protocol version, features, peer state)
+ *   'peerState' (NodeState)                 every later state of the peer
+ *   'disconnected' ({reason, error?})       an established session ended
+ *   'refused' ({reason, error, remote})     a connection failed before it was established
+ *   'dataSocket' (socket, SessionInfo)      acceptor: the data link of the session
+ *   'notice' (kind, payload, SessionInfo)
+ *   'connectionState' (StandAlone | Connecting | Connected)
+ */
+import { EventEmitter } from 'events';
+import * as net from 'net';
+import { ConfigError, NraidError, PeerError, ProtocolError, StateError } from '../errors';
+import { CONTROL_FEATURES, CONTROL_PREAMBLE, DATA_PREAMBLE, NodeState } from '../protocol/control';
+import { Backoff } from './backoff';
+import { ControlSession, LinkLog, RequestHandler, SessionEnd, SessionInfo } from './control-session';
+import {
+  CONNECT_RETRY_DEFAULT_MS,
+  CONNECT_RETRY_MAX_MS,
+  DATA_LINK_TIMEOUT_DEFAULT_MS,
+  DATA_TOKEN_BYTES,
+  HANDSHAKE_TIMEOUT_DEFAULT_MS,
+  NAME_MAX_BYTES,
+  PENDING_HANDSHAKES_MAX,
+  PING_INTERVAL_DEFAULT_MS,
+  PING_INTERVAL_MIN_MS,
+  PING_TIMEOUT_DEFAULT_MS,
+  PREAMBLE_BYTES,
+  REQUEST_TIMEOUT_DEFAULT_MS,
+} from './limits-link';
+import { closeSocket, readPrefix, remoteOf, stopReading } from './socket-io';
+
+export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './control-session';
+
+export interface NodeAddress {
+  name: string;
+  host: string;
+  port: number;
+}
+
+export interface ControlLinkOptions {
+  resource: string;
+  local: NodeAddress;
+  peer: NodeAddress;
+  /** The config's shared `secret`. */
+  secret: string | Buffer;
+  pingIntervalMs?: number;
+  pingTimeoutMs?: number;
+  /** First redial delay; doubles per failure up to connectRetryMaxMs. */
+  connectRetryMs?: number;
+  connectRetryMaxMs?: number;
+  handshakeTimeoutMs?: number;
+  dataLinkTimeoutMs?: number;
+  /** Features to offer; defaults to CONTROL_FEATURES. */
+  features?: readonly string[];
+  getState: () => NodeState;
+  log: LinkLog;
+}
+
+export type ConnectionState = 'StandAlone' | 'Connecting' | 'Connected';
+
+export interface LinkDisconnect {
+  reason: string;
+  /** Set when the session failed; absent when this node chose to end it. */
+  error?: NraidError;
+}
+
+export interface LinkRefusal {
+  reason: string;
+  error: NraidError;
+  /** "host:port" of the far end. */
+  remote: string;
+}
+
+export interface ControlLinkEvents {
+  connected: [info: SessionInfo];
+  peerState: [state: NodeState];
+  disconnected: [event: LinkDisconnect];
+  refused: [event: LinkRefusal];
+  dataSocket: [socket: net.Socket, info: SessionInfo];
+  notice: [kind: string, payload: Buffer, info: SessionInfo];
+  connectionState: [state: ConnectionState];
+}
+
+interface Timings {
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
+  connectRetryMs: number;
+  connectRetryMaxMs: number;
+  handshakeTimeoutMs: number;
+  dataLinkTimeoutMs: number;
+}
+
+export class ControlLink extends EventEmitter<ControlLinkEvents> {
+  /** Whether this node dials (its name sorts first) and opens the data link. */
+  readonly isDialer: boolean;
+  private readonly timings: Timings;
+  private readonly secret: Buffer;
+  private readonly features: readonly string[];
+  private readonly backoff: Backoff;
+  private readonly handlers = new Map<string, RequestHandler>();
+  private server: net.Server | null = null;
+  private wanting = false;
+  private stopped = false;
+  /** The authenticated session, established or about to be. */
+  private session: ControlSession | null = null;
+  /** Sessions not yet authenticated: the dialer's attempt, or connections accepted. */
+  private readonly handshakes = new Set<ControlSession>();
+  /** Sockets still reading their preamble or token, or dialing. */
+  private readonly rawSockets = new Set<net.Socket>();
+  private dialing = false;
+  private dialTimer: NodeJS.Timeout | null = null;
+  private lastConnectionState: ConnectionState = 'StandAlone';
+
+  constructor(private readonly options: ControlLinkOptions) {
+    super();
+    const { resource, local, peer } = options;
+    for (const [key, name] of [['resource', resource], [`nodes.${local.name}`, local.name], [`nodes.${peer.name}`, peer.name]] as const) {
+      const sizeBytes = Buffer.byteLength(name, 'utf8');
+      if (sizeBytes === 0 || sizeBytes > NAME_MAX_BYTES) {
+        throw new ConfigError(`${key}: expected a name of 1 to ${NAME_MAX_BYTES} bytes, found ${sizeBytes} bytes`);
+      }
+    }
+    if (local.name === peer.name) {
+      throw new ConfigError(`nodes: expected two nodes with different names, found ${local.name} twice; name each node once`);
+    }
+    this.secret = Buffer.isBuffer(options.secret) ? options.secret : Buffer.from(options.secret, 'utf8');
+    if (this.secret.length === 0) {
+      throw new ConfigError('secret: expected a shared secret, found an empty one; set the same `secret` on both nodes');
+    }
+    this.timings = {
+      pingIntervalMs: options.pingIntervalMs ?? PING_INTERVAL_DEFAULT_MS,
+      pingTimeoutMs: options.pingTimeoutMs ?? PING_TIMEOUT_DEFAULT_MS,
+      connectRetryMs: options.connectRetryMs ?? CONNECT_RETRY_DEFAULT_MS,
+      connectRetryMaxMs: options.connectRetryMaxMs ?? Math.max(CONNECT_RETRY_MAX_MS, options.connectRetryMs ?? 0),
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_DEFAULT_MS,
+      dataLinkTimeoutMs: options.dataLinkTimeoutMs ?? DATA_LINK_TIMEOUT_DEFAULT_MS,
+    };
+    const t = this.timings;
+    if (!(t.pingIntervalMs >= PING_INTERVAL_MIN_MS && t.pingIntervalMs < t.pingTimeoutMs)) {
+      throw new ConfigError(
+        `ping-interval-ms: expected at least ${PING_INTERVAL_MIN_MS} and below ping-timeout-ms (${t.pingTimeoutMs}), ` +
+          `found ${t.pingIntervalMs}; pings must come several times per timeout`,
+      );
+    }
+    for (const [key, valueMs] of [
+      ['connect-retry-ms', t.connectRetryMs],
+      ['handshake timeout', t.handshakeTimeoutMs],
+      ['data link timeout', t.dataLinkTimeoutMs],
+    ] as const) {
+      if (!(Number.isFinite(valueMs) && valueMs > 0)) throw new ConfigError(`${key}: expected a time above 0 ms, found ${valueMs}`);
+    }
+    if (t.connectRetryMaxMs < t.connectRetryMs) {
+      throw new ConfigError(`connect retry cap: expected at least connect-retry-ms (${t.connectRetryMs}), found ${t.connectRetryMaxMs}`);
+    }
+    this.features = options.features ?? CONTROL_FEATURES;
+    this.isDialer = local.name < peer.name;
+    this.backoff = new Backoff(t.connectRetryMs, t.connectRetryMaxMs);
+  }
+
+  // ------------------------------------------------------------- public
+
+  /** Listens on the local address; resolves with the address bound (port 0 picks one). */
+  start(): Promise<net.AddressInfo> {
+    if (this.server) return Promise.reject(new StateError('the control link already listens; call start() once'));
+    if (this.stopped) return Promise.reject(new StateError('the control link is stopped; make a new one'));
+    const { host, port } = this.options.local;
+    const server = net.createServer({ pauseOnConnect: true }, (socket) => this.onIncoming(socket));
+    this.server = server;
+    return new Promise((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException): void => {
+        this.server = null;
+        reject(
+          new ConfigError(
+            `nodes.${this.options.local.name}.address: cannot listen on ${host}:${port} (${error.code ?? error.message}); ` +
+              'check that the address is local and the port free',
+          ),
+        );
+      };
+      server.once('error', onError);
+      server.listen(port, host, () => {
+        server.off('error', onError);
+        server.on('error', (error) => this.log('error', `control listener failed: ${error.message}`, {}));
+        const address = server.address() as net.AddressInfo;
+        this.log('info', `listening for ${this.options.peer.name} on ${address.address}:${address.port}`, {
+          dialer: this.isDialer,
+        });
+        resolve(address);
+      });
+    });
+  }
+
+  /** The address listened on, once start() has resolved. */
+  address(): net.AddressInfo | null {
+    const address = this.server?.address();
+    return address && typeof address === 'object' ? address : null;
+  }
+
+  get connectionState(): ConnectionState {
+    if (!this.wanting) return 'StandAlone';
+    return this.session?.established ? 'Connected' : 'Connecting';
+  }
+
+  /** The established session, or null. */
+  get sessionInfo(): SessionInfo | null {
+    return this.session?.established ? this.session.sessionInfo : null;
+  }
+
+  /** Round trip of the last answered ping of the current session. */
+  get lastRttMs(): number | null {
+    return this.session?.established ? this.session.lastRttMs : null;
+  }
+
+  /** Wants a connection: the dialer dials now, the acceptor accepts. */
+  connect(): void {
+    if (this.stopped) throw new StateError('the control link is stopped; make a new one');
+    if (this.wanting) return;
+    this.wanting = true;
+    this.backoff.reset();
+    this.log('info', this.isDialer ? `connecting to ${this.options.peer.name}` : `waiting for ${this.options.peer.name} to connect`, {});
+    this.updateConnectionState();
+    if (this.isDialer) this.scheduleDial(0);
+  }
+
+  /** Drops the session and stops wanting one: no dialing, incoming connections refused. */
+  disconnect(reason = 'disconnect requested by the operator'): void {
+    this.wanting = false;
+    this.dropEverything(reason);
+    this.updateConnectionState();
+  }
+
+  /**
+   * Disconnects and stops listening. Resolves once the listening socket is
+   * closed; connections still lingering close on their own (within
+   * SOCKET_LINGER_MS), and data sockets handed out stay the caller's.
+   */
+  stop(): Promise<void> {
+    this.stopped = true;
+    this.disconnect('the daemon is stopping');
+    const server = this.server;
+    this.server = null;
+    if (!server) return Promise.resolve();
+    return new Promise((resolve) => {
+      server.close();
+      setImmediate(resolve);
+    });
+  }
+
+  /** Sends the current local state (getState()) to the peer, if a session is up. */
+  sendState(): void {
+    this.session?.sendState();
+  }
+
+  request(kind: string, payload: Uint8Array, timeoutMs: number = REQUEST_TIMEOUT_DEFAULT_MS): Promise<Buffer> {
+    const session = this.session;
+    if (!session?.established) {
+      return Promise.reject(
+        new StateError(
+          `cannot send request '${kind}' to ${this.options.peer.name}: not connected (connection is ` +
+            `${this.connectionState}); wait for the connection or run nraid connect`,
+        ),
+      );
+    }
+    return session.request(kind, payload, timeoutMs);
+  }
+
+  /** Registers the handler of one request kind; returns a function that removes it. */
+  onRequest(kind: string, handler: RequestHandler): () => void {
+    if (this.handlers.has(kind)) throw new Error(`a handler for request kind '${kind}' is already registered`);
+    this.handlers.set(kind, handler);
+    return () => {
+      if (this.handlers.get(kind) === handler) this.handlers.delete(kind);
+    };
+  }
+
+  /** Sends a one-way notice; false when no session is established. */
+  notice(kind: string, payload: Uint8Array): boolean {
+    return this.session?.established ? this.session.notice(kind, payload) : false;
+  }
+
+  /**
+   * Dialer only: opens this session's data link. Resolves with the socket
+   * positioned after preamble+token, paused and not reading, once the
+   * acceptor confirmed it. A failure also drops the session (it is useless
+   * without its data link), which then reconnects per policy.
+   */
+  openDataSocket(): Promise<net.Socket> {
+    const { peer } = this.options;
+    if (!this.isDialer) {
+      return Promise.reject(
+        new StateError(`${this.options.local.name} accepts the data link from ${peer.name}; listen for 'dataSocket' instead`),
+      );
+    }
+    const session = this.session;
+    if (!session?.established) {
+      return Promise.reject(new StateError(`cannot open the data link to ${peer.name}: not connected (connection is ${this.connectionState})`));
+    }
+    const token = session.takeDataToken();
+    if (!token) {
+      return Promise.reject(new StateError(`the data link of session ${session.id} with ${peer.name} is already open; one per session`));
+    }
+    return new Promise<net.Socket>((resolve, reject) => {
+      const socket = new net.Socket();
+      socket.pause(); // never read: the fd goes to native code with every byte still in the kernel
+      this.rawSockets.add(socket);
+      let settled = false;
+      const cleanup = (): void => {
+        settled = true;
+        clearTimeout(timer);
+        this.rawSockets.delete(socket);
+        socket.off('error', onError);
+        session.off('dataLinkAccepted', onAccepted);
+        session.off('closed', onClosed);
+      };
+      const fail = (error: NraidError): void => {
+        if (settled) return;
+        cleanup();
+        socket.destroy();
+        reject(error);
+        session.close(error.message, error);
+      };
+      const onAccepted = (): void => {
+        if (settled) return;
+        cleanup();
+        this.log('info', `data link to ${peer.name} open`, { session: session.id, local: `${socket.localAddress}:${socket.localPort}` });
+        resolve(socket);
+      };
+      const onError = (error: Error): void =>
+        fail(new PeerError(`cannot open the data link to ${peer.name} at ${peer.host}:${peer.port}: ${error.message}`));
+      const onClosed = (end: SessionEnd): void =>
+        fail(new PeerError(`the session with ${peer.name} ended before its data link was accepted: ${end.reason}`));
+      const timer = setTimeout(
+        () =>
+          fail(
+            new PeerError(
+              `expected ${peer.name} to accept the data link within ${this.timings.dataLinkTimeoutMs} ms, found no answer; ` +
+                'dropping the session',
+            ),
+          ),
+        this.timings.dataLinkTimeoutMs,
+      );
+      socket.on('error', onError);
+      session.on('dataLinkAccepted', onAccepted);
+      session.on('closed', onClosed);
+      socket.connect({ host: peer.host, port: peer.port }, () => {
+        if (settled) return;
+        socket.setNoDelay(true);
+        socket.write(Buffer.concat([DATA_PREAMBLE, token]));
+      });
+    });
+  }
+
+  // ---------------------------------------------------------- dialing
+
+  private scheduleDial(delayMs: number): void {
+    if (!this.isDialer || !this.wanting || this.stopped) return;
+    if (this.dialTimer || this.dialing || this.session) return;
+    if (delayMs > 0) this.log('debug', `redialing ${this.options.peer.name} in ${delayMs} ms`, {});
+    this.dialTimer = setTimeout(() => {
+      this.dialTimer = null;
+      this.dial();
+    }, delayMs);
+  }
+
+  private dial(): void {
+    if (!this.wanting || this.stopped || this.dialing || this.session) return;
+    const { peer } = this.options;
+    this.dialing = true;
+    const socket = net.connect({ host: peer.host, port: peer.port });
+    this.rawSockets.add(socket);
+    const timer = setTimeout(
+      () => socket.destroy(new Error(`no TCP connection within ${this.timings.handshakeTimeoutMs} ms`)),
+      this.timings.handshakeTimeoutMs,
+    );
+    const onError = (error: NodeJS.ErrnoException): void => {
+      clearTimeout(timer);
+      this.rawSockets.delete(socket);
+      this.dialing = false;
+      const delayMs = this.backoff.next();
+      this.log('info', `cannot reach ${peer.name} at ${peer.host}:${peer.port} (${error.code ?? error.message}); retrying in ${delayMs} ms`, {});
+      this.scheduleDial(delayMs);
+    };
+    socket.once('error', onError);
+    socket.once('close', () => clearTimeout(timer));
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      this.rawSockets.delete(socket);
+      socket.setNoDelay(true);
+      socket.write(CONTROL_PREAMBLE);
+      this.startSession(socket, Buffer.alloc(0));
+    });
+  }
+
+  // --------------------------------------------------------- accepting
+
+  private onIncoming(socket: net.Socket): void {
+    if (this.stopped) {
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay(true);
+    socket.on('error', () => undefined); // reported through readPrefix or the session
+    this.rawSockets.add(socket);
+    const remote = remoteOf(socket);
+    const deadlineMs = Date.now() + this.timings.handshakeTimeoutMs;
+    readPrefix(socket, PREAMBLE_BYTES, Buffer.alloc(0), this.timings.handshakeTimeoutMs, (result) => {
+      if (!result.ok) {
+        this.rawSockets.delete(socket);
+        this.refuse(socket, remote, prefixFailure('the 8-byte preamble NRAIDCTL or NRAIDDAT', result, this.timings.handshakeTimeoutMs));
+        return;
+      }
+      if (result.prefix.equals(CONTROL_PREAMBLE)) {
+        this.rawSockets.delete(socket);
+        this.onControlConnection(socket, remote, result.rest);
+        return;
+      }
+      if (result.prefix.equals(DATA_PREAMBLE)) {
+        const leftMs = Math.max(1, deadlineMs - Date.now());
+        readPrefix(socket, DATA_TOKEN_BYTES, result.rest, leftMs, (tokenResult) => {
+          this.rawSockets.delete(socket);
+          if (!tokenResult.ok) {
+            this.refuse(socket, remote, prefixFailure(`the ${DATA_TOKEN_BYTES}-byte data link token`, tokenResult, this.timings.handshakeTimeoutMs));
+            return;
+          }
+          this.onDataConnection(socket, remote, tokenResult.prefix, tokenResult.rest);
+        });
+        return;
+      }
+      this.rawSockets.delete(socket);
+      this.refuse(
+        socket,
+        remote,
+        new ProtocolError(
+          `expected the preamble NRAIDCTL or NRAIDDAT, found ${describeBytes(result.prefix)}; the client is not an nraid peer`,
+        ),
+      );
+    });
+  }
+
+  private onControlConnection(socket: net.Socket, remote: string, rest: Buffer): void {
+    const { local, peer } = this.options;
+    if (!this.wanting) {
+      this.refuse(socket, remote, new PeerError(
+        `${local.name} is StandAlone (disconnected) and accepts no connection; run nraid connect on ${local.name} to allow it`,
+      ));
+      return;
+    }
+    if (this.isDialer) {
+      this.refuse(socket, remote, new PeerError(
+        `${local.name} dials ${peer.name} and accepts no control connection; the node whose name sorts first dials: ` +
+          'check that both nodes use the same config',
+      ));
+      return;
+    }
+    if (this.handshakes.size >= PENDING_HANDSHAKES_MAX) {
+      this.refuse(socket, remote, new PeerError(
+        `expected at most ${PENDING_HANDSHAKES_MAX} connections in handshake at once, found one more from ${remote}; refusing it`,
+      ));
+      return;
+    }
+    this.startSession(socket, rest);
+  }
+
+  private onDataConnection(socket: net.Socket, remote: string, token: Buffer, rest: Buffer): void {
+    const { local, peer } = this.options;
+    if (this.isDialer) {
+      this.refuse(socket, remote, new PeerError(`${local.name} opens the data link itself and accepts none; check that both nodes use the same config`));
+      return;
+    }
+    const session = this.session;
+    if (!session) {
+      this.refuse(socket, remote, new PeerError(`data link from ${remote} refused: no authenticated session with ${peer.name}`));
+      return;
+    }
+    if (rest.length > 0) {
+      this.refuse(socket, remote, new ProtocolError(
+        `expected nothing after the data link token until it is accepted, found ${rest.length} more bytes from ${remote}`,
+      ));
+      return;
+    }
+    const check = session.consumeDataToken(token);
+    if (check !== 'accepted') {
+      const why = {
+        'no-session-token': `session ${session.id} has no data token yet`,
+        mismatch: `the token does not match session ${session.id}'s`,
+        used: `session ${session.id}'s token was already used; one data link per session`,
+      }[check];
+      this.refuse(socket, remote, new PeerError(`data link from ${remote} refused: ${why}`));
+      return;
+    }
+    // The stream machinery restarts the fd read once more on the next tick
+    // (maybeReadMore); stop it after that, and only then let the dialer send.
+    setImmediate(() => this.handOverDataSocket(session, socket, remote));
+  }
+
+  private handOverDataSocket(session: ControlSession, socket: net.Socket, remote: string): void {
+    const { peer } = this.options;
+    stopReading(socket);
+    if (session.closed || socket.destroyed || socket.readableLength > 0) {
+      if (socket.readableLength > 0) {
+        this.refuse(socket, remote, new ProtocolError(
+          `expected nothing after the data link token until it is accepted, found ${socket.readableLength} more bytes from ${remote}`,
+        ));
+      } else {
+        socket.destroy();
+      }
+      return;
+    }
+    socket.removeAllListeners('error');
+    session.sendDataLinkAccepted();
+    const info = session.sessionInfo;
+    this.log('info', `data link from ${peer.name} accepted`, { session: session.id, remote });
+    if (info) {
+      this.emit('dataSocket', socket, info);
+    } else {
+      // Authenticated but not yet established: hand it over once the session is.
+      const onEstablished = (established: SessionInfo): void => {
+        session.off('closed', onClosed);
+        this.emit('dataSocket', socket, established);
+      };
+      const onClosed = (): void => {
+        session.off('established', onEstablished);
+        socket.destroy();
+      };
+      session.once('established', onEstablished);
+      session.once('closed', onClosed);
+    }
+  }
+
+  private refuse(socket: net.Socket, remote: string, error: NraidError): void {
+    this.log('warn', `refused connection from ${remote}: ${error.message}`, { remote, code: error.code });
+    closeSocket(socket);
+    this.emit('refused', { reason: error.message, error, remote });
+  }
+
+  // ---------------------------------------------------------- sessions
+
+  private startSession(socket: net.Socket, initial: Buffer): void {
+    const { resource, local, peer, getState, log } = this.options;
+    if (this.isDialer) this.dialing = true;
+    socket.removeAllListeners('error');
+    const session = new ControlSession(
+      socket,
+      {
+        dialer: this.isDialer,
+        resource,
+        localName: local.name,
+        peerName: peer.name,
+        secret: this.secret,
+        features: this.features,
+        handshakeTimeoutMs: this.timings.handshakeTimeoutMs,
+        pingIntervalMs: this.timings.pingIntervalMs,
+        pingTimeoutMs: this.timings.pingTimeoutMs,
+        dataLinkTimeoutMs: this.timings.dataLinkTimeoutMs,
+        getState,
+        findHandler: (kind) => this.handlers.get(kind),
+        log,
+      },
+    );
+    this.handshakes.add(session);
+    session.on('authenticated', () => this.onAuthenticated(session));
+    session.on('established', (info) => this.onEstablished(session, info));
+    session.on('peerState', (state) => this.emit('peerState', state));
+    session.on('notice', (kind, payload) => {
+      const info = session.sessionInfo;
+      if (info) this.emit('notice', kind, payload, info);
+    });
+    session.on('closed', (end) => this.onSessionClosed(session, end));
+    session.start(initial);
+  }
+
+  private onAuthenticated(session: ControlSession): void {
+    this.handshakes.delete(session);
+    const { peer } = this.options;
+    this.log('info', `${peer.name} at ${session.remote} authenticated`, { session: session.id });
+    const previous = this.session;
+    this.session = session;
+    if (previous) previous.close(`replaced by a newer connection from ${peer.name} (session ${session.id})`);
+  }
+
+  private onEstablished(session: ControlSession, info: SessionInfo): void {
+    if (this.session !== session) return;
+    this.backoff.reset();
+    this.log('info', `connected to ${this.options.peer.name}`, {
+      session: session.id,
+      remote: info.remote,
+      protocolVersion: info.protocolVersion,
+      features: info.features,
+      peerRole: info.peerState.role,
+      peerDisk: info.peerState.disk,
+    });
+    this.updateConnectionState();
+    this.emit('connected', info);
+  }
+
+  private onSessionClosed(session: ControlSession, end: SessionEnd): void {
+    this.handshakes.delete(session);
+    if (this.session === session) this.session = null;
+    if (this.isDialer) this.dialing = false; // the dialer has one connection at a time
+    const fields = { session: session.id, remote: session.remote, code: end.error?.code };
+    if (end.established) {
+      this.log(end.error ? 'warn' : 'info', `disconnected from ${this.options.peer.name}: ${end.reason}`, fields);
+      this.updateConnectionState();
+      this.emit('disconnected', end.error ? { reason: end.reason, error: end.error } : { reason: end.reason });
+    } else if (end.error) {
+      this.log('warn', `refused connection with ${session.remote}: ${end.reason}`, fields);
+      this.emit('refused', { reason: end.reason, error: end.error, remote: session.remote });
+    } else {
+      this.log('info', `closed connection with ${session.remote}: ${end.reason}`, fields);
+    }
+    if (this.isDialer && !this.dialing && !this.session) this.scheduleDial(this.backoff.next());
+  }
+
+  private dropEverything(reason: string): void {
+    if (this.dialTimer) clearTimeout(this.dialTimer);
+    this.dialTimer = null;
+    for (const socket of this.rawSockets) socket.destroy();
+    this.rawSockets.clear();
+    this.dialing = false;
+    for (const session of [...this.handshakes]) session.close(reason);
+    this.session?.close(reason);
+  }
+
+  private updateConnectionState(): void {
+    const state = this.connectionState;
+    if (state === this.lastConnectionState) return;
+    this.lastConnectionState = state;
+    this.emit('connectionState', state);
+  }
+
+  private log(level: 'debug' | 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown>): void {
+    this.options.log(level, msg, { resource: this.options.resource, peer: this.options.peer.name, ...fields });
+  }
+}
+
+function prefixFailure(
+  expected: string,
+  result: { reason: 'timeout' | 'closed' | 'error'; receivedBytes: number; error?: Error },
+  timeoutMs: number,
+): NraidError {
+  if (result.reason === 'timeout') {
+    return new PeerError(`expected ${expected} within ${timeoutMs} ms (handshake timeout), found ${result.receivedBytes} bytes`);
+  }
+  const how = result.reason === 'error' ? `failed (${result.error?.message ?? 'unknown error'})` : 'closed';
+  return new PeerError(`expected ${expected}, found the connection ${how} after ${result.receivedBytes} bytes`);
+}
+
+function describeBytes(bytes: Buffer): string {
+  const printable = /^[\x20-\x7e]*$/.test(bytes.toString('latin1'));
+  return printable ? `"${bytes.toString('latin1')}"` : `bytes ${bytes.toString('hex')}`;
+}

@@ -1,0 +1,627 @@
+/**
+ * One control connection, from just after its preamble to its close:
+ * handshake (Hello, Auth), session start (data token, states), then pings,
+ * state updates, requests, responses and notices.
+ *
+ * Order of messages (control.proto says the same):
+ *   both      Hello                      at once
+ *   both      Auth                       once the peer's Hello checks out
+ *   dialer    SessionStart, NodeState    once the peer's Auth checks out
+ *   acceptor  NodeState                  once SessionStart is in
+ * The session is established when the peer's NodeState has come and the data
+ * sizes agree; only then do pings, requests and notices flow. Anything out of
+ * order, or any message at all before the peer's Auth is verified, closes the
+ * connection with the reason.
+ *
+ * The session never retries or reconnects; ControlLink decides that from the
+ * SessionEnd it emits ('closed'), exactly once.
+ */
+import { EventEmitter } from 'events';
+import * as net from 'net';
+import { NraidError, PeerError, ProtocolError, RemoteError, StateError, errorReply } from '../errors';
+import {
+  ControlFrameReader,
+  ControlMessage,
+  Hello,
+  NodeState,
+  PROTOCOL_VERSION,
+  PROTOCOL_VERSION_MIN,
+  encodeFrame,
+} from '../protocol/control';
+import { authHmac, newDataToken, newNonce, tokensEqual, verifyAuthHmac } from './auth';
+import { CONTROL_SEND_QUEUE_MAX_BYTES, ERROR_MESSAGE_MAX_CHARS, PENDING_REQUESTS_MAX } from './limits-link';
+import { closeSocket, remoteOf } from './socket-io';
+
+export type LinkLogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type LinkLog = (level: LinkLogLevel, msg: string, fields: Record<string, unknown>) => void;
+
+/** Answers one kind of request from the peer; what it throws goes back as an error Response. */
+export type RequestHandler = (payload: Buffer, session: SessionInfo) => Promise<Uint8Array | void> | Uint8Array | void;
+
+export interface SessionConfig {
+  dialer: boolean;
+  resource: string;
+  localName: string;
+  peerName: string;
+  secret: Buffer;
+  features: readonly string[];
+  handshakeTimeoutMs: number;
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
+  dataLinkTimeoutMs: number;
+  getState: () => NodeState;
+  findHandler: (kind: string) => RequestHandler | undefined;
+  log: LinkLog;
+}
+
+/** What both sides agreed on; given with 'connected'. */
+export interface SessionInfo {
+  /** Local counter, to tell sessions apart in logs and events. */
+  id: number;
+  /** Whether this node dialed (and so opens the data link). */
+  dialer: boolean;
+  /** "host:port" of the peer's end of the control connection. */
+  remote: string;
+  peerHello: Hello;
+  protocolVersion: number;
+  /** Features both sides offered, sorted. */
+  features: string[];
+  peerState: NodeState;
+}
+
+export interface SessionEnd {
+  reason: string;
+  /** Set when the session failed (peer, protocol, timeout); absent for a close this node chose. */
+  error?: NraidError;
+  authenticated: boolean;
+  established: boolean;
+}
+
+export type DataTokenCheck = 'accepted' | 'no-session-token' | 'mismatch' | 'used';
+
+type Phase = 'awaitingHello' | 'awaitingAuth' | 'authenticated' | 'established' | 'closed';
+
+interface PendingRequest {
+  kind: string;
+  resolve: (payload: Buffer) => void;
+  reject: (error: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+interface SessionEvents {
+  authenticated: [];
+  established: [info: SessionInfo];
+  peerState: [state: NodeState];
+  notice: [kind: string, payload: Buffer];
+  dataLinkAccepted: [];
+  closed: [end: SessionEnd];
+}
+
+let nextSessionId = 1;
+
+export class ControlSession extends EventEmitter<SessionEvents> {
+  readonly id = nextSessionId++;
+  readonly remote: string;
+  private phase: Phase = 'awaitingHello';
+  private readonly reader = new ControlFrameReader();
+  private readonly ownNonce = newNonce();
+  private peerHello: Hello | null = null;
+  private protocolVersion = 0;
+  private features: string[] = [];
+  private peerState: NodeState | null = null;
+  private info: SessionInfo | null = null;
+  /** Dialer: minted at authentication. Acceptor: from SessionStart. */
+  private dataToken: Buffer | null = null;
+  private dataTokenUsed = false;
+  private awaitingDataLinkAccepted = false;
+  private handshakeTimer: NodeJS.Timeout | null = null;
+  private silenceTimer: NodeJS.Timeout | null = null;
+  private pingTimer: NodeJS.Timeout | null = null;
+  private dataLinkTimer: NodeJS.Timeout | null = null;
+  private pingSeq = 0;
+  private lastPingSentAtMs = 0;
+  /** Round trip of the last answered ping. */
+  lastRttMs: number | null = null;
+  private nextRequestId = 1;
+  private readonly pending = new Map<number, PendingRequest>();
+
+  constructor(private readonly socket: net.Socket, private readonly config: SessionConfig) {
+    super();
+    this.remote = remoteOf(socket);
+  }
+
+  /**
+   * Sends our Hello and starts reading, beginning with `initial` (bytes read
+   * with the preamble). Call once, after the listeners are attached: a
+   * failure in `initial` emits 'closed' from here.
+   */
+  start(initial: Buffer): void {
+    const { socket, config } = this;
+    if (this.handshakeTimer || this.phase !== 'awaitingHello') throw new Error('ControlSession.start() called twice');
+    this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), config.handshakeTimeoutMs);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => this.onPeerClosed('closed the connection'));
+    socket.on('close', () => this.onPeerClosed('connection closed'));
+    socket.on('error', (error: Error) => this.onPeerClosed(`connection failed (${error.message})`));
+    this.send({
+      type: 'hello',
+      body: {
+        protocolVersion: PROTOCOL_VERSION,
+        protocolVersionMin: PROTOCOL_VERSION_MIN,
+        features: [...config.features],
+        resource: config.resource,
+        nodeName: config.localName,
+        nonce: this.ownNonce,
+      },
+    });
+    if (initial.length > 0) this.onData(initial);
+    socket.resume();
+  }
+
+  get authenticated(): boolean {
+    return this.phase === 'authenticated' || this.phase === 'established';
+  }
+
+  get established(): boolean {
+    return this.phase === 'established';
+  }
+
+  get closed(): boolean {
+    return this.phase === 'closed';
+  }
+
+  get sessionInfo(): SessionInfo | null {
+    return this.info;
+  }
+
+  // ------------------------------------------------------------ inbound
+
+  private onData(chunk: Buffer): void {
+    if (this.phase === 'closed') return;
+    this.silenceTimer?.refresh();
+    let messages: ControlMessage[];
+    try {
+      messages = this.reader.push(chunk);
+    } catch (error) {
+      this.fail(asNraidError(error));
+      return;
+    }
+    for (const message of messages) {
+      if ((this.phase as Phase) === 'closed') return;
+      try {
+        this.onMessage(message);
+      } catch (error) {
+        this.fail(asNraidError(error));
+      }
+    }
+  }
+
+  private onMessage(message: ControlMessage): void {
+    switch (this.phase) {
+      case 'awaitingHello':
+        if (message.type !== 'hello') throw this.outOfOrder('Hello', message.type);
+        this.onHello(message.body);
+        return;
+      case 'awaitingAuth':
+        if (message.type !== 'auth') throw this.outOfOrder('Auth', message.type);
+        this.onAuth(message.body.hmac);
+        return;
+      case 'authenticated':
+        this.onSessionStartPhase(message);
+        return;
+      case 'established':
+        this.onEstablishedMessage(message);
+        return;
+      case 'closed':
+        return;
+    }
+  }
+
+  private onHello(hello: Hello): void {
+    const { config } = this;
+    const versionMax = Math.min(hello.protocolVersion, PROTOCOL_VERSION);
+    const versionMin = Math.max(hello.protocolVersionMin, PROTOCOL_VERSION_MIN);
+    if (versionMax < versionMin || hello.protocolVersionMin > hello.protocolVersion) {
+      throw new PeerError(
+        `expected a peer speaking control protocol ${PROTOCOL_VERSION_MIN}..${PROTOCOL_VERSION}, found ` +
+          `${hello.nodeName} at ${this.remote} speaking ${hello.protocolVersionMin}..${hello.protocolVersion}; ` +
+          'run the same nraid version on both nodes',
+      );
+    }
+    if (hello.resource !== config.resource) {
+      throw new PeerError(
+        `expected resource ${config.resource}, found ${hello.nodeName} at ${this.remote} announcing resource ` +
+          `${hello.resource}; check the address and the resource name in both nodes' config`,
+      );
+    }
+    if (hello.nodeName !== config.peerName) {
+      throw new PeerError(
+        `expected the peer node ${config.peerName}, found a node calling itself ${hello.nodeName} at ` +
+          `${this.remote}; check the [nodes] sections of both nodes' config`,
+      );
+    }
+    if (tokensEqual(this.ownNonce, hello.nonce)) {
+      throw new PeerError(
+        `expected a fresh nonce from ${hello.nodeName} at ${this.remote}, found our own: a reflection attempt ` +
+          'or a connection looped back to this node; check the peer address',
+      );
+    }
+    this.peerHello = hello;
+    this.protocolVersion = versionMax;
+    const offered = new Set(hello.features);
+    this.features = [...new Set(config.features)].filter((feature) => offered.has(feature)).sort();
+    this.phase = 'awaitingAuth';
+    this.send({ type: 'auth', body: { hmac: authHmac(config.secret, hello.nonce, this.ownNonce, config.localName) } });
+  }
+
+  private onAuth(hmac: Buffer): void {
+    const { config } = this;
+    const hello = this.peerHello!;
+    if (!verifyAuthHmac(config.secret, this.ownNonce, hello.nonce, hello.nodeName, hmac)) {
+      throw new PeerError(
+        `authentication failed: ${hello.nodeName} at ${this.remote} answered with an HMAC that does not match ` +
+          "the shared secret; check that `secret` is the same in both nodes' config",
+      );
+    }
+    this.phase = 'authenticated';
+    this.emit('authenticated');
+    if ((this.phase as Phase) !== 'authenticated') return; // the link may have closed us
+    if (config.dialer) {
+      this.dataToken = newDataToken();
+      this.send({ type: 'sessionStart', body: { dataToken: this.dataToken } });
+      this.sendOwnState();
+    }
+  }
+
+  private onSessionStartPhase(message: ControlMessage): void {
+    const { config } = this;
+    if (message.type === 'goodbye') {
+      this.onGoodbye(message.body.reason);
+      return;
+    }
+    if (!config.dialer && this.dataToken === null) {
+      if (message.type !== 'sessionStart') throw this.outOfOrder('SessionStart', message.type);
+      this.dataToken = message.body.dataToken;
+      this.dataLinkTimer = setTimeout(() => this.onDataLinkTimeout(), config.dataLinkTimeoutMs);
+      this.sendOwnState();
+      return;
+    }
+    if (message.type !== 'nodeState') throw this.outOfOrder('NodeState', message.type);
+    this.checkDataSizes(config.getState(), message.body);
+    this.peerState = message.body;
+    this.establish();
+  }
+
+  private establish(): void {
+    const { config } = this;
+    this.phase = 'established';
+    this.clearHandshakeTimer();
+    this.silenceTimer = setTimeout(() => this.onSilence(), config.pingTimeoutMs);
+    this.pingTimer = setInterval(() => this.sendPing(), config.pingIntervalMs);
+    this.info = {
+      id: this.id,
+      dialer: config.dialer,
+      remote: this.remote,
+      peerHello: this.peerHello!,
+      protocolVersion: this.protocolVersion,
+      features: [...this.features],
+      peerState: this.peerState!,
+    };
+    this.emit('established', this.info);
+  }
+
+  private onEstablishedMessage(message: ControlMessage): void {
+    switch (message.type) {
+      case 'nodeState':
+        this.checkDataSizes(this.config.getState(), message.body);
+        this.peerState = message.body;
+        if (this.info) this.info.peerState = message.body;
+        this.emit('peerState', message.body);
+        return;
+      case 'ping':
+        this.send({ type: 'pong', body: { seq: message.body.seq } });
+        return;
+      case 'pong':
+        if (message.body.seq === this.pingSeq) this.lastRttMs = Date.now() - this.lastPingSentAtMs;
+        return;
+      case 'request':
+        this.onRequest(message.body.id, message.body.kind, message.body.payload);
+        return;
+      case 'response':
+        this.onResponse(message.body);
+        return;
+      case 'notice':
+        this.emit('notice', message.body.kind, message.body.payload);
+        return;
+      case 'dataLinkAccepted':
+        if (!this.config.dialer || !this.awaitingDataLinkAccepted) {
+          throw new ProtocolError(
+            `expected DataLinkAccepted only on the dialer after it opened the data link, found one from ` +
+              `${this.config.peerName} at ${this.remote}`,
+          );
+        }
+        this.awaitingDataLinkAccepted = false;
+        this.emit('dataLinkAccepted');
+        return;
+      case 'goodbye':
+        this.onGoodbye(message.body.reason);
+        return;
+      case 'hello':
+      case 'auth':
+      case 'sessionStart':
+        throw this.outOfOrder('a message of an established session', message.type);
+    }
+  }
+
+  private onGoodbye(reason: string): void {
+    const error = new PeerError(`${this.config.peerName} closed the session: ${reason || 'no reason given'}`);
+    this.finish({ reason: error.message, error }, false);
+  }
+
+  private checkDataSizes(local: NodeState, peer: NodeState): void {
+    if (local.dataSizeBytes === peer.dataSizeBytes) return;
+    throw new PeerError(
+      `peer ${this.config.peerName} has ${peer.dataSizeBytes} bytes of data, ${this.config.localName} has ` +
+        `${local.dataSizeBytes}; both nodes need the same data size: check the disks and run create-md`,
+    );
+  }
+
+  private outOfOrder(expected: string, found: string): ProtocolError {
+    const who = this.peerHello ? `${this.peerHello.nodeName} at ${this.remote}` : this.remote;
+    return new ProtocolError(`expected ${expected} from ${who}, found ${found}; dropping the connection`);
+  }
+
+  // ---------------------------------------------------------- requests
+
+  request(kind: string, payload: Uint8Array, timeoutMs: number): Promise<Buffer> {
+    if (this.phase !== 'established') {
+      return Promise.reject(new StateError(`cannot send request '${kind}' to ${this.config.peerName}: the session is not established`));
+    }
+    if (this.pending.size >= PENDING_REQUESTS_MAX) {
+      return Promise.reject(
+        new PeerError(
+          `cannot send request '${kind}' to ${this.config.peerName}: ${PENDING_REQUESTS_MAX} requests already wait ` +
+            'for an answer; the peer is not answering',
+        ),
+      );
+    }
+    let id = this.nextRequestId;
+    while (this.pending.has(id)) id = (id % 0xffffffff) + 1;
+    this.nextRequestId = (id % 0xffffffff) + 1;
+    return new Promise<Buffer>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(
+          new PeerError(
+            `expected an answer from ${this.config.peerName} to request '${kind}' within ${timeoutMs} ms, found ` +
+              'none; the peer is slow or its handler hangs',
+          ),
+        );
+      }, timeoutMs);
+      this.pending.set(id, { kind, resolve, reject, timer });
+      try {
+        this.send({ type: 'request', body: { id, kind, payload: toBuffer(payload) } });
+      } catch (error) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(error);
+      }
+    });
+  }
+
+  private onResponse(response: { id: number; ok: boolean; errorCode: string; errorMessage: string; payload: Buffer }): void {
+    const pending = this.pending.get(response.id);
+    if (!pending) {
+      this.config.log('debug', 'response to a request that is no longer waiting (timed out)', { id: response.id });
+      return;
+    }
+    this.pending.delete(response.id);
+    clearTimeout(pending.timer);
+    if (response.ok) pending.resolve(response.payload);
+    else pending.reject(new RemoteError({ code: response.errorCode || 'NRAID_ERR', message: response.errorMessage }));
+  }
+
+  private onRequest(id: number, kind: string, payload: Buffer): void {
+    const handler = this.config.findHandler(kind);
+    if (!handler) {
+      this.sendResponse(id, new ProtocolError(
+        `${this.config.localName} has no handler for request '${kind}'; the nodes may run different nraid versions`,
+      ));
+      return;
+    }
+    let result: Promise<Uint8Array | void>;
+    try {
+      result = Promise.resolve(handler(payload, this.info!));
+    } catch (error) {
+      result = Promise.reject(error);
+    }
+    result.then(
+      (answer) => this.sendResponse(id, null, answer ? toBuffer(answer) : Buffer.alloc(0)),
+      (error: unknown) => this.sendResponse(id, error),
+    );
+  }
+
+  private sendResponse(id: number, error: unknown, payload: Buffer = Buffer.alloc(0)): void {
+    if (this.phase !== 'established') return;
+    const reply = error === null ? null : errorReply(error);
+    try {
+      this.send({
+        type: 'response',
+        body: {
+          id,
+          ok: reply === null,
+          errorCode: reply?.code ?? '',
+          errorMessage: (reply?.message ?? '').slice(0, ERROR_MESSAGE_MAX_CHARS),
+          payload: reply === null ? payload : Buffer.alloc(0),
+        },
+      });
+    } catch (sendError) {
+      // An answer too large to send: tell the asker instead of leaving it to time out.
+      if (reply === null) this.sendResponse(id, sendError);
+      else this.fail(asNraidError(sendError));
+    }
+  }
+
+  notice(kind: string, payload: Uint8Array): boolean {
+    if (this.phase !== 'established') return false;
+    this.send({ type: 'notice', body: { kind, payload: toBuffer(payload) } });
+    return true;
+  }
+
+  // -------------------------------------------------------- data token
+
+  /** Dialer: the token for the data link, once per session; null once taken. */
+  takeDataToken(): Buffer | null {
+    if (!this.config.dialer || this.phase !== 'established' || this.dataToken === null || this.dataTokenUsed) return null;
+    this.dataTokenUsed = true;
+    this.awaitingDataLinkAccepted = true;
+    return this.dataToken;
+  }
+
+  /** Acceptor: checks a data link's token; 'accepted' once, for the right token only. */
+  consumeDataToken(token: Buffer): DataTokenCheck {
+    if (this.config.dialer || !this.authenticated || this.dataToken === null) return 'no-session-token';
+    if (!tokensEqual(this.dataToken, token)) return 'mismatch';
+    if (this.dataTokenUsed) return 'used';
+    this.dataTokenUsed = true;
+    if (this.dataLinkTimer) clearTimeout(this.dataLinkTimer);
+    this.dataLinkTimer = null;
+    return 'accepted';
+  }
+
+  /** Acceptor: tells the dialer its data link is accepted. */
+  sendDataLinkAccepted(): void {
+    this.send({ type: 'dataLinkAccepted', body: {} });
+  }
+
+  // ---------------------------------------------------------- outbound
+
+  /** Sends the local state, when the session has reached the point where states flow. */
+  sendState(): void {
+    const statesFlow = this.phase === 'established' || (this.phase === 'authenticated' && this.dataToken !== null);
+    if (!statesFlow) return;
+    const state = this.config.getState();
+    if (this.peerState) {
+      try {
+        this.checkDataSizes(state, this.peerState);
+      } catch (error) {
+        this.fail(asNraidError(error));
+        return;
+      }
+    }
+    this.send({ type: 'nodeState', body: state });
+  }
+
+  private sendOwnState(): void {
+    this.send({ type: 'nodeState', body: this.config.getState() });
+  }
+
+  private sendPing(): void {
+    this.pingSeq = (this.pingSeq + 1) >>> 0;
+    this.lastPingSentAtMs = Date.now();
+    this.send({ type: 'ping', body: { seq: this.pingSeq } });
+  }
+
+  private send(message: ControlMessage): void {
+    if (this.phase === 'closed' || this.socket.destroyed) return;
+    this.socket.write(encodeFrame(message));
+    if (this.socket.writableLength > CONTROL_SEND_QUEUE_MAX_BYTES) {
+      this.fail(
+        new PeerError(
+          `${this.config.peerName} at ${this.remote} is not reading: ${this.socket.writableLength} bytes wait to be ` +
+            `sent, more than ${CONTROL_SEND_QUEUE_MAX_BYTES}; dropping the session`,
+        ),
+      );
+    }
+  }
+
+  // ------------------------------------------------------- timers, end
+
+  private onHandshakeTimeout(): void {
+    const expected = this.phase === 'awaitingHello' ? 'Hello' : this.phase === 'awaitingAuth' ? 'Auth' : 'session start and state';
+    this.fail(
+      new PeerError(
+        `expected ${expected} from ${this.peerHello?.nodeName ?? 'the peer'} at ${this.remote} within ` +
+          `${this.config.handshakeTimeoutMs} ms (handshake timeout), found none; dropping the connection`,
+      ),
+    );
+  }
+
+  private onSilence(): void {
+    this.fail(
+      new PeerError(
+        `ping timeout: nothing from ${this.config.peerName} at ${this.remote} for ${this.config.pingTimeoutMs} ms; ` +
+          'the peer or the network is down',
+      ),
+      'ping timeout',
+    );
+  }
+
+  private onDataLinkTimeout(): void {
+    this.fail(
+      new PeerError(
+        `expected the data link from ${this.config.peerName} within ${this.config.dataLinkTimeoutMs} ms of the ` +
+          'session start, found none; dropping the session',
+      ),
+    );
+  }
+
+  private onPeerClosed(how: string): void {
+    if (this.phase === 'closed') return;
+    const who = this.peerHello?.nodeName ?? (this.config.dialer ? this.config.peerName : 'the client');
+    const stage = this.phase === 'established' ? '' : ' during the handshake';
+    const hint = this.authenticated || this.phase === 'established' ? '' : "; if this repeats, check `secret` and the resource name in both nodes' config";
+    this.fail(new PeerError(`${who} at ${this.remote}: ${how}${stage}${hint}`));
+  }
+
+  /** Closes on a failure; an authenticated peer gets a Goodbye with the reason. */
+  private fail(error: NraidError, reason: string = error.message): void {
+    this.finish({ reason, error }, true);
+  }
+
+  /** Closes this session on this node's decision (operator, replaced, shutdown); tells the peer why. */
+  close(reason: string, error?: NraidError): void {
+    this.finish(error ? { reason, error } : { reason }, true);
+  }
+
+  private finish(end: { reason: string; error?: NraidError }, goodbye: boolean): void {
+    if (this.phase === 'closed') return;
+    const authenticated = this.authenticated;
+    const established = this.phase === 'established';
+    if (goodbye && authenticated && !this.socket.destroyed && this.socket.writable) {
+      try {
+        this.socket.write(encodeFrame({ type: 'goodbye', body: { reason: end.reason.slice(0, ERROR_MESSAGE_MAX_CHARS) } }));
+      } catch {
+        // the reason is only a courtesy to the peer's log
+      }
+    }
+    this.phase = 'closed';
+    this.clearHandshakeTimer();
+    for (const timer of [this.silenceTimer, this.dataLinkTimer]) if (timer) clearTimeout(timer);
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.silenceTimer = this.dataLinkTimer = this.pingTimer = null;
+    for (const [id, pending] of this.pending) {
+      clearTimeout(pending.timer);
+      pending.reject(
+        new PeerError(`the session with ${this.config.peerName} ended before it answered request '${pending.kind}' (id ${id}): ${end.reason}`),
+      );
+    }
+    this.pending.clear();
+    closeSocket(this.socket);
+    this.emit('closed', { ...end, authenticated, established });
+  }
+
+  private clearHandshakeTimer(): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+  }
+}
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+function asNraidError(error: unknown): NraidError {
+  if (error instanceof NraidError) return error;
+  return new ProtocolError(`control message handling failed: ${error instanceof Error ? error.message : String(error)}`);
+}

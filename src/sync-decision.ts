@@ -1,0 +1,85 @@
+/**
+ * Who is newer: DESIGN.md §5, adopted from DRBD's generation UUIDs. One pure
+ * function decides from both nodes' UUIDs and disk states, from the local
+ * node's point of view. Bit 0 of a UUID carries no meaning here (DRBD uses it
+ * for the primary flag); nraid compares whole values.
+ */
+import { UUID_JUST_CREATED } from './metadata';
+
+export interface GenerationView {
+  current: bigint;
+  bitmap: bigint;
+  history: readonly [bigint, bigint];
+}
+
+export interface SideView {
+  uuids: GenerationView;
+  disk: 'Diskless' | 'Attaching' | 'Inconsistent' | 'Outdated' | 'Consistent' | 'UpToDate';
+  primary: boolean;
+}
+
+export type SyncDecision =
+  /** Same generation: nothing to send beyond the dirty bits either side holds. */
+  | { kind: 'none'; source: 'local' | 'peer' | null; reason: string }
+  /** One side moved on since the last common generation: resync what its bitmap (and the other's) names. */
+  | { kind: 'bitmap'; source: 'local' | 'peer'; reason: string }
+  /** No usable bitmap relates the two: every block goes. */
+  | { kind: 'full'; source: 'local' | 'peer'; reason: string }
+  /** Both moved on from the last common generation: an operator must choose. */
+  | { kind: 'split-brain'; source: null; reason: string }
+  /** No common generation at all: different data, refuse. */
+  | { kind: 'unrelated'; source: null; reason: string };
+
+const DISK_RANK: Record<SideView['disk'], number> = {
+  Diskless: 0,
+  Attaching: 0,
+  Inconsistent: 1,
+  Outdated: 2,
+  Consistent: 3,
+  UpToDate: 4,
+};
+
+function hex(uuid: bigint): string {
+  return uuid.toString(16).padStart(16, '0');
+}
+
+/** With equal generations, the Primary, else the better disk, is the source of dirty regions. */
+function sameGenerationSource(local: SideView, peer: SideView): 'local' | 'peer' | null {
+  if (local.primary !== peer.primary) return local.primary ? 'local' : 'peer';
+  if (DISK_RANK[local.disk] !== DISK_RANK[peer.disk]) return DISK_RANK[local.disk] > DISK_RANK[peer.disk] ? 'local' : 'peer';
+  return null;
+}
+
+export function decideSync(local: SideView, peer: SideView): SyncDecision {
+  const l = local.uuids;
+  const p = peer.uuids;
+  const localFresh = l.current === UUID_JUST_CREATED || l.current === 0n;
+  const peerFresh = p.current === UUID_JUST_CREATED || p.current === 0n;
+  if (localFresh && peerFresh) return { kind: 'none', source: null, reason: 'both disks are new: promote one with primary --force' };
+  if (localFresh) return { kind: 'full', source: 'peer', reason: 'the local disk is new' };
+  if (peerFresh) return { kind: 'full', source: 'local', reason: 'the peer disk is new' };
+
+  if (l.current === p.current) {
+    return { kind: 'none', source: sameGenerationSource(local, peer), reason: `same generation ${hex(l.current)}` };
+  }
+  if (l.bitmap !== 0n && p.current === l.bitmap) {
+    return { kind: 'bitmap', source: 'local', reason: `the peer is at ${hex(p.current)}, where the local bitmap started` };
+  }
+  if (p.bitmap !== 0n && l.current === p.bitmap) {
+    return { kind: 'bitmap', source: 'peer', reason: `this node is at ${hex(l.current)}, where the peer's bitmap started` };
+  }
+  if (l.bitmap !== 0n && l.bitmap === p.bitmap) {
+    return { kind: 'split-brain', source: null, reason: `both moved on from generation ${hex(l.bitmap)}` };
+  }
+  if (p.current !== 0n && l.history.includes(p.current)) {
+    return { kind: 'full', source: 'local', reason: `the peer is at an old generation ${hex(p.current)} with no bitmap left for it` };
+  }
+  if (l.current !== 0n && p.history.includes(l.current)) {
+    return { kind: 'full', source: 'peer', reason: `this node is at an old generation ${hex(l.current)} with no bitmap left for it` };
+  }
+  const shared = [l.bitmap, ...l.history].filter((u) => u !== 0n && (u === p.bitmap || p.history.includes(u)));
+  if (shared.length > 0) {
+    return { kind: 'split-brain', source: null, reason: `both moved on from generation ${hex(shared[0])}` };
+  }
+  return { kind: 'unrelated', source: null, reason: `no common generation (local ${hex(l.current)}, peer ${hex(p.current)})` };
+}

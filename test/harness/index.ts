@@ -1,0 +1,8 @@
+/** The integration-test harness in one import: `import { makeLoopDisk, RandomWriter, ... } from '../harness'`. */
+export * from './prereq';
+export * from './cleanup';
+export * from './loop';
+export * from './direct-io';
+export * from './range-set';
+export * from './fault-proxy';
+export * from './cluster';

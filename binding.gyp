@@ -7,7 +7,11 @@
         "native/crc32c.cc",
         "native/local_io.cc",
         "native/fuse_frontend.cc",
-        "native/pipeline.cc"
+        "native/pipeline.cc",
+        "native/bitmap.cc",
+        "native/link_io.cc",
+        "native/replicator.cc",
+        "native/applier.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

@@ -1,0 +1,718 @@
+/**
+ * The control link over real TCP sockets on 127.0.0.1: two ControlLinks
+ * (alpha dials, beta accepts), raw clients that misbehave, and a tiny relay
+ * in the test that can record and stall traffic to play a dead network.
+ */
+import { randomBytes } from 'crypto';
+import { EventEmitter } from 'events';
+import * as net from 'net';
+import { NraidError, PeerError, RemoteError, StateError } from '../../src/errors';
+import {
+  CONTROL_PREAMBLE,
+  ControlFrameReader,
+  ControlMessage,
+  DATA_PREAMBLE,
+  Hello,
+  NodeState,
+  encodeFrame,
+} from '../../src/protocol/control';
+import { ControlLink, ControlLinkOptions, LinkRefusal, SessionInfo } from '../../src/link/control-link';
+import { authHmac, newNonce } from '../../src/link/auth';
+import { CONTROL_MESSAGE_SIZE_MAX_BYTES } from '../../src/link/limits-link';
+
+const HOST = '127.0.0.1';
+const SECRET = 'correct horse battery staple';
+const PING_INTERVAL_MS = 100;
+const PING_TIMEOUT_MS = 600;
+const HANDSHAKE_TIMEOUT_MS = 400;
+const CONNECT_RETRY_MS = 50;
+/** Slack for event loop and scheduling delays on a busy test machine. */
+const MARGIN_MS = 400;
+
+// ------------------------------------------------------------ harness
+
+interface LogEntry {
+  level: string;
+  msg: string;
+  fields: Record<string, unknown>;
+}
+
+interface TestNode {
+  link: ControlLink;
+  logs: LogEntry[];
+  state: NodeState;
+  getStateCalls: number;
+  refused: LinkRefusal[];
+  connected: SessionInfo[];
+}
+
+const cleanups: Array<() => unknown> = [];
+
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()!();
+});
+
+function makeState(overrides: Partial<NodeState> = {}): NodeState {
+  return {
+    role: 'Secondary',
+    disk: 'UpToDate',
+    dataSizeBytes: 1073741824n,
+    uuids: { current: 0xdeadbeef00000001n, bitmap: 0n, history: [0x1234n, (1n << 63n) + 5n] },
+    flags: 1,
+    protocol: 'C',
+    ...overrides,
+  };
+}
+
+function makeNode(
+  name: string,
+  peer: { name: string; port: number },
+  extra: Partial<ControlLinkOptions> & { state?: NodeState } = {},
+): TestNode {
+  const { state: initialState, ...linkExtra } = extra;
+  const node = {
+    logs: [] as LogEntry[],
+    state: initialState ?? makeState(),
+    getStateCalls: 0,
+    refused: [] as LinkRefusal[],
+    connected: [] as SessionInfo[],
+  } as TestNode;
+  node.link = new ControlLink({
+    resource: 'r0',
+    local: { name, host: HOST, port: 0 },
+    peer: { name: peer.name, host: HOST, port: peer.port },
+    secret: SECRET,
+    pingIntervalMs: PING_INTERVAL_MS,
+    pingTimeoutMs: PING_TIMEOUT_MS,
+    connectRetryMs: CONNECT_RETRY_MS,
+    handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS,
+    getState: () => {
+      node.getStateCalls++;
+      return node.state;
+    },
+    log: (level, msg, fields) => node.logs.push({ level, msg, fields }),
+    ...linkExtra,
+  });
+  node.link.on('refused', (refusal) => node.refused.push(refusal));
+  node.link.on('connected', (info) => node.connected.push(info));
+  cleanups.push(() => node.link.stop());
+  return node;
+}
+
+/** beta listens (acceptor); alpha dials it, through `relay` when given. */
+async function makePair(
+  options: {
+    alpha?: Partial<ControlLinkOptions> & { state?: NodeState };
+    beta?: Partial<ControlLinkOptions> & { state?: NodeState };
+    relay?: boolean;
+  } = {},
+): Promise<{ alpha: TestNode; beta: TestNode; relay: Relay | null; betaPort: number }> {
+  const beta = makeNode('beta', { name: 'alpha', port: 1 }, options.beta);
+  const betaPort = (await beta.link.start()).port;
+  let relay: Relay | null = null;
+  let dialPort = betaPort;
+  if (options.relay) {
+    relay = await Relay.start(betaPort);
+    dialPort = relay.port;
+  }
+  const alpha = makeNode('alpha', { name: 'beta', port: dialPort }, options.alpha);
+  await alpha.link.start();
+  return { alpha, beta, relay, betaPort };
+}
+
+async function connectPair(alpha: TestNode, beta: TestNode): Promise<[SessionInfo, SessionInfo]> {
+  const both = Promise.all([waitFor(alpha.link, 'connected'), waitFor(beta.link, 'connected')]);
+  beta.link.connect();
+  alpha.link.connect();
+  const [[alphaInfo], [betaInfo]] = (await both) as [[SessionInfo], [SessionInfo]];
+  return [alphaInfo, betaInfo];
+}
+
+function waitFor(emitter: EventEmitter, event: string, timeoutMs = 5000, filter: (...args: any[]) => boolean = () => true): Promise<any[]> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(event, listener);
+      reject(new Error(`no '${event}' within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const listener = (...args: any[]): void => {
+      if (!filter(...args)) return;
+      clearTimeout(timer);
+      emitter.off(event, listener);
+      resolve(args);
+    };
+    emitter.on(event, listener);
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A raw TCP client that records what it receives and when the server closes. */
+class RawClient {
+  readonly received: Buffer[] = [];
+  readonly closed: Promise<number>;
+  private readonly reader = new ControlFrameReader();
+  readonly messages: ControlMessage[] = [];
+  private readonly messageWaiters: Array<() => void> = [];
+
+  private constructor(readonly socket: net.Socket, startedAtMs: number, parseControl: boolean) {
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => {
+      this.received.push(chunk);
+      if (parseControl) {
+        let bytes = chunk;
+        if (this.received.length === 1 && chunk.subarray(0, 8).equals(CONTROL_PREAMBLE)) bytes = chunk.subarray(8);
+        this.messages.push(...this.reader.push(bytes));
+        for (const wake of this.messageWaiters.splice(0)) wake();
+      }
+    });
+    this.closed = new Promise((resolve) => socket.on('close', () => resolve(Date.now() - startedAtMs)));
+  }
+
+  static connect(port: number, parseControl = false): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const startedAtMs = Date.now();
+      const socket = net.connect({ host: HOST, port }, () => resolve(new RawClient(socket, startedAtMs, parseControl)));
+      socket.once('error', reject);
+      cleanups.push(() => socket.destroy());
+    });
+  }
+
+  async nextMessage(type: ControlMessage['type'], timeoutMs = 2000): Promise<ControlMessage> {
+    const deadlineMs = Date.now() + timeoutMs;
+    for (;;) {
+      const index = this.messages.findIndex((message) => message.type === type);
+      if (index >= 0) return this.messages.splice(index, 1)[0]!;
+      if (Date.now() > deadlineMs) throw new Error(`no ${type} message within ${timeoutMs} ms`);
+      await new Promise<void>((resolve) => {
+        this.messageWaiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
+    }
+  }
+
+  write(bytes: Buffer): void {
+    this.socket.write(bytes);
+  }
+}
+
+/**
+ * A TCP relay: forwards each connection to `targetPort` and records what
+ * the client sent. stall() stops forwarding in both directions without
+ * closing anything (a dead network); resume() forwards again and resets the
+ * connections that lived through the stall, as a rebooted middlebox would.
+ */
+class Relay {
+  readonly connections: Array<{ client: net.Socket; upstream: net.Socket; clientBytes: Buffer[] }> = [];
+  private stalled = false;
+  private stalledConnections = new Set<number>();
+
+  private constructor(private readonly server: net.Server, readonly port: number, private readonly targetPort: number) {
+    server.on('connection', (client) => this.onConnection(client));
+  }
+
+  static async start(targetPort: number): Promise<Relay> {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, HOST, () => resolve()));
+    const relay = new Relay(server, (server.address() as net.AddressInfo).port, targetPort);
+    cleanups.push(() => relay.close());
+    return relay;
+  }
+
+  private onConnection(client: net.Socket): void {
+    const upstream = net.connect({ host: HOST, port: this.targetPort });
+    const connection = { client, upstream, clientBytes: [] as Buffer[] };
+    const index = this.connections.push(connection) - 1;
+    for (const socket of [client, upstream]) socket.on('error', () => undefined);
+    client.on('data', (chunk: Buffer) => {
+      connection.clientBytes.push(chunk);
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+    if (this.stalled) this.stallConnection(index);
+  }
+
+  private stallConnection(index: number): void {
+    const { client, upstream } = this.connections[index]!;
+    client.pause();
+    upstream.pause();
+    this.stalledConnections.add(index);
+  }
+
+  stall(): void {
+    this.stalled = true;
+    this.connections.forEach((_, index) => this.stallConnection(index));
+  }
+
+  resume(): void {
+    this.stalled = false;
+    for (const index of this.stalledConnections) {
+      const { client, upstream } = this.connections[index]!;
+      client.resetAndDestroy();
+      upstream.resetAndDestroy();
+    }
+    this.stalledConnections.clear();
+  }
+
+  close(): Promise<void> {
+    for (const { client, upstream } of this.connections) {
+      client.destroy();
+      upstream.destroy();
+    }
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+function warnings(node: TestNode): string[] {
+  return node.logs.filter((entry) => entry.level === 'warn').map((entry) => entry.msg);
+}
+
+// ---------------------------------------------------------------- tests
+
+describe('ControlLink between two nodes', () => {
+  test('connects, negotiates features, exchanges states and state changes', async () => {
+    const { alpha, beta } = await makePair({
+      alpha: { features: ['a-only', 'bitmap-lz4', 'shared'], state: makeState({ role: 'Primary' }) },
+      beta: { features: ['shared', 'bitmap-lz4', 'b-only'] },
+    });
+    expect(alpha.link.isDialer).toBe(true);
+    expect(beta.link.isDialer).toBe(false);
+    expect(alpha.link.connectionState).toBe('StandAlone');
+
+    const [alphaInfo, betaInfo] = await connectPair(alpha, beta);
+    expect(alphaInfo.peerHello.nodeName).toBe('beta');
+    expect(betaInfo.peerHello.nodeName).toBe('alpha');
+    expect(alphaInfo.features).toEqual(['bitmap-lz4', 'shared']);
+    expect(betaInfo.features).toEqual(['bitmap-lz4', 'shared']);
+    expect(alphaInfo.protocolVersion).toBe(1);
+    expect(alphaInfo.peerState).toEqual(beta.state);
+    expect(betaInfo.peerState).toEqual(alpha.state);
+    expect(betaInfo.peerState.uuids.history[1]).toBe((1n << 63n) + 5n);
+    expect(alpha.link.connectionState).toBe('Connected');
+    expect(beta.link.connectionState).toBe('Connected');
+
+    beta.state = makeState({ role: 'Primary', uuids: { current: 2n ** 64n - 1n, bitmap: 7n, history: [1n, 2n] } });
+    const update = waitFor(alpha.link, 'peerState');
+    beta.link.sendState();
+    const [peerState] = await update;
+    expect(peerState).toEqual(beta.state);
+    expect(alpha.link.sessionInfo?.peerState).toEqual(beta.state);
+  });
+
+  test('stays connected while idle: pings keep a healthy session alive past the ping timeout', async () => {
+    const { alpha, beta } = await makePair();
+    await connectPair(alpha, beta);
+    let disconnects = 0;
+    alpha.link.on('disconnected', () => disconnects++);
+    beta.link.on('disconnected', () => disconnects++);
+    await sleep(3 * PING_TIMEOUT_MS);
+    expect(disconnects).toBe(0);
+    expect(alpha.link.connectionState).toBe('Connected');
+    expect(alpha.link.lastRttMs).not.toBeNull();
+    expect(alpha.link.lastRttMs!).toBeLessThan(PING_TIMEOUT_MS);
+  });
+
+  test('a wrong secret is refused on both sides with a logged reason, and no state is exchanged', async () => {
+    const { alpha, beta } = await makePair({ beta: { secret: 'not the same secret' } });
+    const refusedAlpha = waitFor(alpha.link, 'refused');
+    const refusedBeta = waitFor(beta.link, 'refused');
+    beta.link.connect();
+    alpha.link.connect();
+    const [[alphaRefusal], [betaRefusal]] = (await Promise.all([refusedAlpha, refusedBeta])) as [[LinkRefusal], [LinkRefusal]];
+    expect(alphaRefusal.reason).toMatch(/authentication failed: beta at .* HMAC that does not match the shared secret/);
+    expect(betaRefusal.reason).toMatch(/authentication failed: alpha at .* HMAC that does not match the shared secret/);
+    expect(alphaRefusal.error).toBeInstanceOf(PeerError);
+    expect(warnings(beta).some((msg) => msg.includes('authentication failed'))).toBe(true);
+    expect(warnings(alpha).some((msg) => msg.includes('authentication failed'))).toBe(true);
+    await sleep(300); // alpha redials meanwhile; every attempt must fail the same way
+    expect(alpha.getStateCalls).toBe(0);
+    expect(beta.getStateCalls).toBe(0);
+    expect(alpha.connected).toHaveLength(0);
+    expect(beta.connected).toHaveLength(0);
+    expect(beta.refused.length).toBeGreaterThanOrEqual(2);
+    expect(beta.refused.every((refusal) => /authentication failed/.test(refusal.reason))).toBe(true);
+  });
+
+  test('a wrong resource or node name is refused before authentication', async () => {
+    const { alpha, beta } = await makePair({ alpha: { resource: 'r1' } });
+    const refused = waitFor(beta.link, 'refused');
+    beta.link.connect();
+    alpha.link.connect();
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.reason).toMatch(/expected resource r0, found alpha at .* announcing resource r1/);
+    expect(beta.getStateCalls).toBe(0);
+
+    const gamma = makeNode('gamma', { name: 'beta', port: 0 }); // sorts after beta: must not dial
+    expect(gamma.link.isDialer).toBe(false);
+    const raw = await RawClient.connect(beta.link.address()!.port, true);
+    const hello: Hello = { protocolVersion: 1, protocolVersionMin: 1, features: [], resource: 'r0', nodeName: 'gamma', nonce: newNonce() };
+    const refusedName = waitFor(beta.link, 'refused', 2000, (r: LinkRefusal) => /gamma/.test(r.reason));
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: hello })]));
+    const [nameRefusal] = (await refusedName) as [LinkRefusal];
+    expect(nameRefusal.reason).toMatch(/expected the peer node alpha, found a node calling itself gamma/);
+    await raw.closed;
+  });
+
+  test('different data sizes are refused on both sides with both sizes, and redialing backs off', async () => {
+    const { alpha, beta } = await makePair({
+      alpha: { state: makeState({ dataSizeBytes: 1048576000n }) },
+      beta: { state: makeState({ dataSizeBytes: 1073741824n }) },
+    });
+    const refusedAlpha = waitFor(alpha.link, 'refused');
+    const refusedBeta = waitFor(beta.link, 'refused');
+    const startedAtMs = Date.now();
+    beta.link.connect();
+    alpha.link.connect();
+    const [[alphaRefusal], [betaRefusal]] = (await Promise.all([refusedAlpha, refusedBeta])) as [[LinkRefusal], [LinkRefusal]];
+    expect(alphaRefusal.reason).toBe(
+      'peer beta has 1073741824 bytes of data, alpha has 1048576000; both nodes need the same data size: ' +
+        'check the disks and run create-md',
+    );
+    expect(betaRefusal.reason).toBe(
+      'peer alpha has 1048576000 bytes of data, beta has 1073741824; both nodes need the same data size: ' +
+        'check the disks and run create-md',
+    );
+    expect(alphaRefusal.error).toBeInstanceOf(PeerError);
+    expect(alphaRefusal.error.code).toBe('NRAID_ERR_PEER');
+    await sleep(1500 - (Date.now() - startedAtMs));
+    // backoff 50, 100, 200, 400, 800 ms (+ up to 20%): at most 5 attempts in 1.5 s, not a tight loop
+    const attempts = beta.refused.filter((refusal) => /bytes of data/.test(refusal.reason)).length;
+    expect(attempts).toBeGreaterThanOrEqual(2);
+    expect(attempts).toBeLessThanOrEqual(6);
+    expect(alpha.connected).toHaveLength(0);
+    expect(beta.connected).toHaveLength(0);
+  });
+});
+
+describe('ControlLink refuses clients that are not a proper peer', () => {
+  let beta: TestNode;
+  let port: number;
+
+  beforeEach(async () => {
+    beta = makeNode('beta', { name: 'alpha', port: 1 });
+    port = (await beta.link.start()).port;
+    beta.link.connect();
+  });
+
+  async function expectRefused(raw: RawClient, pattern: RegExp, withinMs: number): Promise<LinkRefusal> {
+    const [refusal] = (await waitFor(beta.link, 'refused', withinMs + MARGIN_MS)) as [LinkRefusal];
+    expect(refusal.reason).toMatch(pattern);
+    const closedAfterMs = await raw.closed;
+    expect(closedAfterMs).toBeLessThan(withinMs + MARGIN_MS + 1000);
+    expect(beta.getStateCalls).toBe(0);
+    expect(beta.link.connectionState).toBe('Connecting');
+    return refusal;
+  }
+
+  test('garbage instead of a preamble, at once', async () => {
+    const raw = await RawClient.connect(port);
+    const refused = expectRefused(raw, /expected the preamble NRAIDCTL or NRAIDDAT, found "GET \/ HT"/, 100);
+    raw.write(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    await refused;
+    expect(warnings(beta).some((msg) => msg.includes('GET / HT'))).toBe(true);
+  });
+
+  test('a valid preamble, then garbage', async () => {
+    const raw = await RawClient.connect(port);
+    const refused = expectRefused(raw, /do not decode/, 100);
+    const garbage = Buffer.from([5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, garbage]));
+    const refusal = await refused;
+    expect(refusal.error.code).toBe('NRAID_ERR_PROTOCOL');
+  });
+
+  test('a valid preamble, then a well-formed message that is not Hello', async () => {
+    const raw = await RawClient.connect(port, true);
+    const refused = expectRefused(raw, /expected Hello from .*, found nodeState/, 100);
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'nodeState', body: makeState() })]));
+    await refused;
+    // beta spoke first (its Hello) and nothing after
+    expect(raw.messages.map((message) => message.type)).toEqual(['hello']);
+  });
+
+  test('an oversized length prefix, before any body arrives', async () => {
+    const raw = await RawClient.connect(port);
+    const refused = expectRefused(raw, new RegExp(`at most ${CONTROL_MESSAGE_SIZE_MAX_BYTES} bytes, found a length prefix of 4294967295`), 100);
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, Buffer.from([0xff, 0xff, 0xff, 0xff])]));
+    await refused;
+  });
+
+  test('nothing at all, until the handshake timeout', async () => {
+    const raw = await RawClient.connect(port);
+    const startedAtMs = Date.now();
+    await expectRefused(raw, /expected the 8-byte preamble .* within 400 ms \(handshake timeout\), found 0 bytes/, HANDSHAKE_TIMEOUT_MS);
+    expect(Date.now() - startedAtMs).toBeGreaterThanOrEqual(HANDSHAKE_TIMEOUT_MS - 20);
+  });
+
+  test('a preamble and then silence, until the handshake timeout', async () => {
+    const raw = await RawClient.connect(port);
+    const startedAtMs = Date.now();
+    const refused = expectRefused(raw, /expected Hello from .* within 400 ms \(handshake timeout\)/, HANDSHAKE_TIMEOUT_MS);
+    raw.write(CONTROL_PREAMBLE);
+    await refused;
+    expect(Date.now() - startedAtMs).toBeGreaterThanOrEqual(HANDSHAKE_TIMEOUT_MS - 20);
+  });
+
+  test('a Hello echoing our nonce, and our own Auth reflected back', async () => {
+    const echo = await RawClient.connect(port, true);
+    echo.write(CONTROL_PREAMBLE);
+    const betaHello = (await echo.nextMessage('hello')).body as Hello;
+    const refusedEcho = expectRefused(echo, /found our own: a reflection attempt/, 100);
+    echo.write(encodeFrame({ type: 'hello', body: { ...betaHello, nodeName: 'alpha' } }));
+    await refusedEcho;
+
+    const reflect = await RawClient.connect(port, true);
+    const ownNonce = newNonce();
+    reflect.write(Buffer.concat([
+      CONTROL_PREAMBLE,
+      encodeFrame({ type: 'hello', body: { protocolVersion: 1, protocolVersionMin: 1, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
+    ]));
+    const betaAuth = await reflect.nextMessage('auth');
+    const refusedReflect = expectRefused(reflect, /authentication failed/, 100);
+    reflect.write(encodeFrame(betaAuth));
+    await refusedReflect;
+  });
+
+  test('a client that knows the secret gets through; without it, never past Auth', async () => {
+    // Positive control for the raw client: with the right HMAC the same client reaches SessionStart.
+    const raw = await RawClient.connect(port, true);
+    const ownNonce = newNonce();
+    raw.write(Buffer.concat([
+      CONTROL_PREAMBLE,
+      encodeFrame({ type: 'hello', body: { protocolVersion: 1, protocolVersionMin: 1, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
+    ]));
+    const betaHello = (await raw.nextMessage('hello')).body as Hello;
+    raw.write(encodeFrame({ type: 'auth', body: { hmac: authHmac(Buffer.from(SECRET), betaHello.nonce, ownNonce, 'alpha') } }));
+    raw.write(encodeFrame({ type: 'sessionStart', body: { dataToken: randomBytes(32) } }));
+    const state = await raw.nextMessage('nodeState');
+    expect(state.body).toEqual(beta.state);
+    expect(beta.getStateCalls).toBe(1);
+  });
+});
+
+describe('ControlLink replay and data link binding', () => {
+  test('an Auth recorded from a previous session is refused when replayed', async () => {
+    const { alpha, beta, relay, betaPort } = await makePair({ relay: true });
+    await connectPair(alpha, beta);
+    const recorded = Buffer.concat(relay!.connections[0]!.clientBytes);
+    expect(recorded.subarray(0, 8)).toEqual(CONTROL_PREAMBLE);
+    const disconnected = waitFor(beta.link, 'disconnected');
+    alpha.link.disconnect();
+    await disconnected;
+
+    const raw = await RawClient.connect(betaPort, true);
+    const refused = waitFor(beta.link, 'refused');
+    raw.write(recorded); // preamble, Hello, Auth, SessionStart, NodeState of the old session
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.reason).toMatch(/authentication failed: alpha at .* does not match the shared secret/);
+    await raw.closed;
+    expect(beta.connected).toHaveLength(1);
+    expect(beta.link.connectionState).toBe('Connecting');
+  });
+
+  test('the data token opens exactly one data link; reused or wrong tokens are refused', async () => {
+    const { alpha, beta, relay, betaPort } = await makePair({ relay: true });
+    await connectPair(alpha, beta);
+    const dataSockets: net.Socket[] = [];
+    beta.link.on('dataSocket', (socket: net.Socket) => {
+      socket.on('error', () => undefined);
+      dataSockets.push(socket);
+      cleanups.push(() => socket.destroy());
+    });
+
+    const wrong = await RawClient.connect(betaPort);
+    const refusedWrong = waitFor(beta.link, 'refused');
+    wrong.write(Buffer.concat([DATA_PREAMBLE, randomBytes(32)]));
+    expect(((await refusedWrong)[0] as LinkRefusal).reason).toMatch(/token does not match/);
+    await wrong.closed;
+
+    const accepted = waitFor(beta.link, 'dataSocket');
+    const alphaSocket = await alpha.link.openDataSocket();
+    alphaSocket.on('error', () => undefined);
+    cleanups.push(() => alphaSocket.destroy());
+    const [betaSocket] = (await accepted) as [net.Socket];
+    // Neither socket reads its fd: bytes wait in the kernel for the data plane.
+    expect((alphaSocket as any)._handle.reading).toBe(false);
+    expect((betaSocket as any)._handle.reading).toBe(false);
+    expect(betaSocket.readableLength).toBe(0);
+
+    // Positioned right after preamble+token: the first bytes read are the first bytes written.
+    const fromAlpha = new Promise<Buffer>((resolve) => betaSocket.once('data', resolve));
+    betaSocket.resume();
+    alphaSocket.write('NRD1 frame');
+    expect((await fromAlpha).toString()).toBe('NRD1 frame');
+    const fromBeta = new Promise<Buffer>((resolve) => alphaSocket.once('data', resolve));
+    alphaSocket.resume();
+    betaSocket.write('ack');
+    expect((await fromBeta).toString()).toBe('ack');
+
+    await expect(alpha.link.openDataSocket()).rejects.toThrow(StateError);
+    await expect(beta.link.openDataSocket()).rejects.toThrow(/listen for 'dataSocket'/);
+
+    // Replay the token alpha sent (sniffed by the relay) on a new connection.
+    const dataConnection = relay!.connections.find((c) => Buffer.concat(c.clientBytes).subarray(0, 8).equals(DATA_PREAMBLE))!;
+    const token = Buffer.concat(dataConnection.clientBytes).subarray(8, 40);
+    const reuse = await RawClient.connect(betaPort);
+    const refusedReuse = waitFor(beta.link, 'refused');
+    reuse.write(Buffer.concat([DATA_PREAMBLE, token]));
+    expect(((await refusedReuse)[0] as LinkRefusal).reason).toMatch(/token was already used; one data link per session/);
+    await reuse.closed;
+
+    expect(dataSockets).toHaveLength(1);
+    expect(alpha.link.connectionState).toBe('Connected');
+    expect(beta.link.connectionState).toBe('Connected');
+  });
+
+  test('a session whose data link never comes is dropped after the data link timeout', async () => {
+    const { alpha, beta } = await makePair({ beta: { dataLinkTimeoutMs: 300 } });
+    await connectPair(alpha, beta);
+    const [end] = await waitFor(beta.link, 'disconnected', 300 + MARGIN_MS);
+    expect(end.reason).toMatch(/expected the data link from alpha within 300 ms/);
+  });
+});
+
+describe('ControlLink liveness, requests and policy', () => {
+  test('a silent peer is declared dead within the ping timeout, and the link comes back', async () => {
+    const { alpha, beta, relay } = await makePair({ relay: true });
+    await connectPair(alpha, beta);
+    const alphaDown = waitFor(alpha.link, 'disconnected', PING_TIMEOUT_MS + MARGIN_MS);
+    const betaDown = waitFor(beta.link, 'disconnected', PING_TIMEOUT_MS + MARGIN_MS);
+    const stalledAtMs = Date.now();
+    relay!.stall();
+    const [[alphaEnd], [betaEnd]] = await Promise.all([alphaDown, betaDown]);
+    const elapsedMs = Date.now() - stalledAtMs;
+    expect(alphaEnd.reason).toBe('ping timeout');
+    expect(betaEnd.reason).toBe('ping timeout');
+    expect(alphaEnd.error.message).toMatch(/nothing from beta at .* for 600 ms/);
+    expect(elapsedMs).toBeGreaterThanOrEqual(PING_TIMEOUT_MS - PING_INTERVAL_MS - 50);
+    expect(elapsedMs).toBeLessThanOrEqual(PING_TIMEOUT_MS + MARGIN_MS);
+    expect(alpha.link.connectionState).toBe('Connecting');
+
+    await sleep(500); // alpha keeps redialing into the dead network
+    const back = Promise.all([waitFor(alpha.link, 'connected', 5000), waitFor(beta.link, 'connected', 5000)]);
+    relay!.resume();
+    await back;
+    expect(alpha.connected).toHaveLength(2);
+    expect(alpha.link.connectionState).toBe('Connected');
+  });
+
+  test('requests round trip both ways; errors, unknown kinds and timeouts reject clearly', async () => {
+    const { alpha, beta } = await makePair();
+    beta.link.onRequest('echo', (payload) => Buffer.concat([Buffer.from('beta:'), payload]));
+    beta.link.onRequest('refuse', () => {
+      throw new StateError('cannot promote r0: local disk is Inconsistent');
+    });
+    beta.link.onRequest('hang', () => new Promise<Buffer>(() => undefined));
+    alpha.link.onRequest('echo', async (payload) => Buffer.concat([Buffer.from('alpha:'), payload]));
+    expect(() => alpha.link.onRequest('echo', () => undefined)).toThrow(/already registered/);
+
+    await expect(alpha.link.request('echo', Buffer.from('x'))).rejects.toThrow(/not connected/);
+    await connectPair(alpha, beta);
+
+    expect((await alpha.link.request('echo', Buffer.from('hi'))).toString()).toBe('beta:hi');
+    expect((await beta.link.request('echo', Buffer.from('yo'))).toString()).toBe('alpha:yo');
+    const big = randomBytes(4 * 1024 * 1024);
+    expect((await alpha.link.request('echo', big)).subarray(5).equals(big)).toBe(true);
+
+    const refused = alpha.link.request('refuse', Buffer.alloc(0));
+    await expect(refused).rejects.toBeInstanceOf(RemoteError);
+    await expect(refused).rejects.toMatchObject({ code: 'NRAID_ERR_STATE', message: 'cannot promote r0: local disk is Inconsistent' });
+    await expect(alpha.link.request('nope', Buffer.alloc(0))).rejects.toMatchObject({
+      code: 'NRAID_ERR_PROTOCOL',
+      message: expect.stringMatching(/beta has no handler for request 'nope'/),
+    });
+
+    const startedAtMs = Date.now();
+    const timedOut = alpha.link.request('hang', Buffer.alloc(0), 200);
+    await expect(timedOut).rejects.toBeInstanceOf(PeerError);
+    await expect(timedOut).rejects.toThrow(/expected an answer from beta to request 'hang' within 200 ms/);
+    expect(Date.now() - startedAtMs).toBeGreaterThanOrEqual(195);
+    expect(Date.now() - startedAtMs).toBeLessThan(200 + MARGIN_MS);
+    expect(alpha.link.connectionState).toBe('Connected');
+
+    const notice = waitFor(beta.link, 'notice');
+    expect(alpha.link.notice('hint', Buffer.from([9, 8]))).toBe(true);
+    const [kind, payload] = await notice;
+    expect(kind).toBe('hint');
+    expect(payload).toEqual(Buffer.from([9, 8]));
+
+    // A request in flight when the session ends is rejected, not left hanging.
+    const pending = alpha.link.request('hang', Buffer.alloc(0), 10_000);
+    beta.link.disconnect();
+    await expect(pending).rejects.toThrow(/ended before it answered request 'hang'/);
+    expect(alpha.link.notice('hint', Buffer.alloc(0))).toBe(false);
+  });
+
+  test('disconnect() on the dialer stops redialing; connect() resumes', async () => {
+    const { alpha, beta, relay } = await makePair({ relay: true });
+    await connectPair(alpha, beta);
+    const alphaDown = waitFor(alpha.link, 'disconnected');
+    const betaDown = waitFor(beta.link, 'disconnected');
+    alpha.link.disconnect();
+    const [[alphaEnd], [betaEnd]] = await Promise.all([alphaDown, betaDown]);
+    expect(alphaEnd.reason).toBe('disconnect requested by the operator');
+    expect(alphaEnd.error).toBeUndefined();
+    expect(betaEnd.reason).toBe('alpha closed the session: disconnect requested by the operator');
+    expect(alpha.link.connectionState).toBe('StandAlone');
+
+    const connectionsBefore = relay!.connections.length;
+    await sleep(10 * CONNECT_RETRY_MS + 300);
+    expect(relay!.connections.length).toBe(connectionsBefore);
+    expect(beta.link.connectionState).toBe('Connecting');
+
+    const back = waitFor(beta.link, 'connected');
+    alpha.link.connect();
+    await back;
+    expect(relay!.connections.length).toBe(connectionsBefore + 1);
+  });
+
+  test('disconnect() on the acceptor refuses the dialer until connect()', async () => {
+    const { alpha, beta } = await makePair();
+    await connectPair(alpha, beta);
+    const refused = waitFor(beta.link, 'refused', 3000);
+    const alphaRefused = waitFor(alpha.link, 'refused', 3000);
+    const alphaDown = waitFor(alpha.link, 'disconnected');
+    beta.link.disconnect();
+    const [alphaEnd] = await alphaDown;
+    expect(alphaEnd.reason).toBe('beta closed the session: disconnect requested by the operator');
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.reason).toMatch(/beta is StandAlone \(disconnected\) and accepts no connection/);
+    const [alphaRefusal] = (await alphaRefused) as [LinkRefusal];
+    expect(alphaRefusal.reason).toMatch(/beta at .*: closed the connection during the handshake/);
+
+    const back = waitFor(alpha.link, 'connected', 5000);
+    beta.link.connect();
+    await back;
+    expect(beta.link.connectionState).toBe('Connected');
+  });
+
+  test('invalid timings are rejected with the config key', () => {
+    expect(
+      () =>
+        new ControlLink({
+          resource: 'r0',
+          local: { name: 'alpha', host: HOST, port: 0 },
+          peer: { name: 'beta', host: HOST, port: 1 },
+          secret: SECRET,
+          pingIntervalMs: 5000,
+          pingTimeoutMs: 5000,
+          getState: () => makeState(),
+          log: () => undefined,
+        }),
+    ).toThrow(/ping-interval-ms: expected at least 10 and below ping-timeout-ms \(5000\), found 5000/);
+    expect(
+      () =>
+        new ControlLink({
+          resource: 'r0',
+          local: { name: 'alpha', host: HOST, port: 0 },
+          peer: { name: 'alpha', host: HOST, port: 1 },
+          secret: '',
+          getState: () => makeState(),
+          log: () => undefined,
+        }),
+    ).toThrow(NraidError);
+  });
+});

@@ -302,8 +302,11 @@ export class Daemon extends EventEmitter {
     this.role = 'Primary';
     this.log.info('promoted', { device: this.local.device, loopDevice: this.device.loopDevice });
     this.link?.sendState();
-    // The data link runs from the Primary: turn it around if it ran the other way.
-    if (this.connection === 'Connected' && this.direction !== 'source') this.dropSession('the new Primary becomes the source');
+    // The data link runs from the Primary: turn it around if it ran the other way; after a
+    // forced promotion the generations differ now, so the handshake decides the sync anew.
+    if (this.connection === 'Connected' && (this.direction !== 'source' || minted)) {
+      this.dropSession(minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source');
+    }
     this.noteChange();
     return this.status();
   }

@@ -189,6 +189,16 @@ Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "pipelineCreate: bitmapGranularityBytes must be a power of two, at least 4096");
   }
   if (!options.Get("onEvent").IsFunction()) throw Napi::TypeError::New(env, "pipelineCreate: expected onEvent");
+  nraid::ActivityLogLayout activity_log;
+  activity_log.area_offset_bytes = get_u64(options.Get("activityLogOffsetBytes"), "activityLogOffsetBytes");
+  activity_log.area_size_bytes = get_u64(options.Get("activityLogSizeBytes"), "activityLogSizeBytes");
+  activity_log.extent_bytes = get_u64(options.Get("activityExtentBytes"), "activityExtentBytes");
+  activity_log.bitmap_offset_bytes = get_u64(options.Get("bitmapOffsetBytes"), "bitmapOffsetBytes");
+  if (activity_log.area_size_bytes < nraid::kActivityTransactionBytes || activity_log.extent_bytes % nraid::kBlockBytes != 0 ||
+      activity_log.area_offset_bytes % nraid::kBlockBytes != 0 || activity_log.bitmap_offset_bytes % nraid::kBlockBytes != 0 ||
+      activity_log.area_offset_bytes + activity_log.area_size_bytes > disk->size_bytes() || activity_log.extent_bytes == 0) {
+    throw Napi::RangeError::New(env, "pipelineCreate: activity log layout out of range");
+  }
   auto* box = new PipelineBox();
   // One threadsafe function per pipeline with a bounded queue: native threads
   // never block on JavaScript; an event that does not fit is counted and dropped.
@@ -207,7 +217,8 @@ Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
       box->events_dropped.fetch_add(1, std::memory_order_relaxed);
     }
   };
-  box->pipeline = std::make_unique<Pipeline>(disk, data_size_bytes, static_cast<uint32_t>(granularity_bytes), sink);
+  box->pipeline =
+      std::make_unique<Pipeline>(disk, data_size_bytes, static_cast<uint32_t>(granularity_bytes), activity_log, sink);
   return wrap(env, box);
 }
 
@@ -254,6 +265,8 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("eventsDropped", box->events_dropped.load());
   auto& bitmap = box->pipeline->bitmap();
   set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
+  set("activityLogTransactions", box->pipeline->activity_log().transactions());
+  set("activityLogHotExtents", box->pipeline->activity_log().hot_extents());
   result.Set("linkAttached", Napi::Boolean::New(env, box->pipeline->link_attached()));
   result.Set("linkFailed", Napi::Boolean::New(env, box->pipeline->link_failed()));
   result.Set("resyncRunning", Napi::Boolean::New(env, box->pipeline->resync_running()));
@@ -388,6 +401,14 @@ Napi::Value BitmapSet(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value ActivityLogReset(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  int rc = box->pipeline->activity_log().reset();
+  if (rc != 0) throw errno_error(env, -rc, std::string("activity log reset: ") + strerror(-rc));
+  return env.Undefined();
+}
+
 Napi::Value PipelineDestroy(const Napi::CallbackInfo& info) {
   auto* handle = unwrap<PipelineBox>(info, 0, "pipeline");
   if (handle->object->frontend) handle->object->frontend->stop();
@@ -438,6 +459,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resyncStart", Napi::Function::New(env, ResyncStart));
   exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
   exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
+  exports.Set("activityLogReset", Napi::Function::New(env, ActivityLogReset));
   auto limits = Napi::Object::New(env);
   limits.Set("blockBytes", nraid::kBlockBytes);
   limits.Set("requestBytesMax", nraid::kRequestBytesMax);

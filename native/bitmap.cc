@@ -65,6 +65,11 @@ void Bitmap::snapshot(uint64_t* out) const {
   for (uint64_t i = 0; i < words_; i++) out[i] = data_[i].load(std::memory_order_relaxed);
 }
 
+void Bitmap::snapshot_range(uint64_t first_word, uint64_t count, uint64_t* out) const {
+  assert(first_word + count <= words_);
+  for (uint64_t i = 0; i < count; i++) out[i] = data_[first_word + i].load(std::memory_order_relaxed);
+}
+
 void Bitmap::merge(const uint64_t* in) {
   for (uint64_t i = 0; i < words_; i++) data_[i].fetch_or(in[i], std::memory_order_relaxed);
 }

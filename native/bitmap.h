@@ -23,6 +23,7 @@ class Bitmap {
   uint64_t data_size_bytes() const { return data_size_bytes_; }
   // Little-endian 64-bit words, as stored on disk.
   void snapshot(uint64_t* out) const;
+  void snapshot_range(uint64_t first_word, uint64_t count, uint64_t* out) const;
   void merge(const uint64_t* in);  // OR
   void load(const uint64_t* in);   // replace
 

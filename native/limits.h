@@ -57,3 +57,15 @@ static_assert(kApplyBuffers >= kApplyThreads);
 static_assert(kResyncChunkBytes <= kRequestBytesMax);
 
 }  // namespace nraid
+
+namespace nraid {
+
+// Activity log: a ring of 4 KiB transactions, each naming every hot extent.
+constexpr uint32_t kActivityTransactionBytes = 4096;
+constexpr uint32_t kActivityHeaderBytes = 32;
+constexpr uint32_t kActivityExtentsMax = 1000;  // 4 GiB of hot data at 4 MiB extents
+constexpr uint32_t kActivityMagic = 0x4C41524E;  // "NRAL"
+
+static_assert(kActivityHeaderBytes + kActivityExtentsMax * 4 <= kActivityTransactionBytes - 4);
+
+}  // namespace nraid

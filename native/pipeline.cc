@@ -23,8 +23,13 @@ class InFlight {
 
 }  // namespace
 
-Pipeline::Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granularity_bytes, EventSink sink)
-    : disk_(disk), data_size_bytes_(data_size_bytes), sink_(std::move(sink)), bitmap_(data_size_bytes, granularity_bytes) {
+Pipeline::Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granularity_bytes,
+                   const ActivityLogLayout& activity_log, EventSink sink)
+    : disk_(disk),
+      data_size_bytes_(data_size_bytes),
+      sink_(std::move(sink)),
+      bitmap_(data_size_bytes, granularity_bytes),
+      activity_log_(disk, &bitmap_, data_size_bytes, activity_log) {
   assert(disk_ != nullptr);
   assert(data_size_bytes_ % kBlockBytes == 0);
   assert(data_size_bytes_ <= disk_->size_bytes());
@@ -47,24 +52,32 @@ template <typename LocalIo>
 int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length, uint64_t offset,
                         LocalIo local_io) {
   sequence_.fetch_add(1, std::memory_order_relaxed);
+  // The extent is logged as hot before any byte of it changes on either disk.
+  int rc = activity_log_.acquire(offset, length);
+  if (rc != 0) return rc;
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
   Replicator* replicator = replicator_.get();
   if (replicator == nullptr || replicator->failed()) {
     bitmap_.set_range(offset, length);  // no peer: the region differs from it now
     counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
-    return local_io();
+    rc = local_io();
+    activity_log_.release(offset, length);
+    return rc;
   }
   replicator->region_enter(slot, offset, length);
+  // Once queued, the replicator owns the pin: it lets go when the peer has written the frame.
   bool queued = replicator->submit(slot, type, data, length, offset);
   if (!queued) {
     bitmap_.set_range(offset, length);
     counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
   }
-  int rc = local_io();
+  rc = local_io();
   replicator->region_leave(slot);
   if (queued) {
     replicator->wait(slot);
     counters_.replicated_writes.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    activity_log_.release(offset, length);
   }
   return rc;
 }
@@ -136,7 +149,8 @@ int Pipeline::zero_out(uint32_t slot, uint64_t offset_bytes, uint64_t length_byt
 
 void Pipeline::attach_source(int fd, const ReplicatorOptions& options) {
   detach("replaced");
-  auto replicator = std::make_unique<Replicator>(disk_, &bitmap_, data_size_bytes_, &link_counters_, sink_);
+  auto replicator =
+      std::make_unique<Replicator>(disk_, &bitmap_, &activity_log_, data_size_bytes_, &link_counters_, sink_);
   replicator->start(fd, options);
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
   replicator_ = std::move(replicator);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <shared_mutex>
 
+#include "activity_log.h"
 #include "applier.h"
 #include "bitmap.h"
 #include "link_io.h"
@@ -35,7 +36,8 @@ struct PipelineCounters {
 
 class Pipeline {
  public:
-  Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granularity_bytes, EventSink sink);
+  Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granularity_bytes, const ActivityLogLayout& activity_log,
+           EventSink sink);
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -60,6 +62,7 @@ class Pipeline {
   bool resync_running() const;
 
   Bitmap& bitmap() { return bitmap_; }
+  ActivityLog& activity_log() { return activity_log_; }
   uint64_t data_size_bytes() const { return data_size_bytes_; }
   const PipelineCounters& counters() const { return counters_; }
   const LinkCounters& link_counters() const { return link_counters_; }
@@ -76,6 +79,7 @@ class Pipeline {
   const uint64_t data_size_bytes_;
   EventSink sink_;
   Bitmap bitmap_;
+  ActivityLog activity_log_;
   std::atomic<uint64_t> sequence_{0};
   std::atomic<uint64_t> epoch_{1};
   PipelineCounters counters_;

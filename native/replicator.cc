@@ -21,10 +21,11 @@ bool ranges_overlap(uint64_t a_offset, uint64_t a_length, uint64_t b_offset, uin
 
 }  // namespace
 
-Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_bytes, LinkCounters* counters,
-                       EventSink sink)
+Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_log, uint64_t data_size_bytes,
+                       LinkCounters* counters, EventSink sink)
     : disk_(disk),
       bitmap_(bitmap),
+      activity_log_(activity_log),
       data_size_bytes_(data_size_bytes),
       counters_(counters),
       sink_(std::move(sink)),
@@ -86,6 +87,7 @@ void Replicator::fail(const std::string& reason) {
         bitmap_->set_range(entry.offset, entry.length);
         marked++;
       }
+      if (entry.pinned && activity_log_ != nullptr) activity_log_->release(entry.offset, entry.length);
       entry.in_use = false;
     }
     queue_count_ = 0;
@@ -145,7 +147,9 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
   Unacked& entry = unacked_[seq % kUnackedEntries];
   assert(!entry.in_use);
   uint64_t now = monotonic_us();
-  entry = Unacked{seq, offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, resync_buffer, now};
+  bool pinned = type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes;
+  entry = Unacked{seq, offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
+                  resync_buffer, now};
   if (bounded) counters_->lag_bytes.fetch_add(length, std::memory_order_relaxed);
   if (counters_->lag_oldest_us.load(std::memory_order_relaxed) == 0) counters_->lag_oldest_us.store(now, std::memory_order_relaxed);
   counters_->frames_in_flight.fetch_add(1, std::memory_order_relaxed);
@@ -288,6 +292,7 @@ void Replicator::receive_loop() {
               counters_->bytes_acked.fetch_add(entry.length, std::memory_order_relaxed);
             }
             counters_->frames_in_flight.fetch_sub(1, std::memory_order_relaxed);
+            if (entry.pinned && activity_log_ != nullptr) activity_log_->release(entry.offset, entry.length);
             if (entry.resync) {
               bitmap_->clear_range(entry.offset, entry.length);
               counters_->resync_bytes_done.fetch_add(entry.length, std::memory_order_relaxed);

@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "activity_log.h"
 #include "bitmap.h"
 #include "frame.h"
 #include "limits.h"
@@ -36,7 +37,9 @@ struct ReplicatorOptions {
 
 class Replicator {
  public:
-  Replicator(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_bytes, LinkCounters* counters, EventSink sink);
+  // `activity_log` may be null; pins of replicated writes are released when the peer has written them.
+  Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_log, uint64_t data_size_bytes,
+             LinkCounters* counters, EventSink sink);
   ~Replicator();
   Replicator(const Replicator&) = delete;
   Replicator& operator=(const Replicator&) = delete;
@@ -88,6 +91,7 @@ class Replicator {
     uint16_t type = 0;
     bool in_use = false;
     bool resync = false;
+    bool pinned = false;  // holds an activity-log pin until written by the peer
     uint32_t buffer = 0;
     uint64_t enqueued_us = 0;
   };
@@ -104,6 +108,7 @@ class Replicator {
 
   LocalDisk* disk_;
   Bitmap* bitmap_;
+  ActivityLog* activity_log_;
   const uint64_t data_size_bytes_;
   LinkCounters* counters_;
   EventSink sink_;

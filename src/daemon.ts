@@ -15,6 +15,7 @@ import { DeviceRecord, cleanupStale, deviceHolder, exposeDevice, unexposeDevice 
 import { BackingDisk } from './disk';
 import { MetadataError, NotUpToDateError, NraidError, StateError } from './errors';
 import { ControlLink, SessionInfo } from './link/control-link';
+import { extentsToBitmap, newestTransaction } from './activity-log';
 import { Logger } from './log';
 import { Superblock, diskStateOf, flagBits, readSuperblock, writeSuperblock } from './metadata';
 import { NativeCounters, NativeEventType, PipelineHandle, binding } from './native';
@@ -108,9 +109,14 @@ export class Daemon extends EventEmitter {
       this.pipeline = binding.pipelineCreate(disk.handle, {
         dataSizeBytes: superblock.dataSizeBytes,
         bitmapGranularityBytes: superblock.bitmapGranularityBytes,
+        bitmapOffsetBytes: superblock.bitmapOffsetBytes,
+        activityLogOffsetBytes: superblock.activityLogOffsetBytes,
+        activityLogSizeBytes: superblock.activityLogSizeBytes,
+        activityExtentBytes: superblock.activityExtentBytes,
         onEvent: (type, detail) => this.onNativeEvent(type, detail),
       });
       binding.bitmapSet(this.pipeline, 'replace', disk.read(superblock.bitmapOffsetBytes, superblock.bitmapSizeBytes));
+      if (superblock.flags.wasPrimary || superblock.flags.crashedPrimary) this.recoverActivityLog(disk, superblock);
       if (superblock.flags.wasPrimary) {
         // The last run ended while Primary without a clean `secondary` or `down`: a crash.
         superblock.flags.crashedPrimary = true;
@@ -135,6 +141,24 @@ export class Daemon extends EventEmitter {
     this.persistTimer.unref();
     await this.startLink();
     this.noteChange();
+  }
+
+  /**
+   * A Primary that crashed may have written blocks its peer never saw: every
+   * extent its activity log names is marked out of sync (not the whole device).
+   */
+  private recoverActivityLog(disk: BackingDisk, sb: Superblock): void {
+    const transaction = newestTransaction(disk.read(sb.activityLogOffsetBytes, sb.activityLogSizeBytes));
+    if (transaction === null || transaction.extents.length === 0) return;
+    const words = extentsToBitmap(
+      transaction.extents,
+      transaction.extentBytes || sb.activityExtentBytes,
+      sb.bitmapGranularityBytes,
+      sb.dataSizeBytes,
+      binding.bitmapGet(this.pipeline!).length,
+    );
+    binding.bitmapSet(this.pipeline!, 'merge', words);
+    this.log.warn('crashed primary: activity-log extents marked out of sync', { extents: transaction.extents.length });
   }
 
   /** Resolves when the daemon has shut down (after `down` or a signal). */
@@ -288,8 +312,9 @@ export class Daemon extends EventEmitter {
     if (this.connection !== 'Connected' && !minted) this.startNewGeneration();
     this.persist((sb) => {
       sb.flags.wasPrimary = true;
-      sb.flags.crashedPrimary = false;
     });
+    this.persistBitmap();  // what the old log covered is in the bitmap now, durably
+    binding.activityLogReset(this.pipeline!);
     this.device = exposeDevice({
       pipeline: this.pipeline!,
       runDir: this.local.runDir,
@@ -524,10 +549,11 @@ export class Daemon extends EventEmitter {
 
   /** The source's generation after a resync: the bitmap UUID goes to history. */
   private finishSyncAsSource(): void {
-    if (this.sb.uuids.bitmap !== 0n && this.connection === 'Connected') {
+    if ((this.sb.uuids.bitmap !== 0n || this.sb.flags.crashedPrimary) && this.connection === 'Connected') {
       this.persist((sb) => {
-        sb.uuids.history = [sb.uuids.bitmap, sb.uuids.history[0]];
+        if (sb.uuids.bitmap !== 0n) sb.uuids.history = [sb.uuids.bitmap, sb.uuids.history[0]];
         sb.uuids.bitmap = 0n;
+        sb.flags.crashedPrimary = false;
       });
     }
     this.persistBitmap();
@@ -557,6 +583,7 @@ export class Daemon extends EventEmitter {
             sb.flags.wasUpToDate = true;
             sb.flags.outdated = false;
             sb.flags.resyncInProgress = false;
+            sb.flags.crashedPrimary = false;
             sb.uuids.current = peer.uuids.current;
             sb.uuids.bitmap = 0n;
             sb.uuids.history = [peer.uuids.history[0], peer.uuids.history[1]];

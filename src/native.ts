@@ -42,6 +42,8 @@ export interface NativeCounters {
   linkFailures: number;
   eventsDropped: number;
   outOfSyncBytes: number;
+  activityLogTransactions: number;
+  activityLogHotExtents: number;
   linkAttached: boolean;
   linkFailed: boolean;
   resyncRunning: boolean;
@@ -114,7 +116,15 @@ export interface Binding {
 
   pipelineCreate(
     disk: DiskHandle,
-    options: { dataSizeBytes: number; bitmapGranularityBytes: number; onEvent: (type: NativeEventType, detail: string) => void },
+    options: {
+      dataSizeBytes: number;
+      bitmapGranularityBytes: number;
+      bitmapOffsetBytes: number;
+      activityLogOffsetBytes: number;
+      activityLogSizeBytes: number;
+      activityExtentBytes: number;
+      onEvent: (type: NativeEventType, detail: string) => void;
+    },
   ): PipelineHandle;
   pipelineCounters(pipeline: PipelineHandle): NativeCounters;
   pipelineFlush(pipeline: PipelineHandle): void;
@@ -131,6 +141,8 @@ export interface Binding {
   /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
   bitmapGet(pipeline: PipelineHandle): Buffer;
   bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;
+  /** Writes an empty activity-log transaction (a new Primary starts with no hot extents). */
+  activityLogReset(pipeline: PipelineHandle): void;
 
   /** umount2(2) with UMOUNT_NOFOLLOW, and MNT_DETACH when `lazy`. */
   unmount(path: string, lazy: boolean): void;

@@ -1,0 +1,167 @@
+#include "activity_log.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <cassert>
+
+#include "crc32c.h"
+#include "limits.h"
+
+namespace nraid {
+
+ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_bytes, const ActivityLogLayout& layout)
+    : disk_(disk),
+      bitmap_(bitmap),
+      data_size_bytes_(data_size_bytes),
+      layout_(layout),
+      extents_((data_size_bytes + layout.extent_bytes - 1) / layout.extent_bytes),
+      slots_(static_cast<uint32_t>(layout.area_size_bytes / kActivityTransactionBytes)),
+      pins_(new std::atomic<uint32_t>[extents_]),
+      last_used_(new std::atomic<uint32_t>[extents_]),
+      hot_bits_(new std::atomic<uint64_t>[(extents_ + 63) / 64]) {
+  assert(slots_ > 0);
+  assert(layout_.extent_bytes % kBlockBytes == 0);
+  for (uint64_t i = 0; i < extents_; i++) {
+    pins_[i].store(0, std::memory_order_relaxed);
+    last_used_[i].store(0, std::memory_order_relaxed);
+  }
+  for (uint64_t i = 0; i < (extents_ + 63) / 64; i++) hot_bits_[i].store(0, std::memory_order_relaxed);
+  void* buffer = nullptr;
+  if (posix_memalign(&buffer, kBlockBytes, kActivityTransactionBytes) != 0) abort();
+  buffer_ = static_cast<uint8_t*>(buffer);
+  hot_list_.reserve(kActivityExtentsMax);
+}
+
+ActivityLog::~ActivityLog() { free(buffer_); }
+
+bool ActivityLog::is_hot(uint64_t extent) const {
+  return (hot_bits_[extent / 64].load(std::memory_order_seq_cst) >> (extent % 64)) & 1;
+}
+
+void ActivityLog::set_hot(uint64_t extent, bool hot) {
+  uint64_t mask = 1ull << (extent % 64);
+  if (hot) hot_bits_[extent / 64].fetch_or(mask, std::memory_order_seq_cst);
+  else hot_bits_[extent / 64].fetch_and(~mask, std::memory_order_seq_cst);
+}
+
+uint32_t ActivityLog::hot_extents() const {
+  uint32_t count = 0;
+  for (uint64_t i = 0; i < (extents_ + 63) / 64; i++) count += static_cast<uint32_t>(__builtin_popcountll(hot_bits_[i].load()));
+  return count;
+}
+
+int ActivityLog::write_transaction_locked() {
+  memset(buffer_, 0, kActivityTransactionBytes);
+  sequence_++;
+  uint32_t header[8] = {kActivityMagic, 1, static_cast<uint32_t>(sequence_), static_cast<uint32_t>(sequence_ >> 32),
+                        static_cast<uint32_t>(hot_list_.size()), static_cast<uint32_t>(layout_.extent_bytes >> 12), 0, 0};
+  memcpy(buffer_, header, sizeof(header));
+  memcpy(buffer_ + kActivityHeaderBytes, hot_list_.data(), hot_list_.size() * 4);
+  uint32_t crc = crc32c(0, buffer_, kActivityTransactionBytes - 4);
+  memcpy(buffer_ + kActivityTransactionBytes - 4, &crc, 4);
+  uint64_t offset = layout_.area_offset_bytes + (sequence_ % slots_) * kActivityTransactionBytes;
+  int rc = disk_->write(buffer_, kActivityTransactionBytes, offset);
+  if (rc == 0) rc = disk_->flush();
+  if (rc == 0) transactions_.fetch_add(1, std::memory_order_relaxed);
+  return rc;
+}
+
+int ActivityLog::write_bitmap_block_locked(uint64_t extent) {
+  // The bits of one extent lie in one 4 KiB block of the on-disk bitmap (little-endian words).
+  uint64_t first_bit = extent * layout_.extent_bytes / bitmap_->granularity_bytes();
+  uint64_t block = first_bit / (kBlockBytes * 8);
+  uint64_t first_word = block * (kBlockBytes / 8);
+  uint64_t words = std::min<uint64_t>(kBlockBytes / 8, bitmap_->words() - first_word);
+  memset(buffer_, 0, kBlockBytes);
+  bitmap_->snapshot_range(first_word, words, reinterpret_cast<uint64_t*>(buffer_));
+  return disk_->write(buffer_, kBlockBytes, layout_.bitmap_offset_bytes + block * kBlockBytes);
+}
+
+bool ActivityLog::evict_one_locked() {
+  // The least recently used extent with nothing pinned.
+  std::vector<size_t> order(hot_list_.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return last_used_[hot_list_[a]].load(std::memory_order_relaxed) < last_used_[hot_list_[b]].load(std::memory_order_relaxed);
+  });
+  for (size_t index : order) {
+    uint32_t extent = hot_list_[index];
+    set_hot(extent, false);
+    if (pins_[extent].load(std::memory_order_seq_cst) != 0) {
+      set_hot(extent, true);  // a writer got in between: keep it
+      continue;
+    }
+    if (write_bitmap_block_locked(extent) != 0) {
+      set_hot(extent, true);
+      return false;
+    }
+    hot_list_[index] = hot_list_.back();
+    hot_list_.pop_back();
+    return true;
+  }
+  return false;
+}
+
+int ActivityLog::acquire(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (length_bytes == 0) return 0;
+  uint64_t first = offset_bytes / layout_.extent_bytes;
+  uint64_t last = (offset_bytes + length_bytes - 1) / layout_.extent_bytes;
+  uint32_t now = clock_.fetch_add(1, std::memory_order_relaxed);
+  bool all_hot = true;
+  for (uint64_t e = first; e <= last; e++) {
+    pins_[e].fetch_add(1, std::memory_order_seq_cst);  // pin first, then look: see evict_one_locked
+    last_used_[e].store(now, std::memory_order_relaxed);
+    all_hot = all_hot && is_hot(e);
+  }
+  if (all_hot) return 0;
+  std::lock_guard<std::mutex> lock(mutex_);
+  bool changed = false;
+  for (uint64_t e = first; e <= last; e++) {
+    if (is_hot(e)) continue;
+    if (hot_list_.size() >= kActivityExtentsMax && !evict_one_locked()) {
+      release(offset_bytes, length_bytes);
+      return -EBUSY;
+    }
+    hot_list_.push_back(static_cast<uint32_t>(e));
+    changed = true;
+  }
+  if (!changed) return 0;
+  int rc = write_transaction_locked();
+  if (rc != 0) {
+    // Not durable: not hot. Drop what this call added.
+    for (uint64_t e = first; e <= last; e++) {
+      auto it = std::find(hot_list_.begin(), hot_list_.end(), static_cast<uint32_t>(e));
+      if (it != hot_list_.end() && !is_hot(e)) hot_list_.erase(it);
+    }
+    release(offset_bytes, length_bytes);
+    return rc;
+  }
+  for (uint64_t e = first; e <= last; e++) set_hot(e, true);
+  return 0;
+}
+
+void ActivityLog::release(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (length_bytes == 0) return;
+  uint64_t first = offset_bytes / layout_.extent_bytes;
+  uint64_t last = (offset_bytes + length_bytes - 1) / layout_.extent_bytes;
+  for (uint64_t e = first; e <= last; e++) {
+    uint32_t before = pins_[e].fetch_sub(1, std::memory_order_seq_cst);
+    assert(before > 0);
+    (void)before;
+  }
+}
+
+int ActivityLog::reset() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (uint32_t extent : hot_list_) {
+    if (pins_[extent].load() != 0) return -EBUSY;
+  }
+  for (uint32_t extent : hot_list_) set_hot(extent, false);
+  hot_list_.clear();
+  return write_transaction_locked();
+}
+
+}  // namespace nraid

@@ -1,0 +1,67 @@
+#pragma once
+// The activity log (DESIGN.md §3 step 2): before a write touches a 4 MiB
+// extent that is not "hot", a transaction naming every hot extent is written
+// and made durable. After a crash of the Primary only those extents (plus the
+// bitmap on disk) can differ from the peer, so a rejoin resyncs them, never
+// the whole device. An extent stays hot while a write to it is in flight or
+// not yet acknowledged as written by the peer; evicting it first writes the
+// bitmap block that covers it, so its dirty bits survive a crash.
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "bitmap.h"
+#include "local_io.h"
+
+namespace nraid {
+
+struct ActivityLogLayout {
+  uint64_t area_offset_bytes;
+  uint64_t area_size_bytes;
+  uint64_t extent_bytes;
+  uint64_t bitmap_offset_bytes;  // on-disk bitmap, for writing back evicted extents' bits
+};
+
+class ActivityLog {
+ public:
+  ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_bytes, const ActivityLogLayout& layout);
+  ~ActivityLog();
+  ActivityLog(const ActivityLog&) = delete;
+  ActivityLog& operator=(const ActivityLog&) = delete;
+
+  // Makes every extent of the range hot (durably) and pins it; 0 or -errno.
+  int acquire(uint64_t offset_bytes, uint64_t length_bytes);
+  // Unpins: the write is on both disks, or its region is marked in the bitmap.
+  void release(uint64_t offset_bytes, uint64_t length_bytes);
+  // An empty transaction: a fresh start when this node becomes Primary.
+  int reset();
+  uint64_t transactions() const { return transactions_.load(std::memory_order_relaxed); }
+  uint32_t hot_extents() const;
+
+ private:
+  bool is_hot(uint64_t extent) const;
+  void set_hot(uint64_t extent, bool hot);
+  int write_transaction_locked();
+  int write_bitmap_block_locked(uint64_t extent);
+  bool evict_one_locked();
+
+  LocalDisk* disk_;
+  Bitmap* bitmap_;
+  const uint64_t data_size_bytes_;
+  const ActivityLogLayout layout_;
+  const uint64_t extents_;
+  const uint32_t slots_;
+  std::unique_ptr<std::atomic<uint32_t>[]> pins_;
+  std::unique_ptr<std::atomic<uint32_t>[]> last_used_;
+  std::unique_ptr<std::atomic<uint64_t>[]> hot_bits_;
+  std::atomic<uint32_t> clock_{0};
+  std::atomic<uint64_t> transactions_{0};
+  std::mutex mutex_;
+  std::vector<uint32_t> hot_list_;  // under mutex_
+  uint64_t sequence_ = 0;           // under mutex_
+  uint8_t* buffer_ = nullptr;       // one transaction or bitmap block, aligned
+};
+
+}  // namespace nraid

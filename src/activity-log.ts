@@ -1,0 +1,49 @@
+/**
+ * Reading the activity log after a crash (the data plane writes it, see
+ * native/activity_log.h): the newest valid transaction names every extent a
+ * write may have been in flight to; those extents are marked out of sync.
+ * Transaction layout (4096 bytes, little endian): magic u32 "NRAL", version
+ * u32, sequence u64, count u32, extent size in 4 KiB units u32, reserved,
+ * then count u32 extent numbers from byte 32, crc32c of bytes 0..4091 at 4092.
+ */
+import { crc32c } from './native';
+
+export const ACTIVITY_MAGIC = 0x4c41524e;
+export const ACTIVITY_TRANSACTION_BYTES = 4096;
+const HEADER_BYTES = 32;
+
+export interface ActivityTransaction {
+  sequence: bigint;
+  extentBytes: number;
+  extents: number[];
+}
+
+/** The newest transaction whose checksum holds, or null when there is none (a new or clean log). */
+export function newestTransaction(area: Buffer): ActivityTransaction | null {
+  let best: ActivityTransaction | null = null;
+  for (let offset = 0; offset + ACTIVITY_TRANSACTION_BYTES <= area.length; offset += ACTIVITY_TRANSACTION_BYTES) {
+    const slot = area.subarray(offset, offset + ACTIVITY_TRANSACTION_BYTES);
+    if (slot.readUInt32LE(0) !== ACTIVITY_MAGIC) continue;
+    if (crc32c(slot.subarray(0, ACTIVITY_TRANSACTION_BYTES - 4)) !== slot.readUInt32LE(ACTIVITY_TRANSACTION_BYTES - 4)) continue;
+    const count = slot.readUInt32LE(16);
+    if (HEADER_BYTES + count * 4 > ACTIVITY_TRANSACTION_BYTES - 4) continue;
+    const sequence = slot.readBigUInt64LE(8);
+    if (best !== null && sequence <= best.sequence) continue;
+    const extents: number[] = [];
+    for (let i = 0; i < count; i++) extents.push(slot.readUInt32LE(HEADER_BYTES + i * 4));
+    best = { sequence, extentBytes: slot.readUInt32LE(20) * 4096, extents };
+  }
+  return best;
+}
+
+/** Bitmap words (little-endian u64, the on-disk layout) with every block of the extents set. */
+export function extentsToBitmap(extents: readonly number[], extentBytes: number, granularityBytes: number, dataSizeBytes: number, wordsBytes: number): Buffer {
+  const words = Buffer.alloc(wordsBytes);
+  const bits = Math.ceil(dataSizeBytes / granularityBytes);
+  for (const extent of extents) {
+    const first = Math.floor((extent * extentBytes) / granularityBytes);
+    const last = Math.min(bits, Math.floor(((extent + 1) * extentBytes) / granularityBytes)) - 1;
+    for (let bit = first; bit <= last; bit++) words[bit >> 3] |= 1 << (bit & 7);
+  }
+  return words;
+}

@@ -224,7 +224,9 @@ export async function main(argv: string[]): Promise<number> {
         break;
       case 'connect':
       case 'disconnect':
-      case 'adjust': {
+      case 'adjust':
+      case 'switchover':
+      case 'resume-io': {
         requireRoot(args.command);
         const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;
         out(statusLine(result));

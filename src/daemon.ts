@@ -13,7 +13,9 @@ import { AdminServer, AdminStream } from './admin';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer } from './config';
 import { DeviceRecord, cleanupStale, deviceHolder, exposeDevice, unexposeDevice } from './device';
 import { BackingDisk } from './disk';
-import { MetadataError, NotUpToDateError, NraidError, StateError } from './errors';
+import { DeviceBusyError, MetadataError, NotUpToDateError, NraidError, PeerError, StateError } from './errors';
+import { runHook } from './hooks';
+import { MetricsServer } from './metrics';
 import { ControlLink, SessionInfo } from './link/control-link';
 import { extentsToBitmap, newestTransaction } from './activity-log';
 import { Logger } from './log';
@@ -21,7 +23,12 @@ import { Superblock, diskStateOf, flagBits, readSuperblock, writeSuperblock } fr
 import { NativeCounters, NativeEventType, PipelineHandle, binding } from './native';
 import { NodeState, decodeBitmapChunk, encodeBitmapChunk } from './protocol/control';
 import { ConnectionState, DiskState, PeerDiskState, PeerRole, ReplicationState, ResourceStatus, Role } from './state';
-import { SyncDecision, decideSync } from './sync-decision';
+import { SplitBrainFacts, SyncDecision, decideSync, resolveSplitBrain } from './sync-decision';
+import { pack, unpack } from 'msgpackr';
+
+/** NodeState flag bit (beyond the superblock's): this node asked to be the split-brain victim. */
+export const FLAG_DISCARD_MY_DATA = 1 << 16;
+const DRAIN_TIMEOUT_MS = 10_000;
 
 /** How often the dirty bitmap is written to disk while it changes. */
 const BITMAP_PERSIST_INTERVAL_MS = 2_000;
@@ -79,6 +86,10 @@ export class Daemon extends EventEmitter {
   private persistTimer: NodeJS.Timeout | null = null;
   private protocol: 'A' | 'B' | 'C';
   private lastLinkError: string | null = null;
+  private discardMyData = false;
+  private splitBrain = false;
+  private ioSuspended = false;
+  private metrics: MetricsServer | null = null;
   private stopping = false;
   private readonly stopped: Promise<void>;
   private resolveStopped: () => void = () => {};
@@ -140,6 +151,10 @@ export class Daemon extends EventEmitter {
     this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), BITMAP_PERSIST_INTERVAL_MS);
     this.persistTimer.unref();
     await this.startLink();
+    if (this.config.metricsPort !== null) {
+      this.metrics = new MetricsServer(() => this.status(), () => this.counters());
+      await this.metrics.listen(this.local.host, this.config.metricsPort);
+    }
     this.noteChange();
   }
 
@@ -232,6 +247,9 @@ export class Daemon extends EventEmitter {
       resync: this.resyncProgress(counters),
       lastLinkError: this.lastLinkError,
       syncDecision: this.lastDecision?.kind ?? null,
+      splitBrain: this.splitBrain,
+      ioSuspended: this.ioSuspended,
+      discardMyData: this.discardMyData,
       pid: process.pid,
     };
   }
@@ -267,7 +285,7 @@ export class Daemon extends EventEmitter {
   /** Emits `change` with the state fields that moved (counters are not events). */
   private noteChange(): void {
     const status = this.status();
-    const keys: (keyof ResourceStatus)[] = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision'];
+    const keys: (keyof ResourceStatus)[] = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision', 'splitBrain', 'ioSuspended'];
     const changed: Partial<ResourceStatus> = {};
     for (const key of keys) {
       if (this.lastStatus === null || this.lastStatus[key] !== status[key]) (changed as Record<string, unknown>)[key] = status[key];
@@ -312,6 +330,7 @@ export class Daemon extends EventEmitter {
     if (this.connection !== 'Connected' && !minted) this.startNewGeneration();
     this.persist((sb) => {
       sb.flags.wasPrimary = true;
+      sb.primarySinceMs = Date.now();
     });
     this.persistBitmap();  // what the old log covered is in the bitmap now, durably
     binding.activityLogReset(this.pipeline!);
@@ -330,7 +349,9 @@ export class Daemon extends EventEmitter {
     // The data link runs from the Primary: turn it around if it ran the other way; after a
     // forced promotion the generations differ now, so the handshake decides the sync anew.
     if (this.connection === 'Connected' && (this.direction !== 'source' || minted)) {
-      this.dropSession(minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source');
+      // After this call's reply has gone out (it may be the peer's switchover request).
+      const reason = minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source';
+      setTimeout(() => this.dropSession(reason), 20);
     }
     this.noteChange();
     return this.status();
@@ -367,6 +388,7 @@ export class Daemon extends EventEmitter {
     try {
       if (this.role === 'Primary') await this.secondary();
       if (this.persistTimer !== null) clearInterval(this.persistTimer);
+      if (this.metrics !== null) await this.metrics.close();
       if (this.link !== null) {
         await this.link.stop();
         this.link = null;
@@ -400,6 +422,7 @@ export class Daemon extends EventEmitter {
     const sb = this.superblock;
     let flags = 0;
     if (sb) for (const [name, bit] of Object.entries(flagBits)) if (sb.flags[name as keyof typeof sb.flags]) flags |= bit;
+    if (this.discardMyData) flags |= FLAG_DISCARD_MY_DATA;
     return {
       role: this.role,
       disk: this.diskState,
@@ -448,6 +471,12 @@ export class Daemon extends EventEmitter {
     });
     link.on('notice', (kind, payload) => this.onNotice(kind, payload));
     link.onRequest('bitmap', () => this.encodeBitmap());
+    link.onRequest('split-brain-facts', () => pack(this.splitBrainFacts()));
+    link.onRequest('switchover', async () => {
+      await this.switchover();
+      return Buffer.alloc(0);
+    });
+    link.onRequest('switchover-promote', (payload) => this.onSwitchoverPromote(payload));
     await link.start();
     link.connect();
   }
@@ -460,10 +489,16 @@ export class Daemon extends EventEmitter {
   private async onSession(info: SessionInfo): Promise<void> {
     this.session = info;
     this.peerState = info.peerState;
-    const decision = decideSync(this.sideView(null), this.sideView(info.peerState));
+    let decision = decideSync(this.sideView(null), this.sideView(info.peerState));
+    if (decision.kind === 'split-brain') {
+      const peerFacts = unpack(await this.link!.request('split-brain-facts', Buffer.alloc(0))) as SplitBrainFacts;
+      if (this.session !== info) return;
+      decision = resolveSplitBrain(decision, this.splitBrainFacts(), peerFacts, this.config.afterSb0pri);
+    }
     this.lastDecision = decision;
     this.log.info('peer connected', { peer: info.peerHello.nodeName, decision: decision.kind, reason: decision.reason });
-    if (this.role === 'Primary' && info.peerState.role === 'Primary') {
+    if (decision.kind === 'split-brain') this.onSplitBrain(decision.reason);
+    if (decision.kind !== 'split-brain' && this.role === 'Primary' && info.peerState.role === 'Primary') {
       this.refuseSession('both nodes are Primary; demote one with nraid secondary');
       return;
     }
@@ -527,6 +562,8 @@ export class Daemon extends EventEmitter {
       socket.destroy();
     }
     this.log.info('data link attached', { direction: this.direction, protocol: this.protocol });
+    if (this.direction === 'source' && this.ioSuspended) this.resumeIo('the peer is back');
+    this.splitBrain = false;
     if (this.direction === 'source') this.beginResyncIfNeeded();
     else this.replication = 'Established';
     this.noteChange();
@@ -589,6 +626,7 @@ export class Daemon extends EventEmitter {
             sb.uuids.history = [peer.uuids.history[0], peer.uuids.history[1]];
           });
           this.persistBitmap();
+          this.discardMyData = false;
           this.link?.sendState();
           if (kind === 'resync-done') this.log.info('resync finished: UpToDate');
         }
@@ -637,9 +675,172 @@ export class Daemon extends EventEmitter {
     this.resync = null;
     this.replication = 'Off';
     this.peerState = null;
-    if (wasConnected && this.role === 'Primary') this.startNewGeneration();
+    if (wasConnected && this.role === 'Primary') {
+      this.startNewGeneration();
+      this.applyNoPeerPolicy();
+    }
     this.persistBitmap();
     this.noteChange();
+  }
+
+  /** on-no-peer and fence-peer: may the Primary go on writing without its peer? */
+  private applyNoPeerPolicy(): void {
+    const fence = this.config.hooks.fencePeer;
+    if (this.config.onNoPeer !== 'suspend-io' && fence === null) return;
+    this.suspendIo(fence !== null ? 'fencing the peer' : 'on-no-peer = suspend-io');
+    if (fence === null) return;
+    runHook(fence, this.hookEnv('fence-peer'), this.log)
+      .then((code) => {
+        if (code === 0 && this.config.onNoPeer === 'continue' && this.connection !== 'Connected') {
+          this.resumeIo('the fence-peer hook succeeded');
+        } else if (code !== 0) {
+          this.log.warn('fence-peer hook failed: I/O stays suspended until the peer returns or nraid resume-io', { exitCode: code });
+        }
+      })
+      .catch((error: Error) => this.log.error('fence-peer hook could not run', { error: error.message }));
+  }
+
+  private suspendIo(reason: string): void {
+    if (this.pipeline === null || this.ioSuspended) return;
+    binding.setSuspended(this.pipeline, true);
+    this.ioSuspended = true;
+    this.log.warn('I/O suspended', { reason });
+    this.emit('change', { ioSuspended: true });
+  }
+
+  private resumeIo(reason: string): void {
+    if (this.pipeline === null || !this.ioSuspended) return;
+    binding.setSuspended(this.pipeline, false);
+    this.ioSuspended = false;
+    this.log.info('I/O resumed', { reason });
+    this.emit('change', { ioSuspended: false });
+  }
+
+  async resumeIoCommand(): Promise<ResourceStatus> {
+    if (!this.ioSuspended) throw new StateError(`I/O of ${this.config.resource} is not suspended; nothing to resume`);
+    this.resumeIo('nraid resume-io');
+    return this.status();
+  }
+
+  private hookEnv(event: string): Record<string, string> {
+    return {
+      NRAID_EVENT: event,
+      NRAID_RESOURCE: this.config.resource,
+      NRAID_NODE: this.local.name,
+      NRAID_PEER: this.peer.name,
+      NRAID_PEER_ADDRESS: this.peer.address,
+      NRAID_ROLE: this.role,
+      NRAID_DISK: this.diskState,
+    };
+  }
+
+  private splitBrainFacts(): SplitBrainFacts {
+    return {
+      node: this.local.name,
+      primary: this.role === 'Primary',
+      primarySinceMs: this.sb.primarySinceMs,
+      changedBytes: this.counters()?.outOfSyncBytes ?? 0,
+      discardMyData: this.discardMyData,
+    };
+  }
+
+  private onSplitBrain(reason: string): void {
+    if (this.splitBrain) return;
+    this.splitBrain = true;
+    this.log.error('split brain detected: both nodes wrote since their last common generation; nothing is discarded', { reason });
+    this.emit('change', { splitBrain: true, lastLinkError: reason });
+    this.emit('event', { type: 'split-brain', resource: this.config.resource, node: this.local.name, peer: this.peer.name, reason });
+    const hook = this.config.hooks.splitBrain;
+    if (hook !== null) {
+      runHook(hook, this.hookEnv('split-brain'), this.log).catch((error: Error) =>
+        this.log.error('split-brain hook could not run', { error: error.message }),
+      );
+    }
+  }
+
+  /** connect, optionally as the victim of a split brain: its changes since the split are overwritten. */
+  async connect(args: { discardMyData?: boolean } = {}): Promise<ResourceStatus> {
+    if (args.discardMyData) {
+      if (this.role === 'Primary') {
+        const holder = this.device?.loopDevice ? deviceHolder(this.device.loopDevice) : null;
+        throw new StateError(
+          `cannot discard the data of ${this.config.resource} on ${this.local.name}: it is Primary` +
+            (holder !== null ? ` and its device ${this.local.device} is in use (${holder})` : '') +
+            '; stop what uses it, run nraid secondary, then connect --discard-my-data',
+        );
+      }
+      this.discardMyData = true;
+      this.log.warn('connect --discard-my-data: this node becomes the sync target of a split brain');
+    }
+    this.link?.connect();
+    return this.status();
+  }
+
+  /**
+   * Planned failover with nothing lost: the Primary drains and flushes, checks
+   * that both current UUIDs agree, demotes, and the peer promotes. On any
+   * failure the old Primary stays (or becomes again) Primary.
+   */
+  async switchover(): Promise<ResourceStatus> {
+    if (this.connection !== 'Connected' || this.peerState === null) {
+      throw new StateError(`cannot switch over ${this.config.resource}: the peer is not connected (connection ${this.connection}); a planned switchover needs both nodes`);
+    }
+    if (this.replication !== 'Established') {
+      const progress = this.resyncProgress(this.counters());
+      throw new StateError(
+        `cannot switch over ${this.config.resource}: replication is ${this.replication}` +
+          (progress ? ` (${progress.percent.toFixed(1)}% done)` : '') + '; wait for it to be Established',
+      );
+    }
+    if (this.diskState !== 'UpToDate' || this.peerState.disk !== 'UpToDate') {
+      throw new NotUpToDateError(
+        `cannot switch over ${this.config.resource}: disks are ${this.diskState} here and ${this.peerState.disk} on ${this.peer.name}; both must be UpToDate`,
+      );
+    }
+    if (this.role === 'Secondary') {
+      if (this.peerState.role !== 'Primary') throw new StateError(`cannot switch over ${this.config.resource}: neither node is Primary; use nraid primary`);
+      await this.link!.request('switchover', Buffer.alloc(0), 30_000);
+      return this.status();
+    }
+    const holder = this.device?.loopDevice ? deviceHolder(this.device.loopDevice) : null;
+    if (holder !== null) {
+      throw new DeviceBusyError(`cannot switch over ${this.config.resource}: device ${this.local.device} is in use (${holder}); stop the services and unmount it first`);
+    }
+    const started = Date.now();
+    await this.secondary();
+    try {
+      await this.drain();
+      const reply = unpack(await this.link!.request('switchover-promote', pack({ current: this.sb.uuids.current.toString(16) }), 30_000)) as { ok: boolean };
+      if (!reply.ok) throw new PeerError('the peer did not promote');
+    } catch (error) {
+      this.log.error('switchover failed: staying Primary', { error: (error as Error).message });
+      await this.primary(false);
+      throw new StateError(`switchover of ${this.config.resource} failed, ${this.local.name} is still Primary: ${(error as Error).message}`);
+    }
+    this.log.info('switchover done', { newPrimary: this.peer.name, ms: Date.now() - started });
+    return this.status();
+  }
+
+  /** Waits until the peer has written everything sent (lag 0) and acknowledged the last barrier. */
+  private async drain(): Promise<void> {
+    const deadline = Date.now() + DRAIN_TIMEOUT_MS;
+    binding.pipelineFlush(this.pipeline!);
+    for (;;) {
+      const counters = this.counters()!;
+      if (counters.framesInFlight === 0 && counters.lagBytes === 0) return;
+      if (counters.linkFailed || this.connection !== 'Connected') throw new PeerError('the peer went away while draining');
+      if (Date.now() > deadline) throw new PeerError(`the peer did not catch up within ${DRAIN_TIMEOUT_MS} ms (${counters.lagBytes} bytes behind)`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
+
+  private async onSwitchoverPromote(payload: Buffer): Promise<Uint8Array> {
+    const { current } = unpack(payload) as { current: string };
+    if (current !== this.sb.uuids.current.toString(16)) {
+      throw new StateError(`generations differ (peer ${current}, here ${this.sb.uuids.current.toString(16)}): refusing to promote`);
+    }
+    await this.primary(false);
+    return pack({ ok: true });
   }
 
   /** A Primary without its peer starts a new generation; the bitmap records what the peer misses. */
@@ -695,11 +896,6 @@ export class Daemon extends EventEmitter {
     }
   }
 
-  async connect(): Promise<ResourceStatus> {
-    this.link?.connect();
-    return this.status();
-  }
-
   async disconnect(): Promise<ResourceStatus> {
     this.link?.disconnect('disconnect requested by the operator');
     return this.status();
@@ -727,7 +923,9 @@ export class Daemon extends EventEmitter {
     this.admin.on('primary', (args) => this.primary(args.force === true));
     this.admin.on('secondary', () => this.secondary());
     this.admin.on('down', () => this.down());
-    this.admin.on('connect', () => this.connect());
+    this.admin.on('connect', (args) => this.connect({ discardMyData: args.discardMyData === true }));
+    this.admin.on('switchover', () => this.switchover());
+    this.admin.on('resume-io', () => this.resumeIoCommand());
     this.admin.on('disconnect', () => this.disconnect());
     this.admin.on('adjust', () => this.adjust());
     this.admin.on('events', (args, stream) => this.streamEvents(stream));
@@ -737,8 +935,11 @@ export class Daemon extends EventEmitter {
     stream.send({ type: 'exists', ...this.status() });
     const onChange = (changed: Partial<ResourceStatus>) =>
       stream.send({ type: 'change', resource: this.config.resource, node: this.local.name, ...changed });
+    const onEvent = (event: Record<string, unknown>) => stream.send(event);
     this.on('change', onChange);
+    this.on('event', onEvent);
     await Promise.race([stream.closed, this.stopped]);
     this.off('change', onChange);
+    this.off('event', onEvent);
   }
 }

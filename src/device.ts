@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ConfigError, DeviceBusyError } from './errors';
+import { AlreadyUpError, ConfigError, DeviceBusyError } from './errors';
 import { attachLoop, detachLoop, loopBackingFile } from './loop';
 import { PipelineHandle, binding, isNativeError } from './native';
 
@@ -150,13 +150,26 @@ function removeSymlinkTo(devicePath: string, loopDevice: string | null): void {
   }
 }
 
+/** Alive and not a zombie: a process killed with -9 takes a moment to release its FUSE connection. */
 function processAlive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
   }
+}
+
+const STALE_EXIT_WAIT_MS = 10_000;
+
+function waitForExit(pid: number): boolean {
+  const deadline = Date.now() + STALE_EXIT_WAIT_MS;
+  while (processAlive(pid)) {
+    if (Date.now() > deadline) return false;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  }
+  return true;
 }
 
 /**
@@ -168,7 +181,12 @@ export function cleanupStale(runDir: string): string[] {
   const record = readRecord(runDir);
   const done: string[] = [];
   const mountPath = record?.mountPath ?? mountPathOf(runDir);
-  if (record !== null && record.pid !== process.pid && processAlive(record.pid)) return done;
+  if (record !== null && record.pid !== process.pid && !waitForExit(record.pid)) {
+    throw new AlreadyUpError(
+      `run directory ${runDir} belongs to daemon pid ${record.pid}, which is still running but does not answer; ` +
+        `stop it (kill ${record.pid}) and run nraid up again`,
+    );
+  }
   if (record?.loopDevice && loopBackingFile(record.loopDevice) === mountPath) {
     detachLoop(record.loopDevice);
     done.push(`detached stale loop device ${record.loopDevice}`);

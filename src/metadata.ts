@@ -82,6 +82,8 @@ export interface Superblock {
   resource: string;
   node: string;
   createdAtMs: number;
+  /** When this node last became Primary (0: never); after-sb-0pri discard-younger-primary compares it. */
+  primarySinceMs: number;
 }
 
 export type DiskState = 'Inconsistent' | 'Outdated' | 'Consistent' | 'UpToDate';
@@ -123,12 +125,13 @@ const at = {
   uuidHistory0: 104,
   uuidHistory1: 112,
   createdAtMs: 120,
-  resource: 128, // superblockNameBytes
+  resource: 128,
+  primarySinceMs: 128 + 2 * limits.superblockNameBytes, // u64, after the names // superblockNameBytes
   node: 128 + limits.superblockNameBytes, // superblockNameBytes
   crc32c: limits.superblockSlotBytes - 4, // u32 over bytes [0, 4092)
 } as const;
 
-if (at.node + limits.superblockNameBytes > at.crc32c) throw new Error('src/metadata.ts: superblock fields overlap the checksum');
+if (at.primarySinceMs + 8 > at.crc32c) throw new Error('src/metadata.ts: superblock fields overlap the checksum');
 
 /** The u64 fields that hold byte counts and times (numbers in TS, safe integers on disk). */
 const numberFields = [
@@ -142,6 +145,7 @@ const numberFields = [
   'activityLogOffsetBytes',
   'activityLogSizeBytes',
   'createdAtMs',
+  'primarySinceMs',
 ] as const;
 
 const u64Max = (1n << 64n) - 1n;
@@ -616,6 +620,7 @@ export function createMetadata(disk: DiskIO, opts: CreateOptions): Superblock {
     resource: opts.resource,
     node: opts.node,
     createdAtMs: Date.now(),
+    primarySinceMs: 0,
   };
   const image = encodeSuperblock(superblock);
   for (let slot = 0; slot < limits.superblockSlots; slot++) {

@@ -42,6 +42,10 @@ export interface NativeCounters {
   linkFailures: number;
   eventsDropped: number;
   outOfSyncBytes: number;
+  suspendedWaits: number;
+  /** Write latency histogram: entry i counts writes that took less than 2^i µs (the last one: the rest). */
+  writeLatencyBuckets: number[];
+  suspended: boolean;
   activityLogTransactions: number;
   activityLogHotExtents: number;
   linkAttached: boolean;
@@ -141,6 +145,8 @@ export interface Binding {
   /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
   bitmapGet(pipeline: PipelineHandle): Buffer;
   bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;
+  /** on-no-peer = suspend-io: while suspended, new requests wait in the data plane. */
+  setSuspended(pipeline: PipelineHandle, suspended: boolean): void;
   /** Writes an empty activity-log transaction (a new Primary starts with no hot extents). */
   activityLogReset(pipeline: PipelineHandle): void;
 

@@ -62,6 +62,11 @@ export interface ResourceStatus {
   resync: ResyncProgress | null;
   lastLinkError: string | null;
   syncDecision: string | null;
+  /** Detected at the last handshake and not yet resolved: see connect --discard-my-data. */
+  splitBrain: boolean;
+  /** on-no-peer = suspend-io or a failed fence-peer hook holds new writes. */
+  ioSuspended: boolean;
+  discardMyData: boolean;
   pid: number;
 }
 
@@ -90,6 +95,8 @@ export function statusLine(status: ResourceStatus): string {
   }
   if (status.outOfSyncBytes > 0) parts.push(`out-of-sync:${formatBytes(status.outOfSyncBytes)}`);
   if (status.protocol === 'A' && status.lagBytes > 0) parts.push(`lag:${formatBytes(status.lagBytes)}`);
+  if (status.splitBrain) parts.push('split-brain:yes');
+  if (status.ioSuspended) parts.push('io:suspended');
   if (status.exposed) parts.push(`device:${status.device}`);
   return parts.join(' ');
 }

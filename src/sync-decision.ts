@@ -83,3 +83,63 @@ export function decideSync(local: SideView, peer: SideView): SyncDecision {
   }
   return { kind: 'unrelated', source: null, reason: `no common generation (local ${hex(l.current)}, peer ${hex(p.current)})` };
 }
+
+/** What each side tells the other when a split brain is found (exchanged over the control link). */
+export interface SplitBrainFacts {
+  node: string;
+  primary: boolean;
+  /** When this node last became Primary (0: never). */
+  primarySinceMs: number;
+  /** Bytes this node changed since the split (its out-of-sync bytes). */
+  changedBytes: number;
+  /** The operator ran `connect --discard-my-data` here. */
+  discardMyData: boolean;
+}
+
+export type AfterSplitBrainPolicy = 'disconnect' | 'discard-zero-changes' | 'discard-younger-primary' | 'discard-least-changes';
+
+/**
+ * Turns a split brain into a bitmap resync when the operator chose a victim
+ * (`connect --discard-my-data`) or, with no Primary on either side, when the
+ * after-sb-0pri policy picks one. Both nodes run this with the same facts
+ * swapped, so they agree. Otherwise the split brain stands: nothing is lost.
+ */
+export function resolveSplitBrain(
+  decision: SyncDecision,
+  local: SplitBrainFacts,
+  peer: SplitBrainFacts,
+  policy: AfterSplitBrainPolicy,
+): SyncDecision {
+  if (decision.kind !== 'split-brain') return decision;
+  if (local.discardMyData && peer.discardMyData) {
+    return { ...decision, reason: `${decision.reason}; both nodes asked to discard their data: choose one` };
+  }
+  if (local.discardMyData) return { kind: 'bitmap', source: 'peer', reason: `split brain resolved: ${local.node} discards its changes` };
+  if (peer.discardMyData) return { kind: 'bitmap', source: 'local', reason: `split brain resolved: ${peer.node} discards its changes` };
+  if (local.primary || peer.primary || policy === 'disconnect') return decision;
+  const victim = pickVictim(local, peer, policy);
+  if (victim === null) return { ...decision, reason: `${decision.reason}; after-sb-0pri ${policy} found no victim` };
+  return {
+    kind: 'bitmap',
+    source: victim === 'local' ? 'peer' : 'local',
+    reason: `split brain resolved by after-sb-0pri ${policy}: ${victim === 'local' ? local.node : peer.node} discards its changes`,
+  };
+}
+
+function pickVictim(local: SplitBrainFacts, peer: SplitBrainFacts, policy: AfterSplitBrainPolicy): 'local' | 'peer' | null {
+  switch (policy) {
+    case 'discard-zero-changes':
+      if (local.changedBytes === 0 && peer.changedBytes > 0) return 'local';
+      if (peer.changedBytes === 0 && local.changedBytes > 0) return 'peer';
+      return null;
+    case 'discard-younger-primary':
+      if (local.primarySinceMs === peer.primarySinceMs) return null;
+      return local.primarySinceMs > peer.primarySinceMs ? 'local' : 'peer';
+    case 'discard-least-changes':
+      if (local.changedBytes !== peer.changedBytes) return local.changedBytes < peer.changedBytes ? 'local' : 'peer';
+      if (local.primarySinceMs !== peer.primarySinceMs) return local.primarySinceMs > peer.primarySinceMs ? 'local' : 'peer';
+      return null;
+    case 'disconnect':
+      return null;
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Prometheus metrics (prom-client), off unless `metrics-port` is set: roles,
+ * states, out-of-sync bytes, write counters and the data plane's write
+ * latency histogram. Values are read from the status and the native counters
+ * at scrape time, in one call each.
+ */
+import http from 'node:http';
+import client from 'prom-client';
+import type { NativeCounters } from './native';
+import type { ResourceStatus } from './state';
+
+const DISK_STATES = ['Diskless', 'Attaching', 'Inconsistent', 'Outdated', 'Consistent', 'UpToDate'];
+const CONNECTION_STATES = ['StandAlone', 'Connecting', 'Connected', 'Disconnecting', 'NetworkFailure', 'ProtocolError'];
+const REPLICATION_STATES = ['Off', 'Established', 'SyncSource', 'SyncTarget', 'PausedSyncS', 'PausedSyncT', 'VerifyS', 'VerifyT'];
+
+export class MetricsServer {
+  private readonly registry = new client.Registry();
+  private readonly server: http.Server;
+
+  constructor(
+    private readonly status: () => ResourceStatus,
+    private readonly counters: () => NativeCounters | null,
+  ) {
+    const labels = ['resource', 'node'];
+    const state = (name: string, help: string, field: 'disk' | 'connection' | 'replication', values: string[]) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: [...labels, 'state'],
+        registers: [this.registry],
+        collect: () => {
+          const s = this.status();
+          for (const value of values) (this as unknown as void, 0);
+          for (const value of values) gaugeSet(name, { resource: s.resource, node: s.node, state: value }, s[field] === value ? 1 : 0);
+        },
+      });
+    const gauges = new Map<string, client.Gauge>();
+    const gaugeSet = (name: string, labelValues: Record<string, string>, value: number) => gauges.get(name)!.set(labelValues, value);
+    gauges.set('nraid_disk_state', state('nraid_disk_state', 'Local disk state (1 for the current one).', 'disk', DISK_STATES));
+    gauges.set('nraid_connection_state', state('nraid_connection_state', 'Connection state (1 for the current one).', 'connection', CONNECTION_STATES));
+    gauges.set('nraid_replication_state', state('nraid_replication_state', 'Replication state (1 for the current one).', 'replication', REPLICATION_STATES));
+    const simple = (name: string, help: string, read: (s: ResourceStatus, c: NativeCounters | null) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: labels,
+        registers: [this.registry],
+        collect() {
+          const s = status();
+          this.set({ resource: s.resource, node: s.node }, read(s, counters()));
+        },
+      });
+    simple('nraid_primary', '1 when this node is Primary.', (s) => (s.role === 'Primary' ? 1 : 0));
+    simple('nraid_peer_primary', '1 when the connected peer is Primary.', (s) => (s.peerRole === 'Primary' ? 1 : 0));
+    simple('nraid_out_of_sync_bytes', 'Bytes that may differ from the peer.', (s) => s.outOfSyncBytes);
+    simple('nraid_writes_total', 'Writes served by the device.', (_s, c) => c?.writes ?? 0);
+    simple('nraid_write_bytes_total', 'Bytes written through the device.', (_s, c) => c?.writeBytes ?? 0);
+    simple('nraid_flushes_total', 'Flushes served by the device.', (_s, c) => c?.flushes ?? 0);
+    simple('nraid_sent_bytes_total', 'Payload bytes sent to the peer.', (_s, c) => c?.bytesSent ?? 0);
+    simple('nraid_acked_bytes_total', 'Payload bytes the peer has written.', (_s, c) => c?.bytesAcked ?? 0);
+    simple('nraid_lag_bytes', 'Bytes sent or queued and not yet written by the peer.', (_s, c) => c?.lagBytes ?? 0);
+    simple('nraid_checksum_errors_total', 'Frames rejected for a checksum.', (_s, c) => c?.checksumErrors ?? 0);
+    simple('nraid_protocol_errors_total', 'Frames rejected as protocol errors.', (_s, c) => c?.protocolErrors ?? 0);
+    simple('nraid_io_errors_total', 'Local I/O errors.', (_s, c) => c?.ioErrors ?? 0);
+    simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
+    this.server = http.createServer((request, response) => {
+      if (request.url !== '/metrics') {
+        response.writeHead(404).end('see /metrics\n');
+        return;
+      }
+      this.render()
+        .then((body) => response.writeHead(200, { 'Content-Type': this.registry.contentType }).end(body))
+        .catch((error: Error) => response.writeHead(500).end(`${error.message}\n`));
+    });
+  }
+
+  /** prom-client's metrics, plus the latency histogram whose buckets the data plane counts. */
+  async render(): Promise<string> {
+    const text = await this.registry.metrics();
+    const s = this.status();
+    const c = this.counters();
+    if (c === null) return text;
+    const name = 'nraid_write_latency_seconds';
+    const lines = [`# HELP ${name} Write latency seen by the device (local write and, per protocol, the peer).`, `# TYPE ${name} histogram`];
+    const labels = `resource="${s.resource}",node="${s.node}"`;
+    let cumulative = 0;
+    c.writeLatencyBuckets.forEach((count, i) => {
+      cumulative += count;
+      const le = i === c.writeLatencyBuckets.length - 1 ? '+Inf' : String(2 ** i / 1e6);
+      lines.push(`${name}_bucket{${labels},le="${le}"} ${cumulative}`);
+    });
+    lines.push(`${name}_sum{${labels}} ${c.writeLatencyUsTotal / 1e6}`, `${name}_count{${labels}} ${cumulative}`);
+    return `${text}${lines.join('\n')}\n`;
+  }
+
+  listen(host: string, port: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}

@@ -226,7 +226,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'disconnect':
       case 'adjust':
       case 'switchover':
-      case 'resume-io': {
+      case 'resume-io':
+      case 'invalidate': {
         requireRoot(args.command);
         const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;
         out(statusLine(result));

@@ -519,7 +519,9 @@ export class Daemon extends EventEmitter {
     }
     this.direction = source ? 'source' : 'target';
     if (source) {
-      if (decision.kind === 'full') binding.bitmapSet(this.pipeline!, 'all');
+      // A target that was invalidated (or never completed a full sync) gets every block.
+      const peerWantsFull = (info.peerState.flags & flagBits.fullSyncNeeded) !== 0;
+      if (decision.kind === 'full' || peerWantsFull) binding.bitmapSet(this.pipeline!, 'all');
       // The target's own dirty regions (written while it was apart) go back too.
       const reply = await this.link!.request('bitmap', Buffer.alloc(0), BITMAP_REQUEST_TIMEOUT_MS);
       if (this.session !== info) return;
@@ -605,6 +607,13 @@ export class Daemon extends EventEmitter {
         this.persist((sb) => {
           sb.flags.consistent = false;
           sb.flags.resyncInProgress = true;
+          // Joining the source's generation now lets an interrupted resync resume from the
+          // source's persisted bitmap instead of starting over (it stays Inconsistent until done).
+          if (this.peerState !== null) {
+            sb.uuids.current = this.peerState.uuids.current;
+            sb.uuids.bitmap = 0n;
+            sb.uuids.history = [this.peerState.uuids.history[0], this.peerState.uuids.history[1]];
+          }
         });
         this.log.info('resync started as target', { bytes: Number(payload.toString()) });
         this.link?.sendState();
@@ -621,6 +630,7 @@ export class Daemon extends EventEmitter {
             sb.flags.outdated = false;
             sb.flags.resyncInProgress = false;
             sb.flags.crashedPrimary = false;
+            sb.flags.fullSyncNeeded = false;
             sb.uuids.current = peer.uuids.current;
             sb.uuids.bitmap = 0n;
             sb.uuids.history = [peer.uuids.history[0], peer.uuids.history[1]];
@@ -777,6 +787,32 @@ export class Daemon extends EventEmitter {
   }
 
   /**
+   * Declares the local data invalid: this node becomes the target of a full
+   * sync from its peer (DRBD's invalidate). Only on a Secondary, since a
+   * Primary's data is what applications read.
+   */
+  async invalidate(): Promise<ResourceStatus> {
+    if (this.role === 'Primary') {
+      throw new StateError(`cannot invalidate ${this.config.resource} on ${this.local.name}: it is Primary; run nraid secondary first (or invalidate the peer instead)`);
+    }
+    if (this.connection === 'Connected' && this.peerState?.disk !== 'UpToDate') {
+      throw new NotUpToDateError(
+        `cannot invalidate ${this.config.resource} on ${this.local.name}: the peer's disk is ${this.peerState?.disk}; a full sync needs an UpToDate source`,
+      );
+    }
+    this.persist((sb) => {
+      sb.flags.consistent = false;
+      sb.flags.wasUpToDate = false;
+      sb.flags.fullSyncNeeded = true;
+    });
+    this.log.warn('invalidated: a full sync from the peer follows');
+    this.link?.sendState();
+    if (this.connection === 'Connected') this.dropSession('invalidated: full sync');
+    this.noteChange();
+    return this.status();
+  }
+
+  /**
    * Planned failover with nothing lost: the Primary drains and flushes, checks
    * that both current UUIDs agree, demotes, and the peer promotes. On any
    * failure the old Primary stays (or becomes again) Primary.
@@ -926,6 +962,7 @@ export class Daemon extends EventEmitter {
     this.admin.on('connect', (args) => this.connect({ discardMyData: args.discardMyData === true }));
     this.admin.on('switchover', () => this.switchover());
     this.admin.on('resume-io', () => this.resumeIoCommand());
+    this.admin.on('invalidate', () => this.invalidate());
     this.admin.on('disconnect', () => this.disconnect());
     this.admin.on('adjust', () => this.adjust());
     this.admin.on('events', (args, stream) => this.streamEvents(stream));

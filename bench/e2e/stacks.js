@@ -120,7 +120,7 @@ const STACKS = [
 
 /** The row every ratio is taken against. */
 const BASELINE_ROW = 'raw';
-const DEFAULT_ROWS = ['raw', 'nbd', 'nraid'];
+const DEFAULT_ROWS = ['raw', 'nbd', 'nraid', 'nraid-A', 'nraid-B', 'nraid-C'];
 
 function stackById(id) {
   return STACKS.find((s) => s.id === id) || null;

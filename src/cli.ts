@@ -201,6 +201,8 @@ export async function main(argv: string[]): Promise<number> {
       const { runDemo } = await import('./demo');
       return await runDemo();
     }
+    // Before the config is read: it is root's file (it holds the secret), and the message should say why.
+    if (args.command !== 'status' && args.command !== 'events') requireRoot(args.command);
     const ctx = context(args);
     switch (args.command) {
       case 'create-md':

@@ -379,7 +379,7 @@ export class Daemon extends EventEmitter {
     if (this.device?.loopDevice) {
       const holder = deviceHolder(this.device.loopDevice);
       if (holder !== null) {
-        throw new StateError(
+        throw new DeviceBusyError(
           `cannot take ${this.config.resource} down: device ${this.local.device} is in use (${holder}); unmount or close it first`,
         );
       }

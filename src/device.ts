@@ -106,9 +106,13 @@ function checkDevicePathFree(devicePath: string): void {
   }
 }
 
-/** Who holds the exposed device open, if anyone: a mount point, or null when it is free. */
+/**
+ * Who holds the exposed device, if anyone: a mount point, an exclusive
+ * opener, or a process with it open (found in /proc/<pid>/fd, as fuser does);
+ * null when it is free.
+ */
 export function deviceHolder(loopDevice: string): string | null {
-  let fd: number;
+  let fd: number | null = null;
   try {
     fd = fs.openSync(loopDevice, fs.constants.O_RDONLY | fs.constants.O_EXCL);
   } catch (error) {
@@ -119,9 +123,40 @@ export function deviceHolder(loopDevice: string): string | null {
       .split('\n')
       .map((line) => line.split(' '))
       .find((fields) => fields[0] === loopDevice || fields[0] === `/dev/${name}`);
-    return mount ? `mounted at ${mount[1]}` : 'held open by a program (see fuser -v)';
+    if (mount) return `mounted at ${mount[1]}`;
+  } finally {
+    if (fd !== null) fs.closeSync(fd);
   }
-  fs.closeSync(fd);
+  const opener = processHolding(loopDevice);
+  return opener ?? (fd === null ? 'held exclusively by a program (see fuser -v)' : null);
+}
+
+/** The first process (other than this one) with `device` open, as "pid N (comm)". */
+function processHolding(device: string): string | null {
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    let fds: string[];
+    try {
+      fds = fs.readdirSync(`/proc/${entry}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fdName of fds) {
+      try {
+        if (fs.readlinkSync(`/proc/${entry}/fd/${fdName}`) === device) {
+          let comm = '?';
+          try {
+            comm = fs.readFileSync(`/proc/${entry}/comm`, 'utf8').trim();
+          } catch {
+            // gone meanwhile
+          }
+          return `held open by pid ${entry} (${comm})`;
+        }
+      } catch {
+        // fd closed meanwhile
+      }
+    }
+  }
   return null;
 }
 

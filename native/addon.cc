@@ -265,6 +265,13 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("eventsDropped", box->events_dropped.load());
   auto& bitmap = box->pipeline->bitmap();
   set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
+  set("suspendedWaits", c.suspended_waits.load());
+  auto buckets = Napi::Array::New(env, nraid::PipelineCounters::kLatencyBuckets);
+  for (uint32_t i = 0; i < nraid::PipelineCounters::kLatencyBuckets; i++) {
+    buckets.Set(i, Napi::Number::New(env, static_cast<double>(c.write_latency_buckets[i].load())));
+  }
+  result.Set("writeLatencyBuckets", buckets);
+  result.Set("suspended", Napi::Boolean::New(env, box->pipeline->suspended()));
   set("activityLogTransactions", box->pipeline->activity_log().transactions());
   set("activityLogHotExtents", box->pipeline->activity_log().hot_extents());
   result.Set("linkAttached", Napi::Boolean::New(env, box->pipeline->link_attached()));
@@ -401,6 +408,12 @@ Napi::Value BitmapSet(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value SetSuspended(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  box->pipeline->set_suspended(info[1].ToBoolean());
+  return info.Env().Undefined();
+}
+
 Napi::Value ActivityLogReset(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
@@ -459,6 +472,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resyncStart", Napi::Function::New(env, ResyncStart));
   exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
   exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
+  exports.Set("setSuspended", Napi::Function::New(env, SetSuspended));
   exports.Set("activityLogReset", Napi::Function::New(env, ActivityLogReset));
   auto limits = Napi::Object::New(env);
   limits.Set("blockBytes", nraid::kBlockBytes);

@@ -64,7 +64,8 @@ void Applier::fail(const std::string& reason) {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    cv_.notify_all();
+    work_cv_.notify_all();
+    done_cv_.notify_all();
   }
   if (!stopping_.load(std::memory_order_acquire)) sink_("link-lost", reason);
 }
@@ -101,9 +102,10 @@ void Applier::receive_loop() {
     return;
   }
   uint64_t expected_seq = 1;
+  SocketReader reader(fd_);
   for (;;) {
     FrameHeader header{};
-    int rc = read_full(fd_, &header, sizeof(header));
+    int rc = reader.read(&header, sizeof(header));
     if (rc != 0) {
       fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
       return;
@@ -134,7 +136,7 @@ void Applier::receive_loop() {
       // Every earlier frame on disk, then flushed, then acked.
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [&] { return failed() || active_count_locked() == 0; });
+        done_cv_.wait(lock, [&] { return failed() || active_count_locked() == 0; });
       }
       if (failed()) return;
       rc = disk_->flush();
@@ -153,12 +155,12 @@ void Applier::receive_loop() {
     if (frame_has_payload(header.type)) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [&] { return failed() || !free_buffers_.empty(); });
+        done_cv_.wait(lock, [&] { return failed() || !free_buffers_.empty(); });
         if (failed()) return;
         buffer = free_buffers_.back();
         free_buffers_.pop_back();
       }
-      rc = read_full(fd_, buffers_[buffer], header.length);
+      rc = reader.read(buffers_[buffer], header.length);
       bool intact = rc == 0 && crc32c(0, buffers_[buffer], header.length) == header.payload_crc;
       if (!intact) {
         {
@@ -181,7 +183,7 @@ void Applier::receive_loop() {
     }
     // Overlapping frames apply in sequence order: wait for the earlier ones.
     std::unique_lock<std::mutex> lock(mutex_);
-    cv_.wait(lock, [&] {
+    done_cv_.wait(lock, [&] {
       return failed() || (!overlaps_active_locked(header.offset, header.length) && work_count_ < kActiveMax &&
                           active_count_locked() < kActiveMax);
     });
@@ -192,10 +194,42 @@ void Applier::receive_loop() {
     uint32_t slot = 0;
     while (active_[slot].in_use) slot++;
     active_[slot] = Active{true, header.offset, header.length};
-    work_[(work_head_ + work_count_) % kActiveMax] = Work{header, buffer, slot};
+    Work work{header, buffer, slot};
+    // Nothing else in flight and nothing more already received: apply right here,
+    // which saves a thread hand-off at low queue depth.
+    if (work_count_ == 0 && active_count_locked() == 1 && reader.buffered() == 0) {
+      lock.unlock();
+      apply_one(work);
+      continue;
+    }
+    work_[(work_head_ + work_count_) % kActiveMax] = work;
     work_count_++;
-    cv_.notify_all();
+    work_cv_.notify_one();
   }
+}
+
+void Applier::apply_one(const Work& work) {
+  const FrameHeader& h = work.header;
+  int rc = 0;
+  if (!failed()) {
+    switch (h.type) {
+      case kFrameWrite:
+      case kFrameRsData: rc = disk_->write(buffers_[work.buffer], h.length, h.offset); break;
+      case kFrameDiscard: rc = disk_->discard(h.offset, h.length); break;
+      case kFrameZeroes: rc = disk_->zero_out(h.offset, h.length); break;
+      default: assert(false);
+    }
+    if (rc != 0) {
+      fail(std::string("write to the target's disk failed: ") + strerror(-rc));
+    } else {
+      if (frame_has_payload(h.type)) counters_->bytes_applied.fetch_add(h.length, std::memory_order_relaxed);
+      if (send_ack(kFrameAckWrite, h) != 0) fail("data link send: write ack");
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  active_[work.active].in_use = false;
+  if (work.buffer != kNoBuffer) free_buffers_.push_back(work.buffer);
+  done_cv_.notify_all();
 }
 
 void Applier::apply_loop() {
@@ -203,33 +237,13 @@ void Applier::apply_loop() {
     Work work;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [&] { return failed() || work_count_ > 0; });
+      work_cv_.wait(lock, [&] { return failed() || work_count_ > 0; });
       if (work_count_ == 0) return;  // failed and drained
       work = work_[work_head_];
       work_head_ = (work_head_ + 1) % kActiveMax;
       work_count_--;
     }
-    const FrameHeader& h = work.header;
-    int rc = 0;
-    if (!failed()) {
-      switch (h.type) {
-        case kFrameWrite:
-        case kFrameRsData: rc = disk_->write(buffers_[work.buffer], h.length, h.offset); break;
-        case kFrameDiscard: rc = disk_->discard(h.offset, h.length); break;
-        case kFrameZeroes: rc = disk_->zero_out(h.offset, h.length); break;
-        default: assert(false);
-      }
-      if (rc != 0) {
-        fail(std::string("write to the target's disk failed: ") + strerror(-rc));
-      } else {
-        if (frame_has_payload(h.type)) counters_->bytes_applied.fetch_add(h.length, std::memory_order_relaxed);
-        if (send_ack(kFrameAckWrite, h) != 0) fail("data link send: write ack");
-      }
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    active_[work.active].in_use = false;
-    if (work.buffer != kNoBuffer) free_buffers_.push_back(work.buffer);
-    cv_.notify_all();
+    apply_one(work);
   }
 }
 

@@ -47,6 +47,7 @@ class Applier {
 
   void receive_loop();
   void apply_loop();
+  void apply_one(const Work& work);
   void fail(const std::string& reason);
   int send_ack(uint16_t type, const FrameHeader& about);
   bool overlaps_active_locked(uint64_t offset, uint64_t length) const;
@@ -61,7 +62,8 @@ class Applier {
 
   std::mutex send_mutex_;  // acks come from several threads
   std::mutex mutex_;       // buffers, active set, work queue
-  std::condition_variable cv_;
+  std::condition_variable work_cv_;  // apply threads wait for work
+  std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
   std::vector<uint8_t*> buffers_;
   std::vector<uint32_t> free_buffers_;
   std::vector<Active> active_;

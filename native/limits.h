@@ -37,8 +37,6 @@ namespace nraid {
 // Replication. Slots: one per frontend thread, plus the resync engine's.
 constexpr uint32_t kSlotsMax = kFrontendThreadsMax + 1;
 constexpr uint32_t kResyncSlot = kFrontendThreadsMax;
-// Frames queued for the sender thread: every slot can have one queued, plus barriers.
-constexpr uint32_t kSendQueueEntries = 512;
 // Frames sent and not yet acknowledged as written (bounded by span of sequence numbers).
 constexpr uint32_t kUnackedEntries = 8192;
 // Target side: payload buffers in flight (the receive window), and apply threads.
@@ -51,8 +49,7 @@ constexpr uint32_t kSocketBufferBytes = 4u << 20;
 // Events queued to JavaScript before new ones are dropped (and counted).
 constexpr uint32_t kEventQueueMax = 256;
 
-static_assert(kSendQueueEntries >= kSlotsMax + kResyncWindowChunks + 64);
-static_assert(kUnackedEntries >= kSendQueueEntries);
+static_assert(kUnackedEntries >= kSlotsMax + kResyncWindowChunks);
 static_assert(kApplyBuffers >= kApplyThreads);
 static_assert(kResyncChunkBytes <= kRequestBytesMax);
 

@@ -34,6 +34,32 @@ int read_full(int fd, void* data, size_t length) {
   return 0;
 }
 
+SocketReader::SocketReader(int fd) : fd_(fd), buffer_(new uint8_t[kBufferBytes]) {}
+
+int SocketReader::read(void* data, size_t length) {
+  auto* out = static_cast<uint8_t*>(data);
+  size_t buffered = end_ - start_;
+  size_t copied = buffered < length ? buffered : length;
+  memcpy(out, buffer_.get() + start_, copied);
+  start_ += copied;
+  size_t remaining = length - copied;
+  if (remaining == 0) return 0;
+  if (remaining >= kBufferBytes / 2) return read_full(fd_, out + copied, remaining);
+  start_ = end_ = 0;
+  while (end_ < remaining) {
+    ssize_t n = ::read(fd_, buffer_.get() + end_, kBufferBytes - end_);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (n == 0) return -EPIPE;
+    end_ += static_cast<size_t>(n);
+  }
+  memcpy(out + copied, buffer_.get(), remaining);
+  start_ = remaining;
+  return 0;
+}
+
 int writev_full(int fd, iovec* iov, int count) {
   while (count > 0) {
     ssize_t n = ::writev(fd, iov, count);

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "frame.h"
@@ -18,6 +19,25 @@ namespace nraid {
 int read_full(int fd, void* data, size_t length);
 int writev_full(int fd, iovec* iov, int count);
 int write_frame(int fd, const FrameHeader& header, const void* payload);
+// Buffered reads from a socket: under load one read() brings many frames.
+// Large payloads bypass the buffer and land straight in their destination.
+class SocketReader {
+ public:
+  explicit SocketReader(int fd);
+  SocketReader(const SocketReader&) = delete;
+  SocketReader& operator=(const SocketReader&) = delete;
+  // Returns 0, or a negative errno (-EPIPE for an orderly close by the peer).
+  int read(void* data, size_t length);
+  size_t buffered() const { return end_ - start_; }
+
+ private:
+  static constexpr size_t kBufferBytes = 256 * 1024;
+  int fd_;
+  std::unique_ptr<uint8_t[]> buffer_;
+  size_t start_ = 0;
+  size_t end_ = 0;
+};
+
 // Blocking mode, TCP_NODELAY, large buffers, keepalive.
 void prepare_socket(int fd);
 // The acceptor sends HELLO first; the dialer waits for it, then answers.

@@ -51,6 +51,7 @@ int Pipeline::count_error(int rc) {
 template <typename LocalIo>
 int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length, uint64_t offset,
                         LocalIo local_io) {
+  wait_while_suspended();
   sequence_.fetch_add(1, std::memory_order_relaxed);
   // The extent is logged as hot before any byte of it changes on either disk.
   int rc = activity_log_.acquire(offset, length);
@@ -92,7 +93,11 @@ int Pipeline::write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, u
                      [&] { return disk_->write(data, length_bytes, offset_bytes); });
   counters_.writes.fetch_add(1, std::memory_order_relaxed);
   counters_.write_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
-  counters_.write_latency_us_total.fetch_add(monotonic_us() - start_us, std::memory_order_relaxed);
+  uint64_t latency_us = monotonic_us() - start_us;
+  counters_.write_latency_us_total.fetch_add(latency_us, std::memory_order_relaxed);
+  uint32_t bucket = latency_us == 0 ? 0 : 64 - static_cast<uint32_t>(__builtin_clzll(latency_us));
+  if (bucket >= PipelineCounters::kLatencyBuckets) bucket = PipelineCounters::kLatencyBuckets - 1;
+  counters_.write_latency_buckets[bucket].fetch_add(1, std::memory_order_relaxed);
   return count_error(rc);
 }
 
@@ -107,6 +112,7 @@ int Pipeline::read(uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) 
 }
 
 int Pipeline::flush() {
+  wait_while_suspended();
   InFlight in_flight(counters_.requests_in_flight);
   epoch_.fetch_add(1, std::memory_order_relaxed);
   counters_.flushes.fetch_add(1, std::memory_order_relaxed);
@@ -196,6 +202,19 @@ bool Pipeline::start_resync() {
   if (!replicator_ || replicator_->failed()) return false;
   replicator_->start_resync();
   return true;
+}
+
+void Pipeline::set_suspended(bool suspended) {
+  std::lock_guard<std::mutex> lock(suspend_mutex_);
+  suspended_.store(suspended, std::memory_order_release);
+  suspend_cv_.notify_all();
+}
+
+void Pipeline::wait_while_suspended() {
+  if (!suspended_.load(std::memory_order_acquire)) return;
+  counters_.suspended_waits.fetch_add(1, std::memory_order_relaxed);
+  std::unique_lock<std::mutex> lock(suspend_mutex_);
+  suspend_cv_.wait(lock, [&] { return !suspended_.load(std::memory_order_acquire); });
 }
 
 bool Pipeline::resync_running() const {

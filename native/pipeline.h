@@ -4,6 +4,8 @@
 // frontend threads (each with its own slot), blocking; never from JavaScript
 // per request.
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cstdint>
 #include <memory>
 #include <shared_mutex>
@@ -32,6 +34,10 @@ struct PipelineCounters {
   std::atomic<uint64_t> write_latency_us_total{0};
   std::atomic<uint64_t> replicated_writes{0};
   std::atomic<uint64_t> dirty_writes{0};  // written with no peer: tracked in the bitmap
+  std::atomic<uint64_t> suspended_waits{0};
+  // Write latency, log2 buckets of microseconds: bucket i counts latencies < 2^i us.
+  static constexpr uint32_t kLatencyBuckets = 24;
+  std::atomic<uint64_t> write_latency_buckets[kLatencyBuckets] = {};
 };
 
 class Pipeline {
@@ -59,6 +65,9 @@ class Pipeline {
   bool link_failed() const;
   void set_protocol(Protocol protocol);
   bool start_resync();
+  // on-no-peer = suspend-io: new requests wait until resumed (the peer is back, or an operator says so).
+  void set_suspended(bool suspended);
+  bool suspended() const { return suspended_.load(std::memory_order_acquire); }
   bool resync_running() const;
 
   Bitmap& bitmap() { return bitmap_; }
@@ -88,6 +97,10 @@ class Pipeline {
   mutable std::shared_mutex link_mutex_;
   std::unique_ptr<Replicator> replicator_;
   std::unique_ptr<Applier> applier_;
+  std::atomic<bool> suspended_{false};
+  std::mutex suspend_mutex_;
+  std::condition_variable suspend_cv_;
+  void wait_while_suspended();
 };
 
 }  // namespace nraid

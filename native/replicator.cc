@@ -29,7 +29,6 @@ Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_lo
       data_size_bytes_(data_size_bytes),
       counters_(counters),
       sink_(std::move(sink)),
-      queue_(new QueueEntry[kSendQueueEntries]),
       unacked_(new Unacked[kUnackedEntries]),
       slots_(new Slot[kSlotsMax]),
       resync_buffers_(new uint8_t*[kResyncWindowChunks]) {
@@ -52,7 +51,6 @@ void Replicator::start(int fd, const ReplicatorOptions& options) {
   options_ = options;
   protocol_.store(options.protocol, std::memory_order_release);
   prepare_socket(fd_);
-  sender_ = std::thread([this] { send_loop(); });
   receiver_ = std::thread([this] { receive_loop(); });
 }
 
@@ -63,7 +61,6 @@ void Replicator::stop(const std::string& reason) {
     std::lock_guard<std::mutex> lock(region_mutex_);
     region_cv_.notify_all();
   }
-  if (sender_.joinable()) sender_.join();
   if (receiver_.joinable()) receiver_.join();
   if (resyncer_.joinable()) resyncer_.join();
   if (fd_ >= 0) {
@@ -90,12 +87,10 @@ void Replicator::fail(const std::string& reason) {
       if (entry.pinned && activity_log_ != nullptr) activity_log_->release(entry.offset, entry.length);
       entry.in_use = false;
     }
-    queue_count_ = 0;
     counters_->lag_bytes.store(0, std::memory_order_relaxed);
     counters_->lag_oldest_us.store(0, std::memory_order_relaxed);
     counters_->frames_in_flight.store(0, std::memory_order_relaxed);
     counters_->link_failures.fetch_add(1, std::memory_order_relaxed);
-    queue_cv_.notify_all();
     space_cv_.notify_all();
     barrier_cv_.notify_all();
   }
@@ -112,6 +107,8 @@ void Replicator::fail(const std::string& reason) {
   if (!stopping_.load(std::memory_order_acquire)) sink_("link-lost", reason);
 }
 
+// The calling thread sends the frame itself, in sequence order under send_mutex_:
+// no hand-off to a sender thread, so no extra wake-up on the write path.
 bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
                          uint64_t offset, uint32_t resync_buffer) {
   FrameHeader header{};
@@ -120,46 +117,58 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
   header.offset = offset;
   header.length = length;
   header.request_id = slot;
-  // The payload checksum is the expensive part: outside the lock.
+  // The payload checksum is the expensive part: outside every lock.
   header.payload_crc = frame_has_payload(type) ? crc32c(0, data, length) : 0;
-  std::unique_lock<std::mutex> lock(mutex_);
-  const bool bounded = type == kFrameWrite || type == kFrameRsData;
-  space_cv_.wait(lock, [&] {
-    if (failed_.load(std::memory_order_acquire)) return true;
-    if (queue_count_ >= kSendQueueEntries) return false;
-    if (next_seq_ - oldest_unacked_seq_ >= kUnackedEntries) return false;
-    if (!bounded) return true;
-    uint64_t lag = counters_->lag_bytes.load(std::memory_order_relaxed);
-    if (lag > 0 && lag + length > options_.max_lag_bytes) return false;
-    uint64_t oldest = counters_->lag_oldest_us.load(std::memory_order_relaxed);
-    return oldest == 0 || monotonic_us() - oldest <= options_.max_lag_us;
-  });
-  if (failed_.load(std::memory_order_acquire)) return false;
-  uint64_t seq = next_seq_++;
-  header.seq = seq;
-  header.epoch = epoch_;
-  if (type == kFrameBarrier) epoch_++;
-  header.magic = kFrameMagic;
-  header.header_crc = crc32c(0, &header, offsetof(FrameHeader, header_crc));
-  uint32_t tail = (queue_head_ + queue_count_) % kSendQueueEntries;
-  queue_[tail] = QueueEntry{header, data, slot};
-  queue_count_++;
-  Unacked& entry = unacked_[seq % kUnackedEntries];
-  assert(!entry.in_use);
-  uint64_t now = monotonic_us();
-  bool pinned = type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes;
-  entry = Unacked{seq, offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
-                  resync_buffer, now};
-  if (bounded) counters_->lag_bytes.fetch_add(length, std::memory_order_relaxed);
-  if (counters_->lag_oldest_us.load(std::memory_order_relaxed) == 0) counters_->lag_oldest_us.store(now, std::memory_order_relaxed);
-  counters_->frames_in_flight.fetch_add(1, std::memory_order_relaxed);
-  if (slot < kSlotsMax && slot != kResyncSlot) {
-    Slot& s = slots_[slot];
-    std::lock_guard<std::mutex> slot_lock(s.mutex);
-    s.seq = seq;
-    s.sent = s.recv_acked = s.write_acked = false;
+  std::unique_lock<std::mutex> send_lock(send_mutex_);
+  uint64_t seq;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const bool bounded = type == kFrameWrite || type == kFrameRsData;
+    space_cv_.wait(lock, [&] {
+      if (failed_.load(std::memory_order_acquire)) return true;
+      if (!hello_done_) return false;
+      if (next_seq_ - oldest_unacked_seq_ >= kUnackedEntries) return false;
+      if (!bounded) return true;
+      uint64_t lag = counters_->lag_bytes.load(std::memory_order_relaxed);
+      if (lag > 0 && lag + length > options_.max_lag_bytes) return false;
+      uint64_t oldest = counters_->lag_oldest_us.load(std::memory_order_relaxed);
+      return oldest == 0 || monotonic_us() - oldest <= options_.max_lag_us;
+    });
+    if (failed_.load(std::memory_order_acquire)) return false;
+    seq = next_seq_++;
+    header.seq = seq;
+    header.epoch = epoch_;
+    if (type == kFrameBarrier) epoch_++;
+    header.magic = kFrameMagic;
+    header.header_crc = crc32c(0, &header, offsetof(FrameHeader, header_crc));
+    Unacked& entry = unacked_[seq % kUnackedEntries];
+    assert(!entry.in_use);
+    uint64_t now = monotonic_us();
+    bool pinned = type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes;
+    entry = Unacked{seq, offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
+                    resync_buffer, now};
+    if (bounded) counters_->lag_bytes.fetch_add(length, std::memory_order_relaxed);
+    if (counters_->lag_oldest_us.load(std::memory_order_relaxed) == 0) {
+      counters_->lag_oldest_us.store(now, std::memory_order_relaxed);
+    }
+    counters_->frames_in_flight.fetch_add(1, std::memory_order_relaxed);
+    if (slot < kSlotsMax && slot != kResyncSlot) {
+      Slot& s = slots_[slot];
+      std::lock_guard<std::mutex> slot_lock(s.mutex);
+      s.seq = seq;
+      s.sent = s.recv_acked = s.write_acked = false;
+    }
   }
-  queue_cv_.notify_one();
+  int rc = write_frame(fd_, header, data);
+  send_lock.unlock();
+  if (rc != 0) {
+    // The frame is in the unacked table: failing marks its region dirty and releases the waiter.
+    fail(std::string("data link send: ") + strerror(-rc));
+    return true;
+  }
+  counters_->frames_sent.fetch_add(1, std::memory_order_relaxed);
+  if (frame_has_payload(type)) counters_->bytes_sent.fetch_add(length, std::memory_order_relaxed);
+  notify_slot(slot, seq, kSent);
   return true;
 }
 
@@ -210,30 +219,6 @@ void Replicator::notify_slot(uint32_t slot, uint64_t seq, int what) {
   s.cv.notify_all();
 }
 
-void Replicator::send_loop() {
-  for (;;) {
-    QueueEntry entry;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      // Nothing goes out before the peer's data plane has said HELLO (receive_loop).
-      queue_cv_.wait(lock, [&] { return (hello_done_ && queue_count_ > 0) || failed_.load(std::memory_order_acquire); });
-      if (failed_.load(std::memory_order_acquire)) return;
-      entry = queue_[queue_head_];
-      queue_head_ = (queue_head_ + 1) % kSendQueueEntries;
-      queue_count_--;
-      space_cv_.notify_all();
-    }
-    int rc = write_frame(fd_, entry.header, entry.data);
-    if (rc != 0) {
-      fail(std::string("data link send: ") + strerror(-rc));
-      return;
-    }
-    counters_->frames_sent.fetch_add(1, std::memory_order_relaxed);
-    if (frame_has_payload(entry.header.type)) counters_->bytes_sent.fetch_add(entry.header.length, std::memory_order_relaxed);
-    notify_slot(entry.slot, entry.header.seq, kSent);
-  }
-}
-
 void Replicator::advance_oldest_locked() {
   while (oldest_unacked_seq_ < next_seq_) {
     const Unacked& entry = unacked_[oldest_unacked_seq_ % kUnackedEntries];
@@ -256,11 +241,12 @@ void Replicator::receive_loop() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     hello_done_ = true;
-    queue_cv_.notify_all();
+    space_cv_.notify_all();
   }
+  SocketReader reader(fd_);
   for (;;) {
     FrameHeader ack{};
-    int rc = read_full(fd_, &ack, sizeof(ack));
+    int rc = reader.read(&ack, sizeof(ack));
     if (rc != 0) {
       fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
       return;

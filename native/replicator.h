@@ -1,8 +1,8 @@
 #pragma once
-// The source side of the data link (Primary, or SyncSource): writes are
-// queued in sequence order for one sender thread, which writev()s header and
-// payload from the frontend's own buffer (no copy); one receiver thread takes
-// the acks. A frontend thread waits on its own slot, as its protocol says:
+// The source side of the data link (Primary, or SyncSource): each writing
+// thread sends its own frame, in sequence order under a mutex, writev()ing
+// header and payload from the frontend's own buffer (no copy, no hand-off);
+// one receiver thread takes the acks. A frontend thread waits on its own slot, as its protocol says:
 //   A: the frame is in the kernel's send queue;  B: the peer received it;
 //   C: the peer wrote it.
 // When the link fails, every frame not acknowledged as written is marked
@@ -79,11 +79,6 @@ class Replicator {
     std::atomic<uint64_t> busy_offset{0};
     std::atomic<uint64_t> busy_length{0};
   };
-  struct QueueEntry {
-    FrameHeader header;
-    const uint8_t* data;
-    uint32_t slot;
-  };
   struct Unacked {
     uint64_t seq = 0;
     uint64_t offset = 0;
@@ -100,7 +95,6 @@ class Replicator {
                uint32_t resync_buffer);
   void fail(const std::string& reason);
   void notify_slot(uint32_t slot, uint64_t seq, int what);
-  void send_loop();
   void receive_loop();
   void resync_loop();
   void advance_oldest_locked();
@@ -116,13 +110,10 @@ class Replicator {
   ReplicatorOptions options_;
   std::atomic<Protocol> protocol_{Protocol::kC};
 
-  std::mutex mutex_;  // queue, unacked table, sequence, epoch
-  std::condition_variable queue_cv_;
+  std::mutex send_mutex_;  // held while a frame is written: frames leave in sequence order
+  std::mutex mutex_;       // unacked table, sequence, epoch
   std::condition_variable space_cv_;
   std::condition_variable barrier_cv_;
-  std::unique_ptr<QueueEntry[]> queue_;
-  uint32_t queue_head_ = 0;
-  uint32_t queue_count_ = 0;
   std::unique_ptr<Unacked[]> unacked_;
   uint64_t next_seq_ = 1;
   uint64_t oldest_unacked_seq_ = 1;
@@ -143,7 +134,6 @@ class Replicator {
   std::atomic<bool> resync_running_{false};
   std::atomic<bool> stopping_{false};
 
-  std::thread sender_;
   std::thread receiver_;
   std::thread resyncer_;
 };

@@ -12,6 +12,7 @@
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const { runFailoverBench } = require('./failover');
 const { runMicro } = require('./micro');
 const { TIMING_FULL, TIMING_QUICK, WORKLOADS, runFio } = require('./e2e/fio');
 const { BASELINE_ROW, DEFAULT_ROWS, STACKS, stackById } = require('./e2e/stacks');
@@ -41,7 +42,8 @@ const USAGE = `usage: node bench/run.js [options]
   --ramp S           seconds run and discarded before each job (default ${TIMING_FULL.rampSeconds}, quick ${TIMING_QUICK.rampSeconds})
   --repeat N         run every row N times, rows interleaved; the table shows medians
   --no-micro         skip the benny micro benchmarks
-  --no-e2e           skip the fio rows (no root needed)
+  --no-e2e           skip the fio rows and the failover timings (no root needed)
+  --no-failover      skip the switchover and forced-promotion timings
   --strict           exit 1 when any row fails (default: only when the baseline row fails)
   -h, --help         this text`;
 
@@ -61,7 +63,7 @@ function parseWhole(name, text, min, max) {
 }
 
 function parseArgs(argv) {
-  const options = { quick: false, rows: DEFAULT_ROWS, sizeBytes: SIZE_BYTES_DEFAULT, dir: os.tmpdir(), micro: true, e2e: true, strict: false, runtime: null, ramp: null, repeat: 1 };
+  const options = { quick: false, rows: DEFAULT_ROWS, sizeBytes: SIZE_BYTES_DEFAULT, dir: os.tmpdir(), micro: true, e2e: true, failover: true, strict: false, runtime: null, ramp: null, repeat: 1 };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].startsWith('--') && argv[i].includes('=') ? argv[i].split(/=(.*)/s, 2) : [argv[i], undefined];
     const value = () => {
@@ -79,6 +81,7 @@ function parseArgs(argv) {
       case '--repeat': options.repeat = parseWhole('--repeat', value(), 1, 20); break;
       case '--no-micro': options.micro = false; break;
       case '--no-e2e': options.e2e = false; break;
+      case '--no-failover': options.failover = false; break;
       case '--strict': options.strict = true; break;
       case '-h': case '--help': options.help = true; break;
       default: throw new Error(`unknown option "${argv[i]}"\n\n${USAGE}`);
@@ -299,6 +302,16 @@ async function main() {
     const baseline = rows.find((r) => r.id === BASELINE_ROW);
     if ((baseline && !baseline.ok) || (options.strict && rows.some((r) => !r.ok))) exitCode = 1;
     cleanup.unwindAll();
+    if (options.failover) {
+      console.log('\n== failover (two nodes on loopback)');
+      try {
+        report.failover = await runFailoverBench({ rounds: options.quick ? 2 : 5, log: (line) => console.log(line) });
+      } catch (error) {
+        console.error(`[bench] failover FAILED: ${error.message}`);
+        report.failover = { error: error.message };
+        if (options.strict) exitCode = 1;
+      }
+    }
   } else {
     report.host = hostInfo(os.tmpdir());
   }

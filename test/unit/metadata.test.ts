@@ -145,6 +145,7 @@ function sampleSuperblock(backingSizeBytes = 64 * MiB + 512, granularityBytes = 
     resource: 'mail-queue',
     node: 'alpha',
     createdAtMs: 1_732_000_000_123,
+    primarySinceMs: 1_700_000_123_456,
   };
 }
 

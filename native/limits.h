@@ -1,5 +1,5 @@
 // Every bound of the data plane, named once. src/limits.ts mirrors the ones
-// the control plane needs; test/unit/limits.test.ts checks that they agree.
+// the control plane needs; test/unit/config.test.ts checks that they agree.
 #pragma once
 #include <cstddef>
 #include <cstdint>

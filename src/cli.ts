@@ -14,7 +14,7 @@ import { BackingDisk } from './disk';
 import { AlreadyUpError, DiskError, NotRootError, NotUpError, NraidError, PrerequisiteError, UsageError } from './errors';
 import { jsonLogger } from './log';
 import { createMetadata } from './metadata';
-import { ResourceStatus, statusLine } from './state';
+import { ResourceStatus, formatBytes, statusLine } from './state';
 
 const UP_READY_TIMEOUT_MS = 60_000;
 
@@ -173,9 +173,38 @@ async function waitForExit(pid: number, timeoutMs = 30_000): Promise<void> {
   throw new NraidError(`daemon pid ${pid} did not exit within ${timeoutMs} ms after down`);
 }
 
+const WATCH_INTERVAL_MS = 1_000;
+const PROGRESS_BAR_CHARS = 30;
+
+/** `[#######.......] 42.0% 1.2GiB left 95.3MiB/s eta 13s` */
+export function progressBar(status: ResourceStatus): string | null {
+  if (status.resync === null) return null;
+  const filled = Math.round((status.resync.percent / 100) * PROGRESS_BAR_CHARS);
+  const eta = status.resync.etaSeconds === null ? '?' : `${Math.ceil(status.resync.etaSeconds)}s`;
+  return (
+    `[${'#'.repeat(filled)}${'.'.repeat(PROGRESS_BAR_CHARS - filled)}] ${status.resync.percent.toFixed(1)}% ` +
+    `${formatBytes(status.resync.bytesLeft)} left ${formatBytes(status.resync.rateBytesPerSec)}/s eta ${eta}`
+  );
+}
+
 async function status(ctx: Context): Promise<void> {
-  const result = (await callDaemon(ctx, 'status')) as ResourceStatus;
-  out(ctx.args.json ? JSON.stringify(result, null, 2) : statusLine(result));
+  if (!ctx.args.watch) {
+    const result = (await callDaemon(ctx, 'status')) as ResourceStatus;
+    out(ctx.args.json ? JSON.stringify(result, null, 2) : statusLine(result));
+    return;
+  }
+  // --watch: a line a second (JSON lines with --json), with a progress bar while a resync runs.
+  for (;;) {
+    const result = (await callDaemon(ctx, 'status')) as ResourceStatus;
+    if (ctx.args.json) {
+      out(JSON.stringify(result));
+    } else {
+      out(statusLine(result));
+      const bar = progressBar(result);
+      if (bar !== null) out(`  ${bar}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, WATCH_INTERVAL_MS));
+  }
 }
 
 async function role(ctx: Context, command: 'primary' | 'secondary'): Promise<void> {

@@ -30,7 +30,6 @@ export class MetricsServer {
         registers: [this.registry],
         collect: () => {
           const s = this.status();
-          for (const value of values) (this as unknown as void, 0);
           for (const value of values) gaugeSet(name, { resource: s.resource, node: s.node, state: value }, s[field] === value ? 1 : 0);
         },
       });

@@ -33,6 +33,7 @@ ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_byt
   if (posix_memalign(&buffer, kBlockBytes, kActivityTransactionBytes) != 0) abort();
   buffer_ = static_cast<uint8_t*>(buffer);
   hot_list_.reserve(kActivityExtentsMax);
+  eviction_order_.reserve(kActivityExtentsMax);
 }
 
 ActivityLog::~ActivityLog() { free(buffer_); }
@@ -82,7 +83,8 @@ int ActivityLog::write_bitmap_block_locked(uint64_t extent) {
 
 bool ActivityLog::evict_one_locked() {
   // The least recently used extent with nothing pinned.
-  std::vector<size_t> order(hot_list_.size());
+  std::vector<size_t>& order = eviction_order_;  // reserved up front: no allocation on the write path
+  order.resize(hot_list_.size());
   for (size_t i = 0; i < order.size(); i++) order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return last_used_[hot_list_[a]].load(std::memory_order_relaxed) < last_used_[hot_list_[b]].load(std::memory_order_relaxed);

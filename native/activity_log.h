@@ -60,6 +60,7 @@ class ActivityLog {
   std::atomic<uint64_t> transactions_{0};
   std::mutex mutex_;
   std::vector<uint32_t> hot_list_;  // under mutex_
+  std::vector<size_t> eviction_order_;  // under mutex_, scratch
   uint64_t sequence_ = 0;           // under mutex_
   uint8_t* buffer_ = nullptr;       // one transaction or bitmap block, aligned
 };

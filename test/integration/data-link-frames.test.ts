@@ -276,7 +276,7 @@ async function until(what: string, predicate: () => boolean, timeoutMs = 5000): 
 const FILE_BYTES = 64 * MiB;
 const GRANULARITY_BYTES = 4096;
 
-describeIntegration('data link frames: the target checks every frame before it touches the disk', [], () => {
+describeIntegration('data link frames: the target checks every frame before it touches the disk', ['nraid-cli'], () => {
   const layout = computeLayout(FILE_BYTES, GRANULARITY_BYTES);
   const dataSizeBytes = layout.dataSizeBytes;
   let file: SparseFile;

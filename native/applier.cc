@@ -97,7 +97,7 @@ uint32_t Applier::active_count_locked() const {
 
 void Applier::receive_loop() {
   std::string error;
-  if (exchange_hello(fd_, send_hello_first_, &error) != 0) {
+  if (exchange_hello(fd_, send_hello_first_, counters_, &error) != 0) {
     fail(error);
     return;
   }
@@ -130,9 +130,9 @@ void Applier::receive_loop() {
       return;
     }
     expected_seq++;
-    counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
 
     if (header.type == kFrameBarrier) {
+      counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
       // Every earlier frame on disk, then flushed, then acked.
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -177,6 +177,7 @@ void Applier::receive_loop() {
       }
       counters_->bytes_received.fetch_add(header.length, std::memory_order_relaxed);
     }
+    counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
     if ((header.flags & kFlagWantRecvAck) != 0 && send_ack(kFrameAckRecv, header) != 0) {
       fail("data link send: receive ack");
       return;

@@ -63,7 +63,7 @@ inline void frame_seal(FrameHeader* header, const void* payload) {
   header->header_crc = crc32c(0, header, offsetof(FrameHeader, header_crc));
 }
 
-enum class FrameCheck { kOk, kBadMagic, kBadHeaderCrc, kBadType, kBadLength, kOutOfBounds };
+enum class FrameCheck { kOk, kBadMagic, kBadHeaderCrc, kBadType, kBadLength, kOutOfBounds, kMisaligned };
 
 inline const char* frame_check_name(FrameCheck check) {
   switch (check) {
@@ -73,6 +73,7 @@ inline const char* frame_check_name(FrameCheck check) {
     case FrameCheck::kBadType: return "unknown frame type";
     case FrameCheck::kBadLength: return "length over the limit";
     case FrameCheck::kOutOfBounds: return "range outside the data area";
+    case FrameCheck::kMisaligned: return "range not aligned to 4 KiB blocks";
   }
   return "?";
 }
@@ -88,6 +89,9 @@ inline FrameCheck frame_check_header(const FrameHeader& header, uint64_t data_si
   if (ranged && (header.offset > data_size_bytes || header.length > data_size_bytes - header.offset)) {
     return FrameCheck::kOutOfBounds;
   }
+  // The exposed device has 4 KiB logical blocks: every range is block-aligned,
+  // whatever sector size either backing disk has.
+  if (ranged && (header.offset % kBlockBytes != 0 || header.length % kBlockBytes != 0)) return FrameCheck::kMisaligned;
   return FrameCheck::kOk;
 }
 

@@ -99,7 +99,7 @@ void prepare_socket(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
 }
 
-int exchange_hello(int fd, bool send_first, std::string* error) {
+int exchange_hello(int fd, bool send_first, LinkCounters* counters, std::string* error) {
   FrameHeader hello{};
   hello.type = kFrameHello;
   frame_seal(&hello, nullptr);
@@ -118,6 +118,8 @@ int exchange_hello(int fd, bool send_first, std::string* error) {
   }
   FrameCheck check = frame_check_header(received, 0);
   if (check != FrameCheck::kOk || received.type != kFrameHello) {
+    auto& counter = check == FrameCheck::kBadHeaderCrc ? counters->checksum_errors : counters->protocol_errors;
+    counter.fetch_add(1, std::memory_order_relaxed);
     *error = std::string("data link: expected HELLO, found ") +
              (check != FrameCheck::kOk ? frame_check_name(check) : "another frame type");
     return -EPROTO;

@@ -41,7 +41,9 @@ class SocketReader {
 // Blocking mode, TCP_NODELAY, large buffers, keepalive.
 void prepare_socket(int fd);
 // The acceptor sends HELLO first; the dialer waits for it, then answers.
-int exchange_hello(int fd, bool send_first, std::string* error);
+// A HELLO that fails its checks counts as a checksum or protocol error.
+struct LinkCounters;
+int exchange_hello(int fd, bool send_first, LinkCounters* counters, std::string* error);
 
 // Counters of the data link, both sides; read by the control plane in one call.
 struct LinkCounters {

@@ -234,7 +234,7 @@ void Replicator::advance_oldest_locked() {
 
 void Replicator::receive_loop() {
   std::string error;
-  if (exchange_hello(fd_, options_.send_hello_first, &error) != 0) {
+  if (exchange_hello(fd_, options_.send_hello_first, counters_, &error) != 0) {
     fail(error);
     return;
   }

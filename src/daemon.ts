@@ -29,6 +29,7 @@ import { pack, unpack } from 'msgpackr';
 /** NodeState flag bit (beyond the superblock's): this node asked to be the split-brain victim. */
 export const FLAG_DISCARD_MY_DATA = 1 << 16;
 const DRAIN_TIMEOUT_MS = 10_000;
+const EXPOSED_BLOCK_BYTES = 4096;
 
 /** How often the dirty bitmap is written to disk while it changes. */
 const BITMAP_PERSIST_INTERVAL_MS = 2_000;
@@ -340,7 +341,9 @@ export class Daemon extends EventEmitter {
       devicePath: this.local.device,
       source: `nraid:${this.config.resource}:${this.local.name}`,
       threads: this.config.frontendThreads,
-      blockBytes: this.disk!.logicalBlockBytes,
+      // 4 KiB logical blocks whatever the backing disks have: every request fits both
+      // a 512-byte and a 4Kn disk on either node, with O_DIRECT.
+      blockBytes: Math.max(EXPOSED_BLOCK_BYTES, this.disk!.logicalBlockBytes),
       lockMemory: this.lockMemory,
     });
     this.role = 'Primary';
@@ -564,6 +567,7 @@ export class Daemon extends EventEmitter {
       socket.destroy();
     }
     this.log.info('data link attached', { direction: this.direction, protocol: this.protocol });
+    this.lastLinkError = null;
     if (this.direction === 'source' && this.ioSuspended) this.resumeIo('the peer is back');
     this.splitBrain = false;
     if (this.direction === 'source') this.beginResyncIfNeeded();

@@ -139,6 +139,7 @@ async function runForeground(ctx: Context): Promise<void> {
   }
   const onSignal = (signal: string) => {
     log.info(`received ${signal}, going down`);
+    daemon.resumeIoForShutdown();
     daemon.down().catch((error: Error) => log.error('down on signal failed', { error: error.message }));
   };
   process.on('SIGTERM', onSignal);
@@ -214,7 +215,14 @@ async function role(ctx: Context, command: 'primary' | 'secondary'): Promise<voi
 }
 
 async function events(ctx: Context): Promise<void> {
-  await adminCall(adminSocketPath(ctx.local), 'events', {}, (event) => out(JSON.stringify(event)), 0);
+  try {
+    await adminCall(adminSocketPath(ctx.local), 'events', {}, (event) => out(JSON.stringify(event)), 0);
+  } catch (error) {
+    if (error instanceof NotUpError) {
+      throw new NotUpError(`resource ${ctx.config.resource} is not up on node ${ctx.local.name}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`);
+    }
+    throw error;
+  }
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -13,7 +13,7 @@ import { AdminServer, AdminStream } from './admin';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer } from './config';
 import { DeviceRecord, cleanupStale, deviceHolder, exposeDevice, unexposeDevice } from './device';
 import { BackingDisk } from './disk';
-import { DeviceBusyError, MetadataError, NotUpToDateError, NraidError, PeerError, StateError } from './errors';
+import { ConfigError, DeviceBusyError, MetadataError, NotUpToDateError, NraidError, PeerError, StateError } from './errors';
 import { runHook } from './hooks';
 import { MetricsServer } from './metrics';
 import { ControlLink, SessionInfo } from './link/control-link';
@@ -30,6 +30,7 @@ import { pack, unpack } from 'msgpackr';
 export const FLAG_DISCARD_MY_DATA = 1 << 16;
 const DRAIN_TIMEOUT_MS = 10_000;
 const EXPOSED_BLOCK_BYTES = 4096;
+const SPLIT_BRAIN_LINGER_MS = 300;
 
 /** How often the dirty bitmap is written to disk while it changes. */
 const BITMAP_PERSIST_INTERVAL_MS = 2_000;
@@ -153,8 +154,24 @@ export class Daemon extends EventEmitter {
     this.persistTimer.unref();
     await this.startLink();
     if (this.config.metricsPort !== null) {
-      this.metrics = new MetricsServer(() => this.status(), () => this.counters());
-      await this.metrics.listen(this.local.host, this.config.metricsPort);
+      const metrics = new MetricsServer(() => this.status(), () => this.counters());
+      try {
+        await metrics.listen(this.local.host, this.config.metricsPort);
+      } catch (error) {
+        await this.link?.stop();
+        this.link = null;
+        await this.admin.close();
+        if (this.persistTimer !== null) clearInterval(this.persistTimer);
+        if (this.pipeline !== null) binding.pipelineDestroy(this.pipeline);
+        this.pipeline = null;
+        this.disk?.close();
+        this.disk = null;
+        throw new ConfigError(
+          `metrics-port ${this.config.metricsPort} on ${this.local.host} is not free (${(error as Error).message}); ` +
+            'choose another metrics-port in the config or stop what listens there',
+        );
+      }
+      this.metrics = metrics;
     }
     this.noteChange();
   }
@@ -360,8 +377,17 @@ export class Daemon extends EventEmitter {
     return this.status();
   }
 
+  private refuseWhileSuspended(what: string): void {
+    if (!this.ioSuspended) return;
+    throw new StateError(
+      `cannot ${what} ${this.config.resource}: its I/O is suspended (on-no-peer = suspend-io or a failed fence-peer hook); ` +
+        'writers are waiting on the device: reconnect the peer or run nraid resume-io first',
+    );
+  }
+
   async secondary(): Promise<ResourceStatus> {
     if (this.role === 'Secondary') return this.status();
+    this.refuseWhileSuspended('demote');
     if (this.device !== null) {
       unexposeDevice(this.device, this.pipeline!, this.local.runDir);
       this.device = null;
@@ -379,6 +405,7 @@ export class Daemon extends EventEmitter {
   /** Flushes, takes the device away, closes the disk and the socket. Refuses while the device is in use. */
   async down(): Promise<void> {
     if (this.stopping) return;
+    this.refuseWhileSuspended('take down');
     if (this.device?.loopDevice) {
       const holder = deviceHolder(this.device.loopDevice);
       if (holder !== null) {
@@ -494,9 +521,15 @@ export class Daemon extends EventEmitter {
     this.peerState = info.peerState;
     let decision = decideSync(this.sideView(null), this.sideView(info.peerState));
     if (decision.kind === 'split-brain') {
-      const peerFacts = unpack(await this.link!.request('split-brain-facts', Buffer.alloc(0))) as SplitBrainFacts;
-      if (this.session !== info) return;
-      decision = resolveSplitBrain(decision, this.splitBrainFacts(), peerFacts, this.config.afterSb0pri);
+      let peerFacts: SplitBrainFacts | null = null;
+      try {
+        peerFacts = unpack(await this.link!.request('split-brain-facts', Buffer.alloc(0))) as SplitBrainFacts;
+      } catch (error) {
+        // The peer found the split brain first and ended the session: it stands.
+        this.log.warn('split brain: the peer left before answering', { error: (error as Error).message });
+      }
+      if (peerFacts !== null && this.session !== info) return;
+      if (peerFacts !== null) decision = resolveSplitBrain(decision, this.splitBrainFacts(), peerFacts, this.config.afterSb0pri);
     }
     this.lastDecision = decision;
     this.log.info('peer connected', { peer: info.peerHello.nodeName, decision: decision.kind, reason: decision.reason });
@@ -506,6 +539,8 @@ export class Daemon extends EventEmitter {
       return;
     }
     if (decision.kind === 'split-brain' || decision.kind === 'unrelated') {
+      // Give the peer a moment to ask for our facts and find the same, so both sides report it.
+      await new Promise((resolve) => setTimeout(resolve, SPLIT_BRAIN_LINGER_MS));
       this.refuseSession(
         decision.kind === 'split-brain'
           ? `split brain: ${decision.reason}; choose the node whose changes to drop and run nraid connect --discard-my-data there`
@@ -728,6 +763,11 @@ export class Daemon extends EventEmitter {
     this.ioSuspended = false;
     this.log.info('I/O resumed', { reason });
     this.emit('change', { ioSuspended: false });
+  }
+
+  /** A signal asks the daemon to stop: writers must not stay blocked behind a suspension. */
+  resumeIoForShutdown(): void {
+    this.resumeIo('shutting down');
   }
 
   async resumeIoCommand(): Promise<ResourceStatus> {

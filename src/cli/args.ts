@@ -83,7 +83,7 @@ const commands: readonly CommandSpec[] = [
   { name: 'status', summary: 'print role, disk, connection and resync progress', takesResource: true, flags: ['--json', '--watch'] },
   { name: 'events', summary: 'stream state changes and progress as they happen', takesResource: true, flags: ['--json'] },
   { name: 'resume-io', summary: 'resume I/O suspended by on-no-peer = "suspend-io"', takesResource: true, flags: [] },
-  { name: 'verify', summary: 'compare both disks online and mark differences out of sync', takesResource: true, flags: [] },
+  { name: 'verify', summary: 'compare both disks online and mark differences out of sync (not available yet: comes with the resync work)', takesResource: true, flags: [] },
   { name: 'invalidate', summary: 'discard this node\'s data and resync it from the peer', takesResource: true, flags: [] },
   { name: 'demo', summary: 'run a two-node mirror on this machine with loop devices and show it working', takesResource: false, flags: [] },
   { name: 'help', summary: 'show this help, or one command\'s', takesResource: false, flags: [] },

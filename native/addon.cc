@@ -408,6 +408,25 @@ Napi::Value BitmapSet(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value GenerationArm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (!info[1].IsTypedArray() || info[1].As<Napi::Uint8Array>().ByteLength() != nraid::kBlockBytes) {
+    throw Napi::TypeError::New(env, "generationArm: expected a 4096-byte superblock image");
+  }
+  uint64_t offset = get_u64(info[2], "offsetBytes");
+  if (offset % nraid::kBlockBytes != 0) throw Napi::RangeError::New(env, "generationArm: offset must be block-aligned");
+  box->pipeline->generation_arm(info[1].As<Napi::Uint8Array>().Data(), offset);
+  return env.Undefined();
+}
+
+Napi::Value GenerationTake(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  static const char* kNames[] = {"none", "armed", "written"};
+  bool peek = info.Length() > 1 && info[1].ToBoolean();
+  return Napi::String::New(info.Env(), kNames[peek ? box->pipeline->generation_peek() : box->pipeline->generation_take()]);
+}
+
 Napi::Value SetSuspended(const Napi::CallbackInfo& info) {
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
   box->pipeline->set_suspended(info[1].ToBoolean());
@@ -472,6 +491,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resyncStart", Napi::Function::New(env, ResyncStart));
   exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
   exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
+  exports.Set("generationArm", Napi::Function::New(env, GenerationArm));
+  exports.Set("generationTake", Napi::Function::New(env, GenerationTake));
   exports.Set("setSuspended", Napi::Function::New(env, SetSuspended));
   exports.Set("activityLogReset", Napi::Function::New(env, ActivityLogReset));
   auto limits = Napi::Object::New(env);

@@ -1,6 +1,8 @@
 #include "pipeline.h"
 
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <cassert>
 #include <mutex>
@@ -35,7 +37,39 @@ Pipeline::Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granulari
   assert(data_size_bytes_ <= disk_->size_bytes());
 }
 
-Pipeline::~Pipeline() { detach("closed"); }
+Pipeline::~Pipeline() {
+  detach("closed");
+  free(generation_image_);
+}
+
+void Pipeline::generation_arm(const uint8_t* image, uint64_t offset_bytes) {
+  std::lock_guard<std::mutex> lock(generation_mutex_);
+  if (generation_image_ == nullptr) {
+    void* buffer = nullptr;
+    if (posix_memalign(&buffer, kBlockBytes, kBlockBytes) != 0) abort();
+    generation_image_ = static_cast<uint8_t*>(buffer);
+  }
+  memcpy(generation_image_, image, kBlockBytes);
+  generation_offset_bytes_ = offset_bytes;
+  generation_state_.store(1, std::memory_order_release);
+}
+
+int Pipeline::generation_take() {
+  std::lock_guard<std::mutex> lock(generation_mutex_);
+  return generation_state_.exchange(0, std::memory_order_acq_rel);
+}
+
+int Pipeline::start_generation_if_armed() {
+  if (generation_state_.load(std::memory_order_acquire) != 1) return 0;
+  std::lock_guard<std::mutex> lock(generation_mutex_);
+  if (generation_state_.load(std::memory_order_acquire) != 1) return 0;
+  int rc = disk_->write(generation_image_, kBlockBytes, generation_offset_bytes_);
+  if (rc == 0) rc = disk_->flush();
+  if (rc != 0) return rc;  // the write that needed it fails: nothing unrecorded reaches the disk
+  generation_state_.store(2, std::memory_order_release);
+  sink_("generation-started", "");
+  return 0;
+}
 
 bool Pipeline::in_bounds(uint64_t offset_bytes, uint64_t length_bytes) const {
   return offset_bytes <= data_size_bytes_ && length_bytes <= data_size_bytes_ - offset_bytes;
@@ -59,6 +93,11 @@ int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint3
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
   Replicator* replicator = replicator_.get();
   if (replicator == nullptr || replicator->failed()) {
+    rc = start_generation_if_armed();
+    if (rc != 0) {
+      activity_log_.release(offset, length);
+      return rc;
+    }
     bitmap_.set_range(offset, length);  // no peer: the region differs from it now
     counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
     rc = local_io();

@@ -70,6 +70,14 @@ class Pipeline {
   bool suspended() const { return suspended_.load(std::memory_order_acquire); }
   bool resync_running() const;
 
+  // A new generation (DESIGN.md §5) starts on the first write without a peer,
+  // not before: the control plane arms a ready superblock image, the data
+  // plane writes it (durably) just before that first write. `take` returns
+  // 0 nothing armed, 1 armed (now disarmed), 2 written (acknowledged now).
+  void generation_arm(const uint8_t* image, uint64_t offset_bytes);
+  int generation_take();
+  int generation_peek() const { return generation_state_.load(std::memory_order_acquire); }
+
   Bitmap& bitmap() { return bitmap_; }
   ActivityLog& activity_log() { return activity_log_; }
   uint64_t data_size_bytes() const { return data_size_bytes_; }
@@ -98,6 +106,11 @@ class Pipeline {
   std::unique_ptr<Replicator> replicator_;
   std::unique_ptr<Applier> applier_;
   std::atomic<bool> suspended_{false};
+  int start_generation_if_armed();
+  std::mutex generation_mutex_;
+  std::atomic<int> generation_state_{0};  // 0 none, 1 armed, 2 written
+  uint8_t* generation_image_ = nullptr;    // one aligned superblock slot
+  uint64_t generation_offset_bytes_ = 0;
   std::mutex suspend_mutex_;
   std::condition_variable suspend_cv_;
   void wait_while_suspended();

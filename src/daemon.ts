@@ -19,7 +19,7 @@ import { MetricsServer } from './metrics';
 import { ControlLink, SessionInfo } from './link/control-link';
 import { extentsToBitmap, newestTransaction } from './activity-log';
 import { Logger } from './log';
-import { Superblock, diskStateOf, flagBits, readSuperblock, writeSuperblock } from './metadata';
+import { Superblock, UUID_JUST_CREATED, diskStateOf, flagBits, prepareSuperblockWrite, readSuperblock, writeSuperblock } from './metadata';
 import { NativeCounters, NativeEventType, PipelineHandle, binding } from './native';
 import { NodeState, decodeBitmapChunk, encodeBitmapChunk } from './protocol/control';
 import { ConnectionState, DiskState, PeerDiskState, PeerRole, ReplicationState, ResourceStatus, Role } from './state';
@@ -88,6 +88,10 @@ export class Daemon extends EventEmitter {
   private persistTimer: NodeJS.Timeout | null = null;
   private protocol: 'A' | 'B' | 'C';
   private lastLinkError: string | null = null;
+  /** Resolves true once this session's direction is decided and a source has merged the target's bitmap. */
+  private sessionSetup: Promise<boolean> = Promise.resolve(false);
+  /** The superblock of the next generation, armed in the data plane until the first write without a peer. */
+  private pendingGeneration: Superblock | null = null;
   private discardMyData = false;
   private splitBrain = false;
   private ioSuspended = false;
@@ -213,7 +217,31 @@ export class Daemon extends EventEmitter {
     return this.superblock;
   }
 
+  /** Adopts the next generation if the data plane has written it (first write without a peer). */
+  private adoptWrittenGeneration(): void {
+    if (this.pipeline === null || this.pendingGeneration === null) return;
+    if (binding.generationTake(this.pipeline, true) !== 'written') return;
+    binding.generationTake(this.pipeline);
+    this.superblock = this.pendingGeneration;
+    this.pendingGeneration = null;
+    this.diskState = diskStateOf(this.superblock);
+    this.log.info('new generation: first write without the peer', { current: this.superblock.uuids.current.toString(16), bitmap: this.superblock.uuids.bitmap.toString(16) });
+    this.link?.sendState();
+  }
+
   private persist(change: (sb: Superblock) => void): void {
+    // A superblock write must not race the data plane's armed one: settle it first, re-arm after.
+    let rearm = false;
+    if (this.pipeline !== null && this.pendingGeneration !== null) {
+      this.adoptWrittenGeneration();
+      if (this.pendingGeneration !== null && binding.generationTake(this.pipeline) === 'armed') rearm = true;
+      this.pendingGeneration = null;
+    }
+    this.persistNow(change);
+    if (rearm) this.startNewGeneration();
+  }
+
+  private persistNow(change: (sb: Superblock) => void): void {
     const next = { ...this.sb, flags: { ...this.sb.flags }, uuids: { ...this.sb.uuids, history: [...this.sb.uuids.history] as [bigint, bigint] } };
     change(next);
     this.superblock = writeSuperblock(this.disk!, next);
@@ -221,6 +249,7 @@ export class Daemon extends EventEmitter {
   }
 
   status(): ResourceStatus {
+    this.adoptWrittenGeneration();
     const counters = this.counters();
     const sb = this.superblock;
     return {
@@ -337,9 +366,13 @@ export class Daemon extends EventEmitter {
         sb.flags.consistent = true;
         sb.flags.wasUpToDate = true;
         sb.flags.outdated = false;
-        // The data is declared the newest: a new generation starts here.
-        sb.uuids.history = [sb.uuids.bitmap !== 0n ? sb.uuids.bitmap : sb.uuids.history[0], sb.uuids.history[0]];
-        sb.uuids.bitmap = 0n;
+        // The data is declared the newest: a new generation starts here. The one it leaves
+        // becomes the bitmap UUID, so a peer still at it gets a bitmap resync, not a full one.
+        const left = sb.uuids.current;
+        if (left !== UUID_JUST_CREATED && left !== 0n) {
+          if (sb.uuids.bitmap === 0n) sb.uuids.bitmap = left;
+          else sb.uuids.history = [left, sb.uuids.history[0]];
+        }
         sb.uuids.current = mintUuid();
       });
       minted = true;
@@ -392,6 +425,7 @@ export class Daemon extends EventEmitter {
       unexposeDevice(this.device, this.pipeline!, this.local.runDir);
       this.device = null;
     }
+    this.cancelNewGeneration();
     this.persist((sb) => {
       sb.flags.wasPrimary = false;
     });
@@ -449,6 +483,7 @@ export class Daemon extends EventEmitter {
   // ---- the peer: control link, data link, resync ----
 
   private nodeState(): NodeState {
+    this.adoptWrittenGeneration();
     const sb = this.superblock;
     let flags = 0;
     if (sb) for (const [name, bit] of Object.entries(flagBits)) if (sb.flags[name as keyof typeof sb.flags]) flags |= bit;
@@ -493,11 +528,16 @@ export class Daemon extends EventEmitter {
       this.emit('change', { lastLinkError: event.reason });
     });
     link.on('dataSocket', (socket, info) => {
-      if (this.session?.id !== info.id) {
-        socket.destroy();
-        return;
-      }
-      this.attachData(socket, info);
+      socket.on('error', () => {});
+      // The acceptor attaches only once its side of the handshake is done: direction
+      // decided and, as a source, the target's bitmap merged (else the resync misses it).
+      void this.sessionSetup.then((ready) => {
+        if (!ready || this.session?.id !== info.id) {
+          socket.destroy();
+          return;
+        }
+        this.attachData(socket, info);
+      });
     });
     link.on('notice', (kind, payload) => this.onNotice(kind, payload));
     link.onRequest('bitmap', () => this.encodeBitmap());
@@ -517,7 +557,20 @@ export class Daemon extends EventEmitter {
   }
 
   private async onSession(info: SessionInfo): Promise<void> {
+    let setupDone: (ready: boolean) => void = () => {};
+    this.sessionSetup = new Promise((resolve) => (setupDone = resolve));
+    try {
+      setupDone(await this.setUpSession(info));
+    } catch (error) {
+      setupDone(false);
+      throw error;
+    }
+  }
+
+  /** Decides the sync and the direction; true when the data link may be attached. */
+  private async setUpSession(info: SessionInfo): Promise<boolean> {
     this.session = info;
+    this.adoptWrittenGeneration();
     this.peerState = info.peerState;
     let decision = decideSync(this.sideView(null), this.sideView(info.peerState));
     if (decision.kind === 'split-brain') {
@@ -528,7 +581,7 @@ export class Daemon extends EventEmitter {
         // The peer found the split brain first and ended the session: it stands.
         this.log.warn('split brain: the peer left before answering', { error: (error as Error).message });
       }
-      if (peerFacts !== null && this.session !== info) return;
+      if (peerFacts !== null && this.session !== info) return false;
       if (peerFacts !== null) decision = resolveSplitBrain(decision, this.splitBrainFacts(), peerFacts, this.config.afterSb0pri);
     }
     this.lastDecision = decision;
@@ -536,7 +589,7 @@ export class Daemon extends EventEmitter {
     if (decision.kind === 'split-brain') this.onSplitBrain(decision.reason);
     if (decision.kind !== 'split-brain' && this.role === 'Primary' && info.peerState.role === 'Primary') {
       this.refuseSession('both nodes are Primary; demote one with nraid secondary');
-      return;
+      return false;
     }
     if (decision.kind === 'split-brain' || decision.kind === 'unrelated') {
       // Give the peer a moment to ask for our facts and find the same, so both sides report it.
@@ -546,14 +599,14 @@ export class Daemon extends EventEmitter {
           ? `split brain: ${decision.reason}; choose the node whose changes to drop and run nraid connect --discard-my-data there`
           : `unrelated data: ${decision.reason}; run create-md on the node that should receive a full sync`,
       );
-      return;
+      return false;
     }
     let source: boolean;
     if (decision.source !== null) source = decision.source === 'local';
     else source = this.role === 'Primary' || (info.peerState.role !== 'Primary' && info.dialer);
     if (this.role === 'Primary' && !source) {
       this.refuseSession(`this node is Primary but its data is older than the peer's (${decision.reason})`);
-      return;
+      return false;
     }
     this.direction = source ? 'source' : 'target';
     if (source) {
@@ -562,17 +615,18 @@ export class Daemon extends EventEmitter {
       if (decision.kind === 'full' || peerWantsFull) binding.bitmapSet(this.pipeline!, 'all');
       // The target's own dirty regions (written while it was apart) go back too.
       const reply = await this.link!.request('bitmap', Buffer.alloc(0), BITMAP_REQUEST_TIMEOUT_MS);
-      if (this.session !== info) return;
+      if (this.session !== info) return false;
       binding.bitmapSet(this.pipeline!, 'merge', this.decodeBitmap(reply));
     }
     if (info.dialer) {
       const socket = await this.link!.openDataSocket();
       if (this.session !== info) {
         socket.destroy();
-        return;
+        return false;
       }
       this.attachData(socket, info);
     }
+    return true;
   }
 
   private refuseSession(reason: string): void {
@@ -604,6 +658,7 @@ export class Daemon extends EventEmitter {
     this.log.info('data link attached', { direction: this.direction, protocol: this.protocol });
     this.lastLinkError = null;
     if (this.direction === 'source' && this.ioSuspended) this.resumeIo('the peer is back');
+    this.cancelNewGeneration();
     this.splitBrain = false;
     if (this.direction === 'source') this.beginResyncIfNeeded();
     else this.replication = 'Established';
@@ -692,6 +747,10 @@ export class Daemon extends EventEmitter {
 
   private onNativeEvent(type: NativeEventType, detail: string): void {
     if (this.stopping) return;
+    if (type === 'generation-started') {
+      this.adoptWrittenGeneration();
+      return;
+    }
     if (type === 'link-lost') {
       this.log.warn('data link lost', { reason: detail });
       this.lastLinkError = detail;
@@ -923,14 +982,30 @@ export class Daemon extends EventEmitter {
     return pack({ ok: true });
   }
 
-  /** A Primary without its peer starts a new generation; the bitmap records what the peer misses. */
+  /**
+   * A Primary without its peer starts a new generation on its first write
+   * (DESIGN.md §5): the rotated superblock is prepared here and armed in the
+   * data plane, which writes it durably just before that write. A Primary
+   * that never writes while apart keeps its generation, so its return is a
+   * plain bitmap resync, not a split brain.
+   */
   private startNewGeneration(): void {
-    if (this.sb.uuids.bitmap !== 0n) return;
-    this.persist((sb) => {
-      sb.uuids.bitmap = sb.uuids.current;
-      sb.uuids.current = mintUuid();
-    });
-    this.log.info('new generation: the peer is gone while Primary', { current: this.sb.uuids.current.toString(16) });
+    if (this.sb.uuids.bitmap !== 0n || this.pendingGeneration !== null || this.pipeline === null || this.disk === null) return;
+    const next: Superblock = { ...this.sb, flags: { ...this.sb.flags }, uuids: { ...this.sb.uuids, history: [...this.sb.uuids.history] as [bigint, bigint] } };
+    next.uuids.bitmap = next.uuids.current;
+    next.uuids.current = mintUuid();
+    const prepared = prepareSuperblockWrite(this.disk, next);
+    this.pendingGeneration = prepared.superblock;
+    binding.generationArm(this.pipeline, prepared.image, prepared.offsetBytes);
+    this.log.info('the peer is gone while Primary: a new generation starts with the first write', { next: next.uuids.current.toString(16) });
+  }
+
+  /** Back with the peer, or no longer Primary: an unused armed generation is dropped. */
+  private cancelNewGeneration(): void {
+    if (this.pipeline === null || this.pendingGeneration === null) return;
+    this.adoptWrittenGeneration();
+    if (this.pendingGeneration !== null) binding.generationTake(this.pipeline);
+    this.pendingGeneration = null;
   }
 
   private encodeBitmap(): Buffer {

@@ -447,6 +447,14 @@ export function readSuperblock(disk: DiskIO): Superblock {
  * sequence above every valid one, and flushes. Returns `sb` with that sequence.
  */
 export function writeSuperblock(disk: DiskIO, sb: Superblock): Superblock {
+  const prepared = prepareSuperblockWrite(disk, sb);
+  disk.write(prepared.offsetBytes, prepared.image);
+  disk.flush();
+  return prepared.superblock;
+}
+
+/** What writeSuperblock would write, and where, without writing it (the data plane may write it later). */
+export function prepareSuperblockWrite(disk: DiskIO, sb: Superblock): { superblock: Superblock; image: Buffer; offsetBytes: number } {
   if (roundDown(sb.backingSizeBytes, limits.blockBytes) !== roundDown(disk.sizeBytes, limits.blockBytes)) {
     throw new MetadataError(
       `superblock for a ${sb.backingSizeBytes}-byte device cannot go on ${disk.path}, which has ${disk.sizeBytes} bytes; run nraid create-md for this device`,
@@ -456,10 +464,8 @@ export function writeSuperblock(disk: DiskIO, sb: Superblock): Superblock {
   const newest = newestSlot(slots);
   const target = newest === null ? 0 : 1 - newest.slot;
   const sequence = Math.max(sb.sequence, newest?.superblock?.sequence ?? 0) + 1;
-  const written: Superblock = { ...sb, sequence };
-  disk.write(superblockSlotOffsetBytes(disk.sizeBytes, target), encodeSuperblock(written));
-  disk.flush();
-  return written;
+  const superblock: Superblock = { ...sb, sequence };
+  return { superblock, image: encodeSuperblock(superblock), offsetBytes: superblockSlotOffsetBytes(disk.sizeBytes, target) };
 }
 
 // --- Signatures of data nraid would destroy ----------------------------------------

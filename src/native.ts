@@ -54,7 +54,7 @@ export interface NativeCounters {
 }
 
 /** What the data plane reports: `link-lost` (detail: the reason), `resync-done` (detail: bytes sent). */
-export type NativeEventType = 'link-lost' | 'resync-done';
+export type NativeEventType = 'link-lost' | 'resync-done' | 'generation-started';
 
 export interface LinkAttachOptions {
   /** source: this node sends writes and resync data; target: it applies them. */
@@ -145,6 +145,13 @@ export interface Binding {
   /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
   bitmapGet(pipeline: PipelineHandle): Buffer;
   bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;
+  /**
+   * A new generation starts on the first write without a peer: the data plane
+   * writes this superblock image at `offsetBytes` (durably) just before it.
+   */
+  generationArm(pipeline: PipelineHandle, image: Uint8Array, offsetBytes: number): void;
+  /** Disarms; says whether the image was still armed, already written, or there was none. */
+  generationTake(pipeline: PipelineHandle, peek?: boolean): 'none' | 'armed' | 'written';
   /** on-no-peer = suspend-io: while suspended, new requests wait in the data plane. */
   setSuspended(pipeline: PipelineHandle, suspended: boolean): void;
   /** Writes an empty activity-log transaction (a new Primary starts with no hot extents). */

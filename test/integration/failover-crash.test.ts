@@ -418,7 +418,7 @@ describeIntegration('failover: kill -9 of the Primary', ['root', 'fuse', 'loop',
   });
 
   describe('protocol A: losses bounded by the lag status showed', () => {
-    const ITERATIONS = 6;
+    const ITERATIONS = 5;
     let r: TestResource;
     const w = new GenerationWriter();
     const reports: IterationReport[] = [];

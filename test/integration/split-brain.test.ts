@@ -9,7 +9,7 @@
  * wrote), and `secondary` + `connect --discard-my-data` on the victim (it
  * alternates) ends in a bitmap resync (a few MiB, not the device) after which
  * both disks are identical and hold the survivor's data. Then, on a second
- * pair, a victim that changed much while the survivor changed nothing: every
+ * pair, a victim that changed much while the survivor changed little: every
  * block the victim changed must come back from the survivor, whichever node
  * the survivor is.
  */
@@ -324,7 +324,8 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
    * from its own bits before that merge; bits merged afterwards are never
    * sent. Found: beta Established and UpToDate with outOfSyncBytes stuck at
    * the victim's 4 MiB, and the victim's disk still holding its discarded
-   * data. The survivor writes nothing here, so that the window is widest.
+   * data. The survivor writes a single block, so that its own resync is over
+   * before the merge arrives.
    */
   describe('the victim changed more than the survivor', () => {
     let q: TestResource;
@@ -348,7 +349,7 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
     test.each([
       { survivor: 'alpha' as NodeName, victim: 'beta' as NodeName, at: 8 * MiB },
       { survivor: 'beta' as NodeName, victim: 'alpha' as NodeName, at: 24 * MiB },
-    ])('survivor $survivor wrote nothing, victim $victim wrote 4 MiB: all of the victim\'s changes are overwritten', ({ survivor, victim, at }) =>
+    ])('survivor $survivor wrote 4 KiB, victim $victim wrote 4 MiB: all of the victim\'s changes are overwritten', ({ survivor, victim, at }) =>
       withDaemonLogs(q, async () => {
         const ctx = `survivor ${survivor}, victim ${victim}`;
         // alpha is Primary (each case ends so): partition, and promote beta too.
@@ -356,6 +357,9 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
         await Promise.all([q.runOk('alpha', 'disconnect'), q.runOk('beta', 'disconnect')]);
         await Promise.all((['alpha', 'beta'] as const).map((n) => q.waitFor(n, (s) => s.connection === 'StandAlone', 10_000)));
         await q.runOk('beta', 'primary');
+        // One block on the survivor (a node that writes nothing has not moved on: no split brain), 4 MiB on the victim.
+        const small = content(99, survivor, 'small', 4 * KiB);
+        await writeDirect(q.nodes[survivor].device, at + 4 * MiB, small);
         for (let i = 0; i < 4; i++) await writeDirect(q.nodes[victim].device, at + i * MiB, content(99, victim, `big${i}`, MiB));
 
         await Promise.all([q.runOk('alpha', 'connect'), q.runOk('beta', 'connect')]);
@@ -385,12 +389,14 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
         await Promise.all([q.waitFor(survivor, connectedUpToDate, 20_000), q.waitFor(victim, connectedUpToDate, 20_000)]);
         await expectResolved(q, survivor, dataSize, ctx);
         await expectBytes(q.nodes[victim].diskPath, at, Buffer.alloc(4 * MiB), `${ctx}: the victim's changes are gone from its disk`);
+        await expectBytes(q.nodes[victim].diskPath, at + 4 * MiB, small, `${ctx}: the survivor's block on the victim's disk`);
         if (survivor === 'beta') await q.runOk('alpha', 'switchover');
       }),
     60_000);
 
     /**
-     * Regression test for a split brain seen by one node only: both nodes ask
+     * Regression test for a split brain seen by one node only (seen here under
+     * load before 0f722bf): both nodes ask
      * each other for their split-brain facts; the first to get its answer
      * refuses the session and closes it, and the other's request dies with the
      * session, so that node logs no detection, raises no event, runs no hook,

@@ -32,11 +32,18 @@ ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_byt
   void* buffer = nullptr;
   if (posix_memalign(&buffer, kBlockBytes, kActivityTransactionBytes) != 0) abort();
   buffer_ = static_cast<uint8_t*>(buffer);
+  if (posix_memalign(&buffer, kBlockBytes, kActivityTransactionBytes) != 0) abort();
+  tx_buffer_ = static_cast<uint8_t*>(buffer);
   hot_list_.reserve(kActivityExtentsMax);
   eviction_order_.reserve(kActivityExtentsMax);
+  pending_.reserve(kActivityExtentsMax);
+  written_.assign((bitmap_->words() + kBlockBytes / 8 - 1) / (kBlockBytes / 8) * (kBlockBytes / 8), 0);
 }
 
-ActivityLog::~ActivityLog() { free(buffer_); }
+ActivityLog::~ActivityLog() {
+  free(buffer_);
+  free(tx_buffer_);
+}
 
 bool ActivityLog::is_hot(uint64_t extent) const {
   return (hot_bits_[extent / 64].load(std::memory_order_seq_cst) >> (extent % 64)) & 1;
@@ -54,17 +61,20 @@ uint32_t ActivityLog::hot_extents() const {
   return count;
 }
 
-int ActivityLog::write_transaction_locked() {
-  memset(buffer_, 0, kActivityTransactionBytes);
+uint64_t ActivityLog::build_transaction_locked() {
+  memset(tx_buffer_, 0, kActivityTransactionBytes);
   sequence_++;
   uint32_t header[8] = {kActivityMagic, 1, static_cast<uint32_t>(sequence_), static_cast<uint32_t>(sequence_ >> 32),
                         static_cast<uint32_t>(hot_list_.size()), static_cast<uint32_t>(layout_.extent_bytes >> 12), 0, 0};
-  memcpy(buffer_, header, sizeof(header));
-  memcpy(buffer_ + kActivityHeaderBytes, hot_list_.data(), hot_list_.size() * 4);
-  uint32_t crc = crc32c(0, buffer_, kActivityTransactionBytes - 4);
-  memcpy(buffer_ + kActivityTransactionBytes - 4, &crc, 4);
-  uint64_t offset = layout_.area_offset_bytes + (sequence_ % slots_) * kActivityTransactionBytes;
-  int rc = disk_->write(buffer_, kActivityTransactionBytes, offset);
+  memcpy(tx_buffer_, header, sizeof(header));
+  memcpy(tx_buffer_ + kActivityHeaderBytes, hot_list_.data(), hot_list_.size() * 4);
+  uint32_t crc = crc32c(0, tx_buffer_, kActivityTransactionBytes - 4);
+  memcpy(tx_buffer_ + kActivityTransactionBytes - 4, &crc, 4);
+  return layout_.area_offset_bytes + (sequence_ % slots_) * kActivityTransactionBytes;
+}
+
+int ActivityLog::write_transaction(uint64_t offset_bytes) {
+  int rc = disk_->write(tx_buffer_, kActivityTransactionBytes, offset_bytes);
   if (rc == 0) rc = disk_->flush();
   if (rc == 0) transactions_.fetch_add(1, std::memory_order_relaxed);
   return rc;
@@ -73,12 +83,44 @@ int ActivityLog::write_transaction_locked() {
 int ActivityLog::write_bitmap_block_locked(uint64_t extent) {
   // The bits of one extent lie in one 4 KiB block of the on-disk bitmap (little-endian words).
   uint64_t first_bit = extent * layout_.extent_bytes / bitmap_->granularity_bytes();
-  uint64_t block = first_bit / (kBlockBytes * 8);
-  uint64_t first_word = block * (kBlockBytes / 8);
-  uint64_t words = std::min<uint64_t>(kBlockBytes / 8, bitmap_->words() - first_word);
+  return write_bitmap_block_at_locked(first_bit / (kBlockBytes * 8));
+}
+
+int ActivityLog::write_bitmap_block_at_locked(uint64_t block) {
+  constexpr uint64_t kWordsPerBlock = kBlockBytes / 8;
+  uint64_t first_word = block * kWordsPerBlock;
+  uint64_t words = std::min<uint64_t>(kWordsPerBlock, bitmap_->words() - first_word);
   memset(buffer_, 0, kBlockBytes);
   bitmap_->snapshot_range(first_word, words, reinterpret_cast<uint64_t*>(buffer_));
-  return disk_->write(buffer_, kBlockBytes, layout_.bitmap_offset_bytes + block * kBlockBytes);
+  int rc = disk_->write(buffer_, kBlockBytes, layout_.bitmap_offset_bytes + block * kBlockBytes);
+  if (rc == 0) memcpy(&written_[first_word], buffer_, kBlockBytes);
+  return rc;
+}
+
+int64_t ActivityLog::write_bitmap(bool flush) {
+  constexpr uint64_t kWordsPerBlock = kBlockBytes / 8;
+  std::lock_guard<std::mutex> lock(mutex_);
+  uint64_t blocks = written_.size() / kWordsPerBlock;
+  int64_t written_bytes = 0;
+  for (uint64_t block = 0; block < blocks; block++) {
+    uint64_t first_word = block * kWordsPerBlock;
+    if (written_known_) {
+      // Compare first: most blocks did not change, and a write costs more than a look.
+      uint64_t words = std::min<uint64_t>(kWordsPerBlock, bitmap_->words() - first_word);
+      memset(buffer_, 0, kBlockBytes);
+      bitmap_->snapshot_range(first_word, words, reinterpret_cast<uint64_t*>(buffer_));
+      if (memcmp(buffer_, &written_[first_word], kBlockBytes) == 0) continue;
+    }
+    int rc = write_bitmap_block_at_locked(block);
+    if (rc != 0) return rc;
+    written_bytes += kBlockBytes;
+  }
+  written_known_ = true;
+  if (flush) {
+    int rc = disk_->flush();
+    if (rc != 0) return rc;
+  }
+  return written_bytes;
 }
 
 bool ActivityLog::evict_one_locked() {
@@ -119,29 +161,54 @@ int ActivityLog::acquire(uint64_t offset_bytes, uint64_t length_bytes) {
     all_hot = all_hot && is_hot(e);
   }
   if (all_hot) return 0;
-  std::lock_guard<std::mutex> lock(mutex_);
-  bool changed = false;
-  for (uint64_t e = first; e <= last; e++) {
-    if (is_hot(e)) continue;
-    if (hot_list_.size() >= kActivityExtentsMax && !evict_one_locked()) {
-      release(offset_bytes, length_bytes);
-      return -EBUSY;
-    }
-    hot_list_.push_back(static_cast<uint32_t>(e));
-    changed = true;
-  }
-  if (!changed) return 0;
-  int rc = write_transaction_locked();
-  if (rc != 0) {
-    // Not durable: not hot. Drop what this call added.
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    // List what is missing. A listed extent that is not hot yet waits for the
+    // next transaction: while one is being written, every writer that needs a
+    // new extent joins the one after it (group commit), so a burst of writes
+    // to cold extents costs a few flushes, not one each.
+    bool missing = false;
     for (uint64_t e = first; e <= last; e++) {
-      auto it = std::find(hot_list_.begin(), hot_list_.end(), static_cast<uint32_t>(e));
-      if (it != hot_list_.end() && !is_hot(e)) hot_list_.erase(it);
+      if (is_hot(e)) continue;
+      missing = true;
+      if (std::find(hot_list_.begin(), hot_list_.end(), static_cast<uint32_t>(e)) != hot_list_.end()) continue;
+      if (hot_list_.size() >= kActivityExtentsMax && !evict_one_locked()) {
+        release(offset_bytes, length_bytes);
+        return -EBUSY;
+      }
+      hot_list_.push_back(static_cast<uint32_t>(e));
     }
+    if (!missing) return 0;
+    if (!committing_) break;
+    commit_cv_.wait(lock);
+  }
+  // This writer commits: every listed extent, written and flushed without the
+  // lock held. The pending ones are pinned by their writers, so no eviction
+  // takes them off the list meanwhile.
+  committing_ = true;
+  pending_.clear();
+  for (uint32_t e : hot_list_) {
+    if (!is_hot(e)) pending_.push_back(e);
+  }
+  uint64_t tx_offset = build_transaction_locked();
+  lock.unlock();
+  int rc = write_transaction(tx_offset);
+  lock.lock();
+  committing_ = false;
+  if (rc == 0) {
+    for (uint32_t e : pending_) set_hot(e, true);
+  } else {
+    // Not durable: not hot. Off the list again; their other writers retry on their own.
+    for (uint32_t e : pending_) {
+      auto it = std::find(hot_list_.begin(), hot_list_.end(), e);
+      if (it != hot_list_.end()) hot_list_.erase(it);
+    }
+  }
+  commit_cv_.notify_all();
+  if (rc != 0) {
     release(offset_bytes, length_bytes);
     return rc;
   }
-  for (uint64_t e = first; e <= last; e++) set_hot(e, true);
   return 0;
 }
 
@@ -158,12 +225,13 @@ void ActivityLog::release(uint64_t offset_bytes, uint64_t length_bytes) {
 
 int ActivityLog::reset() {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (committing_) return -EBUSY;
   for (uint32_t extent : hot_list_) {
     if (pins_[extent].load() != 0) return -EBUSY;
   }
   for (uint32_t extent : hot_list_) set_hot(extent, false);
   hot_list_.clear();
-  return write_transaction_locked();
+  return write_transaction(build_transaction_locked());
 }
 
 }  // namespace nraid

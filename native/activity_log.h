@@ -7,6 +7,7 @@
 // not yet acknowledged as written by the peer; evicting it first writes the
 // bitmap block that covers it, so its dirty bits survive a crash.
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -37,14 +38,25 @@ class ActivityLog {
   void release(uint64_t offset_bytes, uint64_t length_bytes);
   // An empty transaction: a fresh start when this node becomes Primary.
   int reset();
+  // Writes back the on-disk bitmap's blocks that changed since they were last
+  // written (every block the first time), under the same lock as an eviction's
+  // block write, so that a stale snapshot never overwrites newer bits. With
+  // `flush` the blocks are durable on return; without, they ride on the next
+  // flush (the log covers the hot extents meanwhile). Returns the bytes
+  // written or -errno.
+  int64_t write_bitmap(bool flush);
   uint64_t transactions() const { return transactions_.load(std::memory_order_relaxed); }
   uint32_t hot_extents() const;
 
  private:
   bool is_hot(uint64_t extent) const;
   void set_hot(uint64_t extent, bool hot);
-  int write_transaction_locked();
+  // Fills tx_buffer_ with a transaction naming every listed extent; its offset.
+  uint64_t build_transaction_locked();
+  // Writes and flushes tx_buffer_: only one writer at a time (committing_).
+  int write_transaction(uint64_t offset_bytes);
   int write_bitmap_block_locked(uint64_t extent);
+  int write_bitmap_block_at_locked(uint64_t block);
   bool evict_one_locked();
 
   LocalDisk* disk_;
@@ -61,8 +73,15 @@ class ActivityLog {
   std::mutex mutex_;
   std::vector<uint32_t> hot_list_;  // under mutex_
   std::vector<size_t> eviction_order_;  // under mutex_, scratch
+  std::vector<uint32_t> pending_;       // the commit's not-yet-hot extents: its committer's
+  std::condition_variable commit_cv_;   // a commit ended
+  bool committing_ = false;             // under mutex_
   uint64_t sequence_ = 0;           // under mutex_
-  uint8_t* buffer_ = nullptr;       // one transaction or bitmap block, aligned
+  uint8_t* buffer_ = nullptr;       // one bitmap block, aligned: under mutex_
+  uint8_t* tx_buffer_ = nullptr;    // one transaction, aligned: the committer's
+  // What each on-disk bitmap block holds, as far as we wrote it: under mutex_.
+  std::vector<uint64_t> written_;
+  bool written_known_ = false;
 };
 
 }  // namespace nraid

@@ -441,6 +441,15 @@ Napi::Value ActivityLogReset(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Writes back the changed blocks of the on-disk bitmap (flush: durably); the bytes written.
+Napi::Value BitmapPersist(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  int64_t rc = box->pipeline->activity_log().write_bitmap(info[1].ToBoolean());
+  if (rc < 0) throw errno_error(env, static_cast<int>(-rc), std::string("bitmap write-back: ") + strerror(static_cast<int>(-rc)));
+  return Napi::Number::New(env, static_cast<double>(rc));
+}
+
 Napi::Value PipelineDestroy(const Napi::CallbackInfo& info) {
   auto* handle = unwrap<PipelineBox>(info, 0, "pipeline");
   if (handle->object->frontend) handle->object->frontend->stop();
@@ -495,6 +504,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("generationTake", Napi::Function::New(env, GenerationTake));
   exports.Set("setSuspended", Napi::Function::New(env, SetSuspended));
   exports.Set("activityLogReset", Napi::Function::New(env, ActivityLogReset));
+  exports.Set("bitmapPersist", Napi::Function::New(env, BitmapPersist));
   auto limits = Napi::Object::New(env);
   limits.Set("blockBytes", nraid::kBlockBytes);
   limits.Set("requestBytesMax", nraid::kRequestBytesMax);

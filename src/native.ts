@@ -156,6 +156,12 @@ export interface Binding {
   setSuspended(pipeline: PipelineHandle, suspended: boolean): void;
   /** Writes an empty activity-log transaction (a new Primary starts with no hot extents). */
   activityLogReset(pipeline: PipelineHandle): void;
+  /**
+   * Writes back the on-disk bitmap blocks that changed since last written (all
+   * of them the first time), serialized with the activity log's evictions;
+   * with `flush` durably. Returns the bytes written.
+   */
+  bitmapPersist(pipeline: PipelineHandle, flush: boolean): number;
 
   /** umount2(2) with UMOUNT_NOFOLLOW, and MNT_DETACH when `lazy`. */
   unmount(path: string, lazy: boolean): void;

@@ -17,6 +17,7 @@ const {
   createSparseFile,
   isMounted,
   log,
+  runCommand,
   startDaemon,
   stopChildSync,
   unmountSync,
@@ -107,10 +108,47 @@ function nbdStack({ id, title, cache }) {
   };
 }
 
+/** The floor row serves with as many threads as nraid's frontend does by default (src/limits.ts). */
+const FLOOR_THREADS = 48;
+const FLOOR_SOURCE = path.join(__dirname, 'fuse-floor.c');
+
+/**
+ * (c) The FUSE + loop floor: fuse-floor.c, a single-file /dev/fuse server that
+ * does nothing per write but pwrite to its disk (a direct-I/O loop device over
+ * the sparse file, as nraid's is) and reply; a 4 KiB direct-I/O loop device on
+ * top, as nraid's. What remains between this row and `raw` is the cost of the
+ * frontend itself; what remains between `nraid` and this row is ours.
+ */
+const floorStack = {
+  id: 'floor',
+  title: 'FUSE+loop floor',
+  description: `bench/e2e/fuse-floor.c (${FLOOR_THREADS} threads, pwrite to loop dio) -> loop dio, 4 KiB sectors`,
+  async setup(ctx) {
+    const binary = path.join(ctx.dir, 'fuse-floor');
+    await runCommand('cc', ['-O2', '-Wall', '-Werror', '-o', binary, FLOOR_SOURCE, '-lpthread'], { check: true });
+    const file = createSparseFile(path.join(ctx.dir, 'backing.img'), ctx.sizeBytes);
+    const disk = await attachLoop(file, { directIo: true });
+    const volume = path.join(ctx.dir, 'volume');
+    fs.writeFileSync(volume, '');
+    const server = startDaemon('fuse-floor', binary, [volume, disk.device, String(FLOOR_THREADS)], path.join(ctx.dir, 'fuse-floor.log'));
+    cleanup.defer(`unmount ${volume} and stop fuse-floor (pid ${server.pid})`, () => {
+      if (isMounted(volume)) unmountSync(volume);
+      if (!waitGoneSync(server.pid, 5000)) {
+        warn(`fuse-floor (pid ${server.pid}) still running after unmount`);
+        stopChildSync(server.child, 'fuse-floor');
+      }
+    });
+    await waitReady(server, `mounting ${volume}`, () => isMounted(volume));
+    const loop = await attachLoop(volume, { directIo: true, sectorSize: 4096 });
+    return { device: loop.device, notes: { loopDevice: loop.device, loopDirectIo: loop.directIo, diskLoopDevice: disk.device, threads: FLOOR_THREADS } };
+  },
+};
+
 const STACKS = [
   rawStack,
   nbdStack({ id: 'nbd', title: 'nbdkit+nbdfuse', cache: 'none' }),
   nbdStack({ id: 'nbd-cached', title: 'nbdkit(cache)+nbdfuse', cache: 'default' }),
+  floorStack,
   nraidStack({ id: 'nraid', title: 'nraid 1 node', nodes: ['alpha'] }),
   // Replication rows: both daemons up, primary on alpha, resync done before fio.
   nraidStack({ id: 'nraid-A', title: 'nraid 2 nodes prot A', nodes: ['alpha', 'beta'], protocol: 'A' }),
@@ -120,7 +158,7 @@ const STACKS = [
 
 /** The row every ratio is taken against. */
 const BASELINE_ROW = 'raw';
-const DEFAULT_ROWS = ['raw', 'nbd', 'nraid', 'nraid-A', 'nraid-B', 'nraid-C'];
+const DEFAULT_ROWS = ['raw', 'nbd', 'floor', 'nraid', 'nraid-A', 'nraid-B', 'nraid-C'];
 
 function stackById(id) {
   return STACKS.find((s) => s.id === id) || null;

@@ -332,8 +332,8 @@ function detachLoopSync(device, backingFile) {
 }
 
 /** Attaches `file` to a free loop device and registers its detach. Returns { device, directIo }. */
-async function attachLoop(file, { directIo }) {
-  const args = ['--find', '--show', ...(directIo ? ['--direct-io=on'] : []), file];
+async function attachLoop(file, { directIo, sectorSize }) {
+  const args = ['--find', '--show', ...(directIo ? ['--direct-io=on'] : []), ...(sectorSize ? ['--sector-size', String(sectorSize)] : []), file];
   const result = await runCommand('losetup', args, { check: true });
   const device = result.stdout.trim();
   if (!/^\/dev\/loop\d+$/.test(device)) throw new Error(`losetup printed "${device}", expected /dev/loopN`);

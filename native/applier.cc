@@ -82,6 +82,26 @@ int Applier::send_ack(uint16_t type, const FrameHeader& about) {
   return write_frame(fd_, ack, nullptr);
 }
 
+int Applier::queue_recv_ack(const FrameHeader& about) {
+  FrameHeader& ack = recv_acks_[recv_acks_pending_++];
+  ack = FrameHeader{};
+  ack.type = kFrameAckRecv;
+  ack.flags = about.flags & kFlagResync;
+  ack.seq = about.seq;
+  ack.epoch = about.epoch;
+  ack.request_id = about.request_id;
+  frame_seal(&ack, nullptr);
+  return recv_acks_pending_ == kRecvAcksMax ? flush_recv_acks() : 0;
+}
+
+int Applier::flush_recv_acks() {
+  if (recv_acks_pending_ == 0) return 0;
+  iovec iov{recv_acks_, recv_acks_pending_ * sizeof(FrameHeader)};
+  recv_acks_pending_ = 0;
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  return writev_full(fd_, &iov, 1);
+}
+
 bool Applier::overlaps_active_locked(uint64_t offset, uint64_t length) const {
   for (const Active& a : active_) {
     if (a.in_use && offset < a.offset + a.length && a.offset < offset + length) return true;
@@ -105,6 +125,11 @@ void Applier::receive_loop() {
   SocketReader reader(fd_);
   for (;;) {
     FrameHeader header{};
+    // About to wait for the source: what it waits for goes out first.
+    if (reader.buffered() < sizeof(header) && flush_recv_acks() != 0) {
+      fail("data link send: receive ack");
+      return;
+    }
     int rc = reader.read(&header, sizeof(header));
     if (rc != 0) {
       fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
@@ -132,6 +157,10 @@ void Applier::receive_loop() {
     expected_seq++;
 
     if (header.type == kFrameBarrier) {
+      if (flush_recv_acks() != 0) {
+        fail("data link send: receive ack");
+        return;
+      }
       counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
       // Every earlier frame on disk, then flushed, then acked.
       {
@@ -155,10 +184,22 @@ void Applier::receive_loop() {
     if (frame_has_payload(header.type)) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
+        if (free_buffers_.empty()) {
+          lock.unlock();
+          if (flush_recv_acks() != 0) {
+            fail("data link send: receive ack");
+            return;
+          }
+          lock.lock();
+        }
         done_cv_.wait(lock, [&] { return failed() || !free_buffers_.empty(); });
         if (failed()) return;
         buffer = free_buffers_.back();
         free_buffers_.pop_back();
+      }
+      if (reader.buffered() < header.length && flush_recv_acks() != 0) {
+        fail("data link send: receive ack");
+        return;
       }
       rc = reader.read(buffers_[buffer], header.length);
       bool intact = rc == 0 && crc32c(0, buffers_[buffer], header.length) == header.payload_crc;
@@ -178,16 +219,29 @@ void Applier::receive_loop() {
       counters_->bytes_received.fetch_add(header.length, std::memory_order_relaxed);
     }
     counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
-    if ((header.flags & kFlagWantRecvAck) != 0 && send_ack(kFrameAckRecv, header) != 0) {
+    if ((header.flags & kFlagWantRecvAck) != 0 && queue_recv_ack(header) != 0) {
       fail("data link send: receive ack");
       return;
     }
     // Overlapping frames apply in sequence order: wait for the earlier ones.
     std::unique_lock<std::mutex> lock(mutex_);
-    done_cv_.wait(lock, [&] {
+    auto can_start = [&] {
       return failed() || (!overlaps_active_locked(header.offset, header.length) && work_count_ < kActiveMax &&
                           active_count_locked() < kActiveMax);
-    });
+    };
+    if (!can_start()) {
+      lock.unlock();
+      if (flush_recv_acks() != 0) {
+        fail("data link send: receive ack");
+        if (buffer != kNoBuffer) {
+          std::lock_guard<std::mutex> relock(mutex_);
+          free_buffers_.push_back(buffer);
+        }
+        return;
+      }
+      lock.lock();
+    }
+    done_cv_.wait(lock, can_start);
     if (failed()) {
       if (buffer != kNoBuffer) free_buffers_.push_back(buffer);
       return;
@@ -200,6 +254,7 @@ void Applier::receive_loop() {
     // which saves a thread hand-off at low queue depth.
     if (work_count_ == 0 && active_count_locked() == 1 && reader.buffered() == 0) {
       lock.unlock();
+      if (flush_recv_acks() != 0) fail("data link send: receive ack");
       apply_one(work);
       continue;
     }

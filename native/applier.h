@@ -50,6 +50,10 @@ class Applier {
   void apply_one(const Work& work);
   void fail(const std::string& reason);
   int send_ack(uint16_t type, const FrameHeader& about);
+  // Protocol B's receive acks of one burst leave in one write: the receiver
+  // queues them and sends them before it would wait for anything.
+  int queue_recv_ack(const FrameHeader& about);
+  int flush_recv_acks();
   bool overlaps_active_locked(uint64_t offset, uint64_t length) const;
   uint32_t active_count_locked() const;
 
@@ -61,6 +65,9 @@ class Applier {
   bool send_hello_first_ = false;
 
   std::mutex send_mutex_;  // acks come from several threads
+  static constexpr uint32_t kRecvAcksMax = 64;
+  FrameHeader recv_acks_[kRecvAcksMax];  // the receiver's own
+  uint32_t recv_acks_pending_ = 0;
   std::mutex mutex_;       // buffers, active set, work queue
   std::condition_variable work_cv_;  // apply threads wait for work
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe

@@ -250,9 +250,11 @@ void Applier::receive_loop() {
     while (active_[slot].in_use) slot++;
     active_[slot] = Active{true, header.offset, header.length};
     Work work{header, buffer, slot};
-    // Nothing else in flight and nothing more already received: apply right here,
-    // which saves a thread hand-off at low queue depth.
-    if (work_count_ == 0 && active_count_locked() == 1 && reader.buffered() == 0) {
+    // Nothing else in flight, nothing more already received and a small frame:
+    // apply right here, which saves a thread hand-off at low queue depth. A
+    // large one goes to an apply thread, so the receiver reads on meanwhile.
+    if (header.length <= kInlineApplyBytesMax && work_count_ == 0 && active_count_locked() == 1 &&
+        reader.buffered() == 0) {
       lock.unlock();
       if (flush_recv_acks() != 0) fail("data link send: receive ack");
       apply_one(work);

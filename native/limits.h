@@ -42,6 +42,9 @@ constexpr uint32_t kUnackedEntries = 8192;
 // Target side: payload buffers in flight (the receive window), and apply threads.
 constexpr uint32_t kApplyBuffers = 64;
 constexpr uint32_t kApplyThreads = 16;
+// The receiver applies a frame itself only when it is this small: a larger
+// write would hold up the frames behind it for longer than a hand-off costs.
+constexpr uint32_t kInlineApplyBytesMax = 64 * 1024;
 // Resync: chunks read from disk and in flight to the peer.
 constexpr uint32_t kResyncChunkBytes = kRequestBytesMax;
 constexpr uint32_t kResyncWindowChunks = 8;

@@ -28,6 +28,7 @@ const TOOLS = [
   { command: 'nbdkit', package: 'nbdkit' },
   { command: 'nbdfuse', package: 'nbdfuse' },
   { command: 'losetup', package: 'mount' },
+  { command: 'cc', package: 'gcc' }, // builds the floor row's server (e2e/fuse-floor.c)
 ];
 
 const USAGE = `usage: node bench/run.js [options]

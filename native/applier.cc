@@ -70,7 +70,10 @@ void Applier::fail(const std::string& reason) {
   if (!stopping_.load(std::memory_order_acquire)) sink_("link-lost", reason);
 }
 
-int Applier::send_ack(uint16_t type, const FrameHeader& about) {
+namespace {
+
+// An ack echoes the seq, epoch and request id of the frame it answers.
+FrameHeader make_ack(uint16_t type, const FrameHeader& about) {
   FrameHeader ack{};
   ack.type = type;
   ack.flags = about.flags & kFlagResync;
@@ -78,19 +81,19 @@ int Applier::send_ack(uint16_t type, const FrameHeader& about) {
   ack.epoch = about.epoch;
   ack.request_id = about.request_id;
   frame_seal(&ack, nullptr);
+  return ack;
+}
+
+}  // namespace
+
+int Applier::send_ack(uint16_t type, const FrameHeader& about) {
+  FrameHeader ack = make_ack(type, about);
   std::lock_guard<std::mutex> lock(send_mutex_);
   return write_frame(fd_, ack, nullptr);
 }
 
 int Applier::queue_recv_ack(const FrameHeader& about) {
-  FrameHeader& ack = recv_acks_[recv_acks_pending_++];
-  ack = FrameHeader{};
-  ack.type = kFrameAckRecv;
-  ack.flags = about.flags & kFlagResync;
-  ack.seq = about.seq;
-  ack.epoch = about.epoch;
-  ack.request_id = about.request_id;
-  frame_seal(&ack, nullptr);
+  recv_acks_[recv_acks_pending_++] = make_ack(kFrameAckRecv, about);
   return recv_acks_pending_ == kRecvAcksMax ? flush_recv_acks() : 0;
 }
 

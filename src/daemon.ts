@@ -82,6 +82,8 @@ export class Daemon extends EventEmitter {
   private peerState: NodeState | null = null;
   private session: SessionInfo | null = null;
   private direction: 'source' | 'target' | null = null;
+  /** This session's source has said resync-start or resync-none already. */
+  private syncNoticed = false;
   private lastDecision: SyncDecision | null = null;
   private resync: { totalBytes: number; startedAtMs: number; doneBaseBytes: number } | null = null;
   private persistedOutOfSyncBytes = -1;
@@ -660,8 +662,13 @@ export class Daemon extends EventEmitter {
     if (this.direction === 'source' && this.ioSuspended) this.resumeIo('the peer is back');
     this.cancelNewGeneration();
     this.splitBrain = false;
+    // A target is a SyncTarget until the source says what it sends (resync-start)
+    // or that there is nothing (resync-none), which may have come first on the
+    // control link. Reporting Established before that showed a split-brain
+    // victim as Established and UpToDate for a few milliseconds before its
+    // resync began.
     if (this.direction === 'source') this.beginResyncIfNeeded();
-    else this.replication = 'Established';
+    else if (!this.syncNoticed) this.replication = 'SyncTarget';
     this.noteChange();
   }
 
@@ -694,6 +701,7 @@ export class Daemon extends EventEmitter {
   }
 
   private onNotice(kind: string, payload: Buffer): void {
+    if (kind === 'resync-start' || kind === 'resync-none' || kind === 'resync-done') this.syncNoticed = true;
     switch (kind) {
       case 'resync-start':
         // This node is the target: Inconsistent until every block has arrived.
@@ -780,6 +788,7 @@ export class Daemon extends EventEmitter {
     const wasConnected = this.session !== null;
     this.session = null;
     this.direction = null;
+    this.syncNoticed = false;
     this.resync = null;
     this.replication = 'Off';
     this.peerState = null;

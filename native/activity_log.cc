@@ -83,37 +83,32 @@ int ActivityLog::write_transaction(uint64_t offset_bytes) {
 int ActivityLog::write_bitmap_block_locked(uint64_t extent) {
   // The bits of one extent lie in one 4 KiB block of the on-disk bitmap (little-endian words).
   uint64_t first_bit = extent * layout_.extent_bytes / bitmap_->granularity_bytes();
-  return write_bitmap_block_at_locked(first_bit / (kBlockBytes * 8));
+  int rc = write_bitmap_block_at_locked(first_bit / (kBlockBytes * 8), false);
+  return rc < 0 ? rc : 0;
 }
 
-int ActivityLog::write_bitmap_block_at_locked(uint64_t block) {
+int ActivityLog::write_bitmap_block_at_locked(uint64_t block, bool only_if_changed) {
   constexpr uint64_t kWordsPerBlock = kBlockBytes / 8;
   uint64_t first_word = block * kWordsPerBlock;
   uint64_t words = std::min<uint64_t>(kWordsPerBlock, bitmap_->words() - first_word);
   memset(buffer_, 0, kBlockBytes);
   bitmap_->snapshot_range(first_word, words, reinterpret_cast<uint64_t*>(buffer_));
+  // A look costs less than a write, and most blocks did not change.
+  if (only_if_changed && written_known_ && memcmp(buffer_, &written_[first_word], kBlockBytes) == 0) return 0;
   int rc = disk_->write(buffer_, kBlockBytes, layout_.bitmap_offset_bytes + block * kBlockBytes);
-  if (rc == 0) memcpy(&written_[first_word], buffer_, kBlockBytes);
-  return rc;
+  if (rc != 0) return rc;
+  memcpy(&written_[first_word], buffer_, kBlockBytes);
+  return 1;
 }
 
 int64_t ActivityLog::write_bitmap(bool flush) {
-  constexpr uint64_t kWordsPerBlock = kBlockBytes / 8;
   std::lock_guard<std::mutex> lock(mutex_);
-  uint64_t blocks = written_.size() / kWordsPerBlock;
+  uint64_t blocks = written_.size() / (kBlockBytes / 8);
   int64_t written_bytes = 0;
   for (uint64_t block = 0; block < blocks; block++) {
-    uint64_t first_word = block * kWordsPerBlock;
-    if (written_known_) {
-      // Compare first: most blocks did not change, and a write costs more than a look.
-      uint64_t words = std::min<uint64_t>(kWordsPerBlock, bitmap_->words() - first_word);
-      memset(buffer_, 0, kBlockBytes);
-      bitmap_->snapshot_range(first_word, words, reinterpret_cast<uint64_t*>(buffer_));
-      if (memcmp(buffer_, &written_[first_word], kBlockBytes) == 0) continue;
-    }
-    int rc = write_bitmap_block_at_locked(block);
-    if (rc != 0) return rc;
-    written_bytes += kBlockBytes;
+    int rc = write_bitmap_block_at_locked(block, true);
+    if (rc < 0) return rc;
+    written_bytes += rc * static_cast<int64_t>(kBlockBytes);
   }
   written_known_ = true;
   if (flush) {

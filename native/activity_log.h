@@ -56,7 +56,8 @@ class ActivityLog {
   // Writes and flushes tx_buffer_: only one writer at a time (committing_).
   int write_transaction(uint64_t offset_bytes);
   int write_bitmap_block_locked(uint64_t extent);
-  int write_bitmap_block_at_locked(uint64_t block);
+  // 1 written, 0 unchanged (skipped when only_if_changed), or -errno.
+  int write_bitmap_block_at_locked(uint64_t block, bool only_if_changed);
   bool evict_one_locked();
 
   LocalDisk* disk_;

@@ -92,17 +92,22 @@ int Applier::send_ack(uint16_t type, const FrameHeader& about) {
   return write_frame(fd_, ack, nullptr);
 }
 
-int Applier::queue_recv_ack(const FrameHeader& about) {
+bool Applier::queue_recv_ack(const FrameHeader& about) {
   recv_acks_[recv_acks_pending_++] = make_ack(kFrameAckRecv, about);
-  return recv_acks_pending_ == kRecvAcksMax ? flush_recv_acks() : 0;
+  return recv_acks_pending_ < kRecvAcksMax || flush_recv_acks();
 }
 
-int Applier::flush_recv_acks() {
-  if (recv_acks_pending_ == 0) return 0;
+bool Applier::flush_recv_acks() {
+  if (recv_acks_pending_ == 0) return true;
   iovec iov{recv_acks_, recv_acks_pending_ * sizeof(FrameHeader)};
   recv_acks_pending_ = 0;
-  std::lock_guard<std::mutex> lock(send_mutex_);
-  return writev_full(fd_, &iov, 1);
+  int rc;
+  {
+    std::lock_guard<std::mutex> lock(send_mutex_);
+    rc = writev_full(fd_, &iov, 1);
+  }
+  if (rc != 0) fail("data link send: receive ack");
+  return rc == 0;
 }
 
 bool Applier::overlaps_active_locked(uint64_t offset, uint64_t length) const {
@@ -129,10 +134,7 @@ void Applier::receive_loop() {
   for (;;) {
     FrameHeader header{};
     // About to wait for the source: what it waits for goes out first.
-    if (reader.buffered() < sizeof(header) && flush_recv_acks() != 0) {
-      fail("data link send: receive ack");
-      return;
-    }
+    if (reader.buffered() < sizeof(header) && !flush_recv_acks()) return;
     int rc = reader.read(&header, sizeof(header));
     if (rc != 0) {
       fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
@@ -160,10 +162,7 @@ void Applier::receive_loop() {
     expected_seq++;
 
     if (header.type == kFrameBarrier) {
-      if (flush_recv_acks() != 0) {
-        fail("data link send: receive ack");
-        return;
-      }
+      if (!flush_recv_acks()) return;
       counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
       // Every earlier frame on disk, then flushed, then acked.
       {
@@ -189,10 +188,7 @@ void Applier::receive_loop() {
         std::unique_lock<std::mutex> lock(mutex_);
         if (free_buffers_.empty()) {
           lock.unlock();
-          if (flush_recv_acks() != 0) {
-            fail("data link send: receive ack");
-            return;
-          }
+          flush_recv_acks();  // a failure ends the wait below
           lock.lock();
         }
         done_cv_.wait(lock, [&] { return failed() || !free_buffers_.empty(); });
@@ -200,8 +196,9 @@ void Applier::receive_loop() {
         buffer = free_buffers_.back();
         free_buffers_.pop_back();
       }
-      if (reader.buffered() < header.length && flush_recv_acks() != 0) {
-        fail("data link send: receive ack");
+      if (reader.buffered() < header.length && !flush_recv_acks()) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        free_buffers_.push_back(buffer);
         return;
       }
       rc = reader.read(buffers_[buffer], header.length);
@@ -222,8 +219,11 @@ void Applier::receive_loop() {
       counters_->bytes_received.fetch_add(header.length, std::memory_order_relaxed);
     }
     counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
-    if ((header.flags & kFlagWantRecvAck) != 0 && queue_recv_ack(header) != 0) {
-      fail("data link send: receive ack");
+    if ((header.flags & kFlagWantRecvAck) != 0 && !queue_recv_ack(header)) {
+      if (buffer != kNoBuffer) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        free_buffers_.push_back(buffer);
+      }
       return;
     }
     // Overlapping frames apply in sequence order: wait for the earlier ones.
@@ -234,14 +234,7 @@ void Applier::receive_loop() {
     };
     if (!can_start()) {
       lock.unlock();
-      if (flush_recv_acks() != 0) {
-        fail("data link send: receive ack");
-        if (buffer != kNoBuffer) {
-          std::lock_guard<std::mutex> relock(mutex_);
-          free_buffers_.push_back(buffer);
-        }
-        return;
-      }
+      flush_recv_acks();  // a failure ends the wait below
       lock.lock();
     }
     done_cv_.wait(lock, can_start);
@@ -259,7 +252,7 @@ void Applier::receive_loop() {
     if (header.length <= kInlineApplyBytesMax && work_count_ == 0 && active_count_locked() == 1 &&
         reader.buffered() == 0) {
       lock.unlock();
-      if (flush_recv_acks() != 0) fail("data link send: receive ack");
+      flush_recv_acks();  // on a failure apply_one applies nothing
       apply_one(work);
       continue;
     }

@@ -52,8 +52,9 @@ class Applier {
   int send_ack(uint16_t type, const FrameHeader& about);
   // Protocol B's receive acks of one burst leave in one write: the receiver
   // queues them and sends them before it would wait for anything.
-  int queue_recv_ack(const FrameHeader& about);
-  int flush_recv_acks();
+  // Both fail the link on a send error and return false.
+  bool queue_recv_ack(const FrameHeader& about);
+  bool flush_recv_acks();
   bool overlaps_active_locked(uint64_t offset, uint64_t length) const;
   uint32_t active_count_locked() const;
 

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,8 +13,11 @@ namespace nraid {
 namespace {
 
 constexpr uint32_t kNoBuffer = 0xFFFFFFFFu;
-// Frames without payload (discard, zeroes) also hold an active entry.
-constexpr uint32_t kActiveMax = kApplyBuffers + kApplyThreads;
+// Every payload frame holds a buffer; one more for a discard or zeroes frame,
+// which the receiver applies itself.
+constexpr uint32_t kActiveMax = kApplyBuffers + 1;
+// The tag of the completion that wakes the reaper to stop.
+constexpr uint64_t kWakeTag = kActiveMax;
 
 }  // namespace
 
@@ -27,7 +31,6 @@ Applier::Applier(LocalDisk* disk, uint64_t data_size_bytes, LinkCounters* counte
     free_buffers_.push_back(i);
   }
   active_.resize(kActiveMax);
-  work_.resize(kActiveMax);
 }
 
 Applier::~Applier() {
@@ -40,18 +43,40 @@ void Applier::start(int fd, bool send_hello_first) {
   fd_ = fd;
   send_hello_first_ = send_hello_first;
   prepare_socket(fd_);
-  for (uint32_t i = 0; i < kApplyThreads; i++) appliers_.emplace_back([this] { apply_loop(); });
-  receiver_ = std::thread([this] { receive_loop(); });
+  int rc = writes_.open(kActiveMax + 1);
+  wake_fd_ = rc == 0 ? eventfd(0, EFD_CLOEXEC) : -1;
+  if (rc == 0 && wake_fd_ < 0) rc = -errno;
+  if (rc == 0) rc = writes_.submit_poll(wake_fd_, kWakeTag);
+  if (rc != 0) {
+    // The receiver is not started either: the link fails before any frame is read.
+    fail(std::string("cannot set up asynchronous writes to the target's disk: ") + strerror(-rc) +
+         (rc == -EAGAIN ? " (the system's fs.aio-max-nr is used up; raise it with sysctl)" : ""));
+    return;
+  }
+  reaper_ = std::thread([this] {
+    name_thread("nraid-reap");
+    reap_loop();
+  });
+  receiver_ = std::thread([this] {
+    name_thread("nraid-receive");
+    receive_loop();
+  });
 }
 
 void Applier::stop(const std::string& reason) {
   stopping_.store(true, std::memory_order_release);
   fail(reason);
   if (receiver_.joinable()) receiver_.join();
-  for (auto& thread : appliers_) {
-    if (thread.joinable()) thread.join();
+  // Nothing is submitted any more: the reaper takes what is in flight, then ends.
+  if (reaper_.joinable()) {
+    uint64_t one = 1;
+    if (::write(wake_fd_, &one, sizeof(one)) != sizeof(one)) abort();  // an eventfd write cannot fail here
+    reaper_.join();
   }
-  appliers_.clear();
+  if (wake_fd_ >= 0) {
+    ::close(wake_fd_);
+    wake_fd_ = -1;
+  }
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
@@ -64,7 +89,6 @@ void Applier::fail(const std::string& reason) {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    work_cv_.notify_all();
     done_cv_.notify_all();
   }
   if (!stopping_.load(std::memory_order_acquire)) sink_("link-lost", reason);
@@ -112,15 +136,18 @@ bool Applier::flush_recv_acks() {
 
 bool Applier::overlaps_active_locked(uint64_t offset, uint64_t length) const {
   for (const Active& a : active_) {
-    if (a.in_use && offset < a.offset + a.length && a.offset < offset + length) return true;
+    if (a.in_use && offset < a.header.offset + a.header.length && a.header.offset < offset + length) return true;
   }
   return false;
 }
 
-uint32_t Applier::active_count_locked() const {
-  uint32_t count = 0;
-  for (const Active& a : active_) count += a.in_use ? 1 : 0;
-  return count;
+void Applier::release_locked(uint32_t active) {
+  Active& a = active_[active];
+  assert(a.in_use);
+  if (a.buffer != kNoBuffer) free_buffers_.push_back(a.buffer);
+  a.in_use = false;
+  active_count_--;
+  done_cv_.notify_all();
 }
 
 void Applier::receive_loop() {
@@ -167,7 +194,7 @@ void Applier::receive_loop() {
       // Every earlier frame on disk, then flushed, then acked.
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        done_cv_.wait(lock, [&] { return failed() || active_count_locked() == 0; });
+        done_cv_.wait(lock, [&] { return failed() || active_count_ == 0; });
       }
       if (failed()) return;
       rc = disk_->flush();
@@ -229,8 +256,7 @@ void Applier::receive_loop() {
     // Overlapping frames apply in sequence order: wait for the earlier ones.
     std::unique_lock<std::mutex> lock(mutex_);
     auto can_start = [&] {
-      return failed() || (!overlaps_active_locked(header.offset, header.length) && work_count_ < kActiveMax &&
-                          active_count_locked() < kActiveMax);
+      return failed() || (!overlaps_active_locked(header.offset, header.length) && active_count_ < kActiveMax);
     };
     if (!can_start()) {
       lock.unlock();
@@ -242,33 +268,41 @@ void Applier::receive_loop() {
       if (buffer != kNoBuffer) free_buffers_.push_back(buffer);
       return;
     }
-    uint32_t slot = 0;
-    while (active_[slot].in_use) slot++;
-    active_[slot] = Active{true, header.offset, header.length};
-    Work work{header, buffer, slot};
-    // Nothing else in flight, nothing more already received and a small frame:
-    // apply right here, which saves a thread hand-off at low queue depth. A
-    // large one goes to an apply thread, so the receiver reads on meanwhile.
-    if (header.length <= kInlineApplyBytesMax && work_count_ == 0 && active_count_locked() == 1 &&
-        reader.buffered() == 0) {
-      lock.unlock();
-      flush_recv_acks();  // on a failure apply_one applies nothing
-      apply_one(work);
+    uint32_t active = 0;
+    while (active_[active].in_use) active++;
+    active_[active] = Active{true, header, buffer};
+    active_count_++;
+    // Discard and zeroes have no asynchronous form: the receiver applies them.
+    // So it does a small frame when nothing else is in flight and nothing more
+    // has arrived, which saves the reaper's wake-up at low queue depth.
+    bool apply_here = buffer == kNoBuffer ||
+                      (header.length <= kInlineApplyBytesMax && active_count_ == 1 && reader.buffered() == 0);
+    if (!apply_here) writes_in_flight_++;
+    lock.unlock();
+    if (apply_here) {
+      flush_recv_acks();  // on a failure apply_inline applies nothing
+      apply_inline(active);
       continue;
     }
-    work_[(work_head_ + work_count_) % kActiveMax] = work;
-    work_count_++;
-    work_cv_.notify_one();
+    rc = writes_.submit_write(disk_, buffers_[buffer], header.length, header.offset, active);
+    if (rc != 0) {
+      fail(std::string("write to the target's disk failed: ") + strerror(-rc));
+      std::lock_guard<std::mutex> relock(mutex_);
+      writes_in_flight_--;
+      release_locked(active);
+      return;
+    }
   }
 }
 
-void Applier::apply_one(const Work& work) {
-  const FrameHeader& h = work.header;
+void Applier::apply_inline(uint32_t active) {
+  const Active& a = active_[active];  // only the receiver changes an entry it holds
+  const FrameHeader& h = a.header;
   int rc = 0;
   if (!failed()) {
     switch (h.type) {
       case kFrameWrite:
-      case kFrameRsData: rc = disk_->write(buffers_[work.buffer], h.length, h.offset); break;
+      case kFrameRsData: rc = disk_->write(buffers_[a.buffer], h.length, h.offset); break;
       case kFrameDiscard: rc = disk_->discard(h.offset, h.length); break;
       case kFrameZeroes: rc = disk_->zero_out(h.offset, h.length); break;
       default: assert(false);
@@ -281,23 +315,67 @@ void Applier::apply_one(const Work& work) {
     }
   }
   std::lock_guard<std::mutex> lock(mutex_);
-  active_[work.active].in_use = false;
-  if (work.buffer != kNoBuffer) free_buffers_.push_back(work.buffer);
-  done_cv_.notify_all();
+  release_locked(active);
 }
 
-void Applier::apply_loop() {
+// Takes completions in batches; their write acks leave in one write, then
+// their entries and buffers are released.
+void Applier::reap_loop() {
+  constexpr uint32_t kBatch = 64;
+  AsyncWrites::Completion done[kBatch];
+  FrameHeader acks[kBatch];
+  bool stop_asked = false;
   for (;;) {
-    Work work;
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      work_cv_.wait(lock, [&] { return failed() || work_count_ > 0; });
-      if (work_count_ == 0) return;  // failed and drained
-      work = work_[work_head_];
-      work_head_ = (work_head_ + 1) % kActiveMax;
-      work_count_--;
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (stop_asked && writes_in_flight_ == 0) return;
     }
-    apply_one(work);
+    int count = writes_.reap(done, kBatch);
+    if (count < 0) {
+      fail(std::string("waiting for writes to the target's disk: ") + strerror(-count));
+      return;  // io_destroy in the destructor waits for what is still in flight
+    }
+    uint32_t acks_count = 0;
+    for (int i = 0; i < count; i++) {
+      if (done[i].tag == kWakeTag) {
+        stop_asked = true;
+        continue;
+      }
+      assert(done[i].tag < kActiveMax);
+      Active a;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        a = active_[done[i].tag];
+      }
+      const FrameHeader& h = a.header;
+      int64_t result = done[i].result;
+      int rc = result < 0 ? static_cast<int>(result) : 0;
+      if (result >= 0 && static_cast<uint64_t>(result) < h.length) {
+        // A short write: the rest, here and now (not seen on block devices).
+        rc = disk_->write(buffers_[a.buffer] + result, h.length - result, h.offset + result);
+      }
+      if (rc != 0) {
+        fail(std::string("write to the target's disk failed: ") + strerror(-rc));
+      } else {
+        counters_->bytes_applied.fetch_add(h.length, std::memory_order_relaxed);
+        acks[acks_count++] = make_ack(kFrameAckWrite, h);
+      }
+    }
+    if (acks_count > 0 && !failed()) {
+      iovec iov{acks, acks_count * sizeof(FrameHeader)};
+      int rc;
+      {
+        std::lock_guard<std::mutex> lock(send_mutex_);
+        rc = writev_full(fd_, &iov, 1);
+      }
+      if (rc != 0) fail("data link send: write ack");
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int i = 0; i < count; i++) {
+      if (done[i].tag == kWakeTag) continue;
+      writes_in_flight_--;
+      release_locked(static_cast<uint32_t>(done[i].tag));
+    }
   }
 }
 

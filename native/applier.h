@@ -1,10 +1,12 @@
 #pragma once
 // The target side of the data link (Secondary, or SyncTarget). One receiver
 // thread checks every frame before anything touches the disk (header crc,
-// payload crc, bounds, type, sequence); apply threads write non-overlapping
-// frames concurrently, overlapping ones in sequence order; a barrier waits
-// for every earlier frame, flushes, then acks. A frame that fails a check is
-// never applied: the link drops and the source marks the regions dirty.
+// payload crc, bounds, type, sequence), then submits its write to the disk
+// asynchronously and reads on: non-overlapping frames are written
+// concurrently, overlapping ones in sequence order. One reaper thread takes
+// the completions and sends their write acks, many in one write. A barrier
+// waits for every earlier frame, flushes, then acks. A frame that fails a
+// check is never applied: the link drops and the source marks the regions dirty.
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -34,20 +36,18 @@ class Applier {
   bool failed() const { return failed_.load(std::memory_order_acquire); }
 
  private:
-  struct Work {
-    FrameHeader header;
-    uint32_t buffer;  // index into buffers_, or kNoBuffer
-    uint32_t active;  // index into active_
-  };
+  // A frame between its check and its ack; its index is the tag of its disk write.
   struct Active {
     bool in_use = false;
-    uint64_t offset = 0;
-    uint64_t length = 0;
+    FrameHeader header{};
+    uint32_t buffer = 0;  // index into buffers_, or kNoBuffer
   };
 
   void receive_loop();
-  void apply_loop();
-  void apply_one(const Work& work);
+  void reap_loop();
+  // Applies a frame on the calling thread, acks it and releases its entry.
+  void apply_inline(uint32_t active);
+  void release_locked(uint32_t active);
   void fail(const std::string& reason);
   int send_ack(uint16_t type, const FrameHeader& about);
   // Protocol B's receive acks of one burst leave in one write: the receiver
@@ -56,7 +56,6 @@ class Applier {
   bool queue_recv_ack(const FrameHeader& about);
   bool flush_recv_acks();
   bool overlaps_active_locked(uint64_t offset, uint64_t length) const;
-  uint32_t active_count_locked() const;
 
   LocalDisk* disk_;
   const uint64_t data_size_bytes_;
@@ -69,19 +68,19 @@ class Applier {
   static constexpr uint32_t kRecvAcksMax = 64;
   FrameHeader recv_acks_[kRecvAcksMax];  // the receiver's own
   uint32_t recv_acks_pending_ = 0;
-  std::mutex mutex_;       // buffers, active set, work queue
-  std::condition_variable work_cv_;  // apply threads wait for work
+  std::mutex mutex_;       // buffers, active set
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
   std::vector<uint8_t*> buffers_;
   std::vector<uint32_t> free_buffers_;
   std::vector<Active> active_;
-  std::vector<Work> work_;  // ring
-  uint32_t work_head_ = 0;
-  uint32_t work_count_ = 0;
+  uint32_t active_count_ = 0;
+  uint32_t writes_in_flight_ = 0;  // submitted and not reaped
+  AsyncWrites writes_;
+  int wake_fd_ = -1;  // an eventfd: stop() wakes the reaper through it
   std::atomic<bool> failed_{false};
   std::atomic<bool> stopping_{false};
   std::thread receiver_;
-  std::vector<std::thread> appliers_;
+  std::thread reaper_;
 };
 
 }  // namespace nraid

@@ -183,6 +183,7 @@ void FuseFrontend::stop() {
 
 void* FuseFrontend::run_worker(void* arg) {
   auto* worker = static_cast<Worker*>(arg);
+  name_thread("nraid-fuse");
   if (worker->frontend->options_.lock_memory) prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
   sigset_t set;
   sigemptyset(&set);

@@ -39,11 +39,12 @@ constexpr uint32_t kSlotsMax = kFrontendThreadsMax + 1;
 constexpr uint32_t kResyncSlot = kFrontendThreadsMax;
 // Frames sent and not yet acknowledged as written (bounded by span of sequence numbers).
 constexpr uint32_t kUnackedEntries = 8192;
-// Target side: payload buffers in flight (the receive window), and apply threads.
+// Target side: payload buffers in flight (the receive window), which also
+// bounds the asynchronous disk writes in flight.
 constexpr uint32_t kApplyBuffers = 64;
-constexpr uint32_t kApplyThreads = 16;
-// The receiver applies a frame itself only when it is this small: a larger
-// write would hold up the frames behind it for longer than a hand-off costs.
+// With nothing else in flight, the receiver writes a frame this small itself
+// and waits for it: at queue depth 1 that is one wake-up less than the
+// reaper's. A larger write would hold up the frames behind it for longer.
 constexpr uint32_t kInlineApplyBytesMax = 64 * 1024;
 // Resync: chunks read from disk and in flight to the peer.
 constexpr uint32_t kResyncChunkBytes = kRequestBytesMax;
@@ -53,7 +54,6 @@ constexpr uint32_t kSocketBufferBytes = 4u << 20;
 constexpr uint32_t kEventQueueMax = 256;
 
 static_assert(kUnackedEntries >= kSlotsMax + kResyncWindowChunks);
-static_assert(kApplyBuffers >= kApplyThreads);
 static_assert(kResyncChunkBytes <= kRequestBytesMax);
 
 }  // namespace nraid

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -18,6 +19,8 @@ uint64_t monotonic_us() {
   clock_gettime(CLOCK_MONOTONIC, &now);
   return static_cast<uint64_t>(now.tv_sec) * 1000000u + static_cast<uint64_t>(now.tv_nsec) / 1000u;
 }
+
+void name_thread(const char* name) { pthread_setname_np(pthread_self(), name); }
 
 int read_full(int fd, void* data, size_t length) {
   auto* bytes = static_cast<uint8_t*>(data);

@@ -63,6 +63,8 @@ struct LinkCounters {
 };
 
 uint64_t monotonic_us();
+// Names the calling thread as `top -H` and /proc show it (at most 15 characters).
+void name_thread(const char* name);
 
 // What the data plane tells JavaScript, through one threadsafe function per pipeline.
 using EventSink = std::function<void(const std::string& type, const std::string& detail)>;

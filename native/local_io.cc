@@ -2,11 +2,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/aio_abi.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <poll.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cassert>
@@ -121,6 +124,67 @@ int LocalDisk::zero_out(uint64_t offset_bytes, uint64_t length_bytes) {
   int rc = ::fallocate(fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset_bytes),
                        static_cast<off_t>(length_bytes));
   return rc == 0 ? 0 : -errno;
+}
+
+AsyncWrites::~AsyncWrites() {
+  if (context_ != 0) syscall(SYS_io_destroy, context_);
+}
+
+int AsyncWrites::open(uint32_t depth) {
+  aio_context_t context = 0;
+  if (syscall(SYS_io_setup, depth, &context) != 0) return -errno;
+  context_ = context;
+  return 0;
+}
+
+namespace {
+
+int submit_one(unsigned long context, iocb* request) {
+  iocb* list[1] = {request};
+  for (;;) {
+    long n = syscall(SYS_io_submit, context, 1, list);
+    if (n == 1) return 0;
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 ? -errno : -EAGAIN;
+  }
+}
+
+}  // namespace
+
+int AsyncWrites::submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes,
+                              uint64_t tag) {
+  assert(reinterpret_cast<uintptr_t>(data) % disk->logical_block_bytes() == 0);
+  assert(length_bytes % disk->logical_block_bytes() == 0 && offset_bytes % disk->logical_block_bytes() == 0);
+  iocb request{};  // the kernel copies it during io_submit
+  request.aio_data = tag;
+  request.aio_lio_opcode = IOCB_CMD_PWRITE;
+  request.aio_fildes = static_cast<uint32_t>(disk->fd());
+  request.aio_buf = reinterpret_cast<uint64_t>(data);
+  request.aio_nbytes = length_bytes;
+  request.aio_offset = static_cast<int64_t>(offset_bytes);
+  return submit_one(context_, &request);
+}
+
+int AsyncWrites::submit_poll(int fd, uint64_t tag) {
+  iocb request{};
+  request.aio_data = tag;
+  request.aio_lio_opcode = IOCB_CMD_POLL;
+  request.aio_fildes = static_cast<uint32_t>(fd);
+  request.aio_buf = POLLIN;
+  return submit_one(context_, &request);
+}
+
+int AsyncWrites::reap(Completion* out, uint32_t max) {
+  constexpr uint32_t kBatch = 64;
+  io_event events[kBatch];
+  if (max > kBatch) max = kBatch;
+  for (;;) {
+    long n = syscall(SYS_io_getevents, context_, 1, max, events, nullptr);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -errno;
+    for (long i = 0; i < n; i++) out[i] = Completion{events[i].data, events[i].res};
+    return static_cast<int>(n);
+  }
 }
 
 }  // namespace nraid

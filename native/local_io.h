@@ -39,4 +39,32 @@ class LocalDisk {
   uint32_t logical_block_bytes_ = 512;
 };
 
+// Writes that complete later, through Linux native AIO: with O_DIRECT the
+// submitting thread does not wait for the device, and one thread reaps many
+// completions per wake-up. A tag names each request in its completion.
+class AsyncWrites {
+ public:
+  struct Completion {
+    uint64_t tag;
+    int64_t result;  // bytes written, or a negative errno
+  };
+
+  AsyncWrites() = default;
+  ~AsyncWrites();  // waits for every request still in flight
+  AsyncWrites(const AsyncWrites&) = delete;
+  AsyncWrites& operator=(const AsyncWrites&) = delete;
+
+  // Room for `depth` requests in flight; returns 0 or a negative errno.
+  int open(uint32_t depth);
+  // Each returns 0 or a negative errno; the buffer must stay untouched until the completion.
+  int submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes, uint64_t tag);
+  // A completion with `tag` arrives once `fd` (an eventfd) becomes readable: a way to wake the reaper.
+  int submit_poll(int fd, uint64_t tag);
+  // Waits for at least one completion; returns how many it stored (at most `max`), or a negative errno.
+  int reap(Completion* out, uint32_t max);
+
+ private:
+  unsigned long context_ = 0;  // aio_context_t
+};
+
 }  // namespace nraid

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 
 namespace nraid {
@@ -51,7 +52,10 @@ void Replicator::start(int fd, const ReplicatorOptions& options) {
   options_ = options;
   protocol_.store(options.protocol, std::memory_order_release);
   prepare_socket(fd_);
-  receiver_ = std::thread([this] { receive_loop(); });
+  receiver_ = std::thread([this] {
+    name_thread("nraid-acks");
+    receive_loop();
+  });
 }
 
 void Replicator::stop(const std::string& reason) {
@@ -107,8 +111,9 @@ void Replicator::fail(const std::string& reason) {
   if (!stopping_.load(std::memory_order_acquire)) sink_("link-lost", reason);
 }
 
-// The calling thread sends the frame itself, in sequence order under send_mutex_:
-// no hand-off to a sender thread, so no extra wake-up on the write path.
+// Queues the frame; the calling thread sends it itself (with whatever else
+// is queued) when no other thread is sending. No hand-off to a sender thread,
+// so no extra wake-up on the write path, and no thread sleeps on a send lock.
 bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
                          uint64_t offset, uint32_t resync_buffer) {
   FrameHeader header{};
@@ -119,8 +124,7 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
   header.request_id = slot;
   // The payload checksum is the expensive part: outside every lock.
   header.payload_crc = frame_has_payload(type) ? crc32c(0, data, length) : 0;
-  std::unique_lock<std::mutex> send_lock(send_mutex_);
-  uint64_t seq;
+  bool become_sender;
   {
     std::unique_lock<std::mutex> lock(mutex_);
     const bool bounded = type == kFrameWrite || type == kFrameRsData;
@@ -135,7 +139,7 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
       return oldest == 0 || monotonic_us() - oldest <= options_.max_lag_us;
     });
     if (failed_.load(std::memory_order_acquire)) return false;
-    seq = next_seq_++;
+    uint64_t seq = next_seq_++;
     header.seq = seq;
     header.epoch = epoch_;
     if (type == kFrameBarrier) epoch_++;
@@ -145,8 +149,8 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
     assert(!entry.in_use);
     uint64_t now = monotonic_us();
     bool pinned = type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes;
-    entry = Unacked{seq, offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
-                    resync_buffer, now};
+    entry = Unacked{seq,   offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
+                    resync_buffer, now, header, data};
     if (bounded) counters_->lag_bytes.fetch_add(length, std::memory_order_relaxed);
     if (counters_->lag_oldest_us.load(std::memory_order_relaxed) == 0) {
       counters_->lag_oldest_us.store(now, std::memory_order_relaxed);
@@ -158,18 +162,59 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
       s.seq = seq;
       s.sent = s.recv_acked = s.write_acked = false;
     }
+    become_sender = !sending_;
+    sending_ = true;
   }
-  int rc = write_frame(fd_, header, data);
-  send_lock.unlock();
-  if (rc != 0) {
-    // The frame is in the unacked table: failing marks its region dirty and releases the waiter.
-    fail(std::string("data link send: ") + strerror(-rc));
-    return true;
-  }
-  counters_->frames_sent.fetch_add(1, std::memory_order_relaxed);
-  if (frame_has_payload(type)) counters_->bytes_sent.fetch_add(length, std::memory_order_relaxed);
-  notify_slot(slot, seq, kSent);
+  if (become_sender) send_queued();
   return true;
+}
+
+void Replicator::send_queued() {
+  // 64 frames per writev: 128 iovecs, well under IOV_MAX.
+  constexpr uint32_t kFramesPerWrite = 64;
+  iovec iov[2 * kFramesPerWrite];
+  uint32_t sent_slots[kFramesPerWrite];
+  uint64_t first_seq;
+  uint64_t end_seq;
+  for (;;) {
+    bool abandon;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      abandon = failed_.load(std::memory_order_acquire);
+      first_seq = next_send_seq_;
+      end_seq = abandon ? next_seq_ : std::min(next_seq_, first_seq + kFramesPerWrite);
+      next_send_seq_ = end_seq;
+      if (first_seq == end_seq || abandon) sending_ = false;
+    }
+    if (first_seq == end_seq) return;
+    // No other thread reads or changes these entries until their frames are sent.
+    uint32_t iov_count = 0;
+    uint64_t payload_bytes = 0;
+    for (uint64_t seq = first_seq; seq < end_seq; seq++) {
+      const Unacked& entry = unacked_[seq % kUnackedEntries];
+      const FrameHeader& header = entry.header;
+      sent_slots[seq - first_seq] = header.request_id;
+      if (abandon) continue;
+      iov[iov_count++] = {const_cast<FrameHeader*>(&header), sizeof(header)};
+      if (frame_has_payload(header.type)) {
+        iov[iov_count++] = {const_cast<uint8_t*>(entry.data), header.length};
+        payload_bytes += header.length;
+      }
+    }
+    if (!abandon) {
+      int rc = writev_full(fd_, iov, static_cast<int>(iov_count));
+      if (rc != 0) {
+        // The frames are in the unacked table: failing marks their regions dirty and releases the waiters.
+        fail(std::string("data link send: ") + strerror(-rc));
+      } else {
+        counters_->frames_sent.fetch_add(end_seq - first_seq, std::memory_order_relaxed);
+        counters_->bytes_sent.fetch_add(payload_bytes, std::memory_order_relaxed);
+      }
+    }
+    // Sent, or given up after a failure: either way the payload buffers are no longer read.
+    for (uint64_t seq = first_seq; seq < end_seq; seq++) notify_slot(sent_slots[seq - first_seq], seq, kSent);
+    if (abandon) return;
+  }
 }
 
 bool Replicator::submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes,
@@ -186,7 +231,8 @@ void Replicator::wait(uint32_t slot) {
   Protocol protocol = this->protocol();
   std::unique_lock<std::mutex> lock(s.mutex);
   s.cv.wait(lock, [&] {
-    if (s.failed) return true;
+    // After a failure, still wait until the sender no longer reads the payload.
+    if (s.failed) return s.sent;
     switch (protocol) {
       case Protocol::kA: return s.sent;
       case Protocol::kB: return s.recv_acked || s.write_acked;
@@ -216,7 +262,13 @@ void Replicator::notify_slot(uint32_t slot, uint64_t seq, int what) {
   if (what == kSent) s.sent = true;
   if (what == kRecvAcked) s.recv_acked = true;
   if (what == kWriteAcked) s.write_acked = s.recv_acked = s.sent = true;
-  s.cv.notify_all();
+  // Wake the writer only when this is what it waits for: under C a "sent" or
+  // "received" would wake it just to sleep again. (A protocol change while it
+  // waits at most delays it until the write ack, which wakes it in any case.)
+  Protocol protocol = this->protocol();
+  bool satisfied = what == kWriteAcked || s.failed || (what == kSent && protocol == Protocol::kA) ||
+                   (what == kRecvAcked && protocol == Protocol::kB);
+  if (satisfied) s.cv.notify_all();
 }
 
 void Replicator::advance_oldest_locked() {
@@ -358,7 +410,10 @@ void Replicator::region_leave(uint32_t slot) {
 void Replicator::start_resync() {
   if (resync_running_.exchange(true)) return;
   if (resyncer_.joinable()) resyncer_.join();
-  resyncer_ = std::thread([this] { resync_loop(); });
+  resyncer_ = std::thread([this] {
+    name_thread("nraid-resync");
+    resync_loop();
+  });
 }
 
 void Replicator::resync_loop() {

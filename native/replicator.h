@@ -1,8 +1,10 @@
 #pragma once
-// The source side of the data link (Primary, or SyncSource): each writing
-// thread sends its own frame, in sequence order under a mutex, writev()ing
-// header and payload from the frontend's own buffer (no copy, no hand-off);
-// one receiver thread takes the acks. A frontend thread waits on its own slot, as its protocol says:
+// The source side of the data link (Primary, or SyncSource): a writing
+// thread queues its frame and, when no other thread is sending, becomes the
+// sender and writes every queued frame, in sequence order, many in one
+// writev() of headers and payloads straight from the frontend's buffers (no
+// copy, no sender thread, no waiting for a lock to send); one receiver
+// thread takes the acks. A frontend thread waits on its own slot, as its protocol says:
 //   A: the frame is in the kernel's send queue;  B: the peer received it;
 //   C: the peer wrote it.
 // When the link fails, every frame not acknowledged as written is marked
@@ -89,11 +91,15 @@ class Replicator {
     bool pinned = false;  // holds an activity-log pin until written by the peer
     uint32_t buffer = 0;
     uint64_t enqueued_us = 0;
+    FrameHeader header{};  // what goes on the wire, with
+    const uint8_t* data = nullptr;  // the payload, until sent
   };
 
   bool enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length, uint64_t offset,
                uint32_t resync_buffer);
   void fail(const std::string& reason);
+  // The sender's loop: writes queued frames until none is left.
+  void send_queued();
   void notify_slot(uint32_t slot, uint64_t seq, int what);
   void receive_loop();
   void resync_loop();
@@ -110,12 +116,13 @@ class Replicator {
   ReplicatorOptions options_;
   std::atomic<Protocol> protocol_{Protocol::kC};
 
-  std::mutex send_mutex_;  // held while a frame is written: frames leave in sequence order
-  std::mutex mutex_;       // unacked table, sequence, epoch
+  std::mutex mutex_;  // unacked table, sequence, epoch, send queue
   std::condition_variable space_cv_;
   std::condition_variable barrier_cv_;
   std::unique_ptr<Unacked[]> unacked_;
   uint64_t next_seq_ = 1;
+  uint64_t next_send_seq_ = 1;  // frames [next_send_seq_, next_seq_) are queued, not yet written
+  bool sending_ = false;        // a thread is in send_queued()
   uint64_t oldest_unacked_seq_ = 1;
   uint64_t epoch_ = 1;
   uint64_t barrier_acked_epoch_ = 0;

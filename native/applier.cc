@@ -336,6 +336,7 @@ void Applier::reap_loop() {
       return;  // io_destroy in the destructor waits for what is still in flight
     }
     uint32_t acks_count = 0;
+    int error = 0;  // the first failed write of the batch; the others' acks still go out first
     for (int i = 0; i < count; i++) {
       if (done[i].tag == kWakeTag) {
         stop_asked = true;
@@ -355,7 +356,7 @@ void Applier::reap_loop() {
         rc = disk_->write(buffers_[a.buffer] + result, h.length - result, h.offset + result);
       }
       if (rc != 0) {
-        fail(std::string("write to the target's disk failed: ") + strerror(-rc));
+        if (error == 0) error = rc;
       } else {
         counters_->bytes_applied.fetch_add(h.length, std::memory_order_relaxed);
         acks[acks_count++] = make_ack(kFrameAckWrite, h);
@@ -370,6 +371,7 @@ void Applier::reap_loop() {
       }
       if (rc != 0) fail("data link send: write ack");
     }
+    if (error != 0) fail(std::string("write to the target's disk failed: ") + strerror(-error));
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < count; i++) {
       if (done[i].tag == kWakeTag) continue;

@@ -302,6 +302,17 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
 
     beforeAll(async () => {
       if (findExecutable('setpriv') === undefined) throw new Error('setpriv (util-linux) not found on PATH');
+      // nobody must be able to reach bin/nraid: every directory above it needs o+x.
+      for (let dir = path.dirname(NRAID_BIN); ; dir = path.dirname(dir)) {
+        const mode = fs.statSync(dir).mode & 0o777;
+        if ((mode & 0o001) === 0) {
+          throw new Error(
+            `these tests run the CLI as nobody, who cannot reach ${NRAID_BIN}: ${dir} has mode 0${mode.toString(8)} ` +
+              `(no search permission for others). Clone the repository under a directory others can enter, or chmod o+x ${dir}.`,
+          );
+        }
+        if (dir === path.dirname(dir)) break;
+      }
       r = await makeResource({ nodes: 1, sizeBytes: 16 * MiB });
       await r.runOk('alpha', 'create-md');
       image = await diskImage(r.nodes.alpha.diskPath);

@@ -20,7 +20,9 @@ import * as net from 'net';
 import * as path from 'path';
 import { computeLayout } from '../../src/metadata';
 import { binding, Binding, DiskHandle, NativeCounters, PipelineHandle } from '../../src/native';
-import { makeSparseFile, SparseFile } from '../harness/loop';
+import { CleanupHandle, makeTempSubdir, mountPoints, registerCleanup } from '../harness/cleanup';
+import { execOk, execSyncQuiet } from '../harness/exec';
+import { LoopDisk, makeLoopDisk, makeSparseFile, SparseFile } from '../harness/loop';
 import { describeIntegration, REPO_ROOT } from '../harness/prereq';
 
 const KiB = 1024;
@@ -739,6 +741,110 @@ describeIntegration('data link frames: the target checks every frame before it t
       await target.stop();
     }
   });
+});
+
+// ---- a target whose disk refuses writes ---------------------------------------------------
+
+describeIntegration('data link frames: a write the target\'s disk refuses', ['root', 'loop', 'mkfs.ext4', 'nraid-cli'], () => {
+  // The target's disk is a 64 MiB sparse file on a 16 MiB ext4: it runs out of
+  // room part-way through 40 MiB of writes, and the writes after that fail
+  // with ENOSPC, as a failing disk would fail them with EIO.
+  const FULL_FILE_BYTES = 64 * MiB;
+  const FS_BYTES = 16 * MiB;
+  const FRAMES = 40;
+  let fsDisk: LoopDisk | undefined;
+  let unmount: CleanupHandle | undefined;
+  let file: string;
+  let disk: DiskHandle | undefined;
+  let pipeline: PipelineHandle | undefined;
+  let session: Session | undefined;
+  const events: { type: string; detail: string }[] = [];
+
+  beforeAll(async () => {
+    fsDisk = await makeLoopDisk(FS_BYTES, 'dlfull');
+    await execOk('mkfs.ext4', ['-q', '-F', fsDisk.device]);
+    const mnt = makeTempSubdir('dlfull-mnt');
+    await execOk('mount', [fsDisk.device, mnt]);
+    unmount = registerCleanup(
+      `mount ${mnt}`,
+      async () => {
+        if (mountPoints().includes(mnt)) await execOk('umount', [mnt]);
+      },
+      () => {
+        if (mountPoints().includes(mnt)) execSyncQuiet('umount', [mnt]);
+      },
+    );
+    file = path.join(mnt, 'target.img');
+    fs.closeSync(fs.openSync(file, 'w'));
+    fs.truncateSync(file, FULL_FILE_BYTES);
+  });
+
+  afterAll(async () => {
+    if (pipeline) {
+      binding.linkDetach(pipeline, 'test done');
+      binding.pipelineDestroy(pipeline);
+    }
+    session?.close();
+    if (disk) binding.diskClose(disk);
+    await unmount?.run();
+    await fsDisk?.detach();
+  });
+
+  test('ENOSPC on the target: link-lost names the disk error, and only writes on the disk are acknowledged', async () => {
+    const layout = computeLayout(FULL_FILE_BYTES, GRANULARITY_BYTES);
+    disk = binding.diskOpen(file, false);
+    pipeline = binding.pipelineCreate(disk, {
+      dataSizeBytes: layout.dataSizeBytes,
+      bitmapGranularityBytes: GRANULARITY_BYTES,
+      bitmapOffsetBytes: layout.bitmapOffsetBytes,
+      activityLogOffsetBytes: layout.activityLogOffsetBytes,
+      activityLogSizeBytes: layout.activityLogSizeBytes,
+      activityExtentBytes: layout.activityExtentBytes,
+      onEvent: (type: string, detail: string) => {
+        events.push({ type, detail });
+      },
+    } as unknown as Parameters<Binding['pipelineCreate']>[1]);
+    const target = pipeline;
+    session = await connectTarget((socketFd) => binding.linkAttach(target, socketFd, { mode: 'target', sendHelloFirst: true }));
+    await handshake(session);
+    const c0 = binding.pipelineCounters(target);
+
+    // 1 MiB frames, two at a time: each goes to the disk as an asynchronous write.
+    const payloads = Array.from({ length: FRAMES }, () => randomPayload(1 * MiB));
+    const acked: number[] = [];
+    for (let i = 0; i < FRAMES && !session.reader.closed; i += 2) {
+      for (const j of [i, i + 1]) session.send(writeFrame({ seq: j + 1, offset: j * MiB, requestId: j }, payloads[j]));
+      try {
+        for (let k = 0; k < 2; k++) {
+          const ack = await session.reader.next(15_000);
+          expect(ack.type).toBe(T.ACK_WRITE);
+          acked.push(Number(ack.seq) - 1);
+        }
+      } catch (e) {
+        if (!session.reader.closed) throw e;
+      }
+    }
+    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'));
+    expect(events.map((e) => e.type)).toEqual(['link-lost']);
+    expect(events[0].detail).toMatch(/write to the target's disk failed: No space left on device/);
+
+    // Some writes fit and are acknowledged; the disk refused the rest, which are not.
+    expect(acked.length).toBeGreaterThan(0);
+    expect(acked.length).toBeLessThan(FRAMES);
+    expect(new Set(acked).size).toBe(acked.length);
+    const fd = fs.openSync(file, 'r');
+    try {
+      for (const i of acked) {
+        const now = Buffer.alloc(MiB);
+        fs.readSync(fd, now, 0, MiB, i * MiB);
+        if (!now.equals(payloads[i])) throw new Error(`frame ${i + 1} was acknowledged, but the file does not hold its data`);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    const d = counterDelta(c0, binding.pipelineCounters(target));
+    expect(d).toEqual({ checksumErrors: 0, protocolErrors: 0, bytesApplied: acked.length * MiB, linkFailures: 1 });
+  }, 60_000);
 });
 
 // ---- a target in a child process (for frames that may crash it) ---------------------------

@@ -33,6 +33,20 @@ const NODES: NodeName[] = ['alpha', 'beta'];
 /** Quick redials, so that refusals and reconnects show within seconds; pings tolerant of a loaded machine. */
 const FAST = { 'ping-interval-ms': 500, 'ping-timeout-ms': 5000, 'connect-retry-ms': 100 };
 
+/** How many threads of process `pid` carry each name (/proc/<pid>/task/<tid>/comm). */
+function threadNames(pid: number): Map<string, number> {
+  const names = new Map<string, number>();
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const name = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      names.set(name, (names.get(name) ?? 0) + 1);
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return names;
+}
+
 // ---- local helpers -------------------------------------------------------------------
 
 function num(s: NraidStatus, key: string): number {
@@ -145,6 +159,12 @@ describeIntegration('replication between two daemons', ['root', 'fuse', 'loop', 
         const a0 = await r.status('alpha');
         const b0 = await r.status('beta');
         expect([a0.protocol, b0.protocol]).toEqual([protocol, protocol]);
+        // The data plane's threads carry their names (top -H, perf): the Primary
+        // serves the device and takes acks, the Secondary receives and reaps.
+        const threadsAlpha = threadNames(a0.pid as number);
+        const threadsBeta = threadNames(b0.pid as number);
+        expect({ fuse: (threadsAlpha.get('nraid-fuse') ?? 0) > 0, acks: threadsAlpha.get('nraid-acks'), receive: threadsAlpha.get('nraid-receive') }).toEqual({ fuse: true, acks: 1, receive: undefined });
+        expect({ receive: threadsBeta.get('nraid-receive'), reap: threadsBeta.get('nraid-reap'), acks: threadsBeta.get('nraid-acks'), fuse: threadsBeta.get('nraid-fuse') }).toEqual({ receive: 1, reap: 1, acks: undefined, fuse: undefined });
         const dataSizeBytes = num(a0, 'dataSizeBytes');
         const device = r.nodes.alpha.device;
         const writer = await RandomWriter.create({ device, sizeBytes: dataSizeBytes, concurrency: 4 });

@@ -67,6 +67,11 @@ void Replicator::stop(const std::string& reason) {
   }
   if (receiver_.joinable()) receiver_.join();
   if (resyncer_.joinable()) resyncer_.join();
+  {
+    // A writer that is sending gives up at its next batch (the link has failed): only then may the socket close.
+    std::unique_lock<std::mutex> lock(mutex_);
+    sender_gone_cv_.wait(lock, [&] { return !sending_; });
+  }
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
@@ -184,7 +189,10 @@ void Replicator::send_queued() {
       first_seq = next_send_seq_;
       end_seq = abandon ? next_seq_ : std::min(next_seq_, first_seq + kFramesPerWrite);
       next_send_seq_ = end_seq;
-      if (first_seq == end_seq || abandon) sending_ = false;
+      if (first_seq == end_seq || abandon) {
+        sending_ = false;
+        if (abandon) sender_gone_cv_.notify_all();
+      }
     }
     if (first_seq == end_seq) return;
     // No other thread reads or changes these entries until their frames are sent.

@@ -123,6 +123,7 @@ class Replicator {
   uint64_t next_seq_ = 1;
   uint64_t next_send_seq_ = 1;  // frames [next_send_seq_, next_seq_) are queued, not yet written
   bool sending_ = false;        // a thread is in send_queued()
+  std::condition_variable sender_gone_cv_;  // stop() waits for the sender to leave before closing the socket
   uint64_t oldest_unacked_seq_ = 1;
   uint64_t epoch_ = 1;
   uint64_t barrier_acked_epoch_ = 0;

@@ -73,6 +73,7 @@ void Applier::stop(const std::string& reason) {
     if (::write(wake_fd_, &one, sizeof(one)) != sizeof(one)) abort();  // an eventfd write cannot fail here
     reaper_.join();
   }
+  writes_.close();  // waits for any write still in flight: only then may its buffer go
   if (wake_fd_ >= 0) {
     ::close(wake_fd_);
     wake_fd_ = -1;
@@ -323,6 +324,7 @@ void Applier::apply_inline(uint32_t active) {
 void Applier::reap_loop() {
   constexpr uint32_t kBatch = 64;
   AsyncWrites::Completion done[kBatch];
+  Active taken[kBatch];
   FrameHeader acks[kBatch];
   bool stop_asked = false;
   for (;;) {
@@ -333,7 +335,14 @@ void Applier::reap_loop() {
     int count = writes_.reap(done, kBatch);
     if (count < 0) {
       fail(std::string("waiting for writes to the target's disk: ") + strerror(-count));
-      return;  // io_destroy in the destructor waits for what is still in flight
+      return;  // stop() closes the AIO context, which waits for what is still in flight
+    }
+    assert(static_cast<uint32_t>(count) <= kBatch);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (int i = 0; i < count; i++) {
+        if (done[i].tag != kWakeTag) taken[i] = active_[done[i].tag];
+      }
     }
     uint32_t acks_count = 0;
     int error = 0;  // the first failed write of the batch; the others' acks still go out first
@@ -342,18 +351,15 @@ void Applier::reap_loop() {
         stop_asked = true;
         continue;
       }
-      assert(done[i].tag < kActiveMax);
-      Active a;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        a = active_[done[i].tag];
-      }
-      const FrameHeader& h = a.header;
-      int64_t result = done[i].result;
+      const FrameHeader& h = taken[i].header;
+      const int64_t result = done[i].result;
       int rc = result < 0 ? static_cast<int>(result) : 0;
       if (result >= 0 && static_cast<uint64_t>(result) < h.length) {
-        // A short write: the rest, here and now (not seen on block devices).
-        rc = disk_->write(buffers_[a.buffer] + result, h.length - result, h.offset + result);
+        // A short write (not seen on block devices): the rest, here and now, if it is aligned as O_DIRECT needs.
+        const auto written = static_cast<uint64_t>(result);
+        rc = written % disk_->logical_block_bytes() != 0
+                 ? -EIO
+                 : disk_->write(buffers_[taken[i].buffer] + written, h.length - written, h.offset + written);
       }
       if (rc != 0) {
         if (error == 0) error = rc;

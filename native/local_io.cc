@@ -126,8 +126,9 @@ int LocalDisk::zero_out(uint64_t offset_bytes, uint64_t length_bytes) {
   return rc == 0 ? 0 : -errno;
 }
 
-AsyncWrites::~AsyncWrites() {
+void AsyncWrites::close() {
   if (context_ != 0) syscall(SYS_io_destroy, context_);
+  context_ = 0;
 }
 
 int AsyncWrites::open(uint32_t depth) {

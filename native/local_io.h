@@ -50,12 +50,14 @@ class AsyncWrites {
   };
 
   AsyncWrites() = default;
-  ~AsyncWrites();  // waits for every request still in flight
+  ~AsyncWrites() { close(); }
   AsyncWrites(const AsyncWrites&) = delete;
   AsyncWrites& operator=(const AsyncWrites&) = delete;
 
   // Room for `depth` requests in flight; returns 0 or a negative errno.
   int open(uint32_t depth);
+  // Waits for every request still in flight, then frees the context. Idempotent.
+  void close();
   // Each returns 0 or a negative errno; the buffer must stay untouched until the completion.
   int submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes, uint64_t tag);
   // A completion with `tag` arrives once `fd` (an eventfd) becomes readable: a way to wake the reaper.

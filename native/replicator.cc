@@ -182,19 +182,19 @@ void Replicator::send_queued() {
   uint64_t first_seq;
   uint64_t end_seq;
   for (;;) {
-    bool abandon;
+    bool abandon;  // after a failure, queued frames are dropped, a batch at a time as well
     {
       std::lock_guard<std::mutex> lock(mutex_);
       abandon = failed_.load(std::memory_order_acquire);
       first_seq = next_send_seq_;
-      end_seq = abandon ? next_seq_ : std::min(next_seq_, first_seq + kFramesPerWrite);
+      end_seq = std::min(next_seq_, first_seq + kFramesPerWrite);
       next_send_seq_ = end_seq;
-      if (first_seq == end_seq || abandon) {
+      if (first_seq == end_seq) {
         sending_ = false;
         if (abandon) sender_gone_cv_.notify_all();
+        return;
       }
     }
-    if (first_seq == end_seq) return;
     // No other thread reads or changes these entries until their frames are sent.
     uint32_t iov_count = 0;
     uint64_t payload_bytes = 0;
@@ -221,7 +221,6 @@ void Replicator::send_queued() {
     }
     // Sent, or given up after a failure: either way the payload buffers are no longer read.
     for (uint64_t seq = first_seq; seq < end_seq; seq++) notify_slot(sent_slots[seq - first_seq], seq, kSent);
-    if (abandon) return;
   }
 }
 

@@ -189,6 +189,7 @@ void Replicator::send_queued() {
       first_seq = next_send_seq_;
       end_seq = std::min(next_seq_, first_seq + kFramesPerWrite);
       next_send_seq_ = end_seq;
+      assert(end_seq - first_seq <= kFramesPerWrite);
       if (first_seq == end_seq) {
         sending_ = false;
         if (abandon) sender_gone_cv_.notify_all();

@@ -22,6 +22,7 @@ import { stringify as tomlStringify } from 'smol-toml';
 import { makeResource, mergeConfig, NodeName, NraidStatus, TestResource } from '../harness/cluster';
 import { flushDevice, RandomWriter, sha256Range, WriteRecord } from '../harness/direct-io';
 import { FaultProxy } from '../harness/fault-proxy';
+import { execTool } from '../harness/exec';
 import { describeIntegration } from '../harness/prereq';
 import { RangeSet } from '../harness/range-set';
 
@@ -74,7 +75,7 @@ function union(writes: readonly WriteRecord[]): RangeSet {
   return set;
 }
 
-describeIntegration('link faults between two daemons (through a FaultProxy)', ['root', 'fuse', 'loop', 'dd', 'nraid-cli'], () => {
+describeIntegration('link faults between two daemons (through a FaultProxy)', ['root', 'fuse', 'loop', 'dd', 'fio', 'nraid-cli'], () => {
   let r: TestResource;
   let proxy: FaultProxy;
   let writer: RandomWriter;
@@ -111,7 +112,16 @@ describeIntegration('link faults between two daemons (through a FaultProxy)', ['
       sizeBytes: DISK_BYTES,
       protocol: 'C',
       // Pings time out only after the stalls of test (d); a cut is noticed at once anyway.
-      extra: { 'ping-interval-ms': 200, 'ping-timeout-ms': 6000, 'connect-retry-ms': 100, 'max-lag-ms': 10_000 },
+      // Test (e) needs more writers than the sender writes in one batch (64), with 1 MiB
+      // each in flight: 128 frontend threads, and a lag bound above 128 MiB.
+      extra: {
+        'ping-interval-ms': 200,
+        'ping-timeout-ms': 6000,
+        'connect-retry-ms': 100,
+        'max-lag-ms': 10_000,
+        'max-lag-bytes': 256 * MiB,
+        'frontend-threads': 128,
+      },
     });
     proxy = new FaultProxy({ targetHost: '127.0.0.1', targetPort: r.nodes.beta.port });
     await proxy.listen();
@@ -308,5 +318,42 @@ describeIntegration('link faults between two daemons (through a FaultProxy)', ['
       proxy.refuse(false);
       await switchProtocol('C');
     }
+  }, 180_000);
+
+  // Runs last: fio's writes are not in the RandomWriter's log, so after this
+  // test only the hashes of the two data areas say the disks agree.
+  test('(e) a stalled link under 128 writers: frames queue behind a blocked send; the cut releases every writer, the resync makes the disks identical', async () => {
+    await waitEstablished(r);
+    proxy.stall(true);
+    proxy.refuse(true);
+    // 128 writes of 1 MiB in flight: the socket and the proxy (16 MiB) fill, the send
+    // blocks, and more frames than one batch queue behind it.
+    const FRAME_BYTES = MiB;
+    const fio = execTool(
+      'fio',
+      ['--name=burst', `--filename=${device}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite', `--bs=${FRAME_BYTES}`, '--iodepth=128',
+        '--size=256M', '--io_size=192M', '--randrepeat=0', '--output-format=terse'],
+      { timeoutMs: 120_000 },
+    );
+    // Queued and not yet written to the socket: the lag minus what was sent and not yet acked.
+    const queuedBytes = (s: NraidStatus): number => num(s, 'lagBytes') - (num(s, 'bytesSent') - num(s, 'bytesAcked'));
+    const stuck = await r.waitFor('alpha', (s) => queuedBytes(s) > 64 * FRAME_BYTES, 5_000);
+    expect(stuck.connection).toBe('Connected');
+    expect(num(stuck, 'requestsInFlight')).toBeGreaterThan(64);
+
+    expect(proxy.cut()).toBe(2);
+    proxy.stall(false);
+    const done = await fio;
+    if (done.code !== 0) throw new Error(`fio exited with ${done.code} after the cut: ${done.stderr.toString().trim()}`);
+    const apart = await r.waitFor('alpha', (s) => s.connection !== 'Connected' && s.requestsInFlight === 0, 10_000);
+    expect(apart.role).toBe('Primary');
+    expect(num(apart, 'writesInFlight')).toBe(0);
+    expect(num(apart, 'outOfSyncBytes')).toBeGreaterThanOrEqual(64 * FRAME_BYTES);
+
+    proxy.refuse(false);
+    await waitEstablished(r, 90_000);
+    await quiesce(r);
+    const [alpha, beta] = await Promise.all(NODES.map((n) => sha256Range(r.nodes[n].disk!.device, 0, dataSizeBytes)));
+    expect(beta).toBe(alpha);
   }, 180_000);
 });

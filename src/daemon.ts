@@ -23,7 +23,7 @@ import { Superblock, UUID_JUST_CREATED, diskStateOf, flagBits, prepareSuperblock
 import { NativeCounters, NativeEventType, PipelineHandle, binding } from './native';
 import { NodeState, decodeBitmapChunk, encodeBitmapChunk } from './protocol/control';
 import { ConnectionState, DiskState, PeerDiskState, PeerRole, ReplicationState, ResourceStatus, Role } from './state';
-import { SplitBrainFacts, SyncDecision, decideSync, resolveSplitBrain } from './sync-decision';
+import { SplitBrainFacts, SyncDecision, decidedInSync, decideSync, resolveSplitBrain } from './sync-decision';
 import { pack, unpack } from 'msgpackr';
 
 /** NodeState flag bit (beyond the superblock's): this node asked to be the split-brain victim. */
@@ -401,9 +401,12 @@ export class Daemon extends EventEmitter {
     this.role = 'Primary';
     this.log.info('promoted', { device: this.local.device, loopDevice: this.device.loopDevice });
     this.link?.sendState();
-    // The data link runs from the Primary: turn it around if it ran the other way; after a
-    // forced promotion the generations differ now, so the handshake decides the sync anew.
-    if (this.connection === 'Connected' && (this.direction !== 'source' || minted)) {
+    // The data link runs from the Primary: turn it around if it ran the other way. After a
+    // forced promotion the generations differ now, so the handshake decides the sync anew:
+    // also when a handshake is under way (Connecting), as the peer may already hold our
+    // old state and would decide on it (both disks new: no sync, and a peer taken as in sync).
+    const renegotiate = minted && this.link !== null && this.link.connectionState !== 'StandAlone';
+    if (renegotiate || (this.connection === 'Connected' && this.direction !== 'source')) {
       // After this call's reply has gone out (it may be the peer's switchover request).
       const reason = minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source';
       setTimeout(() => this.dropSession(reason), 20);
@@ -724,7 +727,10 @@ export class Daemon extends EventEmitter {
       case 'resync-done': {
         this.replication = 'Established';
         const peer = this.peerState;
-        if (this.direction === 'target' && peer && peer.disk === 'UpToDate') {
+        // Not after "both disks are new": the source may have been force-promoted since
+        // (its state says UpToDate), but nothing was ever sent; the next session full-syncs.
+        const inSync = this.lastDecision !== null && decidedInSync(this.lastDecision);
+        if (this.direction === 'target' && peer && peer.disk === 'UpToDate' && inSync) {
           binding.bitmapSet(this.pipeline!, 'replace', Buffer.alloc(binding.bitmapGet(this.pipeline!).length));
           this.persist((sb) => {
             sb.flags.consistent = true;

@@ -19,8 +19,11 @@ export interface SideView {
 }
 
 export type SyncDecision =
-  /** Same generation: nothing to send beyond the dirty bits either side holds. */
-  | { kind: 'none'; source: 'local' | 'peer' | null; reason: string }
+  /**
+   * Same generation: nothing to send beyond the dirty bits either side holds.
+   * Or `bothNew`: two new disks, nothing decided until one is promoted with --force.
+   */
+  | { kind: 'none'; source: 'local' | 'peer' | null; reason: string; bothNew?: true }
   /** One side moved on since the last common generation: resync what its bitmap (and the other's) names. */
   | { kind: 'bitmap'; source: 'local' | 'peer'; reason: string }
   /** No usable bitmap relates the two: every block goes. */
@@ -50,12 +53,24 @@ function sameGenerationSource(local: SideView, peer: SideView): 'local' | 'peer'
   return null;
 }
 
+/**
+ * True when the session's decision says both disks hold the same data, so a
+ * target told "resync-none" may take the source's generation and be UpToDate.
+ * Two new disks are not in sync: nothing is sent because nothing is decided
+ * yet, and a forced promotion during that session must not make the other
+ * node UpToDate without a full sync.
+ */
+export function decidedInSync(decision: SyncDecision): boolean {
+  if (decision.kind === 'none') return decision.bothNew !== true;
+  return decision.kind === 'bitmap' || decision.kind === 'full';
+}
+
 export function decideSync(local: SideView, peer: SideView): SyncDecision {
   const l = local.uuids;
   const p = peer.uuids;
   const localFresh = l.current === UUID_JUST_CREATED || l.current === 0n;
   const peerFresh = p.current === UUID_JUST_CREATED || p.current === 0n;
-  if (localFresh && peerFresh) return { kind: 'none', source: null, reason: 'both disks are new: promote one with primary --force' };
+  if (localFresh && peerFresh) return { kind: 'none', source: null, reason: 'both disks are new: promote one with primary --force', bothNew: true };
   if (localFresh) return { kind: 'full', source: 'peer', reason: 'the local disk is new' };
   if (peerFresh) return { kind: 'full', source: 'local', reason: 'the peer disk is new' };
 

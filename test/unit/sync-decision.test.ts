@@ -8,6 +8,7 @@
 import { UUID_JUST_CREATED } from '../../src/metadata';
 import {
   AfterSplitBrainPolicy,
+  decidedInSync,
   decideSync,
   resolveSplitBrain,
   SideView,
@@ -379,6 +380,22 @@ const resolveRows: ResolveRow[] = [
     reason: /discard-least-changes found no victim/,
   },
 ];
+
+describe('decidedInSync: may a target told resync-none take the source\'s generation?', () => {
+  test.each([
+    // Two new disks: nothing was decided, even if one node was force-promoted during the session.
+    ['both disks new', fresh(), fresh(), false],
+    ['both new, current 0 on one', side(0n, 0n, [0n, 0n], 'Inconsistent'), fresh(), false],
+    ['same generation', side(A), side(A), true],
+    ['the peer disk is new (full sync)', side(A), fresh(), true],
+    ['bitmap resync', side(B, A), side(A), true],
+    ['split brain', side(B, A, [C, 0n]), side(D, A, [C, 0n]), false],
+    ['unrelated data', side(A, B, [C, D]), side(E, F, [G, H]), false],
+  ] as const)('%s: %s', (_row, local, peer, inSync) => {
+    expect(decidedInSync(decideSync(local, peer))).toBe(inSync);
+    expect(decidedInSync(decideSync(peer, local))).toBe(inSync);
+  });
+});
 
 describe('resolveSplitBrain: operator choice and after-sb-0pri, the same from both sides', () => {
   test('the split-brain input is one', () => {

@@ -217,11 +217,18 @@ function inside(dir: string, p: string): boolean {
 }
 
 /**
- * Unmounts every mount point and detaches every loop device whose backing
- * file lies inside `dir`. Returns what could not be undone.
+ * Detaches every loop device whose backing file lies inside `dir` and
+ * unmounts every mount point inside it. Returns what could not be undone.
+ *
+ * Loop devices go first: a loop device over a FUSE file (a crashed daemon's
+ * exposed device) keeps that mount busy, and once the mount is gone lazily
+ * its backing path reads "/" and no longer names `dir`. One over a mounted
+ * filesystem's image detaches when that is unmounted (losetup sets autoclear).
  */
 export function sweepDir(dir: string): string[] {
   const problems: string[] = [];
+  const loops = loopDevices().filter((l) => inside(dir, l.backingFile));
+  for (const loop of loops) execSyncQuiet('losetup', ['-d', loop.device]);
   const mounts = mountPoints()
     .filter((m) => inside(dir, m))
     .sort((a, b) => b.length - a.length);
@@ -231,9 +238,10 @@ export function sweepDir(dir: string): string[] {
       if (err !== undefined) problems.push(`umount ${m}: ${err}`);
     }
   }
-  for (const loop of loopDevices().filter((l) => inside(dir, l.backingFile))) {
+  for (const loop of loops) {
+    if (loopBackingFile(loop.device) !== loop.backingFile) continue;  // gone, or now someone else's
     const err = execSyncQuiet('losetup', ['-d', loop.device]);
-    if (err !== undefined && loopBackingFile(loop.device) !== undefined) {
+    if (err !== undefined && loopBackingFile(loop.device) === loop.backingFile) {
       problems.push(`losetup -d ${loop.device} (${loop.backingFile}): ${err}`);
     }
   }

@@ -551,6 +551,28 @@ describeIntegration('test harness on real loop devices', ['root', 'loop', 'dd'],
       expect(mountPoints().filter((m) => m.startsWith(r.dir))).toEqual([]);
       expect(fs.existsSync(r.dir)).toBe(false);
     });
+
+    test('after kill -9 of a Primary, cleanup still detaches its exposed loop device (over the dead FUSE file)', async () => {
+      const r = await makeResource({ nodes: 1, sizeBytes: 64 * MiB });
+      let exposed = '';
+      try {
+        await r.runOk('alpha', 'create-md');
+        await r.runOk('alpha', 'up');
+        await r.runOk('alpha', 'primary', ['--force']);
+        const s = await r.waitFor('alpha', (x) => x.role === 'Primary' && typeof x.loopDevice === 'string', 20_000);
+        exposed = s.loopDevice as string;
+        expect(loopBackingFile(exposed)).toMatch(new RegExp(`^${r.dir}/`));
+        process.kill(s.pid as number, 'SIGKILL');
+        for (let i = 0; i < 100 && fs.existsSync(`/proc/${s.pid as number}`); i++) await new Promise((res) => setTimeout(res, 50));
+      } finally {
+        await r.cleanup().catch(() => undefined); // `down` of a dead daemon may complain; what is left is checked below
+      }
+      // Before the fix the sweep unmounted the FUSE mount lazily first, the loop's backing path
+      // turned into "/", and the loop device stayed attached.
+      expect(exposed).not.toBe('');
+      expect(loopBackingFile(exposed)).toBeUndefined();
+      expect(mountPoints().filter((m) => m.startsWith(r.dir))).toEqual([]);
+    });
   });
 
   test('cleanupAll detaches and removes everything the harness made, and nothing outside its temp dir', async () => {

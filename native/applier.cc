@@ -322,7 +322,7 @@ void Applier::apply_inline(uint32_t active) {
 // Takes completions in batches; their write acks leave in one write, then
 // their entries and buffers are released.
 void Applier::reap_loop() {
-  constexpr uint32_t kBatch = 64;
+  constexpr uint32_t kBatch = AsyncWrites::kReapMax;
   AsyncWrites::Completion done[kBatch];
   Active taken[kBatch];
   FrameHeader acks[kBatch];

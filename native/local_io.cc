@@ -5,9 +5,9 @@
 #include <linux/aio_abi.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <poll.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -176,9 +176,8 @@ int AsyncWrites::submit_poll(int fd, uint64_t tag) {
 }
 
 int AsyncWrites::reap(Completion* out, uint32_t max) {
-  constexpr uint32_t kBatch = 64;
-  io_event events[kBatch];
-  if (max > kBatch) max = kBatch;
+  io_event events[kReapMax];
+  if (max > kReapMax) max = kReapMax;
   for (;;) {
     long n = syscall(SYS_io_getevents, context_, 1, max, events, nullptr);
     if (n < 0 && errno == EINTR) continue;

@@ -62,7 +62,9 @@ class AsyncWrites {
   int submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes, uint64_t tag);
   // A completion with `tag` arrives once `fd` (an eventfd) becomes readable: a way to wake the reaper.
   int submit_poll(int fd, uint64_t tag);
-  // Waits for at least one completion; returns how many it stored (at most `max`), or a negative errno.
+  static constexpr uint32_t kReapMax = 64;
+  // Waits for at least one completion; returns how many it stored (at most `max`
+  // and kReapMax), or a negative errno.
   int reap(Completion* out, uint32_t max);
 
  private:

@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import { computeLayout } from '../../src/metadata';
 import { binding, DiskHandle, PipelineHandle } from '../../src/native';
 import { makeSparseFile, SparseFile } from '../harness/loop';
+import { pipelineOptions } from '../harness/pipeline';
 import { describeIntegration } from '../harness/prereq';
 
 const KiB = 1024;
@@ -51,15 +52,7 @@ describeIntegration('bitmap write-back: only changed blocks, always the in-memor
       fs.closeSync(fd);
     }
     disk = binding.diskOpen(file.file, false);
-    pipeline = binding.pipelineCreate(disk, {
-      dataSizeBytes: layout.dataSizeBytes,
-      bitmapGranularityBytes: GRANULARITY_BYTES,
-      bitmapOffsetBytes: layout.bitmapOffsetBytes,
-      activityLogOffsetBytes: layout.activityLogOffsetBytes,
-      activityLogSizeBytes: layout.activityLogSizeBytes,
-      activityExtentBytes: layout.activityExtentBytes,
-      onEvent: () => {},
-    } as Parameters<typeof binding.pipelineCreate>[1]);
+    pipeline = binding.pipelineCreate(disk, pipelineOptions(layout));
   });
 
   afterAll(async () => {

@@ -23,6 +23,7 @@ import { binding, Binding, DiskHandle, NativeCounters, PipelineHandle } from '..
 import { CleanupHandle, makeTempSubdir, mountPoints, registerCleanup } from '../harness/cleanup';
 import { execOk, execSyncQuiet } from '../harness/exec';
 import { LoopDisk, makeLoopDisk, makeSparseFile, SparseFile } from '../harness/loop';
+import { pipelineLayout, pipelineOptions } from '../harness/pipeline';
 import { describeIntegration, REPO_ROOT } from '../harness/prereq';
 
 const KiB = 1024;
@@ -351,18 +352,10 @@ describeIntegration('data link frames: the target checks every frame before it t
     file = await makeSparseFile(FILE_BYTES, 'datalink');
     fd = fs.openSync(file.file, 'r');
     disk = binding.diskOpen(file.file, false);
-    const options = {
-      dataSizeBytes,
-      bitmapGranularityBytes: GRANULARITY_BYTES,
-      bitmapOffsetBytes: layout.bitmapOffsetBytes,
-      activityLogOffsetBytes: layout.activityLogOffsetBytes,
-      activityLogSizeBytes: layout.activityLogSizeBytes,
-      activityExtentBytes: layout.activityExtentBytes,
-      onEvent: (type: string, detail: string) => {
-        events.push({ type, detail });
-      },
-    };
-    pipeline = binding.pipelineCreate(disk, options as unknown as Parameters<Binding['pipelineCreate']>[1]);
+    pipeline = binding.pipelineCreate(
+      disk,
+      pipelineOptions(layout, (type, detail) => events.push({ type, detail })),
+    );
   });
 
   afterEach(async () => {
@@ -793,17 +786,10 @@ describeIntegration('data link frames: a write the target\'s disk refuses', ['ro
   test('ENOSPC on the target: link-lost names the disk error, and only writes on the disk are acknowledged', async () => {
     const layout = computeLayout(FULL_FILE_BYTES, GRANULARITY_BYTES);
     disk = binding.diskOpen(file, false);
-    pipeline = binding.pipelineCreate(disk, {
-      dataSizeBytes: layout.dataSizeBytes,
-      bitmapGranularityBytes: GRANULARITY_BYTES,
-      bitmapOffsetBytes: layout.bitmapOffsetBytes,
-      activityLogOffsetBytes: layout.activityLogOffsetBytes,
-      activityLogSizeBytes: layout.activityLogSizeBytes,
-      activityExtentBytes: layout.activityExtentBytes,
-      onEvent: (type: string, detail: string) => {
-        events.push({ type, detail });
-      },
-    } as unknown as Parameters<Binding['pipelineCreate']>[1]);
+    pipeline = binding.pipelineCreate(
+      disk,
+      pipelineOptions(layout, (type, detail) => events.push({ type, detail })),
+    );
     const target = pipeline;
     session = await connectTarget((socketFd) => binding.linkAttach(target, socketFd, { mode: 'target', sendHelloFirst: true }));
     await handshake(session);
@@ -888,14 +874,7 @@ async function startTargetProcess(file: string, layout: ReturnType<typeof comput
   const nativeJs = path.join(REPO_ROOT, 'dist', 'src', 'native.js');
   const options = {
     file,
-    layout: {
-      dataSizeBytes: layout.dataSizeBytes,
-      bitmapGranularityBytes: layout.bitmapGranularityBytes,
-      bitmapOffsetBytes: layout.bitmapOffsetBytes,
-      activityLogOffsetBytes: layout.activityLogOffsetBytes,
-      activityLogSizeBytes: layout.activityLogSizeBytes,
-      activityExtentBytes: layout.activityExtentBytes,
-    },
+    layout: pipelineLayout(layout),
   };
   const child: ChildProcess = spawn(process.execPath, ['-e', CHILD_SCRIPT, nativeJs, JSON.stringify(options)], {
     stdio: ['pipe', 'pipe', 'pipe'],

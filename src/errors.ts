@@ -86,6 +86,45 @@ export class ProtocolError extends NraidError {
   override readonly code = 'NRAID_ERR_PROTOCOL';
 }
 
+/** A planned switchover whose outcome is not known: the peer may have promoted. */
+export class SwitchoverOutcomeUnknownError extends NraidError {
+  override readonly code = 'NRAID_ERR_SWITCHOVER_UNKNOWN';
+}
+
+/** Both nodes asked to become Primary at once; the two-phase exchange let neither or one win. */
+export class PromotionConflictError extends NraidError {
+  override readonly code = 'NRAID_ERR_PROMOTION_CONFLICT';
+}
+
+/** The peer speaks a protocol version this node cannot talk to. */
+export class VersionError extends NraidError {
+  override readonly code = 'NRAID_ERR_VERSION';
+}
+
+/** Something did not answer within its bound (a drain, a peer reply, a hook). */
+export class TimeoutError extends NraidError {
+  override readonly code = 'NRAID_ERR_TIMEOUT';
+}
+
+/** A system call failed: the errno name and number are kept as fields. */
+export class SystemError extends NraidError {
+  override readonly code = 'NRAID_ERR_SYSTEM';
+  readonly errno: string;
+  readonly errnoNumber: number;
+  readonly syscall: string | null;
+  constructor(message: string, errno: string, errnoNumber: number, syscall: string | null = null) {
+    super(message);
+    this.errno = errno;
+    this.errnoNumber = errnoNumber;
+    this.syscall = syscall;
+  }
+}
+
+/** A broken invariant of nraid itself: a bug, never an operating error. */
+export class InternalError extends NraidError {
+  override readonly code = 'NRAID_ERR_INTERNAL';
+}
+
 /** What the admin socket carries back for an error: enough to rebuild it on the CLI side. */
 export interface ErrorReply {
   code: string;

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AlreadyUpError, ConfigError, DeviceBusyError } from './errors';
 import { attachLoop, detachLoop, loopBackingFile } from './loop';
-import { PipelineHandle, binding, isNativeError } from './native';
+import { FrontendOptions, binding, isNativeError } from './native';
 
 export interface DeviceRecord {
   pid: number;
@@ -16,8 +16,15 @@ export interface DeviceRecord {
   devicePath: string;
 }
 
+/** What exposure needs of the data plane: its frontend, and a flush before the loop device goes. */
+export interface DeviceFrontend {
+  startFrontend(options: FrontendOptions): void;
+  stopFrontend(): void;
+  flush(): Promise<void>;
+}
+
 export interface ExposeOptions {
-  pipeline: PipelineHandle;
+  frontend: DeviceFrontend;
   runDir: string;
   devicePath: string;
   source: string;
@@ -64,7 +71,7 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
   fs.writeFileSync(mountPath, '', { mode: 0o600 });
   const record: DeviceRecord = { pid: process.pid, mountPath, loopDevice: null, devicePath: options.devicePath };
   writeRecord(options.runDir, record);
-  binding.frontendStart(options.pipeline, {
+  options.frontend.startFrontend({
     mountPath,
     source: options.source,
     threads: options.threads,
@@ -78,7 +85,7 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
     fs.symlinkSync(record.loopDevice, options.devicePath);
   } catch (error) {
     if (record.loopDevice !== null) detachLoop(record.loopDevice);
-    binding.frontendStop(options.pipeline);
+    options.frontend.stopFrontend();
     removeRecord(options.runDir);
     throw error;
   }
@@ -161,17 +168,17 @@ function processHolding(device: string): string | null {
 }
 
 /** Takes the device away. Refuses while it is open, so that no writer loses its disk. */
-export function unexposeDevice(record: DeviceRecord, pipeline: PipelineHandle, runDir: string): void {
+export async function unexposeDevice(record: DeviceRecord, frontend: DeviceFrontend, runDir: string): Promise<void> {
   if (record.loopDevice !== null) {
     const holder = deviceHolder(record.loopDevice);
     if (holder !== null) {
       throw new DeviceBusyError(`device ${record.devicePath} (${record.loopDevice}) is in use: ${holder}; unmount or close it first`);
     }
-    binding.pipelineFlush(pipeline);
+    await frontend.flush();
     detachLoop(record.loopDevice);
   }
   removeSymlinkTo(record.devicePath, record.loopDevice);
-  binding.frontendStop(pipeline);
+  frontend.stopFrontend();
   removeRecord(runDir);
 }
 

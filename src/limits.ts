@@ -98,6 +98,19 @@ export const adminFrameBytesMax = 1 * MiB;
 /** One protobuf message on the control link; a bitmap exchange is chunked below this. */
 export const controlMessageBytesMax = 16 * MiB;
 
+// --- Control plane (src/resource/) -----------------------------------------------
+
+/** A switchover's drain: how long the peer may take to write what was sent. */
+export const drainTimeoutMs = 10_000;
+/** How long a switchover waits for the peer's answer before its outcome is unknown. */
+export const switchoverTimeoutMs = 30_000;
+/** How long a sync source waits for the target's bitmap. */
+export const bitmapRequestTimeoutMs = 30_000;
+/** How often the dirty bitmap is written back (without a flush) while it changes. */
+export const bitmapPersistIntervalMs = 2_000;
+/** How long a node that found a split brain waits for the peer to ask for its facts. */
+export const splitBrainFactsTimeoutMs = 2_000;
+
 // --- Relations ------------------------------------------------------------------
 
 function check(condition: boolean, relation: string): void {
@@ -146,3 +159,4 @@ check(secretCharsMin <= secretCharsMax, 'secret length bounds');
 check(controlMessageBytesMax >= requestBytesMax, 'a control message can carry a request-sized chunk');
 check(adminFrameBytesMax <= controlMessageBytesMax, 'admin frames are not larger than control messages');
 check(configFileBytesMax >= 4 * KiB, 'a config file can hold a real config');
+check(switchoverTimeoutMs > drainTimeoutMs, 'a switchover outlasts its drain');

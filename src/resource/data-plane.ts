@@ -1,0 +1,160 @@
+/**
+ * The data plane of one resource, typed: the only caller of the pipeline
+ * functions of `Binding`. Everything that touches the disk or waits on the
+ * peer returns a promise that the native side settles through the
+ * pipeline's thread-safe function, so the event loop never blocks on it.
+ */
+import { SystemError } from '../errors';
+import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, binding, isNativeError } from '../native';
+import { BackingDisk } from '../disk';
+import { Superblock } from '../metadata';
+
+export interface AttachOptions {
+  mode: 'source' | 'target';
+  sendHelloFirst: boolean;
+  protocol: 'A' | 'B' | 'C';
+  maxLagBytes: number;
+  maxLagMs: number;
+  /** A target lets resync data in only once its resync state is durable (allowResync). */
+  resyncAllowed: boolean;
+}
+
+/** A native error as an NraidError that keeps the errno. */
+export function systemError(what: string, error: unknown): Error {
+  if (isNativeError(error)) return new SystemError(`${what}: ${error.message}`, error.code, error.errno);
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+export class DataPlane {
+  private handle: PipelineHandle | null;
+
+  constructor(disk: BackingDisk, sb: Superblock, onEvent: (type: NativeEventType, detail: string) => void) {
+    this.handle = binding.pipelineCreate(disk.handle, {
+      dataSizeBytes: sb.dataSizeBytes,
+      bitmapGranularityBytes: sb.bitmapGranularityBytes,
+      bitmapOffsetBytes: sb.bitmapOffsetBytes,
+      activityLogOffsetBytes: sb.activityLogOffsetBytes,
+      activityLogSizeBytes: sb.activityLogSizeBytes,
+      activityExtentBytes: sb.activityExtentBytes,
+      onEvent,
+    });
+  }
+
+  private get h(): PipelineHandle {
+    if (this.handle === null) throw new SystemError('the data plane is closed', 'EBADF', 9);
+    return this.handle;
+  }
+
+  get open(): boolean {
+    return this.handle !== null;
+  }
+
+  counters(): NativeCounters | null {
+    return this.handle === null ? null : binding.pipelineCounters(this.handle);
+  }
+
+  outOfSyncBytes(): number {
+    return this.counters()?.outOfSyncBytes ?? 0;
+  }
+
+  // --- bitmap and activity log ---
+  bitmapWords(): Buffer {
+    return binding.bitmapGet(this.h);
+  }
+  bitmapBytes(): number {
+    return binding.bitmapGet(this.h).length;
+  }
+  replaceBitmap(words: Uint8Array): void {
+    binding.bitmapSet(this.h, 'replace', words);
+  }
+  mergeBitmap(words: Uint8Array): void {
+    binding.bitmapSet(this.h, 'merge', words);
+  }
+  markAll(): void {
+    binding.bitmapSet(this.h, 'all');
+  }
+  clearBitmap(): void {
+    binding.bitmapSet(this.h, 'replace', Buffer.alloc(this.bitmapBytes()));
+  }
+  /** The changed bitmap blocks to disk; durably with `flush`. */
+  async persistBitmap(flush: boolean): Promise<number> {
+    try {
+      return await binding.bitmapPersist(this.h, flush);
+    } catch (error) {
+      throw systemError('writing the bitmap failed', error);
+    }
+  }
+  async resetActivityLog(): Promise<void> {
+    try {
+      await binding.activityLogReset(this.h);
+    } catch (error) {
+      throw systemError('writing the activity log failed', error);
+    }
+  }
+
+  // --- metadata ---
+  async writeSuperblock(image: Uint8Array, offsetBytes: number): Promise<void> {
+    try {
+      await binding.superblockWrite(this.h, image, offsetBytes);
+    } catch (error) {
+      throw systemError('writing the superblock failed', error);
+    }
+  }
+  armGeneration(image: Uint8Array, offsetBytes: number): void {
+    binding.generationArm(this.h, image, offsetBytes);
+  }
+  takeGeneration(peek = false): 'none' | 'armed' | 'written' {
+    return this.handle === null ? 'none' : binding.generationTake(this.handle, peek);
+  }
+
+  // --- flushes ---
+  async flush(): Promise<void> {
+    try {
+      await binding.pipelineFlush(this.h);
+    } catch (error) {
+      throw systemError('flushing failed', error);
+    }
+  }
+  /** Flush, then wait until the peer has written everything sent. */
+  async drain(timeoutMs: number): Promise<void> {
+    try {
+      await binding.drain(this.h, timeoutMs);
+    } catch (error) {
+      throw systemError('draining to the peer failed', error);
+    }
+  }
+
+  // --- the data link ---
+  attach(fd: number, options: AttachOptions): void {
+    binding.linkAttach(this.h, fd, options);
+  }
+  detach(reason: string): void {
+    if (this.handle !== null) binding.linkDetach(this.handle, reason);
+  }
+  allowResync(): void {
+    binding.allowResync(this.h);
+  }
+  startResync(): boolean {
+    return binding.resyncStart(this.h);
+  }
+  setProtocol(protocol: 'A' | 'B' | 'C'): void {
+    binding.setProtocol(this.h, protocol);
+  }
+  setSuspended(suspended: boolean): void {
+    binding.setSuspended(this.h, suspended);
+  }
+
+  // --- the frontend (device exposure) ---
+  startFrontend(options: FrontendOptions): void {
+    binding.frontendStart(this.h, options);
+  }
+  stopFrontend(): void {
+    binding.frontendStop(this.h);
+  }
+
+  destroy(): void {
+    if (this.handle === null) return;
+    binding.pipelineDestroy(this.handle);
+    this.handle = null;
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * The only owner of this node's metadata on disk: the superblock, the
+ * generation armed for the first write without the peer, and (through the
+ * data plane) the bitmap and the activity log. Superblock writes go through
+ * the data plane's metadata thread, never blocking the event loop.
+ */
+import crypto from 'node:crypto';
+import { extentsToBitmap, newestTransaction } from '../activity-log';
+import { BackingDisk } from '../disk';
+import { MetadataError } from '../errors';
+import { Superblock, prepareSuperblockWrite, readSuperblock } from '../metadata';
+import { DataPlane } from './data-plane';
+import { MetadataChange, MetadataView, applyChange, cloneView } from './metadata-change';
+
+/** A fresh 64-bit generation UUID, never 0 (none) nor a reserved small value. */
+export function mintUuid(): bigint {
+  for (;;) {
+    const uuid = crypto.randomBytes(8).readBigUInt64LE(0);
+    if (uuid > 0xffffn) return uuid;
+  }
+}
+
+export interface StoreLog {
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+}
+
+export class MetadataStore {
+  private sb: Superblock;
+  /** The superblock armed in the data plane, written by it before the first write without the peer. */
+  private armed: Superblock | null = null;
+
+  private constructor(
+    readonly disk: BackingDisk,
+    sb: Superblock,
+    private readonly log: StoreLog,
+  ) {
+    this.sb = sb;
+  }
+
+  /** Reads the superblock and checks it belongs to `resource`. Synchronous: before anything is served. */
+  static open(disk: BackingDisk, resource: string, log: StoreLog): MetadataStore {
+    const sb = readSuperblock(disk);
+    if (sb.resource !== resource) {
+      throw new MetadataError(
+        `backing device ${disk.path} holds metadata of resource "${sb.resource}", not "${resource}"; ` +
+          'check the config, or run nraid create-md --force to give the disk to this resource (its data becomes unusable)',
+      );
+    }
+    return new MetadataStore(disk, sb, log);
+  }
+
+  get superblock(): Superblock {
+    return this.sb;
+  }
+
+  view(): MetadataView {
+    return cloneView({ flags: this.sb.flags, uuids: this.sb.uuids, primarySinceMs: this.sb.primarySinceMs });
+  }
+
+  /**
+   * At start-up, before anything is served: the bitmap from disk, and after a
+   * Primary's crash every extent its activity log names marked out of sync.
+   * Returns true when the last run ended as a Primary without a clean demotion.
+   */
+  async recover(plane: DataPlane): Promise<boolean> {
+    const sb = this.sb;
+    plane.replaceBitmap(this.disk.read(sb.bitmapOffsetBytes, sb.bitmapSizeBytes));
+    if (sb.flags.wasPrimary || sb.flags.crashedPrimary) {
+      const transaction = newestTransaction(this.disk.read(sb.activityLogOffsetBytes, sb.activityLogSizeBytes));
+      if (transaction !== null && transaction.extents.length > 0) {
+        const words = extentsToBitmap(transaction.extents, transaction.extentBytes || sb.activityExtentBytes, sb.bitmapGranularityBytes, sb.dataSizeBytes, plane.bitmapBytes());
+        plane.mergeBitmap(words);
+        this.log.warn('crashed primary: activity-log extents marked out of sync', { extents: transaction.extents.length });
+      }
+    }
+    return sb.flags.wasPrimary;
+  }
+
+  /** Writes the superblock with `change` applied, durably, settling an armed generation first. */
+  async persist(plane: DataPlane, change: MetadataChange): Promise<void> {
+    let rearm: bigint | null = null;
+    if (this.armed !== null) {
+      this.adoptIfWritten(plane);
+      if (this.armed !== null && plane.takeGeneration() === 'armed') rearm = this.armed.uuids.current;
+      this.armed = null;
+    }
+    await this.write(plane, applyChange(this.sb, change));
+    if (rearm !== null) this.arm(plane, rearm);
+  }
+
+  private async write(plane: DataPlane, next: Superblock): Promise<void> {
+    const prepared = prepareSuperblockWrite(this.disk, next);
+    await plane.writeSuperblock(prepared.image, prepared.offsetBytes);
+    this.sb = prepared.superblock;
+  }
+
+  /** Arms the next generation (`fresh` becomes current) for the data plane to write before the first write without the peer. */
+  arm(plane: DataPlane, fresh: bigint): void {
+    if (this.armed !== null || this.sb.uuids.bitmap !== 0n) return;
+    const next = applyChange(this.sb, { kind: 'generation-written', fresh });
+    const prepared = prepareSuperblockWrite(this.disk, next);
+    this.armed = prepared.superblock;
+    plane.armGeneration(prepared.image, prepared.offsetBytes);
+  }
+
+  /** Back with the peer, or no longer Primary: an unused armed generation is dropped. */
+  disarm(plane: DataPlane): void {
+    if (this.armed === null) return;
+    this.adoptIfWritten(plane);
+    if (this.armed !== null) plane.takeGeneration();
+    this.armed = null;
+  }
+
+  /** True when the data plane wrote the armed generation (it is the superblock now). */
+  adoptIfWritten(plane: DataPlane): boolean {
+    if (this.armed === null || plane.takeGeneration(true) !== 'written') return false;
+    plane.takeGeneration();
+    this.sb = this.armed;
+    this.armed = null;
+    this.log.info('new generation: first write without the peer', { current: this.sb.uuids.current.toString(16), bitmap: this.sb.uuids.bitmap.toString(16) });
+    return true;
+  }
+}

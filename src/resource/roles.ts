@@ -1,0 +1,343 @@
+/**
+ * Role changes: the admin commands, the two-phase promotion, demotion, and
+ * the switchover with its unknown outcome. Pure transitions (see machine.ts).
+ */
+import { DeviceBusyError, NotUpToDateError, NraidError, PeerError, PromotionConflictError, StateError, SwitchoverOutcomeUnknownError } from '../errors';
+import {
+  Asker,
+  Command,
+  Effect,
+  Event,
+  Input,
+  MachineState,
+  ProgramTag,
+  Step,
+  answer,
+  armGeneration,
+  connected,
+  disarmGeneration,
+  diskState,
+  persist,
+  resumeIo,
+} from './machine-core';
+export function command(s: MachineState, fx: Effect[], id: number, c: Command, input: Input): Step {
+  const r = s.config.resource;
+  const asker: Asker = { command: id };
+  const refuse = (error: NraidError): Step => ({ state: s, effects: [{ kind: 'reply', to: asker, error }] });
+  const done = (): Step => {
+    answer(fx, asker, null);
+    return { state: s, effects: fx };
+  };
+  const busy = s.promotion !== null ? 'promotion' : s.switchover !== null ? 'switchover' : s.demotion !== null ? 'demotion' : null;
+  if (busy !== null && c.name !== 'resume-io' && c.name !== 'disconnect' && c.name !== 'adjust') {
+    return refuse(new StateError(`cannot run ${c.name} on ${r}: a ${busy} is in progress; wait for it to finish`));
+  }
+  switch (c.name) {
+    case 'primary':
+      return primary(s, fx, asker, c.force, input);
+    case 'secondary':
+      if (s.role === 'Secondary') return done();
+      if (s.ioSuspended) return refuse(suspendedError(r, 'demote'));
+      if (c.holder !== null) return refuse(new DeviceBusyError(`cannot demote ${r}: its device is in use (${c.holder}); unmount or close it first`));
+      s.demotion = asker;
+      demote(s, fx);
+      return { state: s, effects: fx, tag: 'demote' };
+    case 'switchover':
+      return switchover(s, fx, asker, c.holder);
+    case 'connect':
+      if (c.discardMyData) {
+        if (s.role === 'Primary') {
+          return refuse(
+            new StateError(
+              `cannot discard the data of ${r} on ${s.config.local}: it is Primary` +
+                (c.holder !== null ? ` and its device is in use (${c.holder})` : '') +
+                '; stop what uses it, run nraid secondary, then connect --discard-my-data',
+            ),
+          );
+        }
+        s.discardMyData = true;
+        fx.push({ kind: 'log', level: 'warn', message: 'connect --discard-my-data: this node becomes the sync target of a split brain' });
+      }
+      fx.push({ kind: 'link-connect' });
+      return done();
+    case 'disconnect':
+      fx.push({ kind: 'link-disconnect', reason: 'disconnect requested by the operator' });
+      return done();
+    case 'invalidate':
+      if (s.role === 'Primary') {
+        return refuse(new StateError(`cannot invalidate ${r} on ${s.config.local}: it is Primary; run nraid secondary first (or invalidate the peer instead)`));
+      }
+      if (connected(s) && s.peer!.disk !== 'UpToDate') {
+        return refuse(new NotUpToDateError(`cannot invalidate ${r} on ${s.config.local}: the peer's disk is ${s.peer!.disk}; a full sync needs an UpToDate source`));
+      }
+      persist(s, fx, { kind: 'invalidated' });
+      fx.push({ kind: 'log', level: 'warn', message: 'invalidated: a full sync from the peer follows' }, { kind: 'send-state' });
+      if (connected(s)) fx.push({ kind: 'drop-session', reason: 'invalidated: full sync' });
+      return done();
+    case 'resume-io':
+      if (!s.ioSuspended) return refuse(new StateError(`I/O of ${r} is not suspended; nothing to resume`));
+      resumeIo(s, fx, 'nraid resume-io');
+      return done();
+    case 'adjust':
+      if (c.protocol !== s.protocol) {
+        fx.push({ kind: 'log', level: 'info', message: 'protocol changed', fields: { from: s.protocol, to: c.protocol } });
+        s.protocol = c.protocol;
+        fx.push({ kind: 'set-protocol', protocol: c.protocol }, { kind: 'notice', notice: { kind: 'adjust' } }, { kind: 'send-state' });
+      }
+      return done();
+    case 'down':
+      if (s.ioSuspended) return refuse(suspendedError(r, 'take down'));
+      if (c.holder !== null) return refuse(new DeviceBusyError(`cannot take ${r} down: its device is in use (${c.holder}); unmount or close it first`));
+      s.stopping = true;
+      return done();
+  }
+}
+
+export function suspendedError(resource: string, what: string): StateError {
+  return new StateError(
+    `cannot ${what} ${resource}: its I/O is suspended (on-no-peer = suspend-io or a failed fence-peer hook); ` +
+      'writers are waiting on the device: reconnect the peer or run nraid resume-io first',
+  );
+}
+
+/** The effects that take the device away and record the node as Secondary (a program). */
+export function demote(s: MachineState, fx: Effect[]): void {
+  fx.push({ kind: 'unexpose' });
+  disarmGeneration(s, fx);
+  persist(s, fx, { kind: 'became-secondary' });
+}
+
+export function primary(s: MachineState, fx: Effect[], asker: Asker, force: boolean, input: Input): Step {
+  const r = s.config.resource;
+  const refuse = (error: NraidError): Step => ({ state: s, effects: [{ kind: 'reply', to: asker, error }] });
+  if (s.role === 'Primary') {
+    answer(fx, asker, null);
+    return { state: s, effects: fx };
+  }
+  if (connected(s) && s.peer!.role === 'Primary') {
+    return refuse(
+      new StateError(`cannot promote ${r}: the peer ${s.config.peer} is Primary; demote it first (nraid secondary on ${s.config.peer}) or use nraid switchover`),
+    );
+  }
+  if (s.hold !== null) {
+    return refuse(new PromotionConflictError(`cannot promote ${r}: ${s.config.peer} is being promoted right now; run nraid status and try again if it did not become Primary`));
+  }
+  if (s.replication === 'SyncTarget') {
+    return refuse(new NotUpToDateError(`cannot promote ${r}: local disk is Inconsistent (resync from ${s.config.peer} in progress); wait for it to finish`));
+  }
+  if (diskState(s) !== 'UpToDate' && !force) {
+    return refuse(
+      new NotUpToDateError(
+        `cannot promote ${r}: local disk is ${diskState(s)}; connect to an UpToDate peer and wait for the resync, or use --force to accept this data as the newest`,
+      ),
+    );
+  }
+  if (connected(s)) {
+    // Phase one of two: the peer promises not to promote itself, or says why not.
+    const requestId = s.nextRequestId;
+    s.nextRequestId = requestId + 1n;
+    s.promotion = { asker, requestId, force, minted: false, failure: null };
+    fx.push({ kind: 'request-promote', requestId, current: s.md.uuids.current });
+    return { state: s, effects: fx };
+  }
+  s.promotion = { asker, requestId: null, force, minted: false, failure: null };
+  return promote(s, fx, input);
+}
+
+/** The local part of a promotion (after the peer's yes, or with no peer to ask). Ends in program-done 'promote'. */
+export function promote(s: MachineState, fx: Effect[], input: Input): Step {
+  const promotion = s.promotion!;
+  let minted = false;
+  if (diskState(s) !== 'UpToDate') {
+    // primary() refused this without --force.
+    fx.push({ kind: 'log', level: 'warn', message: 'forced promotion', fields: { disk: diskState(s) } });
+    persist(s, fx, { kind: 'forced-promotion', fresh: input.fresh });
+    minted = true;
+  }
+  // Promoted without its peer: what it writes now, the peer misses.
+  if (s.connection !== 'Connected' && !minted) armGeneration(s, fx, input);
+  persist(s, fx, { kind: 'became-primary', atMs: input.nowMs });
+  fx.push({ kind: 'persist-bitmap' }, { kind: 'activity-log-reset' }, { kind: 'expose' });
+  s.promotion = { ...promotion, minted };
+  return { state: s, effects: fx, tag: 'promote' };
+}
+
+export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, error: NraidError | null): Step {
+  switch (tag) {
+    case 'promote': {
+      const promotion = s.promotion!;
+      s.promotion = null;
+      if (error !== null) {
+        fx.push({ kind: 'log', level: 'error', message: 'promotion failed', fields: { error: error.message } });
+        if (promotion.requestId !== null) fx.push({ kind: 'notice', notice: { kind: 'promoteAbort', requestId: promotion.requestId } });
+        persist(s, fx, { kind: 'became-secondary' });
+        disarmGeneration(s, fx);
+        if (promotion.asker !== null) answer(fx, promotion.asker, promotion.failure ?? error, { ok: false, reason: error.message });
+        return { state: s, effects: fx };
+      }
+      s.role = 'Primary';
+      s.exposed = true;
+      fx.push({ kind: 'log', level: 'info', message: 'promoted' }, { kind: 'send-state' });
+      if (promotion.requestId !== null) fx.push({ kind: 'notice', notice: { kind: 'promoteCommit', requestId: promotion.requestId } });
+      const after: Effect[] = [];
+      if (promotion.asker !== null) after.push({ kind: 'reply', to: promotion.asker, error: promotion.failure, body: { ok: true, reason: '' } });
+      // The data link runs from the Primary: turn it around if it ran the other way. After a
+      // forced promotion the generations differ, so the handshake decides the sync anew, also
+      // while a handshake is under way (the peer may already hold the old state).
+      if ((promotion.minted && s.connection !== 'StandAlone') || (connected(s) && s.session!.direction !== 'source')) {
+        after.push({ kind: 'drop-session', reason: promotion.minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source' });
+      }
+      if (promotion.asker !== null && 'token' in promotion.asker) {
+        // Promoted at the peer's request (switchover): the answer leaves after the fault point.
+        s.afterPeerPromote = after;
+        fx.push({ kind: 'fault-point', name: 'switchover:peer-after-promote' });
+      } else {
+        fx.push(...after);
+      }
+      return { state: s, effects: fx };
+    }
+    case 'demote': {
+      const asker = s.demotion;
+      s.demotion = null;
+      if (error !== null) {
+        if (asker !== null) answer(fx, asker, error);
+        return { state: s, effects: fx };
+      }
+      s.role = 'Secondary';
+      s.exposed = false;
+      fx.push({ kind: 'log', level: 'info', message: 'demoted' }, { kind: 'send-state' });
+      if (asker !== null) answer(fx, asker, null);
+      return { state: s, effects: fx };
+    }
+    case 'switchover-demote': {
+      const so = s.switchover!;
+      if (error !== null) {
+        // The device is still there (unexpose refused): nothing changed.
+        s.switchover = null;
+        persist(s, fx, { kind: 'became-primary', atMs: s.md.primarySinceMs });
+        answer(fx, so.asker, new StateError(`cannot switch over ${s.config.resource}: ${error.message}`));
+        return { state: s, effects: fx };
+      }
+      s.role = 'Secondary';
+      s.exposed = false;
+      s.switchover = { ...so, phase: 'draining' };
+      fx.push({ kind: 'send-state' }, { kind: 'fault-point', name: 'switchover:after-demote' });
+      return { state: s, effects: fx };
+    }
+  }
+}
+
+export function switchover(s: MachineState, fx: Effect[], asker: Asker, holder: string | null): Step {
+  const r = s.config.resource;
+  const refuse = (error: NraidError): Step => ({ state: s, effects: [{ kind: 'reply', to: asker, error }] });
+  if (!connected(s)) {
+    return refuse(new StateError(`cannot switch over ${r}: the peer is not connected (connection ${s.connection}); a planned switchover needs both nodes`));
+  }
+  if (s.replication !== 'Established') return refuse(new StateError(`cannot switch over ${r}: replication is ${s.replication}; wait for it to be Established`));
+  if (diskState(s) !== 'UpToDate' || s.peer!.disk !== 'UpToDate') {
+    return refuse(new NotUpToDateError(`cannot switch over ${r}: disks are ${diskState(s)} here and ${s.peer!.disk} on ${s.config.peer}; both must be UpToDate`));
+  }
+  if (s.role === 'Secondary') {
+    if (s.peer!.role !== 'Primary') return refuse(new StateError(`cannot switch over ${r}: neither node is Primary; use nraid primary`));
+    // The Primary runs it; its answer is this command's.
+    s.switchover = { asker, phase: 'delegated' };
+    fx.push({ kind: 'request-switchover' });
+    return { state: s, effects: fx };
+  }
+  if (holder !== null) return refuse(new DeviceBusyError(`cannot switch over ${r}: its device is in use (${holder}); stop the services and unmount it first`));
+  s.switchover = { asker, phase: 'demoting' };
+  fx.push({ kind: 'log', level: 'info', message: 'switchover: demoting', fields: { to: s.config.peer } });
+  demote(s, fx);
+  return { state: s, effects: fx, tag: 'switchover-demote' };
+}
+
+export function faultPassed(s: MachineState, fx: Effect[], name: string, input: Input): Step {
+  switch (name) {
+    case 'switchover:after-demote':
+      if (s.switchover?.phase === 'draining') fx.push({ kind: 'drain' });
+      break;
+    case 'switchover:after-drain':
+      if (s.switchover?.phase !== 'draining') break;
+      if (!connected(s)) return switchoverFailedBeforeAsking(s, fx, 'the peer went away before it was asked to promote', input);
+      s.switchover = { ...s.switchover, phase: 'requested' };
+      fx.push({ kind: 'request-switchover-promote', current: s.md.uuids.current });
+      break;
+    case 'switchover:peer-before-promote':
+      if (s.promotion === null || s.promotion.asker === null) break;
+      if (!connected(s)) {
+        // The session that asked is gone: its request is not acted on.
+        s.promotion = null;
+        break;
+      }
+      return promote(s, fx, input);
+    case 'switchover:peer-after-promote':
+      if (s.afterPeerPromote !== null) fx.push(...s.afterPeerPromote);
+      s.afterPeerPromote = null;
+      break;
+  }
+  return { state: s, effects: fx };
+}
+
+export function drained(s: MachineState, fx: Effect[], error: string | null, input: Input): Step {
+  if (s.switchover?.phase !== 'draining') return { state: s, effects: fx };
+  if (error !== null) return switchoverFailedBeforeAsking(s, fx, `the peer did not catch up: ${error}`, input);
+  fx.push({ kind: 'fault-point', name: 'switchover:after-drain' });
+  return { state: s, effects: fx };
+}
+
+/** The peer was never asked (or said no), so it is not Primary: this node takes its role back. */
+export function switchoverFailedBeforeAsking(s: MachineState, fx: Effect[], why: string, input: Input): Step {
+  const so = s.switchover!;
+  s.switchover = null;
+  fx.push({ kind: 'log', level: 'error', message: 'switchover failed: the peer did not promote, taking the Primary role back', fields: { error: why } });
+  const failure = new StateError(`switchover of ${s.config.resource} failed, ${s.config.local} is still Primary: ${why}`);
+  s.promotion = { asker: so.asker, requestId: null, force: false, minted: false, failure };
+  return promote(s, fx, input);
+}
+
+export function switchoverReply(s: MachineState, fx: Effect[], event: Extract<Event, { type: 'switchover-reply' }>, input: Input): Step {
+  const so = s.switchover;
+  if (so === null || (so.phase !== 'requested' && so.phase !== 'delegated')) return { state: s, effects: fx };
+  if (event.outcome === 'done') {
+    s.switchover = null;
+    fx.push({ kind: 'log', level: 'info', message: 'switchover done', fields: { newPrimary: so.phase === 'requested' ? s.config.peer : s.config.local } });
+    answer(fx, so.asker, null);
+    return { state: s, effects: fx };
+  }
+  if (so.phase === 'delegated') {
+    // The Primary ran it and said how it ended.
+    s.switchover = null;
+    answer(fx, so.asker, event.error ?? new PeerError(`switchover of ${s.config.resource} failed on ${s.config.peer}: ${event.reason}`));
+    return { state: s, effects: fx };
+  }
+  if (event.outcome === 'refused') return switchoverFailedBeforeAsking(s, fx, `${s.config.peer} refused to promote: ${event.reason}`, input);
+  // The request left; whether the peer acted is not known. Never re-promote on a guess.
+  s.switchover = null;
+  s.switchoverUnknown = true;
+  fx.push({ kind: 'log', level: 'error', message: 'switchover outcome unknown: staying Secondary until the peer says who is Primary', fields: { error: event.reason } });
+  fx.push({ kind: 'emit', event: { switchoverUnknown: true } });
+  answer(
+    fx,
+    so.asker,
+    new SwitchoverOutcomeUnknownError(
+      `switchover outcome unknown: ${s.config.peer} may be Primary (${event.reason}); ${s.config.local} stays Secondary. ` +
+        `Check nraid status on ${s.config.peer}; when the nodes reconnect this node learns the outcome`,
+    ),
+  );
+  return { state: s, effects: fx };
+}
+
+export function promoteVote(s: MachineState, fx: Effect[], event: { requestId: bigint; ok: boolean; reason: string }, input: Input): Step {
+  const p = s.promotion;
+  if (p === null || p.requestId !== event.requestId) return { state: s, effects: fx };
+  if (!event.ok || !connected(s)) {
+    s.promotion = null;
+    if (connected(s)) fx.push({ kind: 'notice', notice: { kind: 'promoteAbort', requestId: event.requestId } });
+    const why = event.ok ? 'the peer went away during the promotion' : `${s.config.peer} said no (${event.reason})`;
+    if (p.asker !== null) {
+      answer(fx, p.asker, new PromotionConflictError(`cannot promote ${s.config.resource}: ${why}; check nraid status on both nodes, then try again`));
+    }
+    return { state: s, effects: fx };
+  }
+  return promote(s, fx, input);
+}

@@ -1,0 +1,209 @@
+/**
+ * Runs the state machine: one event at a time, in arrival order, each step's
+ * effects executed by their owners before the next event is taken. Effects
+ * that wait on the peer (requests, drains, the data socket) do not hold the
+ * queue: their results come back as events. A program (a tagged step) reports
+ * its end with program-done before any other event.
+ */
+import { EventEmitter } from 'node:events';
+import { InternalError, NraidError, SystemError } from '../errors';
+import { runHook } from '../hooks';
+import * as limits from '../limits';
+import { Logger } from '../log';
+import { ResourceStatus } from '../state';
+import { DataPlane } from './data-plane';
+import { Exposure } from './exposure';
+import { Command, Effect, Event, MachineState, step } from './machine';
+import { MetadataStore, mintUuid } from './metadata-store';
+import { PeerSession } from './peer-session';
+import { ResyncClock } from './status';
+
+export interface RunnerOwners {
+  plane: DataPlane;
+  store: MetadataStore;
+  exposure: Exposure;
+  peer: () => PeerSession | null;
+  log: Logger;
+  /** Environment for hooks, and the hooks' commands. */
+  hooks: { fencePeer: string | null; splitBrain: string | null; env: (event: string) => Record<string, string> };
+  lag: { maxLagBytes: number; maxLagMs: number };
+  /** Names of fault points that cut the link when reached (NRAID_FAULT_POINTS; tests only). */
+  faultPoints: ReadonlySet<string>;
+  status: () => ResourceStatus;
+}
+
+function asNraidError(error: unknown): NraidError {
+  if (error instanceof NraidError) return error;
+  return new InternalError(error instanceof Error ? error.message : String(error));
+}
+
+export class Runner extends EventEmitter {
+  private queue: Event[] = [];
+  private running = false;
+  private nextCommand = 1;
+  private readonly commands = new Map<number, { resolve: (status: ResourceStatus) => void; reject: (error: Error) => void }>();
+  resync: ResyncClock | null = null;
+
+  constructor(
+    public state: MachineState,
+    private readonly owners: RunnerOwners,
+  ) {
+    super();
+  }
+
+  dispatch(event: Event): void {
+    this.queue.push(event);
+    if (!this.running) void this.run();
+  }
+
+  /** An admin command: resolves with the status after it, or rejects with the machine's refusal. */
+  command(command: Command): Promise<ResourceStatus> {
+    const id = this.nextCommand++;
+    return new Promise((resolve, reject) => {
+      this.commands.set(id, { resolve, reject });
+      this.dispatch({ type: 'command', id, command });
+    });
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    try {
+      for (let event = this.queue.shift(); event !== undefined; event = this.queue.shift()) {
+        const { plane } = this.owners;
+        const result = step(this.state, { event, nowMs: Date.now(), fresh: mintUuid(), outOfSyncBytes: plane.open ? plane.outOfSyncBytes() : 0 });
+        this.state = result.state;
+        let failure: NraidError | null = null;
+        for (const effect of result.effects) {
+          try {
+            await this.execute(effect);
+          } catch (error) {
+            if (result.tag !== undefined) {
+              failure = asNraidError(error);
+              break;
+            }
+            this.owners.log.error(`${effect.kind} failed`, { error: (error as Error).message });
+          }
+        }
+        if (this.state.session?.direction !== 'source' || this.state.replication !== 'SyncSource') this.resync = null;
+        if (result.tag !== undefined) this.queue.unshift({ type: 'program-done', tag: result.tag, error: failure });
+        this.emit('stepped');
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async execute(effect: Effect): Promise<void> {
+    const { plane, store, exposure, log } = this.owners;
+    switch (effect.kind) {
+      case 'reply':
+        if ('command' in effect.to) {
+          const waiter = this.commands.get(effect.to.command);
+          this.commands.delete(effect.to.command);
+          if (effect.error !== null) waiter?.reject(effect.error);
+          else waiter?.resolve(this.owners.status());
+        } else {
+          this.owners.peer()?.answer(effect.to.token, effect.body, effect.error);
+        }
+        return;
+      case 'persist':
+        return store.persist(plane, effect.change);
+      case 'persist-bitmap':
+        if (plane.open) await plane.persistBitmap(true);
+        return;
+      case 'activity-log-reset':
+        return plane.resetActivityLog();
+      case 'expose':
+        exposure.expose();
+        return;
+      case 'unexpose':
+        return exposure.unexpose();
+      case 'drain':
+        plane.drain(limits.drainTimeoutMs).then(
+          () => this.dispatch({ type: 'drained', error: null }),
+          (error: Error) => this.dispatch({ type: 'drained', error: error.message }),
+        );
+        return;
+      case 'arm-generation':
+        store.arm(plane, effect.fresh);
+        log.info('the peer is gone while Primary: a new generation starts with the first write', { next: effect.fresh.toString(16) });
+        return;
+      case 'disarm-generation':
+        store.disarm(plane);
+        return;
+      case 'allow-resync':
+        plane.allowResync();
+        return;
+      case 'start-resync': {
+        const counters = plane.counters();
+        if (counters !== null) this.resync = { totalBytes: counters.outOfSyncBytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesDone };
+        plane.startResync();
+        return;
+      }
+      case 'clear-bitmap':
+        plane.clearBitmap();
+        return;
+      case 'suspend-io':
+        plane.setSuspended(true);
+        log.warn('I/O suspended', { reason: effect.reason });
+        return;
+      case 'resume-io':
+        plane.setSuspended(false);
+        log.info('I/O resumed', { reason: effect.reason });
+        return;
+      case 'set-protocol':
+        plane.setProtocol(effect.protocol);
+        return;
+      case 'run-hook':
+        return this.runHook(effect.hook);
+      case 'fault-point':
+        if (this.owners.faultPoints.has(effect.name)) {
+          log.warn(`fault point ${effect.name} hit`);
+          this.owners.peer()?.cut(`fault point ${effect.name}`);
+        } else {
+          this.dispatch({ type: 'fault-passed', name: effect.name });
+        }
+        return;
+      case 'arm-facts-timeout': {
+        const sessionId = effect.sessionId;
+        setTimeout(() => this.dispatch({ type: 'facts-timeout', sessionId }), limits.splitBrainFactsTimeoutMs).unref();
+        return;
+      }
+      case 'log':
+        log[effect.level](effect.message, effect.fields);
+        return;
+      case 'emit':
+        if (typeof effect.event.type === 'string') this.emit('event', effect.event);
+        else this.emit('change', effect.event);
+        return;
+      default: {
+        const peer = this.owners.peer();
+        if (peer === null) return;
+        if (!peer.run(effect, this.state.protocol, this.owners.lag)) throw new InternalError(`no owner runs the effect ${effect.kind}`);
+      }
+    }
+  }
+
+  private async runHook(hook: 'fence-peer' | 'split-brain'): Promise<void> {
+    const { hooks, log } = this.owners;
+    const command = hook === 'fence-peer' ? hooks.fencePeer : hooks.splitBrain;
+    if (command === null) return;
+    const running = runHook(command, hooks.env(hook), log);
+    if (hook === 'fence-peer') {
+      running.then(
+        (exitCode) => this.dispatch({ type: 'fence-done', exitCode }),
+        (error: Error) => log.error('fence-peer hook could not run', { error: error.message }),
+      );
+    } else {
+      running.catch((error: Error) => log.error('split-brain hook could not run', { error: error.message }));
+    }
+  }
+
+  /** Rejects every command still waiting (the daemon stops). */
+  failPending(why: string): void {
+    for (const [id, waiter] of this.commands) {
+      this.commands.delete(id);
+      waiter.reject(new SystemError(why, 'ESHUTDOWN', 108));
+    }
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * `status --json` as a pure snapshot: the machine's state, the data plane's
+ * counters and the superblock, read and never changed.
+ */
+import { NativeCounters } from '../native';
+import { Superblock } from '../metadata';
+import { ResourceStatus } from '../state';
+import { MachineState, diskState } from './machine';
+
+export interface ResyncClock {
+  totalBytes: number;
+  startedAtMs: number;
+  doneBaseBytes: number;
+}
+
+export interface StatusFacts {
+  state: MachineState;
+  counters: NativeCounters | null;
+  superblock: Superblock | null;
+  resync: ResyncClock | null;
+  device: string;
+  backingDisk: string;
+  exposed: boolean;
+  loopDevice: string | null;
+  nowMs: number;
+}
+
+function hex(uuid: bigint): string {
+  return uuid.toString(16).padStart(16, '0');
+}
+
+function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
+  const c = f.counters;
+  if (f.resync === null || c === null || f.state.session?.direction !== 'source') return null;
+  const done = Math.max(0, c.resyncBytesDone - f.resync.doneBaseBytes);
+  const left = c.outOfSyncBytes;
+  const elapsedS = Math.max(0.001, (f.nowMs - f.resync.startedAtMs) / 1000);
+  const rate = done / elapsedS;
+  const total = Math.max(f.resync.totalBytes, done + left);
+  return {
+    percent: total === 0 ? 100 : Math.min(100, (100 * (total - left)) / total),
+    bytesLeft: left,
+    bytesDone: done,
+    rateBytesPerSec: Math.round(rate),
+    etaSeconds: rate > 0 ? left / rate : null,
+  };
+}
+
+export function snapshot(f: StatusFacts): ResourceStatus & { switchoverUnknown: boolean } {
+  const { state: s, counters: c, superblock: sb } = f;
+  const connected = s.connection === 'Connected' && s.peer !== null;
+  return {
+    resource: s.config.resource,
+    node: s.config.local,
+    peer: s.config.peer,
+    role: s.role,
+    disk: sb === null ? 'Diskless' : diskState(s),
+    connection: s.connection,
+    replication: s.replication,
+    peerRole: connected ? s.peer!.role : 'Unknown',
+    peerDisk: connected ? s.peer!.disk : 'DUnknown',
+    outOfSyncBytes: c?.outOfSyncBytes ?? 0,
+    protocol: s.protocol,
+    device: f.device,
+    exposed: f.exposed,
+    loopDevice: f.loopDevice,
+    backingDisk: f.backingDisk,
+    dataSizeBytes: sb?.dataSizeBytes ?? 0,
+    uuids: {
+      current: hex(sb?.uuids.current ?? 0n),
+      bitmap: hex(sb?.uuids.bitmap ?? 0n),
+      history: [hex(sb?.uuids.history[0] ?? 0n), hex(sb?.uuids.history[1] ?? 0n)],
+    },
+    writes: c?.writes ?? 0,
+    writeBytes: c?.writeBytes ?? 0,
+    reads: c?.reads ?? 0,
+    readBytes: c?.readBytes ?? 0,
+    flushes: c?.flushes ?? 0,
+    ioErrors: c?.ioErrors ?? 0,
+    requestsInFlight: c?.requestsInFlight ?? 0,
+    bytesSent: c?.bytesSent ?? 0,
+    bytesAcked: c?.bytesAcked ?? 0,
+    bytesReceived: c?.bytesReceived ?? 0,
+    bytesApplied: c?.bytesApplied ?? 0,
+    writesInFlight: c?.framesInFlight ?? 0,
+    lagBytes: c?.lagBytes ?? 0,
+    lagSeconds: (c?.lagUs ?? 0) / 1e6,
+    checksumErrors: c?.checksumErrors ?? 0,
+    protocolErrors: c?.protocolErrors ?? 0,
+    linkFailures: c?.linkFailures ?? 0,
+    resync: resyncProgress(f),
+    lastLinkError: s.lastLinkError,
+    syncDecision: s.decision?.kind ?? null,
+    splitBrain: s.splitBrain,
+    ioSuspended: s.ioSuspended,
+    discardMyData: s.discardMyData,
+    switchoverUnknown: s.switchoverUnknown,
+    pid: process.pid,
+  };
+}
+
+/** The fields whose changes are events (counters are not). */
+export const EVENT_KEYS = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision', 'splitBrain', 'ioSuspended', 'switchoverUnknown'] as const;

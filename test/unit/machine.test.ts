@@ -1,0 +1,382 @@
+/**
+ * The resource state machine, transition by transition, without root or I/O:
+ * each row feeds events to step() and checks the state and the effects it
+ * must emit, in order. The races found so far are rows here too.
+ */
+import { NotUpToDateError, PromotionConflictError, StateError, SwitchoverOutcomeUnknownError } from '../../src/errors';
+import { UUID_JUST_CREATED, flagBits } from '../../src/metadata';
+import { Effect, Event, MachineState, PeerView, Step, diskState, initialState, step } from '../../src/resource/machine';
+import { MetadataView } from '../../src/resource/metadata-change';
+
+const GEN = 0x1111_2222_3333_4444n;
+const OLD = 0x0aaa_bbbb_cccc_dddd_n;
+let freshCounter = 0x5000_0000_0000_0000n;
+
+function md(over: Partial<MetadataView['flags']> = {}, uuids: Partial<MetadataView['uuids']> = {}): MetadataView {
+  return {
+    flags: { consistent: true, wasUpToDate: true, wasPrimary: false, crashedPrimary: false, resyncInProgress: false, peerOutdated: false, fullSyncNeeded: false, outdated: false, ...over },
+    uuids: { current: GEN, bitmap: 0n, history: [OLD, 0n], ...uuids },
+    primarySinceMs: 0,
+  };
+}
+
+function node(name: 'alpha' | 'beta', meta: MetadataView = md()): MachineState {
+  return initialState(
+    { resource: 'r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect' },
+    meta,
+    'C',
+  );
+}
+
+function peer(over: Partial<PeerView> = {}): PeerView {
+  return { role: 'Secondary', disk: 'UpToDate', uuids: { current: GEN, bitmap: 0n, history: [OLD, 0n] }, flags: flagBits.consistent | flagBits.wasUpToDate, ...over };
+}
+
+/** Feeds events in order; returns the last step and every effect emitted. */
+function run(state: MachineState, events: Event[], outOfSyncBytes = 0): { state: MachineState; effects: Effect[]; last: Step } {
+  let s = state;
+  const effects: Effect[] = [];
+  let last: Step = { state, effects: [] };
+  for (const event of events) {
+    freshCounter += 1n;
+    last = step(s, { event, nowMs: 1_700_000_000_000, fresh: freshCounter, outOfSyncBytes });
+    s = last.state;
+    effects.push(...last.effects);
+  }
+  return { state: s, effects, last };
+}
+
+const kinds = (effects: Effect[]): string[] => effects.map((e) => (e.kind === 'persist' ? `persist:${e.change.kind}` : e.kind === 'fault-point' ? `fault:${e.name}` : e.kind));
+const replies = (effects: Effect[]) => effects.filter((e): e is Extract<Effect, { kind: 'reply' }> => e.kind === 'reply');
+
+/** A connected, Established pair member: session 1, data link attached. */
+function established(name: 'alpha' | 'beta', role: 'Primary' | 'Secondary', peerOver: Partial<PeerView> = {}): MachineState {
+  const s = node(name);
+  const dialer = name === 'alpha';
+  const r = run({ ...s, role, exposed: role === 'Primary' }, [
+    { type: 'connection', state: 'Connected' },
+    { type: 'session-up', sessionId: 1, dialer, peer: peer(peerOver) },
+  ]);
+  let st = r.state;
+  if (st.session!.direction === 'source') st = run(st, [{ type: 'bitmap-merged', sessionId: 1, error: null }]).state;
+  st = run(st, [{ type: 'data-socket', sessionId: 1, socketId: 7 }, { type: 'data-attached', sessionId: 1, error: null }]).state;
+  if (st.session!.direction === 'target') st = run(st, [{ type: 'peer-notice', notice: { kind: 'resyncNone' } }]).state;
+  expect(st.replication).toBe('Established');
+  return st;
+}
+
+describe('primary', () => {
+  test('alone and UpToDate: arms a new generation, persists, exposes; replies after the program', () => {
+    const r = run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+    expect(r.last.tag).toBe('promote');
+    expect(kinds(r.effects)).toEqual(['arm-generation', 'log', 'persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
+    expect(replies(r.effects)).toHaveLength(0);
+    const done = run(r.state, [{ type: 'program-done', tag: 'promote', error: null }]);
+    expect(done.state.role).toBe('Primary');
+    expect(replies(done.effects)).toEqual([{ kind: 'reply', to: { command: 1 }, error: null, body: { ok: true, reason: '' } }]);
+  });
+
+  test('an Inconsistent disk without --force is refused and nothing changes', () => {
+    const s = node('alpha', md({ consistent: false, wasUpToDate: false }));
+    const r = run(s, [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+    expect(r.effects).toHaveLength(1);
+    expect(replies(r.effects)[0].error).toBeInstanceOf(NotUpToDateError);
+    expect(r.state).toEqual(s);
+  });
+
+  test('--force on a new disk mints a generation and keeps the old one as the bitmap UUID only when it was real', () => {
+    const s = node('alpha', md({ consistent: false, wasUpToDate: false }, { current: UUID_JUST_CREATED, history: [0n, 0n] }));
+    const r = run(s, [{ type: 'command', id: 1, command: { name: 'primary', force: true } }]);
+    const forced = r.effects.find((e) => e.kind === 'persist' && e.change.kind === 'forced-promotion');
+    expect(forced).toBeDefined();
+    expect(r.state.md.uuids.current).not.toBe(UUID_JUST_CREATED);
+    expect(r.state.md.uuids.bitmap).toBe(0n);
+    expect(diskState(r.state)).toBe('UpToDate');
+    expect(kinds(r.effects)).not.toContain('arm-generation'); // the forced one is the new generation
+  });
+
+  test('connected: phase one asks the peer; nothing is persisted or exposed before its yes', () => {
+    const s = established('beta', 'Secondary');
+    const r = run(s, [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
+    expect(kinds(r.effects)).toEqual(['request-promote']);
+    const yes = run(r.state, [{ type: 'promote-vote', requestId: r.state.promotion!.requestId!, ok: true, reason: '' }]);
+    expect(kinds(yes.effects)).toEqual(['persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
+    const done = run(yes.state, [{ type: 'program-done', tag: 'promote', error: null }]);
+    expect(kinds(done.effects)).toEqual(['log', 'send-state', 'notice', 'reply', 'drop-session']);
+    expect(done.effects[2]).toEqual({ kind: 'notice', notice: { kind: 'promoteCommit', requestId: r.state.promotion!.requestId } });
+  });
+
+  test("the peer's no ends the promotion with NRAID_ERR_PROMOTION_CONFLICT and an abort notice", () => {
+    const s = established('beta', 'Secondary');
+    const r = run(s, [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
+    const no = run(r.state, [{ type: 'promote-vote', requestId: r.state.promotion!.requestId!, ok: false, reason: 'alpha is being promoted itself' }]);
+    expect(no.state.role).toBe('Secondary');
+    expect(no.state.promotion).toBeNull();
+    expect(kinds(no.effects)).toEqual(['notice', 'reply']);
+    expect(replies(no.effects)[0].error).toBeInstanceOf(PromotionConflictError);
+  });
+
+  test('race: both nodes promote at once: exactly one vote is yes (the name that sorts first wins)', () => {
+    const a = run(established('alpha', 'Secondary'), [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]).state;
+    const b = run(established('beta', 'Secondary'), [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]).state;
+    const atAlpha = run(a, [{ type: 'peer-request', token: 9, request: { kind: 'promotePrepare', requestId: b.promotion!.requestId!, current: GEN } }]);
+    const atBeta = run(b, [{ type: 'peer-request', token: 9, request: { kind: 'promotePrepare', requestId: a.promotion!.requestId!, current: GEN } }]);
+    const voteOf = (r: { effects: Effect[] }) => (replies(r.effects)[0].body as { ok: boolean }).ok;
+    expect(voteOf(atAlpha)).toBe(false);
+    expect(voteOf(atBeta)).toBe(true);
+    expect(atBeta.state.hold).toBe(a.promotion!.requestId);
+  });
+
+  test('a node that voted yes for the peer refuses its own promotion until commit or abort', () => {
+    const s = run(established('beta', 'Secondary'), [{ type: 'peer-request', token: 1, request: { kind: 'promotePrepare', requestId: 5n, current: GEN } }]).state;
+    const r = run(s, [{ type: 'command', id: 2, command: { name: 'primary', force: false } }]);
+    expect(replies(r.effects)[0].error).toBeInstanceOf(PromotionConflictError);
+    const released = run(s, [{ type: 'peer-notice', notice: { kind: 'promoteAbort', requestId: 5n } }]).state;
+    expect(released.hold).toBeNull();
+  });
+
+  test('a Primary votes no', () => {
+    const r = run(established('alpha', 'Primary'), [{ type: 'peer-request', token: 1, request: { kind: 'promotePrepare', requestId: 5n, current: GEN } }]);
+    expect(replies(r.effects)[0].body).toEqual({ ok: false, reason: 'alpha is Primary' });
+  });
+
+  test('the session ends while waiting for the vote: no promotion', () => {
+    const r = run(established('beta', 'Secondary'), [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
+    const id = r.state.promotion!.requestId!;
+    const down = run(r.state, [
+      { type: 'session-down', reason: 'cut' },
+      { type: 'connection', state: 'Connecting' },
+      { type: 'promote-vote', requestId: id, ok: false, reason: 'no answer: not connected' },
+    ]);
+    expect(down.state.role).toBe('Secondary');
+    expect(kinds(down.effects)).not.toContain('expose');
+    expect(replies(down.effects)[0].error).toBeInstanceOf(PromotionConflictError);
+  });
+});
+
+describe('switchover', () => {
+  const start = (): { state: MachineState; effects: Effect[] } => run(established('alpha', 'Primary'), [{ type: 'command', id: 4, command: { name: 'switchover', holder: null } }]);
+
+  test('the whole exchange in order: demote, drain, ask, done', () => {
+    const r = start();
+    expect(r.state.switchover?.phase).toBe('demoting');
+    expect(kinds(r.effects)).toEqual(['log', 'unexpose', 'persist:became-secondary']);
+    let x = run(r.state, [{ type: 'program-done', tag: 'switchover-demote', error: null }]);
+    expect(x.state.role).toBe('Secondary');
+    expect(kinds(x.effects)).toEqual(['send-state', 'fault:switchover:after-demote']);
+    x = run(x.state, [{ type: 'fault-passed', name: 'switchover:after-demote' }]);
+    expect(kinds(x.effects)).toEqual(['drain']);
+    x = run(x.state, [{ type: 'drained', error: null }, { type: 'fault-passed', name: 'switchover:after-drain' }]);
+    expect(x.effects.at(-1)).toEqual({ kind: 'request-switchover-promote', current: GEN });
+    x = run(x.state, [{ type: 'switchover-reply', outcome: 'done', reason: '', error: null }]);
+    expect(replies(x.effects)).toEqual([{ kind: 'reply', to: { command: 4 }, error: null, body: undefined }]);
+    expect(x.state.switchover).toBeNull();
+    expect(x.state.role).toBe('Secondary');
+  });
+
+  test('regression: the reply is lost after the request left: stays Secondary, outcome unknown, never re-promotes', () => {
+    let x = run(start().state, [
+      { type: 'program-done', tag: 'switchover-demote', error: null },
+      { type: 'fault-passed', name: 'switchover:after-demote' },
+      { type: 'drained', error: null },
+      { type: 'fault-passed', name: 'switchover:after-drain' },
+    ]);
+    x = run(x.state, [{ type: 'switchover-reply', outcome: 'unknown', reason: 'timed out', error: null }]);
+    expect(x.state.role).toBe('Secondary');
+    expect(x.state.switchoverUnknown).toBe(true);
+    expect(kinds(x.effects)).not.toContain('expose');
+    const err = replies(x.effects)[0].error!;
+    expect(err).toBeInstanceOf(SwitchoverOutcomeUnknownError);
+    expect(err.message).toContain('switchover outcome unknown: beta may be Primary');
+    // Reconnected: the peer says who is Primary, and that resolves it.
+    const back = run(x.state, [
+      { type: 'session-down', reason: 'cut' },
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 2, dialer: true, peer: peer({ role: 'Primary' }) },
+    ]);
+    expect(back.state.switchoverUnknown).toBe(false);
+    expect(back.state.role).toBe('Secondary');
+  });
+
+  test('the drain fails (the peer was never asked): the role comes back and the command fails', () => {
+    let x = run(start().state, [
+      { type: 'program-done', tag: 'switchover-demote', error: null },
+      { type: 'fault-passed', name: 'switchover:after-demote' },
+      { type: 'drained', error: 'ENOTCONN' },
+    ]);
+    expect(x.last.tag).toBe('promote');
+    expect(kinds(x.effects)).toContain('expose');
+    x = run(x.state, [{ type: 'program-done', tag: 'promote', error: null }]);
+    expect(x.state.role).toBe('Primary');
+    const err = replies(x.effects)[0].error!;
+    expect(err).toBeInstanceOf(StateError);
+    expect(err.message).toContain('alpha is still Primary');
+  });
+
+  test('the peer refuses to promote: it is not Primary, so the role comes back', () => {
+    const x = run(start().state, [
+      { type: 'program-done', tag: 'switchover-demote', error: null },
+      { type: 'fault-passed', name: 'switchover:after-demote' },
+      { type: 'drained', error: null },
+      { type: 'fault-passed', name: 'switchover:after-drain' },
+      { type: 'switchover-reply', outcome: 'refused', reason: 'generations differ', error: null },
+    ]);
+    expect(x.last.tag).toBe('promote');
+    expect(x.state.switchoverUnknown).toBe(false);
+  });
+
+  test('a device in use is refused before anything changes', () => {
+    const s = established('alpha', 'Primary');
+    const r = run(s, [{ type: 'command', id: 4, command: { name: 'switchover', holder: 'mounted on /mnt' } }]);
+    expect(r.state).toEqual(s);
+    expect(replies(r.effects)[0].error?.code).toBe('NRAID_ERR_DEVICE_BUSY');
+  });
+
+  test('the peer side: generation check, fault points, the answer after the promotion, then the turnaround', () => {
+    const s = established('beta', 'Secondary');
+    const wrong = run(s, [{ type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: 42n } }]);
+    expect((replies(wrong.effects)[0].body as { ok: boolean }).ok).toBe(false);
+    let x = run(s, [{ type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } }]);
+    expect(kinds(x.effects)).toEqual(['fault:switchover:peer-before-promote']);
+    x = run(x.state, [{ type: 'fault-passed', name: 'switchover:peer-before-promote' }, { type: 'program-done', tag: 'promote', error: null }]);
+    expect(x.state.role).toBe('Primary');
+    expect(replies(x.effects)).toHaveLength(0);
+    x = run(x.state, [{ type: 'fault-passed', name: 'switchover:peer-after-promote' }]);
+    expect(kinds(x.effects)).toEqual(['reply', 'drop-session']);
+    expect(replies(x.effects)[0].to).toEqual({ token: 2 });
+  });
+
+  test('the peer side: the session ends before it acts: no promotion', () => {
+    const x = run(established('beta', 'Secondary'), [
+      { type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } },
+      { type: 'session-down', reason: 'cut' },
+      { type: 'connection', state: 'Connecting' },
+      { type: 'fault-passed', name: 'switchover:peer-before-promote' },
+    ]);
+    expect(x.state.role).toBe('Secondary');
+    expect(x.state.promotion).toBeNull();
+    expect(kinds(x.effects)).not.toContain('expose');
+  });
+});
+
+describe('durable state before data', () => {
+  test('a target whose generation differs records Inconsistent before its data link opens', () => {
+    const s = node('alpha', md({}, { current: OLD, history: [0n, 0n] }));
+    const r = run(s, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ role: 'Primary', uuids: { current: GEN, bitmap: OLD, history: [0n, 0n] } }) },
+    ]);
+    expect(r.state.session!.direction).toBe('target');
+    const k = kinds(r.effects);
+    expect(k.indexOf('persist:target-begins')).toBeGreaterThanOrEqual(0);
+    expect(k.indexOf('persist:target-begins')).toBeLessThan(k.indexOf('open-data'));
+    expect(diskState(r.state)).toBe('Inconsistent');
+    // The generation is joined only when the source asks, before the gate opens and the answer goes.
+    const a = run(r.state, [
+      { type: 'data-socket', sessionId: 1, socketId: 3 },
+      { type: 'data-attached', sessionId: 1, error: null },
+      { type: 'peer-request', token: 8, request: { kind: 'resyncStart', bytes: 4096n, current: GEN, history: [OLD, 0n] } },
+    ]);
+    const j = kinds(a.effects);
+    expect(j.indexOf('persist:target-joins')).toBeLessThan(j.indexOf('allow-resync'));
+    expect(j.indexOf('allow-resync')).toBeLessThan(j.indexOf('reply'));
+    expect(a.state.md.uuids.current).toBe(GEN);
+    expect(a.state.replication).toBe('SyncTarget');
+  });
+
+  test('a source makes the merged bitmap durable (merge-peer-bitmap) before the data link, and sends only after the target says yes', () => {
+    const s = node('alpha', md({}, { current: GEN, bitmap: OLD }));
+    let r = run({ ...s, role: 'Primary' }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: OLD, bitmap: 0n, history: [0n, 0n] } }) },
+    ]);
+    expect(kinds(r.effects)).toContain('merge-peer-bitmap');
+    expect(kinds(r.effects)).not.toContain('open-data');
+    r = run(r.state, [{ type: 'bitmap-merged', sessionId: 1, error: null }]);
+    expect(kinds(r.effects)).toEqual(['open-data']);
+    r = run(r.state, [{ type: 'data-socket', sessionId: 1, socketId: 4 }, { type: 'data-attached', sessionId: 1, error: null }], 1 << 20);
+    expect(kinds(r.effects)).toContain('request-resync-start');
+    expect(kinds(r.effects)).not.toContain('start-resync');
+    r = run(r.state, [{ type: 'resync-start-reply', sessionId: 1, ok: true, reason: '' }], 1 << 20);
+    expect(kinds(r.effects)).toContain('start-resync');
+    expect(r.state.replication).toBe('SyncSource');
+  });
+
+  test('a resyncStart on a node that is not a target is refused', () => {
+    const r = run(established('alpha', 'Primary'), [{ type: 'peer-request', token: 8, request: { kind: 'resyncStart', bytes: 1n, current: 9n, history: [0n, 0n] } }]);
+    expect(replies(r.effects)[0].error).toBeInstanceOf(StateError);
+    expect(kinds(r.effects)).not.toContain('persist:target-joins');
+  });
+});
+
+describe('races found so far', () => {
+  test('a split-brain victim reports SyncTarget, never Established and UpToDate, between attach and the resync notice', () => {
+    const s = node('beta', md({}, { current: 0x77n << 20n, bitmap: GEN }));
+    let r = run({ ...s, discardMyData: true }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: false, peer: peer({ role: 'Primary', uuids: { current: 0x99n << 20n, bitmap: GEN, history: [0n, 0n] } }) },
+    ]);
+    expect(kinds(r.effects)).toContain('request-facts');
+    r = run(r.state, [
+      { type: 'peer-request', token: 1, request: { kind: 'splitBrainFacts' } },
+      { type: 'peer-facts', sessionId: 1, facts: { node: 'alpha', primary: true, primarySinceMs: 1, changedBytes: 4096, discardMyData: false } },
+      { type: 'data-socket', sessionId: 1, socketId: 5 },
+      { type: 'data-attached', sessionId: 1, error: null },
+    ]);
+    expect(r.state.decision!.kind).toBe('bitmap');
+    expect(r.state.replication).toBe('SyncTarget');
+    expect(diskState(r.state)).toBe('Inconsistent');
+  });
+
+  test('a forced promotion during a both-disks-new session renegotiates, and the old session never makes the peer UpToDate', () => {
+    const fresh = md({ consistent: false, wasUpToDate: false }, { current: UUID_JUST_CREATED, history: [0n, 0n] });
+    const newPeer = peer({ disk: 'Inconsistent', uuids: { current: UUID_JUST_CREATED, bitmap: 0n, history: [0n, 0n] }, flags: 0 });
+    let a = run(node('alpha', fresh), [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: newPeer },
+    ]);
+    expect(a.state.decision).toMatchObject({ kind: 'none', bothNew: true });
+    a = run(a.state, [{ type: 'command', id: 1, command: { name: 'primary', force: true } }]);
+    a = run(a.state, [{ type: 'promote-vote', requestId: a.state.promotion!.requestId!, ok: true, reason: '' }, { type: 'program-done', tag: 'promote', error: null }]);
+    expect(kinds(a.effects)).toContain('drop-session');
+    // The peer, target of that old session, hears resync-none: it must stay Inconsistent.
+    let b = run(node('beta', fresh), [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: false, peer: peer({ disk: 'Inconsistent', uuids: { current: UUID_JUST_CREATED, bitmap: 0n, history: [0n, 0n] }, flags: 0 }) },
+    ]);
+    b = run(b.state, [{ type: 'peer-state', peer: peer({ role: 'Primary' }) }, { type: 'peer-notice', notice: { kind: 'resyncNone' } }]);
+    expect(diskState(b.state)).toBe('Inconsistent');
+    expect(kinds(b.effects)).not.toContain('persist:target-done');
+  });
+
+  test('a Primary that wrote nothing while apart keeps its generation: the armed one is dropped on return', () => {
+    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', reason: 'cut' }, { type: 'connection', state: 'Connecting' }]);
+    expect(kinds(a.effects)).toContain('arm-generation');
+    expect(a.state.md.uuids.current).toBe(GEN);
+    a = run(a.state, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 2, dialer: true, peer: peer() },
+      { type: 'bitmap-merged', sessionId: 2, error: null },
+      { type: 'data-socket', sessionId: 2, socketId: 1 },
+      { type: 'data-attached', sessionId: 2, error: null },
+    ]);
+    expect(a.state.decision!.kind).toBe('none');
+    expect(kinds(a.effects)).toContain('disarm-generation');
+    expect(a.state.armedGeneration).toBeNull();
+  });
+
+  test('a Primary that wrote while apart moves on: the written generation becomes current, the old one the bitmap UUID', () => {
+    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', reason: 'cut' }]);
+    const armed = a.state.armedGeneration!;
+    a = run(a.state, [{ type: 'generation-written' }]);
+    expect(a.state.md.uuids).toEqual({ current: armed, bitmap: GEN, history: [OLD, 0n] });
+  });
+
+  test('commands are refused while a switchover runs (one role change at a time)', () => {
+    const s = run(established('alpha', 'Primary'), [{ type: 'command', id: 4, command: { name: 'switchover', holder: null } }]).state;
+    for (const command of [{ name: 'primary', force: false }, { name: 'secondary', holder: null }, { name: 'invalidate' }] as const) {
+      const r = run(s, [{ type: 'command', id: 9, command }]);
+      expect(replies(r.effects)[0].error?.message).toContain('a switchover is in progress');
+    }
+  });
+});

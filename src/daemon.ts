@@ -264,7 +264,7 @@ export class Daemon extends EventEmitter {
     const parts = this.parts;
     if (this.stopping || parts === null) return;
     if (type === 'generation-started') {
-      if (parts.store.adoptIfWritten(parts.plane)) parts.runner.dispatch({ type: 'generation-written' });
+      if (parts.store.adoptIfWritten(parts.plane)) parts.runner.dispatch({ type: 'generation-written', md: parts.store.view() });
     } else if (type === 'link-lost') {
       parts.runner.dispatch({ type: 'link-lost', detail });
     } else if (type === 'resync-done') {

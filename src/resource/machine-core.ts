@@ -33,6 +33,8 @@ export interface SessionView {
   /** deciding: facts or the bitmap are being exchanged; ready: the data link may attach. */
   setup: 'deciding' | 'ready' | 'refused';
   direction: 'source' | 'target' | null;
+  /** The target joined the source's generation: resync data may come in. */
+  resyncAllowed: boolean;
   /** A data socket that arrived before the setup was ready (acceptor). */
   parkedSocket: number | null;
   attached: boolean;
@@ -136,10 +138,11 @@ export type Event =
   | { type: 'switchover-reply'; outcome: 'done' | 'refused' | 'unknown'; reason: string; error: NraidError | null }
   | { type: 'resync-start-reply'; sessionId: number; ok: boolean; reason: string }
   | { type: 'drained'; error: string | null }
-  | { type: 'program-done'; tag: ProgramTag; error: NraidError | null }
+  /** `disk`: the metadata store's view after the program (the store is the truth; a failed program may have skipped writes). */
+  | { type: 'program-done'; tag: ProgramTag; error: NraidError | null; disk: { md: MetadataView; armed: bigint | null } }
   | { type: 'link-lost'; detail: string }
   | { type: 'resync-done'; bytes: number }
-  | { type: 'generation-written' }
+  | { type: 'generation-written'; md: MetadataView }
   | { type: 'fault-passed'; name: string }
   | { type: 'facts-timeout'; sessionId: number }
   | { type: 'fence-done'; exitCode: number }
@@ -176,7 +179,7 @@ export type Effect =
   | { kind: 'request-switchover-promote'; current: bigint }
   | { kind: 'request-resync-start'; sessionId: number; bytes: number; current: bigint; history: readonly [bigint, bigint] }
   | { kind: 'open-data'; sessionId: number }
-  | { kind: 'attach-data'; sessionId: number; socketId: number; direction: 'source' | 'target'; sendHelloFirst: boolean }
+  | { kind: 'attach-data'; sessionId: number; socketId: number; direction: 'source' | 'target'; sendHelloFirst: boolean; resyncAllowed: boolean }
   | { kind: 'discard-socket'; socketId: number }
   | { kind: 'allow-resync' }
   | { kind: 'start-resync' }

@@ -16,7 +16,6 @@
  *   the source does only after its own bitmap is durable.
  */
 import { NraidError, StateError } from '../errors';
-import { applyChange } from './metadata-change';
 import { Asker, Effect, Input, MachineState, PeerRequest, Step, answer, diskState, persist, resolveUnknownSwitchover, resumeIo, splitBrainFacts } from './machine-core';
 import { command, drained, faultPassed, programDone, promoteVote, switchover, switchoverReply } from './roles';
 import { dataAttached, dataSocket, finishAsSource, peerNotice, sessionDown, sessionUp, setupReady, splitBrainDecided } from './sync';
@@ -85,6 +84,8 @@ export function step(state: MachineState, input: Input): Step {
     case 'drained':
       return drained(s, fx, event.error, input);
     case 'program-done':
+      s.md = event.disk.md;
+      s.armedGeneration = event.disk.armed;
       return programDone(s, fx, event.tag, event.error);
     case 'fault-passed':
       return faultPassed(s, fx, event.name, input);
@@ -101,8 +102,7 @@ export function step(state: MachineState, input: Input): Step {
       fx.push({ kind: 'notice', notice: { kind: 'resyncDone' } });
       return { state: s, effects: fx };
     case 'generation-written':
-      if (s.armedGeneration === null) return { state: s, effects: fx };
-      s.md = applyChange(s.md, { kind: 'generation-written', fresh: s.armedGeneration });
+      s.md = event.md;
       s.armedGeneration = null;
       fx.push({ kind: 'log', level: 'info', message: 'new generation: first write without the peer', fields: { current: s.md.uuids.current.toString(16) } });
       fx.push({ kind: 'send-state' });
@@ -164,6 +164,7 @@ function peerRequest(s: MachineState, fx: Effect[], token: number, request: Peer
       s.session = { ...s.session, syncNoticed: true };
       // Durable before data: the source's bitmap is on its disk; take its generation, then let data in.
       persist(s, fx, { kind: 'target-joins', current: request.current, history: request.history });
+      s.session = { ...s.session, resyncAllowed: true };
       fx.push({ kind: 'allow-resync' }, { kind: 'log', level: 'info', message: 'resync started as target', fields: { bytes: Number(request.bytes) } });
       fx.push({ kind: 'send-state' });
       return respond({ ok: true });

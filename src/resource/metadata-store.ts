@@ -50,6 +50,11 @@ export class MetadataStore {
     return new MetadataStore(disk, sb, log);
   }
 
+  /** The fresh UUID armed in the data plane, if any. */
+  get armedGeneration(): bigint | null {
+    return this.armed?.uuids.current ?? null;
+  }
+
   get superblock(): Superblock {
     return this.sb;
   }

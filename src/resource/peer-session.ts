@@ -181,7 +181,7 @@ export class PeerSession {
         this.sockets.delete(effect.socketId);
         return true;
       case 'attach-data':
-        this.dispatch({ type: 'data-attached', sessionId: effect.sessionId, error: this.attach(effect.socketId, effect.direction, effect.sendHelloFirst, protocol, lag) });
+        this.dispatch({ type: 'data-attached', sessionId: effect.sessionId, error: this.attach(effect.socketId, effect.direction, effect.sendHelloFirst, effect.resyncAllowed, protocol, lag) });
         return true;
       default:
         return false;
@@ -207,13 +207,13 @@ export class PeerSession {
     }
   }
 
-  private attach(socketId: number, mode: 'source' | 'target', sendHelloFirst: boolean, protocol: 'A' | 'B' | 'C', lag: { maxLagBytes: number; maxLagMs: number }): string | null {
+  private attach(socketId: number, mode: 'source' | 'target', sendHelloFirst: boolean, resyncAllowed: boolean, protocol: 'A' | 'B' | 'C', lag: { maxLagBytes: number; maxLagMs: number }): string | null {
     const socket = this.sockets.get(socketId);
     this.sockets.delete(socketId);
     const fd = (socket as unknown as { _handle?: { fd?: number } } | undefined)?._handle?.fd;
     try {
       if (socket === undefined || typeof fd !== 'number' || fd < 0) return 'the data socket has no file descriptor';
-      this.plane.attach(fd, { mode, sendHelloFirst, protocol, maxLagBytes: lag.maxLagBytes, maxLagMs: lag.maxLagMs, resyncAllowed: false });
+      this.plane.attach(fd, { mode, sendHelloFirst, protocol, maxLagBytes: lag.maxLagBytes, maxLagMs: lag.maxLagMs, resyncAllowed });
       return null;
     } catch (error) {
       return `attaching the data link failed: ${reason(error)}`;

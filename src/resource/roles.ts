@@ -172,7 +172,9 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
         if (promotion.requestId !== null) fx.push({ kind: 'notice', notice: { kind: 'promoteAbort', requestId: promotion.requestId } });
         persist(s, fx, { kind: 'became-secondary' });
         disarmGeneration(s, fx);
-        if (promotion.asker !== null) answer(fx, promotion.asker, promotion.failure ?? error, { ok: false, reason: error.message });
+        // A peer that asked (switchover) hears a plain no: it knows this node is not Primary.
+        if (promotion.asker !== null && 'token' in promotion.asker) answer(fx, promotion.asker, null, { ok: false, reason: `the promotion failed: ${error.message}` });
+        else if (promotion.asker !== null) answer(fx, promotion.asker, promotion.failure ?? error);
         return { state: s, effects: fx };
       }
       s.role = 'Primary';
@@ -214,7 +216,6 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
       if (error !== null) {
         // The device is still there (unexpose refused): nothing changed.
         s.switchover = null;
-        persist(s, fx, { kind: 'became-primary', atMs: s.md.primarySinceMs });
         answer(fx, so.asker, new StateError(`cannot switch over ${s.config.resource}: ${error.message}`));
         return { state: s, effects: fx };
       }

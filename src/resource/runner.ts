@@ -85,7 +85,10 @@ export class Runner extends EventEmitter {
           }
         }
         if (this.state.session?.direction !== 'source' || this.state.replication !== 'SyncSource') this.resync = null;
-        if (result.tag !== undefined) this.queue.unshift({ type: 'program-done', tag: result.tag, error: failure });
+        if (result.tag !== undefined) {
+          const disk = { md: this.owners.store.view(), armed: this.owners.store.armedGeneration };
+          this.queue.unshift({ type: 'program-done', tag: result.tag, error: failure, disk });
+        }
         this.emit('stepped');
       }
     } finally {
@@ -103,7 +106,7 @@ export class Runner extends EventEmitter {
           if (effect.error !== null) waiter?.reject(effect.error);
           else waiter?.resolve(this.owners.status());
         } else {
-          this.owners.peer()?.answer(effect.to.token, effect.body, effect.error);
+          this.owners.peer()?.answer(effect.to.token, effect.body ?? {}, effect.error);
         }
         return;
       case 'persist':
@@ -132,7 +135,8 @@ export class Runner extends EventEmitter {
         store.disarm(plane);
         return;
       case 'allow-resync':
-        plane.allowResync();
+        // With no data link attached yet, the attach carries the permission instead.
+        if (plane.counters()?.linkAttached) plane.allowResync();
         return;
       case 'start-resync': {
         const counters = plane.counters();

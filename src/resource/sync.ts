@@ -28,7 +28,7 @@ export function sideView(role: Role, disk: DiskState, uuids: PeerView['uuids']):
 
 export function sessionUp(s: MachineState, fx: Effect[], event: { sessionId: number; dialer: boolean; peer: PeerView }, input: Input): Step {
   s.peer = event.peer;
-  s.session = { id: event.sessionId, dialer: event.dialer, setup: 'deciding', direction: null, parkedSocket: null, attached: false, syncNoticed: false, peerFacts: undefined, factsAnswered: false };
+  s.session = { id: event.sessionId, dialer: event.dialer, setup: 'deciding', direction: null, resyncAllowed: false, parkedSocket: null, attached: false, syncNoticed: false, peerFacts: undefined, factsAnswered: false };
   s.decision = decideSync(sideView(s.role, diskState(s), s.md.uuids), sideView(event.peer.role, event.peer.disk, event.peer.uuids));
   if (s.switchoverUnknown) resolveUnknownSwitchover(s, fx);
   if (s.decision.kind === 'split-brain') {
@@ -117,7 +117,7 @@ export function dataSocket(s: MachineState, fx: Effect[], sessionId: number, soc
     return { state: s, effects: fx };
   }
   s.session = { ...session, parkedSocket: null, attached: true };
-  fx.push({ kind: 'attach-data', sessionId, socketId, direction: session.direction!, sendHelloFirst: !session.dialer });
+  fx.push({ kind: 'attach-data', sessionId, socketId, direction: session.direction!, sendHelloFirst: !session.dialer, resyncAllowed: session.resyncAllowed });
   return { state: s, effects: fx };
 }
 

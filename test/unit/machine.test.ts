@@ -9,7 +9,7 @@ import { Effect, Event, MachineState, PeerView, Step, diskState, initialState, s
 import { MetadataView } from '../../src/resource/metadata-change';
 
 const GEN = 0x1111_2222_3333_4444n;
-const OLD = 0x0aaa_bbbb_cccc_dddd_n;
+const OLD = 0x0aaa_bbbb_cccc_ddddn;
 let freshCounter = 0x5000_0000_0000_0000n;
 
 function md(over: Partial<MetadataView['flags']> = {}, uuids: Partial<MetadataView['uuids']> = {}): MetadataView {
@@ -32,14 +32,29 @@ function peer(over: Partial<PeerView> = {}): PeerView {
   return { role: 'Secondary', disk: 'UpToDate', uuids: { current: GEN, bitmap: 0n, history: [OLD, 0n] }, flags: flagBits.consistent | flagBits.wasUpToDate, ...over };
 }
 
-/** Feeds events in order; returns the last step and every effect emitted. */
-function run(state: MachineState, events: Event[], outOfSyncBytes = 0): { state: MachineState; effects: Effect[]; last: Step } {
+type TestEvent =
+  | Exclude<Event, { type: 'program-done' } | { type: 'generation-written' }>
+  | { type: 'program-done'; tag: Extract<Event, { type: 'program-done' }>['tag']; error: Extract<Event, { type: 'program-done' }>['error'] }
+  | { type: 'generation-written' };
+
+/**
+ * Feeds events in order; returns the last step and every effect emitted. A
+ * program-done or generation-written carries the store's view as a store that
+ * wrote every change would report it.
+ */
+function run(state: MachineState, events: TestEvent[], outOfSyncBytes = 0): { state: MachineState; effects: Effect[]; last: Step } {
   let s = state;
   const effects: Effect[] = [];
   let last: Step = { state, effects: [] };
   for (const event of events) {
     freshCounter += 1n;
-    last = step(s, { event, nowMs: 1_700_000_000_000, fresh: freshCounter, outOfSyncBytes });
+    let full: Event;
+    if (event.type === 'program-done') full = { ...event, disk: { md: s.md, armed: s.armedGeneration } };
+    else if (event.type === 'generation-written') {
+      const armed = s.armedGeneration!;
+      full = { type: 'generation-written', md: { ...s.md, uuids: { current: armed, bitmap: s.md.uuids.current, history: s.md.uuids.history } } };
+    } else full = event;
+    last = step(s, { event: full, nowMs: 1_700_000_000_000, fresh: freshCounter, outOfSyncBytes });
     s = last.state;
     effects.push(...last.effects);
   }
@@ -378,5 +393,206 @@ describe('races found so far', () => {
       const r = run(s, [{ type: 'command', id: 9, command }]);
       expect(replies(r.effects)[0].error?.message).toContain('a switchover is in progress');
     }
+  });
+});
+
+describe('every other command', () => {
+  test('secondary: takes the device away, then replies; refused while suspended or in use', () => {
+    const s = established('alpha', 'Primary');
+    const r = run(s, [{ type: 'command', id: 1, command: { name: 'secondary', holder: null } }]);
+    expect(r.last.tag).toBe('demote');
+    expect(kinds(r.effects)).toEqual(['unexpose', 'persist:became-secondary']);
+    const done = run(r.state, [{ type: 'program-done', tag: 'demote', error: null }]);
+    expect(done.state.role).toBe('Secondary');
+    expect(kinds(done.effects)).toEqual(['log', 'send-state', 'reply']);
+    expect(replies(run(s, [{ type: 'command', id: 1, command: { name: 'secondary', holder: 'mounted on /srv' } }]).effects)[0].error?.code).toBe('NRAID_ERR_DEVICE_BUSY');
+    expect(replies(run({ ...s, ioSuspended: true }, [{ type: 'command', id: 1, command: { name: 'secondary', holder: null } }]).effects)[0].error?.message).toContain('I/O is suspended');
+  });
+
+  test('a failed demotion answers the error and keeps the role', () => {
+    const r = run(established('alpha', 'Primary'), [
+      { type: 'command', id: 1, command: { name: 'secondary', holder: null } },
+      { type: 'program-done', tag: 'demote', error: new StateError('device busy') },
+    ]);
+    expect(r.state.role).toBe('Primary');
+    expect(replies(r.effects)[0].error?.message).toBe('device busy');
+  });
+
+  test('invalidate: a Secondary records a full sync and renegotiates; a Primary, or a peer that is not UpToDate, is refused', () => {
+    const r = run(established('beta', 'Secondary'), [{ type: 'command', id: 1, command: { name: 'invalidate' } }]);
+    expect(kinds(r.effects)).toEqual(['persist:invalidated', 'log', 'send-state', 'drop-session', 'reply']);
+    expect(r.state.md.flags.fullSyncNeeded).toBe(true);
+    expect(replies(run(established('alpha', 'Primary'), [{ type: 'command', id: 1, command: { name: 'invalidate' } }]).effects)[0].error).toBeInstanceOf(StateError);
+    const peerBehind = established('beta', 'Secondary', { disk: 'Outdated', role: 'Secondary' });
+    expect(replies(run(peerBehind, [{ type: 'command', id: 1, command: { name: 'invalidate' } }]).effects)[0].error).toBeInstanceOf(NotUpToDateError);
+  });
+
+  test('connect --discard-my-data: refused on a Primary, else remembered and sent as a flag', () => {
+    const refused = run(established('alpha', 'Primary'), [{ type: 'command', id: 1, command: { name: 'connect', discardMyData: true, holder: 'mounted' } }]);
+    expect(replies(refused.effects)[0].error?.message).toContain('it is Primary and its device is in use (mounted)');
+    const ok = run(node('beta'), [{ type: 'command', id: 1, command: { name: 'connect', discardMyData: true, holder: null } }]);
+    expect(ok.state.discardMyData).toBe(true);
+    expect(kinds(ok.effects)).toEqual(['log', 'link-connect', 'reply']);
+  });
+
+  test('disconnect, adjust, resume-io', () => {
+    expect(kinds(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'disconnect' } }]).effects)).toEqual(['link-disconnect', 'reply']);
+    const adj = run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'adjust', protocol: 'A' } }]);
+    expect(adj.state.protocol).toBe('A');
+    expect(kinds(adj.effects)).toEqual(['log', 'set-protocol', 'notice', 'send-state', 'reply']);
+    expect(kinds(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'adjust', protocol: 'C' } }]).effects)).toEqual(['reply']);
+    expect(replies(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'resume-io' } }]).effects)[0].error?.message).toContain('not suspended');
+    const resumed = run({ ...node('alpha'), ioSuspended: true }, [{ type: 'command', id: 1, command: { name: 'resume-io' } }]);
+    expect(resumed.state.ioSuspended).toBe(false);
+    expect(kinds(resumed.effects)).toEqual(['resume-io', 'emit', 'reply']);
+  });
+
+  test('down: refused while suspended or in use; else the node is stopping', () => {
+    expect(replies(run({ ...node('alpha'), ioSuspended: true }, [{ type: 'command', id: 1, command: { name: 'down', holder: null } }]).effects)[0].error?.message).toContain('cannot take down');
+    expect(replies(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'down', holder: 'pid 12' } }]).effects)[0].error?.code).toBe('NRAID_ERR_DEVICE_BUSY');
+    expect(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'down', holder: null } }]).state.stopping).toBe(true);
+  });
+
+  test('primary is refused on a SyncTarget and when the peer is Primary', () => {
+    const target = { ...established('beta', 'Secondary'), replication: 'SyncTarget' as const };
+    expect(replies(run(target, [{ type: 'command', id: 1, command: { name: 'primary', force: true } }]).effects)[0].error).toBeInstanceOf(NotUpToDateError);
+    const peerPrimary = established('beta', 'Secondary', { role: 'Primary' });
+    expect(replies(run(peerPrimary, [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]).effects)[0].error?.message).toContain('the peer alpha is Primary');
+  });
+
+  test('switchover refusals: not connected, not Established, neither Primary; a Secondary delegates to the Primary', () => {
+    expect(replies(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]).effects)[0].error?.message).toContain('the peer is not connected');
+    const syncing = { ...established('alpha', 'Primary'), replication: 'SyncSource' as const };
+    expect(replies(run(syncing, [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]).effects)[0].error?.message).toContain('replication is SyncSource');
+    expect(replies(run(established('beta', 'Secondary'), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]).effects)[0].error?.message).toContain('neither node is Primary');
+    const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]);
+    expect(kinds(d.effects)).toEqual(['request-switchover']);
+    const failed = run(d.state, [{ type: 'switchover-reply', outcome: 'refused', reason: 'x', error: new SwitchoverOutcomeUnknownError('switchover outcome unknown: beta may be Primary') }]);
+    expect(replies(failed.effects)[0].error).toBeInstanceOf(SwitchoverOutcomeUnknownError);
+  });
+});
+
+describe('the session', () => {
+  test('on-no-peer suspend-io: a Primary losing its peer suspends I/O; the peer coming back as target resumes it', () => {
+    const base = established('alpha', 'Primary');
+    const s = { ...base, config: { ...base.config, onNoPeer: 'suspend-io' as const } };
+    let r = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
+    expect(r.state.ioSuspended).toBe(true);
+    expect(kinds(r.effects)).toEqual(['log', 'arm-generation', 'log', 'suspend-io', 'emit', 'persist-bitmap']);
+    r = run(r.state, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 2, dialer: true, peer: peer() },
+      { type: 'bitmap-merged', sessionId: 2, error: null },
+      { type: 'data-socket', sessionId: 2, socketId: 1 },
+      { type: 'data-attached', sessionId: 2, error: null },
+    ]);
+    expect(r.state.ioSuspended).toBe(false);
+  });
+
+  test('fence-peer: runs the hook; a successful hook resumes I/O only with on-no-peer = continue', () => {
+    const base = established('alpha', 'Primary');
+    const s = { ...base, config: { ...base.config, fencePeer: true } };
+    let r = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
+    expect(kinds(r.effects)).toContain('run-hook');
+    expect(r.state.ioSuspended).toBe(true);
+    r = run(r.state, [{ type: 'fence-done', exitCode: 1 }]);
+    expect(r.state.ioSuspended).toBe(true);
+    r = run(r.state, [{ type: 'fence-done', exitCode: 0 }]);
+    expect(r.state.ioSuspended).toBe(false);
+  });
+
+  test('link-lost drops the session (and redials)', () => {
+    const r = run(established('alpha', 'Primary'), [{ type: 'link-lost', detail: 'bad frame' }]);
+    expect(kinds(r.effects)).toEqual(['log', 'drop-session']);
+    expect(r.state.lastLinkError).toBe('bad frame');
+  });
+
+  test('resync-done on the source: Established, the bitmap UUID goes to history, the target is told', () => {
+    const s = node('alpha', md({}, { current: GEN, bitmap: OLD, history: [0n, 0n] }));
+    let r = run({ ...s, role: 'Primary' }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: OLD, bitmap: 0n, history: [0n, 0n] } }) },
+      { type: 'bitmap-merged', sessionId: 1, error: null },
+      { type: 'data-socket', sessionId: 1, socketId: 4 },
+      { type: 'data-attached', sessionId: 1, error: null },
+      { type: 'resync-start-reply', sessionId: 1, ok: true, reason: '' },
+    ], 4096);
+    r = run(r.state, [{ type: 'resync-done', bytes: 4096 }]);
+    expect(r.state.replication).toBe('Established');
+    expect(r.state.md.uuids).toEqual({ current: GEN, bitmap: 0n, history: [OLD, 0n] });
+    expect(kinds(r.effects)).toEqual(['log', 'persist:source-done', 'persist-bitmap', 'send-state', 'notice']);
+  });
+
+  test('resync-done on the target: UpToDate at the source generation, bitmap cleared', () => {
+    const s = node('beta', md({ consistent: false, resyncInProgress: true }, { current: GEN }));
+    const r = run(s, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: false, peer: peer({ role: 'Primary', uuids: { current: GEN, bitmap: 0n, history: [OLD, 0n] } }) },
+      { type: 'data-socket', sessionId: 1, socketId: 4 },
+      { type: 'data-attached', sessionId: 1, error: null },
+      { type: 'peer-notice', notice: { kind: 'resyncDone' } },
+    ]);
+    expect(diskState(r.state)).toBe('UpToDate');
+    expect(r.state.md.flags.resyncInProgress).toBe(false);
+    expect(kinds(r.effects)).toEqual(expect.arrayContaining(['clear-bitmap', 'persist:target-done', 'persist-bitmap']));
+  });
+
+  test('split brain with no victim: both report it and refuse; the hook runs; nothing is discarded', () => {
+    const s = node('alpha', md({}, { current: 0x77n << 20n, bitmap: GEN }));
+    const withHook = { ...s, config: { ...s.config, splitBrainHook: true } };
+    const r = run(withHook, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: 0x99n << 20n, bitmap: GEN, history: [0n, 0n] } }) },
+      { type: 'peer-facts', sessionId: 1, facts: { node: 'beta', primary: false, primarySinceMs: 0, changedBytes: 1, discardMyData: false } },
+    ]);
+    expect(kinds(r.effects)).not.toContain('link-disconnect'); // waits until it answered the peer's question too
+    const done = run(r.state, [{ type: 'peer-request', token: 1, request: { kind: 'splitBrainFacts' } }]);
+    expect(done.state.splitBrain).toBe(true);
+    expect(kinds(done.effects)).toEqual(expect.arrayContaining(['run-hook', 'link-disconnect']));
+    expect(kinds(done.effects)).not.toContain('open-data');
+  });
+
+  test('split brain: when the peer never asks, the facts timeout decides', () => {
+    const s = node('alpha', md({}, { current: 0x77n << 20n, bitmap: GEN }));
+    const r = run(s, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: 0x99n << 20n, bitmap: GEN, history: [0n, 0n] } }) },
+      { type: 'facts-timeout', sessionId: 1 },
+    ]);
+    expect(r.state.splitBrain).toBe(true);
+    expect(kinds(r.effects)).toContain('link-disconnect');
+  });
+
+  test('unrelated data, two Primaries, and a Primary with older data are refused', () => {
+    const unrelated = run(node('alpha', md({}, { current: 0x123n << 20n, history: [0n, 0n] })), [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: 0x456n << 20n, bitmap: 0n, history: [0n, 0n] } }) },
+    ]);
+    expect(unrelated.state.lastLinkError).toContain('unrelated data');
+    const twoPrimaries = run({ ...node('alpha'), role: 'Primary' }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ role: 'Primary' }) },
+    ]);
+    expect(twoPrimaries.state.lastLinkError).toContain('both nodes are Primary');
+    const older = run({ ...node('alpha', md({}, { current: OLD, history: [0n, 0n] })), role: 'Primary' }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: GEN, bitmap: OLD, history: [0n, 0n] } }) },
+    ]);
+    expect(older.state.lastLinkError).toContain('older than the peer');
+  });
+
+  test('a data socket that arrives before the setup is parked, then attached', () => {
+    const s = node('alpha', md({}, { current: GEN, bitmap: OLD }));
+    let r = run({ ...s, role: 'Primary' }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: false, peer: peer({ uuids: { current: OLD, bitmap: 0n, history: [0n, 0n] } }) },
+      { type: 'data-socket', sessionId: 1, socketId: 11 },
+    ]);
+    expect(kinds(r.effects)).not.toContain('attach-data');
+    r = run(r.state, [{ type: 'bitmap-merged', sessionId: 1, error: null }]);
+    expect(r.effects).toContainEqual({ kind: 'attach-data', sessionId: 1, socketId: 11, direction: 'source', sendHelloFirst: true, resyncAllowed: false });
+    // A socket of an old session is closed.
+    const stale = run(r.state, [{ type: 'data-socket', sessionId: 0, socketId: 12 }]);
+    expect(stale.effects).toEqual([{ kind: 'discard-socket', socketId: 12 }]);
   });
 });

@@ -185,8 +185,12 @@ Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
   if (data_size_bytes == 0 || data_size_bytes % nraid::kBlockBytes != 0 || data_size_bytes > disk->size_bytes()) {
     throw Napi::RangeError::New(env, "pipelineCreate: dataSizeBytes must be a multiple of 4096 within the disk");
   }
-  if (granularity_bytes < nraid::kBlockBytes || (granularity_bytes & (granularity_bytes - 1)) != 0) {
-    throw Napi::RangeError::New(env, "pipelineCreate: bitmapGranularityBytes must be a power of two, at least 4096");
+  if (granularity_bytes < nraid::kBitmapGranularityBytesMin || granularity_bytes > nraid::kBitmapGranularityBytesMax ||
+      (granularity_bytes & (granularity_bytes - 1)) != 0) {
+    throw Napi::RangeError::New(env, "pipelineCreate: bitmapGranularityBytes must be a power of two from " +
+                                         std::to_string(nraid::kBitmapGranularityBytesMin) + " to " +
+                                         std::to_string(nraid::kBitmapGranularityBytesMax) + ", found " +
+                                         std::to_string(granularity_bytes));
   }
   if (!options.Get("onEvent").IsFunction()) throw Napi::TypeError::New(env, "pipelineCreate: expected onEvent");
   nraid::ActivityLogLayout activity_log;
@@ -266,8 +270,8 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   auto& bitmap = box->pipeline->bitmap();
   set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
   set("suspendedWaits", c.suspended_waits.load());
-  auto buckets = Napi::Array::New(env, nraid::PipelineCounters::kLatencyBuckets);
-  for (uint32_t i = 0; i < nraid::PipelineCounters::kLatencyBuckets; i++) {
+  auto buckets = Napi::Array::New(env, nraid::kLatencyBuckets);
+  for (uint32_t i = 0; i < nraid::kLatencyBuckets; i++) {
     buckets.Set(i, Napi::Number::New(env, static_cast<double>(c.write_latency_buckets[i].load())));
   }
   result.Set("writeLatencyBuckets", buckets);

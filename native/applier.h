@@ -65,7 +65,6 @@ class Applier {
   bool send_hello_first_ = false;
 
   std::mutex send_mutex_;  // acks come from several threads
-  static constexpr uint32_t kRecvAcksMax = 64;
   FrameHeader recv_acks_[kRecvAcksMax];  // the receiver's own
   uint32_t recv_acks_pending_ = 0;
   std::mutex mutex_;       // buffers, active set

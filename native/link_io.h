@@ -12,6 +12,7 @@
 #include <string>
 
 #include "frame.h"
+#include "limits.h"
 
 namespace nraid {
 
@@ -31,7 +32,6 @@ class SocketReader {
   size_t buffered() const { return end_ - start_; }
 
  private:
-  static constexpr size_t kBufferBytes = 256 * 1024;
   int fd_;
   std::unique_ptr<uint8_t[]> buffer_;
   size_t start_ = 0;

@@ -36,7 +36,6 @@ struct PipelineCounters {
   std::atomic<uint64_t> dirty_writes{0};  // written with no peer: tracked in the bitmap
   std::atomic<uint64_t> suspended_waits{0};
   // Write latency, log2 buckets of microseconds: bucket i counts latencies < 2^i us.
-  static constexpr uint32_t kLatencyBuckets = 24;
   std::atomic<uint64_t> write_latency_buckets[kLatencyBuckets] = {};
 };
 

@@ -7,14 +7,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cassert>
+
+#include "nraid_assert.h"
 
 namespace nraid {
 namespace {
 
 enum SlotEvent { kSent = 1, kRecvAcked = 2, kWriteAcked = 3 };
 constexpr uint32_t kNoSlot = 0xFFFFFFFFu;
-static_assert(kResyncWindowChunks <= 32, "the free mask is 32 bits");
 
 bool ranges_overlap(uint64_t a_offset, uint64_t a_length, uint64_t b_offset, uint64_t b_length) {
   return a_length > 0 && b_length > 0 && a_offset < b_offset + b_length && b_offset < a_offset + a_length;
@@ -47,7 +47,7 @@ Replicator::~Replicator() {
 }
 
 void Replicator::start(int fd, const ReplicatorOptions& options) {
-  assert(fd_ < 0);
+  NRAID_ASSERT(fd_ < 0);
   fd_ = fd;
   options_ = options;
   protocol_.store(options.protocol, std::memory_order_release);
@@ -151,7 +151,7 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
     header.magic = kFrameMagic;
     header.header_crc = crc32c(0, &header, offsetof(FrameHeader, header_crc));
     Unacked& entry = unacked_[seq % kUnackedEntries];
-    assert(!entry.in_use);
+    NRAID_ASSERT(!entry.in_use);
     uint64_t now = monotonic_us();
     bool pinned = type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes;
     entry = Unacked{seq,   offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
@@ -175,8 +175,6 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
 }
 
 void Replicator::send_queued() {
-  // 64 frames per writev: 128 iovecs, well under IOV_MAX.
-  constexpr uint32_t kFramesPerWrite = 64;
   iovec iov[2 * kFramesPerWrite];
   uint32_t sent_slots[kFramesPerWrite];
   uint64_t first_seq;
@@ -189,7 +187,7 @@ void Replicator::send_queued() {
       first_seq = next_send_seq_;
       end_seq = std::min(next_seq_, first_seq + kFramesPerWrite);
       next_send_seq_ = end_seq;
-      assert(end_seq - first_seq <= kFramesPerWrite);
+      NRAID_ASSERT(end_seq - first_seq <= kFramesPerWrite);
       if (first_seq == end_seq) {
         sending_ = false;
         if (abandon) sender_gone_cv_.notify_all();
@@ -227,8 +225,8 @@ void Replicator::send_queued() {
 
 bool Replicator::submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes,
                         uint64_t offset_bytes) {
-  assert(slot < kSlotsMax);
-  assert(type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
+  NRAID_ASSERT(slot < kSlotsMax);
+  NRAID_ASSERT(type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
   uint16_t flags = kFlagWantWriteAck;
   if (protocol() == Protocol::kB) flags |= kFlagWantRecvAck;
   return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0);

@@ -32,8 +32,8 @@ enum class Protocol : uint8_t { kA = 0, kB = 1, kC = 2 };
 
 struct ReplicatorOptions {
   Protocol protocol = Protocol::kC;
-  uint64_t max_lag_bytes = 64ull << 20;
-  uint64_t max_lag_us = 2000000;
+  uint64_t max_lag_bytes = kMaxLagBytesDefault;
+  uint64_t max_lag_us = kMaxLagUsDefault;
   bool send_hello_first = false;
 };
 

@@ -188,6 +188,11 @@ void Applier::receive_loop() {
       return;
     }
     expected_seq++;
+    if (header.type == kFrameRsData && !resync_allowed_.load(std::memory_order_acquire)) {
+      counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+      fail("frame rejected: resync data arrived before the target recorded its resync state");
+      return;
+    }
 
     if (header.type == kFrameBarrier) {
       if (!flush_recv_acks()) return;
@@ -269,6 +274,7 @@ void Applier::receive_loop() {
       if (buffer != kNoBuffer) free_buffers_.push_back(buffer);
       return;
     }
+    NRAID_ASSERT(header.type != kFrameRsData || resync_allowed_.load(std::memory_order_acquire));
     uint32_t active = 0;
     while (active_[active].in_use) active++;
     active_[active] = Active{true, header, buffer};

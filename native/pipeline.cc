@@ -157,8 +157,38 @@ int Pipeline::flush() {
   counters_.flushes.fetch_add(1, std::memory_order_relaxed);
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
   int rc = disk_->flush();
-  if (replicator_ != nullptr && !replicator_->failed()) replicator_->barrier();
+  // A lost peer does not fail the kernel's flush: what it missed is in the bitmap.
+  if (replicator_ != nullptr && !replicator_->failed()) replicator_->barrier(0);
   return count_error(rc);
+}
+
+int Pipeline::flush_durable(const LinkSnapshot& link, uint64_t deadline_us) {
+  InFlight in_flight(counters_.requests_in_flight);
+  epoch_.fetch_add(1, std::memory_order_relaxed);
+  counters_.flushes.fetch_add(1, std::memory_order_relaxed);
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  int rc = count_error(disk_->flush());
+  if (rc != 0 || !link.source) return rc;
+  if (link_generation_ != link.generation || replicator_ == nullptr) return -ENOTCONN;
+  return replicator_->barrier(deadline_us);
+}
+
+int Pipeline::drain(const LinkSnapshot& link, uint64_t deadline_us) {
+  if (!link.source) return -ENOTCONN;
+  int rc = flush_durable(link, deadline_us);
+  if (rc != 0) return rc;
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (link_generation_ != link.generation || replicator_ == nullptr) return -ENOTCONN;
+  return replicator_->wait_idle(deadline_us);
+}
+
+int Pipeline::write_superblock(const uint8_t* image, uint64_t offset_bytes) {
+  NRAID_ASSERT(reinterpret_cast<uintptr_t>(image) % kBlockBytes == 0);
+  NRAID_ASSERT(offset_bytes % kBlockBytes == 0);
+  std::lock_guard<std::mutex> lock(generation_mutex_);
+  int rc = disk_->write(image, kBlockBytes, offset_bytes);
+  if (rc == 0) rc = disk_->flush();
+  return rc;
 }
 
 int Pipeline::discard(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes) {
@@ -199,14 +229,29 @@ void Pipeline::attach_source(int fd, const ReplicatorOptions& options) {
   replicator->start(fd, options);
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
   replicator_ = std::move(replicator);
+  link_generation_++;
 }
 
-void Pipeline::attach_target(int fd, bool send_hello_first) {
+void Pipeline::attach_target(int fd, bool send_hello_first, bool resync_allowed) {
   detach("replaced");
   auto applier = std::make_unique<Applier>(disk_, data_size_bytes_, &link_counters_, sink_);
+  if (resync_allowed) applier->allow_resync();
   applier->start(fd, send_hello_first);
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
   applier_ = std::move(applier);
+  link_generation_++;
+}
+
+bool Pipeline::allow_resync() {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (applier_ == nullptr) return false;
+  applier_->allow_resync();
+  return true;
+}
+
+LinkSnapshot Pipeline::link_snapshot() const {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  return LinkSnapshot{link_generation_, replicator_ != nullptr};
 }
 
 void Pipeline::detach(const std::string& reason) {
@@ -217,6 +262,7 @@ void Pipeline::detach(const std::string& reason) {
     if (applier_) applier_->stop(reason);
   }
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
+  if (replicator_ != nullptr || applier_ != nullptr) link_generation_++;
   replicator_.reset();
   applier_.reset();
 }

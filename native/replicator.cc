@@ -119,8 +119,8 @@ void Replicator::fail(const std::string& reason) {
 // Queues the frame; the calling thread sends it itself (with whatever else
 // is queued) when no other thread is sending. No hand-off to a sender thread,
 // so no extra wake-up on the write path, and no thread sleeps on a send lock.
-bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
-                         uint64_t offset, uint32_t resync_buffer) {
+int Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
+                        uint64_t offset, uint32_t resync_buffer, uint64_t deadline_us) {
   FrameHeader header{};
   header.type = type;
   header.flags = flags;
@@ -133,7 +133,7 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
   {
     std::unique_lock<std::mutex> lock(mutex_);
     const bool bounded = type == kFrameWrite || type == kFrameRsData;
-    space_cv_.wait(lock, [&] {
+    auto has_room = [&] {
       if (failed_.load(std::memory_order_acquire)) return true;
       if (!hello_done_) return false;
       if (next_seq_ - oldest_unacked_seq_ >= kUnackedEntries) return false;
@@ -142,8 +142,13 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
       if (lag > 0 && lag + length > options_.max_lag_bytes) return false;
       uint64_t oldest = counters_->lag_oldest_us.load(std::memory_order_relaxed);
       return oldest == 0 || monotonic_us() - oldest <= options_.max_lag_us;
-    });
-    if (failed_.load(std::memory_order_acquire)) return false;
+    };
+    if (deadline_us == 0) {
+      space_cv_.wait(lock, has_room);
+    } else if (!wait_until_us(space_cv_, lock, deadline_us, has_room)) {
+      return -ETIMEDOUT;
+    }
+    if (failed_.load(std::memory_order_acquire)) return -ENOTCONN;
     uint64_t seq = next_seq_++;
     header.seq = seq;
     header.epoch = epoch_;
@@ -171,7 +176,7 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
     sending_ = true;
   }
   if (become_sender) send_queued();
-  return true;
+  return 0;
 }
 
 void Replicator::send_queued() {
@@ -229,7 +234,7 @@ bool Replicator::submit(uint32_t slot, uint16_t type, const uint8_t* data, uint3
   NRAID_ASSERT(type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
   uint16_t flags = kFlagWantWriteAck;
   if (protocol() == Protocol::kB) flags |= kFlagWantRecvAck;
-  return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0);
+  return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0, 0) == 0;
 }
 
 void Replicator::wait(uint32_t slot) {
@@ -248,16 +253,38 @@ void Replicator::wait(uint32_t slot) {
   });
 }
 
-void Replicator::barrier() {
+int Replicator::barrier(uint64_t deadline_us) {
   uint64_t epoch;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     epoch = epoch_;
   }
-  if (!enqueue(kNoSlot, kFrameBarrier, 0, nullptr, 0, 0, 0)) return;
-  if (protocol() == Protocol::kA) return;
+  int rc = enqueue(kNoSlot, kFrameBarrier, 0, nullptr, 0, 0, 0, deadline_us);
+  if (rc != 0 || protocol() == Protocol::kA) return rc;
   std::unique_lock<std::mutex> lock(mutex_);
-  barrier_cv_.wait(lock, [&] { return failed_.load(std::memory_order_acquire) || barrier_acked_epoch_ >= epoch; });
+  auto settled = [&] { return failed_.load(std::memory_order_acquire) || barrier_acked_epoch_ >= epoch; };
+  if (deadline_us == 0) {
+    barrier_cv_.wait(lock, settled);
+  } else if (!wait_until_us(barrier_cv_, lock, deadline_us, settled)) {
+    return -ETIMEDOUT;
+  }
+  return barrier_acked_epoch_ >= epoch ? 0 : -ENOTCONN;
+}
+
+int Replicator::wait_idle(uint64_t deadline_us) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  // Every change of these two happens under mutex_ and is followed by space_cv_'s notify.
+  auto idle = [&] {
+    return failed_.load(std::memory_order_acquire) ||
+           (counters_->frames_in_flight.load(std::memory_order_relaxed) == 0 &&
+            counters_->lag_bytes.load(std::memory_order_relaxed) == 0);
+  };
+  if (deadline_us == 0) {
+    space_cv_.wait(lock, idle);
+  } else if (!wait_until_us(space_cv_, lock, deadline_us, idle)) {
+    return -ETIMEDOUT;
+  }
+  return failed_.load(std::memory_order_acquire) ? -ENOTCONN : 0;
 }
 
 void Replicator::notify_slot(uint32_t slot, uint64_t seq, int what) {
@@ -465,7 +492,7 @@ void Replicator::resync_loop() {
     }
     int rc = failed() ? -ECANCELED : disk_->read(resync_buffers_[buffer], length, offset);
     bool queued = rc == 0 && enqueue(kResyncSlot, kFrameRsData, kFlagWantWriteAck | kFlagResync, resync_buffers_[buffer],
-                                     static_cast<uint32_t>(length), offset, buffer);
+                                     static_cast<uint32_t>(length), offset, buffer, 0) == 0;
     resync_lock_length_.store(0, std::memory_order_seq_cst);
     {
       std::lock_guard<std::mutex> lock(region_mutex_);

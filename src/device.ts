@@ -160,14 +160,22 @@ function processHolding(device: string): string | null {
   return null;
 }
 
-/** Takes the device away. Refuses while it is open, so that no writer loses its disk. */
-export function unexposeDevice(record: DeviceRecord, pipeline: PipelineHandle, runDir: string): void {
+/**
+ * Takes the device away. Refuses while it is open, so that no writer loses its
+ * disk. Flushes first (off the event loop); a peer lost meanwhile does not
+ * stop it: the local flush is done and the bitmap covers what the peer missed.
+ */
+export async function unexposeDevice(record: DeviceRecord, pipeline: PipelineHandle, runDir: string): Promise<void> {
   if (record.loopDevice !== null) {
     const holder = deviceHolder(record.loopDevice);
     if (holder !== null) {
       throw new DeviceBusyError(`device ${record.devicePath} (${record.loopDevice}) is in use: ${holder}; unmount or close it first`);
     }
-    binding.pipelineFlush(pipeline);
+    try {
+      await binding.pipelineFlush(pipeline);
+    } catch (error) {
+      if (!isNativeError(error) || error.code !== 'ENOTCONN') throw error;
+    }
     detachLoop(record.loopDevice);
   }
   removeSymlinkTo(record.devicePath, record.loopDevice);

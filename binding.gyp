@@ -12,7 +12,9 @@
         "native/link_io.cc",
         "native/replicator.cc",
         "native/applier.cc",
-        "native/activity_log.cc"
+        "native/activity_log.cc",
+        "native/metadata_jobs.cc",
+        "native/js_bridge.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],

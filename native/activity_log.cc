@@ -5,10 +5,10 @@
 #include <string.h>
 
 #include <algorithm>
-#include <cassert>
 
 #include "crc32c.h"
 #include "limits.h"
+#include "nraid_assert.h"
 
 namespace nraid {
 
@@ -22,8 +22,8 @@ ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_byt
       pins_(new std::atomic<uint32_t>[extents_]),
       last_used_(new std::atomic<uint32_t>[extents_]),
       hot_bits_(new std::atomic<uint64_t>[(extents_ + 63) / 64]) {
-  assert(slots_ > 0);
-  assert(layout_.extent_bytes % kBlockBytes == 0);
+  NRAID_ASSERT(slots_ > 0);
+  NRAID_ASSERT(layout_.extent_bytes % kBlockBytes == 0);
   for (uint64_t i = 0; i < extents_; i++) {
     pins_[i].store(0, std::memory_order_relaxed);
     last_used_[i].store(0, std::memory_order_relaxed);
@@ -213,7 +213,7 @@ void ActivityLog::release(uint64_t offset_bytes, uint64_t length_bytes) {
   uint64_t last = (offset_bytes + length_bytes - 1) / layout_.extent_bytes;
   for (uint64_t e = first; e <= last; e++) {
     uint32_t before = pins_[e].fetch_sub(1, std::memory_order_seq_cst);
-    assert(before > 0);
+    NRAID_ASSERT(before > 0);
     (void)before;
   }
 }

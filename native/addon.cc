@@ -17,14 +17,21 @@
 
 #include "crc32c.h"
 #include "fuse_frontend.h"
+#include "js_bridge.h"
 #include "limits.h"
 #include "local_io.h"
+#include "metadata_jobs.h"
+#include "nraid_assert.h"
 #include "pipeline.h"
 
 namespace {
 
 using nraid::FuseFrontend;
+using nraid::JsBridge;
 using nraid::LocalDisk;
+using nraid::MetadataJob;
+using nraid::MetadataJobKind;
+using nraid::MetadataJobs;
 using nraid::Pipeline;
 
 // A handle owns its object until close(); after that every call on it throws.
@@ -162,17 +169,13 @@ Napi::Value DiskClose(const Napi::CallbackInfo& info) {
 
 // ---- pipeline ----
 
+// Destroyed in this order: frontend, metadata jobs, pipeline, then the bridge
+// (released: it frees itself once JavaScript has taken what it queued).
 struct PipelineBox {
+  JsBridge* bridge = nullptr;
   std::unique_ptr<Pipeline> pipeline;
+  std::unique_ptr<MetadataJobs> jobs;
   std::unique_ptr<FuseFrontend> frontend;
-  Napi::ThreadSafeFunction events;
-  std::atomic<uint64_t> events_dropped{0};
-  bool events_live = false;
-};
-
-struct Event {
-  std::string type;
-  std::string detail;
 };
 
 Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
@@ -185,8 +188,12 @@ Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
   if (data_size_bytes == 0 || data_size_bytes % nraid::kBlockBytes != 0 || data_size_bytes > disk->size_bytes()) {
     throw Napi::RangeError::New(env, "pipelineCreate: dataSizeBytes must be a multiple of 4096 within the disk");
   }
-  if (granularity_bytes < nraid::kBlockBytes || (granularity_bytes & (granularity_bytes - 1)) != 0) {
-    throw Napi::RangeError::New(env, "pipelineCreate: bitmapGranularityBytes must be a power of two, at least 4096");
+  if (granularity_bytes < nraid::kBitmapGranularityBytesMin || granularity_bytes > nraid::kBitmapGranularityBytesMax ||
+      (granularity_bytes & (granularity_bytes - 1)) != 0) {
+    throw Napi::RangeError::New(env, "pipelineCreate: bitmapGranularityBytes must be a power of two from " +
+                                         std::to_string(nraid::kBitmapGranularityBytesMin) + " to " +
+                                         std::to_string(nraid::kBitmapGranularityBytesMax) + ", found " +
+                                         std::to_string(granularity_bytes));
   }
   if (!options.Get("onEvent").IsFunction()) throw Napi::TypeError::New(env, "pipelineCreate: expected onEvent");
   nraid::ActivityLogLayout activity_log;
@@ -202,23 +209,14 @@ Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
   auto* box = new PipelineBox();
   // One threadsafe function per pipeline with a bounded queue: native threads
   // never block on JavaScript; an event that does not fit is counted and dropped.
-  box->events = Napi::ThreadSafeFunction::New(env, options.Get("onEvent").As<Napi::Function>(), "nraid-events",
-                                              nraid::kEventQueueMax, 1);
-  box->events.Unref(env);
-  box->events_live = true;
-  nraid::EventSink sink = [box](const std::string& type, const std::string& detail) {
-    auto* event = new Event{type, detail};
-    napi_status status = box->events.NonBlockingCall(event, [](Napi::Env env, Napi::Function callback, Event* e) {
-      callback.Call({Napi::String::New(env, e->type), Napi::String::New(env, e->detail)});
-      delete e;
-    });
-    if (status != napi_ok) {
-      delete event;
-      box->events_dropped.fetch_add(1, std::memory_order_relaxed);
-    }
+  JsBridge* bridge = JsBridge::create(env, options.Get("onEvent"));
+  box->bridge = bridge;
+  nraid::EventSink sink = [bridge](const std::string& type, const std::string& detail) {
+    bridge->post_event(type, detail);
   };
   box->pipeline =
       std::make_unique<Pipeline>(disk, data_size_bytes, static_cast<uint32_t>(granularity_bytes), activity_log, sink);
+  box->jobs = std::make_unique<MetadataJobs>(box->pipeline.get(), [bridge](MetadataJob* job) { bridge->post_done(job); });
   return wrap(env, box);
 }
 
@@ -262,12 +260,12 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("protocolErrors", l.protocol_errors.load());
   set("resyncBytesDone", l.resync_bytes_done.load());
   set("linkFailures", l.link_failures.load());
-  set("eventsDropped", box->events_dropped.load());
+  set("eventsDropped", box->bridge->events_dropped());
   auto& bitmap = box->pipeline->bitmap();
   set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
   set("suspendedWaits", c.suspended_waits.load());
-  auto buckets = Napi::Array::New(env, nraid::PipelineCounters::kLatencyBuckets);
-  for (uint32_t i = 0; i < nraid::PipelineCounters::kLatencyBuckets; i++) {
+  auto buckets = Napi::Array::New(env, nraid::kLatencyBuckets);
+  for (uint32_t i = 0; i < nraid::kLatencyBuckets; i++) {
     buckets.Set(i, Napi::Number::New(env, static_cast<double>(c.write_latency_buckets[i].load())));
   }
   result.Set("writeLatencyBuckets", buckets);
@@ -280,12 +278,81 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   return result;
 }
 
-Napi::Value PipelineFlush(const Napi::CallbackInfo& info) {
+// ---- metadata jobs: promises settled on this thread through the pipeline's threadsafe function ----
+
+std::unique_ptr<MetadataJob> new_job(MetadataJobKind kind, std::string what) {
+  auto job = std::make_unique<MetadataJob>();
+  job->kind = kind;
+  job->error = std::move(what);
+  return job;
+}
+
+Napi::Value submit_job(Napi::Env env, PipelineBox* box, std::unique_ptr<MetadataJob> job) {
+  napi_value promise;
+  if (!box->bridge->begin_job(env, job.get(), &promise)) return Napi::Value(env, promise);  // rejected: too many
+  MetadataJob* taken = job.release();
+  // Only a destroyed pipeline stops taking jobs, and a destroyed one cannot be unwrapped.
+  bool submitted = box->jobs->submit(taken);
+  NRAID_ASSERT(submitted);
+  return Napi::Value(env, promise);
+}
+
+Napi::Value SuperblockWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
-  int rc = box->pipeline->flush();
-  if (rc != 0) throw errno_error(env, -rc, std::string("flush: ") + strerror(-rc));
-  return env.Undefined();
+  if (!info[1].IsTypedArray() || info[1].As<Napi::Uint8Array>().ByteLength() != nraid::kBlockBytes) {
+    throw Napi::TypeError::New(env, "superblockWrite: expected a 4096-byte superblock image");
+  }
+  uint64_t offset = get_u64(info[2], "offsetBytes");
+  const LocalDisk& disk = box->pipeline->disk();
+  // The superblock lives in the metadata area: never over data.
+  if (offset % nraid::kBlockBytes != 0 || offset < box->pipeline->data_size_bytes() ||
+      offset > disk.size_bytes() - nraid::kBlockBytes) {
+    throw Napi::RangeError::New(env, "superblockWrite: offset " + std::to_string(offset) +
+                                         " is not a block-aligned slot between the data area's end (" +
+                                         std::to_string(box->pipeline->data_size_bytes()) + ") and the disk's (" +
+                                         std::to_string(disk.size_bytes()) + ")");
+  }
+  auto job = new_job(MetadataJobKind::kSuperblockWrite,
+                     "superblock write at offset " + std::to_string(offset) + " of " + disk.path());
+  void* image = nullptr;
+  if (posix_memalign(&image, nraid::kBlockBytes, nraid::kBlockBytes) != 0) {
+    throw Napi::Error::New(env, "superblockWrite: out of memory");
+  }
+  job->image = static_cast<uint8_t*>(image);
+  memcpy(job->image, info[1].As<Napi::Uint8Array>().Data(), nraid::kBlockBytes);
+  job->offset_bytes = offset;
+  return submit_job(env, box, std::move(job));
+}
+
+// Writes back the changed blocks of the on-disk bitmap (flush: durably); resolves with the bytes written.
+Napi::Value BitmapPersist(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  auto job = new_job(MetadataJobKind::kBitmapPersist, "bitmap write-back to " + box->pipeline->disk().path());
+  job->flush = info[1].ToBoolean();
+  return submit_job(info.Env(), box, std::move(job));
+}
+
+Napi::Value ActivityLogReset(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  return submit_job(info.Env(), box,
+                    new_job(MetadataJobKind::kActivityLogReset, "activity log reset on " + box->pipeline->disk().path()));
+}
+
+Napi::Value PipelineFlush(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  auto job = new_job(MetadataJobKind::kFlush, "flush of " + box->pipeline->disk().path());
+  job->link = box->pipeline->link_snapshot();
+  return submit_job(info.Env(), box, std::move(job));
+}
+
+Napi::Value Drain(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  uint64_t timeout_ms = get_u64(info[1], "timeoutMs");
+  auto job = new_job(MetadataJobKind::kDrain, "drain to the peer (timeout " + std::to_string(timeout_ms) + " ms)");
+  job->link = box->pipeline->link_snapshot();
+  job->deadline_us = nraid::monotonic_us() + timeout_ms * 1000;
+  return submit_job(info.Env(), box, std::move(job));
 }
 
 Napi::Value FrontendStart(const Napi::CallbackInfo& info) {
@@ -345,10 +412,19 @@ Napi::Value LinkAttach(const Napi::CallbackInfo& info) {
     replicator_options.send_hello_first = hello_first;
     box->pipeline->attach_source(own, replicator_options);
   } else if (mode == "target") {
-    box->pipeline->attach_target(own, hello_first);
+    box->pipeline->attach_target(own, hello_first, options.Get("resyncAllowed").ToBoolean());
   } else {
     ::close(own);
     throw Napi::TypeError::New(env, "linkAttach: mode must be \"source\" or \"target\"");
+  }
+  return env.Undefined();
+}
+
+Napi::Value AllowResync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (!box->pipeline->allow_resync()) {
+    throw errno_error(env, ENOTCONN, "allowResync: no data link in target mode is attached; attach it first");
   }
   return env.Undefined();
 }
@@ -433,34 +509,27 @@ Napi::Value SetSuspended(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-Napi::Value ActivityLogReset(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
-  int rc = box->pipeline->activity_log().reset();
-  if (rc != 0) throw errno_error(env, -rc, std::string("activity log reset: ") + strerror(-rc));
-  return env.Undefined();
-}
-
-// Writes back the changed blocks of the on-disk bitmap (flush: durably); the bytes written.
-Napi::Value BitmapPersist(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
-  int64_t rc = box->pipeline->activity_log().write_bitmap(info[1].ToBoolean());
-  if (rc < 0) throw errno_error(env, static_cast<int>(-rc), std::string("bitmap write-back: ") + strerror(static_cast<int>(-rc)));
-  return Napi::Number::New(env, static_cast<double>(rc));
-}
-
 Napi::Value PipelineDestroy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
   auto* handle = unwrap<PipelineBox>(info, 0, "pipeline");
-  if (handle->object->frontend) handle->object->frontend->stop();
-  handle->object->pipeline->detach("closed");
-  if (handle->object->events_live) {
-    handle->object->events.Release();
-    handle->object->events_live = false;
-  }
-  delete handle->object;
+  PipelineBox* box = handle->object;
   handle->object = nullptr;
-  return info.Env().Undefined();
+  if (box->frontend) {
+    box->frontend->stop();
+    box->frontend.reset();
+  }
+  // A flush or drain waiting for the peer settles (ENOTCONN) once the link is gone;
+  // a disk job that runs finishes; the ones that never ran are rejected here.
+  box->pipeline->detach("closed");
+  for (MetadataJob* job : box->jobs->stop()) {
+    job->result = -ECANCELED;
+    box->bridge->settle(env, job);
+  }
+  box->jobs.reset();
+  box->pipeline.reset();  // no native thread is left to post anything
+  box->bridge->release();
+  delete box;
+  return env.Undefined();
 }
 
 // umount2(2): the control plane's cleanup of a stale FUSE mount after a crash.
@@ -505,6 +574,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setSuspended", Napi::Function::New(env, SetSuspended));
   exports.Set("activityLogReset", Napi::Function::New(env, ActivityLogReset));
   exports.Set("bitmapPersist", Napi::Function::New(env, BitmapPersist));
+  exports.Set("superblockWrite", Napi::Function::New(env, SuperblockWrite));
+  exports.Set("drain", Napi::Function::New(env, Drain));
+  exports.Set("allowResync", Napi::Function::New(env, AllowResync));
   auto limits = Napi::Object::New(env);
   limits.Set("blockBytes", nraid::kBlockBytes);
   limits.Set("requestBytesMax", nraid::kRequestBytesMax);

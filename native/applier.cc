@@ -7,7 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cassert>
+#include "nraid_assert.h"
 
 namespace nraid {
 namespace {
@@ -39,7 +39,7 @@ Applier::~Applier() {
 }
 
 void Applier::start(int fd, bool send_hello_first) {
-  assert(fd_ < 0);
+  NRAID_ASSERT(fd_ < 0);
   fd_ = fd;
   send_hello_first_ = send_hello_first;
   prepare_socket(fd_);
@@ -144,7 +144,7 @@ bool Applier::overlaps_active_locked(uint64_t offset, uint64_t length) const {
 
 void Applier::release_locked(uint32_t active) {
   Active& a = active_[active];
-  assert(a.in_use);
+  NRAID_ASSERT(a.in_use);
   if (a.buffer != kNoBuffer) free_buffers_.push_back(a.buffer);
   a.in_use = false;
   active_count_--;
@@ -188,6 +188,11 @@ void Applier::receive_loop() {
       return;
     }
     expected_seq++;
+    if (header.type == kFrameRsData && !resync_allowed_.load(std::memory_order_acquire)) {
+      counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+      fail("frame rejected: resync data arrived before the target recorded its resync state");
+      return;
+    }
 
     if (header.type == kFrameBarrier) {
       if (!flush_recv_acks()) return;
@@ -269,6 +274,7 @@ void Applier::receive_loop() {
       if (buffer != kNoBuffer) free_buffers_.push_back(buffer);
       return;
     }
+    NRAID_ASSERT(header.type != kFrameRsData || resync_allowed_.load(std::memory_order_acquire));
     uint32_t active = 0;
     while (active_[active].in_use) active++;
     active_[active] = Active{true, header, buffer};
@@ -306,7 +312,7 @@ void Applier::apply_inline(uint32_t active) {
       case kFrameRsData: rc = disk_->write(buffers_[a.buffer], h.length, h.offset); break;
       case kFrameDiscard: rc = disk_->discard(h.offset, h.length); break;
       case kFrameZeroes: rc = disk_->zero_out(h.offset, h.length); break;
-      default: assert(false);
+      default: NRAID_UNREACHABLE("a frame type the receiver never applies inline");
     }
     if (rc != 0) {
       fail(std::string("write to the target's disk failed: ") + strerror(-rc));
@@ -322,7 +328,7 @@ void Applier::apply_inline(uint32_t active) {
 // Takes completions in batches; their write acks leave in one write, then
 // their entries and buffers are released.
 void Applier::reap_loop() {
-  constexpr uint32_t kBatch = AsyncWrites::kReapMax;
+  constexpr uint32_t kBatch = kReapMax;
   AsyncWrites::Completion done[kBatch];
   Active taken[kBatch];
   FrameHeader acks[kBatch];
@@ -337,7 +343,7 @@ void Applier::reap_loop() {
       fail(std::string("waiting for writes to the target's disk: ") + strerror(-count));
       return;  // stop() closes the AIO context, which waits for what is still in flight
     }
-    assert(static_cast<uint32_t>(count) <= kBatch);
+    NRAID_ASSERT(static_cast<uint32_t>(count) <= kBatch);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       for (int i = 0; i < count; i++) {

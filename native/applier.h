@@ -34,6 +34,10 @@ class Applier {
   void start(int fd, bool send_hello_first);
   void stop(const std::string& reason);
   bool failed() const { return failed_.load(std::memory_order_acquire); }
+  // Durable state before data: until the control plane says that the
+  // target's resync state (Inconsistent, the new bitmap UUID) is on its disk,
+  // RS_DATA is a protocol error and never applied. Replicated WRITEs are not gated.
+  void allow_resync() { resync_allowed_.store(true, std::memory_order_release); }
 
  private:
   // A frame between its check and its ack; its index is the tag of its disk write.
@@ -65,7 +69,6 @@ class Applier {
   bool send_hello_first_ = false;
 
   std::mutex send_mutex_;  // acks come from several threads
-  static constexpr uint32_t kRecvAcksMax = 64;
   FrameHeader recv_acks_[kRecvAcksMax];  // the receiver's own
   uint32_t recv_acks_pending_ = 0;
   std::mutex mutex_;       // buffers, active set
@@ -77,6 +80,7 @@ class Applier {
   uint32_t writes_in_flight_ = 0;  // submitted and not reaped
   AsyncWrites writes_;
   int wake_fd_ = -1;  // an eventfd: stop() wakes the reaper through it
+  std::atomic<bool> resync_allowed_{false};
   std::atomic<bool> failed_{false};
   std::atomic<bool> stopping_{false};
   std::thread receiver_;

@@ -1,6 +1,6 @@
 #include "bitmap.h"
 
-#include <cassert>
+#include "nraid_assert.h"
 
 namespace nraid {
 
@@ -10,13 +10,13 @@ Bitmap::Bitmap(uint64_t data_size_bytes, uint32_t granularity_bytes)
       bits_((data_size_bytes + granularity_bytes - 1) / granularity_bytes),
       words_((bits_ + 63) / 64),
       data_(new std::atomic<uint64_t>[words_]) {
-  assert(granularity_bytes > 0 && (granularity_bytes & (granularity_bytes - 1)) == 0);
+  NRAID_ASSERT(granularity_bytes > 0 && (granularity_bytes & (granularity_bytes - 1)) == 0);
   for (uint64_t i = 0; i < words_; i++) data_[i].store(0, std::memory_order_relaxed);
 }
 
 void Bitmap::apply(uint64_t offset_bytes, uint64_t length_bytes, bool set) {
   if (length_bytes == 0) return;
-  assert(offset_bytes < data_size_bytes_ && length_bytes <= data_size_bytes_ - offset_bytes);
+  NRAID_ASSERT(offset_bytes < data_size_bytes_ && length_bytes <= data_size_bytes_ - offset_bytes);
   uint64_t first = offset_bytes / granularity_bytes_;
   uint64_t last = (offset_bytes + length_bytes - 1) / granularity_bytes_;
   for (uint64_t bit = first; bit <= last;) {
@@ -66,7 +66,7 @@ void Bitmap::snapshot(uint64_t* out) const {
 }
 
 void Bitmap::snapshot_range(uint64_t first_word, uint64_t count, uint64_t* out) const {
-  assert(first_word + count <= words_);
+  NRAID_ASSERT(first_word + count <= words_);
   for (uint64_t i = 0; i < count; i++) out[i] = data_[first_word + i].load(std::memory_order_relaxed);
 }
 

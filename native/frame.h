@@ -83,7 +83,7 @@ inline FrameCheck frame_check_header(const FrameHeader& header, uint64_t data_si
   if (header.magic != kFrameMagic) return FrameCheck::kBadMagic;
   if (crc32c(0, &header, offsetof(FrameHeader, header_crc)) != header.header_crc) return FrameCheck::kBadHeaderCrc;
   if (header.type == 0 || header.type > kFrameTypeMax) return FrameCheck::kBadType;
-  if (frame_has_payload(header.type) && header.length > kRequestBytesMax) return FrameCheck::kBadLength;
+  if (frame_has_payload(header.type) && header.length > kFramePayloadBytesMax) return FrameCheck::kBadLength;
   bool ranged = header.type == kFrameWrite || header.type == kFrameRsData || header.type == kFrameDiscard ||
                 header.type == kFrameZeroes;
   if (ranged && (header.offset > data_size_bytes || header.length > data_size_bytes - header.offset)) {

@@ -16,10 +16,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <cassert>
 #include <cstddef>
 
 #include "limits.h"
+#include "nraid_assert.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -36,7 +36,6 @@ constexpr size_t kReadOffsetBytes = kFuseHeaderRoomBytes - kWriteHeaderBytes;
 constexpr size_t kBufferSlackBytes = kBlockBytes;
 constexpr size_t kWorkerBufferBytes = kFuseBufferBytes + kBufferSlackBytes;
 constexpr size_t kReadSizeBytes = kWorkerBufferBytes - kReadOffsetBytes;
-constexpr size_t kWorkerStackBytes = 256 * 1024;
 constexpr uint32_t kOurMinorVersion = 38;
 constexpr uint64_t kRootNodeId = FUSE_ROOT_ID;
 constexpr uint64_t kAttrValidSeconds = 1;
@@ -49,7 +48,7 @@ fuse_attr volume_attr(uint64_t size_bytes) {
   fuse_attr attr{};
   attr.ino = kRootNodeId;
   attr.size = size_bytes;
-  attr.blocks = size_bytes / 512;
+  attr.blocks = size_bytes / kSectorBytes;
   attr.mode = S_IFREG | 0600;
   attr.nlink = 1;
   attr.blksize = kBlockBytes;
@@ -72,13 +71,13 @@ void install_wake_handler() {
 
 FuseFrontend::FuseFrontend(Pipeline* pipeline, FrontendOptions options)
     : pipeline_(pipeline), options_(std::move(options)) {
-  assert(options_.threads >= kFrontendThreadsMin && options_.threads <= kFrontendThreadsMax);
+  NRAID_ASSERT(options_.threads >= kFrontendThreadsMin && options_.threads <= kFrontendThreadsMax);
 }
 
 FuseFrontend::~FuseFrontend() { stop(); }
 
 bool FuseFrontend::start(std::string* error) {
-  assert(fd_ < 0);
+  NRAID_ASSERT(fd_ < 0);
   install_wake_handler();
   fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
   if (fd_ < 0) {
@@ -102,14 +101,14 @@ bool FuseFrontend::start(std::string* error) {
   // Keep what the serving threads touch resident: their buffers and stacks.
   // (mlockall would also pin V8's heap, which V8 cannot tear down then.)
   for (auto& worker : workers_) {
-    if (posix_memalign(&worker.stack, kBlockBytes, kWorkerStackBytes) != 0) {
+    if (posix_memalign(&worker.stack, kBlockBytes, kFrontendStackBytes) != 0) {
       worker.stack = nullptr;
       *error = "cannot allocate the frontend's thread stacks";
       stop();
       return false;
     }
     if (options_.lock_memory &&
-        (mlock(worker.buffer, kWorkerBufferBytes) != 0 || mlock(worker.stack, kWorkerStackBytes) != 0)) {
+        (mlock(worker.buffer, kWorkerBufferBytes) != 0 || mlock(worker.stack, kFrontendStackBytes) != 0)) {
       *error = std::string("mlock of the frontend's buffers: ") + strerror(errno);
       stop();
       return false;
@@ -129,7 +128,7 @@ bool FuseFrontend::start(std::string* error) {
   for (auto& worker : workers_) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
-    pthread_attr_setstack(&attr, worker.stack, kWorkerStackBytes);
+    pthread_attr_setstack(&attr, worker.stack, kFrontendStackBytes);
     int rc = pthread_create(&worker.thread, &attr, &FuseFrontend::run_worker, &worker);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
@@ -168,7 +167,7 @@ void FuseFrontend::stop() {
   }
   for (auto& worker : workers_) {
     if (worker.buffer != nullptr) munlock(worker.buffer, kWorkerBufferBytes);
-    if (worker.stack != nullptr) munlock(worker.stack, kWorkerStackBytes);
+    if (worker.stack != nullptr) munlock(worker.stack, kFrontendStackBytes);
     free(worker.buffer);
     free(worker.stack);
     worker.buffer = nullptr;
@@ -249,7 +248,7 @@ void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes,
       out.congestion_threshold = kFuseCongestionThreshold;
       out.max_write = kRequestBytesMax;
       out.time_gran = 1;
-      out.max_pages = kRequestBytesMax / 4096;
+      out.max_pages = kRequestBytesMax / kFusePageBytes;
       reply(in->unique, 0, &out, sizeof(out));
       initialized_.store(true, std::memory_order_release);
       return;
@@ -261,7 +260,7 @@ void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes,
         return;
       }
       uint8_t* data = buffer + kFuseHeaderRoomBytes;
-      assert(request + kWriteHeaderBytes == data);
+      NRAID_ASSERT(request + kWriteHeaderBytes == data);
       int rc = pipeline_->write(slot, data, write_in->size, write_in->offset);
       fuse_write_out out{};
       out.size = write_in->size;

@@ -1,15 +1,38 @@
-// Every bound of the data plane, named once. src/limits.ts mirrors the ones
-// the control plane needs; test/unit/config.test.ts checks that they agree.
+// Every bound of the data plane, named once (after TigerStyle), with
+// static_asserts for how they relate. src/limits.ts mirrors the ones the
+// control plane needs; test/unit/config.test.ts checks that they agree
+// (through the binding's `limits` object).
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
 namespace nraid {
 
+constexpr uint64_t kKiB = 1024;
+constexpr uint64_t kMiB = 1024 * kKiB;
+constexpr uint64_t kGiB = 1024 * kMiB;
+
+// ---- blocks and requests ----
+
 constexpr uint32_t kSectorBytes = 512;
-constexpr uint32_t kBlockBytes = 4096;
-// The largest request the kernel sends (max_pages 256) and the largest payload on the wire.
-constexpr uint32_t kRequestBytesMax = 1u << 20;
+constexpr uint32_t kBlockBytes = 4 * kKiB;
+// The largest request the kernel sends (max_pages 256 of kFusePageBytes).
+constexpr uint32_t kRequestBytesMax = 1 * kMiB;
+// The largest payload of one data-link frame.
+constexpr uint32_t kFramePayloadBytesMax = kRequestBytesMax;
+// A DISCARD or ZEROES frame's length is 32 bits: longer ones go in pieces of this size.
+constexpr uint64_t kRangeFrameBytesMax = 1 * kGiB;
+
+static_assert(kBlockBytes % kSectorBytes == 0);
+static_assert(kRequestBytesMax % kBlockBytes == 0);
+static_assert(kRequestBytesMax <= kFramePayloadBytesMax, "every request fits in one frame");
+static_assert(kRangeFrameBytesMax % kBlockBytes == 0);
+static_assert(kRangeFrameBytesMax <= UINT32_MAX, "a frame's length field is 32 bits");
+
+// ---- FUSE frontend ----
+
+// The unit of FUSE_INIT's max_pages.
+constexpr uint32_t kFusePageBytes = 4 * kKiB;
 // Room in front of a FUSE request buffer so that a WRITE's payload lands block-aligned.
 constexpr uint32_t kFuseHeaderRoomBytes = kBlockBytes;
 constexpr uint32_t kFuseBufferBytes = kFuseHeaderRoomBytes + kRequestBytesMax;
@@ -18,54 +41,97 @@ constexpr uint32_t kFuseBufferBytes = kFuseHeaderRoomBytes + kRequestBytesMax;
 constexpr uint32_t kFrontendThreadsMin = 1;
 constexpr uint32_t kFrontendThreadsDefault = 48;
 constexpr uint32_t kFrontendThreadsMax = 128;
+// The stack of each frontend thread (allocated, and with lock-memory mlocked, up front).
+constexpr size_t kFrontendStackBytes = 256 * kKiB;
 // FUSE asks for the kernel's background queue: bounds async direct I/O in flight.
 constexpr uint16_t kFuseMaxBackground = 256;
 constexpr uint16_t kFuseCongestionThreshold = 192;
-// The activity log tracks extents of this size.
-constexpr uint64_t kActivityExtentBytes = 4ull << 20;
 
-static_assert(kRequestBytesMax % kBlockBytes == 0);
+static_assert(kRequestBytesMax % kFusePageBytes == 0);
+static_assert(kRequestBytesMax / kFusePageBytes <= 256, "the kernel's max_pages_limit");
 static_assert(kFuseHeaderRoomBytes % kBlockBytes == 0);
-static_assert(kFrontendThreadsDefault <= kFrontendThreadsMax);
+static_assert(kFrontendThreadsMin <= kFrontendThreadsDefault && kFrontendThreadsDefault <= kFrontendThreadsMax);
 static_assert(kFuseCongestionThreshold < kFuseMaxBackground);
-static_assert(kActivityExtentBytes % kRequestBytesMax == 0);
+static_assert(kFrontendStackBytes % kBlockBytes == 0);
 
-}  // namespace nraid
+// ---- dirty bitmap and activity log ----
 
-namespace nraid {
-
-// Replication. Slots: one per frontend thread, plus the resync engine's.
-constexpr uint32_t kSlotsMax = kFrontendThreadsMax + 1;
-constexpr uint32_t kResyncSlot = kFrontendThreadsMax;
-// Frames sent and not yet acknowledged as written (bounded by span of sequence numbers).
-constexpr uint32_t kUnackedEntries = 8192;
-// Target side: payload buffers in flight (the receive window), which also
-// bounds the asynchronous disk writes in flight.
-constexpr uint32_t kApplyBuffers = 64;
-// With nothing else in flight, the receiver writes a frame this small itself
-// and waits for it: at queue depth 1 that is one wake-up less than the
-// reaper's. A larger write would hold up the frames behind it for longer.
-constexpr uint32_t kInlineApplyBytesMax = 64 * 1024;
-// Resync: chunks read from disk and in flight to the peer.
-constexpr uint32_t kResyncChunkBytes = kRequestBytesMax;
-constexpr uint32_t kResyncWindowChunks = 8;
-constexpr uint32_t kSocketBufferBytes = 4u << 20;
-// Events queued to JavaScript before new ones are dropped (and counted).
-constexpr uint32_t kEventQueueMax = 256;
-
-static_assert(kUnackedEntries >= kSlotsMax + kResyncWindowChunks);
-static_assert(kResyncChunkBytes <= kRequestBytesMax);
-
-}  // namespace nraid
-
-namespace nraid {
-
-// Activity log: a ring of 4 KiB transactions, each naming every hot extent.
-constexpr uint32_t kActivityTransactionBytes = 4096;
+// Data bytes one bitmap bit covers (a power of two between these; the control plane picks it).
+constexpr uint32_t kBitmapGranularityBytesMin = kBlockBytes;
+constexpr uint32_t kBitmapGranularityBytesMax = 1 * kMiB;
+// The activity log tracks extents of this size.
+constexpr uint64_t kActivityExtentBytes = 4 * kMiB;
+// A ring of transactions, each naming every hot extent.
+constexpr uint32_t kActivityTransactionBytes = kBlockBytes;
 constexpr uint32_t kActivityHeaderBytes = 32;
 constexpr uint32_t kActivityExtentsMax = 1000;  // 4 GiB of hot data at 4 MiB extents
 constexpr uint32_t kActivityMagic = 0x4C41524E;  // "NRAL"
 
-static_assert(kActivityHeaderBytes + kActivityExtentsMax * 4 <= kActivityTransactionBytes - 4);
+static_assert(kBitmapGranularityBytesMin % kBlockBytes == 0, "a bitmap bit covers whole blocks");
+static_assert(kBitmapGranularityBytesMin <= kBitmapGranularityBytesMax);
+static_assert(kActivityExtentBytes % kRequestBytesMax == 0);
+static_assert(kActivityExtentBytes % kBitmapGranularityBytesMax == 0, "an activity extent is whole bitmap bits");
+static_assert(kActivityHeaderBytes + kActivityExtentsMax * 4 <= kActivityTransactionBytes - 4,
+              "header, extent numbers and the crc fit in one transaction");
+
+// ---- replication (source side) ----
+
+// Slots: one per frontend thread, plus the resync engine's.
+constexpr uint32_t kSlotsMax = kFrontendThreadsMax + 1;
+constexpr uint32_t kResyncSlot = kFrontendThreadsMax;
+// Frames sent and not yet acknowledged as written (bounded by span of sequence numbers).
+constexpr uint32_t kUnackedEntries = 8192;
+// Frames the sender writes in one writev() (two iovecs each: header and payload).
+constexpr uint32_t kFramesPerWrite = 64;
+// Resync: chunks read from disk and in flight to the peer (a bit each in a 32-bit mask).
+constexpr uint32_t kResyncChunkBytes = kRequestBytesMax;
+constexpr uint32_t kResyncWindowChunks = 8;
+// Protocol A's defaults for how far the peer may fall behind (src/limits.ts maxLagBytesDefault, maxLagMsDefault).
+constexpr uint64_t kMaxLagBytesDefault = 64 * kMiB;
+constexpr uint64_t kMaxLagUsDefault = 2'000'000;
+constexpr uint32_t kSocketBufferBytes = 4 * kMiB;
+// Buffered socket reads: under load one read() brings many frames.
+constexpr size_t kSocketReadBufferBytes = 256 * kKiB;
+
+static_assert(kUnackedEntries >= kSlotsMax + kResyncWindowChunks,
+              "every writer and the resync window can have a frame in flight at once");
+static_assert(2 * kFramesPerWrite <= 1024, "one writev() stays under IOV_MAX");
+static_assert(kResyncChunkBytes <= kFramePayloadBytesMax, "a resync chunk fits in one frame");
+static_assert(kResyncChunkBytes % kBitmapGranularityBytesMax == 0, "a resync chunk is whole bitmap bits");
+static_assert(kResyncWindowChunks >= 1 && kResyncWindowChunks <= 32, "the free mask of resync buffers is 32 bits");
+static_assert(kMaxLagBytesDefault >= kRequestBytesMax, "protocol A can hold at least one request in flight");
+static_assert(kSocketReadBufferBytes >= 2 * 48, "the read buffer holds several frame headers");
+
+// ---- apply (target side) ----
+
+// Payload buffers in flight (the receive window), which also bounds the
+// asynchronous disk writes in flight.
+constexpr uint32_t kApplyBuffers = 64;
+// With nothing else in flight, the receiver writes a frame this small itself
+// and waits for it: at queue depth 1 that is one wake-up less than the
+// reaper's. A larger write would hold up the frames behind it for longer.
+constexpr uint32_t kInlineApplyBytesMax = 64 * kKiB;
+// Protocol B's receive acks of one burst leave in one write of at most this many.
+constexpr uint32_t kRecvAcksMax = 64;
+// Completions the reaper takes from the kernel per wake-up.
+constexpr uint32_t kReapMax = 64;
+
+static_assert(kInlineApplyBytesMax <= kRequestBytesMax);
+static_assert(kInlineApplyBytesMax % kBlockBytes == 0);
+static_assert(kApplyBuffers <= kUnackedEntries, "the receive window is within what the source keeps in flight");
+
+// ---- control plane boundary ----
+
+// Events queued to JavaScript before new ones are dropped (and counted).
+constexpr uint32_t kEventQueueMax = 256;
+// Metadata jobs (superblock writes, bitmap write-back, activity-log reset,
+// flushes, drains) submitted and not yet settled, per pipeline. One more is
+// refused (EAGAIN): a backlog this long means the backing disk is stalled.
+constexpr uint32_t kMetadataJobsMax = 32;
+// Write latency histogram: bucket i counts latencies under 2^i microseconds (the last one: the rest).
+constexpr uint32_t kLatencyBuckets = 24;
+
+static_assert(kMetadataJobsMax >= 8, "room for one of each kind of job, and a few flushes");
+static_assert(kLatencyBuckets <= 64);
 
 }  // namespace nraid

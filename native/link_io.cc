@@ -37,7 +37,7 @@ int read_full(int fd, void* data, size_t length) {
   return 0;
 }
 
-SocketReader::SocketReader(int fd) : fd_(fd), buffer_(new uint8_t[kBufferBytes]) {}
+SocketReader::SocketReader(int fd) : fd_(fd), buffer_(new uint8_t[kSocketReadBufferBytes]) {}
 
 int SocketReader::read(void* data, size_t length) {
   auto* out = static_cast<uint8_t*>(data);
@@ -47,10 +47,10 @@ int SocketReader::read(void* data, size_t length) {
   start_ += copied;
   size_t remaining = length - copied;
   if (remaining == 0) return 0;
-  if (remaining >= kBufferBytes / 2) return read_full(fd_, out + copied, remaining);
+  if (remaining >= kSocketReadBufferBytes / 2) return read_full(fd_, out + copied, remaining);
   start_ = end_ = 0;
   while (end_ < remaining) {
-    ssize_t n = ::read(fd_, buffer_.get() + end_, kBufferBytes - end_);
+    ssize_t n = ::read(fd_, buffer_.get() + end_, kSocketReadBufferBytes - end_);
     if (n < 0) {
       if (errno == EINTR) continue;
       return -errno;

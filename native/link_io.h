@@ -5,13 +5,17 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "frame.h"
+#include "limits.h"
 
 namespace nraid {
 
@@ -31,7 +35,6 @@ class SocketReader {
   size_t buffered() const { return end_ - start_; }
 
  private:
-  static constexpr size_t kBufferBytes = 256 * 1024;
   int fd_;
   std::unique_ptr<uint8_t[]> buffer_;
   size_t start_ = 0;
@@ -62,7 +65,16 @@ struct LinkCounters {
   std::atomic<uint64_t> link_failures{0};
 };
 
+// CLOCK_MONOTONIC, the clock of std::chrono::steady_clock on Linux.
 uint64_t monotonic_us();
+// Waits on `cv` until `ready()` holds or the monotonic clock passes
+// `deadline_us` (a monotonic_us() value); returns ready().
+template <typename Predicate>
+bool wait_until_us(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, uint64_t deadline_us,
+                   Predicate ready) {
+  const auto deadline = std::chrono::steady_clock::time_point(std::chrono::microseconds(deadline_us));
+  return cv.wait_until(lock, deadline, ready);
+}
 // Names the calling thread as `top -H` and /proc show it (at most 15 characters).
 void name_thread(const char* name);
 

@@ -12,7 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cassert>
+#include "nraid_assert.h"
 
 namespace nraid {
 
@@ -69,8 +69,8 @@ LocalDisk::~LocalDisk() {
 }
 
 int LocalDisk::write(const void* data, uint64_t length_bytes, uint64_t offset_bytes) {
-  assert(reinterpret_cast<uintptr_t>(data) % logical_block_bytes_ == 0);
-  assert(length_bytes % logical_block_bytes_ == 0 && offset_bytes % logical_block_bytes_ == 0);
+  NRAID_ASSERT(reinterpret_cast<uintptr_t>(data) % logical_block_bytes_ == 0);
+  NRAID_ASSERT(length_bytes % logical_block_bytes_ == 0 && offset_bytes % logical_block_bytes_ == 0);
   const auto* bytes = static_cast<const uint8_t*>(data);
   uint64_t done = 0;
   while (done < length_bytes) {
@@ -86,8 +86,8 @@ int LocalDisk::write(const void* data, uint64_t length_bytes, uint64_t offset_by
 }
 
 int LocalDisk::read(void* data, uint64_t length_bytes, uint64_t offset_bytes) {
-  assert(reinterpret_cast<uintptr_t>(data) % logical_block_bytes_ == 0);
-  assert(length_bytes % logical_block_bytes_ == 0 && offset_bytes % logical_block_bytes_ == 0);
+  NRAID_ASSERT(reinterpret_cast<uintptr_t>(data) % logical_block_bytes_ == 0);
+  NRAID_ASSERT(length_bytes % logical_block_bytes_ == 0 && offset_bytes % logical_block_bytes_ == 0);
   auto* bytes = static_cast<uint8_t*>(data);
   uint64_t done = 0;
   while (done < length_bytes) {
@@ -154,8 +154,8 @@ int submit_one(unsigned long context, iocb* request) {
 
 int AsyncWrites::submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes,
                               uint64_t tag) {
-  assert(reinterpret_cast<uintptr_t>(data) % disk->logical_block_bytes() == 0);
-  assert(length_bytes % disk->logical_block_bytes() == 0 && offset_bytes % disk->logical_block_bytes() == 0);
+  NRAID_ASSERT(reinterpret_cast<uintptr_t>(data) % disk->logical_block_bytes() == 0);
+  NRAID_ASSERT(length_bytes % disk->logical_block_bytes() == 0 && offset_bytes % disk->logical_block_bytes() == 0);
   iocb request{};  // the kernel copies it during io_submit
   request.aio_data = tag;
   request.aio_lio_opcode = IOCB_CMD_PWRITE;

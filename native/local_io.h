@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "limits.h"
+
 namespace nraid {
 
 class LocalDisk {
@@ -62,7 +64,6 @@ class AsyncWrites {
   int submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes, uint64_t tag);
   // A completion with `tag` arrives once `fd` (an eventfd) becomes readable: a way to wake the reaper.
   int submit_poll(int fd, uint64_t tag);
-  static constexpr uint32_t kReapMax = 64;
   // Waits for at least one completion; returns how many it stored (at most `max`
   // and kReapMax), or a negative errno.
   int reap(Completion* out, uint32_t max);

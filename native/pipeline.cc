@@ -4,10 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cassert>
 #include <mutex>
 
 #include "limits.h"
+#include "nraid_assert.h"
 
 namespace nraid {
 namespace {
@@ -32,9 +32,9 @@ Pipeline::Pipeline(LocalDisk* disk, uint64_t data_size_bytes, uint32_t granulari
       sink_(std::move(sink)),
       bitmap_(data_size_bytes, granularity_bytes),
       activity_log_(disk, &bitmap_, data_size_bytes, activity_log) {
-  assert(disk_ != nullptr);
-  assert(data_size_bytes_ % kBlockBytes == 0);
-  assert(data_size_bytes_ <= disk_->size_bytes());
+  NRAID_ASSERT(disk_ != nullptr);
+  NRAID_ASSERT(data_size_bytes_ % kBlockBytes == 0);
+  NRAID_ASSERT(data_size_bytes_ <= disk_->size_bytes());
 }
 
 Pipeline::~Pipeline() {
@@ -123,8 +123,8 @@ int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint3
 }
 
 int Pipeline::write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) {
-  assert(length_bytes <= kRequestBytesMax);
-  assert(slot < kSlotsMax);
+  NRAID_ASSERT(length_bytes <= kRequestBytesMax);
+  NRAID_ASSERT(slot < kSlotsMax);
   if (!in_bounds(offset_bytes, length_bytes)) return -ENOSPC;
   InFlight in_flight(counters_.requests_in_flight);
   uint64_t start_us = monotonic_us();
@@ -135,13 +135,13 @@ int Pipeline::write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, u
   uint64_t latency_us = monotonic_us() - start_us;
   counters_.write_latency_us_total.fetch_add(latency_us, std::memory_order_relaxed);
   uint32_t bucket = latency_us == 0 ? 0 : 64 - static_cast<uint32_t>(__builtin_clzll(latency_us));
-  if (bucket >= PipelineCounters::kLatencyBuckets) bucket = PipelineCounters::kLatencyBuckets - 1;
+  if (bucket >= kLatencyBuckets) bucket = kLatencyBuckets - 1;
   counters_.write_latency_buckets[bucket].fetch_add(1, std::memory_order_relaxed);
   return count_error(rc);
 }
 
 int Pipeline::read(uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) {
-  assert(length_bytes <= kRequestBytesMax);
+  NRAID_ASSERT(length_bytes <= kRequestBytesMax);
   if (!in_bounds(offset_bytes, length_bytes)) return -EINVAL;
   InFlight in_flight(counters_.requests_in_flight);
   int rc = disk_->read(data, length_bytes, offset_bytes);
@@ -157,8 +157,38 @@ int Pipeline::flush() {
   counters_.flushes.fetch_add(1, std::memory_order_relaxed);
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
   int rc = disk_->flush();
-  if (replicator_ != nullptr && !replicator_->failed()) replicator_->barrier();
+  // A lost peer does not fail the kernel's flush: what it missed is in the bitmap.
+  if (replicator_ != nullptr && !replicator_->failed()) replicator_->barrier(0);
   return count_error(rc);
+}
+
+int Pipeline::flush_durable(const LinkSnapshot& link, uint64_t deadline_us) {
+  InFlight in_flight(counters_.requests_in_flight);
+  epoch_.fetch_add(1, std::memory_order_relaxed);
+  counters_.flushes.fetch_add(1, std::memory_order_relaxed);
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  int rc = count_error(disk_->flush());
+  if (rc != 0 || !link.source) return rc;
+  if (link_generation_ != link.generation || replicator_ == nullptr) return -ENOTCONN;
+  return replicator_->barrier(deadline_us);
+}
+
+int Pipeline::drain(const LinkSnapshot& link, uint64_t deadline_us) {
+  if (!link.source) return -ENOTCONN;
+  int rc = flush_durable(link, deadline_us);
+  if (rc != 0) return rc;
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (link_generation_ != link.generation || replicator_ == nullptr) return -ENOTCONN;
+  return replicator_->wait_idle(deadline_us);
+}
+
+int Pipeline::write_superblock(const uint8_t* image, uint64_t offset_bytes) {
+  NRAID_ASSERT(reinterpret_cast<uintptr_t>(image) % kBlockBytes == 0);
+  NRAID_ASSERT(offset_bytes % kBlockBytes == 0);
+  std::lock_guard<std::mutex> lock(generation_mutex_);
+  int rc = disk_->write(image, kBlockBytes, offset_bytes);
+  if (rc == 0) rc = disk_->flush();
+  return rc;
 }
 
 int Pipeline::discard(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes) {
@@ -169,7 +199,7 @@ int Pipeline::discard(uint32_t slot, uint64_t offset_bytes, uint64_t length_byte
   int rc = 0;
   // A frame's length is 32 bits: long discards go in pieces.
   for (uint64_t done = 0; done < length_bytes && rc == 0;) {
-    uint64_t piece = std::min<uint64_t>(length_bytes - done, 1ull << 30);
+    uint64_t piece = std::min<uint64_t>(length_bytes - done, kRangeFrameBytesMax);
     rc = replicate(slot, kFrameDiscard, nullptr, static_cast<uint32_t>(piece), offset_bytes + done,
                    [&] { return disk_->discard(offset_bytes + done, piece); });
     done += piece;
@@ -184,7 +214,7 @@ int Pipeline::zero_out(uint32_t slot, uint64_t offset_bytes, uint64_t length_byt
   counters_.zero_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
   int rc = 0;
   for (uint64_t done = 0; done < length_bytes && rc == 0;) {
-    uint64_t piece = std::min<uint64_t>(length_bytes - done, 1ull << 30);
+    uint64_t piece = std::min<uint64_t>(length_bytes - done, kRangeFrameBytesMax);
     rc = replicate(slot, kFrameZeroes, nullptr, static_cast<uint32_t>(piece), offset_bytes + done,
                    [&] { return disk_->zero_out(offset_bytes + done, piece); });
     done += piece;
@@ -199,14 +229,29 @@ void Pipeline::attach_source(int fd, const ReplicatorOptions& options) {
   replicator->start(fd, options);
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
   replicator_ = std::move(replicator);
+  link_generation_++;
 }
 
-void Pipeline::attach_target(int fd, bool send_hello_first) {
+void Pipeline::attach_target(int fd, bool send_hello_first, bool resync_allowed) {
   detach("replaced");
   auto applier = std::make_unique<Applier>(disk_, data_size_bytes_, &link_counters_, sink_);
+  if (resync_allowed) applier->allow_resync();
   applier->start(fd, send_hello_first);
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
   applier_ = std::move(applier);
+  link_generation_++;
+}
+
+bool Pipeline::allow_resync() {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (applier_ == nullptr) return false;
+  applier_->allow_resync();
+  return true;
+}
+
+LinkSnapshot Pipeline::link_snapshot() const {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  return LinkSnapshot{link_generation_, replicator_ != nullptr};
 }
 
 void Pipeline::detach(const std::string& reason) {
@@ -217,6 +262,7 @@ void Pipeline::detach(const std::string& reason) {
     if (applier_) applier_->stop(reason);
   }
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
+  if (replicator_ != nullptr || applier_ != nullptr) link_generation_++;
   replicator_.reset();
   applier_.reset();
 }

@@ -36,8 +36,14 @@ struct PipelineCounters {
   std::atomic<uint64_t> dirty_writes{0};  // written with no peer: tracked in the bitmap
   std::atomic<uint64_t> suspended_waits{0};
   // Write latency, log2 buckets of microseconds: bucket i counts latencies < 2^i us.
-  static constexpr uint32_t kLatencyBuckets = 24;
   std::atomic<uint64_t> write_latency_buckets[kLatencyBuckets] = {};
+};
+
+// Which data link a control-plane flush was asked under: a flush or drain
+// that expected a peer fails with -ENOTCONN once that link is gone.
+struct LinkSnapshot {
+  uint64_t generation = 0;  // counts attaches and detaches
+  bool source = false;      // a link in source mode was attached (failed or not)
 };
 
 class Pipeline {
@@ -57,9 +63,27 @@ class Pipeline {
   int discard(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
   int zero_out(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
 
+  // The control plane's flush (off the JavaScript thread): the local disk,
+  // then, when `link` had a source link, a barrier the peer must acknowledge.
+  // 0; a negative errno of the local flush; -ENOTCONN when the local flush
+  // succeeded but that link failed or was detached; -ETIMEDOUT past
+  // `deadline_us` (monotonic; 0: none).
+  int flush_durable(const LinkSnapshot& link, uint64_t deadline_us);
+  // flush_durable, then waits until nothing is in flight to the peer: no frame
+  // unacknowledged, no lag. -ENOTCONN also when no source link was attached.
+  int drain(const LinkSnapshot& link, uint64_t deadline_us);
+  // One superblock slot image, written and flushed under the generation
+  // lock: never at the same time as the armed generation's own write.
+  int write_superblock(const uint8_t* image, uint64_t offset_bytes);
+
   // The data link: this node sends (source) or applies (target). One at a time.
   void attach_source(int fd, const ReplicatorOptions& options);
-  void attach_target(int fd, bool send_hello_first);
+  // `resync_allowed`: RS_DATA may be applied (the target's resync state is on its disk).
+  void attach_target(int fd, bool send_hello_first, bool resync_allowed);
+  // The target recorded its resync state (Inconsistent, the new bitmap UUID)
+  // durably: RS_DATA may be applied from now on. False without a target link.
+  bool allow_resync();
+  LinkSnapshot link_snapshot() const;
   void detach(const std::string& reason);
   bool link_attached() const;
   bool link_failed() const;
@@ -78,6 +102,7 @@ class Pipeline {
   int generation_take();
   int generation_peek() const { return generation_state_.load(std::memory_order_acquire); }
 
+  const LocalDisk& disk() const { return *disk_; }
   Bitmap& bitmap() { return bitmap_; }
   ActivityLog& activity_log() { return activity_log_; }
   uint64_t data_size_bytes() const { return data_size_bytes_; }
@@ -105,6 +130,7 @@ class Pipeline {
   mutable std::shared_mutex link_mutex_;
   std::unique_ptr<Replicator> replicator_;
   std::unique_ptr<Applier> applier_;
+  uint64_t link_generation_ = 0;  // under link_mutex_
   std::atomic<bool> suspended_{false};
   int start_generation_if_armed();
   std::mutex generation_mutex_;

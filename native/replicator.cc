@@ -7,14 +7,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cassert>
+
+#include "nraid_assert.h"
 
 namespace nraid {
 namespace {
 
 enum SlotEvent { kSent = 1, kRecvAcked = 2, kWriteAcked = 3 };
 constexpr uint32_t kNoSlot = 0xFFFFFFFFu;
-static_assert(kResyncWindowChunks <= 32, "the free mask is 32 bits");
 
 bool ranges_overlap(uint64_t a_offset, uint64_t a_length, uint64_t b_offset, uint64_t b_length) {
   return a_length > 0 && b_length > 0 && a_offset < b_offset + b_length && b_offset < a_offset + a_length;
@@ -47,7 +47,7 @@ Replicator::~Replicator() {
 }
 
 void Replicator::start(int fd, const ReplicatorOptions& options) {
-  assert(fd_ < 0);
+  NRAID_ASSERT(fd_ < 0);
   fd_ = fd;
   options_ = options;
   protocol_.store(options.protocol, std::memory_order_release);
@@ -119,8 +119,8 @@ void Replicator::fail(const std::string& reason) {
 // Queues the frame; the calling thread sends it itself (with whatever else
 // is queued) when no other thread is sending. No hand-off to a sender thread,
 // so no extra wake-up on the write path, and no thread sleeps on a send lock.
-bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
-                         uint64_t offset, uint32_t resync_buffer) {
+int Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
+                        uint64_t offset, uint32_t resync_buffer, uint64_t deadline_us) {
   FrameHeader header{};
   header.type = type;
   header.flags = flags;
@@ -133,7 +133,7 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
   {
     std::unique_lock<std::mutex> lock(mutex_);
     const bool bounded = type == kFrameWrite || type == kFrameRsData;
-    space_cv_.wait(lock, [&] {
+    auto has_room = [&] {
       if (failed_.load(std::memory_order_acquire)) return true;
       if (!hello_done_) return false;
       if (next_seq_ - oldest_unacked_seq_ >= kUnackedEntries) return false;
@@ -142,8 +142,13 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
       if (lag > 0 && lag + length > options_.max_lag_bytes) return false;
       uint64_t oldest = counters_->lag_oldest_us.load(std::memory_order_relaxed);
       return oldest == 0 || monotonic_us() - oldest <= options_.max_lag_us;
-    });
-    if (failed_.load(std::memory_order_acquire)) return false;
+    };
+    if (deadline_us == 0) {
+      space_cv_.wait(lock, has_room);
+    } else if (!wait_until_us(space_cv_, lock, deadline_us, has_room)) {
+      return -ETIMEDOUT;
+    }
+    if (failed_.load(std::memory_order_acquire)) return -ENOTCONN;
     uint64_t seq = next_seq_++;
     header.seq = seq;
     header.epoch = epoch_;
@@ -151,7 +156,7 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
     header.magic = kFrameMagic;
     header.header_crc = crc32c(0, &header, offsetof(FrameHeader, header_crc));
     Unacked& entry = unacked_[seq % kUnackedEntries];
-    assert(!entry.in_use);
+    NRAID_ASSERT(!entry.in_use);
     uint64_t now = monotonic_us();
     bool pinned = type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes;
     entry = Unacked{seq,   offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
@@ -171,12 +176,10 @@ bool Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uin
     sending_ = true;
   }
   if (become_sender) send_queued();
-  return true;
+  return 0;
 }
 
 void Replicator::send_queued() {
-  // 64 frames per writev: 128 iovecs, well under IOV_MAX.
-  constexpr uint32_t kFramesPerWrite = 64;
   iovec iov[2 * kFramesPerWrite];
   uint32_t sent_slots[kFramesPerWrite];
   uint64_t first_seq;
@@ -189,7 +192,7 @@ void Replicator::send_queued() {
       first_seq = next_send_seq_;
       end_seq = std::min(next_seq_, first_seq + kFramesPerWrite);
       next_send_seq_ = end_seq;
-      assert(end_seq - first_seq <= kFramesPerWrite);
+      NRAID_ASSERT(end_seq - first_seq <= kFramesPerWrite);
       if (first_seq == end_seq) {
         sending_ = false;
         if (abandon) sender_gone_cv_.notify_all();
@@ -227,11 +230,11 @@ void Replicator::send_queued() {
 
 bool Replicator::submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes,
                         uint64_t offset_bytes) {
-  assert(slot < kSlotsMax);
-  assert(type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
+  NRAID_ASSERT(slot < kSlotsMax);
+  NRAID_ASSERT(type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
   uint16_t flags = kFlagWantWriteAck;
   if (protocol() == Protocol::kB) flags |= kFlagWantRecvAck;
-  return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0);
+  return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0, 0) == 0;
 }
 
 void Replicator::wait(uint32_t slot) {
@@ -250,16 +253,38 @@ void Replicator::wait(uint32_t slot) {
   });
 }
 
-void Replicator::barrier() {
+int Replicator::barrier(uint64_t deadline_us) {
   uint64_t epoch;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     epoch = epoch_;
   }
-  if (!enqueue(kNoSlot, kFrameBarrier, 0, nullptr, 0, 0, 0)) return;
-  if (protocol() == Protocol::kA) return;
+  int rc = enqueue(kNoSlot, kFrameBarrier, 0, nullptr, 0, 0, 0, deadline_us);
+  if (rc != 0 || protocol() == Protocol::kA) return rc;
   std::unique_lock<std::mutex> lock(mutex_);
-  barrier_cv_.wait(lock, [&] { return failed_.load(std::memory_order_acquire) || barrier_acked_epoch_ >= epoch; });
+  auto settled = [&] { return failed_.load(std::memory_order_acquire) || barrier_acked_epoch_ >= epoch; };
+  if (deadline_us == 0) {
+    barrier_cv_.wait(lock, settled);
+  } else if (!wait_until_us(barrier_cv_, lock, deadline_us, settled)) {
+    return -ETIMEDOUT;
+  }
+  return barrier_acked_epoch_ >= epoch ? 0 : -ENOTCONN;
+}
+
+int Replicator::wait_idle(uint64_t deadline_us) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  // Every change of these two happens under mutex_ and is followed by space_cv_'s notify.
+  auto idle = [&] {
+    return failed_.load(std::memory_order_acquire) ||
+           (counters_->frames_in_flight.load(std::memory_order_relaxed) == 0 &&
+            counters_->lag_bytes.load(std::memory_order_relaxed) == 0);
+  };
+  if (deadline_us == 0) {
+    space_cv_.wait(lock, idle);
+  } else if (!wait_until_us(space_cv_, lock, deadline_us, idle)) {
+    return -ETIMEDOUT;
+  }
+  return failed_.load(std::memory_order_acquire) ? -ENOTCONN : 0;
 }
 
 void Replicator::notify_slot(uint32_t slot, uint64_t seq, int what) {
@@ -467,7 +492,7 @@ void Replicator::resync_loop() {
     }
     int rc = failed() ? -ECANCELED : disk_->read(resync_buffers_[buffer], length, offset);
     bool queued = rc == 0 && enqueue(kResyncSlot, kFrameRsData, kFlagWantWriteAck | kFlagResync, resync_buffers_[buffer],
-                                     static_cast<uint32_t>(length), offset, buffer);
+                                     static_cast<uint32_t>(length), offset, buffer, 0) == 0;
     resync_lock_length_.store(0, std::memory_order_seq_cst);
     {
       std::lock_guard<std::mutex> lock(region_mutex_);

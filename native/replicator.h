@@ -32,8 +32,8 @@ enum class Protocol : uint8_t { kA = 0, kB = 1, kC = 2 };
 
 struct ReplicatorOptions {
   Protocol protocol = Protocol::kC;
-  uint64_t max_lag_bytes = 64ull << 20;
-  uint64_t max_lag_us = 2000000;
+  uint64_t max_lag_bytes = kMaxLagBytesDefault;
+  uint64_t max_lag_us = kMaxLagUsDefault;
   bool send_hello_first = false;
 };
 
@@ -58,8 +58,12 @@ class Replicator {
   bool submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
   // Waits until the slot's last frame is as far as the protocol asks (or the link failed).
   void wait(uint32_t slot);
-  // Queues a BARRIER closing the current epoch; under B and C waits for its ack.
-  void barrier();
+  // Queues a BARRIER closing the current epoch; under B and C waits for its
+  // ack. 0; -ENOTCONN when the link failed first; -ETIMEDOUT past
+  // `deadline_us` (monotonic; 0: no deadline).
+  int barrier(uint64_t deadline_us);
+  // Waits until no frame is unacknowledged and nothing lags: 0, -ENOTCONN, -ETIMEDOUT.
+  int wait_idle(uint64_t deadline_us);
 
   // Region locks between application writes and resync reads of the same blocks.
   void region_enter(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
@@ -95,8 +99,9 @@ class Replicator {
     const uint8_t* data = nullptr;  // the payload, until sent
   };
 
-  bool enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length, uint64_t offset,
-               uint32_t resync_buffer);
+  // 0 queued; -ENOTCONN the link failed; -ETIMEDOUT no room before `deadline_us` (0: none).
+  int enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length, uint64_t offset,
+              uint32_t resync_buffer, uint64_t deadline_us);
   void fail(const std::string& reason);
   // The sender's loop: writes queued frames until none is left.
   void send_queued();

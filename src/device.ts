@@ -167,7 +167,10 @@ function processHolding(device: string): string | null {
   return null;
 }
 
-/** Takes the device away. Refuses while it is open, so that no writer loses its disk. */
+/**
+ * Takes the device away. Refuses while it is open, so that no writer loses its
+ * disk. Flushes first, off the event loop (the data plane's flush).
+ */
 export async function unexposeDevice(record: DeviceRecord, frontend: DeviceFrontend, runDir: string): Promise<void> {
   if (record.loopDevice !== null) {
     const holder = deviceHolder(record.loopDevice);

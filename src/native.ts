@@ -64,6 +64,12 @@ export interface LinkAttachOptions {
   protocol?: 'A' | 'B' | 'C';
   maxLagBytes?: number;
   maxLagMs?: number;
+  /**
+   * Target only: RS_DATA may be applied from the start, because the target's
+   * resync state (Inconsistent, the new bitmap UUID) is on its disk already.
+   * Default false: resync data before `allowResync` is a protocol error.
+   */
+  resyncAllowed?: boolean;
 }
 
 /** An open backing device (O_DIRECT; O_EXCL for block devices). */
@@ -93,7 +99,13 @@ export interface FrontendOptions {
   lockMemory: boolean;
 }
 
-/** A native failure: `code` is the errno name (ENOENT, EBUSY, ...). */
+/**
+ * A native failure: `code` is the errno name (ENOENT, EBUSY, ...). The
+ * asynchronous calls reject with these too; besides the disk's own errors:
+ * ENOTCONN (the data link failed, was detached, or none was attached),
+ * ETIMEDOUT (the peer did not answer in time), ECANCELED (pipelineDestroy
+ * came first), EAGAIN (too many metadata jobs outstanding: a stalled disk).
+ */
 export interface NativeError extends Error {
   code: string;
   errno: number;
@@ -131,14 +143,40 @@ export interface Binding {
     },
   ): PipelineHandle;
   pipelineCounters(pipeline: PipelineHandle): NativeCounters;
-  pipelineFlush(pipeline: PipelineHandle): void;
-  /** Stops the frontend if it runs; the disk stays open. */
+  /**
+   * Local fdatasync, then, when a data link in source mode is attached, a
+   * barrier the peer must acknowledge (under B and C), off the JS thread.
+   * Covers every superblockWrite/bitmapPersist/activityLogReset submitted
+   * before it. Rejects ENOTCONN (after the local flush succeeded) when that
+   * link fails or is detached meanwhile: promptly, never after TCP gives up.
+   */
+  pipelineFlush(pipeline: PipelineHandle): Promise<void>;
+  /**
+   * pipelineFlush, then waits until nothing is in flight to the peer
+   * (framesInFlight == 0 and lagBytes == 0), on a condition variable in the
+   * data plane. Rejects ENOTCONN when the link fails or is detached (or no
+   * source link is attached), ETIMEDOUT after `timeoutMs` from the call.
+   */
+  drain(pipeline: PipelineHandle, timeoutMs: number): Promise<void>;
+  /**
+   * Stops the frontend if it runs and detaches the link; the disk stays open.
+   * Pending metadata jobs settle: a flush or drain waiting for the peer with
+   * ENOTCONN, one that never started with ECANCELED; a disk write already
+   * under way finishes first (this call waits for it).
+   */
   pipelineDestroy(pipeline: PipelineHandle): void;
 
   /** Hands a connected TCP socket to the data plane (the descriptor is dup()ed). */
   linkAttach(pipeline: PipelineHandle, fd: number, options: LinkAttachOptions): void;
   /** Stops the data link; writes in flight are marked dirty. */
   linkDetach(pipeline: PipelineHandle, reason: string): void;
+  /**
+   * The target's resync state (Inconsistent, the new bitmap UUID) is durable:
+   * its data link may apply RS_DATA from now on. Until then (see
+   * LinkAttachOptions.resyncAllowed) resync data fails the link as a protocol
+   * error and is never applied. Throws ENOTCONN without a target link.
+   */
+  allowResync(pipeline: PipelineHandle): void;
   setProtocol(pipeline: PipelineHandle, protocol: 'A' | 'B' | 'C'): void;
   /** Starts sending every region set in the bitmap (source side); false without a live link. */
   resyncStart(pipeline: PipelineHandle): boolean;
@@ -154,14 +192,26 @@ export interface Binding {
   generationTake(pipeline: PipelineHandle, peek?: boolean): 'none' | 'armed' | 'written';
   /** on-no-peer = suspend-io: while suspended, new requests wait in the data plane. */
   setSuspended(pipeline: PipelineHandle, suspended: boolean): void;
-  /** Writes an empty activity-log transaction (a new Primary starts with no hot extents). */
-  activityLogReset(pipeline: PipelineHandle): void;
+  /**
+   * Writes an empty activity-log transaction durably (a new Primary starts
+   * with no hot extents), off the JS thread. Rejects EBUSY while writes pin
+   * hot extents.
+   */
+  activityLogReset(pipeline: PipelineHandle): Promise<void>;
   /**
    * Writes back the on-disk bitmap blocks that changed since last written (all
    * of them the first time), serialized with the activity log's evictions;
-   * with `flush` durably. Returns the bytes written.
+   * with `flush` durably. Off the JS thread; resolves with the bytes written.
    */
-  bitmapPersist(pipeline: PipelineHandle, flush: boolean): number;
+  bitmapPersist(pipeline: PipelineHandle, flush: boolean): Promise<number>;
+  /**
+   * pwrite of one superblock slot image (4096 bytes, at a block-aligned
+   * offset past the data area) + fdatasync, on the pipeline's metadata
+   * thread, ordered with the data plane's own armed-generation write (never
+   * both at once). Jobs of this kind, bitmapPersist and activityLogReset run
+   * one at a time in the order submitted.
+   */
+  superblockWrite(pipeline: PipelineHandle, image: Uint8Array, offsetBytes: number): Promise<void>;
 
   /** umount2(2) with UMOUNT_NOFOLLOW, and MNT_DETACH when `lazy`. */
   unmount(path: string, lazy: boolean): void;

@@ -61,26 +61,26 @@ describeIntegration('bitmap write-back: only changed blocks, always the in-memor
     await file?.remove();
   });
 
-  test('first every block, then nothing while unchanged, then exactly the changed blocks', () => {
+  test('first every block, then nothing while unchanged, then exactly the changed blocks', async () => {
     const bitmapBytes = binding.bitmapGet(pipeline).length;
     const blocks = Math.ceil(bitmapBytes / BLOCK_BYTES);
     expect(blocks).toBeGreaterThan(1); // the case needs several blocks
 
     binding.bitmapSet(pipeline, 'replace', withBits([0, 5]));
-    expect(binding.bitmapPersist(pipeline, false)).toBe(blocks * BLOCK_BYTES);
+    expect(await binding.bitmapPersist(pipeline, false)).toBe(blocks * BLOCK_BYTES);
     expect(onDisk().equals(binding.bitmapGet(pipeline))).toBe(true);
 
-    expect(binding.bitmapPersist(pipeline, true)).toBe(0);
+    expect(await binding.bitmapPersist(pipeline, true)).toBe(0);
 
     // One bit in the last block: one block written.
     const lastBlockBit = (blocks - 1) * BLOCK_BYTES * 8 + 3;
     binding.bitmapSet(pipeline, 'merge', withBits([lastBlockBit]));
-    expect(binding.bitmapPersist(pipeline, false)).toBe(BLOCK_BYTES);
+    expect(await binding.bitmapPersist(pipeline, false)).toBe(BLOCK_BYTES);
     expect(onDisk().equals(binding.bitmapGet(pipeline))).toBe(true);
 
     // Cleared bits count as changes too (a resync clears them): the first block again.
     binding.bitmapSet(pipeline, 'replace', withBits([lastBlockBit]));
-    expect(binding.bitmapPersist(pipeline, true)).toBe(BLOCK_BYTES);
+    expect(await binding.bitmapPersist(pipeline, true)).toBe(BLOCK_BYTES);
     const persisted = onDisk();
     expect(persisted.equals(binding.bitmapGet(pipeline))).toBe(true);
     expect(persisted[0]).toBe(0);

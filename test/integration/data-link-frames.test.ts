@@ -19,7 +19,7 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { computeLayout } from '../../src/metadata';
-import { binding, Binding, DiskHandle, NativeCounters, PipelineHandle } from '../../src/native';
+import { binding, Binding, DiskHandle, LinkAttachOptions, NativeCounters, PipelineHandle } from '../../src/native';
 import { CleanupHandle, makeTempSubdir, mountPoints, registerCleanup } from '../harness/cleanup';
 import { execOk, execSyncQuiet } from '../harness/exec';
 import { LoopDisk, makeLoopDisk, makeSparseFile, SparseFile } from '../harness/loop';
@@ -299,9 +299,11 @@ describeIntegration('data link frames: the target checks every frame before it t
   }
 
   /** A fresh data link to the target, handshake done. */
-  async function attach(): Promise<Session> {
+  async function attach(options: Partial<LinkAttachOptions> = {}): Promise<Session> {
     events.length = 0;
-    session = await connectTarget((socketFd) => binding.linkAttach(pipeline, socketFd, { mode: 'target', sendHelloFirst: true }));
+    session = await connectTarget((socketFd) =>
+      binding.linkAttach(pipeline, socketFd, { mode: 'target', sendHelloFirst: true, ...options }),
+    );
     await handshake(session);
     return session;
   }
@@ -445,7 +447,7 @@ describeIntegration('data link frames: the target checks every frame before it t
   });
 
   test('DISCARD, ZEROES and RS_DATA in range are applied and acknowledged; the resync flag is echoed', async () => {
-    const s = await attach();
+    const s = await attach({ resyncAllowed: true });
     const base = 12 * MiB;
     s.send(writeFrame({ seq: 1, offset: base, requestId: 1 }, randomPayload(256 * KiB)));
     expect((await s.reader.next()).type).toBe(T.ACK_WRITE);
@@ -661,6 +663,64 @@ describeIntegration('data link frames: the target checks every frame before it t
       watch: [{ offsetBytes: 33 * MiB + 32 * KiB, lengthBytes: replay.length }],
     });
     expect(readFile(33 * MiB, first.length).equals(first)).toBe(true);
+  });
+
+  // Durable state before data: a target applies no resync byte before the
+  // state that describes it (Inconsistent, the new bitmap UUID) is on its disk.
+  test('RS_DATA before the target allowed resync is a protocol error and is not applied; WRITEs before it are', async () => {
+    const write = randomPayload(32 * KiB);
+    const resync = randomPayload(32 * KiB);
+    await expectRejected({
+      before: async (s) => {
+        s.send(writeFrame({ seq: 1, offset: 36 * MiB, requestId: 1 }, write));
+        expect((await s.reader.next()).type).toBe(T.ACK_WRITE);
+      },
+      bad: encodeFrame({ type: T.RS_DATA, seq: 2, offset: 36 * MiB + 32 * KiB, flags: FLAG_WANT_WRITE_ACK | 4, requestId: 128 }, resync),
+      kind: 'protocolErrors',
+      reason: /^frame rejected: resync data arrived before the target recorded its resync state$/,
+      watch: [{ offsetBytes: 36 * MiB + 32 * KiB, lengthBytes: resync.length }],
+    });
+    expect(readFile(36 * MiB, write.length).equals(write)).toBe(true);
+  });
+
+  test('allowResync on a live target link: RS_DATA from then on is applied and acknowledged', async () => {
+    const s = await attach();
+    const write = randomPayload(16 * KiB);
+    s.send(writeFrame({ seq: 1, offset: 37 * MiB, requestId: 1 }, write));
+    expect((await s.reader.next()).type).toBe(T.ACK_WRITE);
+    binding.allowResync(pipeline);
+    const c0 = counters();
+    const resync = randomPayload(64 * KiB);
+    s.send(encodeFrame({ type: T.RS_DATA, seq: 2, offset: 37 * MiB + 64 * KiB, flags: FLAG_WANT_WRITE_ACK | 4, requestId: 128 }, resync));
+    const ack = await s.reader.next();
+    expect([ack.type, ack.seq, ack.requestId]).toEqual([T.ACK_WRITE, 2n, 128]);
+    expect(readFile(37 * MiB + 64 * KiB, resync.length).equals(resync)).toBe(true);
+    expect(readFile(37 * MiB, write.length).equals(write)).toBe(true);
+    const d = counterDelta(c0, counters());
+    expect(d).toEqual({ checksumErrors: 0, protocolErrors: 0, bytesApplied: resync.length, linkFailures: 0 });
+    expect(events).toEqual([]);
+  });
+
+  test('the permission is per link: a new link refuses RS_DATA again; allowResync without a target link throws ENOTCONN', async () => {
+    const s1 = await attach({ resyncAllowed: true });
+    const first = randomPayload(8 * KiB);
+    s1.send(encodeFrame({ type: T.RS_DATA, seq: 1, offset: 38 * MiB, flags: FLAG_WANT_WRITE_ACK | 4 }, first));
+    expect((await s1.reader.next()).type).toBe(T.ACK_WRITE);
+    expect(readFile(38 * MiB, first.length).equals(first)).toBe(true);
+    binding.linkDetach(pipeline, 'next link');
+    await s1.reader.waitClosed();
+    s1.close();
+
+    const again = randomPayload(8 * KiB);
+    await expectRejected({
+      bad: encodeFrame({ type: T.RS_DATA, seq: 1, offset: 38 * MiB + 8 * KiB, flags: FLAG_WANT_WRITE_ACK | 4 }, again),
+      kind: 'protocolErrors',
+      reason: /resync data arrived before the target recorded its resync state/,
+      watch: [{ offsetBytes: 38 * MiB + 8 * KiB, lengthBytes: again.length }],
+    });
+
+    // expectRejected detached the link: nothing to allow.
+    expect(() => binding.allowResync(pipeline)).toThrow(expect.objectContaining({ code: 'ENOTCONN' }));
   });
 
   test('a WRITE sent instead of the HELLO is never applied and the link drops', async () => {

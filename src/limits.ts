@@ -79,8 +79,8 @@ export const pingTimeoutMsMax = 300_000;
 export const connectRetryMsMin = 10;
 export const connectRetryMsDefault = 500;
 export const connectRetryMsMax = 10_000;
-/** Ceiling of the reconnect backoff that starts at connect-retry-ms. */
-export const connectRetryBackoffMsMax = 60_000;
+/** Ceiling of the reconnect backoff that starts at connect-retry-ms (DRBD's connect-int is 10 s too). */
+export const connectRetryBackoffMsMax = 10_000;
 
 /** Protocol A: how far the peer may fall behind before writes wait. */
 export const maxLagBytesMin = requestBytesMax;
@@ -160,3 +160,63 @@ check(controlMessageBytesMax >= requestBytesMax, 'a control message can carry a 
 check(adminFrameBytesMax <= controlMessageBytesMax, 'admin frames are not larger than control messages');
 check(configFileBytesMax >= 4 * KiB, 'a config file can hold a real config');
 check(switchoverTimeoutMs > drainTimeoutMs, 'a switchover outlasts its drain');
+
+// --- Control link (src/link, src/protocol/control.proto) -------------------------
+// Defaults of the timing keys (ping-interval-ms, ...) and the largest message
+// (controlMessageBytesMax) are above; these are the link's own.
+
+/** Bytes of the preamble that opens every peer connection ("NRAIDCTL" or "NRAIDDAT"). */
+export const controlPreambleBytes = 8;
+/** Bytes of the u32 little-endian length before each control message. */
+export const controlLengthPrefixBytes = 4;
+/** Bytes queued for sending on a control socket before the peer counts as not reading. */
+export const controlSendQueueBytesMax = 4 * controlMessageBytesMax;
+/** Random bytes of each side's Hello nonce. */
+export const controlNonceBytes = 32;
+/** Bytes of an HMAC-SHA256. */
+export const controlHmacBytes = 32;
+/** Random bytes of the one-time token that binds the data link to a control session. */
+export const dataTokenBytes = 32;
+/** Most features one side may announce in its Hello. */
+export const controlFeaturesMax = 64;
+/** Longest feature name, in UTF-8 bytes. */
+export const controlFeatureNameBytesMax = 64;
+/** History UUIDs of a generation set (DESIGN.md §5): in the superblock and in NodeState. */
+export const generationHistoryUuids = 2;
+/** Unauthenticated control connections handled at once; more are refused at once. */
+export const controlHandshakesPendingMax = 8;
+/** Requests to the peer waiting for their response at once. */
+export const controlRequestsPendingMax = 256;
+/** Longest error message or reason carried in a Response, PromoteVote or Goodbye, in characters. */
+export const controlErrorMessageCharsMax = 4096;
+/**
+ * Bitmap exchange: each chunk carries at most this many bytes of bitmap words,
+ * and at most this many bytes on the wire (lz4-compressed, or raw when lz4
+ * would not make it smaller).
+ */
+export const bitmapChunkBytesMax = 64 * KiB;
+/** Largest whole bitmap a peer may send: 2^32 bits (16 TiB of data at 4 KiB per bit). */
+export const bitmapReplyBytesMax = 512 * MiB;
+/** Factor by which the redial delay grows after each failed attempt. */
+export const connectRetryFactor = 2;
+/** Relative jitter added to each redial delay (0.2 = up to +20 %). */
+export const connectRetryJitter = 0.2;
+/** Time from TCP connect to an established session (preamble, Hello, Auth, states). */
+export const handshakeTimeoutMsDefault = 5_000;
+/** Time the dialer has, from SessionStart, to open the data link with its token. */
+export const dataLinkTimeoutMsDefault = 10_000;
+/** Time a control request waits for its (whole) response when the caller names none. */
+export const controlRequestTimeoutMsDefault = 10_000;
+/** Time a closing control socket gets to flush its last bytes (end) before it is destroyed. */
+export const socketLingerMs = 1_000;
+
+check(controlLengthPrefixBytes === 4 && controlMessageBytesMax < 2 ** 32, 'a control message length fits the u32 prefix');
+check(controlSendQueueBytesMax >= controlMessageBytesMax, 'the control send queue holds one largest message');
+check(bitmapChunkBytesMax % 8 === 0, 'a bitmap chunk is whole u64 words');
+check(bitmapChunkBytesMax * 2 <= controlMessageBytesMax, 'a bitmap chunk and its envelope fit one control message');
+check(bitmapReplyBytesMax % bitmapChunkBytesMax === 0, 'the largest bitmap is whole chunks');
+check(Number.isSafeInteger(bitmapReplyBytesMax * 8), 'bit counts of the largest bitmap are safe integers');
+check(controlErrorMessageCharsMax * 4 < bitmapChunkBytesMax, 'an error message (UTF-8) is smaller than a chunk');
+check(connectRetryFactor > 1 && connectRetryJitter >= 0 && connectRetryJitter < 1, 'the redial backoff grows, with bounded jitter');
+check(pingTimeoutMsDefault <= 5_000, 'a dead peer is noticed within 5 s by default');
+check(handshakeTimeoutMsDefault < dataLinkTimeoutMsDefault, 'the data link may come after the handshake');

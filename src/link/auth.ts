@@ -15,22 +15,22 @@
  * unambiguous. Comparison is constant-time (crypto.timingSafeEqual).
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'crypto';
-import { HMAC_BYTES, NONCE_BYTES, DATA_TOKEN_BYTES } from './limits-link';
+import { controlHmacBytes, controlNonceBytes, dataTokenBytes } from '../limits';
 
 export const AUTH_LABEL = Buffer.from('nraid-auth-v1', 'ascii');
 
 export function newNonce(): Buffer {
-  return randomBytes(NONCE_BYTES);
+  return randomBytes(controlNonceBytes);
 }
 
 export function newDataToken(): Buffer {
-  return randomBytes(DATA_TOKEN_BYTES);
+  return randomBytes(dataTokenBytes);
 }
 
 /** The HMAC a node named `senderName` sends, having received `receiverNonce`. */
 export function authHmac(secret: Buffer, receiverNonce: Buffer, senderNonce: Buffer, senderName: string): Buffer {
-  if (receiverNonce.length !== NONCE_BYTES || senderNonce.length !== NONCE_BYTES) {
-    throw new Error(`auth nonces must be ${NONCE_BYTES} bytes`);
+  if (receiverNonce.length !== controlNonceBytes || senderNonce.length !== controlNonceBytes) {
+    throw new Error(`auth nonces must be ${controlNonceBytes} bytes`);
   }
   return createHmac('sha256', secret)
     .update(AUTH_LABEL)
@@ -43,7 +43,7 @@ export function authHmac(secret: Buffer, receiverNonce: Buffer, senderNonce: Buf
 /** Whether `hmac` proves that `peerName`, who sent `peerNonce`, answered our `ownNonce` with the secret. */
 export function verifyAuthHmac(secret: Buffer, ownNonce: Buffer, peerNonce: Buffer, peerName: string, hmac: Buffer): boolean {
   const expected = authHmac(secret, ownNonce, peerNonce, peerName);
-  return hmac.length === HMAC_BYTES && timingSafeEqual(expected, hmac);
+  return hmac.length === controlHmacBytes && timingSafeEqual(expected, hmac);
 }
 
 /** Constant-time equality of two tokens of the same expected size. */

@@ -1,10 +1,10 @@
 /**
  * Exponential redial backoff with jitter: the first delay is `initialMs`,
- * each failure multiplies it by CONNECT_RETRY_FACTOR up to `maxMs`, and a
+ * each failure multiplies it by connectRetryFactor up to `maxMs`, and a
  * session that reaches Connected resets it. Jitter keeps two daemons that
  * failed together from redialing in lockstep.
  */
-import { CONNECT_RETRY_FACTOR, CONNECT_RETRY_JITTER } from './limits-link';
+import { connectRetryFactor, connectRetryJitter } from '../limits';
 
 export class Backoff {
   private nextMs: number;
@@ -16,8 +16,8 @@ export class Backoff {
   /** The delay before the next attempt; grows the one after. */
   next(): number {
     const baseMs = this.nextMs;
-    this.nextMs = Math.min(this.maxMs, Math.max(1, baseMs) * CONNECT_RETRY_FACTOR);
-    return Math.round(Math.min(this.maxMs, baseMs * (1 + CONNECT_RETRY_JITTER * this.random())));
+    this.nextMs = Math.min(this.maxMs, Math.max(1, baseMs) * connectRetryFactor);
+    return Math.round(Math.min(this.maxMs, baseMs * (1 + connectRetryJitter * this.random())));
   }
 
   reset(): void {

@@ -18,9 +18,13 @@
  *   at most 16 MiB each.
  *
  * Handshake (src/link/control-session.ts, src/link/auth.ts)
- *   Hello both ways (versions, features, resource, node name, 32-byte nonce),
- *   then Auth both ways: HMAC-SHA256(secret, "nraid-auth-v1" | peer's nonce |
- *   own nonce | own name), compared in constant time. A wrong resource, node
+ *   Hello both ways (version major.minor, features, resource, node name,
+ *   32-byte nonce). Versions first: the same major and minors at most one
+ *   apart connect (a rolling upgrade) and the session speaks the lower minor;
+ *   anything else is refused on both nodes with a VersionError naming both
+ *   versions ('refused'). Then Auth both ways: HMAC-SHA256
+ *   (secret, "nraid-auth-v1" | peer's nonce | own nonce | own name),
+ *   compared in constant time. A wrong resource, node
  *   name, version or HMAC, a timeout (`handshakeTimeoutMs`), or any other
  *   message first drops the connection, logs the reason at warn and emits
  *   'refused'. Nothing else is processed before the peer's Auth checks out.
@@ -48,44 +52,63 @@
  *   authenticated connection from the peer replaces an older session (the
  *   peer noticed the loss first).
  *
- * Requests
- *   `request(kind, payload, timeoutMs)` resolves with the peer handler's
+ * Requests (typed: ControlRequests, ControlNotices in src/protocol/control.ts)
+ *   `request(kind, body, timeoutMs)` resolves with the peer handler's
  *   answer; rejects with RemoteError (the handler threw: same code and
- *   message), PeerError (timeout, session lost) or StateError (not
- *   connected). `onRequest(kind, handler)` registers the answerer of a kind.
- *   `notice(kind, payload)` is one-way; the peer emits 'notice'. Payloads
- *   are opaque bytes; Bitmap, ResyncControl and RoleChange have encoders in
- *   src/protocol/control.ts.
+ *   message), PeerError (timeout, session lost), StateError (not
+ *   connected) or ProtocolError (an answer that breaks the protocol, such as
+ *   a bad bitmap chunk sequence). `onRequest(kind, handler)` registers the
+ *   answerer of a kind. The bitmap answer travels in chunks of at most
+ *   bitmapChunkBytesMax and resolves once whole and checked.
+ *   `notice(kind, body)` is one-way; the peer emits 'notice'.
+ *
+ * Faults
+ *   `cut(reason)` ends the session as a network failure would: no Goodbye,
+ *   the control connection reset, 'disconnected' and redial as for any
+ *   loss. The data link belongs to the data plane by then; its owner tears it
+ *   down on 'disconnected', as after any session loss.
  *
  * Events
- *   'connected' (SessionInfo: peer Hello, protocol version, features, peer state)
+ *   'connected' (SessionInfo: peer Hello, session protocol version, features, peer state)
  *   'peerState' (NodeState)                 every later state of the peer
  *   'disconnected' ({reason, error?})       an established session ended
  *   'refused' ({reason, error, remote})     a connection failed before it was established
  *   'dataSocket' (socket, SessionInfo)      acceptor: the data link of the session
- *   'notice' (kind, payload, SessionInfo)
+ *   'notice' (ControlNotice)
  *   'connectionState' (StandAlone | Connecting | Connected)
  */
 import { EventEmitter } from 'events';
 import * as net from 'net';
 import { ConfigError, NraidError, PeerError, ProtocolError, StateError } from '../errors';
-import { CONTROL_FEATURES, CONTROL_PREAMBLE, DATA_PREAMBLE, NodeState } from '../protocol/control';
+import {
+  connectRetryBackoffMsMax,
+  connectRetryMsDefault,
+  controlHandshakesPendingMax,
+  controlPreambleBytes,
+  controlRequestTimeoutMsDefault,
+  dataLinkTimeoutMsDefault,
+  dataTokenBytes,
+  handshakeTimeoutMsDefault,
+  nameCharsMax,
+  pingIntervalMsDefault,
+  pingIntervalMsMin,
+  pingTimeoutMsDefault,
+} from '../limits';
+import {
+  CONTROL_FEATURES,
+  CONTROL_PREAMBLE,
+  ControlNotice,
+  ControlNoticeKind,
+  ControlNotices,
+  ControlRequestKind,
+  ControlRequests,
+  DATA_PREAMBLE,
+  NodeState,
+  PROTOCOL_VERSION,
+  ProtocolVersion,
+} from '../protocol/control';
 import { Backoff } from './backoff';
 import { ControlSession, LinkLog, RequestHandler, SessionEnd, SessionInfo } from './control-session';
-import {
-  CONNECT_RETRY_DEFAULT_MS,
-  CONNECT_RETRY_MAX_MS,
-  DATA_LINK_TIMEOUT_DEFAULT_MS,
-  DATA_TOKEN_BYTES,
-  HANDSHAKE_TIMEOUT_DEFAULT_MS,
-  NAME_MAX_BYTES,
-  PENDING_HANDSHAKES_MAX,
-  PING_INTERVAL_DEFAULT_MS,
-  PING_INTERVAL_MIN_MS,
-  PING_TIMEOUT_DEFAULT_MS,
-  PREAMBLE_BYTES,
-  REQUEST_TIMEOUT_DEFAULT_MS,
-} from './limits-link';
 import { closeSocket, readPrefix, remoteOf, stopReading } from './socket-io';
 
 export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './control-session';
@@ -111,6 +134,12 @@ export interface ControlLinkOptions {
   dataLinkTimeoutMs?: number;
   /** Features to offer; defaults to CONTROL_FEATURES. */
   features?: readonly string[];
+  /**
+   * The protocol version to announce; defaults to PROTOCOL_VERSION. Tests
+   * (and the daemon's NRAID_TEST_PROTOCOL_VERSION) announce another one to
+   * play a node of another release.
+   */
+  protocolVersion?: ProtocolVersion;
   getState: () => NodeState;
   log: LinkLog;
 }
@@ -136,7 +165,7 @@ export interface ControlLinkEvents {
   disconnected: [event: LinkDisconnect];
   refused: [event: LinkRefusal];
   dataSocket: [socket: net.Socket, info: SessionInfo];
-  notice: [kind: string, payload: Buffer, info: SessionInfo];
+  notice: [notice: ControlNotice];
   connectionState: [state: ConnectionState];
 }
 
@@ -155,8 +184,9 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   private readonly timings: Timings;
   private readonly secret: Buffer;
   private readonly features: readonly string[];
+  private readonly protocolVersion: ProtocolVersion;
   private readonly backoff: Backoff;
-  private readonly handlers = new Map<string, RequestHandler>();
+  private readonly handlers = new Map<ControlRequestKind, RequestHandler>();
   private server: net.Server | null = null;
   private wanting = false;
   private stopped = false;
@@ -175,8 +205,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     const { resource, local, peer } = options;
     for (const [key, name] of [['resource', resource], [`nodes.${local.name}`, local.name], [`nodes.${peer.name}`, peer.name]] as const) {
       const sizeBytes = Buffer.byteLength(name, 'utf8');
-      if (sizeBytes === 0 || sizeBytes > NAME_MAX_BYTES) {
-        throw new ConfigError(`${key}: expected a name of 1 to ${NAME_MAX_BYTES} bytes, found ${sizeBytes} bytes`);
+      if (sizeBytes === 0 || sizeBytes > nameCharsMax) {
+        throw new ConfigError(`${key}: expected a name of 1 to ${nameCharsMax} bytes, found ${sizeBytes} bytes`);
       }
     }
     if (local.name === peer.name) {
@@ -187,17 +217,17 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       throw new ConfigError('secret: expected a shared secret, found an empty one; set the same `secret` on both nodes');
     }
     this.timings = {
-      pingIntervalMs: options.pingIntervalMs ?? PING_INTERVAL_DEFAULT_MS,
-      pingTimeoutMs: options.pingTimeoutMs ?? PING_TIMEOUT_DEFAULT_MS,
-      connectRetryMs: options.connectRetryMs ?? CONNECT_RETRY_DEFAULT_MS,
-      connectRetryMaxMs: options.connectRetryMaxMs ?? Math.max(CONNECT_RETRY_MAX_MS, options.connectRetryMs ?? 0),
-      handshakeTimeoutMs: options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_DEFAULT_MS,
-      dataLinkTimeoutMs: options.dataLinkTimeoutMs ?? DATA_LINK_TIMEOUT_DEFAULT_MS,
+      pingIntervalMs: options.pingIntervalMs ?? pingIntervalMsDefault,
+      pingTimeoutMs: options.pingTimeoutMs ?? pingTimeoutMsDefault,
+      connectRetryMs: options.connectRetryMs ?? connectRetryMsDefault,
+      connectRetryMaxMs: options.connectRetryMaxMs ?? Math.max(connectRetryBackoffMsMax, options.connectRetryMs ?? 0),
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? handshakeTimeoutMsDefault,
+      dataLinkTimeoutMs: options.dataLinkTimeoutMs ?? dataLinkTimeoutMsDefault,
     };
     const t = this.timings;
-    if (!(t.pingIntervalMs >= PING_INTERVAL_MIN_MS && t.pingIntervalMs < t.pingTimeoutMs)) {
+    if (!(t.pingIntervalMs >= pingIntervalMsMin && t.pingIntervalMs < t.pingTimeoutMs)) {
       throw new ConfigError(
-        `ping-interval-ms: expected at least ${PING_INTERVAL_MIN_MS} and below ping-timeout-ms (${t.pingTimeoutMs}), ` +
+        `ping-interval-ms: expected at least ${pingIntervalMsMin} and below ping-timeout-ms (${t.pingTimeoutMs}), ` +
           `found ${t.pingIntervalMs}; pings must come several times per timeout`,
       );
     }
@@ -212,6 +242,11 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       throw new ConfigError(`connect retry cap: expected at least connect-retry-ms (${t.connectRetryMs}), found ${t.connectRetryMaxMs}`);
     }
     this.features = options.features ?? CONTROL_FEATURES;
+    this.protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
+    const version = this.protocolVersion;
+    if (![version.major, version.minor].every((part) => Number.isInteger(part) && part >= 0 && part < 2 ** 32)) {
+      throw new ConfigError(`protocol version: expected major and minor as u32 integers, found ${version.major}.${version.minor}`);
+    }
     this.isDialer = local.name < peer.name;
     this.backoff = new Backoff(t.connectRetryMs, t.connectRetryMaxMs);
   }
@@ -290,7 +325,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   /**
    * Disconnects and stops listening. Resolves once the listening socket is
    * closed; connections still lingering close on their own (within
-   * SOCKET_LINGER_MS), and data sockets handed out stay the caller's.
+   * socketLingerMs), and data sockets handed out stay the caller's.
    */
   stop(): Promise<void> {
     this.stopped = true;
@@ -309,7 +344,12 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     this.session?.sendState();
   }
 
-  request(kind: string, payload: Uint8Array, timeoutMs: number = REQUEST_TIMEOUT_DEFAULT_MS): Promise<Buffer> {
+  /** Asks the peer; resolves with its handler's answer (see Requests above). */
+  request<K extends ControlRequestKind>(
+    kind: K,
+    body: ControlRequests[K]['request'],
+    timeoutMs: number = controlRequestTimeoutMsDefault,
+  ): Promise<ControlRequests[K]['response']> {
     const session = this.session;
     if (!session?.established) {
       return Promise.reject(
@@ -319,21 +359,40 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
         ),
       );
     }
-    return session.request(kind, payload, timeoutMs);
+    return session.request(kind, body, timeoutMs);
   }
 
   /** Registers the handler of one request kind; returns a function that removes it. */
-  onRequest(kind: string, handler: RequestHandler): () => void {
+  onRequest<K extends ControlRequestKind>(
+    kind: K,
+    handler: (body: ControlRequests[K]['request']) => ControlRequests[K]['response'] | Promise<ControlRequests[K]['response']>,
+  ): () => void {
     if (this.handlers.has(kind)) throw new Error(`a handler for request kind '${kind}' is already registered`);
-    this.handlers.set(kind, handler);
+    this.handlers.set(kind, handler as RequestHandler);
     return () => {
       if (this.handlers.get(kind) === handler) this.handlers.delete(kind);
     };
   }
 
   /** Sends a one-way notice; false when no session is established. */
-  notice(kind: string, payload: Uint8Array): boolean {
-    return this.session?.established ? this.session.notice(kind, payload) : false;
+  notice<K extends ControlNoticeKind>(kind: K, body: ControlNotices[K]): boolean {
+    return this.session?.established ? this.session.notice({ ...body, kind } as ControlNotice) : false;
+  }
+
+  /**
+   * Tears the links down at once as a network failure would, for fault-point
+   * tests: no Goodbye, the control connection reset, connections still in
+   * their handshake destroyed. 'disconnected' follows for an established
+   * session, and the dialer redials per policy (this node still wants the
+   * connection). The data link, owned by the data plane, goes down with the
+   * session through its owner's handling of 'disconnected'.
+   */
+  cut(reason: string): void {
+    this.log('warn', `cutting the links to ${this.options.peer.name}: ${reason}`, {});
+    for (const socket of this.rawSockets) socket.destroy();
+    this.rawSockets.clear();
+    for (const session of [...this.handshakes]) session.cut(reason);
+    this.session?.cut(reason);
   }
 
   /**
@@ -462,7 +521,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     this.rawSockets.add(socket);
     const remote = remoteOf(socket);
     const deadlineMs = Date.now() + this.timings.handshakeTimeoutMs;
-    readPrefix(socket, PREAMBLE_BYTES, Buffer.alloc(0), this.timings.handshakeTimeoutMs, (result) => {
+    readPrefix(socket, controlPreambleBytes, Buffer.alloc(0), this.timings.handshakeTimeoutMs, (result) => {
       if (!result.ok) {
         this.rawSockets.delete(socket);
         this.refuse(socket, remote, prefixFailure('the 8-byte preamble NRAIDCTL or NRAIDDAT', result, this.timings.handshakeTimeoutMs));
@@ -475,10 +534,10 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       }
       if (result.prefix.equals(DATA_PREAMBLE)) {
         const leftMs = Math.max(1, deadlineMs - Date.now());
-        readPrefix(socket, DATA_TOKEN_BYTES, result.rest, leftMs, (tokenResult) => {
+        readPrefix(socket, dataTokenBytes, result.rest, leftMs, (tokenResult) => {
           this.rawSockets.delete(socket);
           if (!tokenResult.ok) {
-            this.refuse(socket, remote, prefixFailure(`the ${DATA_TOKEN_BYTES}-byte data link token`, tokenResult, this.timings.handshakeTimeoutMs));
+            this.refuse(socket, remote, prefixFailure(`the ${dataTokenBytes}-byte data link token`, tokenResult, this.timings.handshakeTimeoutMs));
             return;
           }
           this.onDataConnection(socket, remote, tokenResult.prefix, tokenResult.rest);
@@ -511,9 +570,9 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       ));
       return;
     }
-    if (this.handshakes.size >= PENDING_HANDSHAKES_MAX) {
+    if (this.handshakes.size >= controlHandshakesPendingMax) {
       this.refuse(socket, remote, new PeerError(
-        `expected at most ${PENDING_HANDSHAKES_MAX} connections in handshake at once, found one more from ${remote}; refusing it`,
+        `expected at most ${controlHandshakesPendingMax} connections in handshake at once, found one more from ${remote}; refusing it`,
       ));
       return;
     }
@@ -606,6 +665,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
         localName: local.name,
         peerName: peer.name,
         secret: this.secret,
+        protocolVersion: this.protocolVersion,
         features: this.features,
         handshakeTimeoutMs: this.timings.handshakeTimeoutMs,
         pingIntervalMs: this.timings.pingIntervalMs,
@@ -620,9 +680,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     session.on('authenticated', () => this.onAuthenticated(session));
     session.on('established', (info) => this.onEstablished(session, info));
     session.on('peerState', (state) => this.emit('peerState', state));
-    session.on('notice', (kind, payload) => {
-      const info = session.sessionInfo;
-      if (info) this.emit('notice', kind, payload, info);
+    session.on('notice', (notice) => {
+      if (this.session === session) this.emit('notice', notice);
     });
     session.on('closed', (end) => this.onSessionClosed(session, end));
     session.start(initial);
@@ -643,7 +702,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     this.log('info', `connected to ${this.options.peer.name}`, {
       session: session.id,
       remote: info.remote,
-      protocolVersion: info.protocolVersion,
+      protocolVersion: `${info.protocolVersion.major}.${info.protocolVersion.minor}`,
       features: info.features,
       peerRole: info.peerState.role,
       peerDisk: info.peerState.disk,

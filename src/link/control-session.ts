@@ -13,30 +13,53 @@
  * order, or any message at all before the peer's Auth is verified, closes the
  * connection with the reason.
  *
+ * Versions: the peer's Hello must announce a compatible protocol version
+ * (versionsCompatible: same major, minors at most one apart), or the
+ * connection closes with a VersionError naming both versions; this is
+ * checked first, before the names. The session speaks the lower minor.
+ *
+ * Requests are typed (ControlRequests in src/protocol/control.ts). The bitmap
+ * answer leaves as chunks (src/protocol/bitmap-chunks.ts), one per socket
+ * drain, so a large bitmap neither floods the send queue nor blocks the
+ * event loop; messages sent meanwhile queue behind it, so the order of
+ * messages on the wire is the order they were sent.
+ *
  * The session never retries or reconnects; ControlLink decides that from the
  * SessionEnd it emits ('closed'), exactly once.
  */
 import { EventEmitter } from 'events';
 import * as net from 'net';
-import { NraidError, PeerError, ProtocolError, RemoteError, StateError, errorReply } from '../errors';
+import { NraidError, PeerError, ProtocolError, RemoteError, StateError, VersionError, errorReply } from '../errors';
+import { controlErrorMessageCharsMax, controlRequestsPendingMax, controlSendQueueBytesMax } from '../limits';
+import { BitmapAssembler, bitmapChunks, checkBitmapReply } from '../protocol/bitmap-chunks';
 import {
+  Answer,
+  BitmapReply,
   ControlFrameReader,
   ControlMessage,
+  ControlNotice,
+  ControlRequestKind,
+  ControlRequests,
   Hello,
   NodeState,
-  PROTOCOL_VERSION,
-  PROTOCOL_VERSION_MIN,
+  ProtocolVersion,
+  Request,
+  Response,
   encodeFrame,
+  formatVersion,
+  sessionVersion,
+  versionsCompatible,
 } from '../protocol/control';
 import { authHmac, newDataToken, newNonce, tokensEqual, verifyAuthHmac } from './auth';
-import { CONTROL_SEND_QUEUE_MAX_BYTES, ERROR_MESSAGE_MAX_CHARS, PENDING_REQUESTS_MAX } from './limits-link';
 import { closeSocket, remoteOf } from './socket-io';
 
 export type LinkLogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type LinkLog = (level: LinkLogLevel, msg: string, fields: Record<string, unknown>) => void;
 
 /** Answers one kind of request from the peer; what it throws goes back as an error Response. */
-export type RequestHandler = (payload: Buffer, session: SessionInfo) => Promise<Uint8Array | void> | Uint8Array | void;
+export type RequestHandler<K extends ControlRequestKind = ControlRequestKind> = (
+  body: ControlRequests[K]['request'],
+) => ControlRequests[K]['response'] | Promise<ControlRequests[K]['response']>;
 
 export interface SessionConfig {
   dialer: boolean;
@@ -44,13 +67,15 @@ export interface SessionConfig {
   localName: string;
   peerName: string;
   secret: Buffer;
+  /** The version announced in our Hello. */
+  protocolVersion: ProtocolVersion;
   features: readonly string[];
   handshakeTimeoutMs: number;
   pingIntervalMs: number;
   pingTimeoutMs: number;
   dataLinkTimeoutMs: number;
   getState: () => NodeState;
-  findHandler: (kind: string) => RequestHandler | undefined;
+  findHandler: (kind: ControlRequestKind) => RequestHandler | undefined;
   log: LinkLog;
 }
 
@@ -63,7 +88,8 @@ export interface SessionInfo {
   /** "host:port" of the peer's end of the control connection. */
   remote: string;
   peerHello: Hello;
-  protocolVersion: number;
+  /** The version this session speaks: the common major and the lower of both minors. */
+  protocolVersion: ProtocolVersion;
   /** Features both sides offered, sorted. */
   features: string[];
   peerState: NodeState;
@@ -82,17 +108,22 @@ export type DataTokenCheck = 'accepted' | 'no-session-token' | 'mismatch' | 'use
 type Phase = 'awaitingHello' | 'awaitingAuth' | 'authenticated' | 'established' | 'closed';
 
 interface PendingRequest {
-  kind: string;
-  resolve: (payload: Buffer) => void;
+  kind: ControlRequestKind;
+  resolve: (answer: unknown) => void;
   reject: (error: Error) => void;
   timer: NodeJS.Timeout;
+  /** For a bitmap request: the chunks so far. */
+  assembler: BitmapAssembler | null;
 }
+
+/** What waits to be written: a whole frame, or the frames of a streamed answer, made one at a time. */
+type Outgoing = Buffer | Iterator<Buffer, void>;
 
 interface SessionEvents {
   authenticated: [];
   established: [info: SessionInfo];
   peerState: [state: NodeState];
-  notice: [kind: string, payload: Buffer];
+  notice: [notice: ControlNotice];
   dataLinkAccepted: [];
   closed: [end: SessionEnd];
 }
@@ -106,7 +137,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   private readonly reader = new ControlFrameReader();
   private readonly ownNonce = newNonce();
   private peerHello: Hello | null = null;
-  private protocolVersion = 0;
+  private protocolVersion: ProtocolVersion | null = null;
   private features: string[] = [];
   private peerState: NodeState | null = null;
   private info: SessionInfo | null = null;
@@ -124,6 +155,10 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   lastRttMs: number | null = null;
   private nextRequestId = 1;
   private readonly pending = new Map<number, PendingRequest>();
+  /** Frames not yet handed to the socket, in order; non-empty only while a streamed answer waits for a drain. */
+  private readonly outbox: Outgoing[] = [];
+  private outboxBytes = 0;
+  private awaitingDrain = false;
 
   constructor(private readonly socket: net.Socket, private readonly config: SessionConfig) {
     super();
@@ -146,8 +181,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     this.send({
       type: 'hello',
       body: {
-        protocolVersion: PROTOCOL_VERSION,
-        protocolVersionMin: PROTOCOL_VERSION_MIN,
+        version: config.protocolVersion,
         features: [...config.features],
         resource: config.resource,
         nodeName: config.localName,
@@ -219,13 +253,16 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   private onHello(hello: Hello): void {
     const { config } = this;
-    const versionMax = Math.min(hello.protocolVersion, PROTOCOL_VERSION);
-    const versionMin = Math.max(hello.protocolVersionMin, PROTOCOL_VERSION_MIN);
-    if (versionMax < versionMin || hello.protocolVersionMin > hello.protocolVersion) {
-      throw new PeerError(
-        `expected a peer speaking control protocol ${PROTOCOL_VERSION_MIN}..${PROTOCOL_VERSION}, found ` +
-          `${hello.nodeName} at ${this.remote} speaking ${hello.protocolVersionMin}..${hello.protocolVersion}; ` +
-          'run the same nraid version on both nodes',
+    const local = config.protocolVersion;
+    if (!versionsCompatible(local, hello.version)) {
+      const peerNewer = hello.version.major > local.major || (hello.version.major === local.major && hello.version.minor > local.minor);
+      const lagging = peerNewer ? `this node (${config.localName})` : hello.nodeName;
+      const target = peerNewer ? hello.version : local;
+      throw new VersionError(
+        `control protocol versions do not match: this node (${config.localName}) speaks ${formatVersion(local)}, ` +
+          `${hello.nodeName} at ${this.remote} speaks ${formatVersion(hello.version)}; nodes need the same major ` +
+          `version and minors at most one apart: upgrade ${lagging} to a ${target.major}.x release ` +
+          `(${formatVersion(target)} or within one minor of it), then connect again`,
       );
     }
     if (hello.resource !== config.resource) {
@@ -247,7 +284,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
       );
     }
     this.peerHello = hello;
-    this.protocolVersion = versionMax;
+    this.protocolVersion = sessionVersion(local, hello.version);
     const offered = new Set(hello.features);
     this.features = [...new Set(config.features)].filter((feature) => offered.has(feature)).sort();
     this.phase = 'awaitingAuth';
@@ -303,7 +340,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
       dialer: config.dialer,
       remote: this.remote,
       peerHello: this.peerHello!,
-      protocolVersion: this.protocolVersion,
+      protocolVersion: this.protocolVersion!,
       features: [...this.features],
       peerState: this.peerState!,
     };
@@ -325,13 +362,13 @@ export class ControlSession extends EventEmitter<SessionEvents> {
         if (message.body.seq === this.pingSeq) this.lastRttMs = Date.now() - this.lastPingSentAtMs;
         return;
       case 'request':
-        this.onRequest(message.body.id, message.body.kind, message.body.payload);
+        this.onRequest(message.body);
         return;
       case 'response':
         this.onResponse(message.body);
         return;
       case 'notice':
-        this.emit('notice', message.body.kind, message.body.payload);
+        this.emit('notice', message.body);
         return;
       case 'dataLinkAccepted':
         if (!this.config.dialer || !this.awaitingDataLinkAccepted) {
@@ -373,14 +410,14 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   // ---------------------------------------------------------- requests
 
-  request(kind: string, payload: Uint8Array, timeoutMs: number): Promise<Buffer> {
+  request<K extends ControlRequestKind>(kind: K, body: ControlRequests[K]['request'], timeoutMs: number): Promise<ControlRequests[K]['response']> {
     if (this.phase !== 'established') {
       return Promise.reject(new StateError(`cannot send request '${kind}' to ${this.config.peerName}: the session is not established`));
     }
-    if (this.pending.size >= PENDING_REQUESTS_MAX) {
+    if (this.pending.size >= controlRequestsPendingMax) {
       return Promise.reject(
         new PeerError(
-          `cannot send request '${kind}' to ${this.config.peerName}: ${PENDING_REQUESTS_MAX} requests already wait ` +
+          `cannot send request '${kind}' to ${this.config.peerName}: ${controlRequestsPendingMax} requests already wait ` +
             'for an answer; the peer is not answering',
         ),
       );
@@ -388,7 +425,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     let id = this.nextRequestId;
     while (this.pending.has(id)) id = (id % 0xffffffff) + 1;
     this.nextRequestId = (id % 0xffffffff) + 1;
-    return new Promise<Buffer>((resolve, reject) => {
+    return new Promise<ControlRequests[K]['response']>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(
@@ -398,9 +435,10 @@ export class ControlSession extends EventEmitter<SessionEvents> {
           ),
         );
       }, timeoutMs);
-      this.pending.set(id, { kind, resolve, reject, timer });
+      const assembler = kind === 'bitmap' ? new BitmapAssembler() : null;
+      this.pending.set(id, { kind, resolve: resolve as (answer: unknown) => void, reject, timer, assembler });
       try {
-        this.send({ type: 'request', body: { id, kind, payload: toBuffer(payload) } });
+        this.send({ type: 'request', body: { id, kind, body } as Request });
       } catch (error) {
         clearTimeout(timer);
         this.pending.delete(id);
@@ -409,62 +447,109 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     });
   }
 
-  private onResponse(response: { id: number; ok: boolean; errorCode: string; errorMessage: string; payload: Buffer }): void {
+  private onResponse(response: Response): void {
     const pending = this.pending.get(response.id);
     if (!pending) {
-      this.config.log('debug', 'response to a request that is no longer waiting (timed out)', { id: response.id });
+      this.config.log('debug', 'response to a request that is no longer waiting (timed out or failed)', { id: response.id });
       return;
     }
-    this.pending.delete(response.id);
-    clearTimeout(pending.timer);
-    if (response.ok) pending.resolve(response.payload);
-    else pending.reject(new RemoteError({ code: response.errorCode || 'NRAID_ERR', message: response.errorMessage }));
+    const settle = (): void => {
+      this.pending.delete(response.id);
+      clearTimeout(pending.timer);
+    };
+    if (!response.ok) {
+      settle();
+      pending.reject(new RemoteError({ code: response.errorCode || 'NRAID_ERR', message: response.errorMessage }));
+      return;
+    }
+    const { answer } = response;
+    if (answer.kind !== pending.kind) {
+      settle();
+      pending.reject(
+        new ProtocolError(
+          `expected ${this.config.peerName}'s answer to request '${pending.kind}' (id ${response.id}), found an answer ` +
+            `of kind '${answer.kind}'`,
+        ),
+      );
+      return;
+    }
+    if (answer.kind !== 'bitmap') {
+      settle();
+      pending.resolve(answer.body);
+      return;
+    }
+    let whole: BitmapReply | null;
+    try {
+      whole = pending.assembler!.push(answer.body);
+    } catch (error) {
+      settle();
+      pending.reject(error as Error);
+      return;
+    }
+    if (whole === null) return;
+    settle();
+    pending.resolve(whole);
   }
 
-  private onRequest(id: number, kind: string, payload: Buffer): void {
+  private onRequest(request: Request): void {
+    const { id, kind } = request;
     const handler = this.config.findHandler(kind);
     if (!handler) {
-      this.sendResponse(id, new ProtocolError(
+      this.sendError(id, new ProtocolError(
         `${this.config.localName} has no handler for request '${kind}'; the nodes may run different nraid versions`,
       ));
       return;
     }
-    let result: Promise<Uint8Array | void>;
+    let result: Promise<unknown>;
     try {
-      result = Promise.resolve(handler(payload, this.info!));
+      result = Promise.resolve(handler(request.body as never));
     } catch (error) {
       result = Promise.reject(error);
     }
     result.then(
-      (answer) => this.sendResponse(id, null, answer ? toBuffer(answer) : Buffer.alloc(0)),
-      (error: unknown) => this.sendResponse(id, error),
+      (answer) => this.sendAnswer(id, kind, answer),
+      (error: unknown) => this.sendError(id, error),
     );
   }
 
-  private sendResponse(id: number, error: unknown, payload: Buffer = Buffer.alloc(0)): void {
+  private sendAnswer(id: number, kind: ControlRequestKind, answer: unknown): void {
     if (this.phase !== 'established') return;
-    const reply = error === null ? null : errorReply(error);
     try {
-      this.send({
-        type: 'response',
-        body: {
-          id,
-          ok: reply === null,
-          errorCode: reply?.code ?? '',
-          errorMessage: (reply?.message ?? '').slice(0, ERROR_MESSAGE_MAX_CHARS),
-          payload: reply === null ? payload : Buffer.alloc(0),
-        },
-      });
-    } catch (sendError) {
-      // An answer too large to send: tell the asker instead of leaving it to time out.
-      if (reply === null) this.sendResponse(id, sendError);
-      else this.fail(asNraidError(sendError));
+      if (kind === 'bitmap') {
+        const reply = answer as BitmapReply;
+        checkBitmapReply(reply);
+        this.enqueue(this.bitmapFrames(id, reply));
+        return;
+      }
+      this.send({ type: 'response', body: { id, ok: true, answer: { kind, body: answer } as Answer } });
+    } catch (error) {
+      // An answer that does not encode (wrong shape, too large): tell the asker instead of leaving it to time out.
+      this.sendError(id, error);
     }
   }
 
-  notice(kind: string, payload: Uint8Array): boolean {
+  private *bitmapFrames(id: number, reply: BitmapReply): Generator<Buffer, void, void> {
+    for (const chunk of bitmapChunks(reply)) {
+      yield encodeFrame({ type: 'response', body: { id, ok: true, answer: { kind: 'bitmap', body: chunk } } });
+    }
+  }
+
+  private sendError(id: number, error: unknown): void {
+    if (this.phase !== 'established') return;
+    const reply = errorReply(error);
+    try {
+      this.send({
+        type: 'response',
+        body: { id, ok: false, errorCode: reply.code, errorMessage: reply.message.slice(0, controlErrorMessageCharsMax) },
+      });
+    } catch (sendError) {
+      this.fail(asNraidError(sendError));
+    }
+  }
+
+  notice(notice: ControlNotice): boolean {
     if (this.phase !== 'established') return false;
-    this.send({ type: 'notice', body: { kind, payload: toBuffer(payload) } });
+    this.send({ type: 'notice', body: notice });
     return true;
   }
 
@@ -524,12 +609,48 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   private send(message: ControlMessage): void {
     if (this.phase === 'closed' || this.socket.destroyed) return;
-    this.socket.write(encodeFrame(message));
-    if (this.socket.writableLength > CONTROL_SEND_QUEUE_MAX_BYTES) {
+    this.enqueue(encodeFrame(message));
+  }
+
+  /** Writes in order: a frame at once unless a streamed answer waits for a drain; a stream one frame per drain. */
+  private enqueue(item: Outgoing): void {
+    this.outbox.push(item);
+    if (Buffer.isBuffer(item)) this.outboxBytes += item.length;
+    this.pump();
+  }
+
+  private pump(): void {
+    while (!this.awaitingDrain && this.outbox.length > 0) {
+      if (this.phase === 'closed' || this.socket.destroyed) return;
+      const head = this.outbox[0]!;
+      let frame: Buffer;
+      if (Buffer.isBuffer(head)) {
+        this.outbox.shift();
+        this.outboxBytes -= head.length;
+        frame = head;
+      } else {
+        const next = head.next();
+        if (next.done) {
+          this.outbox.shift();
+          continue;
+        }
+        frame = next.value;
+      }
+      const flowing = this.socket.write(frame);
+      if (!flowing && !Buffer.isBuffer(head)) {
+        this.awaitingDrain = true;
+        this.socket.once('drain', () => {
+          this.awaitingDrain = false;
+          this.pump();
+        });
+      }
+    }
+    const queuedBytes = this.socket.writableLength + this.outboxBytes;
+    if (queuedBytes > controlSendQueueBytesMax) {
       this.fail(
         new PeerError(
-          `${this.config.peerName} at ${this.remote} is not reading: ${this.socket.writableLength} bytes wait to be ` +
-            `sent, more than ${CONTROL_SEND_QUEUE_MAX_BYTES}; dropping the session`,
+          `${this.config.peerName} at ${this.remote} is not reading: ${queuedBytes} bytes wait to be ` +
+            `sent, more than ${controlSendQueueBytesMax}; dropping the session`,
         ),
       );
     }
@@ -584,13 +705,23 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     this.finish(error ? { reason, error } : { reason }, true);
   }
 
-  private finish(end: { reason: string; error?: NraidError }, goodbye: boolean): void {
+  /**
+   * Ends the session as a network failure would: no Goodbye, nothing more
+   * written, the connection reset at once (the peer sees ECONNRESET).
+   */
+  cut(reason: string): void {
+    this.finish({ reason, error: new PeerError(`connection cut: ${reason}`) }, false, true);
+  }
+
+  private finish(end: { reason: string; error?: NraidError }, goodbye: boolean, reset = false): void {
     if (this.phase === 'closed') return;
     const authenticated = this.authenticated;
     const established = this.phase === 'established';
+    this.outbox.length = 0;
+    this.outboxBytes = 0;
     if (goodbye && authenticated && !this.socket.destroyed && this.socket.writable) {
       try {
-        this.socket.write(encodeFrame({ type: 'goodbye', body: { reason: end.reason.slice(0, ERROR_MESSAGE_MAX_CHARS) } }));
+        this.socket.write(encodeFrame({ type: 'goodbye', body: { reason: end.reason.slice(0, controlErrorMessageCharsMax) } }));
       } catch {
         // the reason is only a courtesy to the peer's log
       }
@@ -607,7 +738,8 @@ export class ControlSession extends EventEmitter<SessionEvents> {
       );
     }
     this.pending.clear();
-    closeSocket(this.socket);
+    if (reset) this.socket.resetAndDestroy();
+    else closeSocket(this.socket);
     this.emit('closed', { ...end, authenticated, established });
   }
 
@@ -615,10 +747,6 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
   }
-}
-
-function toBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 function asNraidError(error: unknown): NraidError {

@@ -5,7 +5,7 @@
  * closing gracefully with a bounded linger.
  */
 import * as net from 'net';
-import { SOCKET_LINGER_MS } from './limits-link';
+import { socketLingerMs } from '../limits';
 
 export type PrefixResult =
   | { ok: true; prefix: Buffer; rest: Buffer }
@@ -92,10 +92,10 @@ export function stopReading(socket: net.Socket): void {
 /**
  * Closes a socket gracefully: bytes already written (our Auth, a Goodbye)
  * still reach the peer, what the peer still sends is read and dropped so the
- * close ends in FIN rather than RST, and after SOCKET_LINGER_MS it is
+ * close ends in FIN rather than RST, and after socketLingerMs it is
  * destroyed whatever the peer does.
  */
-export function closeSocket(socket: net.Socket, lingerMs: number = SOCKET_LINGER_MS): void {
+export function closeSocket(socket: net.Socket, lingerMs: number = socketLingerMs): void {
   if (socket.destroyed) return;
   socket.removeAllListeners('data');
   socket.on('data', () => undefined);

@@ -1,8 +1,8 @@
 /**
  * Codec of the control link: the messages of control.proto as TypeScript
- * types, their framing (u32 little-endian length + one encoded Envelope) and
- * the encoders for the payload messages (Bitmap, ResyncControl, RoleChange)
- * that travel inside Request/Response/Notice payloads.
+ * types (the typed requests, answers and notices the daemon uses among
+ * them), the protocol version and its compatibility rule, and the framing
+ * (u32 little-endian length + one encoded Envelope).
  *
  * The .proto file is parsed once, at load, with protobufjs (no generated
  * code). uint64 fields are bigint here; protobufjs's Long never leaks out.
@@ -15,35 +15,57 @@ import * as path from 'path';
 import * as protobuf from 'protobufjs';
 import { ProtocolError } from '../errors';
 import {
-  CONTROL_LENGTH_PREFIX_BYTES,
-  CONTROL_MESSAGE_SIZE_MAX_BYTES,
-  DATA_TOKEN_BYTES,
-  FEATURE_NAME_MAX_BYTES,
-  FEATURES_MAX,
-  HISTORY_UUIDS,
-  HMAC_BYTES,
-  NAME_MAX_BYTES,
-  NONCE_BYTES,
-  PREAMBLE_BYTES,
-  REQUEST_KIND_MAX_BYTES,
-} from '../link/limits-link';
+  controlErrorMessageCharsMax,
+  controlFeatureNameBytesMax,
+  controlFeaturesMax,
+  controlHmacBytes,
+  controlLengthPrefixBytes,
+  controlMessageBytesMax,
+  controlNonceBytes,
+  controlPreambleBytes,
+  dataTokenBytes,
+  generationHistoryUuids,
+  nameCharsMax,
+} from '../limits';
 
 /** Opens a control connection. */
 export const CONTROL_PREAMBLE = Buffer.from('NRAIDCTL', 'ascii');
-/** Opens a data link connection; DATA_TOKEN_BYTES of token follow. */
+/** Opens a data link connection; dataTokenBytes of token follow. */
 export const DATA_PREAMBLE = Buffer.from('NRAIDDAT', 'ascii');
-/** Highest control protocol version this build speaks. */
-export const PROTOCOL_VERSION = 1;
-/** Lowest control protocol version this build speaks. */
-export const PROTOCOL_VERSION_MIN = 1;
+
+export interface ProtocolVersion {
+  major: number;
+  minor: number;
+}
+/**
+ * The control protocol this build speaks. Bump the minor for an addition an
+ * older minor can live without (a new optional field, message or kind that
+ * is only sent when the session's minor has it); bump the major for anything
+ * else. See docs/CONTRACTS.md.
+ */
+export const PROTOCOL_VERSION: ProtocolVersion = Object.freeze({ major: 2, minor: 0 });
+
+/** True when a peer at `peer` may connect to `local`: same major and minors at most 1 apart. */
+export function versionsCompatible(local: ProtocolVersion, peer: ProtocolVersion): boolean {
+  return local.major === peer.major && Math.abs(local.minor - peer.minor) <= 1;
+}
+
+/** The version a session of two compatible peers speaks: their major, the lower minor. */
+export function sessionVersion(local: ProtocolVersion, peer: ProtocolVersion): ProtocolVersion {
+  return { major: local.major, minor: Math.min(local.minor, peer.minor) };
+}
+
+export function formatVersion(version: ProtocolVersion): string {
+  return `${version.major}.${version.minor}`;
+}
 /**
  * Features this build offers in its Hello; a session uses the intersection of
  * both lists. Add a name here when the code behind it lands.
  */
 export const CONTROL_FEATURES: readonly string[] = ['bitmap-lz4'];
 
-if (CONTROL_PREAMBLE.length !== PREAMBLE_BYTES || DATA_PREAMBLE.length !== PREAMBLE_BYTES) {
-  throw new Error(`preambles must be ${PREAMBLE_BYTES} bytes`);
+if (CONTROL_PREAMBLE.length !== controlPreambleBytes || DATA_PREAMBLE.length !== controlPreambleBytes) {
+  throw new Error(`preambles must be ${controlPreambleBytes} bytes`);
 }
 
 // ---------------------------------------------------------------- types
@@ -70,8 +92,8 @@ export interface NodeState {
 }
 
 export interface Hello {
-  protocolVersion: number;
-  protocolVersionMin: number;
+  /** The version the sender speaks. */
+  version: ProtocolVersion;
   features: string[];
   resource: string;
   nodeName: string;
@@ -89,22 +111,80 @@ export interface Ping {
 export interface Pong {
   seq: number;
 }
-export interface Request {
-  id: number;
-  kind: string;
-  payload: Buffer;
+
+/** What a node tells its peer in a split brain, for the after-sb policies. */
+export interface SplitBrainFacts {
+  node: string;
+  primary: boolean;
+  primarySinceMs: number;
+  changedBytes: number;
+  discardMyData: boolean;
 }
-export interface Response {
-  id: number;
+/** The whole dirty bitmap: little-endian u64 words, `granularityBytes` of data per bit. */
+export interface BitmapReply {
+  granularityBytes: number;
+  words: Buffer;
+}
+/** A node's answer to a promotion request; `reason` is '' when ok. */
+export interface PromoteVote {
   ok: boolean;
-  errorCode: string;
-  errorMessage: string;
-  payload: Buffer;
+  reason: string;
 }
-export interface Notice {
-  kind: string;
-  payload: Buffer;
+
+/** Typed request kinds: request body and response body. */
+export interface ControlRequests {
+  bitmap: { request: Record<string, never>; response: BitmapReply };
+  splitBrainFacts: { request: Record<string, never>; response: SplitBrainFacts };
+  /** Two-phase promotion, phase 1: may the sender become Primary? The receiver votes and, if ok,
+   *  holds a promise not to promote itself until promoteCommit/promoteAbort or the session ends. */
+  promotePrepare: { request: { requestId: bigint; current: bigint }; response: PromoteVote };
+  /** A Secondary asks the Primary to run a switchover to it. */
+  switchover: { request: Record<string, never>; response: Record<string, never> };
+  /** Old Primary (already demoted, drained) asks the peer to promote at generation `current`. */
+  switchoverPromote: { request: { current: bigint }; response: PromoteVote };
+  /** Source to target before any resync data: the target records Inconsistent + the source's
+   *  generation durably, then answers; only then does the source send. */
+  resyncStart: { request: { bytes: bigint; current: bigint; history: [bigint, bigint] }; response: { ok: boolean } };
 }
+export type ControlRequestKind = keyof ControlRequests;
+
+export interface ControlNotices {
+  resyncNone: Record<string, never>;
+  resyncDone: Record<string, never>;
+  adjust: Record<string, never>;
+  promoteCommit: { requestId: bigint };
+  promoteAbort: { requestId: bigint };
+}
+export type ControlNoticeKind = keyof ControlNotices;
+export type ControlNotice = { [K in ControlNoticeKind]: { kind: K } & ControlNotices[K] }[ControlNoticeKind];
+
+/**
+ * One chunk of a bitmap answer on the wire (control.proto BitmapChunk): bytes
+ * [offsetBytes, offsetBytes + wordsBytes) of a bitmap of totalBytes, lz4
+ * block compressed when `lz4`. src/protocol/bitmap-chunks.ts splits and
+ * reassembles.
+ */
+export interface BitmapChunk {
+  granularityBytes: number;
+  totalBytes: number;
+  offsetBytes: number;
+  wordsBytes: number;
+  words: Buffer;
+  lz4: boolean;
+  last: boolean;
+}
+
+/** What one Response carries per kind: the answer itself, or for bitmap one chunk of it. */
+export type ResponseBodies = { [K in ControlRequestKind]: K extends 'bitmap' ? BitmapChunk : ControlRequests[K]['response'] };
+
+/** A Request on the wire: one kind and its body. */
+export type Request = { [K in ControlRequestKind]: { id: number; kind: K; body: ControlRequests[K]['request'] } }[ControlRequestKind];
+/** A successful Response's content: the request's kind and its answer (or chunk). */
+export type Answer = { [K in ControlRequestKind]: { kind: K; body: ResponseBodies[K] } }[ControlRequestKind];
+export type Response =
+  | { id: number; ok: true; answer: Answer }
+  | { id: number; ok: false; errorCode: string; errorMessage: string };
+export type Notice = ControlNotice;
 export type DataLinkAccepted = Record<string, never>;
 export interface Goodbye {
   reason: string;
@@ -144,9 +224,6 @@ function loadSchema(): protobuf.Root {
 
 const root = loadSchema();
 const EnvelopeType = root.lookupType('nraid.control.Envelope');
-const BitmapType = root.lookupType('nraid.control.Bitmap');
-const ResyncControlType = root.lookupType('nraid.control.ResyncControl');
-const RoleChangeType = root.lookupType('nraid.control.RoleChange');
 
 if (!protobuf.util.Long) {
   throw new Error('protobufjs runs without Long support; uint64 fields (sizes, UUIDs) would lose precision');
@@ -265,8 +342,8 @@ const PROTOCOLS = new EnumMap<ReplicationProtocol>('replication protocol', enumP
 type Wire = Record<string, unknown>;
 
 function nodeStateToWire(state: NodeState): Wire {
-  if (state.uuids.history.length !== HISTORY_UUIDS) {
-    throw new ProtocolError(`node state needs ${HISTORY_UUIDS} history UUIDs, found ${state.uuids.history.length}`);
+  if (state.uuids.history.length !== generationHistoryUuids) {
+    throw new ProtocolError(`node state needs ${generationHistoryUuids} history UUIDs, found ${state.uuids.history.length}`);
   }
   return {
     role: ROLES.encode(state.role),
@@ -285,8 +362,8 @@ function nodeStateToWire(state: NodeState): Wire {
 function nodeStateFromWire(wire: Wire): NodeState {
   const uuids = (wire.uuids ?? {}) as Wire;
   const history = Array.isArray(uuids.history) ? uuids.history : [];
-  if (history.length !== HISTORY_UUIDS) {
-    throw new ProtocolError(`node state must carry ${HISTORY_UUIDS} history UUIDs, found ${history.length}`);
+  if (history.length !== generationHistoryUuids) {
+    throw new ProtocolError(`node state must carry ${generationHistoryUuids} history UUIDs, found ${history.length}`);
   }
   return {
     role: ROLES.decode(wire.role),
@@ -302,18 +379,248 @@ function nodeStateFromWire(wire: Wire): NodeState {
   };
 }
 
+// ------------------------------------------- typed requests, answers, notices
+
+/** Converts one typed body to the plain object protobufjs encodes, and back, checking what the proto cannot. */
+interface Codec<T> {
+  toWire(value: T): Wire;
+  fromWire(wire: Wire): T;
+}
+
+const EMPTY: Codec<Record<string, never>> = {
+  toWire: () => ({}),
+  fromWire: () => ({}),
+};
+
+function toSafeNumber(value: unknown, field: string): number {
+  const big = fromWireUint64(value ?? 0);
+  if (big > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new ProtocolError(`${field} must be at most ${Number.MAX_SAFE_INTEGER}, found ${big}`);
+  }
+  return Number(big);
+}
+
+function fromSafeNumber(value: number, field: string): LongLike {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new ProtocolError(`${field} must be a non-negative safe integer, found ${value}`);
+  }
+  return toWireUint64(BigInt(value), field);
+}
+
+function historyToWire(history: readonly bigint[], field: string): LongLike[] {
+  if (history.length !== generationHistoryUuids) {
+    throw new ProtocolError(`${field} needs ${generationHistoryUuids} history UUIDs, found ${history.length}`);
+  }
+  return history.map((uuid, index) => toWireUint64(uuid, `${field}[${index}]`));
+}
+
+function historyFromWire(value: unknown, field: string): [bigint, bigint] {
+  const history = Array.isArray(value) ? value : [];
+  if (history.length !== generationHistoryUuids) {
+    throw new ProtocolError(`${field} must carry ${generationHistoryUuids} history UUIDs, found ${history.length}`);
+  }
+  return [fromWireUint64(history[0]), fromWireUint64(history[1])];
+}
+
+const PROMOTE_VOTE: Codec<PromoteVote> = {
+  toWire: (vote) => ({ ok: Boolean(vote.ok), reason: String(vote.reason ?? '').slice(0, controlErrorMessageCharsMax) }),
+  fromWire: (wire) => ({ ok: Boolean(wire.ok), reason: String(wire.reason ?? '') }),
+};
+
+const REQUEST_ID: Codec<{ requestId: bigint }> = {
+  toWire: (body) => ({ requestId: toWireUint64(body.requestId, 'requestId') }),
+  fromWire: (wire) => ({ requestId: fromWireUint64(wire.requestId ?? 0) }),
+};
+
+const REQUEST_CODECS: { [K in ControlRequestKind]: Codec<ControlRequests[K]['request']> } = {
+  bitmap: EMPTY,
+  splitBrainFacts: EMPTY,
+  promotePrepare: {
+    toWire: (body) => ({ requestId: toWireUint64(body.requestId, 'requestId'), current: toWireUint64(body.current, 'current') }),
+    fromWire: (wire) => ({ requestId: fromWireUint64(wire.requestId ?? 0), current: fromWireUint64(wire.current ?? 0) }),
+  },
+  switchover: EMPTY,
+  switchoverPromote: {
+    toWire: (body) => ({ current: toWireUint64(body.current, 'current') }),
+    fromWire: (wire) => ({ current: fromWireUint64(wire.current ?? 0) }),
+  },
+  resyncStart: {
+    toWire: (body) => ({
+      bytes: toWireUint64(body.bytes, 'bytes'),
+      current: toWireUint64(body.current, 'current'),
+      history: historyToWire(body.history, 'resyncStart.history'),
+    }),
+    fromWire: (wire) => ({
+      bytes: fromWireUint64(wire.bytes ?? 0),
+      current: fromWireUint64(wire.current ?? 0),
+      history: historyFromWire(wire.history, 'resyncStart.history'),
+    }),
+  },
+};
+
+const RESPONSE_CODECS: { [K in ControlRequestKind]: Codec<ResponseBodies[K]> } = {
+  bitmap: {
+    toWire: (chunk) => ({
+      granularityBytes: chunk.granularityBytes >>> 0,
+      totalBytes: fromSafeNumber(chunk.totalBytes, 'bitmap totalBytes'),
+      offsetBytes: fromSafeNumber(chunk.offsetBytes, 'bitmap offsetBytes'),
+      wordsBytes: chunk.wordsBytes >>> 0,
+      words: chunk.words,
+      lz4: chunk.lz4,
+      last: chunk.last,
+    }),
+    fromWire: (wire) => ({
+      granularityBytes: Number(wire.granularityBytes ?? 0),
+      totalBytes: toSafeNumber(wire.totalBytes, 'bitmap chunk totalBytes'),
+      offsetBytes: toSafeNumber(wire.offsetBytes, 'bitmap chunk offsetBytes'),
+      wordsBytes: Number(wire.wordsBytes ?? 0),
+      words: toBuffer(wire.words),
+      lz4: Boolean(wire.lz4),
+      last: Boolean(wire.last),
+    }),
+  },
+  splitBrainFacts: {
+    toWire: (facts) => ({
+      node: String(facts.node),
+      primary: Boolean(facts.primary),
+      primarySinceMs: fromSafeNumber(facts.primarySinceMs, 'primarySinceMs'),
+      changedBytes: fromSafeNumber(facts.changedBytes, 'changedBytes'),
+      discardMyData: Boolean(facts.discardMyData),
+    }),
+    fromWire: (wire) => ({
+      node: String(wire.node ?? ''),
+      primary: Boolean(wire.primary),
+      primarySinceMs: toSafeNumber(wire.primarySinceMs, 'primarySinceMs'),
+      changedBytes: toSafeNumber(wire.changedBytes, 'changedBytes'),
+      discardMyData: Boolean(wire.discardMyData),
+    }),
+  },
+  promotePrepare: PROMOTE_VOTE,
+  switchover: EMPTY,
+  switchoverPromote: PROMOTE_VOTE,
+  resyncStart: {
+    toWire: (reply) => ({ ok: Boolean(reply.ok) }),
+    fromWire: (wire) => ({ ok: Boolean(wire.ok) }),
+  },
+};
+
+const NOTICE_CODECS: { [K in ControlNoticeKind]: Codec<ControlNotices[K]> } = {
+  resyncNone: EMPTY,
+  resyncDone: EMPTY,
+  adjust: EMPTY,
+  promoteCommit: REQUEST_ID,
+  promoteAbort: REQUEST_ID,
+};
+
+/** Every request kind, in the order of control.proto. */
+export const CONTROL_REQUEST_KINDS = Object.keys(REQUEST_CODECS) as ControlRequestKind[];
+/** Every notice kind, in the order of control.proto. */
+export const CONTROL_NOTICE_KINDS = Object.keys(NOTICE_CODECS) as ControlNoticeKind[];
+
+// The proto's oneofs and the TypeScript kinds name the same members.
+for (const [message, kinds] of [
+  ['Request', CONTROL_REQUEST_KINDS],
+  ['Response', CONTROL_REQUEST_KINDS],
+  ['Notice', CONTROL_NOTICE_KINDS],
+] as const) {
+  const oneof = root.lookupType(`nraid.control.${message}`).oneofs?.kind;
+  const members = oneof ? [...oneof.oneof].sort() : [];
+  const expected = [...kinds].sort();
+  if (members.join(',') !== expected.join(',')) {
+    throw new Error(`control.proto ${message}.kind has ${members.join(', ')}; control.ts expects ${expected.join(', ')}`);
+  }
+}
+
+/** The oneof member a decoded Request/Response/Notice holds, or throws naming what was found. */
+function presentKind<K extends string>(wire: Wire, kinds: readonly K[], what: string): K {
+  const kind = wire.kind;
+  if (typeof kind === 'string' && (kinds as readonly string[]).includes(kind)) return kind as K;
+  throw new ProtocolError(
+    `expected a ${what} of one of the kinds ${kinds.join(', ')}, found none this node knows; ` +
+      'the peer sends a kind its session version does not have (a bug of the newer node)',
+  );
+}
+
+function requestToWire(request: Request): Wire {
+  const codec = REQUEST_CODECS[request.kind] as Codec<unknown> | undefined;
+  if (!codec) throw new ProtocolError(`request kind must be one of ${CONTROL_REQUEST_KINDS.join(', ')}, found ${String(request.kind)}`);
+  return { id: request.id >>> 0, [request.kind]: codec.toWire(request.body) };
+}
+
+function requestFromWire(wire: Wire): Request {
+  const kind = presentKind(wire, CONTROL_REQUEST_KINDS, 'Request');
+  const body = (REQUEST_CODECS[kind] as Codec<unknown>).fromWire((wire[kind] ?? {}) as Wire);
+  return { id: Number(wire.id ?? 0), kind, body } as Request;
+}
+
+function responseToWire(response: Response): Wire {
+  if (!response.ok) {
+    return {
+      id: response.id >>> 0,
+      ok: false,
+      errorCode: response.errorCode,
+      errorMessage: response.errorMessage.slice(0, controlErrorMessageCharsMax),
+    };
+  }
+  const { kind, body } = response.answer;
+  const codec = RESPONSE_CODECS[kind] as Codec<unknown> | undefined;
+  if (!codec) throw new ProtocolError(`response kind must be one of ${CONTROL_REQUEST_KINDS.join(', ')}, found ${String(kind)}`);
+  return { id: response.id >>> 0, ok: true, [kind]: codec.toWire(body) };
+}
+
+function responseFromWire(wire: Wire): Response {
+  const id = Number(wire.id ?? 0);
+  if (!wire.ok) {
+    return { id, ok: false, errorCode: String(wire.errorCode ?? ''), errorMessage: String(wire.errorMessage ?? '') };
+  }
+  const kind = presentKind(wire, CONTROL_REQUEST_KINDS, 'Response');
+  const body = (RESPONSE_CODECS[kind] as Codec<unknown>).fromWire((wire[kind] ?? {}) as Wire);
+  return { id, ok: true, answer: { kind, body } as Answer };
+}
+
+function noticeToWire(notice: Notice): Wire {
+  const { kind, ...body } = notice;
+  const codec = NOTICE_CODECS[kind] as Codec<unknown> | undefined;
+  if (!codec) throw new ProtocolError(`notice kind must be one of ${CONTROL_NOTICE_KINDS.join(', ')}, found ${String(kind)}`);
+  return { [kind]: codec.toWire(body) };
+}
+
+function noticeFromWire(wire: Wire): Notice {
+  const kind = presentKind(wire, CONTROL_NOTICE_KINDS, 'Notice');
+  const body = (NOTICE_CODECS[kind] as Codec<object>).fromWire((wire[kind] ?? {}) as Wire);
+  return { ...body, kind } as Notice;
+}
+
+// ------------------------------------------------- envelope members
+
+function helloToWire(hello: Hello): Wire {
+  return {
+    protocolMajor: hello.version.major >>> 0,
+    protocolMajorMin: hello.version.major >>> 0,
+    protocolMinor: hello.version.minor >>> 0,
+    features: hello.features,
+    resource: hello.resource,
+    nodeName: hello.nodeName,
+    nonce: hello.nonce,
+  };
+}
+
 function bodyToWire(message: ControlMessage): Wire {
   switch (message.type) {
+    case 'hello':
+      return helloToWire(message.body);
     case 'nodeState':
       return nodeStateToWire(message.body);
-    case 'hello':
+    case 'request':
+      return requestToWire(message.body);
+    case 'response':
+      return responseToWire(message.body);
+    case 'notice':
+      return noticeToWire(message.body);
     case 'auth':
     case 'sessionStart':
     case 'ping':
     case 'pong':
-    case 'request':
-    case 'response':
-    case 'notice':
     case 'dataLinkAccepted':
     case 'goodbye':
       return message.body as unknown as Wire;
@@ -324,25 +631,24 @@ function bodyFromWire(type: ControlMessageType, wire: Wire): ControlMessage {
   switch (type) {
     case 'hello': {
       const features = Array.isArray(wire.features) ? (wire.features as unknown[]) : [];
-      if (features.length > FEATURES_MAX) {
-        throw new ProtocolError(`Hello may list at most ${FEATURES_MAX} features, found ${features.length}`);
+      if (features.length > controlFeaturesMax) {
+        throw new ProtocolError(`Hello may list at most ${controlFeaturesMax} features, found ${features.length}`);
       }
       return {
         type,
         body: {
-          protocolVersion: Number(wire.protocolVersion ?? 0),
-          protocolVersionMin: Number(wire.protocolVersionMin ?? 0),
-          features: features.map((feature) => expectName(feature, FEATURE_NAME_MAX_BYTES, 'Hello feature name')),
-          resource: expectName(wire.resource, NAME_MAX_BYTES, 'Hello resource'),
-          nodeName: expectName(wire.nodeName, NAME_MAX_BYTES, 'Hello node name'),
-          nonce: expectBytes(wire.nonce, NONCE_BYTES, 'Hello nonce'),
+          version: { major: Number(wire.protocolMajor ?? 0), minor: Number(wire.protocolMinor ?? 0) },
+          features: features.map((feature) => expectName(feature, controlFeatureNameBytesMax, 'Hello feature name')),
+          resource: expectName(wire.resource, nameCharsMax, 'Hello resource'),
+          nodeName: expectName(wire.nodeName, nameCharsMax, 'Hello node name'),
+          nonce: expectBytes(wire.nonce, controlNonceBytes, 'Hello nonce'),
         },
       };
     }
     case 'auth':
-      return { type, body: { hmac: expectBytes(wire.hmac, HMAC_BYTES, 'Auth hmac') } };
+      return { type, body: { hmac: expectBytes(wire.hmac, controlHmacBytes, 'Auth hmac') } };
     case 'sessionStart':
-      return { type, body: { dataToken: expectBytes(wire.dataToken, DATA_TOKEN_BYTES, 'SessionStart data token') } };
+      return { type, body: { dataToken: expectBytes(wire.dataToken, dataTokenBytes, 'SessionStart data token') } };
     case 'nodeState':
       return { type, body: nodeStateFromWire(wire) };
     case 'ping':
@@ -350,30 +656,11 @@ function bodyFromWire(type: ControlMessageType, wire: Wire): ControlMessage {
     case 'pong':
       return { type, body: { seq: Number(wire.seq ?? 0) } };
     case 'request':
-      return {
-        type,
-        body: {
-          id: Number(wire.id ?? 0),
-          kind: expectName(wire.kind, REQUEST_KIND_MAX_BYTES, 'Request kind'),
-          payload: toBuffer(wire.payload),
-        },
-      };
+      return { type, body: requestFromWire(wire) };
     case 'response':
-      return {
-        type,
-        body: {
-          id: Number(wire.id ?? 0),
-          ok: Boolean(wire.ok),
-          errorCode: String(wire.errorCode ?? ''),
-          errorMessage: String(wire.errorMessage ?? ''),
-          payload: toBuffer(wire.payload),
-        },
-      };
+      return { type, body: responseFromWire(wire) };
     case 'notice':
-      return {
-        type,
-        body: { kind: expectName(wire.kind, REQUEST_KIND_MAX_BYTES, 'Notice kind'), payload: toBuffer(wire.payload) },
-      };
+      return { type, body: noticeFromWire(wire) };
     case 'dataLinkAccepted':
       return { type, body: {} };
     case 'goodbye':
@@ -386,15 +673,15 @@ function bodyFromWire(type: ControlMessageType, wire: Wire): ControlMessage {
 /** One control message as it goes on the wire: u32 LE length, then the Envelope. */
 export function encodeFrame(message: ControlMessage): Buffer {
   const envelope = EnvelopeType.encode({ [message.type]: bodyToWire(message) }).finish();
-  if (envelope.length > CONTROL_MESSAGE_SIZE_MAX_BYTES) {
+  if (envelope.length > controlMessageBytesMax) {
     throw new ProtocolError(
       `control message ${message.type} encodes to ${envelope.length} bytes, more than the limit of ` +
-        `${CONTROL_MESSAGE_SIZE_MAX_BYTES}; send it in smaller pieces`,
+        `${controlMessageBytesMax}; send it in smaller pieces`,
     );
   }
-  const frame = Buffer.allocUnsafe(CONTROL_LENGTH_PREFIX_BYTES + envelope.length);
+  const frame = Buffer.allocUnsafe(controlLengthPrefixBytes + envelope.length);
   frame.writeUInt32LE(envelope.length, 0);
-  frame.set(envelope, CONTROL_LENGTH_PREFIX_BYTES);
+  frame.set(envelope, controlLengthPrefixBytes);
   return frame;
 }
 
@@ -426,12 +713,12 @@ export function decodeEnvelope(bytes: Uint8Array): ControlMessage {
 
 /**
  * Splits a byte stream into control messages. A length prefix above
- * CONTROL_MESSAGE_SIZE_MAX_BYTES throws as soon as its 4 bytes are in,
+ * controlMessageBytesMax throws as soon as its 4 bytes are in,
  * before any body is buffered. A large body is copied once, into a buffer
  * of its announced size.
  */
 export class ControlFrameReader {
-  private readonly header = Buffer.alloc(CONTROL_LENGTH_PREFIX_BYTES);
+  private readonly header = Buffer.alloc(controlLengthPrefixBytes);
   private headerFilledBytes = 0;
   private body: Buffer | null = null;
   private bodyFilledBytes = 0;
@@ -447,9 +734,9 @@ export class ControlFrameReader {
     let offset = 0;
     while (offset < chunk.length) {
       if (this.body === null) {
-        if (this.headerFilledBytes === 0 && chunk.length - offset >= CONTROL_LENGTH_PREFIX_BYTES) {
+        if (this.headerFilledBytes === 0 && chunk.length - offset >= controlLengthPrefixBytes) {
           const sizeBytes = this.checkedLength(chunk.readUInt32LE(offset));
-          const start = offset + CONTROL_LENGTH_PREFIX_BYTES;
+          const start = offset + controlLengthPrefixBytes;
           if (chunk.length - start >= sizeBytes) {
             messages.push(decodeEnvelope(chunk.subarray(start, start + sizeBytes)));
             offset = start + sizeBytes;
@@ -460,11 +747,11 @@ export class ControlFrameReader {
           offset = start;
           continue;
         }
-        const takeBytes = Math.min(CONTROL_LENGTH_PREFIX_BYTES - this.headerFilledBytes, chunk.length - offset);
+        const takeBytes = Math.min(controlLengthPrefixBytes - this.headerFilledBytes, chunk.length - offset);
         chunk.copy(this.header, this.headerFilledBytes, offset, offset + takeBytes);
         this.headerFilledBytes += takeBytes;
         offset += takeBytes;
-        if (this.headerFilledBytes < CONTROL_LENGTH_PREFIX_BYTES) break;
+        if (this.headerFilledBytes < controlLengthPrefixBytes) break;
         this.headerFilledBytes = 0;
         const sizeBytes = this.checkedLength(this.header.readUInt32LE(0));
         this.body = Buffer.allocUnsafe(sizeBytes);
@@ -485,9 +772,9 @@ export class ControlFrameReader {
   }
 
   private checkedLength(sizeBytes: number): number {
-    if (sizeBytes > CONTROL_MESSAGE_SIZE_MAX_BYTES) {
+    if (sizeBytes > controlMessageBytesMax) {
       throw new ProtocolError(
-        `expected a control message of at most ${CONTROL_MESSAGE_SIZE_MAX_BYTES} bytes, found a length prefix ` +
+        `expected a control message of at most ${controlMessageBytesMax} bytes, found a length prefix ` +
           `of ${sizeBytes}; the peer is not nraid or is broken`,
       );
     }
@@ -498,141 +785,3 @@ export class ControlFrameReader {
   }
 }
 
-// ------------------------------------------------- payload messages
-
-/** One chunk of the dirty bitmap (see control.proto Bitmap). */
-export interface BitmapChunk {
-  offsetBits: bigint;
-  countBits: bigint;
-  granularityBytes: number;
-  /** Size of the little-endian u64 words before lz4 compression. */
-  wordsBytes: number;
-  wordsLz4: Buffer;
-  last: boolean;
-}
-
-export type ResyncAction = 'start' | 'pause' | 'resume' | 'stop' | 'done';
-export type ResyncMode = 'bitmap' | 'full' | 'checksum' | 'verify';
-
-export interface ResyncControl {
-  action: ResyncAction;
-  mode: ResyncMode;
-  startOffsetBytes: bigint;
-  /** Exclusive; 0n means to the end of the data. */
-  endOffsetBytes: bigint;
-  /** 0n lets the rate controller decide. */
-  rateBytesPerSec: bigint;
-}
-
-export type RoleChangePhase = 'prepare' | 'commit' | 'abort';
-
-export interface RoleChange {
-  transactionId: number;
-  phase: RoleChangePhase;
-  /** The sender's role after the change. */
-  role: Role;
-  force: boolean;
-}
-
-const RESYNC_ACTIONS = new EnumMap<ResyncAction>('resync action', enumPairs('nraid.control.ResyncAction', {
-  start: 'RESYNC_ACTION_START',
-  pause: 'RESYNC_ACTION_PAUSE',
-  resume: 'RESYNC_ACTION_RESUME',
-  stop: 'RESYNC_ACTION_STOP',
-  done: 'RESYNC_ACTION_DONE',
-}));
-const RESYNC_MODES = new EnumMap<ResyncMode>('resync mode', enumPairs('nraid.control.ResyncMode', {
-  bitmap: 'RESYNC_MODE_BITMAP',
-  full: 'RESYNC_MODE_FULL',
-  checksum: 'RESYNC_MODE_CHECKSUM',
-  verify: 'RESYNC_MODE_VERIFY',
-}));
-const ROLE_CHANGE_PHASES = new EnumMap<RoleChangePhase>('role change phase', enumPairs('nraid.control.RoleChangePhase', {
-  prepare: 'ROLE_CHANGE_PHASE_PREPARE',
-  commit: 'ROLE_CHANGE_PHASE_COMMIT',
-  abort: 'ROLE_CHANGE_PHASE_ABORT',
-}));
-
-function decodePayload(type: protobuf.Type, bytes: Uint8Array): Wire {
-  try {
-    return type.decode(bytes) as unknown as Wire;
-  } catch (error) {
-    throw new ProtocolError(`expected a ${type.name} payload, found ${bytes.length} bytes that do not decode (${(error as Error).message})`);
-  }
-}
-
-function encodePayload(type: protobuf.Type, wire: Wire): Buffer {
-  const bytes = type.encode(wire).finish();
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
-export function encodeBitmapChunk(chunk: BitmapChunk): Buffer {
-  if (chunk.offsetBits % 64n !== 0n) {
-    throw new ProtocolError(`bitmap chunk offset must be a multiple of 64 bits, found ${chunk.offsetBits}`);
-  }
-  return encodePayload(BitmapType, {
-    offsetBits: toWireUint64(chunk.offsetBits, 'offsetBits'),
-    countBits: toWireUint64(chunk.countBits, 'countBits'),
-    granularityBytes: chunk.granularityBytes >>> 0,
-    wordsBytes: chunk.wordsBytes >>> 0,
-    wordsLz4: chunk.wordsLz4,
-    last: chunk.last,
-  });
-}
-
-export function decodeBitmapChunk(bytes: Uint8Array): BitmapChunk {
-  const wire = decodePayload(BitmapType, bytes);
-  const chunk: BitmapChunk = {
-    offsetBits: fromWireUint64(wire.offsetBits ?? 0),
-    countBits: fromWireUint64(wire.countBits ?? 0),
-    granularityBytes: Number(wire.granularityBytes ?? 0),
-    wordsBytes: Number(wire.wordsBytes ?? 0),
-    wordsLz4: toBuffer(wire.wordsLz4),
-    last: Boolean(wire.last),
-  };
-  if (chunk.offsetBits % 64n !== 0n) {
-    throw new ProtocolError(`bitmap chunk offset must be a multiple of 64 bits, found ${chunk.offsetBits}`);
-  }
-  if (chunk.granularityBytes === 0) throw new ProtocolError('bitmap chunk granularity must be above 0 bytes, found 0');
-  return chunk;
-}
-
-export function encodeResyncControl(control: ResyncControl): Buffer {
-  return encodePayload(ResyncControlType, {
-    action: RESYNC_ACTIONS.encode(control.action),
-    mode: RESYNC_MODES.encode(control.mode),
-    startOffsetBytes: toWireUint64(control.startOffsetBytes, 'startOffsetBytes'),
-    endOffsetBytes: toWireUint64(control.endOffsetBytes, 'endOffsetBytes'),
-    rateBytesPerSec: toWireUint64(control.rateBytesPerSec, 'rateBytesPerSec'),
-  });
-}
-
-export function decodeResyncControl(bytes: Uint8Array): ResyncControl {
-  const wire = decodePayload(ResyncControlType, bytes);
-  return {
-    action: RESYNC_ACTIONS.decode(wire.action),
-    mode: RESYNC_MODES.decode(wire.mode),
-    startOffsetBytes: fromWireUint64(wire.startOffsetBytes ?? 0),
-    endOffsetBytes: fromWireUint64(wire.endOffsetBytes ?? 0),
-    rateBytesPerSec: fromWireUint64(wire.rateBytesPerSec ?? 0),
-  };
-}
-
-export function encodeRoleChange(change: RoleChange): Buffer {
-  return encodePayload(RoleChangeType, {
-    transactionId: change.transactionId >>> 0,
-    phase: ROLE_CHANGE_PHASES.encode(change.phase),
-    role: ROLES.encode(change.role),
-    force: change.force,
-  });
-}
-
-export function decodeRoleChange(bytes: Uint8Array): RoleChange {
-  const wire = decodePayload(RoleChangeType, bytes);
-  return {
-    transactionId: Number(wire.transactionId ?? 0),
-    phase: ROLE_CHANGE_PHASES.decode(wire.phase),
-    role: ROLES.decode(wire.role),
-    force: Boolean(wire.force),
-  };
-}

@@ -167,6 +167,7 @@ export class Daemon extends EventEmitter {
       await metrics.listen(this.local.host, this.config.metricsPort!);
     } catch (error) {
       await this.teardown();
+      await this.admin.close();
       throw new ConfigError(
         `metrics-port ${this.config.metricsPort} on ${this.local.host} is not free (${(error as Error).message}); ` +
           'choose another metrics-port in the config or stop what listens there',
@@ -361,7 +362,6 @@ export class Daemon extends EventEmitter {
       parts.runner.failPending(`resource ${this.config.resource} is going down`);
     }
     this.parts = null;
-    await this.admin.close();
   }
 
   private registerCommands(): void {

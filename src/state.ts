@@ -67,6 +67,8 @@ export interface ResourceStatus {
   /** on-no-peer = suspend-io or a failed fence-peer hook holds new writes. */
   ioSuspended: boolean;
   discardMyData: boolean;
+  /** A switchover's answer was lost: this node stays Secondary until the peer says who is Primary. */
+  switchoverUnknown: boolean;
   pid: number;
 }
 
@@ -97,6 +99,7 @@ export function statusLine(status: ResourceStatus): string {
   if (status.protocol === 'A' && status.lagBytes > 0) parts.push(`lag:${formatBytes(status.lagBytes)}`);
   if (status.splitBrain) parts.push('split-brain:yes');
   if (status.ioSuspended) parts.push('io:suspended');
+  if (status.switchoverUnknown) parts.push('switchover:unknown');
   if (status.exposed) parts.push(`device:${status.device}`);
   return parts.join(' ');
 }

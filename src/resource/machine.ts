@@ -104,7 +104,6 @@ export function step(state: MachineState, input: Input): Step {
     case 'generation-written':
       s.md = event.md;
       s.armedGeneration = null;
-      fx.push({ kind: 'log', level: 'info', message: 'new generation: first write without the peer', fields: { current: s.md.uuids.current.toString(16) } });
       fx.push({ kind: 'send-state' });
       return { state: s, effects: fx };
     case 'fence-done':
@@ -152,7 +151,9 @@ function peerRequest(s: MachineState, fx: Effect[], token: number, request: Peer
       if (request.current !== s.md.uuids.current) {
         return respond({ ok: false, reason: `generations differ (${s.config.peer} ${request.current.toString(16)}, ${s.config.local} ${s.md.uuids.current.toString(16)})` });
       }
-      if (s.promotion !== null || s.demotion !== null || s.switchover !== null) return respond({ ok: false, reason: `${s.config.local} is busy with another role change` });
+      // A switchover this node asked the Primary for (delegated) is exactly this request.
+      const busy = s.promotion !== null || s.demotion !== null || (s.switchover !== null && s.switchover.phase !== 'delegated');
+      if (busy) return respond({ ok: false, reason: `${s.config.local} is busy with another role change` });
       if (diskState(s) !== 'UpToDate') return respond({ ok: false, reason: `${s.config.local}'s disk is ${diskState(s)}` });
       s.promotion = { asker, requestId: null, force: false, minted: false, failure: null };
       fx.push({ kind: 'fault-point', name: 'switchover:peer-before-promote' });

@@ -129,7 +129,6 @@ export class Runner extends EventEmitter {
         return;
       case 'arm-generation':
         store.arm(plane, effect.fresh);
-        log.info('the peer is gone while Primary: a new generation starts with the first write', { next: effect.fresh.toString(16) });
         return;
       case 'disarm-generation':
         store.disarm(plane);

@@ -46,7 +46,7 @@ function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
   };
 }
 
-export function snapshot(f: StatusFacts): ResourceStatus & { switchoverUnknown: boolean } {
+export function snapshot(f: StatusFacts): ResourceStatus {
   const { state: s, counters: c, superblock: sb } = f;
   const connected = s.connection === 'Connected' && s.peer !== null;
   return {

@@ -51,14 +51,7 @@ export function decided(s: MachineState, fx: Effect[], input: Input): Step {
   const session = s.session!;
   const peer = s.peer!;
   fx.push({ kind: 'log', level: 'info', message: 'peer connected', fields: { peer: s.config.peer, decision: decision.kind, reason: decision.reason } });
-  if (decision.kind === 'split-brain' && !s.splitBrain) {
-    s.splitBrain = true;
-    const reason = decision.reason;
-    fx.push({ kind: 'log', level: 'error', message: 'split brain detected: both nodes wrote since their last common generation; nothing is discarded', fields: { reason } });
-    fx.push({ kind: 'emit', event: { splitBrain: true, lastLinkError: reason } });
-    fx.push({ kind: 'emit', event: { type: 'split-brain', resource: s.config.resource, node: s.config.local, peer: s.config.peer, reason } });
-    if (s.config.splitBrainHook) fx.push({ kind: 'run-hook', hook: 'split-brain', reason });
-  }
+  if (decision.kind === 'split-brain') reportSplitBrain(s, fx, decision.reason);
   if (decision.kind !== 'split-brain' && s.role === 'Primary' && peer.role === 'Primary') {
     return refuseSession(s, fx, 'both nodes are Primary; demote one with nraid secondary');
   }
@@ -186,8 +179,23 @@ export function peerNotice(s: MachineState, fx: Effect[], notice: ControlNotice,
   return { state: s, effects: fx };
 }
 
+function reportSplitBrain(s: MachineState, fx: Effect[], reason: string): void {
+  if (s.splitBrain) return;
+  s.splitBrain = true;
+  fx.push({ kind: 'log', level: 'error', message: 'split brain detected: both nodes wrote since their last common generation; nothing is discarded', fields: { reason } });
+  fx.push({ kind: 'emit', event: { splitBrain: true, lastLinkError: reason } });
+  fx.push({ kind: 'emit', event: { type: 'split-brain', resource: s.config.resource, node: s.config.local, peer: s.config.peer, reason } });
+  if (s.config.splitBrainHook) fx.push({ kind: 'run-hook', hook: 'split-brain', reason });
+}
+
 export function sessionDown(s: MachineState, fx: Effect[], reason: string, input: Input): Step {
   fx.push({ kind: 'log', level: 'warn', message: 'peer disconnected', fields: { reason } });
+  if (s.session?.setup === 'deciding' && s.decision?.kind === 'split-brain') {
+    // The peer found the split brain too and refused first: it stands here as well.
+    reportSplitBrain(s, fx, s.decision.reason);
+    s.lastLinkError = `split brain: ${s.decision.reason}; choose the node whose changes to drop and run nraid connect --discard-my-data there`;
+    fx.push({ kind: 'link-disconnect', reason: s.lastLinkError });
+  }
   const wasConnected = s.session !== null;
   s.session = null;
   s.replication = 'Off';

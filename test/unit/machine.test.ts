@@ -596,3 +596,22 @@ describe('the session', () => {
     expect(stale.effects).toEqual([{ kind: 'discard-socket', socketId: 12 }]);
   });
 });
+
+describe('rows added for defects found in integration', () => {
+  test('a Secondary that delegated a switchover promotes when the Primary asks', () => {
+    const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]);
+    const x = run(d.state, [{ type: 'peer-request', token: 3, request: { kind: 'switchoverPromote', current: GEN } }]);
+    expect(kinds(x.effects)).toEqual(['fault:switchover:peer-before-promote']);
+  });
+
+  test('split brain: the peer refuses first (session ends while deciding): reported here too, StandAlone', () => {
+    const s = node('alpha', md({}, { current: 0x77n << 20n, bitmap: GEN }));
+    const r = run(s, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: 0x99n << 20n, bitmap: GEN, history: [0n, 0n] } }) },
+      { type: 'session-down', reason: 'split brain' },
+    ]);
+    expect(r.state.splitBrain).toBe(true);
+    expect(kinds(r.effects)).toContain('link-disconnect');
+  });
+});

@@ -156,7 +156,9 @@ export interface ControlNotices {
   promoteAbort: { requestId: bigint };
 }
 export type ControlNoticeKind = keyof ControlNotices;
-export type ControlNotice = { [K in ControlNoticeKind]: { kind: K } & ControlNotices[K] }[ControlNoticeKind];
+/** The fields of a body; an empty body (Record<string, never>) adds none, so that `kind` stays usable. */
+type BodyFields<T> = T extends Record<string, never> ? unknown : T;
+export type ControlNotice = { [K in ControlNoticeKind]: { kind: K } & BodyFields<ControlNotices[K]> }[ControlNoticeKind];
 
 /**
  * One chunk of a bitmap answer on the wire (control.proto BitmapChunk): bytes

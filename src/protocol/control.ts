@@ -13,7 +13,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as protobuf from 'protobufjs';
-import { ProtocolError } from '../errors';
+import { ConfigError, ProtocolError } from '../errors';
 import {
   controlErrorMessageCharsMax,
   controlFeatureNameBytesMax,
@@ -57,6 +57,13 @@ export function sessionVersion(local: ProtocolVersion, peer: ProtocolVersion): P
 
 export function formatVersion(version: ProtocolVersion): string {
   return `${version.major}.${version.minor}`;
+}
+
+/** Parses "major.minor", as NRAID_TEST_PROTOCOL_VERSION gives it; throws ConfigError naming what was found. */
+export function parseProtocolVersion(text: string): ProtocolVersion {
+  const match = /^(\d{1,9})\.(\d{1,9})$/.exec(text.trim());
+  if (!match) throw new ConfigError(`protocol version: expected major.minor such as 2.0, found ${JSON.stringify(text)}`);
+  return { major: Number(match[1]), minor: Number(match[2]) };
 }
 /**
  * Features this build offers in its Hello; a session uses the intersection of

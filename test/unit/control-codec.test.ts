@@ -8,7 +8,7 @@
  * control-link.test.ts.
  */
 import { randomBytes } from 'crypto';
-import { ProtocolError } from '../../src/errors';
+import { ConfigError, ProtocolError } from '../../src/errors';
 import { bitmapChunkBytesMax, bitmapReplyBytesMax, controlMessageBytesMax } from '../../src/limits';
 import { BitmapAssembler, bitmapChunks } from '../../src/protocol/bitmap-chunks';
 import {
@@ -21,6 +21,7 @@ import {
   PROTOCOL_VERSION,
   decodeEnvelope,
   encodeFrame,
+  parseProtocolVersion,
   sessionVersion,
   versionsCompatible,
 } from '../../src/protocol/control';
@@ -227,6 +228,13 @@ describe('protocol version', () => {
     expect(versionsCompatible(v(2, 0), v(1, 0))).toBe(false);
     expect(sessionVersion(v(2, 4), v(2, 3))).toEqual(v(2, 3));
     expect(sessionVersion(v(2, 3), v(2, 4))).toEqual(v(2, 3));
+  });
+
+  test('a version given as text (NRAID_TEST_PROTOCOL_VERSION) parses, or fails naming what was found', () => {
+    expect(parseProtocolVersion('2.1')).toEqual({ major: 2, minor: 1 });
+    expect(parseProtocolVersion(' 3.0\n')).toEqual({ major: 3, minor: 0 });
+    expect(() => parseProtocolVersion('2')).toThrow(/expected major.minor such as 2.0, found "2"/);
+    expect(() => parseProtocolVersion('2.x')).toThrow(ConfigError);
   });
 
   test('a protocol 1 Hello (version range in fields 1 and 2) decodes as 1.0, and ours reads as 2..2 to a 1.x node', () => {

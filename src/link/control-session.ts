@@ -629,7 +629,14 @@ export class ControlSession extends EventEmitter<SessionEvents> {
         this.outboxBytes -= head.length;
         frame = head;
       } else {
-        const next = head.next();
+        let next: IteratorResult<Buffer, void>;
+        try {
+          next = head.next();
+        } catch (error) {
+          // A streamed answer that cannot go on: the asker would wait for chunks that never come.
+          this.fail(asNraidError(error));
+          return;
+        }
         if (next.done) {
           this.outbox.shift();
           continue;

@@ -450,7 +450,9 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   private onResponse(response: Response): void {
     const pending = this.pending.get(response.id);
     if (!pending) {
-      this.config.log('debug', 'response to a request that is no longer waiting (timed out or failed)', { id: response.id });
+      // Once per answer: the rest of an abandoned bitmap's chunks pass in silence.
+      const laterChunk = response.ok && response.answer.kind === 'bitmap' && response.answer.body.offsetBytes > 0;
+      if (!laterChunk) this.config.log('debug', 'response to a request that is no longer waiting (timed out or failed)', { id: response.id });
       return;
     }
     const settle = (): void => {

@@ -323,6 +323,56 @@ describe('bitmap chunks', () => {
   });
 });
 
+describe('bitmap chunk sequences, mutated', () => {
+  // Bounded fuzz: any change to the order or the metadata of a valid chunk sequence either
+  // rejects with ProtocolError or yields the very same words; never another error, never other words.
+  test('2000 seeded mutations: ProtocolError or the original words', () => {
+    let seed = 0x5eed;
+    const random = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const originals = [8, 3 * bitmapChunkBytesMax, 2 * bitmapChunkBytesMax + 24].map((bytes) => bitmapWords(bytes, false));
+    const fields: Array<keyof BitmapChunk> = ['granularityBytes', 'totalBytes', 'offsetBytes', 'wordsBytes', 'lz4', 'last'];
+    let rejected = 0;
+    let unchanged = 0;
+    for (let round = 0; round < 2000; round++) {
+      const words = originals[random(originals.length)]!;
+      const chunks = [...bitmapChunks({ granularityBytes: 4096, words })].map((one) => ({ ...one }));
+      switch (random(4)) {
+        case 0: { // swap two chunks
+          const [i, j] = [random(chunks.length), random(chunks.length)];
+          [chunks[i], chunks[j]] = [chunks[j]!, chunks[i]!];
+          break;
+        }
+        case 1: // drop one
+          chunks.splice(random(chunks.length), 1);
+          break;
+        case 2: // repeat one
+          chunks.splice(random(chunks.length), 0, chunks[random(chunks.length)]!);
+          break;
+        default: { // change one field of one chunk
+          const one = chunks[random(chunks.length)]! as unknown as Record<string, unknown>;
+          const field = fields[random(fields.length)]!;
+          if (typeof one[field] === 'boolean') one[field] = !one[field];
+          else one[field] = [0, 8, (one[field] as number) + 8, (one[field] as number) - 8, bitmapChunkBytesMax * 4][random(5)];
+        }
+      }
+      try {
+        const whole = assemble(chunks);
+        expect(whole === null || whole.words.equals(words)).toBe(true);
+        unchanged++;
+      } catch (error) {
+        expect(error).toBeInstanceOf(ProtocolError);
+        rejected++;
+      }
+    }
+    // canary: the mutations did break sequences, and some (e.g. swapping a chunk with itself) did not
+    expect(rejected).toBeGreaterThan(500);
+    expect(unchanged).toBeGreaterThan(0);
+  });
+});
+
 describe('auth HMAC', () => {
   const secret = Buffer.from('s3cret');
   const alphaNonce = newNonce();

@@ -389,8 +389,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
    */
   cut(reason: string): void {
     this.log('warn', `cutting the links to ${this.options.peer.name}: ${reason}`, {});
-    for (const socket of this.rawSockets) socket.destroy();
-    this.rawSockets.clear();
+    // With an error, so a dial in progress fails like any other and is retried per policy.
+    for (const socket of [...this.rawSockets]) socket.destroy(new Error(`connection cut: ${reason}`));
     for (const session of [...this.handshakes]) session.cut(reason);
     this.session?.cut(reason);
   }

@@ -22,12 +22,11 @@
  *   32-byte nonce). Versions first: the same major and minors at most one
  *   apart connect (a rolling upgrade) and the session speaks the lower minor;
  *   anything else is refused on both nodes with a VersionError naming both
- *   versions ('refused'). Then Auth both ways: HMAC-SHA256
- *   (secret, "nraid-auth-v1" | peer's nonce | own nonce | own name),
- *   compared in constant time. A wrong resource, node
- *   name, version or HMAC, a timeout (`handshakeTimeoutMs`), or any other
- *   message first drops the connection, logs the reason at warn and emits
- *   'refused'. Nothing else is processed before the peer's Auth checks out.
+ *   versions ('refused'). Then Auth both ways: HMAC-SHA256(secret,
+ *   "nraid-auth-v1" | peer's nonce | own nonce | own name), compared in
+ *   constant time. A wrong resource, node name, version or HMAC, a timeout
+ *   (`handshakeTimeoutMs`), or any other message first drops the
+ *   connection, logs the reason at warn and emits 'refused'. Nothing else is processed before the peer's Auth checks out.
  *   Features of the session = intersection of both Hellos.
  *   The dialer then sends SessionStart with a fresh data token; both send
  *   their NodeState. Different data sizes refuse the session (PeerError
@@ -389,8 +388,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
    */
   cut(reason: string): void {
     this.log('warn', `cutting the links to ${this.options.peer.name}: ${reason}`, {});
-    for (const socket of this.rawSockets) socket.destroy();
-    this.rawSockets.clear();
+    // With an error, so a dial in progress fails like any other and is retried per policy.
+    for (const socket of [...this.rawSockets]) socket.destroy(new Error(`connection cut: ${reason}`));
     for (const session of [...this.handshakes]) session.cut(reason);
     this.session?.cut(reason);
   }

@@ -24,14 +24,20 @@
  * event loop; messages sent meanwhile queue behind it, so the order of
  * messages on the wire is the order they were sent.
  *
+ * Here: the order of messages and the session's timers. Next to it:
+ *   peer-checks.ts       what the peer's Hello and state must satisfy
+ *   pending-requests.ts  requests this node asked, until answered
+ *   send-queue.ts        frames in order, streamed answers one per drain
+ *   session-types.ts     SessionConfig, SessionInfo, SessionEnd
+ *
  * The session never retries or reconnects; ControlLink decides that from the
  * SessionEnd it emits ('closed'), exactly once.
  */
 import { EventEmitter } from 'events';
 import * as net from 'net';
-import { NraidError, PeerError, ProtocolError, RemoteError, StateError, VersionError, errorReply } from '../errors';
-import { controlErrorMessageCharsMax, controlRequestsPendingMax, controlSendQueueBytesMax } from '../limits';
-import { BitmapAssembler, bitmapChunks, checkBitmapReply } from '../protocol/bitmap-chunks';
+import { NraidError, PeerError, ProtocolError, StateError, errorReply } from '../errors';
+import { controlErrorMessageCharsMax } from '../limits';
+import { bitmapChunks, checkBitmapReply } from '../protocol/bitmap-chunks';
 import {
   Answer,
   BitmapReply,
@@ -44,80 +50,19 @@ import {
   NodeState,
   ProtocolVersion,
   Request,
-  Response,
   encodeFrame,
-  formatVersion,
   sessionVersion,
-  versionsCompatible,
 } from '../protocol/control';
 import { authHmac, newDataToken, newNonce, tokensEqual, verifyAuthHmac } from './auth';
+import { checkDataSizes, checkPeerHello, sharedFeatures } from './peer-checks';
+import { PendingRequests } from './pending-requests';
+import { SendQueue } from './send-queue';
+import { DataTokenCheck, SessionConfig, SessionEnd, SessionInfo } from './session-types';
 import { closeSocket, remoteOf } from './socket-io';
 
-export type LinkLogLevel = 'debug' | 'info' | 'warn' | 'error';
-export type LinkLog = (level: LinkLogLevel, msg: string, fields: Record<string, unknown>) => void;
-
-/** Answers one kind of request from the peer; what it throws goes back as an error Response. */
-export type RequestHandler<K extends ControlRequestKind = ControlRequestKind> = (
-  body: ControlRequests[K]['request'],
-) => ControlRequests[K]['response'] | Promise<ControlRequests[K]['response']>;
-
-export interface SessionConfig {
-  dialer: boolean;
-  resource: string;
-  localName: string;
-  peerName: string;
-  secret: Buffer;
-  /** The version announced in our Hello. */
-  protocolVersion: ProtocolVersion;
-  features: readonly string[];
-  handshakeTimeoutMs: number;
-  pingIntervalMs: number;
-  pingTimeoutMs: number;
-  dataLinkTimeoutMs: number;
-  getState: () => NodeState;
-  findHandler: (kind: ControlRequestKind) => RequestHandler | undefined;
-  log: LinkLog;
-}
-
-/** What both sides agreed on; given with 'connected'. */
-export interface SessionInfo {
-  /** Local counter, to tell sessions apart in logs and events. */
-  id: number;
-  /** Whether this node dialed (and so opens the data link). */
-  dialer: boolean;
-  /** "host:port" of the peer's end of the control connection. */
-  remote: string;
-  peerHello: Hello;
-  /** The version this session speaks: the common major and the lower of both minors. */
-  protocolVersion: ProtocolVersion;
-  /** Features both sides offered, sorted. */
-  features: string[];
-  peerState: NodeState;
-}
-
-export interface SessionEnd {
-  reason: string;
-  /** Set when the session failed (peer, protocol, timeout); absent for a close this node chose. */
-  error?: NraidError;
-  authenticated: boolean;
-  established: boolean;
-}
-
-export type DataTokenCheck = 'accepted' | 'no-session-token' | 'mismatch' | 'used';
+export type { DataTokenCheck, LinkLog, LinkLogLevel, RequestHandler, SessionConfig, SessionEnd, SessionInfo } from './session-types';
 
 type Phase = 'awaitingHello' | 'awaitingAuth' | 'authenticated' | 'established' | 'closed';
-
-interface PendingRequest {
-  kind: ControlRequestKind;
-  resolve: (answer: unknown) => void;
-  reject: (error: Error) => void;
-  timer: NodeJS.Timeout;
-  /** For a bitmap request: the chunks so far. */
-  assembler: BitmapAssembler | null;
-}
-
-/** What waits to be written: a whole frame, or the frames of a streamed answer, made one at a time. */
-type Outgoing = Buffer | Iterator<Buffer, void>;
 
 interface SessionEvents {
   authenticated: [];
@@ -153,16 +98,19 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   private lastPingSentAtMs = 0;
   /** Round trip of the last answered ping. */
   lastRttMs: number | null = null;
-  private nextRequestId = 1;
-  private readonly pending = new Map<number, PendingRequest>();
-  /** Frames not yet handed to the socket, in order; non-empty only while a streamed answer waits for a drain. */
-  private readonly outbox: Outgoing[] = [];
-  private outboxBytes = 0;
-  private awaitingDrain = false;
+  private readonly pending: PendingRequests;
+  private readonly sendQueue: SendQueue;
 
   constructor(private readonly socket: net.Socket, private readonly config: SessionConfig) {
     super();
     this.remote = remoteOf(socket);
+    this.pending = new PendingRequests(config.peerName, config.log);
+    this.sendQueue = new SendQueue(
+      socket,
+      `${config.peerName} at ${this.remote}`,
+      () => this.phase === 'closed',
+      (error) => this.fail(asNraidError(error)),
+    );
   }
 
   /**
@@ -253,40 +201,17 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   private onHello(hello: Hello): void {
     const { config } = this;
-    const local = config.protocolVersion;
-    if (!versionsCompatible(local, hello.version)) {
-      const peerNewer = hello.version.major > local.major || (hello.version.major === local.major && hello.version.minor > local.minor);
-      const lagging = peerNewer ? `this node (${config.localName})` : hello.nodeName;
-      const target = peerNewer ? hello.version : local;
-      throw new VersionError(
-        `control protocol versions do not match: this node (${config.localName}) speaks ${formatVersion(local)}, ` +
-          `${hello.nodeName} at ${this.remote} speaks ${formatVersion(hello.version)}; nodes need the same major ` +
-          `version and minors at most one apart: upgrade ${lagging} to a ${target.major}.x release ` +
-          `(${formatVersion(target)} or within one minor of it), then connect again`,
-      );
-    }
-    if (hello.resource !== config.resource) {
-      throw new PeerError(
-        `expected resource ${config.resource}, found ${hello.nodeName} at ${this.remote} announcing resource ` +
-          `${hello.resource}; check the address and the resource name in both nodes' config`,
-      );
-    }
-    if (hello.nodeName !== config.peerName) {
-      throw new PeerError(
-        `expected the peer node ${config.peerName}, found a node calling itself ${hello.nodeName} at ` +
-          `${this.remote}; check the [nodes] sections of both nodes' config`,
-      );
-    }
-    if (tokensEqual(this.ownNonce, hello.nonce)) {
-      throw new PeerError(
-        `expected a fresh nonce from ${hello.nodeName} at ${this.remote}, found our own: a reflection attempt ` +
-          'or a connection looped back to this node; check the peer address',
-      );
-    }
+    checkPeerHello(hello, {
+      resource: config.resource,
+      localName: config.localName,
+      peerName: config.peerName,
+      protocolVersion: config.protocolVersion,
+      ownNonce: this.ownNonce,
+      remote: this.remote,
+    });
     this.peerHello = hello;
-    this.protocolVersion = sessionVersion(local, hello.version);
-    const offered = new Set(hello.features);
-    this.features = [...new Set(config.features)].filter((feature) => offered.has(feature)).sort();
+    this.protocolVersion = sessionVersion(config.protocolVersion, hello.version);
+    this.features = sharedFeatures(config.features, hello.features);
     this.phase = 'awaitingAuth';
     this.send({ type: 'auth', body: { hmac: authHmac(config.secret, hello.nonce, this.ownNonce, config.localName) } });
   }
@@ -365,7 +290,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
         this.onRequest(message.body);
         return;
       case 'response':
-        this.onResponse(message.body);
+        this.pending.onResponse(message.body);
         return;
       case 'notice':
         this.emit('notice', message.body);
@@ -396,11 +321,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   }
 
   private checkDataSizes(local: NodeState, peer: NodeState): void {
-    if (local.dataSizeBytes === peer.dataSizeBytes) return;
-    throw new PeerError(
-      `peer ${this.config.peerName} has ${peer.dataSizeBytes} bytes of data, ${this.config.localName} has ` +
-        `${local.dataSizeBytes}; both nodes need the same data size: check the disks and run create-md`,
-    );
+    checkDataSizes(this.config, local, peer);
   }
 
   private outOfOrder(expected: string, found: string): ProtocolError {
@@ -410,85 +331,12 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   // ---------------------------------------------------------- requests
 
+  /** Asks the peer; see PendingRequests.ask. Rejects with StateError unless the session is established. */
   request<K extends ControlRequestKind>(kind: K, body: ControlRequests[K]['request'], timeoutMs: number): Promise<ControlRequests[K]['response']> {
     if (this.phase !== 'established') {
       return Promise.reject(new StateError(`cannot send request '${kind}' to ${this.config.peerName}: the session is not established`));
     }
-    if (this.pending.size >= controlRequestsPendingMax) {
-      return Promise.reject(
-        new PeerError(
-          `cannot send request '${kind}' to ${this.config.peerName}: ${controlRequestsPendingMax} requests already wait ` +
-            'for an answer; the peer is not answering',
-        ),
-      );
-    }
-    let id = this.nextRequestId;
-    while (this.pending.has(id)) id = (id % 0xffffffff) + 1;
-    this.nextRequestId = (id % 0xffffffff) + 1;
-    return new Promise<ControlRequests[K]['response']>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(
-          new PeerError(
-            `expected an answer from ${this.config.peerName} to request '${kind}' within ${timeoutMs} ms, found ` +
-              'none; the peer is slow or its handler hangs',
-          ),
-        );
-      }, timeoutMs);
-      const assembler = kind === 'bitmap' ? new BitmapAssembler() : null;
-      this.pending.set(id, { kind, resolve: resolve as (answer: unknown) => void, reject, timer, assembler });
-      try {
-        this.send({ type: 'request', body: { id, kind, body } as Request });
-      } catch (error) {
-        clearTimeout(timer);
-        this.pending.delete(id);
-        reject(error);
-      }
-    });
-  }
-
-  private onResponse(response: Response): void {
-    const pending = this.pending.get(response.id);
-    if (!pending) {
-      this.config.log('debug', 'response to a request that is no longer waiting (timed out or failed)', { id: response.id });
-      return;
-    }
-    const settle = (): void => {
-      this.pending.delete(response.id);
-      clearTimeout(pending.timer);
-    };
-    if (!response.ok) {
-      settle();
-      pending.reject(new RemoteError({ code: response.errorCode || 'NRAID_ERR', message: response.errorMessage }));
-      return;
-    }
-    const { answer } = response;
-    if (answer.kind !== pending.kind) {
-      settle();
-      pending.reject(
-        new ProtocolError(
-          `expected ${this.config.peerName}'s answer to request '${pending.kind}' (id ${response.id}), found an answer ` +
-            `of kind '${answer.kind}'`,
-        ),
-      );
-      return;
-    }
-    if (answer.kind !== 'bitmap') {
-      settle();
-      pending.resolve(answer.body);
-      return;
-    }
-    let whole: BitmapReply | null;
-    try {
-      whole = pending.assembler!.push(answer.body);
-    } catch (error) {
-      settle();
-      pending.reject(error as Error);
-      return;
-    }
-    if (whole === null) return;
-    settle();
-    pending.resolve(whole);
+    return this.pending.ask(kind, body, timeoutMs, (request) => this.send({ type: 'request', body: request }));
   }
 
   private onRequest(request: Request): void {
@@ -518,7 +366,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
       if (kind === 'bitmap') {
         const reply = answer as BitmapReply;
         checkBitmapReply(reply);
-        this.enqueue(this.bitmapFrames(id, reply));
+        this.sendQueue.enqueue(this.bitmapFrames(id, reply));
         return;
       }
       this.send({ type: 'response', body: { id, ok: true, answer: { kind, body: answer } as Answer } });
@@ -609,51 +457,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   private send(message: ControlMessage): void {
     if (this.phase === 'closed' || this.socket.destroyed) return;
-    this.enqueue(encodeFrame(message));
-  }
-
-  /** Writes in order: a frame at once unless a streamed answer waits for a drain; a stream one frame per drain. */
-  private enqueue(item: Outgoing): void {
-    this.outbox.push(item);
-    if (Buffer.isBuffer(item)) this.outboxBytes += item.length;
-    this.pump();
-  }
-
-  private pump(): void {
-    while (!this.awaitingDrain && this.outbox.length > 0) {
-      if (this.phase === 'closed' || this.socket.destroyed) return;
-      const head = this.outbox[0]!;
-      let frame: Buffer;
-      if (Buffer.isBuffer(head)) {
-        this.outbox.shift();
-        this.outboxBytes -= head.length;
-        frame = head;
-      } else {
-        const next = head.next();
-        if (next.done) {
-          this.outbox.shift();
-          continue;
-        }
-        frame = next.value;
-      }
-      const flowing = this.socket.write(frame);
-      if (!flowing && !Buffer.isBuffer(head)) {
-        this.awaitingDrain = true;
-        this.socket.once('drain', () => {
-          this.awaitingDrain = false;
-          this.pump();
-        });
-      }
-    }
-    const queuedBytes = this.socket.writableLength + this.outboxBytes;
-    if (queuedBytes > controlSendQueueBytesMax) {
-      this.fail(
-        new PeerError(
-          `${this.config.peerName} at ${this.remote} is not reading: ${queuedBytes} bytes wait to be ` +
-            `sent, more than ${controlSendQueueBytesMax}; dropping the session`,
-        ),
-      );
-    }
+    this.sendQueue.enqueue(encodeFrame(message));
   }
 
   // ------------------------------------------------------- timers, end
@@ -717,8 +521,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     if (this.phase === 'closed') return;
     const authenticated = this.authenticated;
     const established = this.phase === 'established';
-    this.outbox.length = 0;
-    this.outboxBytes = 0;
+    this.sendQueue.clear();
     if (goodbye && authenticated && !this.socket.destroyed && this.socket.writable) {
       try {
         this.socket.write(encodeFrame({ type: 'goodbye', body: { reason: end.reason.slice(0, controlErrorMessageCharsMax) } }));
@@ -731,13 +534,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     for (const timer of [this.silenceTimer, this.dataLinkTimer]) if (timer) clearTimeout(timer);
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.silenceTimer = this.dataLinkTimer = this.pingTimer = null;
-    for (const [id, pending] of this.pending) {
-      clearTimeout(pending.timer);
-      pending.reject(
-        new PeerError(`the session with ${this.config.peerName} ended before it answered request '${pending.kind}' (id ${id}): ${end.reason}`),
-      );
-    }
-    this.pending.clear();
+    this.pending.rejectAll(end.reason);
     if (reset) this.socket.resetAndDestroy();
     else closeSocket(this.socket);
     this.emit('closed', { ...end, authenticated, established });

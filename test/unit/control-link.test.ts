@@ -6,19 +6,24 @@
 import { randomBytes } from 'crypto';
 import { EventEmitter } from 'events';
 import * as net from 'net';
-import { NraidError, PeerError, RemoteError, StateError } from '../../src/errors';
+import { NraidError, PeerError, ProtocolError, RemoteError, StateError, VersionError } from '../../src/errors';
+import { bitmapChunkBytesMax, controlMessageBytesMax, pingIntervalMsMin } from '../../src/limits';
 import {
   CONTROL_PREAMBLE,
   ControlFrameReader,
   ControlMessage,
+  ControlNotice,
   DATA_PREAMBLE,
   Hello,
   NodeState,
+  PROTOCOL_VERSION,
+  ProtocolVersion,
   encodeFrame,
 } from '../../src/protocol/control';
 import { ControlLink, ControlLinkOptions, LinkRefusal, SessionInfo } from '../../src/link/control-link';
 import { authHmac, newNonce } from '../../src/link/auth';
-import { CONTROL_MESSAGE_SIZE_MAX_BYTES } from '../../src/link/limits-link';
+
+const CONTROL_MESSAGE_SIZE_MAX_BYTES = controlMessageBytesMax;
 
 const HOST = '127.0.0.1';
 const SECRET = 'correct horse battery staple';
@@ -199,12 +204,12 @@ class RawClient {
 
 /**
  * A TCP relay: forwards each connection to `targetPort` and records what
- * the client sent. stall() stops forwarding in both directions without
+ * the client sent and what it got back. stall() stops forwarding in both directions without
  * closing anything (a dead network); resume() forwards again and resets the
  * connections that lived through the stall, as a rebooted middlebox would.
  */
 class Relay {
-  readonly connections: Array<{ client: net.Socket; upstream: net.Socket; clientBytes: Buffer[] }> = [];
+  readonly connections: Array<{ client: net.Socket; upstream: net.Socket; clientBytes: Buffer[]; upstreamBytes: Buffer[] }> = [];
   private stalled = false;
   private stalledConnections = new Set<number>();
 
@@ -222,14 +227,17 @@ class Relay {
 
   private onConnection(client: net.Socket): void {
     const upstream = net.connect({ host: HOST, port: this.targetPort });
-    const connection = { client, upstream, clientBytes: [] as Buffer[] };
+    const connection = { client, upstream, clientBytes: [] as Buffer[], upstreamBytes: [] as Buffer[] };
     const index = this.connections.push(connection) - 1;
     for (const socket of [client, upstream]) socket.on('error', () => undefined);
     client.on('data', (chunk: Buffer) => {
       connection.clientBytes.push(chunk);
       upstream.write(chunk);
     });
-    upstream.on('data', (chunk: Buffer) => client.write(chunk));
+    upstream.on('data', (chunk: Buffer) => {
+      connection.upstreamBytes.push(chunk);
+      client.write(chunk);
+    });
     client.on('close', () => upstream.destroy());
     upstream.on('close', () => client.destroy());
     if (this.stalled) this.stallConnection(index);
@@ -287,7 +295,9 @@ describe('ControlLink between two nodes', () => {
     expect(betaInfo.peerHello.nodeName).toBe('alpha');
     expect(alphaInfo.features).toEqual(['bitmap-lz4', 'shared']);
     expect(betaInfo.features).toEqual(['bitmap-lz4', 'shared']);
-    expect(alphaInfo.protocolVersion).toBe(1);
+    expect(alphaInfo.protocolVersion).toEqual(PROTOCOL_VERSION);
+    expect(betaInfo.protocolVersion).toEqual(PROTOCOL_VERSION);
+    expect(alphaInfo.peerHello.version).toEqual(PROTOCOL_VERSION);
     expect(alphaInfo.peerState).toEqual(beta.state);
     expect(betaInfo.peerState).toEqual(alpha.state);
     expect(betaInfo.peerState.uuids.history[1]).toBe((1n << 63n) + 5n);
@@ -348,7 +358,7 @@ describe('ControlLink between two nodes', () => {
     const gamma = makeNode('gamma', { name: 'beta', port: 0 }); // sorts after beta: must not dial
     expect(gamma.link.isDialer).toBe(false);
     const raw = await RawClient.connect(beta.link.address()!.port, true);
-    const hello: Hello = { protocolVersion: 1, protocolVersionMin: 1, features: [], resource: 'r0', nodeName: 'gamma', nonce: newNonce() };
+    const hello: Hello = { version: PROTOCOL_VERSION, features: [], resource: 'r0', nodeName: 'gamma', nonce: newNonce() };
     const refusedName = waitFor(beta.link, 'refused', 2000, (r: LinkRefusal) => /gamma/.test(r.reason));
     raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: hello })]));
     const [nameRefusal] = (await refusedName) as [LinkRefusal];
@@ -468,7 +478,7 @@ describe('ControlLink refuses clients that are not a proper peer', () => {
     const ownNonce = newNonce();
     reflect.write(Buffer.concat([
       CONTROL_PREAMBLE,
-      encodeFrame({ type: 'hello', body: { protocolVersion: 1, protocolVersionMin: 1, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
+      encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
     ]));
     const betaAuth = await reflect.nextMessage('auth');
     const refusedReflect = expectRefused(reflect, /authentication failed/, 100);
@@ -482,7 +492,7 @@ describe('ControlLink refuses clients that are not a proper peer', () => {
     const ownNonce = newNonce();
     raw.write(Buffer.concat([
       CONTROL_PREAMBLE,
-      encodeFrame({ type: 'hello', body: { protocolVersion: 1, protocolVersionMin: 1, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
+      encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
     ]));
     const betaHello = (await raw.nextMessage('hello')).body as Hello;
     raw.write(encodeFrame({ type: 'auth', body: { hmac: authHmac(Buffer.from(SECRET), betaHello.nonce, ownNonce, 'alpha') } }));
@@ -599,51 +609,50 @@ describe('ControlLink liveness, requests and policy', () => {
     expect(alpha.link.connectionState).toBe('Connected');
   });
 
-  test('requests round trip both ways; errors, unknown kinds and timeouts reject clearly', async () => {
+  test('requests round trip both ways; handler errors keep their code, missing handlers and timeouts reject clearly', async () => {
     const { alpha, beta } = await makePair();
-    beta.link.onRequest('echo', (payload) => Buffer.concat([Buffer.from('beta:'), payload]));
-    beta.link.onRequest('refuse', () => {
+    beta.link.onRequest('switchoverPromote', ({ current }) => ({ ok: true, reason: `beta promotes at ${current}` }));
+    beta.link.onRequest('promotePrepare', () => {
       throw new StateError('cannot promote r0: local disk is Inconsistent');
     });
-    beta.link.onRequest('hang', () => new Promise<Buffer>(() => undefined));
-    alpha.link.onRequest('echo', async (payload) => Buffer.concat([Buffer.from('alpha:'), payload]));
-    expect(() => alpha.link.onRequest('echo', () => undefined)).toThrow(/already registered/);
+    beta.link.onRequest('switchover', () => new Promise<Record<string, never>>(() => undefined));
+    alpha.link.onRequest('switchoverPromote', async ({ current }) => ({ ok: false, reason: `alpha refuses ${current}` }));
+    expect(() => alpha.link.onRequest('switchoverPromote', () => ({ ok: true, reason: '' }))).toThrow(/already registered/);
 
-    await expect(alpha.link.request('echo', Buffer.from('x'))).rejects.toThrow(/not connected/);
+    await expect(alpha.link.request('switchoverPromote', { current: 1n })).rejects.toThrow(/not connected/);
     await connectPair(alpha, beta);
 
-    expect((await alpha.link.request('echo', Buffer.from('hi'))).toString()).toBe('beta:hi');
-    expect((await beta.link.request('echo', Buffer.from('yo'))).toString()).toBe('alpha:yo');
-    const big = randomBytes(4 * 1024 * 1024);
-    expect((await alpha.link.request('echo', big)).subarray(5).equals(big)).toBe(true);
+    expect(await alpha.link.request('switchoverPromote', { current: 7n })).toEqual({ ok: true, reason: 'beta promotes at 7' });
+    expect(await beta.link.request('switchoverPromote', { current: 8n })).toEqual({ ok: false, reason: 'alpha refuses 8' });
 
-    const refused = alpha.link.request('refuse', Buffer.alloc(0));
+    const refused = alpha.link.request('promotePrepare', { requestId: 1n, current: 2n });
     await expect(refused).rejects.toBeInstanceOf(RemoteError);
+    await expect(refused).rejects.toBeInstanceOf(NraidError);
     await expect(refused).rejects.toMatchObject({ code: 'NRAID_ERR_STATE', message: 'cannot promote r0: local disk is Inconsistent' });
-    await expect(alpha.link.request('nope', Buffer.alloc(0))).rejects.toMatchObject({
+    await expect(alpha.link.request('resyncStart', { bytes: 1n, current: 1n, history: [0n, 0n] })).rejects.toMatchObject({
       code: 'NRAID_ERR_PROTOCOL',
-      message: expect.stringMatching(/beta has no handler for request 'nope'/),
+      message: expect.stringMatching(/beta has no handler for request 'resyncStart'/),
+    });
+    // a handler answering with the wrong shape: the asker hears why instead of waiting for its timeout
+    beta.link.onRequest('splitBrainFacts', () => ({ node: 'beta', primary: false, primarySinceMs: -1, changedBytes: 0, discardMyData: false }));
+    await expect(alpha.link.request('splitBrainFacts', {}, 2000)).rejects.toMatchObject({
+      code: 'NRAID_ERR_PROTOCOL',
+      message: expect.stringMatching(/primarySinceMs must be a non-negative safe integer, found -1/),
     });
 
     const startedAtMs = Date.now();
-    const timedOut = alpha.link.request('hang', Buffer.alloc(0), 200);
+    const timedOut = alpha.link.request('switchover', {}, 200);
     await expect(timedOut).rejects.toBeInstanceOf(PeerError);
-    await expect(timedOut).rejects.toThrow(/expected an answer from beta to request 'hang' within 200 ms/);
+    await expect(timedOut).rejects.toThrow(/expected an answer from beta to request 'switchover' within 200 ms/);
     expect(Date.now() - startedAtMs).toBeGreaterThanOrEqual(195);
     expect(Date.now() - startedAtMs).toBeLessThan(200 + MARGIN_MS);
     expect(alpha.link.connectionState).toBe('Connected');
 
-    const notice = waitFor(beta.link, 'notice');
-    expect(alpha.link.notice('hint', Buffer.from([9, 8]))).toBe(true);
-    const [kind, payload] = await notice;
-    expect(kind).toBe('hint');
-    expect(payload).toEqual(Buffer.from([9, 8]));
-
     // A request in flight when the session ends is rejected, not left hanging.
-    const pending = alpha.link.request('hang', Buffer.alloc(0), 10_000);
+    const pending = alpha.link.request('switchover', {}, 10_000);
     beta.link.disconnect();
-    await expect(pending).rejects.toThrow(/ended before it answered request 'hang'/);
-    expect(alpha.link.notice('hint', Buffer.alloc(0))).toBe(false);
+    await expect(pending).rejects.toThrow(/ended before it answered request 'switchover'/);
+    expect(alpha.link.notice('adjust', {})).toBe(false);
   });
 
   test('disconnect() on the dialer stops redialing; connect() resumes', async () => {
@@ -702,7 +711,7 @@ describe('ControlLink liveness, requests and policy', () => {
           getState: () => makeState(),
           log: () => undefined,
         }),
-    ).toThrow(/ping-interval-ms: expected at least 10 and below ping-timeout-ms \(5000\), found 5000/);
+    ).toThrow(new RegExp(`ping-interval-ms: expected at least ${pingIntervalMsMin} and below ping-timeout-ms \\(5000\\), found 5000`));
     expect(
       () =>
         new ControlLink({
@@ -714,5 +723,291 @@ describe('ControlLink liveness, requests and policy', () => {
           log: () => undefined,
         }),
     ).toThrow(NraidError);
+  });
+});
+
+// ------------------------------------------------- versions and typed requests
+
+/** A hand-driven alpha: Hello (announcing `version`), Auth, SessionStart, NodeState; beta then counts it as connected. */
+async function rawAlpha(beta: TestNode, version: ProtocolVersion = PROTOCOL_VERSION): Promise<RawClient> {
+  const raw = await RawClient.connect(beta.link.address()!.port, true);
+  const ownNonce = newNonce();
+  const connected = waitFor(beta.link, 'connected');
+  raw.write(Buffer.concat([
+    CONTROL_PREAMBLE,
+    encodeFrame({ type: 'hello', body: { version, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
+  ]));
+  const betaHello = (await raw.nextMessage('hello')).body as Hello;
+  raw.write(encodeFrame({ type: 'auth', body: { hmac: authHmac(Buffer.from(SECRET), betaHello.nonce, ownNonce, 'alpha') } }));
+  raw.write(encodeFrame({ type: 'sessionStart', body: { dataToken: randomBytes(32) } }));
+  raw.write(encodeFrame({ type: 'nodeState', body: makeState() }));
+  await connected;
+  return raw;
+}
+
+describe('ControlLink protocol versions (rolling upgrade)', () => {
+  test.each([
+    ['the peer runs the next minor', { major: 2, minor: 0 }, { major: 2, minor: 1 }, { major: 2, minor: 0 }],
+    ['the peer runs the previous minor', { major: 2, minor: 5 }, { major: 2, minor: 4 }, { major: 2, minor: 4 }],
+  ])('%s: connects, and both sides speak the lower minor', async (_name, alphaVersion, betaVersion, expected) => {
+    const { alpha, beta } = await makePair({ alpha: { protocolVersion: alphaVersion }, beta: { protocolVersion: betaVersion } });
+    const [alphaInfo, betaInfo] = await connectPair(alpha, beta);
+    expect(alphaInfo.protocolVersion).toEqual(expected);
+    expect(betaInfo.protocolVersion).toEqual(expected);
+    expect(alphaInfo.peerHello.version).toEqual(betaVersion);
+    expect(betaInfo.peerHello.version).toEqual(alphaVersion);
+    // typed requests work across the two minors
+    beta.link.onRequest('switchoverPromote', ({ current }) => ({ ok: current === 5n, reason: '' }));
+    expect(await alpha.link.request('switchoverPromote', { current: 5n })).toEqual({ ok: true, reason: '' });
+  });
+
+  test.each([
+    ['two minors apart', { major: 2, minor: 0 }, { major: 2, minor: 2 }, /this node \(alpha\) speaks 2\.0, beta at .* speaks 2\.2;.*upgrade this node \(alpha\) to a 2\.x release/, /this node \(beta\) speaks 2\.2, alpha at .* speaks 2\.0;.*upgrade alpha to a 2\.x release/],
+    ['another major', { major: 2, minor: 0 }, { major: 3, minor: 0 }, /this node \(alpha\) speaks 2\.0, beta at .* speaks 3\.0;.*upgrade this node \(alpha\) to a 3\.x release/, /this node \(beta\) speaks 3\.0, alpha at .* speaks 2\.0;.*upgrade alpha to a 3\.x release/],
+  ])('%s: refused on both sides with a VersionError naming both versions', async (_name, alphaVersion, betaVersion, alphaPattern, betaPattern) => {
+    const { alpha, beta } = await makePair({ alpha: { protocolVersion: alphaVersion }, beta: { protocolVersion: betaVersion } });
+    const refusals = Promise.all([
+      waitFor(alpha.link, 'refused', 3000, (r: LinkRefusal) => r.error instanceof VersionError),
+      waitFor(beta.link, 'refused', 3000, (r: LinkRefusal) => r.error instanceof VersionError),
+    ]);
+    beta.link.connect();
+    alpha.link.connect();
+    const [[alphaRefusal], [betaRefusal]] = (await refusals) as [[LinkRefusal], [LinkRefusal]];
+    expect(alphaRefusal.error.code).toBe('NRAID_ERR_VERSION');
+    expect(alphaRefusal.reason).toMatch(alphaPattern);
+    expect(betaRefusal.error.code).toBe('NRAID_ERR_VERSION');
+    expect(betaRefusal.reason).toMatch(betaPattern);
+    // refused before authentication: no state left either node
+    expect(alpha.getStateCalls).toBe(0);
+    expect(beta.getStateCalls).toBe(0);
+    expect(alpha.connected).toHaveLength(0);
+    expect(beta.connected).toHaveLength(0);
+    expect(warnings(beta).some((msg) => /speaks 2\.0/.test(msg))).toBe(true);
+  });
+
+  test('a protocol 1 client (version range 1..1, no minor) is refused as 1.0', async () => {
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    await beta.link.start();
+    beta.link.connect();
+    const raw = await RawClient.connect(beta.link.address()!.port, true);
+    const refused = waitFor(beta.link, 'refused');
+    raw.write(CONTROL_PREAMBLE);
+    // Envelope field 1 (hello): protocol_version = 1, protocol_version_min = 1, resource r0, node alpha, nonce
+    const hello = Buffer.concat([
+      Buffer.from([0x08, 0x01, 0x10, 0x01, 0x22, 0x02]), Buffer.from('r0'), Buffer.from([0x2a, 0x05]), Buffer.from('alpha'),
+      Buffer.from([0x32, 0x20]), randomBytes(32),
+    ]);
+    const envelope = Buffer.concat([Buffer.from([0x0a, hello.length]), hello]);
+    const prefix = Buffer.alloc(4);
+    prefix.writeUInt32LE(envelope.length);
+    raw.write(Buffer.concat([prefix, envelope]));
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.error).toBeInstanceOf(VersionError);
+    expect(refusal.reason).toMatch(/speaks 2\.0, alpha at .* speaks 1\.0/);
+    await raw.closed;
+  });
+});
+
+describe('ControlLink typed requests and notices', () => {
+  test('every request kind round trips both ways over real sockets, with its typed body', async () => {
+    const { alpha, beta } = await makePair();
+    const seen: Array<[string, string, unknown]> = [];
+    for (const [name, node] of [['alpha', alpha], ['beta', beta]] as const) {
+      const words = Buffer.alloc(64);
+      words.writeBigUInt64LE(0x8000000000000001n, 8);
+      node.link.onRequest('bitmap', (body) => {
+        seen.push([name, 'bitmap', body]);
+        return { granularityBytes: 4096, words };
+      });
+      node.link.onRequest('splitBrainFacts', (body) => {
+        seen.push([name, 'splitBrainFacts', body]);
+        return { node: name, primary: name === 'alpha', primarySinceMs: 1_700_000_000_123, changedBytes: 8192, discardMyData: false };
+      });
+      node.link.onRequest('promotePrepare', async (body) => {
+        seen.push([name, 'promotePrepare', body]);
+        return { ok: body.current !== 0n, reason: body.current !== 0n ? '' : 'no generation' };
+      });
+      node.link.onRequest('switchover', (body) => {
+        seen.push([name, 'switchover', body]);
+        return {};
+      });
+      node.link.onRequest('switchoverPromote', (body) => {
+        seen.push([name, 'switchoverPromote', body]);
+        return { ok: false, reason: `${name} is Inconsistent` };
+      });
+      node.link.onRequest('resyncStart', (body) => {
+        seen.push([name, 'resyncStart', body]);
+        return { ok: body.history[1] === (1n << 63n) };
+      });
+    }
+    await connectPair(alpha, beta);
+    for (const [asker, answerer] of [[alpha, 'beta'], [beta, 'alpha']] as const) {
+      const bitmap = await asker.link.request('bitmap', {});
+      expect(bitmap.granularityBytes).toBe(4096);
+      expect(bitmap.words.length).toBe(64);
+      expect(bitmap.words.readBigUInt64LE(8)).toBe(0x8000000000000001n);
+      expect(await asker.link.request('splitBrainFacts', {})).toEqual({
+        node: answerer, primary: answerer === 'alpha', primarySinceMs: 1_700_000_000_123, changedBytes: 8192, discardMyData: false,
+      });
+      expect(await asker.link.request('promotePrepare', { requestId: 2n ** 64n - 1n, current: 9n })).toEqual({ ok: true, reason: '' });
+      expect(await asker.link.request('promotePrepare', { requestId: 1n, current: 0n })).toEqual({ ok: false, reason: 'no generation' });
+      expect(await asker.link.request('switchover', {})).toEqual({});
+      expect(await asker.link.request('switchoverPromote', { current: 3n })).toEqual({ ok: false, reason: `${answerer} is Inconsistent` });
+      expect(await asker.link.request('resyncStart', { bytes: 1n << 40n, current: 5n, history: [4n, 1n << 63n] })).toEqual({ ok: true });
+    }
+    expect(seen.filter(([name]) => name === 'beta').map(([, kind, body]) => [kind, body])).toEqual([
+      ['bitmap', {}],
+      ['splitBrainFacts', {}],
+      ['promotePrepare', { requestId: 2n ** 64n - 1n, current: 9n }],
+      ['promotePrepare', { requestId: 1n, current: 0n }],
+      ['switchover', {}],
+      ['switchoverPromote', { current: 3n }],
+      ['resyncStart', { bytes: 1n << 40n, current: 5n, history: [4n, 1n << 63n] }],
+    ]);
+    expect(seen.filter(([name]) => name === 'alpha')).toHaveLength(7);
+  });
+
+  test('every notice kind arrives typed, in order', async () => {
+    const { alpha, beta } = await makePair();
+    await connectPair(alpha, beta);
+    const received: ControlNotice[] = [];
+    const all = new Promise<void>((resolve) =>
+      beta.link.on('notice', (notice) => {
+        received.push(notice);
+        if (notice.kind === 'promoteAbort') resolve();
+      }),
+    );
+    expect(alpha.link.notice('resyncNone', {})).toBe(true);
+    expect(alpha.link.notice('resyncDone', {})).toBe(true);
+    expect(alpha.link.notice('adjust', {})).toBe(true);
+    expect(alpha.link.notice('promoteCommit', { requestId: 2n ** 64n - 1n })).toBe(true);
+    expect(alpha.link.notice('promoteAbort', { requestId: 7n })).toBe(true);
+    await all;
+    expect(received).toEqual([
+      { kind: 'resyncNone' },
+      { kind: 'resyncDone' },
+      { kind: 'adjust' },
+      { kind: 'promoteCommit', requestId: 2n ** 64n - 1n },
+      { kind: 'promoteAbort', requestId: 7n },
+    ]);
+    const commit = received[3]!;
+    if (commit.kind === 'promoteCommit') expect(commit.requestId).toBe(2n ** 64n - 1n);
+  });
+
+  test('a 1 MiB bitmap of random bits crosses in several chunks, none above the bound, and arrives identical', async () => {
+    const { alpha, beta, relay } = await makePair({ relay: true });
+    const words = randomBytes(1024 * 1024);
+    beta.link.onRequest('bitmap', () => ({ granularityBytes: 65536, words }));
+    await connectPair(alpha, beta);
+    const bitmap = await alpha.link.request('bitmap', {});
+    expect(bitmap.granularityBytes).toBe(65536);
+    expect(bitmap.words.equals(words)).toBe(true);
+    // On the wire from beta: 16 Responses of one chunk each, none above the bound.
+    const fromBeta = new ControlFrameReader().push(Buffer.concat(relay!.connections[0]!.upstreamBytes));
+    const chunks = fromBeta.flatMap((message) =>
+      message.type === 'response' && message.body.ok && message.body.answer.kind === 'bitmap' ? [message.body.answer.body] : [],
+    );
+    expect(chunks.map((chunk) => chunk.offsetBytes)).toEqual([...Array(16).keys()].map((index) => index * bitmapChunkBytesMax));
+    for (const chunk of chunks) {
+      expect(chunk.words.length).toBeLessThanOrEqual(bitmapChunkBytesMax);
+      expect(chunk.lz4).toBe(false); // random bits do not compress: sent raw
+    }
+  });
+
+  test('messages sent while a bitmap answer waits for the peer to read leave after its last chunk', async () => {
+    const { alpha, beta, relay } = await makePair({ relay: true });
+    const words = randomBytes(16 * 1024 * 1024); // more than the socket buffers hold
+    let noticeSent: Promise<boolean> | null = null;
+    beta.link.onRequest('bitmap', () => {
+      // the relay stops reading from beta: the answer backs up in beta's outbox
+      relay!.connections[0]!.upstream.pause();
+      noticeSent = new Promise<boolean>((resolve) =>
+        setTimeout(() => {
+          const sent = beta.link.notice('adjust', {});
+          relay!.connections[0]!.upstream.resume();
+          resolve(sent);
+        }, 50),
+      );
+      return { granularityBytes: 4096, words };
+    });
+    await connectPair(alpha, beta);
+    const notices: ControlNotice[] = [];
+    alpha.link.on('notice', (notice) => notices.push(notice));
+    const bitmap = await alpha.link.request('bitmap', {});
+    expect(await noticeSent!).toBe(true);
+    expect(bitmap.words.equals(words)).toBe(true);
+    if (notices.length === 0) await waitFor(alpha.link, 'notice');
+    expect(notices).toEqual([{ kind: 'adjust' }]);
+    const fromBeta = new ControlFrameReader().push(Buffer.concat(relay!.connections[0]!.upstreamBytes));
+    const order = fromBeta.filter((message) => message.type === 'response' || message.type === 'notice').map((message) => message.type);
+    expect(order).toEqual([...Array<string>(256).fill('response'), 'notice']);
+  });
+
+  test('a forged out-of-order or oversized bitmap chunk rejects the request with a ProtocolError', async () => {
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    await beta.link.start();
+    beta.link.connect();
+    const raw = await rawAlpha(beta);
+    const chunkOf = (offsetBytes: number, wordsBytes: number, last: boolean): ControlMessage => ({
+      type: 'response',
+      body: {
+        id: 0,
+        ok: true,
+        answer: {
+          kind: 'bitmap',
+          body: { granularityBytes: 4096, totalBytes: 3 * bitmapChunkBytesMax, offsetBytes, wordsBytes, words: Buffer.alloc(wordsBytes), lz4: false, last },
+        },
+      },
+    });
+    const answer = async (chunks: ControlMessage[]): Promise<void> => {
+      const request = await raw.nextMessage('request');
+      for (const chunk of chunks) {
+        if (chunk.type === 'response') chunk.body.id = request.type === 'request' ? request.body.id : 0;
+        raw.write(encodeFrame(chunk));
+      }
+    };
+
+    const outOfOrder = beta.link.request('bitmap', {}, 2000);
+    await answer([chunkOf(0, bitmapChunkBytesMax, false), chunkOf(2 * bitmapChunkBytesMax, bitmapChunkBytesMax, true)]);
+    await expect(outOfOrder).rejects.toBeInstanceOf(ProtocolError);
+    await expect(outOfOrder).rejects.toThrow(/expected the bitmap chunk at offset 65536, found one at offset 131072 \(out of order\)/);
+
+    const oversized = beta.link.request('bitmap', {}, 2000);
+    await answer([chunkOf(0, 2 * bitmapChunkBytesMax, false)]);
+    await expect(oversized).rejects.toBeInstanceOf(ProtocolError);
+    await expect(oversized).rejects.toThrow(/expected a bitmap chunk of at most 65536 bytes, found 131072 bytes of words/);
+
+    const wrongKind = beta.link.request('bitmap', {}, 2000);
+    const request = await raw.nextMessage('request');
+    const id = request.type === 'request' ? request.body.id : 0;
+    raw.write(encodeFrame({ type: 'response', body: { id, ok: true, answer: { kind: 'resyncStart', body: { ok: true } } } }));
+    await expect(wrongKind).rejects.toThrow(/expected alpha's answer to request 'bitmap' \(id \d+\), found an answer of kind 'resyncStart'/);
+
+    // Positive control: the same hand-made chunks, in order, resolve.
+    const good = beta.link.request('bitmap', {}, 2000);
+    await answer([0, 1, 2].map((index) => chunkOf(index * bitmapChunkBytesMax, bitmapChunkBytesMax, index === 2)));
+    expect((await good).words.length).toBe(3 * bitmapChunkBytesMax);
+    expect(beta.link.connectionState).toBe('Connected');
+  });
+
+  test('cut() drops both sides at once without a Goodbye, and the link comes back', async () => {
+    const { alpha, beta } = await makePair();
+    await connectPair(alpha, beta);
+    beta.link.onRequest('switchover', () => new Promise<Record<string, never>>(() => undefined));
+    const pending = alpha.link.request('switchover', {}, 10_000);
+    const disconnects = Promise.all([waitFor(alpha.link, 'disconnected'), waitFor(beta.link, 'disconnected')]);
+    const reconnected = Promise.all([waitFor(alpha.link, 'connected'), waitFor(beta.link, 'connected')]);
+    const startedAtMs = Date.now();
+    alpha.link.cut('fault point: after prepare');
+    const [[alphaEnd], [betaEnd]] = (await disconnects) as [[{ reason: string; error?: NraidError }], [{ reason: string; error?: NraidError }]];
+    expect(Date.now() - startedAtMs).toBeLessThan(MARGIN_MS);
+    expect(alphaEnd.reason).toMatch(/fault point: after prepare/);
+    expect(alphaEnd.error).toBeInstanceOf(PeerError);
+    // beta learns of it as of a network failure: a reset, not alpha's Goodbye
+    expect(betaEnd.reason).not.toMatch(/closed the session/);
+    expect(betaEnd.error).toBeInstanceOf(PeerError);
+    await expect(pending).rejects.toThrow(/ended before it answered request 'switchover'/);
+    await reconnected;
+    expect(alpha.link.connectionState).toBe('Connected');
   });
 });

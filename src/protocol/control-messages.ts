@@ -1,0 +1,147 @@
+/**
+ * The messages of the control link (control.proto) as TypeScript types: the
+ * handshake and session messages, a node's state, and the typed requests,
+ * answers and notices the daemon uses among them. Adding a request or notice
+ * kind starts here (ControlRequests, ControlNotices); the compiler then asks
+ * for its codec in control-request-codecs.ts.
+ */
+import { ProtocolVersion } from './control-version';
+
+export type Role = 'Primary' | 'Secondary';
+export type DiskState = 'Diskless' | 'Attaching' | 'Inconsistent' | 'Outdated' | 'Consistent' | 'UpToDate';
+export type ReplicationProtocol = 'A' | 'B' | 'C';
+
+export interface GenerationUuids {
+  current: bigint;
+  bitmap: bigint;
+  history: [bigint, bigint];
+}
+
+/** What each node tells the other about itself (DESIGN.md §5, §6). */
+export interface NodeState {
+  role: Role;
+  disk: DiskState;
+  dataSizeBytes: bigint;
+  uuids: GenerationUuids;
+  /** Superblock flag bits, as the metadata code defines them. */
+  flags: number;
+  protocol: ReplicationProtocol;
+}
+
+export interface Hello {
+  /** The version the sender speaks. */
+  version: ProtocolVersion;
+  features: string[];
+  resource: string;
+  nodeName: string;
+  nonce: Buffer;
+}
+export interface Auth {
+  hmac: Buffer;
+}
+export interface SessionStart {
+  dataToken: Buffer;
+}
+export interface Ping {
+  seq: number;
+}
+export interface Pong {
+  seq: number;
+}
+
+/** What a node tells its peer in a split brain, for the after-sb policies. */
+export interface SplitBrainFacts {
+  node: string;
+  primary: boolean;
+  primarySinceMs: number;
+  changedBytes: number;
+  discardMyData: boolean;
+}
+/** The whole dirty bitmap: little-endian u64 words, `granularityBytes` of data per bit. */
+export interface BitmapReply {
+  granularityBytes: number;
+  words: Buffer;
+}
+/** A node's answer to a promotion request; `reason` is '' when ok. */
+export interface PromoteVote {
+  ok: boolean;
+  reason: string;
+}
+
+/** Typed request kinds: request body and response body. */
+export interface ControlRequests {
+  bitmap: { request: Record<string, never>; response: BitmapReply };
+  splitBrainFacts: { request: Record<string, never>; response: SplitBrainFacts };
+  /** Two-phase promotion, phase 1: may the sender become Primary? The receiver votes and, if ok,
+   *  holds a promise not to promote itself until promoteCommit/promoteAbort or the session ends. */
+  promotePrepare: { request: { requestId: bigint; current: bigint }; response: PromoteVote };
+  /** A Secondary asks the Primary to run a switchover to it. */
+  switchover: { request: Record<string, never>; response: Record<string, never> };
+  /** Old Primary (already demoted, drained) asks the peer to promote at generation `current`. */
+  switchoverPromote: { request: { current: bigint }; response: PromoteVote };
+  /** Source to target before any resync data: the target records Inconsistent + the source's
+   *  generation durably, then answers; only then does the source send. */
+  resyncStart: { request: { bytes: bigint; current: bigint; history: [bigint, bigint] }; response: { ok: boolean } };
+}
+export type ControlRequestKind = keyof ControlRequests;
+
+export interface ControlNotices {
+  resyncNone: Record<string, never>;
+  resyncDone: Record<string, never>;
+  adjust: Record<string, never>;
+  promoteCommit: { requestId: bigint };
+  promoteAbort: { requestId: bigint };
+}
+export type ControlNoticeKind = keyof ControlNotices;
+/** The fields of a body; an empty body (Record<string, never>) adds none, so that `kind` stays usable. */
+type BodyFields<T> = T extends Record<string, never> ? unknown : T;
+export type ControlNotice = { [K in ControlNoticeKind]: { kind: K } & BodyFields<ControlNotices[K]> }[ControlNoticeKind];
+
+/**
+ * One chunk of a bitmap answer on the wire (control.proto BitmapChunk): bytes
+ * [offsetBytes, offsetBytes + wordsBytes) of a bitmap of totalBytes, lz4
+ * block compressed when `lz4`. src/protocol/bitmap-chunks.ts splits and
+ * reassembles.
+ */
+export interface BitmapChunk {
+  granularityBytes: number;
+  totalBytes: number;
+  offsetBytes: number;
+  wordsBytes: number;
+  words: Buffer;
+  lz4: boolean;
+  last: boolean;
+}
+
+/** What one Response carries per kind: the answer itself, or for bitmap one chunk of it. */
+export type ResponseBodies = { [K in ControlRequestKind]: K extends 'bitmap' ? BitmapChunk : ControlRequests[K]['response'] };
+
+/** A Request on the wire: one kind and its body. */
+export type Request = { [K in ControlRequestKind]: { id: number; kind: K; body: ControlRequests[K]['request'] } }[ControlRequestKind];
+/** A successful Response's content: the request's kind and its answer (or chunk). */
+export type Answer = { [K in ControlRequestKind]: { kind: K; body: ResponseBodies[K] } }[ControlRequestKind];
+export type Response =
+  | { id: number; ok: true; answer: Answer }
+  | { id: number; ok: false; errorCode: string; errorMessage: string };
+export type Notice = ControlNotice;
+export type DataLinkAccepted = Record<string, never>;
+export interface Goodbye {
+  reason: string;
+}
+
+interface MessageBodies {
+  hello: Hello;
+  auth: Auth;
+  sessionStart: SessionStart;
+  nodeState: NodeState;
+  ping: Ping;
+  pong: Pong;
+  request: Request;
+  response: Response;
+  notice: Notice;
+  dataLinkAccepted: DataLinkAccepted;
+  goodbye: Goodbye;
+}
+export type ControlMessageType = keyof MessageBodies;
+/** One control message: `type` names the Envelope member, `body` holds it. */
+export type ControlMessage = { [K in ControlMessageType]: { type: K; body: MessageBodies[K] } }[ControlMessageType];

@@ -17,7 +17,7 @@ import { ControlLink } from './link/control-link';
 import { Logger } from './log';
 import { MetricsServer } from './metrics';
 import { NativeCounters, NativeEventType } from './native';
-import { NodeState, PROTOCOL_VERSION, ProtocolVersion } from './protocol/control';
+import { NodeState, PROTOCOL_VERSION, ProtocolVersion, parseProtocolVersion } from './protocol/control';
 import { DataPlane } from './resource/data-plane';
 import { Exposure } from './resource/exposure';
 import { Command, FLAG_DISCARD_MY_DATA, diskState, flagWord, initialState } from './resource/machine';
@@ -47,8 +47,7 @@ export interface DaemonOptions {
 /** NRAID_TEST_PROTOCOL_VERSION=MAJOR.MINOR announces another protocol version (rolling-upgrade tests). */
 function announcedVersion(): ProtocolVersion {
   const text = process.env.NRAID_TEST_PROTOCOL_VERSION;
-  const match = text === undefined ? null : /^(\d+)\.(\d+)$/.exec(text);
-  return match === null ? PROTOCOL_VERSION : { major: Number(match[1]), minor: Number(match[2]) };
+  return text === undefined || text === '' ? PROTOCOL_VERSION : parseProtocolVersion(text);
 }
 
 /** NRAID_FAULT_POINTS=name,name: the named points of the control plane cut the link (tests only). */

@@ -356,7 +356,6 @@ export class Daemon extends EventEmitter {
       await parts.plane.persistBitmap(true);
       await parts.plane.flush();
       parts.plane.destroy();
-      parts.disk.flush();
       parts.disk.close();
       parts.runner.failPending(`resource ${this.config.resource} is going down`);
     }

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import { extentsToBitmap, newestTransaction } from '../activity-log';
 import { BackingDisk } from '../disk';
 import { MetadataError } from '../errors';
-import { Superblock, prepareSuperblockWrite, readSuperblock } from '../metadata';
+import { Superblock, encodeSuperblock, inspectSuperblocks, readSuperblock, superblockSlotOffsetBytes } from '../metadata';
 import { DataPlane } from './data-plane';
 import { MetadataChange, MetadataView, applyChange, cloneView } from './metadata-change';
 
@@ -25,34 +25,47 @@ export interface StoreLog {
   warn(message: string, fields?: Record<string, unknown>): void;
 }
 
+/** What goes where: the image for the slot that does not hold the newest copy. */
+interface PreparedWrite {
+  superblock: Superblock;
+  slot: number;
+  image: Buffer;
+  offsetBytes: number;
+}
+
 export class MetadataStore {
   private sb: Superblock;
+  /** The slot holding `sb`: each write goes to the other one, so a torn write leaves `sb` intact. */
+  private slot: number;
   /** The superblock armed in the data plane, written by it before the first write without the peer. */
-  private armed: Superblock | null = null;
+  private armed: PreparedWrite | null = null;
 
   private constructor(
     readonly disk: BackingDisk,
     sb: Superblock,
+    slot: number,
     private readonly log: StoreLog,
   ) {
     this.sb = sb;
+    this.slot = slot;
   }
 
   /** Reads the superblock and checks it belongs to `resource`. Synchronous: before anything is served. */
   static open(disk: BackingDisk, resource: string, log: StoreLog): MetadataStore {
     const sb = readSuperblock(disk);
+    const slot = inspectSuperblocks(disk).find((state) => state.superblock?.sequence === sb.sequence)?.slot ?? 0;
     if (sb.resource !== resource) {
       throw new MetadataError(
         `backing device ${disk.path} holds metadata of resource "${sb.resource}", not "${resource}"; ` +
           'check the config, or run nraid create-md --force to give the disk to this resource (its data becomes unusable)',
       );
     }
-    return new MetadataStore(disk, sb, log);
+    return new MetadataStore(disk, sb, slot, log);
   }
 
   /** The fresh UUID armed in the data plane, if any. */
   get armedGeneration(): bigint | null {
-    return this.armed?.uuids.current ?? null;
+    return this.armed?.superblock.uuids.current ?? null;
   }
 
   get superblock(): Superblock {
@@ -87,25 +100,28 @@ export class MetadataStore {
     let rearm: bigint | null = null;
     if (this.armed !== null) {
       this.adoptIfWritten(plane);
-      if (this.armed !== null && plane.takeGeneration() === 'armed') rearm = this.armed.uuids.current;
+      if (this.armed !== null && plane.takeGeneration() === 'armed') rearm = this.armed.superblock.uuids.current;
       this.armed = null;
     }
-    await this.write(plane, applyChange(this.sb, change));
+    const prepared = this.prepare(applyChange(this.sb, change));
+    await plane.writeSuperblock(prepared.image, prepared.offsetBytes);
+    this.sb = prepared.superblock;
+    this.slot = prepared.slot;
     if (rearm !== null) this.arm(plane, rearm);
   }
 
-  private async write(plane: DataPlane, next: Superblock): Promise<void> {
-    const prepared = prepareSuperblockWrite(this.disk, next);
-    await plane.writeSuperblock(prepared.image, prepared.offsetBytes);
-    this.sb = prepared.superblock;
+  /** No read of the disk: the store knows which slot holds the newest copy and its sequence. */
+  private prepare(next: Superblock): PreparedWrite {
+    const slot = 1 - this.slot;
+    const superblock: Superblock = { ...next, sequence: this.sb.sequence + 1 };
+    return { superblock, slot, image: encodeSuperblock(superblock), offsetBytes: superblockSlotOffsetBytes(this.disk.sizeBytes, slot) };
   }
 
   /** Arms the next generation (`fresh` becomes current) for the data plane to write before the first write without the peer. */
   arm(plane: DataPlane, fresh: bigint): void {
     if (this.armed !== null || this.sb.uuids.bitmap !== 0n) return;
-    const next = applyChange(this.sb, { kind: 'generation-written', fresh });
-    const prepared = prepareSuperblockWrite(this.disk, next);
-    this.armed = prepared.superblock;
+    const prepared = this.prepare(applyChange(this.sb, { kind: 'generation-written', fresh }));
+    this.armed = prepared;
     plane.armGeneration(prepared.image, prepared.offsetBytes);
   }
 
@@ -121,7 +137,8 @@ export class MetadataStore {
   adoptIfWritten(plane: DataPlane): boolean {
     if (this.armed === null || plane.takeGeneration(true) !== 'written') return false;
     plane.takeGeneration();
-    this.sb = this.armed;
+    this.sb = this.armed.superblock;
+    this.slot = this.armed.slot;
     this.armed = null;
     this.log.info('new generation: first write without the peer', { current: this.sb.uuids.current.toString(16), bitmap: this.sb.uuids.bitmap.toString(16) });
     return true;

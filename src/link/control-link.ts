@@ -67,6 +67,13 @@
  *   loss. The data link belongs to the data plane by then; its owner tears it
  *   down on 'disconnected', as after any session loss.
  *
+ * Files
+ *   Here: wanting, dialing with backoff, accepting, and which session is current.
+ *   link-options.ts        options, events, the check of the options
+ *   incoming-connection.ts what an accepted connection is, from its preamble
+ *   data-link.ts           the data link: opened by the dialer, accepted by the acceptor
+ *   control-session.ts     one control connection (handshake, pings, requests)
+ *
  * Events
  *   'connected' (SessionInfo: peer Hello, session protocol version, features, peer state)
  *   'peerState' (NodeState)                 every later state of the peer
@@ -78,109 +85,31 @@
  */
 import { EventEmitter } from 'events';
 import * as net from 'net';
-import { ConfigError, NraidError, PeerError, ProtocolError, StateError } from '../errors';
+import { ConfigError, NraidError, PeerError, StateError } from '../errors';
+import { controlHandshakesPendingMax, controlRequestTimeoutMsDefault } from '../limits';
 import {
-  connectRetryBackoffMsMax,
-  connectRetryMsDefault,
-  controlHandshakesPendingMax,
-  controlPreambleBytes,
-  controlRequestTimeoutMsDefault,
-  dataLinkTimeoutMsDefault,
-  dataTokenBytes,
-  handshakeTimeoutMsDefault,
-  nameCharsMax,
-  pingIntervalMsDefault,
-  pingIntervalMsMin,
-  pingTimeoutMsDefault,
-} from '../limits';
-import {
-  CONTROL_FEATURES,
   CONTROL_PREAMBLE,
   ControlNotice,
   ControlNoticeKind,
   ControlNotices,
   ControlRequestKind,
   ControlRequests,
-  DATA_PREAMBLE,
-  NodeState,
-  PROTOCOL_VERSION,
   ProtocolVersion,
 } from '../protocol/control';
 import { Backoff } from './backoff';
-import { ControlSession, LinkLog, RequestHandler, SessionEnd, SessionInfo } from './control-session';
-import { closeSocket, readPrefix, remoteOf, stopReading } from './socket-io';
+import { ControlSession, RequestHandler, SessionEnd, SessionInfo } from './control-session';
+import { acceptDataLink, openDataLink } from './data-link';
+import { sortIncoming } from './incoming-connection';
+import { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkTimings, checkLinkOptions } from './link-options';
+import { closeSocket, remoteOf } from './socket-io';
 
-export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './control-session';
-
-export interface NodeAddress {
-  name: string;
-  host: string;
-  port: number;
-}
-
-export interface ControlLinkOptions {
-  resource: string;
-  local: NodeAddress;
-  peer: NodeAddress;
-  /** The config's shared `secret`. */
-  secret: string | Buffer;
-  pingIntervalMs?: number;
-  pingTimeoutMs?: number;
-  /** First redial delay; doubles per failure up to connectRetryMaxMs. */
-  connectRetryMs?: number;
-  connectRetryMaxMs?: number;
-  handshakeTimeoutMs?: number;
-  dataLinkTimeoutMs?: number;
-  /** Features to offer; defaults to CONTROL_FEATURES. */
-  features?: readonly string[];
-  /**
-   * The protocol version to announce; defaults to PROTOCOL_VERSION. Tests
-   * (and the daemon's NRAID_TEST_PROTOCOL_VERSION) announce another one to
-   * play a node of another release.
-   */
-  protocolVersion?: ProtocolVersion;
-  getState: () => NodeState;
-  log: LinkLog;
-}
-
-export type ConnectionState = 'StandAlone' | 'Connecting' | 'Connected';
-
-export interface LinkDisconnect {
-  reason: string;
-  /** Set when the session failed; absent when this node chose to end it. */
-  error?: NraidError;
-}
-
-export interface LinkRefusal {
-  reason: string;
-  error: NraidError;
-  /** "host:port" of the far end. */
-  remote: string;
-}
-
-export interface ControlLinkEvents {
-  connected: [info: SessionInfo];
-  peerState: [state: NodeState];
-  disconnected: [event: LinkDisconnect];
-  refused: [event: LinkRefusal];
-  dataSocket: [socket: net.Socket, info: SessionInfo];
-  notice: [notice: ControlNotice];
-  connectionState: [state: ConnectionState];
-}
-
-interface Timings {
-  pingIntervalMs: number;
-  pingTimeoutMs: number;
-  connectRetryMs: number;
-  connectRetryMaxMs: number;
-  handshakeTimeoutMs: number;
-  dataLinkTimeoutMs: number;
-}
+export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './session-types';
+export type { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkRefusal, NodeAddress } from './link-options';
 
 export class ControlLink extends EventEmitter<ControlLinkEvents> {
   /** Whether this node dials (its name sorts first) and opens the data link. */
   readonly isDialer: boolean;
-  private readonly timings: Timings;
+  private readonly timings: LinkTimings;
   private readonly secret: Buffer;
   private readonly features: readonly string[];
   private readonly protocolVersion: ProtocolVersion;
@@ -201,53 +130,13 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
 
   constructor(private readonly options: ControlLinkOptions) {
     super();
-    const { resource, local, peer } = options;
-    for (const [key, name] of [['resource', resource], [`nodes.${local.name}`, local.name], [`nodes.${peer.name}`, peer.name]] as const) {
-      const sizeBytes = Buffer.byteLength(name, 'utf8');
-      if (sizeBytes === 0 || sizeBytes > nameCharsMax) {
-        throw new ConfigError(`${key}: expected a name of 1 to ${nameCharsMax} bytes, found ${sizeBytes} bytes`);
-      }
-    }
-    if (local.name === peer.name) {
-      throw new ConfigError(`nodes: expected two nodes with different names, found ${local.name} twice; name each node once`);
-    }
-    this.secret = Buffer.isBuffer(options.secret) ? options.secret : Buffer.from(options.secret, 'utf8');
-    if (this.secret.length === 0) {
-      throw new ConfigError('secret: expected a shared secret, found an empty one; set the same `secret` on both nodes');
-    }
-    this.timings = {
-      pingIntervalMs: options.pingIntervalMs ?? pingIntervalMsDefault,
-      pingTimeoutMs: options.pingTimeoutMs ?? pingTimeoutMsDefault,
-      connectRetryMs: options.connectRetryMs ?? connectRetryMsDefault,
-      connectRetryMaxMs: options.connectRetryMaxMs ?? Math.max(connectRetryBackoffMsMax, options.connectRetryMs ?? 0),
-      handshakeTimeoutMs: options.handshakeTimeoutMs ?? handshakeTimeoutMsDefault,
-      dataLinkTimeoutMs: options.dataLinkTimeoutMs ?? dataLinkTimeoutMsDefault,
-    };
-    const t = this.timings;
-    if (!(t.pingIntervalMs >= pingIntervalMsMin && t.pingIntervalMs < t.pingTimeoutMs)) {
-      throw new ConfigError(
-        `ping-interval-ms: expected at least ${pingIntervalMsMin} and below ping-timeout-ms (${t.pingTimeoutMs}), ` +
-          `found ${t.pingIntervalMs}; pings must come several times per timeout`,
-      );
-    }
-    for (const [key, valueMs] of [
-      ['connect-retry-ms', t.connectRetryMs],
-      ['handshake timeout', t.handshakeTimeoutMs],
-      ['data link timeout', t.dataLinkTimeoutMs],
-    ] as const) {
-      if (!(Number.isFinite(valueMs) && valueMs > 0)) throw new ConfigError(`${key}: expected a time above 0 ms, found ${valueMs}`);
-    }
-    if (t.connectRetryMaxMs < t.connectRetryMs) {
-      throw new ConfigError(`connect retry cap: expected at least connect-retry-ms (${t.connectRetryMs}), found ${t.connectRetryMaxMs}`);
-    }
-    this.features = options.features ?? CONTROL_FEATURES;
-    this.protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
-    const version = this.protocolVersion;
-    if (![version.major, version.minor].every((part) => Number.isInteger(part) && part >= 0 && part < 2 ** 32)) {
-      throw new ConfigError(`protocol version: expected major and minor as u32 integers, found ${version.major}.${version.minor}`);
-    }
-    this.isDialer = local.name < peer.name;
-    this.backoff = new Backoff(t.connectRetryMs, t.connectRetryMaxMs);
+    const settings = checkLinkOptions(options);
+    this.timings = settings.timings;
+    this.secret = settings.secret;
+    this.features = settings.features;
+    this.protocolVersion = settings.protocolVersion;
+    this.isDialer = settings.isDialer;
+    this.backoff = new Backoff(this.timings.connectRetryMs, this.timings.connectRetryMaxMs);
   }
 
   // ------------------------------------------------------------- public
@@ -415,55 +304,9 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     if (!token) {
       return Promise.reject(new StateError(`the data link of session ${session.id} with ${peer.name} is already open; one per session`));
     }
-    return new Promise<net.Socket>((resolve, reject) => {
-      const socket = new net.Socket();
-      socket.pause(); // never read: the fd goes to native code with every byte still in the kernel
-      this.rawSockets.add(socket);
-      let settled = false;
-      const cleanup = (): void => {
-        settled = true;
-        clearTimeout(timer);
-        this.rawSockets.delete(socket);
-        socket.off('error', onError);
-        session.off('dataLinkAccepted', onAccepted);
-        session.off('closed', onClosed);
-      };
-      const fail = (error: NraidError): void => {
-        if (settled) return;
-        cleanup();
-        socket.destroy();
-        reject(error);
-        session.close(error.message, error);
-      };
-      const onAccepted = (): void => {
-        if (settled) return;
-        cleanup();
-        this.log('info', `data link to ${peer.name} open`, { session: session.id, local: `${socket.localAddress}:${socket.localPort}` });
-        resolve(socket);
-      };
-      const onError = (error: Error): void =>
-        fail(new PeerError(`cannot open the data link to ${peer.name} at ${peer.host}:${peer.port}: ${error.message}`));
-      const onClosed = (end: SessionEnd): void =>
-        fail(new PeerError(`the session with ${peer.name} ended before its data link was accepted: ${end.reason}`));
-      const timer = setTimeout(
-        () =>
-          fail(
-            new PeerError(
-              `expected ${peer.name} to accept the data link within ${this.timings.dataLinkTimeoutMs} ms, found no answer; ` +
-                'dropping the session',
-            ),
-          ),
-        this.timings.dataLinkTimeoutMs,
-      );
-      socket.on('error', onError);
-      session.on('dataLinkAccepted', onAccepted);
-      session.on('closed', onClosed);
-      socket.connect({ host: peer.host, port: peer.port }, () => {
-        if (settled) return;
-        socket.setNoDelay(true);
-        socket.write(Buffer.concat([DATA_PREAMBLE, token]));
-      });
-    });
+    return openDataLink(session, token, peer, this.timings.dataLinkTimeoutMs, this.rawSockets, (level, msg, fields) =>
+      this.log(level, msg, fields),
+    );
   }
 
   // ---------------------------------------------------------- dialing
@@ -519,38 +362,19 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     socket.on('error', () => undefined); // reported through readPrefix or the session
     this.rawSockets.add(socket);
     const remote = remoteOf(socket);
-    const deadlineMs = Date.now() + this.timings.handshakeTimeoutMs;
-    readPrefix(socket, controlPreambleBytes, Buffer.alloc(0), this.timings.handshakeTimeoutMs, (result) => {
-      if (!result.ok) {
+    sortIncoming(socket, this.timings.handshakeTimeoutMs, {
+      control: (rest) => {
         this.rawSockets.delete(socket);
-        this.refuse(socket, remote, prefixFailure('the 8-byte preamble NRAIDCTL or NRAIDDAT', result, this.timings.handshakeTimeoutMs));
-        return;
-      }
-      if (result.prefix.equals(CONTROL_PREAMBLE)) {
+        this.onControlConnection(socket, remote, rest);
+      },
+      data: (token, rest) => {
         this.rawSockets.delete(socket);
-        this.onControlConnection(socket, remote, result.rest);
-        return;
-      }
-      if (result.prefix.equals(DATA_PREAMBLE)) {
-        const leftMs = Math.max(1, deadlineMs - Date.now());
-        readPrefix(socket, dataTokenBytes, result.rest, leftMs, (tokenResult) => {
-          this.rawSockets.delete(socket);
-          if (!tokenResult.ok) {
-            this.refuse(socket, remote, prefixFailure(`the ${dataTokenBytes}-byte data link token`, tokenResult, this.timings.handshakeTimeoutMs));
-            return;
-          }
-          this.onDataConnection(socket, remote, tokenResult.prefix, tokenResult.rest);
-        });
-        return;
-      }
-      this.rawSockets.delete(socket);
-      this.refuse(
-        socket,
-        remote,
-        new ProtocolError(
-          `expected the preamble NRAIDCTL or NRAIDDAT, found ${describeBytes(result.prefix)}; the client is not an nraid peer`,
-        ),
-      );
+        this.onDataConnection(socket, remote, token, rest);
+      },
+      refused: (error) => {
+        this.rawSockets.delete(socket);
+        this.refuse(socket, remote, error);
+      },
     });
   }
 
@@ -589,59 +413,12 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       this.refuse(socket, remote, new PeerError(`data link from ${remote} refused: no authenticated session with ${peer.name}`));
       return;
     }
-    if (rest.length > 0) {
-      this.refuse(socket, remote, new ProtocolError(
-        `expected nothing after the data link token until it is accepted, found ${rest.length} more bytes from ${remote}`,
-      ));
-      return;
-    }
-    const check = session.consumeDataToken(token);
-    if (check !== 'accepted') {
-      const why = {
-        'no-session-token': `session ${session.id} has no data token yet`,
-        mismatch: `the token does not match session ${session.id}'s`,
-        used: `session ${session.id}'s token was already used; one data link per session`,
-      }[check];
-      this.refuse(socket, remote, new PeerError(`data link from ${remote} refused: ${why}`));
-      return;
-    }
-    // The stream machinery restarts the fd read once more on the next tick
-    // (maybeReadMore); stop it after that, and only then let the dialer send.
-    setImmediate(() => this.handOverDataSocket(session, socket, remote));
-  }
-
-  private handOverDataSocket(session: ControlSession, socket: net.Socket, remote: string): void {
-    const { peer } = this.options;
-    stopReading(socket);
-    if (session.closed || socket.destroyed || socket.readableLength > 0) {
-      if (socket.readableLength > 0) {
-        this.refuse(socket, remote, new ProtocolError(
-          `expected nothing after the data link token until it is accepted, found ${socket.readableLength} more bytes from ${remote}`,
-        ));
-      } else {
-        socket.destroy();
-      }
-      return;
-    }
-    socket.removeAllListeners('error');
-    session.sendDataLinkAccepted();
-    const info = session.sessionInfo;
-    this.log('info', `data link from ${peer.name} accepted`, { session: session.id, remote });
-    if (info) {
-      this.emit('dataSocket', socket, info);
-    } else {
-      // Authenticated but not yet established: hand it over once the session is.
-      const onEstablished = (established: SessionInfo): void => {
-        session.off('closed', onClosed);
-        this.emit('dataSocket', socket, established);
-      };
-      const onClosed = (): void => {
-        session.off('established', onEstablished);
-        socket.destroy();
-      };
-      session.once('established', onEstablished);
-      session.once('closed', onClosed);
-    }
+    acceptDataLink(session, socket, remote, token, rest, {
+      peerName: peer.name,
+      refuse: (refused, from, error) => this.refuse(refused, from, error),
+      accepted: (accepted, info) => this.emit('dataSocket', accepted, info),
+      log: (level, msg, fields) => this.log(level, msg, fields),
+    });
   }
 
   private refuse(socket: net.Socket, remote: string, error: NraidError): void {
@@ -750,19 +527,3 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   }
 }
 
-function prefixFailure(
-  expected: string,
-  result: { reason: 'timeout' | 'closed' | 'error'; receivedBytes: number; error?: Error },
-  timeoutMs: number,
-): NraidError {
-  if (result.reason === 'timeout') {
-    return new PeerError(`expected ${expected} within ${timeoutMs} ms (handshake timeout), found ${result.receivedBytes} bytes`);
-  }
-  const how = result.reason === 'error' ? `failed (${result.error?.message ?? 'unknown error'})` : 'closed';
-  return new PeerError(`expected ${expected}, found the connection ${how} after ${result.receivedBytes} bytes`);
-}
-
-function describeBytes(bytes: Buffer): string {
-  const printable = /^[\x20-\x7e]*$/.test(bytes.toString('latin1'));
-  return printable ? `"${bytes.toString('latin1')}"` : `bytes ${bytes.toString('hex')}`;
-}

@@ -30,6 +30,8 @@ import {
 import { EnvelopeType, MESSAGE_TYPES, enumPairs } from './control-schema';
 import { EnumMap, Wire, expectBytes, expectName, fromWireUint64, toWireUint64 } from './wire-values';
 
+// ------------------------------------------------------- node state
+
 const ROLES = new EnumMap<Role>('role', enumPairs('nraid.control.Role', {
   Primary: 'ROLE_PRIMARY',
   Secondary: 'ROLE_SECONDARY',
@@ -47,8 +49,6 @@ const PROTOCOLS = new EnumMap<ReplicationProtocol>('replication protocol', enumP
   B: 'PROTOCOL_B',
   C: 'PROTOCOL_C',
 }));
-
-// ------------------------------------------------------- node state
 
 function nodeStateToWire(state: NodeState): Wire {
   if (state.uuids.history.length !== generationHistoryUuids) {

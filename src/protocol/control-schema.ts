@@ -21,13 +21,16 @@ function loadSchema(): protobuf.Root {
   throw new Error(`control.proto not found; looked at ${candidates.join(', ')}; the package is incomplete, reinstall nraid`);
 }
 
+/** control.proto, parsed. */
 export const controlSchema = loadSchema();
+/** The message every frame holds: one member per ControlMessageType. */
 export const EnvelopeType = controlSchema.lookupType('nraid.control.Envelope');
 
 if (!protobuf.util.Long) {
   throw new Error('protobufjs runs without Long support; uint64 fields (sizes, UUIDs) would lose precision');
 }
 
+/** The members of Envelope, as ControlMessage names them; checked against the .proto at load. */
 export const MESSAGE_TYPES: readonly ControlMessageType[] = [
   'hello', 'auth', 'sessionStart', 'nodeState', 'ping', 'pong',
   'request', 'response', 'notice', 'dataLinkAccepted', 'goodbye',

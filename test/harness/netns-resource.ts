@@ -18,7 +18,6 @@
  * registry's order, the namespaces.
  */
 import * as fs from 'fs';
-import * as path from 'path';
 import { loopDevices, registerCleanup } from './cleanup';
 import { execSyncQuiet, execTool, toolEnv } from './exec';
 import { NetnsPair, NetnsSide, makeNetnsPair } from './netns';
@@ -226,10 +225,4 @@ export async function makeNetnsResource(opts: NetnsResourceOptions): Promise<Net
     cleanup: () => handle.run(),
   };
   return resource;
-}
-
-/** Where a node's admin socket is (the daemon's run dir), for callers that talk to it directly. */
-export function adminSocketOf(r: { base: TestResource } | TestResource, node: NodeName): string {
-  const t = 'base' in r ? r.base : r;
-  return path.join(t.nodes[node].runDir, 'admin.sock');
 }

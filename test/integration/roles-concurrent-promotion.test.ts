@@ -9,7 +9,7 @@
  * NRAID_ERR_PROMOTION_CONFLICT or NRAID_ERR_STATE; when both lose, `primary`
  * on one node alone succeeds. The winner is demoted between rounds.
  */
-import { makeResource, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
+import { makeResource, nraid, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
 import { describeIntegration } from '../harness/prereq';
 import { adminSocketOf, RoleWatch } from '../harness/role-watch';
 
@@ -34,6 +34,23 @@ function cliError(r: NraidResult): { code: string; message: string } | null {
   }
   const m = /error: ([\s\S]*) \((NRAID_[A-Z_]+)\)\s*$/.exec(r.stderr.trim());
   return m ? { code: m[2], message: m[1] } : null;
+}
+
+// TODO(harness): use harness helper
+const jsonFlagCache = new Map<string, Promise<string[]>>();
+/**
+ * ['--json'] when this CLI's `command` takes --json (its errors then come as
+ * {"error":{"code","message"}} on stdout), else [] (errors as `error: ... (CODE)`
+ * on stderr, which cliError also reads). Today's CLI takes --json on status and
+ * events only; passing it elsewhere would be a usage error, not the behaviour under test.
+ */
+function jsonFlag(command: string): Promise<string[]> {
+  let p = jsonFlagCache.get(command);
+  if (p === undefined) {
+    p = nraid(['help', command]).then((h) => (h.code === 0 && /^usage: .*\[--json\]/m.test(h.stdout) ? ['--json'] : []));
+    jsonFlagCache.set(command, p);
+  }
+  return p;
 }
 
 const settled = (s: NraidStatus): boolean =>
@@ -77,7 +94,8 @@ describeIntegration('roles: simultaneous promotion', ['root', 'fuse', 'loop', 'n
     const started = Date.now();
     for (let round = 1; round <= ROUNDS; round++) {
       // Both CLI processes are started in the same tick.
-      const [ra, rb] = await Promise.all([r.run('alpha', 'primary', [], { timeoutMs: 30_000 }), r.run('beta', 'primary', [], { timeoutMs: 30_000 })]);
+      const json = await jsonFlag('primary');
+      const [ra, rb] = await Promise.all([r.run('alpha', 'primary', json, { timeoutMs: 30_000 }), r.run('beta', 'primary', json, { timeoutMs: 30_000 })]);
       const res: Record<NodeName, NraidResult> = { alpha: ra, beta: rb };
       const [sa, sb] = await Promise.all([r.status('alpha'), r.status('beta')]);
       const st: Record<NodeName, NraidStatus> = { alpha: sa, beta: sb };
@@ -106,7 +124,7 @@ describeIntegration('roles: simultaneous promotion', ['root', 'fuse', 'loop', 'n
       if (primaries.length === 1) out.winner = primaries[0];
       if (primaries.length === 0) {
         // Both lost: the operator's next command, on one node alone, resolves it.
-        const alone = await r.run('alpha', 'primary', [], { timeoutMs: 30_000 });
+        const alone = await r.run('alpha', 'primary', json, { timeoutMs: 30_000 });
         if (alone.code !== 0) out.problems.push(`both lost, then primary on alpha alone exited ${alone.code}: ${alone.stderr.trim()}`);
         else out.winner = 'alpha';
       }

@@ -22,7 +22,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { makeResource, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
+import { makeResource, nraid, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
 import { describeIntegration } from '../harness/prereq';
 import { adminSocketOf, RoleWatch } from '../harness/role-watch';
 
@@ -44,6 +44,23 @@ function cliError(r: NraidResult): { code: string; message: string } | null {
   }
   const m = /error: ([\s\S]*) \((NRAID_[A-Z_]+)\)\s*$/.exec(r.stderr.trim());
   return m ? { code: m[2], message: m[1] } : null;
+}
+
+// TODO(harness): use harness helper
+const jsonFlagCache = new Map<string, Promise<string[]>>();
+/**
+ * ['--json'] when this CLI's `command` takes --json (its errors then come as
+ * {"error":{"code","message"}} on stdout), else [] (errors as `error: ... (CODE)`
+ * on stderr, which cliError also reads). Today's CLI takes --json on status and
+ * events only; passing it elsewhere would be a usage error, not the behaviour under test.
+ */
+function jsonFlag(command: string): Promise<string[]> {
+  let p = jsonFlagCache.get(command);
+  if (p === undefined) {
+    p = nraid(['help', command]).then((h) => (h.code === 0 && /^usage: .*\[--json\]/m.test(h.stdout) ? ['--json'] : []));
+    jsonFlagCache.set(command, p);
+  }
+  return p;
 }
 
 const connected = (s: NraidStatus): boolean => s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';
@@ -100,7 +117,7 @@ describeIntegration('roles: switchover fault points', ['root', 'fuse', 'loop', '
     await start({ [sc.on]: sc.point });
     const w = RoleWatch.start({ alpha: adminSocketOf(r, 'alpha'), beta: adminSocketOf(r, 'beta') }, { intervalMs: 50 });
     watch = w;
-    const res = await r.run('alpha', 'switchover', [], { timeoutMs: 60_000 });
+    const res = await r.run('alpha', 'switchover', await jsonFlag('switchover'), { timeoutMs: 60_000 });
     const [a, b] = await Promise.all([r.status('alpha'), r.status('beta')]);
     const observed: Observed = {
       faultHit: logSince(r, sc.on, logStart).includes(`fault point ${sc.point} hit`),

@@ -59,12 +59,17 @@ const DOWN_TIMEOUT_MS = 20_000;
 
 function parseStatus(stdout: string): NraidStatus {
   const text = stdout.trim();
-  const line = text.startsWith('{') ? text : text.split('\n').reverse().find((l) => l.trim().startsWith('{'));
-  const value = line === undefined ? undefined : (JSON.parse(text.startsWith('{') ? text : line) as unknown);
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new Error(`status --json printed no JSON object: ${JSON.stringify(text.slice(0, 500))}`);
+  // The whole output (status --json pretty-prints), else the last line that is an object (log lines before it).
+  for (const candidate of [text, ...text.split('\n').reverse()]) {
+    if (!candidate.trim().startsWith('{')) continue;
+    try {
+      const value = JSON.parse(candidate) as unknown;
+      if (typeof value === 'object' && value !== null && !Array.isArray(value)) return value as NraidStatus;
+    } catch {
+      // Not this one.
+    }
   }
-  return value as NraidStatus;
+  throw new Error(`status --json printed no JSON object: ${JSON.stringify(text.slice(0, 500))}`);
 }
 
 /** True while `pid` runs and its command line still names the resource (not a reused pid). */

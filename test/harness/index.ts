@@ -6,3 +6,6 @@ export * from './direct-io';
 export * from './range-set';
 export * from './fault-proxy';
 export * from './cluster';
+export * from './netns';
+export * from './netns-resource';
+export * from './role-watch';

@@ -189,6 +189,13 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
       if ((promotion.minted && s.connection !== 'StandAlone') || (connected(s) && s.session!.direction !== 'source')) {
         after.push({ kind: 'drop-session', reason: promotion.minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source' });
       }
+      if (promotion.asker !== null && 'token' in promotion.asker && s.switchover?.phase === 'delegated') {
+        // This node asked the Primary for the switchover and is Primary now: that is its answer
+        // (the Primary's own reply may not arrive once the session turns around).
+        after.unshift({ kind: 'log', level: 'info', message: 'switchover done', fields: { newPrimary: s.config.local } });
+        after.push({ kind: 'reply', to: s.switchover.asker, error: null });
+        s.switchover = null;
+      }
       if (promotion.asker !== null && 'token' in promotion.asker) {
         // Promoted at the peer's request (switchover): the answer leaves after the fault point.
         s.afterPeerPromote = after;

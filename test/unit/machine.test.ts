@@ -615,3 +615,18 @@ describe('rows added for defects found in integration', () => {
     expect(kinds(r.effects)).toContain('link-disconnect');
   });
 });
+
+test('a Secondary that delegated a switchover answers its command once it is Primary, whatever the old Primary says later', () => {
+  const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]);
+  let x = run(d.state, [
+    { type: 'peer-request', token: 3, request: { kind: 'switchoverPromote', current: GEN } },
+    { type: 'fault-passed', name: 'switchover:peer-before-promote' },
+    { type: 'program-done', tag: 'promote', error: null },
+    { type: 'fault-passed', name: 'switchover:peer-after-promote' },
+  ]);
+  expect(replies(x.effects).map((e) => e.to)).toEqual([{ token: 3 }, { command: 1 }]);
+  expect(replies(x.effects).every((e) => e.error === null)).toBe(true);
+  x = run(x.state, [{ type: 'switchover-reply', outcome: 'refused', reason: 'session ended', error: null }]);
+  expect(replies(x.effects)).toHaveLength(0);
+  expect(x.state.role).toBe('Primary');
+});

@@ -118,6 +118,7 @@ export class Daemon extends EventEmitter {
       const state = initialState(
         {
           resource: this.config.resource,
+          device: this.local.device,
           local: this.local.name,
           peer: this.peer.name,
           onNoPeer: this.config.onNoPeer,
@@ -369,7 +370,7 @@ export class Daemon extends EventEmitter {
     this.admin.on('secondary', () => this.command({ name: 'secondary', holder: holder() }));
     this.admin.on('down', () => this.down());
     this.admin.on('connect', (args) => this.command({ name: 'connect', discardMyData: args.discardMyData === true, holder: holder() }));
-    this.admin.on('switchover', () => this.command({ name: 'switchover', holder: holder() }));
+    this.admin.on('switchover', () => this.command({ name: 'switchover', holder: holder(), syncPercent: this.status().resync?.percent ?? null }));
     this.admin.on('resume-io', () => this.command({ name: 'resume-io' }));
     this.admin.on('invalidate', () => this.command({ name: 'invalidate' }));
     this.admin.on('disconnect', () => this.command({ name: 'disconnect' }));

@@ -47,6 +47,8 @@ export interface SessionView {
 
 export interface MachineConfig {
   resource: string;
+  /** The exposed device's path, for messages. */
+  device: string;
   local: string;
   peer: string;
   onNoPeer: 'continue' | 'suspend-io';
@@ -105,7 +107,8 @@ export interface Promotion {
 export type Command =
   | { name: 'primary'; force: boolean }
   | { name: 'secondary'; holder: string | null }
-  | { name: 'switchover'; holder: string | null }
+  /** syncPercent: the resync's progress, for the refusal while one runs. */
+  | { name: 'switchover'; holder: string | null; syncPercent: number | null }
   | { name: 'connect'; discardMyData: boolean; holder: string | null }
   | { name: 'disconnect' }
   | { name: 'invalidate' }

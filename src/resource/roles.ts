@@ -38,19 +38,19 @@ export function command(s: MachineState, fx: Effect[], id: number, c: Command, i
     case 'secondary':
       if (s.role === 'Secondary') return done();
       if (s.ioSuspended) return refuse(suspendedError(r, 'demote'));
-      if (c.holder !== null) return refuse(new DeviceBusyError(`cannot demote ${r}: its device is in use (${c.holder}); unmount or close it first`));
+      if (c.holder !== null) return refuse(new DeviceBusyError(`cannot demote ${r}: device ${s.config.device} is in use (${c.holder}); unmount or close it first`));
       s.demotion = asker;
       demote(s, fx);
       return { state: s, effects: fx, tag: 'demote' };
     case 'switchover':
-      return switchover(s, fx, asker, c.holder);
+      return switchover(s, fx, asker, c.holder, c.syncPercent);
     case 'connect':
       if (c.discardMyData) {
         if (s.role === 'Primary') {
           return refuse(
             new StateError(
               `cannot discard the data of ${r} on ${s.config.local}: it is Primary` +
-                (c.holder !== null ? ` and its device is in use (${c.holder})` : '') +
+                (c.holder !== null ? ` and its device ${s.config.device} is in use (${c.holder})` : '') +
                 '; stop what uses it, run nraid secondary, then connect --discard-my-data',
             ),
           );
@@ -87,7 +87,7 @@ export function command(s: MachineState, fx: Effect[], id: number, c: Command, i
       return done();
     case 'down':
       if (s.ioSuspended) return refuse(suspendedError(r, 'take down'));
-      if (c.holder !== null) return refuse(new DeviceBusyError(`cannot take ${r} down: its device is in use (${c.holder}); unmount or close it first`));
+      if (c.holder !== null) return refuse(new DeviceBusyError(`cannot take ${r} down: device ${s.config.device} is in use (${c.holder}); unmount or close it first`));
       s.stopping = true;
       return done();
   }
@@ -235,13 +235,16 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
   }
 }
 
-export function switchover(s: MachineState, fx: Effect[], asker: Asker, holder: string | null): Step {
+export function switchover(s: MachineState, fx: Effect[], asker: Asker, holder: string | null, syncPercent: number | null = null): Step {
   const r = s.config.resource;
   const refuse = (error: NraidError): Step => ({ state: s, effects: [{ kind: 'reply', to: asker, error }] });
   if (!connected(s)) {
     return refuse(new StateError(`cannot switch over ${r}: the peer is not connected (connection ${s.connection}); a planned switchover needs both nodes`));
   }
-  if (s.replication !== 'Established') return refuse(new StateError(`cannot switch over ${r}: replication is ${s.replication}; wait for it to be Established`));
+  if (s.replication !== 'Established') {
+    const progress = syncPercent !== null ? ` (${syncPercent.toFixed(1)}% done)` : '';
+    return refuse(new StateError(`cannot switch over ${r}: replication is ${s.replication}${progress}; wait for it to be Established`));
+  }
   if (diskState(s) !== 'UpToDate' || s.peer!.disk !== 'UpToDate') {
     return refuse(new NotUpToDateError(`cannot switch over ${r}: disks are ${diskState(s)} here and ${s.peer!.disk} on ${s.config.peer}; both must be UpToDate`));
   }
@@ -252,7 +255,7 @@ export function switchover(s: MachineState, fx: Effect[], asker: Asker, holder: 
     fx.push({ kind: 'request-switchover' });
     return { state: s, effects: fx };
   }
-  if (holder !== null) return refuse(new DeviceBusyError(`cannot switch over ${r}: its device is in use (${holder}); stop the services and unmount it first`));
+  if (holder !== null) return refuse(new DeviceBusyError(`cannot switch over ${r}: device ${s.config.device} is in use (${holder}); stop the services and unmount it first`));
   s.switchover = { asker, phase: 'demoting' };
   fx.push({ kind: 'log', level: 'info', message: 'switchover: demoting', fields: { to: s.config.peer } });
   demote(s, fx);

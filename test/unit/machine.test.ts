@@ -22,7 +22,7 @@ function md(over: Partial<MetadataView['flags']> = {}, uuids: Partial<MetadataVi
 
 function node(name: 'alpha' | 'beta', meta: MetadataView = md()): MachineState {
   return initialState(
-    { resource: 'r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect' },
+    { resource: 'r0', device: '/dev/nraid/r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect' },
     meta,
     'C',
   );
@@ -170,7 +170,7 @@ describe('primary', () => {
 });
 
 describe('switchover', () => {
-  const start = (): { state: MachineState; effects: Effect[] } => run(established('alpha', 'Primary'), [{ type: 'command', id: 4, command: { name: 'switchover', holder: null } }]);
+  const start = (): { state: MachineState; effects: Effect[] } => run(established('alpha', 'Primary'), [{ type: 'command', id: 4, command: { name: 'switchover', holder: null, syncPercent: null } }]);
 
   test('the whole exchange in order: demote, drain, ask, done', () => {
     const r = start();
@@ -242,7 +242,7 @@ describe('switchover', () => {
 
   test('a device in use is refused before anything changes', () => {
     const s = established('alpha', 'Primary');
-    const r = run(s, [{ type: 'command', id: 4, command: { name: 'switchover', holder: 'mounted on /mnt' } }]);
+    const r = run(s, [{ type: 'command', id: 4, command: { name: 'switchover', holder: 'mounted on /mnt', syncPercent: null } }]);
     expect(r.state).toEqual(s);
     expect(replies(r.effects)[0].error?.code).toBe('NRAID_ERR_DEVICE_BUSY');
   });
@@ -388,7 +388,7 @@ describe('races found so far', () => {
   });
 
   test('commands are refused while a switchover runs (one role change at a time)', () => {
-    const s = run(established('alpha', 'Primary'), [{ type: 'command', id: 4, command: { name: 'switchover', holder: null } }]).state;
+    const s = run(established('alpha', 'Primary'), [{ type: 'command', id: 4, command: { name: 'switchover', holder: null, syncPercent: null } }]).state;
     for (const command of [{ name: 'primary', force: false }, { name: 'secondary', holder: null }, { name: 'invalidate' }] as const) {
       const r = run(s, [{ type: 'command', id: 9, command }]);
       expect(replies(r.effects)[0].error?.message).toContain('a switchover is in progress');
@@ -429,7 +429,7 @@ describe('every other command', () => {
 
   test('connect --discard-my-data: refused on a Primary, else remembered and sent as a flag', () => {
     const refused = run(established('alpha', 'Primary'), [{ type: 'command', id: 1, command: { name: 'connect', discardMyData: true, holder: 'mounted' } }]);
-    expect(replies(refused.effects)[0].error?.message).toContain('it is Primary and its device is in use (mounted)');
+    expect(replies(refused.effects)[0].error?.message).toContain('it is Primary and its device /dev/nraid/r0 is in use (mounted)');
     const ok = run(node('beta'), [{ type: 'command', id: 1, command: { name: 'connect', discardMyData: true, holder: null } }]);
     expect(ok.state.discardMyData).toBe(true);
     expect(kinds(ok.effects)).toEqual(['log', 'link-connect', 'reply']);
@@ -461,11 +461,11 @@ describe('every other command', () => {
   });
 
   test('switchover refusals: not connected, not Established, neither Primary; a Secondary delegates to the Primary', () => {
-    expect(replies(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]).effects)[0].error?.message).toContain('the peer is not connected');
+    expect(replies(run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null, syncPercent: null } }]).effects)[0].error?.message).toContain('the peer is not connected');
     const syncing = { ...established('alpha', 'Primary'), replication: 'SyncSource' as const };
-    expect(replies(run(syncing, [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]).effects)[0].error?.message).toContain('replication is SyncSource');
-    expect(replies(run(established('beta', 'Secondary'), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]).effects)[0].error?.message).toContain('neither node is Primary');
-    const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]);
+    expect(replies(run(syncing, [{ type: 'command', id: 1, command: { name: 'switchover', holder: null, syncPercent: null } }]).effects)[0].error?.message).toContain('replication is SyncSource');
+    expect(replies(run(established('beta', 'Secondary'), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null, syncPercent: null } }]).effects)[0].error?.message).toContain('neither node is Primary');
+    const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null, syncPercent: null } }]);
     expect(kinds(d.effects)).toEqual(['request-switchover']);
     const failed = run(d.state, [{ type: 'switchover-reply', outcome: 'refused', reason: 'x', error: new SwitchoverOutcomeUnknownError('switchover outcome unknown: beta may be Primary') }]);
     expect(replies(failed.effects)[0].error).toBeInstanceOf(SwitchoverOutcomeUnknownError);
@@ -599,7 +599,7 @@ describe('the session', () => {
 
 describe('rows added for defects found in integration', () => {
   test('a Secondary that delegated a switchover promotes when the Primary asks', () => {
-    const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]);
+    const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null, syncPercent: null } }]);
     const x = run(d.state, [{ type: 'peer-request', token: 3, request: { kind: 'switchoverPromote', current: GEN } }]);
     expect(kinds(x.effects)).toEqual(['fault:switchover:peer-before-promote']);
   });
@@ -617,7 +617,7 @@ describe('rows added for defects found in integration', () => {
 });
 
 test('a Secondary that delegated a switchover answers its command once it is Primary, whatever the old Primary says later', () => {
-  const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null } }]);
+  const d = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 1, command: { name: 'switchover', holder: null, syncPercent: null } }]);
   let x = run(d.state, [
     { type: 'peer-request', token: 3, request: { kind: 'switchoverPromote', current: GEN } },
     { type: 'fault-passed', name: 'switchover:peer-before-promote' },

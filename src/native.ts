@@ -120,6 +120,17 @@ export interface Binding {
     frontendThreadsMin: number;
     frontendThreadsDefault: number;
     frontendThreadsMax: number;
+    sectorBytes: number;
+    bitmapGranularityBytesMin: number;
+    bitmapGranularityBytesMax: number;
+    activityExtentBytes: number;
+    /** Protocol A's defaults when LinkAttachOptions leave them out. */
+    maxLagBytesDefault: number;
+    maxLagMsDefault: number;
+    /** Data-plane events queued to JavaScript before new ones are dropped (eventsDropped). */
+    eventQueueMax: number;
+    /** Metadata jobs (superblockWrite ... drain) outstanding per pipeline; one more rejects EAGAIN. */
+    metadataJobsMax: number;
   };
 
   diskOpen(path: string, readOnly: boolean): DiskHandle;

@@ -24,7 +24,7 @@ const MiB = 1024 * KiB;
 const BLOCK_BYTES = 4 * KiB;
 const DISK_BYTES = 64 * MiB;
 const GRANULARITY_BYTES = 4 * KiB;
-const METADATA_JOBS_MAX = 32; // native/limits.h kMetadataJobsMax
+const METADATA_JOBS_MAX = binding.limits.metadataJobsMax;
 
 type Settled = { status: 'fulfilled'; value: unknown; atMs: number } | { status: 'rejected'; code: string; message: string; atMs: number };
 
@@ -371,7 +371,7 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
     expect(outcomes.slice(0, METADATA_JOBS_MAX).every((o) => o.status === 'fulfilled')).toBe(true);
     const refused = outcomes.slice(METADATA_JOBS_MAX);
     expect(refused.map((o) => o.status === 'rejected' && o.code)).toEqual(['EAGAIN', 'EAGAIN', 'EAGAIN']);
-    expect(refused[0].status === 'rejected' && refused[0].message).toMatch(/32 metadata jobs are outstanding already/);
+    expect(refused[0].status === 'rejected' && refused[0].message).toMatch(new RegExp(`${METADATA_JOBS_MAX} metadata jobs are outstanding already`));
     await expect(binding.pipelineFlush(p)).resolves.toBeUndefined(); // room again
   });
 

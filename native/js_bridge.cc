@@ -25,11 +25,13 @@ JsBridge* JsBridge::create(napi_env env, napi_value on_event) {
     status = napi_create_threadsafe_function(env, on_event, nullptr, name, 0, 1, bridge, finalize, bridge, call_js,
                                              &bridge->tsfn_);
   }
-  if (status == napi_ok) status = napi_unref_threadsafe_function(env, bridge->tsfn_);
   if (status != napi_ok) {
-    delete bridge;  // finalize runs only for a function that was created, and that cannot fail to unref
+    delete bridge;  // no function, so no finalize either
     throw Napi::Error::New(Napi::Env(env), "pipelineCreate: cannot create the threadsafe function for events");
   }
+  // Unref on the JS thread of a live function only flips its handle's ref.
+  status = napi_unref_threadsafe_function(env, bridge->tsfn_);
+  NRAID_ASSERT(status == napi_ok);
   return bridge;
 }
 

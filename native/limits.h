@@ -66,6 +66,7 @@ constexpr uint32_t kActivityTransactionBytes = kBlockBytes;
 constexpr uint32_t kActivityHeaderBytes = 32;
 constexpr uint32_t kActivityExtentsMax = 1000;  // 4 GiB of hot data at 4 MiB extents
 constexpr uint32_t kActivityMagic = 0x4C41524E;  // "NRAL"
+constexpr uint32_t kActivityLayoutVersion = 1;
 
 static_assert(kBitmapGranularityBytesMin % kBlockBytes == 0, "a bitmap bit covers whole blocks");
 static_assert(kBitmapGranularityBytesMin <= kBitmapGranularityBytesMax);
@@ -100,7 +101,6 @@ static_assert(kResyncChunkBytes <= kFramePayloadBytesMax, "a resync chunk fits i
 static_assert(kResyncChunkBytes % kBitmapGranularityBytesMax == 0, "a resync chunk is whole bitmap bits");
 static_assert(kResyncWindowChunks >= 1 && kResyncWindowChunks <= 32, "the free mask of resync buffers is 32 bits");
 static_assert(kMaxLagBytesDefault >= kRequestBytesMax, "protocol A can hold at least one request in flight");
-static_assert(kSocketReadBufferBytes >= 2 * 48, "the read buffer holds several frame headers");
 
 // ---- apply (target side) ----
 

@@ -159,7 +159,8 @@ export interface Binding {
    * barrier the peer must acknowledge (under B and C), off the JS thread.
    * Covers every superblockWrite/bitmapPersist/activityLogReset submitted
    * before it. Rejects ENOTCONN (after the local flush succeeded) when that
-   * link fails or is detached meanwhile: promptly, never after TCP gives up.
+   * link has failed, or fails or is detached meanwhile: promptly, never after
+   * TCP gives up. With no source link attached at the call: the local flush only.
    */
   pipelineFlush(pipeline: PipelineHandle): Promise<void>;
   /**

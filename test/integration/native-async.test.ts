@@ -208,7 +208,8 @@ function encodeHeader(type: number, seq = 0n, epoch = 0n, requestId = 0): Buffer
   return h;
 }
 
-type PeerMode = 'answers' | 'silent';
+/** answers: acks every frame; silent: sends HELLO, then reads and answers nothing; mute: not even HELLO. */
+type PeerMode = 'answers' | 'silent' | 'mute';
 
 interface Peer {
   /** The peer's socket: destroy() it to hang up. */
@@ -267,7 +268,7 @@ async function attachSource(pipeline: PipelineHandle, mode: PeerMode): Promise<P
     } else {
       peer.pause(); // reads nothing: what the pipeline sends stays in the socket buffers
     }
-    peer.write(encodeHeader(T_HELLO));
+    if (mode !== 'mute') peer.write(encodeHeader(T_HELLO));
     return { socket: peer, framesSeen: () => frames, close: () => peer.destroy() };
   } finally {
     server.close();
@@ -391,7 +392,7 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
     }
   });
 
-  test('a peer that reads nothing: drain rejects ETIMEDOUT at its deadline and the link stays up', async () => {
+  test('a peer that reads nothing (or never says HELLO): drain rejects ETIMEDOUT at its deadline and the link stays up', async () => {
     const p = (pipeline = createPipeline(disk, DISK_BYTES));
     const peer = await attachSource(p, 'silent');
     try {
@@ -406,6 +407,18 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
     } finally {
       binding.linkDetach(p, 'test done');
       peer.close();
+    }
+    // A peer that never even sends HELLO: the barrier cannot be queued; the deadline still holds.
+    const mute = await attachSource(p, 'mute');
+    try {
+      const started = Date.now();
+      await expect(binding.drain(p, 400)).rejects.toMatchObject({ code: 'ETIMEDOUT' });
+      expect(Date.now() - started).toBeGreaterThanOrEqual(350);
+      expect(Date.now() - started).toBeLessThan(3000);
+      expect(binding.pipelineCounters(p).framesInFlight).toBe(0); // nothing was queued
+    } finally {
+      binding.linkDetach(p, 'test done');
+      mute.close();
     }
   });
 

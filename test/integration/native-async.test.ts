@@ -7,7 +7,7 @@
  * hangs up. The event loop must keep running while they are pending: a
  * backing disk that stalls writes for 10 s must not stop the pings.
  */
-import { ChildProcess, spawn } from 'child_process';
+import { ChildProcess, spawn, spawnSync } from 'child_process';
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as net from 'net';
@@ -462,6 +462,44 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
     expect(await drain3.done).toMatchObject({ status: 'rejected', code: 'ENOTCONN' });
     peer.close();
   });
+});
+
+/** Submits 30 jobs of every kind and exits `delayMs` later, with no pipelineDestroy. */
+const EXIT_CHILD = `
+const { binding } = require(process.argv[1]);
+const options = JSON.parse(process.argv[2]);
+const disk = binding.diskOpen(options.file, false);
+const pipeline = binding.pipelineCreate(disk, { ...options.layout, onEvent: () => {} });
+binding.bitmapSet(pipeline, 'all');
+for (let i = 0; i < 30; i++) {
+  const job = i % 3 === 0 ? binding.bitmapPersist(pipeline, true)
+    : i % 3 === 1 ? binding.superblockWrite(pipeline, Buffer.alloc(4096, i), options.superblockOffsetBytes)
+    : binding.pipelineFlush(pipeline);
+  job.catch(() => {});
+}
+if (options.delayMs === 0) process.exit(0);
+setTimeout(() => process.exit(0), options.delayMs);
+`;
+
+describeIntegration('native async metadata calls when the process exits', ['root'], () => {
+  test('a process that exits with metadata jobs pending or finishing ends cleanly (no abort, no crash)', async () => {
+    const file = await makeSparseFile(DISK_BYTES, 'nexit');
+    try {
+      const layout = computeLayout(DISK_BYTES, GRANULARITY_BYTES);
+      const ends: string[] = [];
+      for (const delayMs of [0, 0, 1, 2, 3, 5, 10, 0]) {
+        const options = { file: file.file, layout: pipelineLayout(layout), superblockOffsetBytes: layout.superblockOffsetBytes, delayMs };
+        const run = spawnSync(process.execPath, ['-e', EXIT_CHILD, path.join(REPO_ROOT, 'dist', 'src', 'native.js'), JSON.stringify(options)], {
+          encoding: 'utf8',
+          timeout: 20_000,
+        });
+        ends.push(`delay ${delayMs}: ${run.signal ?? run.status}${run.stderr ? ` (${run.stderr.trim()})` : ''}`);
+      }
+      expect(ends).toEqual([0, 0, 1, 2, 3, 5, 10, 0].map((d) => `delay ${d}: 0`));
+    } finally {
+      await file.remove();
+    }
+  }, 120_000);
 });
 
 describeIntegration('native async metadata calls on a backing disk that stalls', ['root', 'fuse'], () => {

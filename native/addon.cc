@@ -349,6 +349,10 @@ Napi::Value PipelineFlush(const Napi::CallbackInfo& info) {
 Napi::Value Drain(const Napi::CallbackInfo& info) {
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
   uint64_t timeout_ms = get_u64(info[1], "timeoutMs");
+  if (timeout_ms > nraid::kDrainTimeoutMsMax) {
+    throw Napi::RangeError::New(info.Env(), "drain: timeoutMs " + std::to_string(timeout_ms) + " is over the limit of " +
+                                                std::to_string(nraid::kDrainTimeoutMsMax) + " (one day)");
+  }
   auto job = new_job(MetadataJobKind::kDrain, "drain to the peer (timeout " + std::to_string(timeout_ms) + " ms)");
   job->link = box->pipeline->link_snapshot();
   job->deadline_us = nraid::monotonic_us() + timeout_ms * 1000;

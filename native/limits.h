@@ -128,10 +128,13 @@ constexpr uint32_t kEventQueueMax = 256;
 // flushes, drains) submitted and not yet settled, per pipeline. One more is
 // refused (EAGAIN): a backlog this long means the backing disk is stalled.
 constexpr uint32_t kMetadataJobsMax = 32;
+// The longest a drain may be asked to wait (one day): a deadline in microseconds stays far from overflow.
+constexpr uint64_t kDrainTimeoutMsMax = 24ull * 3600 * 1000;
 // Write latency histogram: bucket i counts latencies under 2^i microseconds (the last one: the rest).
 constexpr uint32_t kLatencyBuckets = 24;
 
 static_assert(kMetadataJobsMax >= 8, "room for one of each kind of job, and a few flushes");
 static_assert(kLatencyBuckets <= 64);
+static_assert(kDrainTimeoutMsMax * 1000 < UINT64_MAX / 2, "now + the longest drain fits the monotonic microsecond clock");
 
 }  // namespace nraid

@@ -167,7 +167,8 @@ export interface Binding {
    * pipelineFlush, then waits until nothing is in flight to the peer
    * (framesInFlight == 0 and lagBytes == 0), on a condition variable in the
    * data plane. Rejects ENOTCONN when the link fails or is detached (or no
-   * source link is attached), ETIMEDOUT after `timeoutMs` from the call.
+   * source link is attached), ETIMEDOUT after `timeoutMs` from the call
+   * (at most one day: more throws a RangeError).
    */
   drain(pipeline: PipelineHandle, timeoutMs: number): Promise<void>;
   /**

@@ -379,6 +379,7 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
   test('drain without a link rejects ENOTCONN; with a peer that answers it resolves with nothing in flight', async () => {
     const p = (pipeline = createPipeline(disk, DISK_BYTES));
     await expect(binding.drain(p, 1000)).rejects.toMatchObject({ code: 'ENOTCONN', errno: 107 });
+    expect(() => binding.drain(p, 25 * 3600 * 1000)).toThrow(/drain: timeoutMs 90000000 is over the limit/);
     const peer = await attachSource(p, 'answers');
     try {
       await expect(binding.drain(p, 5000)).resolves.toBeUndefined();

@@ -423,6 +423,46 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
     }
   });
 
+  test('40 rounds of jobs racing attach, hang-up, detach and destroy: every job settles, each with an outcome it may have', async () => {
+    const seen = new Map<string, number>();
+    const allowed: Record<string, string[]> = {
+      superblock: ['ok', 'ECANCELED'],
+      bitmap: ['ok', 'ECANCELED'],
+      flush: ['ok', 'ENOTCONN', 'ECANCELED'],
+      drain: ['ok', 'ENOTCONN', 'ETIMEDOUT', 'ECANCELED'],
+    };
+    const problems: string[] = [];
+    for (let round = 0; round < 40; round++) {
+      const p = createPipeline(disk, DISK_BYTES);
+      const peer = await attachSource(p, round % 2 === 0 ? 'answers' : 'silent');
+      const jobs: [string, ReturnType<typeof watch>][] = [];
+      for (let i = 0; i < 6; i++) {
+        jobs.push(['superblock', watch(binding.superblockWrite(p, randomBlock(), layout.superblockOffsetBytes + (i % 2) * BLOCK_BYTES))]);
+        jobs.push(['bitmap', watch(binding.bitmapPersist(p, i % 2 === 0))]);
+        jobs.push(['flush', watch(binding.pipelineFlush(p))]);
+        jobs.push(['drain', watch(binding.drain(p, 50))]);
+      }
+      // The ending races the jobs: at once, after a turn of the loop, or after some of them settled.
+      if (round % 4 === 1) await new Promise((r) => setImmediate(r));
+      if (round % 4 === 2) await new Promise((r) => setTimeout(r, 5));
+      if (round % 3 === 0) peer.socket.destroy();
+      if (round % 5 === 0) binding.linkDetach(p, 'race');
+      binding.pipelineDestroy(p);
+      peer.close();
+      for (const [kind, job] of jobs) {
+        const outcome = await job.done;
+        const name = outcome.status === 'fulfilled' ? 'ok' : outcome.code;
+        seen.set(`${kind} ${name}`, (seen.get(`${kind} ${name}`) ?? 0) + 1);
+        if (!allowed[kind].includes(name)) problems.push(`round ${round}: ${kind} settled ${name}`);
+      }
+    }
+    expect(problems).toEqual([]);
+    // The races did happen both ways: some of each kind ran, some were cut off.
+    expect(seen.get('superblock ok')).toBeGreaterThan(0);
+    expect(seen.get('flush ok')).toBeGreaterThan(0);
+    expect((seen.get('drain ENOTCONN') ?? 0) + (seen.get('drain ECANCELED') ?? 0)).toBeGreaterThan(0);
+  }, 120_000);
+
   test('a flush or drain waiting for a silent peer settles ENOTCONN promptly on linkDetach, on a hang-up, and on pipelineDestroy', async () => {
     const p = createPipeline(disk, DISK_BYTES);
     pipeline = p;

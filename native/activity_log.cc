@@ -64,8 +64,15 @@ uint32_t ActivityLog::hot_extents() const {
 uint64_t ActivityLog::build_transaction_locked() {
   memset(tx_buffer_, 0, kActivityTransactionBytes);
   sequence_++;
-  uint32_t header[8] = {kActivityMagic, 1, static_cast<uint32_t>(sequence_), static_cast<uint32_t>(sequence_ >> 32),
-                        static_cast<uint32_t>(hot_list_.size()), static_cast<uint32_t>(layout_.extent_bytes >> 12), 0, 0};
+  // magic, layout version, sequence (low, high), extents listed, extent size in blocks (src/activity-log.ts reads it).
+  uint32_t header[kActivityHeaderBytes / 4] = {kActivityMagic,
+                                               kActivityLayoutVersion,
+                                               static_cast<uint32_t>(sequence_),
+                                               static_cast<uint32_t>(sequence_ >> 32),
+                                               static_cast<uint32_t>(hot_list_.size()),
+                                               static_cast<uint32_t>(layout_.extent_bytes / kBlockBytes),
+                                               0,
+                                               0};
   memcpy(tx_buffer_, header, sizeof(header));
   memcpy(tx_buffer_ + kActivityHeaderBytes, hot_list_.data(), hot_list_.size() * 4);
   uint32_t crc = crc32c(0, tx_buffer_, kActivityTransactionBytes - 4);

@@ -349,6 +349,10 @@ Napi::Value PipelineFlush(const Napi::CallbackInfo& info) {
 Napi::Value Drain(const Napi::CallbackInfo& info) {
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
   uint64_t timeout_ms = get_u64(info[1], "timeoutMs");
+  if (timeout_ms > nraid::kDrainTimeoutMsMax) {
+    throw Napi::RangeError::New(info.Env(), "drain: timeoutMs " + std::to_string(timeout_ms) + " is over the limit of " +
+                                                std::to_string(nraid::kDrainTimeoutMsMax) + " (one day)");
+  }
   auto job = new_job(MetadataJobKind::kDrain, "drain to the peer (timeout " + std::to_string(timeout_ms) + " ms)");
   job->link = box->pipeline->link_snapshot();
   job->deadline_us = nraid::monotonic_us() + timeout_ms * 1000;
@@ -406,9 +410,14 @@ Napi::Value LinkAttach(const Napi::CallbackInfo& info) {
   if (own < 0) throw errno_error(env, errno, std::string("linkAttach: dup: ") + strerror(errno));
   if (mode == "source") {
     nraid::ReplicatorOptions replicator_options;
-    replicator_options.protocol = parse_protocol(env, options.Get("protocol"));
-    replicator_options.max_lag_bytes = get_u64(options.Get("maxLagBytes"), "maxLagBytes");
-    replicator_options.max_lag_us = get_u64(options.Get("maxLagMs"), "maxLagMs") * 1000;
+    // Left out: ReplicatorOptions' defaults (protocol C, kMaxLagBytesDefault, kMaxLagUsDefault).
+    if (!options.Get("protocol").IsUndefined()) replicator_options.protocol = parse_protocol(env, options.Get("protocol"));
+    if (!options.Get("maxLagBytes").IsUndefined()) {
+      replicator_options.max_lag_bytes = get_u64(options.Get("maxLagBytes"), "maxLagBytes");
+    }
+    if (!options.Get("maxLagMs").IsUndefined()) {
+      replicator_options.max_lag_us = get_u64(options.Get("maxLagMs"), "maxLagMs") * 1000;
+    }
     replicator_options.send_hello_first = hello_first;
     box->pipeline->attach_source(own, replicator_options);
   } else if (mode == "target") {
@@ -583,6 +592,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   limits.Set("frontendThreadsMin", nraid::kFrontendThreadsMin);
   limits.Set("frontendThreadsDefault", nraid::kFrontendThreadsDefault);
   limits.Set("frontendThreadsMax", nraid::kFrontendThreadsMax);
+  limits.Set("sectorBytes", nraid::kSectorBytes);
+  limits.Set("bitmapGranularityBytesMin", nraid::kBitmapGranularityBytesMin);
+  limits.Set("bitmapGranularityBytesMax", nraid::kBitmapGranularityBytesMax);
+  limits.Set("activityExtentBytes", static_cast<double>(nraid::kActivityExtentBytes));
+  limits.Set("maxLagBytesDefault", static_cast<double>(nraid::kMaxLagBytesDefault));
+  limits.Set("maxLagMsDefault", static_cast<double>(nraid::kMaxLagUsDefault / 1000));
+  limits.Set("eventQueueMax", nraid::kEventQueueMax);
+  limits.Set("metadataJobsMax", nraid::kMetadataJobsMax);
   exports.Set("limits", limits);
   return exports;
 }

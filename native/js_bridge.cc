@@ -25,11 +25,13 @@ JsBridge* JsBridge::create(napi_env env, napi_value on_event) {
     status = napi_create_threadsafe_function(env, on_event, nullptr, name, 0, 1, bridge, finalize, bridge, call_js,
                                              &bridge->tsfn_);
   }
-  if (status == napi_ok) status = napi_unref_threadsafe_function(env, bridge->tsfn_);
   if (status != napi_ok) {
-    delete bridge;  // finalize runs only for a function that was created, and that cannot fail to unref
+    delete bridge;  // no function, so no finalize either
     throw Napi::Error::New(Napi::Env(env), "pipelineCreate: cannot create the threadsafe function for events");
   }
+  // Unref on the JS thread of a live function only flips its handle's ref.
+  status = napi_unref_threadsafe_function(env, bridge->tsfn_);
+  NRAID_ASSERT(status == napi_ok);
   return bridge;
 }
 
@@ -55,9 +57,13 @@ bool JsBridge::post_event(const std::string& type, const std::string& detail) {
 
 void JsBridge::post_done(MetadataJob* job) {
   // The queue has no N-API bound and the function is released only after
-  // every lane has stopped: this cannot fail.
-  bool posted = post(new Message{"", "", job});
-  NRAID_ASSERT(posted);
+  // every lane has stopped: this fails only while Node tears the environment
+  // down (process exit), when no promise can be settled any more.
+  auto* message = new Message{"", "", job};
+  if (napi_call_threadsafe_function(tsfn_, message, napi_tsfn_nonblocking) != napi_ok) {
+    delete job;
+    delete message;
+  }
 }
 
 namespace {
@@ -125,7 +131,14 @@ void JsBridge::settle(napi_env env, MetadataJob* job) {
   if (--jobs_outstanding_ == 0) napi_unref_threadsafe_function(env, tsfn_);
 }
 
-void JsBridge::release() { napi_release_threadsafe_function(tsfn_, napi_tsfn_release); }
+void JsBridge::release() {
+  napi_release_threadsafe_function(tsfn_, napi_tsfn_release);
+  drop_owner();
+}
+
+void JsBridge::drop_owner() {
+  if (owners_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+}
 
 void JsBridge::call_js(napi_env env, napi_value on_event, void* context, void* data) {
   auto* bridge = static_cast<JsBridge*>(context);
@@ -151,6 +164,8 @@ void JsBridge::call_js(napi_env env, napi_value on_event, void* context, void* d
   delete message;
 }
 
-void JsBridge::finalize(napi_env, void* data, void*) { delete static_cast<JsBridge*>(data); }
+// After release(), or when Node tears the environment down without one (then
+// the pipeline's threads may still post: the bridge stays, as a leak at exit).
+void JsBridge::finalize(napi_env, void* data, void*) { static_cast<JsBridge*>(data)->drop_owner(); }
 
 }  // namespace nraid

@@ -33,7 +33,8 @@ class JsBridge {
   bool begin_job(napi_env env, MetadataJob* job, napi_value* promise);
   // JS thread: settles the job's promise from job->result, frees the job.
   void settle(napi_env env, MetadataJob* job);
-  // JS thread: no posts after this; the bridge frees itself once its queue is empty.
+  // JS thread: no posts after this; the bridge frees itself once its queue is
+  // empty (it has two owners: the pipeline, until release, and the function).
   void release();
 
   uint64_t events_dropped() const { return events_dropped_.load(std::memory_order_relaxed); }
@@ -44,11 +45,13 @@ class JsBridge {
   bool post(Message* message);
   static void call_js(napi_env env, napi_value on_event, void* context, void* data);
   static void finalize(napi_env env, void* data, void* hint);
+  void drop_owner();
 
   napi_threadsafe_function tsfn_ = nullptr;
   std::atomic<uint32_t> events_queued_{0};
   std::atomic<uint64_t> events_dropped_{0};
   uint32_t jobs_outstanding_ = 0;  // JS thread only
+  std::atomic<int> owners_{2};
 };
 
 }  // namespace nraid

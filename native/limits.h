@@ -66,6 +66,7 @@ constexpr uint32_t kActivityTransactionBytes = kBlockBytes;
 constexpr uint32_t kActivityHeaderBytes = 32;
 constexpr uint32_t kActivityExtentsMax = 1000;  // 4 GiB of hot data at 4 MiB extents
 constexpr uint32_t kActivityMagic = 0x4C41524E;  // "NRAL"
+constexpr uint32_t kActivityLayoutVersion = 1;
 
 static_assert(kBitmapGranularityBytesMin % kBlockBytes == 0, "a bitmap bit covers whole blocks");
 static_assert(kBitmapGranularityBytesMin <= kBitmapGranularityBytesMax);
@@ -100,7 +101,6 @@ static_assert(kResyncChunkBytes <= kFramePayloadBytesMax, "a resync chunk fits i
 static_assert(kResyncChunkBytes % kBitmapGranularityBytesMax == 0, "a resync chunk is whole bitmap bits");
 static_assert(kResyncWindowChunks >= 1 && kResyncWindowChunks <= 32, "the free mask of resync buffers is 32 bits");
 static_assert(kMaxLagBytesDefault >= kRequestBytesMax, "protocol A can hold at least one request in flight");
-static_assert(kSocketReadBufferBytes >= 2 * 48, "the read buffer holds several frame headers");
 
 // ---- apply (target side) ----
 
@@ -128,10 +128,13 @@ constexpr uint32_t kEventQueueMax = 256;
 // flushes, drains) submitted and not yet settled, per pipeline. One more is
 // refused (EAGAIN): a backlog this long means the backing disk is stalled.
 constexpr uint32_t kMetadataJobsMax = 32;
+// The longest a drain may be asked to wait (one day): a deadline in microseconds stays far from overflow.
+constexpr uint64_t kDrainTimeoutMsMax = 24ull * 3600 * 1000;
 // Write latency histogram: bucket i counts latencies under 2^i microseconds (the last one: the rest).
 constexpr uint32_t kLatencyBuckets = 24;
 
 static_assert(kMetadataJobsMax >= 8, "room for one of each kind of job, and a few flushes");
 static_assert(kLatencyBuckets <= 64);
+static_assert(kDrainTimeoutMsMax * 1000 < UINT64_MAX / 2, "now + the longest drain fits the monotonic microsecond clock");
 
 }  // namespace nraid

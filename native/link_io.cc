@@ -14,6 +14,8 @@
 
 namespace nraid {
 
+static_assert(kSocketReadBufferBytes >= 2 * sizeof(FrameHeader), "one read() can bring several frame headers");
+
 uint64_t monotonic_us() {
   timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);

@@ -93,12 +93,15 @@ void MetadataJobs::lane_loop(Lane* lane) {
     } else {
       run(job);
     }
+    // Handed over before a flush behind it may run: JavaScript sees the
+    // completions in the order the jobs were submitted, too.
+    uint64_t ticket = job->disk_ticket;
+    done_(job);
     if (lane == &disk_) {
       std::lock_guard<std::mutex> lock(mutex_);
-      disk_finished_ = job->disk_ticket;
+      disk_finished_ = ticket;
       disk_finished_cv_.notify_all();
     }
-    done_(job);
   }
 }
 

@@ -5,8 +5,8 @@
 //   disk lane: superblock writes, bitmap write-back, activity-log reset;
 //   link lane: flushes and drains, which may wait for the peer.
 // A flush or drain first waits until every disk job submitted before it is
-// done, so it covers them; a disk job never waits behind a peer that is slow
-// to answer. Each finished job goes to `done` on the lane's thread (the addon
+// done, so it covers them (and settles after them); a disk job never waits
+// behind a peer that is slow to answer. Each finished job goes to `done` on the lane's thread (the addon
 // hands it to JavaScript through the pipeline's threadsafe function).
 #include <condition_variable>
 #include <cstdint>

@@ -120,6 +120,17 @@ export interface Binding {
     frontendThreadsMin: number;
     frontendThreadsDefault: number;
     frontendThreadsMax: number;
+    sectorBytes: number;
+    bitmapGranularityBytesMin: number;
+    bitmapGranularityBytesMax: number;
+    activityExtentBytes: number;
+    /** Protocol A's defaults when LinkAttachOptions leave them out. */
+    maxLagBytesDefault: number;
+    maxLagMsDefault: number;
+    /** Data-plane events queued to JavaScript before new ones are dropped (eventsDropped). */
+    eventQueueMax: number;
+    /** Metadata jobs (superblockWrite ... drain) outstanding per pipeline; one more rejects EAGAIN. */
+    metadataJobsMax: number;
   };
 
   diskOpen(path: string, readOnly: boolean): DiskHandle;
@@ -148,14 +159,16 @@ export interface Binding {
    * barrier the peer must acknowledge (under B and C), off the JS thread.
    * Covers every superblockWrite/bitmapPersist/activityLogReset submitted
    * before it. Rejects ENOTCONN (after the local flush succeeded) when that
-   * link fails or is detached meanwhile: promptly, never after TCP gives up.
+   * link has failed, or fails or is detached meanwhile: promptly, never after
+   * TCP gives up. With no source link attached at the call: the local flush only.
    */
   pipelineFlush(pipeline: PipelineHandle): Promise<void>;
   /**
    * pipelineFlush, then waits until nothing is in flight to the peer
    * (framesInFlight == 0 and lagBytes == 0), on a condition variable in the
    * data plane. Rejects ENOTCONN when the link fails or is detached (or no
-   * source link is attached), ETIMEDOUT after `timeoutMs` from the call.
+   * source link is attached), ETIMEDOUT after `timeoutMs` from the call
+   * (at most one day: more throws a RangeError).
    */
   drain(pipeline: PipelineHandle, timeoutMs: number): Promise<void>;
   /**

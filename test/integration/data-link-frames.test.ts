@@ -8,8 +8,8 @@
  * reported for every frame that fails a check.
  *
  * The last test pins down a crash: a WRITE whose offset is not a multiple of
- * the block size passes every header check and reaches an assert() in
- * LocalDisk::write, which aborts the whole target process (the daemon) instead
+ * the block size passes every header check and reaches an assertion in
+ * LocalDisk::write (now NRAID_ASSERT), which aborts the whole target process (the daemon) instead
  * of counting a protocol error. It runs the target in a child process so that
  * the abort is seen as a failure, not as a dead test runner.
  */

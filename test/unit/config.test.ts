@@ -596,7 +596,7 @@ describe('closestName', () => {
 
 describe('limits the config shares with the data plane', () => {
   test('frontend-threads bounds, block and request sizes equal native/limits.h', () => {
-    expect(binding.limits).toEqual({
+    expect(binding.limits).toMatchObject({
       blockBytes: limits.blockBytes,
       requestBytesMax: limits.requestBytesMax,
       frontendThreadsMin: limits.frontendThreadsMin,

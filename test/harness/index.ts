@@ -7,3 +7,4 @@ export * from './range-set';
 export * from './fault-proxy';
 export * from './cluster';
 export * from './stall-disk';
+export * from './link-kind-proxy';

@@ -19,26 +19,33 @@
  * Beta is checked twice: right after the kill (alpha dead, nothing changes
  * beta's disk: UpToDate must mean alpha's bytes) and once the pair settles.
  *
- * ROUNDS is 8, not the 20 of the brief: a round costs about 20-25 s on the
- * shared 2-core machine (two create-md, two up, 200 MiB of random data, a
- * full sync, up to four 200 MiB hashes, cleanup) and the file must stay near
- * 3 minutes. On the code before the fix 8 rounds failed reliably: in a run of
- * 10 rounds (without the check after the kill) 4 rounds showed beta
- * UpToDate/Established within 0.1-0.8 s of the forced promotion, before 256
- * MiB could have been sent, and 1 round ended with beta UpToDate and data
- * different from alpha's. Seed: NRAID_TEST_SEED, else random,
+ * ROUNDS is 6, not the 20 of the brief: a round costs about 30 s on the
+ * shared 2-core machine (two create-md, two up, 256 MiB of random data, a
+ * full sync, up to four 768 MiB hashes, cleanup) and the file must stay near
+ * 3 minutes. On the code before the fix 5 of 8 rounds failed (seed
+ * 1102087265): right after the kill beta said Inconsistent, as it should, but
+ * once alpha was up again (Secondary) the pair went Established with beta
+ * UpToDate and no resync, its data area different from alpha's; so 6 rounds
+ * miss the defect with a chance of about (3/8)^6 < 0.3 %. Seed: NRAID_TEST_SEED, else random,
  * printed either way.
  */
 import * as crypto from 'crypto';
+import * as fs from 'fs';
 import { makeResource, NodeName, NraidStatus, TestResource } from '../harness/cluster';
 import { sha256Range } from '../harness/direct-io';
-import { execOk } from '../harness/exec';
 import { describeIntegration } from '../harness/prereq';
 
 const MiB = 1024 * 1024;
-/** Backing disk: about 200 MiB of data (a full sync of 2-3 s here) plus room for the metadata. */
-const DISK_BYTES = 208 * MiB;
-const ROUNDS = 8;
+/**
+ * Backing disk: about 768 MiB of data plus room for the metadata. The full
+ * sync runs at 250-400 MB/s here, so it lasts 2-3 s and every kill at 0.1-1.0
+ * s lands in it. A third of it is random (FILL_EVERY), spread over the whole
+ * area, so that wherever the sync stands, part of what it has not sent differs.
+ */
+const DISK_BYTES = 784 * MiB;
+const FILL_CHUNK_BYTES = 1 * MiB;
+const FILL_EVERY_BYTES = 3 * MiB;
+const ROUNDS = 6;
 const KILL_AFTER_MIN_MS = 100;
 const KILL_AFTER_MAX_MS = 1000;
 const SETTLE_MS = 90_000;
@@ -68,6 +75,19 @@ function seededRandom(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** Random bytes in the first FILL_CHUNK_BYTES of every FILL_EVERY_BYTES of `device`'s first `dataSizeBytes`, made durable. */
+function fillRandom(device: string, dataSizeBytes: number): void {
+  const fd = fs.openSync(device, 'r+');
+  try {
+    for (let at = 0; at + FILL_CHUNK_BYTES <= dataSizeBytes; at += FILL_EVERY_BYTES) {
+      fs.writeSync(fd, crypto.randomBytes(FILL_CHUNK_BYTES), 0, FILL_CHUNK_BYTES, at);
+    }
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 function num(s: NraidStatus, key: string): number {
@@ -113,17 +133,14 @@ describeIntegration('sync safety: the Primary crashes during the first full sync
         const a0 = await r.waitFor('alpha', (s) => s.connection === 'Connected', 30_000);
         await r.waitFor('beta', (s) => s.connection === 'Connected', 30_000);
         const dataSizeBytes = num(a0, 'dataSizeBytes');
-        const fillBytes = Math.floor(dataSizeBytes / MiB) * MiB;
         // Alpha "holds data": random bytes straight onto its backing device (it is an idle Secondary).
-        await execOk('dd', ['if=/dev/urandom', `of=${r.nodes.alpha.disk!.device}`, 'bs=1M', `count=${fillBytes / MiB}`, 'oflag=direct', 'status=none'], {
-          timeoutMs: 120_000,
-        });
+        fillRandom(r.nodes.alpha.disk!.device, dataSizeBytes);
         const pid = num(a0, 'pid');
 
         await r.runOk('alpha', 'primary', ['--force']);
         await sleep(killAfterMs);
-        const beforeKill = await statusOrNull(r, 'beta');
         process.kill(pid, 'SIGKILL');
+        const beforeKill = await statusOrNull(r, 'beta');
         for (let i = 0; i < 100 && processAlive(pid); i++) await sleep(50);
         if (processAlive(pid)) throw new Error(`round ${round}: alpha's daemon ${pid} still runs 5 s after SIGKILL`);
 

@@ -15,7 +15,8 @@
  * out only after 10 s), so resync data reaches beta ~3 s before the notice.
  * Beta is killed -9 once it has applied at least 64 MiB (polling status
  * overshoots: ~150 MiB at the resync rate seen here, still well inside the
- * 3 s window, which the test checks), alpha is taken down, and beta comes
+ * 3 s window; a fixed daemon that holds the data back until the control link
+ * confirms is killed later, still mid-resync), alpha is taken down, and beta comes
  * back alone: its disk must be Inconsistent and `primary` without --force must
  * be refused with NRAID_ERR_NOT_UP_TO_DATE.
  */
@@ -141,10 +142,12 @@ describeIntegration('sync safety: the sync target crashes before the control lin
       `beta killed ${killedAfterMs} ms after its data link opened, ${appliedBytes} bytes applied, ` +
         `alpha had ${num(apart, 'outOfSyncBytes')} out of sync; beta's last status: ${last.replication}/${last.disk}`,
     );
-    if (dataLinkAtMs === 0 || killedAfterMs >= CONTROL_DELAY_MS) {
-      throw new Error(
-        `inconclusive: beta was killed ${killedAfterMs} ms after the data link opened, not within the ${CONTROL_DELAY_MS} ms control delay`,
-      );
+    if (dataLinkAtMs === 0) throw new Error('inconclusive: the proxy saw no data connection for the resync session');
+    // Today's code applies resync data before the control link's notice: the kill lands inside the
+    // 3 s window. A fixed daemon may hold the data back until the control link confirms; then the kill
+    // comes later, still mid-resync (beta not yet Established and UpToDate), and must leave it Inconsistent too.
+    if (last.replication === 'Established' && last.disk === 'UpToDate') {
+      throw new Error(`inconclusive: the resync had ended (beta Established/UpToDate) before the kill, ${killedAfterMs} ms after the data link opened`);
     }
 
     // Beta alone: alpha goes down first (demoted: a Primary's device is in use by nothing here).

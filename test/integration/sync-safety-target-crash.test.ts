@@ -9,7 +9,7 @@
  *
  * Setup: alpha dials beta through a LinkKindProxy (test/harness), which tells
  * the control connection from the data connection by their preambles. The
- * pair is Established; beta disconnects; alpha (Primary) writes 192 MiB;
+ * pair is Established; beta disconnects; alpha (Primary) writes 288 MiB;
  * beta connects again. The moment the data link of that session opens, the
  * proxy starts delaying the control connection toward beta by 3 s (pings time
  * out only after 10 s), so resync data reaches beta ~3 s before the notice.
@@ -29,8 +29,8 @@ import { LinkKindProxy } from '../harness/link-kind-proxy';
 import { describeIntegration } from '../harness/prereq';
 
 const MiB = 1024 * 1024;
-const DISK_BYTES = 320 * MiB;
-const WRITE_APART_BYTES = 192 * MiB;
+const DISK_BYTES = 384 * MiB;
+const WRITE_APART_BYTES = 288 * MiB;
 const KILL_AFTER_APPLIED_BYTES = 64 * MiB;
 const CONTROL_DELAY_MS = 3000;
 const LINK = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 10_000 };

@@ -9,3 +9,5 @@ export * from './cluster';
 export * from './netns';
 export * from './netns-resource';
 export * from './role-watch';
+export * from './stall-disk';
+export * from './link-kind-proxy';

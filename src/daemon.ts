@@ -125,6 +125,7 @@ export class Daemon extends EventEmitter {
           fencePeer: this.config.hooks.fencePeer !== null,
           splitBrainHook: this.config.hooks.splitBrain !== null,
           afterSb0pri: this.config.afterSb0pri,
+          peerGraceMs: this.config.pingTimeoutMs,
         },
         store.view(),
         this.config.protocol,

@@ -100,7 +100,7 @@ import { Backoff } from './backoff';
 import { ControlSession, RequestHandler, SessionEnd, SessionInfo } from './control-session';
 import { acceptDataLink, openDataLink } from './data-link';
 import { sortIncoming } from './incoming-connection';
-import { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkTimings, checkLinkOptions } from './link-options';
+import { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkTimings, checkLinkOptions } from './link-options';
 import { closeSocket, remoteOf } from './socket-io';
 
 export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './session-types';
@@ -495,7 +495,9 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     if (end.established) {
       this.log(end.error ? 'warn' : 'info', `disconnected from ${this.options.peer.name}: ${end.reason}`, fields);
       this.updateConnectionState();
-      this.emit('disconnected', end.error ? { reason: end.reason, error: end.error } : { reason: end.reason });
+      const event: LinkDisconnect = end.error ? { reason: end.reason, error: end.error } : { reason: end.reason };
+      if (end.byPeer) event.byPeer = true;
+      this.emit('disconnected', event);
     } else if (end.error) {
       this.log('warn', `refused connection with ${session.remote}: ${end.reason}`, fields);
       this.emit('refused', { reason: end.reason, error: end.error, remote: session.remote });

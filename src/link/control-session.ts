@@ -317,7 +317,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   private onGoodbye(reason: string): void {
     const error = new PeerError(`${this.config.peerName} closed the session: ${reason || 'no reason given'}`);
-    this.finish({ reason: error.message, error }, false);
+    this.finish({ reason: error.message, error, byPeer: true }, false);
   }
 
   private checkDataSizes(local: NodeState, peer: NodeState): void {
@@ -517,7 +517,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     this.finish({ reason, error: new PeerError(`connection cut: ${reason}`) }, false, true);
   }
 
-  private finish(end: { reason: string; error?: NraidError }, goodbye: boolean, reset = false): void {
+  private finish(end: { reason: string; error?: NraidError; byPeer?: true }, goodbye: boolean, reset = false): void {
     if (this.phase === 'closed') return;
     const authenticated = this.authenticated;
     const established = this.phase === 'established';

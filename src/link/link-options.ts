@@ -56,6 +56,8 @@ export interface LinkDisconnect {
   reason: string;
   /** Set when the session failed; absent when this node chose to end it. */
   error?: NraidError;
+  /** The peer ended the session with a Goodbye (it is alive and chose to). */
+  byPeer?: true;
 }
 
 export interface LinkRefusal {

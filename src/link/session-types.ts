@@ -52,6 +52,8 @@ export interface SessionEnd {
   reason: string;
   /** Set when the session failed (peer, protocol, timeout); absent for a close this node chose. */
   error?: NraidError;
+  /** The peer ended the session with a Goodbye (it is alive and chose to). */
+  byPeer?: true;
   authenticated: boolean;
   established: boolean;
 }

@@ -55,6 +55,8 @@ export interface MachineConfig {
   fencePeer: boolean;
   splitBrainHook: boolean;
   afterSb0pri: AfterSplitBrainPolicy;
+  /** How long a peer that said goodbye as Primary still counts as Primary (its ping timeout). */
+  peerGraceMs: number;
 }
 
 export interface MachineState {
@@ -84,6 +86,8 @@ export interface MachineState {
   /** demoting, draining, requested: this Primary hands over; delegated: this Secondary asked the Primary to. */
   switchover: { asker: Asker; phase: 'demoting' | 'draining' | 'requested' | 'delegated' } | null;
   switchoverUnknown: boolean;
+  /** The peer ended the session on purpose while Primary (a turnaround, a disconnect): it is alive and Primary. */
+  peerLeftAsPrimary: boolean;
   lastLinkError: string | null;
   changedBytes: number;
   primarySinceMsView: number;
@@ -127,7 +131,9 @@ export type Event =
   | { type: 'command'; id: number; command: Command }
   | { type: 'connection'; state: ConnectionState }
   | { type: 'session-up'; sessionId: number; dialer: boolean; peer: PeerView }
-  | { type: 'session-down'; reason: string }
+  /** byPeer: the peer ended it with a Goodbye (alive, by choice); otherwise a failure or this node's choice. */
+  | { type: 'session-down'; reason: string; byPeer: boolean }
+  | { type: 'peer-grace-over' }
   | { type: 'peer-state'; peer: PeerView }
   | { type: 'link-refused'; reason: string }
   | { type: 'peer-facts'; sessionId: number; facts: SplitBrainFacts | null }
@@ -146,6 +152,7 @@ export type Event =
   | { type: 'link-lost'; detail: string }
   | { type: 'resync-done'; bytes: number }
   | { type: 'generation-written'; md: MetadataView }
+  /** After a fault point (tests): the link was cut there if the point was armed. */
   | { type: 'fault-passed'; name: string }
   | { type: 'facts-timeout'; sessionId: number }
   | { type: 'fence-done'; exitCode: number }
@@ -196,6 +203,7 @@ export type Effect =
   | { kind: 'set-protocol'; protocol: Protocol }
   | { kind: 'fault-point'; name: string }
   | { kind: 'arm-facts-timeout'; sessionId: number }
+  | { kind: 'arm-peer-grace'; ms: number }
   | { kind: 'log'; level: 'info' | 'warn' | 'error'; message: string; fields?: Record<string, unknown> }
   | { kind: 'emit'; event: Record<string, unknown> };
 
@@ -246,6 +254,7 @@ export function initialState(config: MachineConfig, md: MetadataView, protocol: 
     hold: null,
     switchover: null,
     switchoverUnknown: false,
+    peerLeftAsPrimary: false,
     lastLinkError: null,
     changedBytes: 0,
     primarySinceMsView: md.primarySinceMs,

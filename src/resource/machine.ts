@@ -44,7 +44,10 @@ export function step(state: MachineState, input: Input): Step {
     case 'session-up':
       return sessionUp(s, fx, event, input);
     case 'session-down':
-      return sessionDown(s, fx, event.reason, input);
+      return sessionDown(s, fx, event.reason, event.byPeer, input);
+    case 'peer-grace-over':
+      s.peerLeftAsPrimary = false;
+      return { state: s, effects: fx };
     case 'peer-facts':
       if (s.session?.id !== event.sessionId) return { state: s, effects: fx };
       s.session = { ...s.session, peerFacts: event.facts };

@@ -119,6 +119,14 @@ export function primary(s: MachineState, fx: Effect[], asker: Asker, force: bool
       new StateError(`cannot promote ${r}: the peer ${s.config.peer} is Primary; demote it first (nraid secondary on ${s.config.peer}) or use nraid switchover`),
     );
   }
+  if (s.peerLeftAsPrimary && !connected(s) && !force) {
+    return refuse(
+      new PromotionConflictError(
+        `cannot promote ${r}: ${s.config.peer} ended the session as Primary a moment ago (it is alive); wait for the nodes to reconnect, ` +
+          `or use --force if ${s.config.peer} is really gone`,
+      ),
+    );
+  }
   if (s.hold !== null) {
     return refuse(new PromotionConflictError(`cannot promote ${r}: ${s.config.peer} is being promoted right now; run nraid status and try again if it did not become Primary`));
   }

@@ -162,16 +162,20 @@ export class Runner extends EventEmitter {
       case 'fault-point':
         if (this.owners.faultPoints.has(effect.name)) {
           log.warn(`fault point ${effect.name} hit`);
+          // The link reports the cut at once (session-down is queued now), so the step
+          // after the fault point runs without the peer, as after a real cut there.
           this.owners.peer()?.cut(`fault point ${effect.name}`);
-        } else {
-          this.dispatch({ type: 'fault-passed', name: effect.name });
         }
+        this.dispatch({ type: 'fault-passed', name: effect.name });
         return;
       case 'arm-facts-timeout': {
         const sessionId = effect.sessionId;
         setTimeout(() => this.dispatch({ type: 'facts-timeout', sessionId }), limits.splitBrainFactsTimeoutMs).unref();
         return;
       }
+      case 'arm-peer-grace':
+        setTimeout(() => this.dispatch({ type: 'peer-grace-over' }), effect.ms).unref();
+        return;
       case 'log':
         log[effect.level](effect.message, effect.fields);
         return;

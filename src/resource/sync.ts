@@ -28,6 +28,7 @@ export function sideView(role: Role, disk: DiskState, uuids: PeerView['uuids']):
 
 export function sessionUp(s: MachineState, fx: Effect[], event: { sessionId: number; dialer: boolean; peer: PeerView }, input: Input): Step {
   s.peer = event.peer;
+  s.peerLeftAsPrimary = false;
   s.session = { id: event.sessionId, dialer: event.dialer, setup: 'deciding', direction: null, resyncAllowed: false, parkedSocket: null, attached: false, syncNoticed: false, peerFacts: undefined, factsAnswered: false };
   s.decision = decideSync(sideView(s.role, diskState(s), s.md.uuids), sideView(event.peer.role, event.peer.disk, event.peer.uuids));
   if (s.switchoverUnknown) resolveUnknownSwitchover(s, fx);
@@ -188,8 +189,14 @@ function reportSplitBrain(s: MachineState, fx: Effect[], reason: string): void {
   if (s.config.splitBrainHook) fx.push({ kind: 'run-hook', hook: 'split-brain', reason });
 }
 
-export function sessionDown(s: MachineState, fx: Effect[], reason: string, input: Input): Step {
+export function sessionDown(s: MachineState, fx: Effect[], reason: string, byPeer: boolean, input: Input): Step {
   fx.push({ kind: 'log', level: 'warn', message: 'peer disconnected', fields: { reason } });
+  if (byPeer && s.peer?.role === 'Primary' && s.role === 'Secondary') {
+    // Alive and Primary a moment ago (its own promotion turns the session around this way):
+    // a promotion here now, without the vote, could make two Primaries.
+    s.peerLeftAsPrimary = true;
+    fx.push({ kind: 'arm-peer-grace', ms: s.config.peerGraceMs });
+  }
   if (s.session?.setup === 'deciding' && s.decision?.kind === 'split-brain') {
     // The peer found the split brain too and refused first: it stands here as well.
     reportSplitBrain(s, fx, s.decision.reason);

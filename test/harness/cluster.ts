@@ -197,7 +197,8 @@ function processesMentioning(needle: string): number[] {
 export async function makeResource(opts: ResourceOptions): Promise<TestResource> {
   if (opts.nodes !== 1 && opts.nodes !== 2) throw new Error(`nodes must be 1 or 2, got ${opts.nodes}`);
   resourceCounter += 1;
-  const name = `t${process.pid}r${resourceCounter}`;
+  // The pid alone repeats: jest runs many files in one process, and pids are reused within minutes.
+  const name = `t${process.pid}r${resourceCounter}${crypto.randomBytes(2).toString('hex')}`;
   const dir = makeTempSubdir(name);
   const activeNodes: NodeName[] = opts.nodes === 2 ? ['alpha', 'beta'] : ['alpha'];
   const disks: LoopDisk[] = [];

@@ -22,7 +22,7 @@ function md(over: Partial<MetadataView['flags']> = {}, uuids: Partial<MetadataVi
 
 function node(name: 'alpha' | 'beta', meta: MetadataView = md()): MachineState {
   return initialState(
-    { resource: 'r0', device: '/dev/nraid/r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect' },
+    { resource: 'r0', device: '/dev/nraid/r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect', peerGraceMs: 5000 },
     meta,
     'C',
   );
@@ -159,7 +159,7 @@ describe('primary', () => {
     const r = run(established('beta', 'Secondary'), [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
     const id = r.state.promotion!.requestId!;
     const down = run(r.state, [
-      { type: 'session-down', reason: 'cut' },
+      { type: 'session-down', byPeer: false, reason: 'cut' },
       { type: 'connection', state: 'Connecting' },
       { type: 'promote-vote', requestId: id, ok: false, reason: 'no answer: not connected' },
     ]);
@@ -205,7 +205,7 @@ describe('switchover', () => {
     expect(err.message).toContain('switchover outcome unknown: beta may be Primary');
     // Reconnected: the peer says who is Primary, and that resolves it.
     const back = run(x.state, [
-      { type: 'session-down', reason: 'cut' },
+      { type: 'session-down', byPeer: false, reason: 'cut' },
       { type: 'connection', state: 'Connected' },
       { type: 'session-up', sessionId: 2, dialer: true, peer: peer({ role: 'Primary' }) },
     ]);
@@ -264,7 +264,7 @@ describe('switchover', () => {
   test('the peer side: the session ends before it acts: no promotion', () => {
     const x = run(established('beta', 'Secondary'), [
       { type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } },
-      { type: 'session-down', reason: 'cut' },
+      { type: 'session-down', byPeer: false, reason: 'cut' },
       { type: 'connection', state: 'Connecting' },
       { type: 'fault-passed', name: 'switchover:peer-before-promote' },
     ]);
@@ -365,7 +365,7 @@ describe('races found so far', () => {
   });
 
   test('a Primary that wrote nothing while apart keeps its generation: the armed one is dropped on return', () => {
-    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', reason: 'cut' }, { type: 'connection', state: 'Connecting' }]);
+    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', byPeer: false, reason: 'cut' }, { type: 'connection', state: 'Connecting' }]);
     expect(kinds(a.effects)).toContain('arm-generation');
     expect(a.state.md.uuids.current).toBe(GEN);
     a = run(a.state, [
@@ -381,7 +381,7 @@ describe('races found so far', () => {
   });
 
   test('a Primary that wrote while apart moves on: the written generation becomes current, the old one the bitmap UUID', () => {
-    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', reason: 'cut' }]);
+    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', byPeer: false, reason: 'cut' }]);
     const armed = a.state.armedGeneration!;
     a = run(a.state, [{ type: 'generation-written' }]);
     expect(a.state.md.uuids).toEqual({ current: armed, bitmap: GEN, history: [OLD, 0n] });
@@ -476,7 +476,7 @@ describe('the session', () => {
   test('on-no-peer suspend-io: a Primary losing its peer suspends I/O; the peer coming back as target resumes it', () => {
     const base = established('alpha', 'Primary');
     const s = { ...base, config: { ...base.config, onNoPeer: 'suspend-io' as const } };
-    let r = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
+    let r = run(s, [{ type: 'session-down', byPeer: false, reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
     expect(r.state.ioSuspended).toBe(true);
     expect(kinds(r.effects)).toEqual(['log', 'arm-generation', 'log', 'suspend-io', 'emit', 'persist-bitmap']);
     r = run(r.state, [
@@ -492,7 +492,7 @@ describe('the session', () => {
   test('fence-peer: runs the hook; a successful hook resumes I/O only with on-no-peer = continue', () => {
     const base = established('alpha', 'Primary');
     const s = { ...base, config: { ...base.config, fencePeer: true } };
-    let r = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
+    let r = run(s, [{ type: 'session-down', byPeer: false, reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
     expect(kinds(r.effects)).toContain('run-hook');
     expect(r.state.ioSuspended).toBe(true);
     r = run(r.state, [{ type: 'fence-done', exitCode: 1 }]);
@@ -609,7 +609,7 @@ describe('rows added for defects found in integration', () => {
     const r = run(s, [
       { type: 'connection', state: 'Connected' },
       { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: 0x99n << 20n, bitmap: GEN, history: [0n, 0n] } }) },
-      { type: 'session-down', reason: 'split brain' },
+      { type: 'session-down', byPeer: false, reason: 'split brain' },
     ]);
     expect(r.state.splitBrain).toBe(true);
     expect(kinds(r.effects)).toContain('link-disconnect');
@@ -629,4 +629,20 @@ test('a Secondary that delegated a switchover answers its command once it is Pri
   x = run(x.state, [{ type: 'switchover-reply', outcome: 'refused', reason: 'session ended', error: null }]);
   expect(replies(x.effects)).toHaveLength(0);
   expect(x.state.role).toBe('Primary');
+});
+
+test('race: the peer turned the session around after its promotion: no promotion here until reconnected (or --force)', () => {
+  const s = established('beta', 'Secondary', { role: 'Primary' });
+  const down = run(s, [{ type: 'session-down', byPeer: true, reason: 'alpha closed the session: the new Primary becomes the source' }, { type: 'connection', state: 'Connecting' }]);
+  expect(kinds(down.effects)).toContain('arm-peer-grace');
+  const refused = run(down.state, [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+  expect(replies(refused.effects)[0].error).toBeInstanceOf(PromotionConflictError);
+  expect(replies(refused.effects)[0].error!.message).toContain('ended the session as Primary a moment ago');
+  const forced = run(down.state, [{ type: 'command', id: 1, command: { name: 'primary', force: true } }]);
+  expect(forced.last.tag).toBe('promote');
+  const later = run(down.state, [{ type: 'peer-grace-over' }, { type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+  expect(later.last.tag).toBe('promote');
+  // A failure (no goodbye) is the unplanned failover: promotion is allowed at once.
+  const crashed = run(s, [{ type: 'session-down', byPeer: false, reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }, { type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+  expect(crashed.last.tag).toBe('promote');
 });

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { AlreadyUpError, ConfigError, DeviceBusyError, isErrnoException, systemError, toNraidError } from './errors';
 import { processExitPollMs, staleDaemonExitWaitMs } from './limits';
 import { attachLoop, detachLoop, loopBackingFile } from './loop';
-import { PipelineHandle, binding, isNativeError } from './native';
+import { PipelineHandle, binding } from './native';
 
 export interface DeviceRecord {
   pid: number;
@@ -73,7 +73,7 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
       lockMemory: options.lockMemory,
     });
   } catch (error) {
-    if (!isNativeError(error)) throw toNraidError(error);
+    if (!isErrnoException(error)) throw toNraidError(error);
     throw systemError(
       `cannot mount the FUSE volume on ${mountPath}`,
       error,
@@ -243,7 +243,7 @@ export function cleanupStale(runDir: string): string[] {
       binding.unmount(mountPath, true);
       done.push(`unmounted stale FUSE volume ${mountPath}`);
     } catch (error) {
-      if (!isNativeError(error)) throw toNraidError(error);
+      if (!isErrnoException(error)) throw toNraidError(error);
       if (error.code !== 'EINVAL') {
         throw systemError(`cannot unmount the stale FUSE volume ${mountPath}`, error, `unmount it by hand (umount -l ${mountPath}) and run nraid up again`);
       }

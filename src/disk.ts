@@ -3,8 +3,8 @@
  * addon (O_DIRECT, aligned), native errors turned into messages that say what
  * to check.
  */
-import { DiskError, InternalError, errnoDetail, toNraidError } from './errors';
-import { DiskHandle, binding, isNativeError } from './native';
+import { DiskError, InternalError, errnoDetail, isErrnoException, toNraidError } from './errors';
+import { DiskHandle, binding } from './native';
 import type { DiskIO } from './metadata';
 
 export class BackingDisk implements DiskIO {
@@ -61,7 +61,7 @@ export class BackingDisk implements DiskIO {
     try {
       return action();
     } catch (error) {
-      if (!isNativeError(error)) throw toNraidError(error);
+      if (!isErrnoException(error)) throw toNraidError(error);
       throw new DiskError(`${what} on backing device ${this.path} failed: ${error.code} (${error.message}); check the disk (dmesg) and its cabling`, {
         detail: errnoDetail(error),
         cause: error,
@@ -71,7 +71,7 @@ export class BackingDisk implements DiskIO {
 }
 
 function diskOpenError(path: string, configKey: string, error: unknown): Error {
-  if (!isNativeError(error)) return toNraidError(error);
+  if (!isErrnoException(error)) return toNraidError(error);
   const system = { detail: errnoDetail(error), cause: error };
   switch (error.code) {
     case 'ENOENT':

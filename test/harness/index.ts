@@ -6,3 +6,4 @@ export * from './direct-io';
 export * from './range-set';
 export * from './fault-proxy';
 export * from './cluster';
+export * from './helpers';

@@ -25,6 +25,7 @@ import { execOk, execSyncQuiet } from '../harness/exec';
 import { LoopDisk, makeLoopDisk, makeSparseFile, SparseFile } from '../harness/loop';
 import { pipelineLayout, pipelineOptions } from '../harness/pipeline';
 import { describeIntegration, REPO_ROOT } from '../harness/prereq';
+import { until } from '../harness/helpers';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -266,14 +267,6 @@ function randomPayload(lengthBytes: number): Buffer {
   return b;
 }
 
-async function until(what: string, predicate: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 // ---- the target: one pipeline over a sparse backing file ------------------------------
 
 const FILE_BYTES = 64 * MiB;
@@ -307,7 +300,7 @@ describeIntegration('data link frames: the target checks every frame before it t
   }
 
   async function waitLinkLost(pattern: RegExp): Promise<string> {
-    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'));
+    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'), 5000);
     const lost = events.filter((e) => e.type === 'link-lost');
     expect(lost).toHaveLength(1);
     expect(lost[0].detail).toMatch(pattern);
@@ -810,7 +803,7 @@ describeIntegration('data link frames: a write the target\'s disk refuses', ['ro
         if (!session.reader.closed) throw e;
       }
     }
-    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'));
+    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'), 5000);
     expect(events.map((e) => e.type)).toEqual(['link-lost']);
     expect(events[0].detail).toMatch(/write to the target's disk failed: No space left on device/);
 

@@ -13,6 +13,7 @@ const GiB = 1024 * MiB;
 
 // --- Blocks and requests --------------------------------------------------
 
+/** Mirrors native/limits.h kSectorBytes. */
 export const sectorBytes = 512;
 /** Alignment of every metadata read and write; mirrors native/limits.h kBlockBytes. */
 export const blockBytes = 4 * KiB;

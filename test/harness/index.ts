@@ -7,3 +7,5 @@ export * from './range-set';
 export * from './fault-proxy';
 export * from './cluster';
 export * from './helpers';
+export * from './native-source';
+export * from './frame-layout';

@@ -8,7 +8,8 @@
  */
 import * as fs from 'fs';
 import { binding } from '../../src/native';
-import { FRAME_H, LIMITS_H, evaluateConstant, fieldOffset, readFrameLayout } from '../harness/frame-layout';
+import { FRAME_H, fieldOffset, readFrameLayout } from '../harness/frame-layout';
+import { LIMITS_H, evaluateConstant } from '../harness/native-source';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const codec = require('../../bench/frame-codec') as {

@@ -102,9 +102,15 @@ export class AdminServer {
     const umask = process.umask(0o177);
     try {
       await new Promise<void>((resolve, reject) => {
-        this.server.once('error', reject);
+        const refused = (error: Error) =>
+          reject(
+            isErrnoException(error)
+              ? systemError(`cannot listen on the admin socket ${this.socketPath}`, error, 'check that the run directory exists and is writable by root')
+              : toNraidError(error),
+          );
+        this.server.once('error', refused);
         this.server.listen(this.socketPath, () => {
-          this.server.off('error', reject);
+          this.server.off('error', refused);
           resolve();
         });
       });

@@ -26,6 +26,7 @@ import {
 } from './errors';
 import { daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
+import { requireLoopControl } from './loop';
 import { createMetadata } from './metadata';
 import { ResourceStatus, formatBytes, statusLine } from './state';
 
@@ -49,9 +50,7 @@ function requireKernelSupport(): void {
   if (!fs.existsSync('/dev/fuse')) {
     throw new PrerequisiteError('no /dev/fuse: this kernel has no FUSE support; load the fuse module (modprobe fuse) or use a kernel with FUSE');
   }
-  if (!fs.existsSync('/dev/loop-control')) {
-    throw new PrerequisiteError('no /dev/loop-control: this kernel has no loop device support; load the loop module (modprobe loop)');
-  }
+  requireLoopControl();
 }
 
 function context(args: ParsedArgs): Context {

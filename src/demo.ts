@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { CommandFailedError, DiskError, NotRootError, TimeoutError, errorReply } from './errors';
+import { CommandFailedError, DiskError, NotRootError, TimeoutError, errorReply, toNraidError } from './errors';
 import type { ResourceStatus } from './state';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'nraid');
@@ -38,7 +38,7 @@ function run(command: string, args: string[], options: { quiet?: boolean } = {})
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
-    server.once('error', reject);
+    server.once('error', (error: Error) => reject(toNraidError(error)));
     server.listen(0, '127.0.0.1', () => {
       const port = (server.address() as net.AddressInfo).port;
       server.close(() => resolve(port));

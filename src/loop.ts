@@ -34,11 +34,16 @@ export function loopConfig(fd: number, blockBytes: number, fileName: string): Bu
   return config;
 }
 
-/** Attaches `filePath` to a free loop device with direct I/O; returns /dev/loopN. */
-export function attachLoop(options: LoopAttachOptions): string {
+/** Throws PrerequisiteError when the kernel has no loop devices (no /dev/loop-control). */
+export function requireLoopControl(): void {
   if (!fs.existsSync('/dev/loop-control')) {
     throw new PrerequisiteError('no /dev/loop-control: this kernel has no loop device support; load the loop module (modprobe loop)');
   }
+}
+
+/** Attaches `filePath` to a free loop device with direct I/O; returns /dev/loopN. */
+export function attachLoop(options: LoopAttachOptions): string {
+  requireLoopControl();
   try {
     return attachFreeLoop(options);
   } catch (error) {

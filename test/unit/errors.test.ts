@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { FrameReader, adminCall, encodeFrame } from '../../src/admin';
+import { AdminServer, FrameReader, adminCall, encodeFrame } from '../../src/admin';
 import { loadConfig } from '../../src/config';
 import { BackingDisk } from '../../src/disk';
 import * as errors from '../../src/errors';
@@ -30,6 +30,8 @@ import {
 import { runHook } from '../../src/hooks';
 import * as limits from '../../src/limits';
 import { jsonLogger } from '../../src/log';
+import { MetricsServer } from '../../src/metrics';
+import type { ResourceStatus } from '../../src/state';
 import { REPO_ROOT } from '../harness/prereq';
 
 const SRC = path.join(REPO_ROOT, 'src');
@@ -306,6 +308,41 @@ describe('admin socket errors', () => {
     } finally {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('an admin socket that cannot be made is a SystemError with its errno', async () => {
+    const server = new AdminServer(`/nonexistent/nraid-errors-${process.pid}/admin.sock`);
+    const error = await server.listen().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(SystemError);
+    // Node reports a missing directory for a Unix socket as EACCES (libuv), or ENOENT.
+    expect((error as SystemError).errno).toMatch(/^(ENOENT|EACCES)$/);
+    expect((error as SystemError).message).toContain('run directory');
+  });
+});
+
+describe('metrics endpoint errors', () => {
+  test('a metrics-port in use is a SystemError EADDRINUSE naming the port and the config key', async () => {
+    const holder = net.createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const port = (holder.address() as net.AddressInfo).port;
+    try {
+      const metrics = new MetricsServer(() => ({}) as ResourceStatus, () => null);
+      const error = await metrics.listen('127.0.0.1', port).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(SystemError);
+      expect({ errno: (error as SystemError).errno, message: (error as SystemError).message }).toEqual({
+        errno: 'EADDRINUSE',
+        message: expect.stringContaining(`127.0.0.1:${port}`),
+      });
+      expect((error as SystemError).message).toContain('metrics-port');
+    } finally {
+      await new Promise<void>((resolve) => holder.close(() => resolve()));
     }
   });
 });

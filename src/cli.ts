@@ -298,6 +298,6 @@ export async function main(argv: string[]): Promise<number> {
 /** NRAID_DEBUG=1: the stack of the error and of what caused it. */
 function debugStack(error: unknown): string {
   const e = toNraidError(error);
-  const cause = e.cause instanceof Error || (typeof e.cause === 'object' && e.cause !== null) ? `\ncaused by: ${(e.cause as Error).stack}` : '';
+  const cause = typeof e.cause === 'object' && e.cause !== null && 'stack' in e.cause ? `\ncaused by: ${String(e.cause.stack)}` : '';
   return `${e.stack}${cause}`;
 }

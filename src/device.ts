@@ -199,7 +199,7 @@ function removeSymlinkTo(devicePath: string, loopDevice: string | null): void {
 }
 
 /** Alive and not a zombie: a process killed with -9 takes a moment to release its FUSE connection. */
-export function processAlive(pid: number): boolean {
+function processAlive(pid: number): boolean {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);

@@ -197,7 +197,12 @@ export function systemError(doing: string, error: ErrnoException, advice: string
   return new SystemError(`${doing}: ${detail.errno} (${error.message}); ${advice}`, detail.errno, detail.errnoNumber, detail.syscall, { cause: error });
 }
 
-/** Any thrown value as an NraidError: itself, a SystemError for an errno, else an InternalError (a bug). */
+/**
+ * Any thrown value as an NraidError: itself, a SystemError for an errno, else
+ * an InternalError with the message unchanged (code NRAID_ERR_INTERNAL, as
+ * the CLI always printed for a plain Error; the unconverted files in
+ * test/unit/errors.test.ts NOT_YET_CONVERTED still throw some).
+ */
 export function toNraidError(error: unknown): NraidError {
   if (error instanceof NraidError) return error;
   if (isErrnoException(error)) {
@@ -205,7 +210,7 @@ export function toNraidError(error: unknown): NraidError {
     return new SystemError(`${error.message}; check the log and the system (dmesg)`, detail.errno, detail.errnoNumber, detail.syscall, { cause: error });
   }
   const message = typeof error === 'object' && error !== null && typeof (error as Error).message === 'string' ? (error as Error).message : String(error);
-  return new InternalError(`unexpected failure: ${message}; this is a bug in nraid, please report it with the log`, { cause: error });
+  return new InternalError(message, { cause: error });
 }
 
 /** An error that crossed the admin socket: same code and message as on the daemon side. */

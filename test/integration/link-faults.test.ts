@@ -303,7 +303,8 @@ describeIntegration('link faults between two daemons (through a FaultProxy)', ['
     );
     // Queued and not yet written to the socket: the lag minus what was sent and not yet acked.
     const queuedBytes = (s: NraidStatus): number => num(s, 'lagBytes') - (num(s, 'bytesSent') - num(s, 'bytesAcked'));
-    const stuck = await r.waitFor('alpha', (s) => queuedBytes(s) > 64 * FRAME_BYTES, 5_000);
+    // fio needs a few seconds to put 64 MiB in flight when the machine is loaded (seen at load 5 on 2 cores).
+    const stuck = await r.waitFor('alpha', (s) => queuedBytes(s) > 64 * FRAME_BYTES, 20_000);
     expect(stuck.connection).toBe('Connected');
     expect(num(stuck, 'requestsInFlight')).toBeGreaterThan(64);
 

@@ -1,20 +1,28 @@
 'use strict';
 /**
- * The 48-byte data-link frame header of docs/CONTRACTS.md, encoded into and
- * decoded from one preallocated buffer (a sender or receiver keeps one per
- * connection): no allocation per frame. Written for the benchmark until the
- * real codec exists; little endian throughout.
+ * A JavaScript mirror of the 48-byte data-link frame header of native/frame.h
+ * (the real codec, in the data plane), for the micro benchmark: encoded into
+ * and decoded from one preallocated buffer (a sender or receiver keeps one
+ * per connection), no allocation per frame; little endian throughout.
  *
  *   0 magic u32 | 4 type u16 | 6 flags u16 | 8 seq u64 | 16 epoch u64 |
- *   24 offset u64 | 32 length u32 | 36 payloadCrc u32 | 40 reserved u32 |
+ *   24 offset u64 | 32 length u32 | 36 payloadCrc u32 | 40 requestId u32 |
  *   44 headerCrc u32 (crc32c of bytes 0..43)
+ *
+ * Hand-written, and checked: test/unit/frame-codec.test.ts reads frame.h and
+ * limits.h (magic, types, flags, field offsets, which types carry a payload,
+ * the payload bound) and fails when anything here differs. A check, not
+ * code generation, so that the benchmark stays one plain file that runs
+ * without a build step.
  *
  * u64 fields travel as JavaScript numbers: values above 2^53 - 1 are refused
  * on both sides rather than rounded.
  */
 const FRAME_MAGIC = 0x3144524e; // "NRD1"
 const FRAME_HEADER_BYTES = 48;
+/** The header crc32c covers the bytes before it: offsetof(FrameHeader, header_crc). */
 const FRAME_HEADER_SIGNED_BYTES = 44;
+/** kRequestBytesMax: the largest payload (WRITE, RS_DATA, OV_REPLY). */
 const FRAME_PAYLOAD_BYTES_MAX = 1024 * 1024;
 
 const FrameType = Object.freeze({
@@ -30,8 +38,18 @@ const FrameType = Object.freeze({
   RS_IS_IN_SYNC: 10,
   OV_REQUEST: 11,
   OV_REPLY: 12,
+  HELLO: 13,
 });
-const FRAME_TYPE_MAX = FrameType.OV_REPLY;
+const FRAME_TYPE_MAX = FrameType.HELLO;
+
+const FrameFlag = Object.freeze({
+  WANT_RECV_ACK: 1,
+  WANT_WRITE_ACK: 2,
+  RESYNC: 4,
+});
+
+/** frame_has_payload(): only these types are followed by `length` bytes of payload; for the rest length is a range. */
+const FRAME_TYPES_WITH_PAYLOAD = Object.freeze([FrameType.WRITE, FrameType.RS_DATA, FrameType.OV_REPLY]);
 
 const OFFSET = Object.freeze({
   magic: 0,
@@ -42,7 +60,7 @@ const OFFSET = Object.freeze({
   offset: 24,
   length: 32,
   payloadCrc: 36,
-  reserved: 40,
+  requestId: 40,
   headerCrc: 44,
 });
 
@@ -50,11 +68,12 @@ const TWO_POW_32 = 0x100000000;
 /** High word of Number.MAX_SAFE_INTEGER (2^53 - 1). */
 const SAFE_HIGH_MAX = 0x1fffff;
 
+/** A header that fails a check; the code is ProtocolError's in src/errors.ts, as a bad frame is on the link. */
 class FrameHeaderError extends Error {
   constructor(message) {
     super(message);
     this.name = 'FrameHeaderError';
-    this.code = 'NRAID_ERR_FRAME_HEADER';
+    this.code = 'NRAID_ERR_PROTOCOL';
   }
 }
 
@@ -84,7 +103,7 @@ class FrameHeaderCodec {
     this.signed = bytes.subarray(0, FRAME_HEADER_SIGNED_BYTES);
   }
 
-  /** Writes `header` (without headerCrc) into this.bytes and signs it; returns this.bytes. */
+  /** Writes `header` (without headerCrc; requestId defaults to 0) into this.bytes and signs it; returns this.bytes. */
   encode(header) {
     const b = this.bytes;
     if (!(header.type >= 1 && header.type <= FRAME_TYPE_MAX && Number.isInteger(header.type))) {
@@ -98,8 +117,10 @@ class FrameHeaderCodec {
     assertU64('offset', header.offset);
     assertU32('length', header.length);
     assertU32('payloadCrc', header.payloadCrc);
-    if (header.length > FRAME_PAYLOAD_BYTES_MAX) {
-      throw new RangeError(`frame header length: at most ${FRAME_PAYLOAD_BYTES_MAX} bytes, found ${header.length}`);
+    const requestId = header.requestId ?? 0;
+    assertU32('requestId', requestId);
+    if (FRAME_TYPES_WITH_PAYLOAD.includes(header.type) && header.length > FRAME_PAYLOAD_BYTES_MAX) {
+      throw new RangeError(`frame header length: a payload of at most ${FRAME_PAYLOAD_BYTES_MAX} bytes, found ${header.length}`);
     }
     b.writeUInt32LE(FRAME_MAGIC, OFFSET.magic);
     b.writeUInt16LE(header.type, OFFSET.type);
@@ -109,7 +130,7 @@ class FrameHeaderCodec {
     writeU64(b, OFFSET.offset, header.offset);
     b.writeUInt32LE(header.length, OFFSET.length);
     b.writeUInt32LE(header.payloadCrc, OFFSET.payloadCrc);
-    b.writeUInt32LE(0, OFFSET.reserved);
+    b.writeUInt32LE(requestId, OFFSET.requestId);
     b.writeUInt32LE(this.crc32c(this.signed), OFFSET.headerCrc);
     return b;
   }
@@ -131,11 +152,9 @@ class FrameHeaderCodec {
     }
     const type = b.readUInt16LE(OFFSET.type);
     if (type < 1 || type > FRAME_TYPE_MAX) throw new FrameHeaderError(`unknown frame type ${type}`);
-    const reserved = b.readUInt32LE(OFFSET.reserved);
-    if (reserved !== 0) throw new FrameHeaderError(`frame reserved field: expected 0, found ${reserved}`);
     const length = b.readUInt32LE(OFFSET.length);
-    if (length > FRAME_PAYLOAD_BYTES_MAX) {
-      throw new FrameHeaderError(`frame length: at most ${FRAME_PAYLOAD_BYTES_MAX} bytes, found ${length}`);
+    if (FRAME_TYPES_WITH_PAYLOAD.includes(type) && length > FRAME_PAYLOAD_BYTES_MAX) {
+      throw new FrameHeaderError(`frame length: a payload of at most ${FRAME_PAYLOAD_BYTES_MAX} bytes, found ${length}`);
     }
     into.type = type;
     into.flags = b.readUInt16LE(OFFSET.flags);
@@ -144,6 +163,7 @@ class FrameHeaderCodec {
     into.offset = readU64(b, OFFSET.offset, 'offset');
     into.length = length;
     into.payloadCrc = b.readUInt32LE(OFFSET.payloadCrc);
+    into.requestId = b.readUInt32LE(OFFSET.requestId);
     into.headerCrc = headerCrc;
     return into;
   }
@@ -162,9 +182,14 @@ function readU64(b, at, name) {
 
 module.exports = {
   FRAME_HEADER_BYTES,
+  FRAME_HEADER_SIGNED_BYTES,
   FRAME_MAGIC,
   FRAME_PAYLOAD_BYTES_MAX,
+  FRAME_TYPE_MAX,
+  FRAME_TYPES_WITH_PAYLOAD,
+  FrameFlag,
   FrameHeaderCodec,
   FrameHeaderError,
   FrameType,
+  OFFSET,
 };

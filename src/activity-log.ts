@@ -6,11 +6,13 @@
  * u32, sequence u64, count u32, extent size in 4 KiB units u32, reserved,
  * then count u32 extent numbers from byte 32, crc32c of bytes 0..4091 at 4092.
  */
+import { activityHeaderBytes, activityTransactionBytes, blockBytes } from './limits';
 import { crc32c } from './native';
 
+/** "NRAL" little endian; mirrors kActivityMagic in native/limits.h (test/unit/limits.test.ts compares them). */
 export const ACTIVITY_MAGIC = 0x4c41524e;
-export const ACTIVITY_TRANSACTION_BYTES = 4096;
-const HEADER_BYTES = 32;
+/** The u32 crc32c that ends a transaction. */
+const CRC_BYTES = 4;
 
 export interface ActivityTransaction {
   sequence: bigint;
@@ -21,17 +23,18 @@ export interface ActivityTransaction {
 /** The newest transaction whose checksum holds, or null when there is none (a new or clean log). */
 export function newestTransaction(area: Buffer): ActivityTransaction | null {
   let best: ActivityTransaction | null = null;
-  for (let offset = 0; offset + ACTIVITY_TRANSACTION_BYTES <= area.length; offset += ACTIVITY_TRANSACTION_BYTES) {
-    const slot = area.subarray(offset, offset + ACTIVITY_TRANSACTION_BYTES);
+  for (let offset = 0; offset + activityTransactionBytes <= area.length; offset += activityTransactionBytes) {
+    const slot = area.subarray(offset, offset + activityTransactionBytes);
     if (slot.readUInt32LE(0) !== ACTIVITY_MAGIC) continue;
-    if (crc32c(slot.subarray(0, ACTIVITY_TRANSACTION_BYTES - 4)) !== slot.readUInt32LE(ACTIVITY_TRANSACTION_BYTES - 4)) continue;
+    const crcAt = activityTransactionBytes - CRC_BYTES;
+    if (crc32c(slot.subarray(0, crcAt)) !== slot.readUInt32LE(crcAt)) continue;
     const count = slot.readUInt32LE(16);
-    if (HEADER_BYTES + count * 4 > ACTIVITY_TRANSACTION_BYTES - 4) continue;
+    if (activityHeaderBytes + count * 4 > crcAt) continue;
     const sequence = slot.readBigUInt64LE(8);
     if (best !== null && sequence <= best.sequence) continue;
     const extents: number[] = [];
-    for (let i = 0; i < count; i++) extents.push(slot.readUInt32LE(HEADER_BYTES + i * 4));
-    best = { sequence, extentBytes: slot.readUInt32LE(20) * 4096, extents };
+    for (let i = 0; i < count; i++) extents.push(slot.readUInt32LE(activityHeaderBytes + i * 4));
+    best = { sequence, extentBytes: slot.readUInt32LE(20) * blockBytes, extents };
   }
   return best;
 }

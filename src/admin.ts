@@ -7,9 +7,10 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { pack, unpack } from 'msgpackr';
-import { ErrorReply, NotUpError, ProtocolError, RemoteError, errorReply } from './errors';
+import { ErrorReply, NotUpError, ProtocolError, RemoteError, TimeoutError, UsageError, errorReply, isErrnoException, systemError, toNraidError } from './errors';
+import { adminCallTimeoutMsDefault, adminFrameBytesMax } from './limits';
 
-export const ADMIN_FRAME_BYTES_MAX = 4 << 20;
+/** The u32 little-endian length before each msgpack body. */
 const FRAME_HEADER_BYTES = 4;
 
 export interface AdminRequest {
@@ -29,8 +30,11 @@ export interface AdminReply {
 
 export function encodeFrame(body: unknown): Buffer {
   const payload = pack(body);
-  if (payload.length > ADMIN_FRAME_BYTES_MAX) {
-    throw new ProtocolError(`admin frame of ${payload.length} bytes exceeds the limit of ${ADMIN_FRAME_BYTES_MAX}`);
+  if (payload.length > adminFrameBytesMax) {
+    throw new ProtocolError(
+      `admin frame: expected at most ${adminFrameBytesMax} bytes (limits.adminFrameBytesMax), found ${payload.length}; ` +
+        'the reply is too large to send, which is a bug: report it with the command',
+    );
   }
   const header = Buffer.alloc(FRAME_HEADER_BYTES);
   header.writeUInt32LE(payload.length, 0);
@@ -46,14 +50,29 @@ export class FrameReader {
     const frames: unknown[] = [];
     while (this.pending.length >= FRAME_HEADER_BYTES) {
       const length = this.pending.readUInt32LE(0);
-      if (length > ADMIN_FRAME_BYTES_MAX) {
-        throw new ProtocolError(`admin frame length ${length} exceeds the limit of ${ADMIN_FRAME_BYTES_MAX}`);
+      if (length > adminFrameBytesMax) {
+        throw new ProtocolError(
+          `admin frame: expected a length of at most ${adminFrameBytesMax} bytes, found ${length}; ` +
+            'the other end does not speak the nraid admin protocol (is the socket path right?)',
+        );
       }
       if (this.pending.length < FRAME_HEADER_BYTES + length) break;
-      frames.push(unpack(this.pending.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + length)));
+      frames.push(decodeBody(this.pending.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + length)));
       this.pending = this.pending.subarray(FRAME_HEADER_BYTES + length);
     }
     return frames;
+  }
+}
+
+function decodeBody(body: Buffer): unknown {
+  try {
+    return unpack(body);
+  } catch (error) {
+    throw new ProtocolError(
+      `admin frame: expected a msgpack body of ${body.length} bytes, found bytes that do not decode (${(error as Error).message}); ` +
+        'the other end does not speak the nraid admin protocol (is the socket path right?)',
+      { cause: error },
+    );
   }
 }
 
@@ -83,9 +102,15 @@ export class AdminServer {
     const umask = process.umask(0o177);
     try {
       await new Promise<void>((resolve, reject) => {
-        this.server.once('error', reject);
+        const refused = (error: Error) =>
+          reject(
+            isErrnoException(error)
+              ? systemError(`cannot listen on the admin socket ${this.socketPath}`, error, 'check that the run directory exists and is writable by root')
+              : toNraidError(error),
+          );
+        this.server.once('error', refused);
         this.server.listen(this.socketPath, () => {
-          this.server.off('error', reject);
+          this.server.off('error', refused);
           resolve();
         });
       });
@@ -130,7 +155,10 @@ export class AdminServer {
     const id = typeof request?.id === 'number' ? request.id : 0;
     const handler = typeof request?.command === 'string' ? this.handlers.get(request.command) : undefined;
     if (handler === undefined) {
-      write({ id, ok: false, error: { code: 'NRAID_ERR_USAGE', message: `the daemon does not know the command "${String(request?.command)}"` } });
+      const unknown = new UsageError(
+        `the daemon does not know the command "${String(request?.command)}"; are the CLI and the daemon the same nraid version? restart the daemon after an upgrade`,
+      );
+      write({ id, ok: false, error: errorReply(unknown) });
       return;
     }
     const stream: AdminStream = { send: (event) => write({ id, ok: true, event }), closed };
@@ -149,12 +177,12 @@ export async function adminCall(
   command: string,
   args: Record<string, unknown> = {},
   onEvent?: (event: unknown) => void,
-  timeoutMs = 60_000,
+  timeoutMs = adminCallTimeoutMsDefault,
 ): Promise<unknown> {
   const socket = await adminConnect(socketPath);
   return new Promise((resolve, reject) => {
     const reader = new FrameReader();
-    const timer = timeoutMs > 0 ? setTimeout(() => fail(new ProtocolError(`the daemon did not answer "${command}" within ${timeoutMs} ms`)), timeoutMs) : null;
+    const timer = timeoutMs > 0 ? setTimeout(() => fail(new TimeoutError(`the daemon did not answer "${command}" within ${timeoutMs} ms; see its log (daemon.log in the run directory)`)), timeoutMs) : null;
     let settled = false;
     const fail = (error: Error) => {
       if (settled) return;
@@ -184,8 +212,12 @@ export async function adminCall(
         else reject(new RemoteError(frame.error ?? { code: 'NRAID_ERR_INTERNAL', message: 'empty error reply' }));
       }
     });
-    socket.on('error', (error) => fail(error));
-    socket.on('close', () => fail(new ProtocolError(`the daemon closed the admin socket before answering "${command}"`)));
+    socket.on('error', (error) =>
+      fail(isErrnoException(error) ? systemError(`admin socket ${socketPath}`, error, 'the daemon may have exited; see its log') : toNraidError(error)),
+    );
+    socket.on('close', () =>
+      fail(new ProtocolError(`the daemon closed the admin socket before answering "${command}"; it may have exited: see its log (daemon.log in the run directory)`)),
+    );
     socket.write(encodeFrame({ id: 1, command, args } satisfies AdminRequest));
   });
 }
@@ -200,8 +232,10 @@ export function adminConnect(socketPath: string): Promise<net.Socket> {
     socket.once('error', (error: NodeJS.ErrnoException) => {
       if (error.code === 'ENOENT' || error.code === 'ECONNREFUSED') {
         reject(new NotUpError(`no daemon answers on ${socketPath}`));
+      } else if (isErrnoException(error)) {
+        reject(systemError(`cannot connect to the admin socket ${socketPath}`, error, error.code === 'EACCES' ? 'run nraid as root' : 'check the run directory'));
       } else {
-        reject(error);
+        reject(toNraidError(error));
       }
     });
   });

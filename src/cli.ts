@@ -11,12 +11,24 @@ import { ParsedArgs, parseArgs, usage } from './cli/args';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath } from './config';
 import { Daemon, adminSocketPath } from './daemon';
 import { BackingDisk } from './disk';
-import { AlreadyUpError, DiskError, NotRootError, NotUpError, NraidError, PrerequisiteError, UsageError } from './errors';
+import {
+  AlreadyUpError,
+  DaemonStartError,
+  DiskError,
+  NotRootError,
+  NotUpError,
+  PrerequisiteError,
+  RemoteError,
+  TimeoutError,
+  UsageError,
+  errorReply,
+  toNraidError,
+} from './errors';
+import { daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
+import { requireLoopControl } from './loop';
 import { createMetadata } from './metadata';
 import { ResourceStatus, formatBytes, statusLine } from './state';
-
-const UP_READY_TIMEOUT_MS = 60_000;
 
 interface Context {
   args: ParsedArgs;
@@ -38,9 +50,7 @@ function requireKernelSupport(): void {
   if (!fs.existsSync('/dev/fuse')) {
     throw new PrerequisiteError('no /dev/fuse: this kernel has no FUSE support; load the fuse module (modprobe fuse) or use a kernel with FUSE');
   }
-  if (!fs.existsSync('/dev/loop-control')) {
-    throw new PrerequisiteError('no /dev/loop-control: this kernel has no loop device support; load the loop module (modprobe loop)');
-  }
+  requireLoopControl();
 }
 
 function context(args: ParsedArgs): Context {
@@ -66,7 +76,7 @@ async function callDaemon(ctx: Context, command: string, args: Record<string, un
 
 async function daemonAnswers(node: NodeConfig): Promise<ResourceStatus | null> {
   try {
-    return (await adminCall(adminSocketPath(node), 'status', {}, undefined, 5_000)) as ResourceStatus;
+    return (await adminCall(adminSocketPath(node), 'status', {}, undefined, daemonProbeTimeoutMs)) as ResourceStatus;
   } catch (error) {
     if (error instanceof NotUpError) return null;
     throw error;
@@ -108,15 +118,19 @@ async function up(ctx: Context): Promise<void> {
   );
   fs.closeSync(logFd);
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new NraidError(`the daemon did not report ready within ${UP_READY_TIMEOUT_MS} ms; see ${logPath}`)), UP_READY_TIMEOUT_MS);
+    const timer = setTimeout(
+      () => reject(new TimeoutError(`the daemon did not report ready within ${upReadyTimeoutMs} ms; see ${logPath}`)),
+      upReadyTimeoutMs,
+    );
     child.once('message', (message: { ready?: boolean; error?: { code: string; message: string } }) => {
       clearTimeout(timer);
       if (message.ready) resolve();
-      else reject(Object.assign(new NraidError(message.error?.message ?? 'the daemon failed to start'), { code: message.error?.code }));
+      else if (message.error !== undefined) reject(new RemoteError(message.error));
+      else reject(new DaemonStartError(`the daemon reported neither ready nor an error; see ${logPath}`));
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new NraidError(`the daemon exited with code ${code} before it was ready; see ${logPath}`));
+      reject(new DaemonStartError(`the daemon exited with code ${code} before it was ready; see ${logPath}`));
     });
   });
   child.removeAllListeners();
@@ -131,10 +145,7 @@ async function runForeground(ctx: Context): Promise<void> {
   try {
     await daemon.start();
   } catch (error) {
-    if (process.send) {
-      const e = error as NraidError;
-      process.send({ error: { code: e.code ?? 'NRAID_ERR_INTERNAL', message: e.message } });
-    }
+    if (process.send) process.send({ error: errorReply(error) });
     throw error;
   }
   const onSignal = (signal: string) => {
@@ -161,7 +172,7 @@ async function down(ctx: Context): Promise<void> {
   out(`${ctx.config.resource} is down on node ${ctx.local.name}`);
 }
 
-async function waitForExit(pid: number, timeoutMs = 30_000): Promise<void> {
+async function waitForExit(pid: number, timeoutMs = downExitTimeoutMs): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     try {
@@ -169,12 +180,11 @@ async function waitForExit(pid: number, timeoutMs = 30_000): Promise<void> {
     } catch {
       return;
     }
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, processExitPollMs));
   }
-  throw new NraidError(`daemon pid ${pid} did not exit within ${timeoutMs} ms after down`);
+  throw new TimeoutError(`daemon pid ${pid} did not exit within ${timeoutMs} ms after down; see its log, and stop it with kill ${pid} if it hangs`);
 }
 
-const WATCH_INTERVAL_MS = 1_000;
 const PROGRESS_BAR_CHARS = 30;
 
 /** `[#######.......] 42.0% 1.2GiB left 95.3MiB/s eta 13s` */
@@ -204,7 +214,7 @@ async function status(ctx: Context): Promise<void> {
       const bar = progressBar(result);
       if (bar !== null) out(`  ${bar}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, WATCH_INTERVAL_MS));
+    await new Promise((resolve) => setTimeout(resolve, statusWatchIntervalMs));
   }
 }
 
@@ -277,11 +287,17 @@ export async function main(argv: string[]): Promise<number> {
     }
     return 0;
   } catch (error) {
-    const code = (error as NraidError).code ?? 'NRAID_ERR_INTERNAL';
-    const message = error instanceof Error ? error.message : String(error);
+    const { code, message } = errorReply(error);
     if (json) process.stdout.write(JSON.stringify({ error: { code, message } }) + '\n');
     else process.stderr.write(`error: ${message} (${code})\n`);
-    if (!(error instanceof NraidError) && process.env.NRAID_DEBUG) process.stderr.write(`${(error as Error).stack}\n`);
+    if (process.env.NRAID_DEBUG) process.stderr.write(`${debugStack(error)}\n`);
     return 1;
   }
+}
+
+/** NRAID_DEBUG=1: the stack of the error and of what caused it. */
+function debugStack(error: unknown): string {
+  const e = toNraidError(error);
+  const cause = typeof e.cause === 'object' && e.cause !== null && 'stack' in e.cause ? `\ncaused by: ${String(e.cause.stack)}` : '';
+  return `${e.stack}${cause}`;
 }

@@ -450,7 +450,7 @@ export function loadConfig(configPath: string): ResourceConfig {
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code ?? 'error';
     const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (error as Error).message;
-    throw new ConfigError(`config ${configPath}: cannot read it (${code}: ${why}); create it, or pass -c FILE to name the config file`);
+    throw new ConfigError(`config ${configPath}: cannot read it (${code}: ${why}); create it, or pass -c FILE to name the config file`, { cause: error });
   }
   if (data.length > limits.configFileBytesMax) {
     throw new ConfigError(

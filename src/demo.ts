@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { CommandFailedError, DiskError, NotRootError, TimeoutError, errorReply, toNraidError } from './errors';
 import type { ResourceStatus } from './state';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'nraid');
@@ -27,14 +28,17 @@ function run(command: string, args: string[], options: { quiet?: boolean } = {})
   const result = spawnSync(command, args, { encoding: 'utf8' });
   const output = `${result.stdout ?? ''}${result.stderr ?? ''}`.trimEnd();
   if (output && !options.quiet) say(output.replace(/^/gm, '  '));
-  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (exit ${result.status}): ${output}`);
+  if (result.status !== 0) {
+    const how = result.error !== undefined ? `could not start (${result.error.message})` : `exited with ${result.status ?? result.signal}`;
+    throw new CommandFailedError(`${command} ${args.join(' ')}: expected exit 0, ${how}: ${output}; see the output above`);
+  }
   return result.stdout;
 }
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
-    server.once('error', reject);
+    server.once('error', (error: Error) => reject(toNraidError(error)));
     server.listen(0, '127.0.0.1', () => {
       const port = (server.address() as net.AddressInfo).port;
       server.close(() => resolve(port));
@@ -49,7 +53,9 @@ function sha256Of(device: string, lengthBytes: number): string {
     const buffer = Buffer.alloc(4 << 20);
     for (let offset = 0; offset < lengthBytes; ) {
       const n = fs.readSync(fd, buffer, 0, Math.min(buffer.length, lengthBytes - offset), offset);
-      if (n <= 0) throw new Error(`short read on ${device} at ${offset}`);
+      if (n <= 0) {
+        throw new DiskError(`${device}: expected ${lengthBytes} bytes to compare, found its end at ${offset}; was the loop device detached meanwhile?`);
+      }
       hash.update(buffer.subarray(0, n));
       offset += n;
     }
@@ -61,7 +67,8 @@ function sha256Of(device: string, lengthBytes: number): string {
 
 export async function runDemo(): Promise<number> {
   if (process.getuid?.() !== 0) {
-    process.stderr.write('error: nraid demo must run as root (loop devices, FUSE, mount) (NRAID_ERR_NOT_ROOT)\n');
+    const e = new NotRootError('nraid demo must run as root (loop devices, FUSE, mount); run it with sudo');
+    process.stderr.write(`error: ${e.message} (${e.code})\n`);
     return 1;
   }
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'nraid-demo-'));
@@ -116,7 +123,7 @@ export async function runDemo(): Promise<number> {
     const waitFor = async (what: string, predicate: () => boolean) => {
       const deadline = Date.now() + WAIT_MS;
       while (!predicate()) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+        if (Date.now() > deadline) throw new TimeoutError(`waited ${WAIT_MS} ms for ${what}; the status lines above show where it stopped`);
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
     };
@@ -169,7 +176,8 @@ export async function runDemo(): Promise<number> {
     say(ok ? `\nresult: IDENTICAL: ${digests.size} files written through alpha, beta holds the same bytes` : '\nresult: FAILED: the backing devices differ');
     return ok ? 0 : 1;
   } catch (error) {
-    say(`\ndemo failed: ${(error as Error).message}`);
+    const { code, message } = errorReply(error);
+    say(`\ndemo failed: ${message} (${code})`);
     return 1;
   } finally {
     cleanup();

@@ -5,9 +5,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { AlreadyUpError, ConfigError, DeviceBusyError } from './errors';
+import { AlreadyUpError, ConfigError, DeviceBusyError, isErrnoException, systemError, toNraidError } from './errors';
+import { processExitPollMs, staleDaemonExitWaitMs } from './limits';
 import { attachLoop, detachLoop, loopBackingFile } from './loop';
-import { FrontendOptions, binding, isNativeError } from './native';
+import { FrontendOptions, binding } from './native';
 
 export interface DeviceRecord {
   pid: number;
@@ -71,12 +72,21 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
   fs.writeFileSync(mountPath, '', { mode: 0o600 });
   const record: DeviceRecord = { pid: process.pid, mountPath, loopDevice: null, devicePath: options.devicePath };
   writeRecord(options.runDir, record);
-  options.frontend.startFrontend({
-    mountPath,
-    source: options.source,
-    threads: options.threads,
-    lockMemory: options.lockMemory,
-  });
+  try {
+    options.frontend.startFrontend({
+      mountPath,
+      source: options.source,
+      threads: options.threads,
+      lockMemory: options.lockMemory,
+    });
+  } catch (error) {
+    if (!isErrnoException(error)) throw toNraidError(error);
+    throw systemError(
+      `cannot mount the FUSE volume on ${mountPath}`,
+      error,
+      'check that /dev/fuse exists, that nraid runs as root, and that locked memory is not limited (ulimit -l)',
+    );
+  }
   try {
     record.loopDevice = attachLoop({ filePath: mountPath, blockBytes: options.blockBytes });
     writeRecord(options.runDir, record);
@@ -87,7 +97,10 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
     if (record.loopDevice !== null) detachLoop(record.loopDevice);
     options.frontend.stopFrontend();
     removeRecord(options.runDir);
-    throw error;
+    if (isErrnoException(error)) {
+      throw systemError(`cannot link the device path ${options.devicePath} to the loop device`, error, 'check the "device" path in the config');
+    }
+    throw toNraidError(error);
   }
   return record;
 }
@@ -206,13 +219,11 @@ function processAlive(pid: number): boolean {
   }
 }
 
-const STALE_EXIT_WAIT_MS = 10_000;
-
 function waitForExit(pid: number): boolean {
-  const deadline = Date.now() + STALE_EXIT_WAIT_MS;
+  const deadline = Date.now() + staleDaemonExitWaitMs;
   while (processAlive(pid)) {
     if (Date.now() > deadline) return false;
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, processExitPollMs);
   }
   return true;
 }
@@ -242,7 +253,10 @@ export function cleanupStale(runDir: string): string[] {
       binding.unmount(mountPath, true);
       done.push(`unmounted stale FUSE volume ${mountPath}`);
     } catch (error) {
-      if (!isNativeError(error) || error.code !== 'EINVAL') throw error;
+      if (!isErrnoException(error)) throw toNraidError(error);
+      if (error.code !== 'EINVAL') {
+        throw systemError(`cannot unmount the stale FUSE volume ${mountPath}`, error, `unmount it by hand (umount -l ${mountPath}) and run nraid up again`);
+      }
     }
   }
   if (record) removeRecord(runDir);

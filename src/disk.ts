@@ -3,8 +3,8 @@
  * addon (O_DIRECT, aligned), native errors turned into messages that say what
  * to check.
  */
-import { DiskError } from './errors';
-import { DiskHandle, binding, isNativeError } from './native';
+import { DiskError, InternalError, errnoDetail, isErrnoException, toNraidError } from './errors';
+import { DiskHandle, binding } from './native';
 import type { DiskIO } from './metadata';
 
 export class BackingDisk implements DiskIO {
@@ -33,7 +33,9 @@ export class BackingDisk implements DiskIO {
   }
 
   get handle(): DiskHandle {
-    if (this.handleOrNull === null) throw new DiskError(`backing device ${this.path} is closed`);
+    if (this.handleOrNull === null) {
+      throw new InternalError(`backing device ${this.path}: expected an open handle, found it closed; this is a bug in nraid (I/O after close)`);
+    }
     return this.handleOrNull;
   }
 
@@ -59,28 +61,36 @@ export class BackingDisk implements DiskIO {
     try {
       return action();
     } catch (error) {
-      if (!isNativeError(error)) throw error;
-      throw new DiskError(`${what} on backing device ${this.path} failed: ${error.message}; check the disk (dmesg) and its cabling`);
+      if (!isErrnoException(error)) throw toNraidError(error);
+      throw new DiskError(`${what} on backing device ${this.path} failed: ${error.code} (${error.message}); check the disk (dmesg) and its cabling`, {
+        detail: errnoDetail(error),
+        cause: error,
+      });
     }
   }
 }
 
 function diskOpenError(path: string, configKey: string, error: unknown): Error {
-  if (!isNativeError(error)) return error as Error;
+  if (!isErrnoException(error)) return toNraidError(error);
+  const system = { detail: errnoDetail(error), cause: error };
   switch (error.code) {
     case 'ENOENT':
-      return new DiskError(`backing device ${path} does not exist (it may have vanished); check ${configKey}`);
+      return new DiskError(`backing device ${path} does not exist (it may have vanished); check ${configKey}`, system);
     case 'EBUSY':
       return new DiskError(
         `backing device ${path} is busy: it is mounted, or held by another program or a running nraid daemon; ` +
           'unmount it or stop what holds it (lsblk, fuser -v)',
+        system,
       );
     case 'EACCES':
     case 'EPERM':
-      return new DiskError(`no permission to open backing device ${path}; nraid runs as root`);
+      return new DiskError(`no permission to open backing device ${path} (${error.code}); nraid runs as root`, system);
     case 'EINVAL':
-      return new DiskError(`backing device ${path} does not support direct I/O (O_DIRECT); use a block device or a file on a filesystem that supports it`);
+      return new DiskError(
+        `backing device ${path} does not support direct I/O (O_DIRECT); use a block device or a file on a filesystem that supports it`,
+        system,
+      );
     default:
-      return new DiskError(`cannot open backing device ${path}: ${error.message}; check ${configKey}`);
+      return new DiskError(`cannot open backing device ${path}: ${error.code} (${error.message}); check ${configKey}`, system);
   }
 }

@@ -5,12 +5,15 @@
  * every test at once instead of one code path at run time.
  */
 
+import { InternalError } from './errors';
+
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
 // --- Blocks and requests --------------------------------------------------
 
+/** Mirrors native/limits.h kSectorBytes. */
 export const sectorBytes = 512;
 /** Alignment of every metadata read and write; mirrors native/limits.h kBlockBytes. */
 export const blockBytes = 4 * KiB;
@@ -35,6 +38,12 @@ export const bitmapGranularityBytesMax = 1 * MiB;
 /** The activity log names hot extents of this size; mirrors kActivityExtentBytes. */
 export const activityExtentBytes = 4 * MiB;
 export const activityLogBytes = 1 * MiB;
+/** One activity-log transaction (a slot of the ring); mirrors kActivityTransactionBytes. */
+export const activityTransactionBytes = 4 * KiB;
+/** Header of a transaction, before its extent numbers; mirrors kActivityHeaderBytes. */
+export const activityHeaderBytes = 32;
+/** Extent numbers one transaction holds at most; mirrors kActivityExtentsMax. */
+export const activityExtentsMax = 1000;
 export const superblockSlotBytes = 4 * KiB;
 /** Two slots: a torn write of one leaves the other intact. */
 export const superblockSlots = 2;
@@ -93,7 +102,7 @@ export const maxLagMsMax = 600_000;
 
 // --- Messages ----------------------------------------------------------------
 
-/** One msgpack frame on the admin socket (CLI <-> daemon). */
+/** One msgpack frame on the admin socket (CLI <-> daemon); src/admin.ts refuses larger ones both ways. */
 export const adminFrameBytesMax = 1 * MiB;
 /** One protobuf message on the control link; a bitmap exchange is chunked below this. */
 export const controlMessageBytesMax = 16 * MiB;
@@ -111,10 +120,33 @@ export const bitmapPersistIntervalMs = 2_000;
 /** How long a node that found a split brain waits for the peer to ask for its facts. */
 export const splitBrainFactsTimeoutMs = 2_000;
 
+// --- CLI, admin socket, hooks and cleanup (timing) ---------------------------
+
+/** How long an admin call waits for its reply, unless the caller says otherwise (0: forever, for `events`). */
+export const adminCallTimeoutMsDefault = 60_000;
+/** How long a CLI probe for a running daemon ("is it up?") waits for its status. */
+export const daemonProbeTimeoutMs = 5_000;
+/** How long `nraid up` waits for the daemon it started to report ready. */
+export const upReadyTimeoutMs = 60_000;
+/** How long `nraid down` waits for the daemon's process to exit after it answered. */
+export const downExitTimeoutMs = 30_000;
+/** Poll interval while waiting for a process to exit (there is no event for a non-child). */
+export const processExitPollMs = 20;
+/** `nraid status --watch`: one line per interval. */
+export const statusWatchIntervalMs = 1_000;
+/** A split-brain or fence-peer hook is killed after this long; its answer then is "failed". */
+export const hookTimeoutMs = 60_000;
+/** Characters of a hook's output kept for the log. */
+export const hookOutputCharsMax = 4096;
+/** How long `up` waits for a killed daemon (a zombie for a moment) to go before cleaning up after it. */
+export const staleDaemonExitWaitMs = 10_000;
+/** Tries to take a free loop device when another program takes each one first. */
+export const loopAttachAttemptsMax = 8;
+
 // --- Relations ------------------------------------------------------------------
 
 function check(condition: boolean, relation: string): void {
-  if (!condition) throw new Error(`src/limits.ts: broken relation: ${relation}`);
+  if (!condition) throw new InternalError(`src/limits.ts: expected ${relation}, found it broken; fix the limits named in it`);
 }
 
 function isPowerOfTwo(n: number): boolean {
@@ -136,6 +168,13 @@ check(bitmapGranularityBytesMin % blockBytes === 0, 'bitmap granularity is whole
 check(activityExtentBytes % requestBytesMax === 0, 'activityExtentBytes is a multiple of requestBytesMax');
 check(activityExtentBytes % bitmapGranularityBytesMax === 0, 'an activity extent is whole bitmap bits');
 check(activityLogBytes % blockBytes === 0, 'activityLogBytes is a multiple of blockBytes');
+check(activityTransactionBytes === blockBytes, 'an activity-log transaction is one block');
+check(activityLogBytes % activityTransactionBytes === 0, 'the activity log is whole transactions');
+check(activityHeaderBytes + activityExtentsMax * 4 <= activityTransactionBytes - 4, 'a full transaction fits before its crc32c');
+check(daemonProbeTimeoutMs < adminCallTimeoutMsDefault, 'a probe gives up before an ordinary admin call');
+check(processExitPollMs < staleDaemonExitWaitMs && processExitPollMs < downExitTimeoutMs, 'exit waits poll several times');
+check(statusWatchIntervalMs > 0 && hookTimeoutMs > 0 && upReadyTimeoutMs > 0, 'timeouts are positive');
+check(loopAttachAttemptsMax >= 1, 'at least one loop attach attempt');
 check(superblockSlotBytes === blockBytes, 'a superblock slot is one block');
 check(superblockSlots === 2, 'two superblock slots');
 check(superblockNameBytes * 2 < superblockSlotBytes, 'names fit in a superblock slot');

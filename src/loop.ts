@@ -5,7 +5,8 @@
  */
 import fs from 'node:fs';
 import ioctl from 'ioctl';
-import { PrerequisiteError } from './errors';
+import { PrerequisiteError, isErrnoException, systemError, toNraidError } from './errors';
+import { loopAttachAttemptsMax } from './limits';
 
 const LOOP_CTL_GET_FREE = 0x4c82;
 const LOOP_CLR_FD = 0x4c01;
@@ -16,7 +17,6 @@ const LOOP_CONFIG_BYTES = 4 + 4 + 232 + 64;
 const LOOP_INFO_FLAGS_OFFSET = 8 + 40 + 12;
 const LOOP_INFO_FILE_NAME_OFFSET = 8 + 40 + 16;
 const LOOP_FILE_NAME_BYTES = 64;
-const ATTACH_ATTEMPTS_MAX = 8;
 
 export interface LoopAttachOptions {
   /** The file to put under the loop device; opened O_RDWR | O_DIRECT. */
@@ -34,11 +34,29 @@ export function loopConfig(fd: number, blockBytes: number, fileName: string): Bu
   return config;
 }
 
-/** Attaches `filePath` to a free loop device with direct I/O; returns /dev/loopN. */
-export function attachLoop(options: LoopAttachOptions): string {
+/** Throws PrerequisiteError when the kernel has no loop devices (no /dev/loop-control). */
+export function requireLoopControl(): void {
   if (!fs.existsSync('/dev/loop-control')) {
     throw new PrerequisiteError('no /dev/loop-control: this kernel has no loop device support; load the loop module (modprobe loop)');
   }
+}
+
+/** Attaches `filePath` to a free loop device with direct I/O; returns /dev/loopN. */
+export function attachLoop(options: LoopAttachOptions): string {
+  requireLoopControl();
+  try {
+    return attachFreeLoop(options);
+  } catch (error) {
+    if (!isErrnoException(error)) throw toNraidError(error);
+    throw systemError(
+      `cannot attach a loop device to ${options.filePath} (${error.syscall ?? 'ioctl'})`,
+      error,
+      'check that nraid runs as root and that loop devices are available (losetup -f)',
+    );
+  }
+}
+
+function attachFreeLoop(options: LoopAttachOptions): string {
   const fileFd = fs.openSync(options.filePath, fs.constants.O_RDWR | fs.constants.O_DIRECT);
   const controlFd = fs.openSync('/dev/loop-control', 'r+');
   try {
@@ -50,7 +68,7 @@ export function attachLoop(options: LoopAttachOptions): string {
         ioctl(loopFd, LOOP_CONFIGURE, loopConfig(fileFd, options.blockBytes, options.filePath));
       } catch (error) {
         // Another program took this free device between GET_FREE and CONFIGURE.
-        if ((error as NodeJS.ErrnoException).code === 'EBUSY' && attempt < ATTACH_ATTEMPTS_MAX) continue;
+        if ((error as NodeJS.ErrnoException).code === 'EBUSY' && attempt < loopAttachAttemptsMax) continue;
         throw error;
       } finally {
         fs.closeSync(loopFd);
@@ -98,13 +116,18 @@ export function detachLoop(device: string): void {
     loopFd = fs.openSync(device, 'r');
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw error;
+    throw detachError(device, error);
   }
   try {
     ioctl(loopFd, LOOP_CLR_FD, 0);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error;
+    if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw detachError(device, error);
   } finally {
     fs.closeSync(loopFd);
   }
+}
+
+function detachError(device: string, error: unknown): Error {
+  if (!isErrnoException(error)) return toNraidError(error);
+  return systemError(`cannot detach loop device ${device}`, error, `see who holds it (fuser -v ${device}) and detach it by hand (losetup -d ${device})`);
 }

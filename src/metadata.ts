@@ -14,7 +14,7 @@
  * slots (magic, crc32c, layout) and takes the valid one with the highest
  * sequence.
  */
-import { DiskError, DiskHasDataError, MetadataError } from './errors';
+import { DiskError, DiskHasDataError, InternalError, MetadataError } from './errors';
 import * as limits from './limits';
 import { crc32c } from './native';
 
@@ -131,7 +131,9 @@ const at = {
   crc32c: limits.superblockSlotBytes - 4, // u32 over bytes [0, 4092)
 } as const;
 
-if (at.primarySinceMs + 8 > at.crc32c) throw new Error('src/metadata.ts: superblock fields overlap the checksum');
+if (at.primarySinceMs + 8 > at.crc32c) {
+  throw new InternalError(`src/metadata.ts: expected the superblock fields to end before the checksum at ${at.crc32c}, found them ending at ${at.primarySinceMs + 8}; fix the layout`);
+}
 
 /** The u64 fields that hold byte counts and times (numbers in TS, safe integers on disk). */
 const numberFields = [
@@ -204,8 +206,9 @@ export function computeLayout(
   diskPath = 'backing device',
 ): Layout {
   if (!isValidGranularity(granularityBytes)) {
-    throw new RangeError(
-      `bitmap granularity must be a power of two from ${limits.bitmapGranularityBytesMin} to ${limits.bitmapGranularityBytesMax} bytes; found ${granularityBytes}`,
+    throw new MetadataError(
+      `bitmap granularity must be a power of two from ${limits.bitmapGranularityBytesMin} to ${limits.bitmapGranularityBytesMax} bytes; found ${granularityBytes}; ` +
+        'choose one in that range',
     );
   }
   if (!Number.isSafeInteger(backingSizeBytes) || backingSizeBytes < 0) {
@@ -227,14 +230,19 @@ export function computeLayout(
   // block covers 32768 granules, so this loop runs at most a few times.
   let dataSizeBytes = activityLogOffsetBytes - bitmapBytesFor(activityLogOffsetBytes, granularityBytes);
   for (let step = 0; ; step++) {
-    if (step > 4) throw new Error(`computeLayout(${backingSizeBytes}, ${granularityBytes}) did not settle`);
+    if (step > 4) {
+      throw new InternalError(`computeLayout(${backingSizeBytes}, ${granularityBytes}): expected the data size to settle within 4 steps, found it still growing; this is a bug in nraid`);
+    }
     const grown = dataSizeBytes + limits.blockBytes;
     if (grown + bitmapBytesFor(grown, granularityBytes) > activityLogOffsetBytes) break;
     dataSizeBytes = grown;
   }
   const bitmapSizeBytes = bitmapBytesFor(dataSizeBytes, granularityBytes);
   if (dataSizeBytes < limits.dataSizeMinBytes || dataSizeBytes % limits.blockBytes !== 0) {
-    throw new Error(`computeLayout(${backingSizeBytes}, ${granularityBytes}): data size ${dataSizeBytes} breaks the layout invariants`);
+    throw new InternalError(
+      `computeLayout(${backingSizeBytes}, ${granularityBytes}): expected a data size of whole blocks and at least ${limits.dataSizeMinBytes} bytes, ` +
+        `found ${dataSizeBytes}; this is a bug in nraid`,
+    );
   }
   return {
     backingSizeBytes,

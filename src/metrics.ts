@@ -6,6 +6,7 @@
  */
 import http from 'node:http';
 import client from 'prom-client';
+import { isErrnoException, systemError, toNraidError } from './errors';
 import type { NativeCounters } from './native';
 import type { ResourceStatus } from './state';
 
@@ -94,9 +95,15 @@ export class MetricsServer {
 
   listen(host: string, port: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
+      const refused = (error: Error) =>
+        reject(
+          isErrnoException(error)
+            ? systemError(`cannot serve metrics on ${host}:${port}`, error, error.code === 'EADDRINUSE' ? 'choose a free metrics-port in the config' : 'check metrics-port in the config')
+            : toNraidError(error),
+        );
+      this.server.once('error', refused);
       this.server.listen(port, host, () => {
-        this.server.off('error', reject);
+        this.server.off('error', refused);
         resolve();
       });
     });

@@ -179,8 +179,8 @@ function removeDeviceLink(link: string): void {
   }
 }
 
-/** PIDs whose command line mentions `needle` (diagnostics only: nothing is killed). */
-function processesMentioning(needle: string): number[] {
+/** PIDs (other than ours) whose command line mentions `needle` (diagnostics only: nothing is killed). */
+export function processesMentioning(needle: string): number[] {
   const pids: number[] = [];
   for (const entry of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;

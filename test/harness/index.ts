@@ -11,3 +11,6 @@ export * from './netns-resource';
 export * from './role-watch';
 export * from './stall-disk';
 export * from './link-kind-proxy';
+export * from './helpers';
+export * from './native-source';
+export * from './frame-layout';

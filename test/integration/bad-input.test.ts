@@ -11,33 +11,14 @@ import * as os from 'os';
 import * as path from 'path';
 import { stringify as tomlStringify } from 'smol-toml';
 import { loopDevices, mountPoints, registerCleanup } from '../harness/cleanup';
-import { makeResource, NRAID_BIN, NraidResult, TestResource } from '../harness/cluster';
+import { makeResource, NRAID_BIN, NraidResult, processesMentioning, TestResource } from '../harness/cluster';
 import { BLOCK_BYTES, readDirect, sha256Range, sizeOf, writeDirect } from '../harness/direct-io';
 import { execOk, execTool, toolEnv } from '../harness/exec';
 import { describeIntegration, findExecutable, REPO_ROOT } from '../harness/prereq';
+import { cliError, expectRefused, pathExists } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const NOBODY = 65534;
-
-/** The one "error: <message> (<code>)" line of a failed CLI run. */
-function cliError(r: NraidResult): { message: string; code: string } {
-  const m = /^error: ([^\n]*) \((NRAID_ERR_[A-Z_]+)\)\n$/.exec(r.stderr);
-  if (r.code !== 1 || m === null) {
-    throw new Error(
-      `expected exit code 1 and one "error: <message> (<code>)" line on stderr; got exit ${r.code}, ` +
-        `stderr ${JSON.stringify(r.stderr)}, stdout ${JSON.stringify(r.stdout)}`,
-    );
-  }
-  return { message: m[1], code: m[2] };
-}
-
-/** Asserts the refusal's code and that its message names every one of `mentions`. */
-function expectRefused(r: NraidResult, code: string, mentions: readonly string[]): string {
-  const e = cliError(r);
-  expect({ code: e.code, message: e.message }).toEqual({ code, message: e.message });
-  for (const m of mentions) expect(e.message).toContain(m);
-  return e.message;
-}
 
 interface DiskImage {
   head: Buffer;
@@ -62,38 +43,15 @@ function expectSameImage(what: string, before: DiskImage, after: DiskImage): voi
   if (after.sha256 !== before.sha256) throw new Error(`${what}: the device's contents changed`);
 }
 
-function exists(p: string): boolean {
-  try {
-    fs.lstatSync(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** PIDs (other than ours) whose command line mentions `needle`. */
-function processesMentioning(needle: string): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-    try {
-      if (fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').includes(needle)) pids.push(Number(entry));
-    } catch {
-      // Exited meanwhile.
-    }
-  }
-  return pids;
-}
-
 /** What a started daemon would leave for node alpha; empty when nothing runs. */
 function signsOfLife(r: TestResource): string[] {
   const signs: string[] = [];
   const runDir = r.nodes.alpha.runDir;
   const volume = path.join(runDir, 'volume');
-  if (exists(path.join(runDir, 'admin.sock'))) signs.push('admin socket');
+  if (pathExists(path.join(runDir, 'admin.sock'))) signs.push('admin socket');
   if (mountPoints().includes(volume)) signs.push(`mount on ${volume}`);
   for (const l of loopDevices().filter((l) => l.backingFile === volume)) signs.push(`loop device ${l.device}`);
-  if (exists(r.nodes.alpha.device)) signs.push(`device path ${r.nodes.alpha.device}`);
+  if (pathExists(r.nodes.alpha.device)) signs.push(`device path ${r.nodes.alpha.device}`);
   for (const pid of processesMentioning(r.dir + '/')) signs.push(`process ${pid}`);
   return signs;
 }
@@ -143,7 +101,7 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
           expectRefused(res, 'NRAID_ERR_CONFIG', [file, ...c.mentions]);
         }
         expect(signsOfLife(r)).toEqual([]);
-        expect(exists(r.nodes.alpha.runDir)).toBe(false);
+        expect(pathExists(r.nodes.alpha.runDir)).toBe(false);
         expectSameImage(c.name, image, await diskImage(r.nodes.alpha.diskPath));
       });
     }
@@ -154,7 +112,7 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
         expectRefused(res, 'NRAID_ERR_CONFIG', ['"gamma"', '"alpha"', '"beta"']);
       }
       expect(signsOfLife(r)).toEqual([]);
-      expect(exists(r.nodes.alpha.runDir)).toBe(false);
+      expect(pathExists(r.nodes.alpha.runDir)).toBe(false);
       expectSameImage('-n gamma', image, await diskImage(r.nodes.alpha.diskPath));
     });
 
@@ -342,7 +300,7 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
         expectRefused(res, 'NRAID_ERR_NOT_ROOT', ['root']);
       }
       expect(signsOfLife(r)).toEqual([]);
-      expect(exists(r.nodes.alpha.runDir)).toBe(false);
+      expect(pathExists(r.nodes.alpha.runDir)).toBe(false);
       expectSameImage('commands as nobody', image, await diskImage(r.nodes.alpha.diskPath));
     }, 60_000);
 
@@ -436,7 +394,7 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
       const res = await upWithMinimalDev(false, true);
       expectRefused(res, 'NRAID_ERR_PREREQUISITE', ['/dev/fuse']);
       expect(signsOfLife(r)).toEqual([]);
-      expect(exists(r.nodes.alpha.runDir)).toBe(false);
+      expect(pathExists(r.nodes.alpha.runDir)).toBe(false);
       expectSameImage('up without /dev/fuse', image, await diskImage(r.nodes.alpha.diskPath));
     }, 60_000);
 
@@ -444,7 +402,7 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
       const res = await upWithMinimalDev(true, false);
       expectRefused(res, 'NRAID_ERR_PREREQUISITE', ['/dev/loop-control']);
       expect(signsOfLife(r)).toEqual([]);
-      expect(exists(r.nodes.alpha.runDir)).toBe(false);
+      expect(pathExists(r.nodes.alpha.runDir)).toBe(false);
       expectSameImage('up without /dev/loop-control', image, await diskImage(r.nodes.alpha.diskPath));
     }, 60_000);
 
@@ -463,10 +421,10 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
         const file = writeConfig(r, 'missing-disk', (c) => (alphaTable(c).disk = missing));
         for (const command of ['up', 'create-md']) {
           expectRefused(await r.nraid([command, r.name, '-c', file, '-n', 'alpha']), 'NRAID_ERR_DISK', [missing]);
-          expect(exists(missing)).toBe(false);
+          expect(pathExists(missing)).toBe(false);
         }
         expect(signsOfLife(r)).toEqual([]);
-        expect(exists(r.nodes.alpha.runDir)).toBe(false);
+        expect(pathExists(r.nodes.alpha.runDir)).toBe(false);
       } finally {
         await r.cleanup();
       }
@@ -487,7 +445,7 @@ describeIntegration('bad input is refused and changes nothing', ['root', 'fuse',
           expectRefused(await r.nraid([command, r.name, '-c', file, '-n', 'alpha']), 'NRAID_ERR_DISK', [link]);
         }
         expect(signsOfLife(r)).toEqual([]);
-        expect(exists(r.nodes.alpha.runDir)).toBe(false);
+        expect(pathExists(r.nodes.alpha.runDir)).toBe(false);
         expectSameImage('after the disk vanished', image, await diskImage(r.nodes.alpha.diskPath));
       } finally {
         await r.cleanup();

@@ -25,28 +25,25 @@ import { execOk, execSyncQuiet } from '../harness/exec';
 import { LoopDisk, makeLoopDisk, makeSparseFile, SparseFile } from '../harness/loop';
 import { pipelineLayout, pipelineOptions } from '../harness/pipeline';
 import { describeIntegration, REPO_ROOT } from '../harness/prereq';
+import { readFrameLayout } from '../harness/frame-layout';
+import { until } from '../harness/helpers';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
 // ---- frames (native/frame.h) --------------------------------------------------
 
-const FRAME_MAGIC = 0x3144524e; // "NRD1"
-const HEADER_BYTES = 48;
-const T = {
-  WRITE: 1,
-  DISCARD: 2,
-  ZEROES: 3,
-  BARRIER: 4,
-  ACK_RECV: 5,
-  ACK_WRITE: 6,
-  BARRIER_ACK: 7,
-  RS_DATA: 8,
-  HELLO: 13,
-} as const;
-const FLAG_WANT_RECV_ACK = 1;
-const FLAG_WANT_WRITE_ACK = 2;
-const REQUEST_BYTES_MAX = 1 * MiB;
+/** The layout read from native/frame.h itself: nothing here can drift from the data plane. */
+const FRAME = readFrameLayout();
+const FRAME_MAGIC = FRAME.magic;
+const HEADER_BYTES = FRAME.headerBytes;
+const T = FRAME.types;
+const FLAG_WANT_RECV_ACK = FRAME.flags.WANT_RECV_ACK;
+const FLAG_WANT_WRITE_ACK = FRAME.flags.WANT_WRITE_ACK;
+const FLAG_RESYNC = FRAME.flags.RESYNC;
+const REQUEST_BYTES_MAX = FRAME.payloadBytesMax;
+/** Byte offsets of the header fields (magic, type, ..., headerCrc). */
+const O = Object.fromEntries(FRAME.fields.map((f) => [f.name, f.offset])) as Record<string, number>;
 
 interface Header {
   magic: number;
@@ -77,16 +74,16 @@ interface FrameSpec {
 
 function encodeHeader(spec: FrameSpec, payload?: Buffer): Buffer {
   const h = Buffer.alloc(HEADER_BYTES);
-  h.writeUInt32LE(spec.magic ?? FRAME_MAGIC, 0);
-  h.writeUInt16LE(spec.type, 4);
-  h.writeUInt16LE(spec.flags ?? 0, 6);
-  h.writeBigUInt64LE(BigInt(spec.seq), 8);
-  h.writeBigUInt64LE(BigInt(spec.epoch ?? 1), 16);
-  h.writeBigUInt64LE(BigInt(spec.offset ?? 0), 24);
-  h.writeUInt32LE(spec.length ?? payload?.length ?? 0, 32);
-  h.writeUInt32LE(spec.payloadCrc ?? (payload !== undefined ? binding.crc32c(payload) : 0), 36);
-  h.writeUInt32LE(spec.requestId ?? 0, 40);
-  h.writeUInt32LE(binding.crc32c(h.subarray(0, 44)), 44);
+  h.writeUInt32LE(spec.magic ?? FRAME_MAGIC, O.magic);
+  h.writeUInt16LE(spec.type, O.type);
+  h.writeUInt16LE(spec.flags ?? 0, O.flags);
+  h.writeBigUInt64LE(BigInt(spec.seq), O.seq);
+  h.writeBigUInt64LE(BigInt(spec.epoch ?? 1), O.epoch);
+  h.writeBigUInt64LE(BigInt(spec.offset ?? 0), O.offset);
+  h.writeUInt32LE(spec.length ?? payload?.length ?? 0, O.length);
+  h.writeUInt32LE(spec.payloadCrc ?? (payload !== undefined ? binding.crc32c(payload) : 0), O.payloadCrc);
+  h.writeUInt32LE(spec.requestId ?? 0, O.requestId);
+  h.writeUInt32LE(binding.crc32c(h.subarray(0, O.headerCrc)), O.headerCrc);
   return h;
 }
 
@@ -98,16 +95,16 @@ function encodeFrame(spec: FrameSpec, payload?: Buffer): Buffer {
 
 function decodeHeader(b: Buffer): Header {
   return {
-    magic: b.readUInt32LE(0),
-    type: b.readUInt16LE(4),
-    flags: b.readUInt16LE(6),
-    seq: b.readBigUInt64LE(8),
-    epoch: b.readBigUInt64LE(16),
-    offset: b.readBigUInt64LE(24),
-    length: b.readUInt32LE(32),
-    payloadCrc: b.readUInt32LE(36),
-    requestId: b.readUInt32LE(40),
-    headerCrc: b.readUInt32LE(44),
+    magic: b.readUInt32LE(O.magic),
+    type: b.readUInt16LE(O.type),
+    flags: b.readUInt16LE(O.flags),
+    seq: b.readBigUInt64LE(O.seq),
+    epoch: b.readBigUInt64LE(O.epoch),
+    offset: b.readBigUInt64LE(O.offset),
+    length: b.readUInt32LE(O.length),
+    payloadCrc: b.readUInt32LE(O.payloadCrc),
+    requestId: b.readUInt32LE(O.requestId),
+    headerCrc: b.readUInt32LE(O.headerCrc),
   };
 }
 
@@ -117,7 +114,7 @@ function writeFrame(spec: Omit<FrameSpec, 'type'>, payload: Buffer): Buffer {
 
 // ---- the source's end of the connection ---------------------------------------------
 
-/** Reads 48-byte headers (the target sends no payloads) and notices when the target closes. */
+/** Reads frame headers (the target sends no payloads) and notices when the target closes. */
 class FrameReader {
   private buffered = Buffer.alloc(0);
   private closedFlag = false;
@@ -174,7 +171,7 @@ class FrameReader {
         this.buffered = this.buffered.subarray(HEADER_BYTES);
         const h = decodeHeader(raw);
         if (h.magic !== FRAME_MAGIC) throw new Error(`frame from the target has magic 0x${h.magic.toString(16)}`);
-        const crc = binding.crc32c(raw.subarray(0, 44));
+        const crc = binding.crc32c(raw.subarray(0, O.headerCrc));
         if (crc !== h.headerCrc) throw new Error(`frame from the target has header crc 0x${h.headerCrc.toString(16)}, computed 0x${crc.toString(16)}`);
         return h;
       }
@@ -266,14 +263,6 @@ function randomPayload(lengthBytes: number): Buffer {
   return b;
 }
 
-async function until(what: string, predicate: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 // ---- the target: one pipeline over a sparse backing file ------------------------------
 
 const FILE_BYTES = 64 * MiB;
@@ -309,7 +298,7 @@ describeIntegration('data link frames: the target checks every frame before it t
   }
 
   async function waitLinkLost(pattern: RegExp): Promise<string> {
-    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'));
+    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'), 5000);
     const lost = events.filter((e) => e.type === 'link-lost');
     expect(lost).toHaveLength(1);
     expect(lost[0].detail).toMatch(pattern);
@@ -454,7 +443,6 @@ describeIntegration('data link frames: the target checks every frame before it t
     s.send(encodeFrame({ type: T.DISCARD, seq: 2, offset: base, length: 64 * KiB, flags: FLAG_WANT_WRITE_ACK, requestId: 2 }));
     s.send(encodeFrame({ type: T.ZEROES, seq: 3, offset: base + 128 * KiB, length: 64 * KiB, flags: FLAG_WANT_WRITE_ACK, requestId: 3 }));
     const resync = randomPayload(64 * KiB);
-    const FLAG_RESYNC = 4;
     s.send(encodeFrame({ type: T.RS_DATA, seq: 4, offset: base + 192 * KiB, flags: FLAG_WANT_WRITE_ACK | FLAG_RESYNC, requestId: 128 }, resync));
     const acks = [await s.reader.next(), await s.reader.next(), await s.reader.next()];
     expect(acks.map((h) => [h.type, Number(h.seq), h.requestId, h.flags & FLAG_RESYNC]).sort((x, y) => x[1] - y[1])).toEqual([
@@ -565,7 +553,7 @@ describeIntegration('data link frames: the target checks every frame before it t
   test('a bad magic is a protocol error', async () => {
     const payload = randomPayload(16 * KiB);
     await expectRejected({
-      bad: encodeFrame({ type: T.WRITE, seq: 1, offset: 31 * MiB, magic: 0x3244524e, flags: FLAG_WANT_WRITE_ACK }, payload),
+      bad: encodeFrame({ type: T.WRITE, seq: 1, offset: 31 * MiB, magic: FRAME_MAGIC + 1, flags: FLAG_WANT_WRITE_ACK }, payload),
       kind: 'protocolErrors',
       reason: /magic/i,
       watch: [{ offsetBytes: 31 * MiB, lengthBytes: payload.length }],
@@ -870,7 +858,7 @@ describeIntegration('data link frames: a write the target\'s disk refuses', ['ro
         if (!session.reader.closed) throw e;
       }
     }
-    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'));
+    await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'), 5000);
     expect(events.map((e) => e.type)).toEqual(['link-lost']);
     expect(events[0].detail).toMatch(/write to the target's disk failed: No space left on device/);
 

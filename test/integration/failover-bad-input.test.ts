@@ -14,58 +14,16 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { makeTempSubdir, mountPoints } from '../harness/cleanup';
-import { makeResource, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
+import { makeResource, NraidStatus, TestResource } from '../harness/cluster';
 import { BLOCK_BYTES, readDirect } from '../harness/direct-io';
 import { execOk, execTool, toolEnv } from '../harness/exec';
 import { describeIntegration } from '../harness/prereq';
+import { bringUpPair, connectedUpToDate, expectRefused, FAST_FAILOVER_CONFIG, pathExists } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
-const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 1000 };
 
-/** The one "error: <message> (<code>)" line of a failed CLI run. */
-function cliError(r: NraidResult): { message: string; code: string } {
-  const m = /^error: ([^\n]*) \((NRAID_ERR_[A-Z_]+)\)\n$/.exec(r.stderr);
-  if (r.code !== 1 || m === null) {
-    throw new Error(
-      `expected exit code 1 and one "error: <message> (<code>)" line on stderr; got exit ${r.code}, ` +
-        `stderr ${JSON.stringify(r.stderr)}, stdout ${JSON.stringify(r.stdout)}`,
-    );
-  }
-  return { message: m[1], code: m[2] };
-}
-
-/** Asserts the refusal's code and that its message matches every one of `mentions`. */
-function expectRefused(r: NraidResult, code: string, mentions: readonly (string | RegExp)[]): string {
-  const e = cliError(r);
-  expect({ code: e.code, message: e.message }).toEqual({ code, message: e.message });
-  for (const m of mentions) {
-    if (typeof m === 'string') expect(e.message).toContain(m);
-    else expect(e.message).toMatch(m);
-  }
-  return e.message;
-}
-
-function exists(p: string): boolean {
-  try {
-    fs.lstatSync(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const established = (s: NraidStatus): boolean =>
-  s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate' && s.outOfSyncBytes === 0;
-
-/** create-md and up on both nodes, alpha promoted with --force, waits for the initial sync to end. */
-async function bringUpPair(r: TestResource): Promise<void> {
-  for (const n of ['alpha', 'beta'] as const) await r.runOk(n, 'create-md');
-  for (const n of ['alpha', 'beta'] as const) await r.runOk(n, 'up');
-  await r.waitFor('alpha', (s) => s.connection === 'Connected', 15_000);
-  await r.runOk('alpha', 'primary', ['--force']);
-  await r.waitFor('alpha', established, 60_000);
-  await r.waitFor('beta', established, 15_000);
-}
+/** Replicating with nothing out of sync (lag aside). */
+const established = (s: NraidStatus): boolean => connectedUpToDate(s) && s.outOfSyncBytes === 0;
 
 /**
  * `connect` on beta, then on alpha too: alpha (its name sorts first) is the
@@ -125,7 +83,7 @@ describeIntegration('failover: refusals and no-peer policies', ['root', 'fuse', 
     let mnt: string;
 
     beforeAll(async () => {
-      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, extra: FAST });
+      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, extra: FAST_FAILOVER_CONFIG });
       mnt = makeTempSubdir('mnt');
     }, 60_000);
 
@@ -145,7 +103,7 @@ describeIntegration('failover: refusals and no-peer policies', ['root', 'fuse', 
         const after = await r.status(n);
         expect(after).toMatchObject({ role: 'Secondary', disk: 'Inconsistent', exposed: false, connection: 'Connected' });
         expect(after.uuids).toEqual(before.uuids);
-        expect(exists(r.nodes[n].device)).toBe(false);
+        expect(pathExists(r.nodes[n].device)).toBe(false);
       }
       // --force is the way out the message names: it works, and the pair syncs.
       await r.runOk('alpha', 'primary', ['--force']);
@@ -212,7 +170,7 @@ describeIntegration('failover: refusals and no-peer policies', ['root', 'fuse', 
     let r: TestResource;
 
     beforeAll(async () => {
-      r = await makeResource({ nodes: 2, sizeBytes: 1024 * MiB, extra: FAST });
+      r = await makeResource({ nodes: 2, sizeBytes: 1024 * MiB, extra: FAST_FAILOVER_CONFIG });
     }, 60_000);
 
     afterAll(async () => {
@@ -237,7 +195,7 @@ describeIntegration('failover: refusals and no-peer policies', ['root', 'fuse', 
       expectRefused(onTarget, 'NRAID_ERR_STATE', [/SyncTarget|Inconsistent/]);
       expect(stillSyncing).toMatchObject({ role: 'Primary', exposed: true, peerRole: 'Secondary' });
       expect(await r.status('beta')).toMatchObject({ role: 'Secondary', exposed: false, disk: 'Inconsistent' });
-      expect(exists(r.nodes.beta.device)).toBe(false);
+      expect(pathExists(r.nodes.beta.device)).toBe(false);
     }, 120_000);
   });
 
@@ -246,8 +204,8 @@ describeIntegration('failover: refusals and no-peer policies', ['root', 'fuse', 
     let dd: ChildProcess | undefined;
 
     beforeAll(async () => {
-      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, extra: { ...FAST, 'on-no-peer': 'suspend-io' } });
-      await bringUpPair(r);
+      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, extra: { ...FAST_FAILOVER_CONFIG, 'on-no-peer': 'suspend-io' } });
+      await bringUpPair(r, established);
     }, 120_000);
 
     afterAll(async () => {
@@ -310,8 +268,8 @@ describeIntegration('failover: refusals and no-peer policies', ['root', 'fuse', 
         { mode: 0o755 },
       );
       fs.writeFileSync(exitCodeFile(), '0\n');
-      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, extra: { ...FAST, hooks: { 'fence-peer': script } } });
-      await bringUpPair(r);
+      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, extra: { ...FAST_FAILOVER_CONFIG, hooks: { 'fence-peer': script } } });
+      await bringUpPair(r, established);
     }, 120_000);
 
     afterAll(async () => {

@@ -18,14 +18,14 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { loopDevices, mountPoints } from '../harness/cleanup';
-import { makeResource, NodeName, NraidStatus, TestResource } from '../harness/cluster';
+import { makeResource, NodeName, TestResource } from '../harness/cluster';
 import { compareRanges, readDirect, writeDirect } from '../harness/direct-io';
 import { describeIntegration } from '../harness/prereq';
+import { bringUpPair, connectedUpToDate, daemonLogSince, daemonLogSize, FAST_FAILOVER_CONFIG, otherNode, processAlive, settled, sleep, withDaemonLogs } from '../harness/helpers';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const BLOCK = 4096;
-const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 1000 };
 
 /** The writer's slots: 256 blocks 32 KiB apart in an 8 MiB region that straddles three 4 MiB activity extents. */
 const SLOTS = 256;
@@ -38,10 +38,7 @@ const WORKERS = 4;
 const PROMOTE_MAX_MS = 1000;
 
 const MAGIC = Buffer.from('NRFOBLK1');
-const other = (n: NodeName): NodeName => (n === 'alpha' ? 'beta' : 'alpha');
 const slotOffset = (slot: number): number => REGION_OFFSET + slot * STRIDE;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
 /** The block for (offset, generation): magic, offset, generation, then words derived from both. */
 function makeBlock(offset: number, gen: number): Buffer {
   const b = Buffer.alloc(BLOCK);
@@ -158,77 +155,6 @@ class GenerationWriter {
   }
 }
 
-const settled = (s: NraidStatus): boolean =>
-  s.connection === 'Connected' &&
-  s.replication === 'Established' &&
-  s.disk === 'UpToDate' &&
-  s.peerDisk === 'UpToDate' &&
-  s.outOfSyncBytes === 0 &&
-  s.lagBytes === 0;
-
-/** Both sides connected and Established with UpToDate disks (out-of-sync bytes aside: checked on their own). */
-const connectedUpToDate = (s: NraidStatus): boolean =>
-  s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';
-
-function logLines(r: TestResource, node: NodeName, fromByte: number): Record<string, unknown>[] {
-  const file = path.join(r.nodes[node].runDir, 'daemon.log');
-  return fs
-    .readFileSync(file)
-    .subarray(fromByte)
-    .toString('utf8')
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
-/** Runs `fn`; a failure carries the last daemon log lines of both nodes written meanwhile. */
-async function withDaemonLogs<T>(r: TestResource, fn: () => Promise<T>): Promise<T> {
-  const from = { alpha: logSize(r, 'alpha'), beta: logSize(r, 'beta') };
-  try {
-    return await fn();
-  } catch (e) {
-    const tail = (['alpha', 'beta'] as const)
-      .map((n) => {
-        const lines = logLines(r, n, from[n])
-          .filter((l) => l.level !== 'debug')
-          .map((l) => {
-            const { time, level, message, resource: _r, node: _n, ...rest } = l;
-            return `${time} ${level} ${message} ${JSON.stringify(rest)}`;
-          });
-        return `--- ${n} daemon log meanwhile (last 40 lines):\n${lines.slice(-40).join('\n')}`;
-      })
-      .join('\n');
-    if (e instanceof Error) e.message += `\n${tail}`;
-    throw e;
-  }
-}
-
-function logSize(r: TestResource, node: NodeName): number {
-  try {
-    return fs.statSync(path.join(r.nodes[node].runDir, 'daemon.log')).size;
-  } catch {
-    return 0;
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^\d+ \(.*\) [ZX]/.test(stat);
-  } catch {
-    return false;
-  }
-}
-
-async function bringUpPair(r: TestResource): Promise<void> {
-  for (const n of ['alpha', 'beta'] as const) await r.runOk(n, 'create-md');
-  await Promise.all((['alpha', 'beta'] as const).map((n) => r.runOk(n, 'up')));
-  await r.waitFor('alpha', (s) => s.connection === 'Connected', 15_000);
-  await r.runOk('alpha', 'primary', ['--force']);
-  await r.waitFor('alpha', settled, 60_000);
-  await r.waitFor('beta', settled, 15_000);
-}
-
 /** alpha must be Primary, beta Secondary; returns both daemons' pids. */
 async function daemonPids(r: TestResource): Promise<Record<NodeName, number>> {
   const [a, b] = await Promise.all([r.status('alpha'), r.status('beta')]);
@@ -267,7 +193,7 @@ async function crashIteration(
 ): Promise<NodeName> {
   const t0 = Date.now();
   const victim = primary;
-  const survivor = other(primary);
+  const survivor = otherNode(primary);
   const ctx = `${protocol} iteration ${iteration} (kill ${victim})`;
   const pid = pids[victim];
   expect({ ctx, alive: processAlive(pid) }).toEqual({ ctx, alive: true });
@@ -317,7 +243,7 @@ async function crashIteration(
   }
 
   // The killed node comes back: stale device cleaned up, sync target, a small resync.
-  const logFrom = { alpha: logSize(r, 'alpha'), beta: logSize(r, 'beta') };
+  const logFrom = { alpha: daemonLogSize(r, 'alpha'), beta: daemonLogSize(r, 'beta') };
   await r.runOk(victim, 'up');
   const [sv, vs] = await Promise.all([r.waitFor(survivor, connectedUpToDate, 30_000), r.waitFor(victim, connectedUpToDate, 30_000)]);
   expect({ ctx, role: sv.role, peerRole: sv.peerRole }).toEqual({ ctx, role: 'Primary', peerRole: 'Secondary' });
@@ -329,9 +255,9 @@ async function crashIteration(
     mounted: false,
     link: false,
   });
-  const victimLog = logLines(r, victim, logFrom[victim]);
+  const victimLog = daemonLogSince(r, victim, logFrom[victim]);
   expect({ ctx, crashRecovery: victimLog.some((l) => String(l.message).includes('crashed primary')) }).toEqual({ ctx, crashRecovery: true });
-  const started = logLines(r, survivor, logFrom[survivor]).filter((l) => l.message === 'resync started');
+  const started = daemonLogSince(r, survivor, logFrom[survivor]).filter((l) => l.message === 'resync started');
   const resyncBytes = started.reduce((n, l) => n + Number(l.bytes), 0);
   if (resyncBytes > 0) expect({ ctx, asTarget: victimLog.some((l) => l.message === 'resync started as target') }).toEqual({ ctx, asTarget: true });
   // Only the extents the activity log named (and what the new Primary wrote: nothing here), never the device.
@@ -388,7 +314,7 @@ describeIntegration('failover: kill -9 of the Primary', ['root', 'fuse', 'loop',
     const reports: IterationReport[] = [];
 
     beforeAll(async () => {
-      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, protocol: 'C', extra: FAST });
+      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, protocol: 'C', extra: FAST_FAILOVER_CONFIG });
       await bringUpPair(r);
     }, 120_000);
 
@@ -424,7 +350,7 @@ describeIntegration('failover: kill -9 of the Primary', ['root', 'fuse', 'loop',
     const reports: IterationReport[] = [];
 
     beforeAll(async () => {
-      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, protocol: 'A', extra: FAST });
+      r = await makeResource({ nodes: 2, sizeBytes: 128 * MiB, protocol: 'A', extra: FAST_FAILOVER_CONFIG });
       await bringUpPair(r);
     }, 120_000);
 

@@ -11,29 +11,18 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { makeTempSubdir, mountPoints } from '../harness/cleanup';
-import { makeResource, NodeName, NraidStatus, TestResource } from '../harness/cluster';
+import { makeResource, NodeName, TestResource } from '../harness/cluster';
 import { compareRanges, RandomWriter } from '../harness/direct-io';
 import { execOk, execTool } from '../harness/exec';
 import { describeIntegration } from '../harness/prereq';
+import { bringUpPair, FAST_FAILOVER_CONFIG, fsckClean, otherNode, settled } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
-const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 1000 };
 const SWITCHOVER_MAX_MS = 3000;
 
 function sha256(data: Buffer): string {
   return crypto.createHash('sha256').update(data).digest('hex');
 }
-
-const other = (n: NodeName): NodeName => (n === 'alpha' ? 'beta' : 'alpha');
-
-const settled = (s: NraidStatus): boolean =>
-  s.connection === 'Connected' &&
-  s.replication === 'Established' &&
-  s.disk === 'UpToDate' &&
-  s.peerDisk === 'UpToDate' &&
-  s.outOfSyncBytes === 0 &&
-  s.lagBytes === 0 &&
-  s.writesInFlight === 0;
 
 /** Waits until both nodes are Established with nothing in flight, then compares their backing disks' data areas. */
 async function expectDisksIdentical(r: TestResource): Promise<void> {
@@ -56,22 +45,13 @@ async function switchover(r: TestResource, on: NodeName, newPrimary: NodeName): 
   if (res.code !== 0) throw new Error(`switchover on ${on} exited ${res.code}: ${res.stderr}`);
   // Already true when the command returns: a script may mount right away.
   const p = await r.status(newPrimary);
-  const s = await r.status(other(newPrimary));
+  const s = await r.status(otherNode(newPrimary));
   expect({ node: newPrimary, role: p.role, exposed: p.exposed }).toEqual({ node: newPrimary, role: 'Primary', exposed: true });
-  expect({ node: other(newPrimary), role: s.role, exposed: s.exposed }).toEqual({ node: other(newPrimary), role: 'Secondary', exposed: false });
+  expect({ node: otherNode(newPrimary), role: s.role, exposed: s.exposed }).toEqual({ node: otherNode(newPrimary), role: 'Secondary', exposed: false });
   expect(fs.readlinkSync(r.nodes[newPrimary].device)).toBe(p.loopDevice);
-  expect(fs.existsSync(r.nodes[other(newPrimary)].device)).toBe(false);
+  expect(fs.existsSync(r.nodes[otherNode(newPrimary)].device)).toBe(false);
   expect(ms).toBeLessThanOrEqual(SWITCHOVER_MAX_MS);
   return ms;
-}
-
-async function bringUpPair(r: TestResource): Promise<void> {
-  for (const n of ['alpha', 'beta'] as const) await r.runOk(n, 'create-md');
-  for (const n of ['alpha', 'beta'] as const) await r.runOk(n, 'up');
-  await r.waitFor('alpha', (s) => s.connection === 'Connected', 15_000);
-  await r.runOk('alpha', 'primary', ['--force']);
-  await r.waitFor('alpha', settled, 60_000);
-  await r.waitFor('beta', settled, 15_000);
 }
 
 /** Every regular file under `root` (lost+found aside) with its sha256. */
@@ -110,19 +90,13 @@ function writeFiles(root: string, tag: string, into: Map<string, string>): void 
 
 const sorted = (m: Map<string, string>) => Object.fromEntries([...m].sort());
 
-async function fsckClean(device: string): Promise<void> {
-  await execOk('blockdev', ['--flushbufs', device]);
-  const fsck = await execTool('e2fsck', ['-fn', device]);
-  if (fsck.code !== 0) throw new Error(`e2fsck -fn ${device} exited ${fsck.code}:\n${fsck.stdout.toString()}${fsck.stderr.toString()}`);
-}
-
 describeIntegration('failover: switchover', ['root', 'fuse', 'loop', 'dd', 'mkfs.ext4', 'e2fsck', 'nraid-cli'], () => {
   let r: TestResource;
   let mnt: string;
   const timings: number[] = [];
 
   beforeAll(async () => {
-    r = await makeResource({ nodes: 2, sizeBytes: 160 * MiB, extra: FAST });
+    r = await makeResource({ nodes: 2, sizeBytes: 160 * MiB, extra: FAST_FAILOVER_CONFIG });
     mnt = makeTempSubdir('mnt');
     await bringUpPair(r);
   }, 120_000);

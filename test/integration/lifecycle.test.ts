@@ -11,24 +11,16 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { harnessTempDir, loopBackingFile, loopDevices, makeTempSubdir, mountPoints } from '../harness/cleanup';
-import { makeResource, NRAID_BIN, NraidResult, TestResource } from '../harness/cluster';
+import { makeResource, NRAID_BIN, TestResource } from '../harness/cluster';
 import { BLOCK_BYTES, readDirect, writeDirect } from '../harness/direct-io';
 import { execOk, execTool, toolEnv } from '../harness/exec';
 import { describeIntegration, REPO_ROOT } from '../harness/prereq';
+import { cliError, processAlive } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 
 function volumeOf(r: TestResource): string {
   return path.join(r.nodes.alpha.runDir, 'volume');
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function lstatOrNull(p: string): fs.Stats | null {
@@ -49,18 +41,6 @@ function loopsOn(file: string): string[] {
   return loopDevices()
     .filter((l) => l.backingFile === file)
     .map((l) => l.device);
-}
-
-/** The one "error: <message> (<code>)" line of a failed CLI run. */
-function cliError(r: NraidResult): { message: string; code: string } {
-  const m = /^error: ([^\n]*) \((NRAID_ERR_[A-Z_]+)\)\n$/.exec(r.stderr);
-  if (r.code !== 1 || m === null) {
-    throw new Error(
-      `expected exit code 1 and one "error: <message> (<code>)" line on stderr; got exit ${r.code}, ` +
-        `stderr ${JSON.stringify(r.stderr)}, stdout ${JSON.stringify(r.stdout)}`,
-    );
-  }
-  return { message: m[1], code: m[2] };
 }
 
 /** Everything `down` must have removed, as a list of what is left (empty when clean). */

@@ -19,14 +19,12 @@ import { execOk, execSyncQuiet, execTool, toolEnv } from '../harness/exec';
 import { makeLoopDisk } from '../harness/loop';
 import { describeIntegration, REPO_ROOT } from '../harness/prereq';
 import { parseArgs, usage } from '../../src/cli/args';
+import { FAST_FAILOVER_CONFIG, fsckClean, processAlive, sleep } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const DISK_BYTES = 40 * MiB;
-const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 1000 };
 const GUIDE = path.join(REPO_ROOT, 'docs', 'operations.md');
 const NEEDS = ['root', 'loop', 'fuse', 'dd', 'mkfs.ext4', 'e2fsck', 'nraid-cli'] as const;
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- the guide's commands ---------------------------------------------------
 
@@ -117,7 +115,7 @@ function rewriteConfig(r: TestResource, extra: Record<string, unknown>, file = r
 
 /** Two nodes up and connected, alpha Primary with its first full sync done. */
 async function healthyPair(extra: Record<string, unknown> = {}, before?: (r: TestResource) => void): Promise<TestResource> {
-  const r = await makeResource({ nodes: 2, sizeBytes: DISK_BYTES, extra: { ...FAST, ...extra } });
+  const r = await makeResource({ nodes: 2, sizeBytes: DISK_BYTES, extra: { ...FAST_FAILOVER_CONFIG, ...extra } });
   before?.(r);
   for (const n of ['alpha', 'beta'] as const) await runOk(r, n, 'create-md');
   for (const n of ['alpha', 'beta'] as const) await runOk(r, n, 'up');
@@ -182,31 +180,13 @@ async function mkfs(device: string): Promise<void> {
   await execOk('mkfs.ext4', ['-q', '-F', device]);
 }
 
-async function fsckClean(device: string): Promise<void> {
-  const res = await execTool('e2fsck', ['-f', '-n', device]);
-  if (res.code !== 0) throw new Error(`e2fsck -f -n ${device} exited ${res.code}: ${res.stdout.toString()}${res.stderr.toString()}`);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return false;
-  }
-}
-
 /** kill -9 of the daemon `nraid up` started for `node` (its pid from status): the server dies. */
 async function killDaemon(r: TestResource, node: NodeName): Promise<void> {
   const pid = (await r.status(node)).pid as number;
-  expect(alive(pid)).toBe(true);
+  expect(processAlive(pid)).toBe(true);
   process.kill(pid, 'SIGKILL');
-  for (let i = 0; i < 200 && alive(pid); i++) await sleep(25);
-  expect(alive(pid)).toBe(false);
+  for (let i = 0; i < 200 && processAlive(pid); i++) await sleep(25);
+  expect(processAlive(pid)).toBe(false);
 }
 
 /** `nraid events` (or `status --watch`) running in the background, its output lines collected. */
@@ -331,7 +311,7 @@ describeIntegration('operations guide workflows', NEEDS, () => {
     let metricsPort: number;
 
     beforeAll(async () => {
-      r = await makeResource({ nodes: 2, sizeBytes: DISK_BYTES, extra: FAST });
+      r = await makeResource({ nodes: 2, sizeBytes: DISK_BYTES, extra: FAST_FAILOVER_CONFIG });
       // metrics-port is one key for both nodes, which share 127.0.0.1 here: only alpha gets it.
       [metricsPort] = await freePorts(1);
       metricsConfig = path.join(r.dir, 'alpha-metrics.toml');
@@ -764,7 +744,7 @@ describeIntegration('operations guide workflows', NEEDS, () => {
       loop = (await execOk('losetup', ['-f', '--show', file])).toString().trim();
 
       const [metricsPort] = await freePorts(1);
-      r = await makeResource({ nodes: 1, sizeBytes: DISK_BYTES, extra: { ...FAST, 'metrics-port': metricsPort } });
+      r = await makeResource({ nodes: 1, sizeBytes: DISK_BYTES, extra: { ...FAST_FAILOVER_CONFIG, 'metrics-port': metricsPort } });
       rewriteConfig(r, { nodes: { alpha: { disk: loop } } });
       await runOk(r, 'alpha', 'create-md');
       await runOk(r, 'alpha', 'up');

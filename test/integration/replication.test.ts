@@ -27,6 +27,7 @@ import { FaultProxy } from '../harness/fault-proxy';
 import { LoopDisk, makeLoopDisk } from '../harness/loop';
 import { describeIntegration } from '../harness/prereq';
 import { execOk } from '../harness/exec';
+import { connectedUpToDate, num, quiesce, sleep, waitEstablished } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const NODES: NodeName[] = ['alpha', 'beta'];
@@ -49,18 +50,6 @@ function threadNames(pid: number): Map<string, number> {
 
 // ---- local helpers -------------------------------------------------------------------
 
-function num(s: NraidStatus, key: string): number {
-  const v = s[key];
-  if (typeof v !== 'number' || !Number.isFinite(v)) {
-    throw new Error(`status of ${s.node}: expected ${key} to be a number, found ${JSON.stringify(v)}`);
-  }
-  return v;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 /** Writes a config file next to the resource's: its config object with `patch` merged in. */
 function writeConfig(r: TestResource, fileName: string, patch: Record<string, unknown>): string {
   const config = mergeConfig(JSON.parse(JSON.stringify(r.config)) as Record<string, unknown>, patch);
@@ -74,20 +63,6 @@ async function runWith(r: TestResource, configPath: string, node: NodeName, comm
   const res = await r.nraid([command, r.name, '-c', configPath, '-n', node, ...flags]);
   if (res.code !== 0) throw new Error(`nraid ${command} -c ${configPath} -n ${node} exited ${res.code}: ${res.stderr.trim() || res.stdout.trim()}`);
   return res.stdout;
-}
-
-function established(s: NraidStatus): boolean {
-  return s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';
-}
-
-async function waitEstablished(r: TestResource, timeoutMs = 60_000): Promise<void> {
-  await r.waitFor('alpha', (s) => established(s) && s.outOfSyncBytes === 0, timeoutMs);
-  await r.waitFor('beta', (s) => established(s), timeoutMs);
-}
-
-/** Everything the Primary sent is on the peer's disk: nothing queued, in flight or unacknowledged. */
-async function quiesce(r: TestResource): Promise<NraidStatus> {
-  return r.waitFor('alpha', (s) => s.lagBytes === 0 && s.writesInFlight === 0 && s.requestsInFlight === 0, 30_000);
 }
 
 /** sha256 of both backing disks' data areas [0, dataSizeBytes), read with O_DIRECT. */
@@ -208,7 +183,7 @@ describeIntegration('replication between two daemons', ['root', 'fuse', 'loop', 
               checksumErrors: 0,
               protocolErrors: 0,
             });
-            expect(established(s1)).toBe(true);
+            expect(connectedUpToDate(s1)).toBe(true);
           }
           expect(num(a1, 'outOfSyncBytes')).toBe(0);
 

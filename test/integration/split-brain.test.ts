@@ -18,31 +18,16 @@ import * as crypto from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { makeTempSubdir } from '../harness/cleanup';
-import { makeResource, NodeName, NRAID_BIN, NraidStatus, TestResource } from '../harness/cluster';
+import { makeResource, NodeName, NRAID_BIN, TestResource } from '../harness/cluster';
 import { compareRanges, readDirect, writeDirect } from '../harness/direct-io';
 import { toolEnv } from '../harness/exec';
 import { describeIntegration, REPO_ROOT } from '../harness/prereq';
+import { bringUpPair, connectedUpToDate, daemonLogSince, daemonLogSize, FAST_FAILOVER_CONFIG, num, otherNode, settled, sleep, withDaemonLogs } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const KiB = 1024;
-const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 1000 };
 const ROUNDS = 10;
 const WINDOW = 4 * MiB;
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const other = (n: NodeName): NodeName => (n === 'alpha' ? 'beta' : 'alpha');
-
-const settled = (s: NraidStatus): boolean =>
-  s.connection === 'Connected' &&
-  s.replication === 'Established' &&
-  s.disk === 'UpToDate' &&
-  s.peerDisk === 'UpToDate' &&
-  s.outOfSyncBytes === 0 &&
-  s.lagBytes === 0;
-
-/** Connected and Established with UpToDate disks; out-of-sync bytes are checked on their own. */
-const connectedUpToDate = (s: NraidStatus): boolean =>
-  s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';
 
 /**
  * After a resolution: nothing left out of sync on the survivor and both
@@ -104,44 +89,6 @@ class EventTap {
   }
 }
 
-/** The daemon log's JSON lines written since `fromByte`. */
-function logSince(r: TestResource, node: NodeName, fromByte: number): Record<string, unknown>[] {
-  const text = fs.readFileSync(path.join(r.nodes[node].runDir, 'daemon.log')).subarray(fromByte).toString('utf8');
-  return text
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
-/** Runs `fn`; a failure carries both daemons' log lines written meanwhile (their own account of it). */
-async function withDaemonLogs<T>(r: TestResource, fn: () => Promise<T>): Promise<T> {
-  const from = { alpha: logSize(r, 'alpha'), beta: logSize(r, 'beta') };
-  try {
-    return await fn();
-  } catch (e) {
-    const quiet = /^(debug)$/;
-    const tail = (['alpha', 'beta'] as const)
-      .map(
-        (n) =>
-          `--- ${n} daemon log meanwhile:\n` +
-          logSince(r, n, from[n])
-            .filter((l) => !quiet.test(String(l.level)))
-            .map((l) => {
-              const { time, level, message, resource: _r, node: _n, ...rest } = l;
-              return `${time} ${level} ${message} ${JSON.stringify(rest)}`;
-            })
-            .join('\n'),
-      )
-      .join('\n');
-    if (e instanceof Error) e.message += `\n${tail}`;
-    throw e;
-  }
-}
-
-function logSize(r: TestResource, node: NodeName): number {
-  return fs.statSync(path.join(r.nodes[node].runDir, 'daemon.log')).size;
-}
-
 /** Distinct, recognisable content for (round, writer, region). */
 function content(round: number, who: string, region: string, bytes: number): Buffer {
   const seed = crypto.createHash('sha256').update(`${round}:${who}:${region}`).digest();
@@ -172,13 +119,8 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
     const script = path.join(hookDir, 'split-brain.sh');
     // One file per run, named after the node: the environment the daemon gave the hook.
     fs.writeFileSync(script, `#!/bin/sh\nf=${hookDir}/run-$NRAID_NODE-$$\nenv > $f.tmp\nmv $f.tmp $f.env\nexit 0\n`, { mode: 0o755 });
-    r = await makeResource({ nodes: 2, sizeBytes: 64 * MiB, extra: { ...FAST, hooks: { 'split-brain': script } } });
-    for (const n of ['alpha', 'beta'] as const) await r.runOk(n, 'create-md');
-    for (const n of ['alpha', 'beta'] as const) await r.runOk(n, 'up');
-    await r.waitFor('alpha', (s) => s.connection === 'Connected', 15_000);
-    await r.runOk('alpha', 'primary', ['--force']);
-    await r.waitFor('alpha', settled, 60_000);
-    await r.waitFor('beta', settled, 15_000);
+    r = await makeResource({ nodes: 2, sizeBytes: 64 * MiB, extra: { ...FAST_FAILOVER_CONFIG, hooks: { 'split-brain': script } } });
+    await bringUpPair(r);
     for (const n of ['alpha', 'beta'] as const) taps[n] = new EventTap(r, n);
     // The tap is subscribed once it has the `exists` line.
     for (const n of ['alpha', 'beta'] as const) await taps[n].waitFor('exists', () => taps[n].ofType('exists').length === 1, 10_000);
@@ -207,10 +149,10 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
 
   async function playRound(round: number, primary: NodeName, dataSize: number): Promise<NodeName> {
     const old = primary;
-    const promoted = other(old);
+    const promoted = otherNode(old);
     // Alternate: the newly promoted node is the victim in even rounds, the old Primary in odd ones.
     const victim = round % 2 === 0 ? promoted : old;
-    const survivor = other(victim);
+    const survivor = otherNode(victim);
     const base = round * WINDOW;
     const own = { [old]: base, [promoted]: base + MiB } as Record<NodeName, number>;
     const overlap = base + 2 * MiB;
@@ -249,7 +191,7 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
       expect({ ctx, n, role: s.role, syncDecision: s.syncDecision }).toEqual({ ctx, n, role: 'Primary', syncDecision: 'split-brain' });
       await taps[n].waitFor(`${ctx}: split-brain event on ${n}`, () => taps[n].ofType('split-brain').length > eventsBefore[n], 5_000);
       const ev = taps[n].ofType('split-brain').at(-1)!;
-      expect(ev).toMatchObject({ type: 'split-brain', resource: r.name, node: n, peer: other(n) });
+      expect(ev).toMatchObject({ type: 'split-brain', resource: r.name, node: n, peer: otherNode(n) });
       expect(taps[n].ofType('split-brain').length).toBe(eventsBefore[n] + 1);
     };
     await Promise.all([detectedOn('alpha'), detectedOn('beta')]);
@@ -264,12 +206,12 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
       const dev = r.nodes[n].device;
       await expectBytes(dev, own[n], written[n].own, `${ctx}: ${n}'s own region before the choice`);
       await expectBytes(dev, overlap, written[n].overlap, `${ctx}: ${n}'s overlap region before the choice`);
-      const o = other(n);
+      const o = otherNode(n);
       await expectBytes(dev, own[o], baseline.subarray(own[o] - base, own[o] - base + regionBytes), `${ctx}: ${n} sees none of ${o}'s writes`);
     }
 
     // The operator chooses: the victim gives up its changes.
-    const logFrom = { alpha: logSize(r, 'alpha'), beta: logSize(r, 'beta') };
+    const logFrom = { alpha: daemonLogSize(r, 'alpha'), beta: daemonLogSize(r, 'beta') };
     await r.runOk(victim, 'secondary');
     await r.runOk(victim, 'connect', ['--discard-my-data']);
     await r.runOk(survivor, 'connect');
@@ -291,7 +233,7 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
     await expectBytes(dev, own[victim], baseline.subarray(own[victim] - base, own[victim] - base + regionBytes), `${ctx}: the victim's region is back to the survivor's`);
     await expectBytes(r.nodes[victim].diskPath, overlap, written[survivor].overlap, `${ctx}: the victim's disk holds the survivor's overlap`);
     // A bitmap resync: what either side wrote since the split, not the device.
-    const started = logSince(r, survivor, logFrom[survivor]).filter((l) => l.message === 'resync started');
+    const started = daemonLogSince(r, survivor, logFrom[survivor]).filter((l) => l.message === 'resync started');
     expect({ ctx, resyncs: started.length }).toEqual({ ctx, resyncs: 1 });
     const bytes = Number(started[0].bytes);
     resyncBytes.push(bytes);
@@ -312,7 +254,7 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
       expect(h.env).toMatch(/^NRAID_EVENT=split-brain$/m);
       expect(h.env).toMatch(new RegExp(`^NRAID_RESOURCE=${r.name}$`, 'm'));
       expect(h.env).toMatch(new RegExp(`^NRAID_NODE=${h.node}$`, 'm'));
-      expect(h.env).toMatch(new RegExp(`^NRAID_PEER=${other(h.node as NodeName)}$`, 'm'));
+      expect(h.env).toMatch(new RegExp(`^NRAID_PEER=${otherNode(h.node as NodeName)}$`, 'm'));
     }
   });
 
@@ -333,13 +275,9 @@ describeIntegration('failover: split brain', ['root', 'fuse', 'loop', 'dd', 'nra
     const detections: { ctx: string; alpha: string; beta: string }[] = [];
 
     beforeAll(async () => {
-      q = await makeResource({ nodes: 2, sizeBytes: 64 * MiB, extra: FAST });
-      for (const n of ['alpha', 'beta'] as const) await q.runOk(n, 'create-md');
-      for (const n of ['alpha', 'beta'] as const) await q.runOk(n, 'up');
-      await q.waitFor('alpha', (s) => s.connection === 'Connected', 15_000);
-      await q.runOk('alpha', 'primary', ['--force']);
-      dataSize = (await q.waitFor('alpha', settled, 60_000)).dataSizeBytes as number;
-      await q.waitFor('beta', settled, 15_000);
+      q = await makeResource({ nodes: 2, sizeBytes: 64 * MiB, extra: FAST_FAILOVER_CONFIG });
+      await bringUpPair(q);
+      dataSize = num(await q.status('alpha'), 'dataSizeBytes');
     }, 120_000);
 
     afterAll(async () => {

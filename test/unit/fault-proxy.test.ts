@@ -6,6 +6,7 @@
 import * as crypto from 'crypto';
 import * as net from 'net';
 import { FaultProxy } from '../harness/fault-proxy';
+import { sleep } from '../harness/helpers';
 
 interface Target {
   port: number;
@@ -96,7 +97,6 @@ async function until(what: string, cond: () => boolean, timeoutMs = 5000): Promi
   }
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const total = (bufs: Buffer[]) => bufs.reduce((n, b) => n + b.length, 0);
 
 /** Offsets at which two equal-length buffers differ. */

@@ -229,7 +229,7 @@ describe('computeLayout', () => {
   });
 
   test.each([0, 512, 3 * 4096, 2 * MiB, 4096.5])('granularity %d is refused', (granularity) => {
-    expect(() => computeLayout(GiB, granularity)).toThrow(RangeError);
+    expect(() => computeLayout(GiB, granularity)).toThrow(MetadataError);
   });
 
   test('formatBytes', () => {

@@ -2,6 +2,7 @@
  * The only file that loads the addon (after TigerBeetle's Node client): one
  * typed Binding, crossed per control action or per batch, never per block.
  */
+import { PrerequisiteError } from './errors';
 import path from 'node:path';
 
 /** Counters the data plane keeps; read in one call, never per I/O. */
@@ -246,7 +247,7 @@ function load(): Binding {
       if ((error as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw error;
     }
   }
-  throw new Error(`the nraid addon is not built (looked for ${candidates.join(', ')}); run npm ci`);
+  throw new PrerequisiteError(`the nraid addon is not built (looked for ${candidates.join(', ')}); run npm ci`);
 }
 
 export const binding: Binding = load();

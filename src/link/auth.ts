@@ -14,6 +14,7 @@
  * Nonces have a fixed size and the name comes last, so the concatenation is
  * unambiguous. Comparison is constant-time (crypto.timingSafeEqual).
  */
+import { InternalError } from '../errors';
 import { createHmac, randomBytes, timingSafeEqual } from 'crypto';
 import { controlHmacBytes, controlNonceBytes, dataTokenBytes } from '../limits';
 
@@ -30,7 +31,7 @@ export function newDataToken(): Buffer {
 /** The HMAC a node named `senderName` sends, having received `receiverNonce`. */
 export function authHmac(secret: Buffer, receiverNonce: Buffer, senderNonce: Buffer, senderName: string): Buffer {
   if (receiverNonce.length !== controlNonceBytes || senderNonce.length !== controlNonceBytes) {
-    throw new Error(`auth nonces must be ${controlNonceBytes} bytes`);
+    throw new InternalError(`auth nonces must be ${controlNonceBytes} bytes`);
   }
   return createHmac('sha256', secret)
     .update(AUTH_LABEL)

@@ -85,7 +85,7 @@
  */
 import { EventEmitter } from 'events';
 import * as net from 'net';
-import { ConfigError, NraidError, PeerError, StateError } from '../errors';
+import { ConfigError, InternalError, NraidError, PeerError, StateError, TimeoutError } from '../errors';
 import { controlHandshakesPendingMax, controlRequestTimeoutMsDefault } from '../limits';
 import {
   CONTROL_PREAMBLE,
@@ -255,7 +255,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     kind: K,
     handler: (body: ControlRequests[K]['request']) => ControlRequests[K]['response'] | Promise<ControlRequests[K]['response']>,
   ): () => void {
-    if (this.handlers.has(kind)) throw new Error(`a handler for request kind '${kind}' is already registered`);
+    if (this.handlers.has(kind)) throw new InternalError(`a handler for request kind '${kind}' is already registered`);
     this.handlers.set(kind, handler as RequestHandler);
     return () => {
       if (this.handlers.get(kind) === handler) this.handlers.delete(kind);
@@ -278,7 +278,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   cut(reason: string): void {
     this.log('warn', `cutting the links to ${this.options.peer.name}: ${reason}`, {});
     // With an error, so a dial in progress fails like any other and is retried per policy.
-    for (const socket of [...this.rawSockets]) socket.destroy(new Error(`connection cut: ${reason}`));
+    for (const socket of [...this.rawSockets]) socket.destroy(new PeerError(`connection cut: ${reason}`));
     for (const session of [...this.handshakes]) session.cut(reason);
     this.session?.cut(reason);
   }
@@ -328,7 +328,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     const socket = net.connect({ host: peer.host, port: peer.port });
     this.rawSockets.add(socket);
     const timer = setTimeout(
-      () => socket.destroy(new Error(`no TCP connection within ${this.timings.handshakeTimeoutMs} ms`)),
+      () => socket.destroy(new TimeoutError(`no TCP connection within ${this.timings.handshakeTimeoutMs} ms`)),
       this.timings.handshakeTimeoutMs,
     );
     const onError = (error: NodeJS.ErrnoException): void => {

@@ -35,7 +35,7 @@
  */
 import { EventEmitter } from 'events';
 import * as net from 'net';
-import { NraidError, PeerError, ProtocolError, StateError, errorReply } from '../errors';
+import { InternalError, NraidError, PeerError, ProtocolError, StateError, errorReply } from '../errors';
 import { controlErrorMessageCharsMax } from '../limits';
 import { bitmapChunks, checkBitmapReply } from '../protocol/bitmap-chunks';
 import {
@@ -120,7 +120,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
    */
   start(initial: Buffer): void {
     const { socket, config } = this;
-    if (this.handshakeTimer || this.phase !== 'awaitingHello') throw new Error('ControlSession.start() called twice');
+    if (this.handshakeTimer || this.phase !== 'awaitingHello') throw new InternalError('ControlSession.start() called twice');
     this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), config.handshakeTimeoutMs);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onPeerClosed('closed the connection'));

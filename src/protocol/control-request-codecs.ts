@@ -4,7 +4,7 @@
  * keyed by kind; and the check at load that the .proto and these tables name
  * the same kinds.
  */
-import { ProtocolError } from '../errors';
+import { InternalError, ProtocolError } from '../errors';
 import { controlErrorMessageCharsMax } from '../limits';
 import {
   Answer,
@@ -146,7 +146,7 @@ for (const [message, kinds] of [
   const members = oneof ? [...oneof.oneof].sort() : [];
   const expected = [...kinds].sort();
   if (members.join(',') !== expected.join(',')) {
-    throw new Error(`control.proto ${message}.kind has ${members.join(', ')}; control-request-codecs.ts expects ${expected.join(', ')}`);
+    throw new InternalError(`control.proto ${message}.kind has ${members.join(', ')}; control-request-codecs.ts expects ${expected.join(', ')}`);
   }
 }
 

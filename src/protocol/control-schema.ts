@@ -3,6 +3,7 @@
  * (no generated code), and the checks that it matches what the TypeScript
  * side expects.
  */
+import { InternalError, PrerequisiteError } from '../errors';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as protobuf from 'protobufjs';
@@ -18,7 +19,7 @@ function loadSchema(): protobuf.Root {
   for (const file of candidates) {
     if (fs.existsSync(file)) return protobuf.parse(fs.readFileSync(file, 'utf8'), { keepCase: false }).root;
   }
-  throw new Error(`control.proto not found; looked at ${candidates.join(', ')}; the package is incomplete, reinstall nraid`);
+  throw new PrerequisiteError(`control.proto not found; looked at ${candidates.join(', ')}; the package is incomplete, reinstall nraid`);
 }
 
 /** control.proto, parsed. */
@@ -27,7 +28,7 @@ export const controlSchema = loadSchema();
 export const EnvelopeType = controlSchema.lookupType('nraid.control.Envelope');
 
 if (!protobuf.util.Long) {
-  throw new Error('protobufjs runs without Long support; uint64 fields (sizes, UUIDs) would lose precision');
+  throw new PrerequisiteError('protobufjs runs without Long support; uint64 fields (sizes, UUIDs) would lose precision');
 }
 
 /** The members of Envelope, as ControlMessage names them; checked against the .proto at load. */
@@ -36,7 +37,7 @@ export const MESSAGE_TYPES: readonly ControlMessageType[] = [
   'request', 'response', 'notice', 'dataLinkAccepted', 'goodbye',
 ];
 for (const type of MESSAGE_TYPES) {
-  if (!EnvelopeType.fields[type]) throw new Error(`control.proto Envelope lacks field ${type}`);
+  if (!EnvelopeType.fields[type]) throw new InternalError(`control.proto Envelope lacks field ${type}`);
 }
 
 /** Pairs the TypeScript names of an enum with the numbers control.proto gives them; throws at load if one is missing. */
@@ -44,7 +45,7 @@ export function enumPairs<T extends string>(enumName: string, names: Record<T, s
   const protoEnum = controlSchema.lookupEnum(enumName);
   return (Object.keys(names) as T[]).map((name) => {
     const value = protoEnum.values[names[name]];
-    if (value === undefined) throw new Error(`control.proto ${enumName} lacks ${names[name]}`);
+    if (value === undefined) throw new InternalError(`control.proto ${enumName} lacks ${names[name]}`);
     return [name, value];
   });
 }

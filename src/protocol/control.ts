@@ -9,6 +9,7 @@
  *   control-schema.ts          control.proto, parsed once at load
  *   wire-values.ts             checked conversions of uint64, bytes, names and enums
  */
+import { InternalError } from '../errors';
 import { controlPreambleBytes } from '../limits';
 
 /** Opens a control connection. */
@@ -17,7 +18,7 @@ export const CONTROL_PREAMBLE = Buffer.from('NRAIDCTL', 'ascii');
 export const DATA_PREAMBLE = Buffer.from('NRAIDDAT', 'ascii');
 
 if (CONTROL_PREAMBLE.length !== controlPreambleBytes || DATA_PREAMBLE.length !== controlPreambleBytes) {
-  throw new Error(`preambles must be ${controlPreambleBytes} bytes`);
+  throw new InternalError(`preambles must be ${controlPreambleBytes} bytes`);
 }
 
 export {

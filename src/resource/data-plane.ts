@@ -4,7 +4,7 @@
  * peer returns a promise that the native side settles through the
  * pipeline's thread-safe function, so the event loop never blocks on it.
  */
-import { SystemError } from '../errors';
+import { SystemError, toNraidError } from '../errors';
 import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, binding, isNativeError } from '../native';
 import { BackingDisk } from '../disk';
 import { Superblock } from '../metadata';
@@ -22,7 +22,7 @@ export interface AttachOptions {
 /** A native error as an NraidError that keeps the errno. */
 export function systemError(what: string, error: unknown): Error {
   if (isNativeError(error)) return new SystemError(`${what}: ${error.message}`, error.code, error.errno);
-  return error instanceof Error ? error : new Error(String(error));
+  return toNraidError(error);
 }
 
 export class DataPlane {

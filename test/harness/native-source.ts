@@ -23,6 +23,8 @@ export function stripComments(source: string): string {
 export function evaluateConstant(expression: string, known: ReadonlyMap<string, number>): number {
   const replaced = expression
     .trim()
+    // C++14 digit separators: 2'000'000
+    .replace(/(?<=[0-9a-fA-F])'(?=[0-9a-fA-F])/g, '')
     .replace(/\b(0[xX][0-9a-fA-F]+|[0-9]+)(?:[uU]?[lL]{0,2}|[lL]{1,2}[uU]?)\b/g, '$1')
     .replace(/\b[A-Za-z_][A-Za-z0-9_]*\b/g, (name) => {
       if (/^0[xX]/.test(name)) return name;

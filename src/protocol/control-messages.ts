@@ -91,6 +91,8 @@ export interface ControlNotices {
   adjust: Record<string, never>;
   promoteCommit: { requestId: bigint };
   promoteAbort: { requestId: bigint };
+  /** The sender just became Primary and ends the session to reconnect as the data link's source. */
+  turnaround: Record<string, never>;
 }
 export type ControlNoticeKind = keyof ControlNotices;
 /** The fields of a body; an empty body (Record<string, never>) adds none, so that `kind` stays usable. */

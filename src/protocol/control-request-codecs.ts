@@ -129,6 +129,7 @@ const NOTICE_CODECS: { [K in ControlNoticeKind]: Codec<ControlNotices[K]> } = {
   adjust: EMPTY,
   promoteCommit: REQUEST_ID,
   promoteAbort: REQUEST_ID,
+  turnaround: EMPTY,
 };
 
 /** Every request kind, in the order of control.proto. */

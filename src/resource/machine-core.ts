@@ -17,7 +17,8 @@ export type ControlNotice =
   | { kind: 'resyncDone' }
   | { kind: 'adjust' }
   | { kind: 'promoteCommit'; requestId: bigint }
-  | { kind: 'promoteAbort'; requestId: bigint };
+  | { kind: 'promoteAbort'; requestId: bigint }
+  | { kind: 'turnaround' };
 
 /** The peer as its last NodeState described it. */
 export interface PeerView {
@@ -55,7 +56,7 @@ export interface MachineConfig {
   fencePeer: boolean;
   splitBrainHook: boolean;
   afterSb0pri: AfterSplitBrainPolicy;
-  /** How long a peer that said goodbye as Primary still counts as Primary (its ping timeout). */
+  /** How long a peer that turned the session around as Primary still counts as Primary (its ping timeout). */
   peerGraceMs: number;
 }
 
@@ -86,7 +87,7 @@ export interface MachineState {
   /** demoting, draining, requested: this Primary hands over; delegated: this Secondary asked the Primary to. */
   switchover: { asker: Asker; phase: 'demoting' | 'draining' | 'requested' | 'delegated' } | null;
   switchoverUnknown: boolean;
-  /** The peer ended the session on purpose while Primary (a turnaround, a disconnect): it is alive and Primary. */
+  /** The peer, Primary, said it ends the session to turn the data link around: it is alive and Primary. */
   peerLeftAsPrimary: boolean;
   lastLinkError: string | null;
   changedBytes: number;
@@ -131,8 +132,7 @@ export type Event =
   | { type: 'command'; id: number; command: Command }
   | { type: 'connection'; state: ConnectionState }
   | { type: 'session-up'; sessionId: number; dialer: boolean; peer: PeerView }
-  /** byPeer: the peer ended it with a Goodbye (alive, by choice); otherwise a failure or this node's choice. */
-  | { type: 'session-down'; reason: string; byPeer: boolean }
+  | { type: 'session-down'; reason: string }
   | { type: 'peer-grace-over' }
   | { type: 'peer-state'; peer: PeerView }
   | { type: 'link-refused'; reason: string }

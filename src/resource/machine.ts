@@ -44,7 +44,7 @@ export function step(state: MachineState, input: Input): Step {
     case 'session-up':
       return sessionUp(s, fx, event, input);
     case 'session-down':
-      return sessionDown(s, fx, event.reason, event.byPeer, input);
+      return sessionDown(s, fx, event.reason, input);
     case 'peer-grace-over':
       s.peerLeftAsPrimary = false;
       return { state: s, effects: fx };

@@ -56,7 +56,7 @@ export class PeerSession {
       // At once, not behind queued events: a flush or drain waiting on the peer must fail now.
       this.plane.detach(event.reason);
       this.failAnswers(event.reason);
-      this.dispatch({ type: 'session-down', reason: event.reason, byPeer: event.byPeer === true });
+      this.dispatch({ type: 'session-down', reason: event.reason });
     });
     link.on('refused', (event) => this.dispatch({ type: 'link-refused', reason: event.reason }));
     link.on('dataSocket', (socket, info) => this.dispatch({ type: 'data-socket', sessionId: info.id, socketId: this.park(socket) }));

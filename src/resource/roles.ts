@@ -195,6 +195,7 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
       // forced promotion the generations differ, so the handshake decides the sync anew, also
       // while a handshake is under way (the peer may already hold the old state).
       if ((promotion.minted && s.connection !== 'StandAlone') || (connected(s) && s.session!.direction !== 'source')) {
+        after.push({ kind: 'notice', notice: { kind: 'turnaround' } });
         after.push({ kind: 'drop-session', reason: promotion.minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source' });
       }
       if (promotion.asker !== null && 'token' in promotion.asker && s.switchover?.phase === 'delegated') {

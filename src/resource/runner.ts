@@ -89,7 +89,8 @@ export class Runner extends EventEmitter {
           const disk = { md: this.owners.store.view(), armed: this.owners.store.armedGeneration };
           this.queue.unshift({ type: 'program-done', tag: result.tag, error: failure, disk });
         }
-        this.emit('stepped');
+        // A program's changes are one event: reported after its program-done step.
+        if (result.tag === undefined) this.emit('stepped');
       }
     } finally {
       this.running = false;

@@ -175,6 +175,9 @@ export function peerNotice(s: MachineState, fx: Effect[], notice: ControlNotice,
     case 'promoteAbort':
       if (s.hold === notice.requestId) s.hold = null;
       return { state: s, effects: fx };
+    case 'turnaround':
+      s.peerLeftAsPrimary = s.role === 'Secondary';
+      return { state: s, effects: fx };
   }
   void input;
   return { state: s, effects: fx };
@@ -189,12 +192,11 @@ function reportSplitBrain(s: MachineState, fx: Effect[], reason: string): void {
   if (s.config.splitBrainHook) fx.push({ kind: 'run-hook', hook: 'split-brain', reason });
 }
 
-export function sessionDown(s: MachineState, fx: Effect[], reason: string, byPeer: boolean, input: Input): Step {
+export function sessionDown(s: MachineState, fx: Effect[], reason: string, input: Input): Step {
   fx.push({ kind: 'log', level: 'warn', message: 'peer disconnected', fields: { reason } });
-  if (byPeer && s.peer?.role === 'Primary' && s.role === 'Secondary') {
-    // Alive and Primary a moment ago (its own promotion turns the session around this way):
-    // a promotion here now, without the vote, could make two Primaries.
-    s.peerLeftAsPrimary = true;
+  if (s.peerLeftAsPrimary) {
+    // The peer became Primary and turns the data link around by reconnecting: it is alive and
+    // Primary, and a promotion here without the vote could make two Primaries. Bounded.
     fx.push({ kind: 'arm-peer-grace', ms: s.config.peerGraceMs });
   }
   if (s.session?.setup === 'deciding' && s.decision?.kind === 'split-brain') {

@@ -470,7 +470,7 @@ describeIntegration('test harness on real loop devices', ['root', 'loop', 'dd'],
         extra: { 'ping-timeout-ms': 700, secret: null, nodes: { beta: { 'run-dir': null } } },
       });
       try {
-        expect(r.name).toMatch(new RegExp(`^t${process.pid}r\\d+$`));
+        expect(r.name).toMatch(new RegExp(`^t${process.pid}r\\d+[0-9a-f]{4}$`));
         const parsed = parseToml(fs.readFileSync(r.configPath, 'utf8')) as Record<string, any>;
         expect(parsed.resource).toBe(r.name);
         expect(parsed.protocol).toBe('B');

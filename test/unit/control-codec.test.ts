@@ -80,6 +80,7 @@ const typedSamples: ControlMessage[] = [
   { type: 'notice', body: { kind: 'adjust' } },
   { type: 'notice', body: { kind: 'promoteCommit', requestId: UINT64_MAX } },
   { type: 'notice', body: { kind: 'promoteAbort', requestId: 0n } },
+  { type: 'notice', body: { kind: 'turnaround' } },
 ];
 
 const samples: ControlMessage[] = [

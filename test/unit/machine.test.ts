@@ -117,7 +117,7 @@ describe('primary', () => {
     const yes = run(r.state, [{ type: 'promote-vote', requestId: r.state.promotion!.requestId!, ok: true, reason: '' }]);
     expect(kinds(yes.effects)).toEqual(['persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
     const done = run(yes.state, [{ type: 'program-done', tag: 'promote', error: null }]);
-    expect(kinds(done.effects)).toEqual(['log', 'send-state', 'notice', 'reply', 'drop-session']);
+    expect(kinds(done.effects)).toEqual(['log', 'send-state', 'notice', 'reply', 'notice', 'drop-session']);
     expect(done.effects[2]).toEqual({ kind: 'notice', notice: { kind: 'promoteCommit', requestId: r.state.promotion!.requestId } });
   });
 
@@ -159,7 +159,7 @@ describe('primary', () => {
     const r = run(established('beta', 'Secondary'), [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
     const id = r.state.promotion!.requestId!;
     const down = run(r.state, [
-      { type: 'session-down', byPeer: false, reason: 'cut' },
+      { type: 'session-down', reason: 'cut' },
       { type: 'connection', state: 'Connecting' },
       { type: 'promote-vote', requestId: id, ok: false, reason: 'no answer: not connected' },
     ]);
@@ -205,7 +205,7 @@ describe('switchover', () => {
     expect(err.message).toContain('switchover outcome unknown: beta may be Primary');
     // Reconnected: the peer says who is Primary, and that resolves it.
     const back = run(x.state, [
-      { type: 'session-down', byPeer: false, reason: 'cut' },
+      { type: 'session-down', reason: 'cut' },
       { type: 'connection', state: 'Connected' },
       { type: 'session-up', sessionId: 2, dialer: true, peer: peer({ role: 'Primary' }) },
     ]);
@@ -257,14 +257,14 @@ describe('switchover', () => {
     expect(x.state.role).toBe('Primary');
     expect(replies(x.effects)).toHaveLength(0);
     x = run(x.state, [{ type: 'fault-passed', name: 'switchover:peer-after-promote' }]);
-    expect(kinds(x.effects)).toEqual(['reply', 'drop-session']);
+    expect(kinds(x.effects)).toEqual(['reply', 'notice', 'drop-session']);
     expect(replies(x.effects)[0].to).toEqual({ token: 2 });
   });
 
   test('the peer side: the session ends before it acts: no promotion', () => {
     const x = run(established('beta', 'Secondary'), [
       { type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } },
-      { type: 'session-down', byPeer: false, reason: 'cut' },
+      { type: 'session-down', reason: 'cut' },
       { type: 'connection', state: 'Connecting' },
       { type: 'fault-passed', name: 'switchover:peer-before-promote' },
     ]);
@@ -365,7 +365,7 @@ describe('races found so far', () => {
   });
 
   test('a Primary that wrote nothing while apart keeps its generation: the armed one is dropped on return', () => {
-    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', byPeer: false, reason: 'cut' }, { type: 'connection', state: 'Connecting' }]);
+    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', reason: 'cut' }, { type: 'connection', state: 'Connecting' }]);
     expect(kinds(a.effects)).toContain('arm-generation');
     expect(a.state.md.uuids.current).toBe(GEN);
     a = run(a.state, [
@@ -381,7 +381,7 @@ describe('races found so far', () => {
   });
 
   test('a Primary that wrote while apart moves on: the written generation becomes current, the old one the bitmap UUID', () => {
-    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', byPeer: false, reason: 'cut' }]);
+    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', reason: 'cut' }]);
     const armed = a.state.armedGeneration!;
     a = run(a.state, [{ type: 'generation-written' }]);
     expect(a.state.md.uuids).toEqual({ current: armed, bitmap: GEN, history: [OLD, 0n] });
@@ -476,7 +476,7 @@ describe('the session', () => {
   test('on-no-peer suspend-io: a Primary losing its peer suspends I/O; the peer coming back as target resumes it', () => {
     const base = established('alpha', 'Primary');
     const s = { ...base, config: { ...base.config, onNoPeer: 'suspend-io' as const } };
-    let r = run(s, [{ type: 'session-down', byPeer: false, reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
+    let r = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
     expect(r.state.ioSuspended).toBe(true);
     expect(kinds(r.effects)).toEqual(['log', 'arm-generation', 'log', 'suspend-io', 'emit', 'persist-bitmap']);
     r = run(r.state, [
@@ -492,7 +492,7 @@ describe('the session', () => {
   test('fence-peer: runs the hook; a successful hook resumes I/O only with on-no-peer = continue', () => {
     const base = established('alpha', 'Primary');
     const s = { ...base, config: { ...base.config, fencePeer: true } };
-    let r = run(s, [{ type: 'session-down', byPeer: false, reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
+    let r = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
     expect(kinds(r.effects)).toContain('run-hook');
     expect(r.state.ioSuspended).toBe(true);
     r = run(r.state, [{ type: 'fence-done', exitCode: 1 }]);
@@ -609,7 +609,7 @@ describe('rows added for defects found in integration', () => {
     const r = run(s, [
       { type: 'connection', state: 'Connected' },
       { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ uuids: { current: 0x99n << 20n, bitmap: GEN, history: [0n, 0n] } }) },
-      { type: 'session-down', byPeer: false, reason: 'split brain' },
+      { type: 'session-down', reason: 'split brain' },
     ]);
     expect(r.state.splitBrain).toBe(true);
     expect(kinds(r.effects)).toContain('link-disconnect');
@@ -633,7 +633,11 @@ test('a Secondary that delegated a switchover answers its command once it is Pri
 
 test('race: the peer turned the session around after its promotion: no promotion here until reconnected (or --force)', () => {
   const s = established('beta', 'Secondary', { role: 'Primary' });
-  const down = run(s, [{ type: 'session-down', byPeer: true, reason: 'alpha closed the session: the new Primary becomes the source' }, { type: 'connection', state: 'Connecting' }]);
+  const down = run(s, [
+    { type: 'peer-notice', notice: { kind: 'turnaround' } },
+    { type: 'session-down', reason: 'alpha closed the session: the new Primary becomes the source' },
+    { type: 'connection', state: 'Connecting' },
+  ]);
   expect(kinds(down.effects)).toContain('arm-peer-grace');
   const refused = run(down.state, [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]);
   expect(replies(refused.effects)[0].error).toBeInstanceOf(PromotionConflictError);
@@ -643,6 +647,6 @@ test('race: the peer turned the session around after its promotion: no promotion
   const later = run(down.state, [{ type: 'peer-grace-over' }, { type: 'command', id: 1, command: { name: 'primary', force: false } }]);
   expect(later.last.tag).toBe('promote');
   // A failure (no goodbye) is the unplanned failover: promotion is allowed at once.
-  const crashed = run(s, [{ type: 'session-down', byPeer: false, reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }, { type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+  const crashed = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }, { type: 'command', id: 1, command: { name: 'primary', force: false } }]);
   expect(crashed.last.tag).toBe('promote');
 });

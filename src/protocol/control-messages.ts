@@ -6,6 +6,7 @@
  * for its codec in control-request-codecs.ts.
  */
 import { ProtocolVersion } from './control-version';
+import type { SplitBrainFacts } from '../sync-decision';
 
 export type Role = 'Primary' | 'Secondary';
 export type DiskState = 'Diskless' | 'Attaching' | 'Inconsistent' | 'Outdated' | 'Consistent' | 'UpToDate';
@@ -49,14 +50,8 @@ export interface Pong {
   seq: number;
 }
 
-/** What a node tells its peer in a split brain, for the after-sb policies. */
-export interface SplitBrainFacts {
-  node: string;
-  primary: boolean;
-  primarySinceMs: number;
-  changedBytes: number;
-  discardMyData: boolean;
-}
+/** What a node tells its peer in a split brain, for the after-sb policies (defined with them). */
+export type { SplitBrainFacts };
 /** The whole dirty bitmap: little-endian u64 words, `granularityBytes` of data per bit. */
 export interface BitmapReply {
   granularityBytes: number;

@@ -276,7 +276,7 @@ export async function compareRanges(
 // --- RandomWriter ------------------------------------------------------------
 
 /** mulberry32: a small seeded PRNG, so a failing run can be replayed from its seed. */
-function mulberry32(seed: number): () => number {
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

@@ -69,6 +69,25 @@ export function cliError(r: NraidResult): { message: string; code: string } {
   return { message: m[1], code: m[2] };
 }
 
+/**
+ * The error a CLI run reported, or null when it reported none (it succeeded, or
+ * was killed): `--json`'s {"error":{code,message}} on stdout, or the
+ * `error: <message> (<code>)` line on stderr. For runs that may go either way.
+ */
+export function reportedError(r: NraidResult): { code: string; message: string } | null {
+  for (const line of r.stdout.split('\n').reverse()) {
+    if (!line.trim().startsWith('{')) continue;
+    try {
+      const v = JSON.parse(line) as { error?: { code: string; message: string } };
+      if (v.error) return v.error;
+    } catch {
+      // not the error object
+    }
+  }
+  const m = /error: ([\s\S]*) \((NRAID_[A-Z_]+)\)\s*$/.exec(r.stderr.trim());
+  return m ? { code: m[2], message: m[1] } : null;
+}
+
 /** Asserts a refusal with `code` whose message contains (string) or matches (RegExp) each of `mentions`; returns the message. */
 export function expectRefused(r: NraidResult, code: string, mentions: readonly (string | RegExp)[]): string {
   const e = cliError(r);

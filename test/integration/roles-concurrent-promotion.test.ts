@@ -12,6 +12,7 @@
 import { makeResource, nraid, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
 import { describeIntegration } from '../harness/prereq';
 import { adminSocketOf, RoleWatch } from '../harness/role-watch';
+import { reportedError } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const ROUNDS = 20;
@@ -19,39 +20,6 @@ const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-m
 /** The rounds must fit the file's time budget (the suite has 25 minutes on 2 cores). */
 const BUDGET_MS = 120_000;
 const LOSER_CODES = ['NRAID_ERR_PROMOTION_CONFLICT', 'NRAID_ERR_STATE'];
-
-// TODO(harness): use harness helper
-/** The error a failed CLI run reported: `--json`'s {"error":{code,message}} on stdout, or `error: <message> (<code>)` on stderr. */
-function cliError(r: NraidResult): { code: string; message: string } | null {
-  for (const line of r.stdout.split('\n').reverse()) {
-    if (!line.trim().startsWith('{')) continue;
-    try {
-      const v = JSON.parse(line) as { error?: { code: string; message: string } };
-      if (v.error) return v.error;
-    } catch {
-      // Not the error object.
-    }
-  }
-  const m = /error: ([\s\S]*) \((NRAID_[A-Z_]+)\)\s*$/.exec(r.stderr.trim());
-  return m ? { code: m[2], message: m[1] } : null;
-}
-
-// TODO(harness): use harness helper
-const jsonFlagCache = new Map<string, Promise<string[]>>();
-/**
- * ['--json'] when this CLI's `command` takes --json (its errors then come as
- * {"error":{"code","message"}} on stdout), else [] (errors as `error: ... (CODE)`
- * on stderr, which cliError also reads). Today's CLI takes --json on status and
- * events only; passing it elsewhere would be a usage error, not the behaviour under test.
- */
-function jsonFlag(command: string): Promise<string[]> {
-  let p = jsonFlagCache.get(command);
-  if (p === undefined) {
-    p = nraid(['help', command]).then((h) => (h.code === 0 && /^usage: .*\[--json\]/m.test(h.stdout) ? ['--json'] : []));
-    jsonFlagCache.set(command, p);
-  }
-  return p;
-}
 
 const settled = (s: NraidStatus): boolean =>
   s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';
@@ -94,15 +62,14 @@ describeIntegration('roles: simultaneous promotion', ['root', 'fuse', 'loop', 'n
     const started = Date.now();
     for (let round = 1; round <= ROUNDS; round++) {
       // Both CLI processes are started in the same tick.
-      const json = await jsonFlag('primary');
-      const [ra, rb] = await Promise.all([r.run('alpha', 'primary', json, { timeoutMs: 30_000 }), r.run('beta', 'primary', json, { timeoutMs: 30_000 })]);
+      const [ra, rb] = await Promise.all([r.run('alpha', 'primary', [], { timeoutMs: 30_000 }), r.run('beta', 'primary', [], { timeoutMs: 30_000 })]);
       const res: Record<NodeName, NraidResult> = { alpha: ra, beta: rb };
       const [sa, sb] = await Promise.all([r.status('alpha'), r.status('beta')]);
       const st: Record<NodeName, NraidStatus> = { alpha: sa, beta: sb };
       const out: Round = {
         round,
         codes: { alpha: ra.code, beta: rb.code },
-        errors: { alpha: cliError(ra)?.code ?? null, beta: cliError(rb)?.code ?? null },
+        errors: { alpha: reportedError(ra)?.code ?? null, beta: reportedError(rb)?.code ?? null },
         roles: { alpha: sa.role, beta: sb.role },
         exposed: { alpha: sa.exposed === true, beta: sb.exposed === true },
         winner: null,
@@ -124,7 +91,7 @@ describeIntegration('roles: simultaneous promotion', ['root', 'fuse', 'loop', 'n
       if (primaries.length === 1) out.winner = primaries[0];
       if (primaries.length === 0) {
         // Both lost: the operator's next command, on one node alone, resolves it.
-        const alone = await r.run('alpha', 'primary', json, { timeoutMs: 30_000 });
+        const alone = await r.run('alpha', 'primary', [], { timeoutMs: 30_000 });
         if (alone.code !== 0) out.problems.push(`both lost, then primary on alpha alone exited ${alone.code}: ${alone.stderr.trim()}`);
         else out.winner = 'alpha';
       }

@@ -22,6 +22,7 @@ import { NodeName, nraid, NraidResult, NraidStatus } from '../harness/cluster';
 import { makeNetnsResource, NetnsResource } from '../harness/netns-resource';
 import { describeIntegration } from '../harness/prereq';
 import { adminSocketOf, RoleWatch } from '../harness/role-watch';
+import { processAlive, reportedError } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const PING_TIMEOUT_MS = 3000;
@@ -29,49 +30,6 @@ const CONFIG = { 'ping-interval-ms': 500, 'ping-timeout-ms': PING_TIMEOUT_MS, 'c
 const COMMAND_BUDGET_MS = PING_TIMEOUT_MS + 5000;
 const STATUS_ANSWER_MS = 2000;
 const STATUS_POLL_MS = 200;
-
-// TODO(harness): use harness helper
-/** The error a failed CLI run reported: `--json`'s {"error":{code,message}} on stdout, or `error: <message> (<code>)` on stderr. */
-function cliError(r: NraidResult): { code: string; message: string } | null {
-  for (const line of r.stdout.split('\n').reverse()) {
-    if (!line.trim().startsWith('{')) continue;
-    try {
-      const v = JSON.parse(line) as { error?: { code: string; message: string } };
-      if (v.error) return v.error;
-    } catch {
-      // Not the error object.
-    }
-  }
-  const m = /error: ([\s\S]*) \((NRAID_[A-Z_]+)\)\s*$/.exec(r.stderr.trim());
-  return m ? { code: m[2], message: m[1] } : null;
-}
-
-// TODO(harness): use harness helper
-const jsonFlagCache = new Map<string, Promise<string[]>>();
-/**
- * ['--json'] when this CLI's `command` takes --json (its errors then come as
- * {"error":{"code","message"}} on stdout), else [] (errors as `error: ... (CODE)`
- * on stderr, which cliError also reads). Today's CLI takes --json on status and
- * events only; passing it elsewhere would be a usage error, not the behaviour under test.
- */
-function jsonFlag(command: string): Promise<string[]> {
-  let p = jsonFlagCache.get(command);
-  if (p === undefined) {
-    p = nraid(['help', command]).then((h) => (h.code === 0 && /^usage: .*\[--json\]/m.test(h.stdout) ? ['--json'] : []));
-    jsonFlagCache.set(command, p);
-  }
-  return p;
-}
-
-// TODO(harness): use harness helper
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const established = (s: NraidStatus): boolean =>
   s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';
@@ -103,14 +61,13 @@ describeIntegration('roles: a partition not yet detected', ['root', 'fuse', 'loo
   /** Cuts the link both ways and at once runs `command` on alpha, alpha's status polled throughout. */
   async function runPartitioned(command: string): Promise<Run> {
     await alphaPrimaryConnected();
-    const json = await jsonFlag(command);
     const w = RoleWatch.start({ alpha: adminSocketOf(r, 'alpha'), beta: adminSocketOf(r, 'beta') }, { intervalMs: STATUS_POLL_MS, answerTimeoutMs: STATUS_ANSWER_MS });
     watch = w;
     await r.pair.partition('both');
     const t0 = Date.now();
     const sampleFrom = w.samples.length;
     // Killed a little past the budget (exit -1): enough to tell "late" from "on time" without spending the file's time.
-    const res = await r.run('alpha', command, json, { timeoutMs: COMMAND_BUDGET_MS + 4000 });
+    const res = await r.run('alpha', command, [], { timeoutMs: COMMAND_BUDGET_MS + 4000 });
     const ms = Date.now() - t0;
     const during = w.samples.slice(sampleFrom);
     console.log(`${command} under a fresh partition: exit ${res.code} after ${ms} ms; ${res.stderr.trim() || res.stdout.trim()}`);
@@ -154,7 +111,7 @@ describeIntegration('roles: a partition not yet detected', ['root', 'fuse', 'loo
     const run = await runPartitioned('switchover');
     const answers = alphaAnswers(run, false);
     const a = await r.status('alpha', 4000).catch((e: Error) => e);
-    const err = cliError(run.res);
+    const err = reportedError(run.res);
     const alphaRole = a instanceof Error ? a.message : a.role;
     const outcomeOk = (alphaRole === 'Primary' && err?.code !== 'NRAID_ERR_SWITCHOVER_UNKNOWN') || (alphaRole === 'Secondary' && err?.code === 'NRAID_ERR_SWITCHOVER_UNKNOWN');
     console.log(`switchover outcome: exit ${run.res.code} ${err?.code ?? '-'}, alpha ${alphaRole}`);
@@ -187,7 +144,7 @@ describeIntegration('roles: a partition not yet detected', ['root', 'fuse', 'loo
     const answers = alphaAnswers(run, false);
     const a = await r.status('alpha', 4000).catch((e: Error) => e);
     const alphaRole = a instanceof Error ? a.message : a.role;
-    const err = cliError(run.res);
+    const err = reportedError(run.res);
     // exit 0: demoted. A refusal must say why; where it leaves the role is only recorded (beta's role is what matters).
     const outcomeOk = (run.res.code === 0 && alphaRole === 'Secondary') || (run.res.code === 1 && err !== null && (alphaRole === 'Primary' || alphaRole === 'Secondary'));
     console.log(`secondary outcome: exit ${run.res.code} ${err?.code ?? '-'}, alpha ${alphaRole}`);
@@ -218,7 +175,7 @@ describeIntegration('roles: a partition not yet detected', ['root', 'fuse', 'loo
     const answers = alphaAnswers(run, true);
     const pid = r.daemonPid('alpha');
     const exited = pid === undefined ? 'no pid' : !processAlive(pid);
-    console.log(`down outcome: exit ${run.res.code} ${cliError(run.res)?.code ?? '-'}, daemon exited ${exited}`);
+    console.log(`down outcome: exit ${run.res.code} ${reportedError(run.res)?.code ?? '-'}, daemon exited ${exited}`);
     await run.watch.stop();
     await r.pair.heal();
     expect({

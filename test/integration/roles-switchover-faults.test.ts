@@ -25,43 +25,11 @@ import * as path from 'path';
 import { makeResource, nraid, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
 import { describeIntegration } from '../harness/prereq';
 import { adminSocketOf, RoleWatch } from '../harness/role-watch';
+import { reportedError } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 1000 };
 const FAULT_ENV = 'NRAID_FAULT_POINTS';
-
-// TODO(harness): use harness helper
-/** The error a failed CLI run reported: `--json`'s {"error":{code,message}} on stdout, or `error: <message> (<code>)` on stderr. */
-function cliError(r: NraidResult): { code: string; message: string } | null {
-  for (const line of r.stdout.split('\n').reverse()) {
-    if (!line.trim().startsWith('{')) continue;
-    try {
-      const v = JSON.parse(line) as { error?: { code: string; message: string } };
-      if (v.error) return v.error;
-    } catch {
-      // Not the error object.
-    }
-  }
-  const m = /error: ([\s\S]*) \((NRAID_[A-Z_]+)\)\s*$/.exec(r.stderr.trim());
-  return m ? { code: m[2], message: m[1] } : null;
-}
-
-// TODO(harness): use harness helper
-const jsonFlagCache = new Map<string, Promise<string[]>>();
-/**
- * ['--json'] when this CLI's `command` takes --json (its errors then come as
- * {"error":{"code","message"}} on stdout), else [] (errors as `error: ... (CODE)`
- * on stderr, which cliError also reads). Today's CLI takes --json on status and
- * events only; passing it elsewhere would be a usage error, not the behaviour under test.
- */
-function jsonFlag(command: string): Promise<string[]> {
-  let p = jsonFlagCache.get(command);
-  if (p === undefined) {
-    p = nraid(['help', command]).then((h) => (h.code === 0 && /^usage: .*\[--json\]/m.test(h.stdout) ? ['--json'] : []));
-    jsonFlagCache.set(command, p);
-  }
-  return p;
-}
 
 const connected = (s: NraidStatus): boolean => s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';
 
@@ -117,12 +85,12 @@ describeIntegration('roles: switchover fault points', ['root', 'fuse', 'loop', '
     await start({ [sc.on]: sc.point });
     const w = RoleWatch.start({ alpha: adminSocketOf(r, 'alpha'), beta: adminSocketOf(r, 'beta') }, { intervalMs: 50 });
     watch = w;
-    const res = await r.run('alpha', 'switchover', await jsonFlag('switchover'), { timeoutMs: 60_000 });
+    const res = await r.run('alpha', 'switchover', [], { timeoutMs: 60_000 });
     const [a, b] = await Promise.all([r.status('alpha'), r.status('beta')]);
     const observed: Observed = {
       faultHit: logSince(r, sc.on, logStart).includes(`fault point ${sc.point} hit`),
       exitCode: res.code,
-      errorCode: cliError(res)?.code ?? null,
+      errorCode: reportedError(res)?.code ?? null,
       roles: { alpha: a.role, beta: b.role },
       alphaExposed: a.exposed === true,
       alphaRepromoted: false,
@@ -196,7 +164,7 @@ describeIntegration('roles: switchover fault points', ['root', 'fuse', 'loop', '
 
   test('switchover:peer-before-promote on beta: outcome unknown, alpha stays Secondary, beta never promotes; after the reconnect primary on alpha works', async () => {
     const { res, observed, watch: w } = await switchoverWithFault({ point: 'switchover:peer-before-promote', on: 'beta' });
-    const err = cliError(res);
+    const err = reportedError(res);
     const final = await settle(w, observed, (s) => connected(s)).catch((e: Error) => e);
     const after =
       final instanceof Error
@@ -228,7 +196,7 @@ describeIntegration('roles: switchover fault points', ['root', 'fuse', 'loop', '
 
   test('switchover:peer-after-promote on beta (the reply is lost): outcome unknown, alpha never re-promotes, beta is the one Primary after the reconnect', async () => {
     const { res, observed, watch: w } = await switchoverWithFault({ point: 'switchover:peer-after-promote', on: 'beta' });
-    const err = cliError(res);
+    const err = reportedError(res);
     const final = await settle(w, observed, (s) => connected(s) && s.role !== s.peerRole).catch((e: Error) => e);
     const after =
       final instanceof Error

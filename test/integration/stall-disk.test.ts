@@ -15,6 +15,7 @@ import * as fs from 'fs';
 import { makeResource, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
 import { describeIntegration } from '../harness/prereq';
 import { makeStallDisk, StallDisk } from '../harness/stall-disk';
+import { num, sleep } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const DISK_BYTES = 128 * MiB;
@@ -22,9 +23,6 @@ const PING_INTERVAL_MS = 200;
 const PING_TIMEOUT_MS = 2000;
 const STALL_MS = 10_000;
 const STATUS_ANSWER_MAX_MS = 1000;
-
-// TODO(harness): use harness helper
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 function readProc(file: string): string | undefined {
   try {
@@ -34,11 +32,6 @@ function readProc(file: string): string | undefined {
   }
 }
 
-function num(s: NraidStatus, key: string): number {
-  const v = s[key];
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`status of ${s.node}: expected ${key} to be a number, found ${JSON.stringify(v)}`);
-  return v;
-}
 
 const established = (s: NraidStatus): boolean =>
   s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';

@@ -32,8 +32,9 @@
 import * as crypto from 'crypto';
 import * as fs from 'fs';
 import { makeResource, NodeName, NraidStatus, TestResource } from '../harness/cluster';
-import { sha256Range } from '../harness/direct-io';
+import { mulberry32, sha256Range } from '../harness/direct-io';
 import { describeIntegration } from '../harness/prereq';
+import { processAlive, sleep } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 /**
@@ -53,29 +54,10 @@ const SETTLE_MS = 90_000;
 const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 1000 };
 const NODES: NodeName[] = ['alpha', 'beta'];
 
-// TODO(harness): use harness helper
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-// TODO(harness): use harness helper
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** mulberry32: a small seeded generator, so a failing round can be replayed. */
+/** A seeded generator in [0, 1), so a failing round can be replayed. */
 function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
+  return () => next() / 4294967296;
 }
 
 /** Random bytes in the first FILL_CHUNK_BYTES of every FILL_EVERY_BYTES of `device`'s first `dataSizeBytes`, made durable. */

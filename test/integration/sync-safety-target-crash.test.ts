@@ -27,6 +27,7 @@ import { makeResource, mergeConfig, NraidResult, NraidStatus, TestResource } fro
 import { execOk } from '../harness/exec';
 import { LinkKindProxy } from '../harness/link-kind-proxy';
 import { describeIntegration } from '../harness/prereq';
+import { cliError, num, processAlive, sleep } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const DISK_BYTES = 384 * MiB;
@@ -35,36 +36,6 @@ const KILL_AFTER_APPLIED_BYTES = 64 * MiB;
 const CONTROL_DELAY_MS = 3000;
 const LINK = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 10_000 };
 
-// TODO(harness): use harness helper
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-// TODO(harness): use harness helper
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-// TODO(harness): use harness helper
-function cliError(r: NraidResult): { message: string; code: string } {
-  const m = /^error: ([^\n]*) \((NRAID_ERR_[A-Z_]+)\)\n$/.exec(r.stderr);
-  if (r.code !== 1 || m === null) {
-    throw new Error(
-      `expected exit code 1 and one "error: <message> (<code>)" line on stderr; got exit ${r.code}, ` +
-        `stderr ${JSON.stringify(r.stderr)}, stdout ${JSON.stringify(r.stdout)}`,
-    );
-  }
-  return { message: m[1], code: m[2] };
-}
-
-function num(s: NraidStatus, key: string): number {
-  const v = s[key];
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`status of ${s.node}: expected ${key} to be a number, found ${JSON.stringify(v)}`);
-  return v;
-}
 
 const established = (s: NraidStatus): boolean =>
   s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate';

@@ -10,25 +10,13 @@
 import { makeResource, NodeName, NraidStatus, TestResource } from '../harness/cluster';
 import { readDirect, writeDirect } from '../harness/direct-io';
 import { describeIntegration } from '../harness/prereq';
+import { processAlive, sleep } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
 const DISK_BYTES = 64 * MiB;
 const CURRENT_VERSION = '2.0';
 const FAST = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 2000 };
 const NODES: NodeName[] = ['alpha', 'beta'];
-
-// TODO(harness): use harness helper
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-// TODO(harness): use harness helper
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function pidOf(s: NraidStatus): number {
   if (typeof s.pid !== 'number') throw new Error(`status of ${s.node}: expected pid to be a number, found ${JSON.stringify(s.pid)}`);

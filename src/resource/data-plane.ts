@@ -4,8 +4,8 @@
  * peer returns a promise that the native side settles through the
  * pipeline's thread-safe function, so the event loop never blocks on it.
  */
-import { SystemError, toNraidError } from '../errors';
-import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, binding, isNativeError } from '../native';
+import { SystemError, isErrnoException, systemError as errnoError, toNraidError } from '../errors';
+import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, binding } from '../native';
 import { BackingDisk } from '../disk';
 import { Superblock } from '../metadata';
 
@@ -19,9 +19,9 @@ export interface AttachOptions {
   resyncAllowed: boolean;
 }
 
-/** A native error as an NraidError that keeps the errno. */
-export function systemError(what: string, error: unknown): Error {
-  if (isNativeError(error)) return new SystemError(`${what}: ${error.message}`, error.code, error.errno);
+/** A native error as a SystemError that keeps the errno (errors.ts's one conversion), else as an NraidError. */
+function systemError(what: string, error: unknown): Error {
+  if (isErrnoException(error)) return errnoError(what, error, 'see the daemon log; a disk error here needs the disk checked');
   return toNraidError(error);
 }
 

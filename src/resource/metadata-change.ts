@@ -32,6 +32,13 @@ export type MetadataChange =
   /** The data plane wrote the armed generation (first write without the peer). */
   | { kind: 'generation-written'; fresh: bigint };
 
+/** A sync target takes the source's generation: its current and history, no bitmap UUID. */
+function takeSourceGeneration(uuids: MetadataView['uuids'], source: { current: bigint; history: readonly [bigint, bigint] }): void {
+  uuids.current = source.current;
+  uuids.bitmap = 0n;
+  uuids.history = [source.history[0], source.history[1]];
+}
+
 export function cloneView<T extends MetadataView>(view: T): T {
   return { ...view, flags: { ...view.flags }, uuids: { ...view.uuids, history: [...view.uuids.history] as [bigint, bigint] } };
 }
@@ -69,9 +76,7 @@ export function applyChange<T extends MetadataView>(view: T, change: MetadataCha
     case 'target-joins':
       flags.consistent = false;
       flags.resyncInProgress = true;
-      uuids.current = change.current;
-      uuids.bitmap = 0n;
-      uuids.history = [change.history[0], change.history[1]];
+      takeSourceGeneration(uuids, change);
       break;
     case 'target-done':
       flags.consistent = true;
@@ -80,9 +85,7 @@ export function applyChange<T extends MetadataView>(view: T, change: MetadataCha
       flags.resyncInProgress = false;
       flags.crashedPrimary = false;
       flags.fullSyncNeeded = false;
-      uuids.current = change.current;
-      uuids.bitmap = 0n;
-      uuids.history = [change.history[0], change.history[1]];
+      takeSourceGeneration(uuids, change);
       break;
     case 'source-done':
       if (uuids.bitmap !== 0n) uuids.history = [uuids.bitmap, uuids.history[0]];

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio)
+packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio nbdkit nbdfuse)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

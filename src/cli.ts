@@ -276,6 +276,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'adjust':
       case 'switchover':
       case 'resume-io':
+      case 'attach':
       case 'invalidate': {
         requireRoot(args.command);
         const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;

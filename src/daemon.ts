@@ -98,6 +98,25 @@ export class Daemon extends EventEmitter {
   async start(): Promise<void> {
     fs.mkdirSync(this.local.runDir, { recursive: true, mode: 0o700 });
     for (const line of cleanupStale(this.local.runDir)) this.log.info(line);
+    await this.openParts();
+    try {
+      this.registerCommands();
+      await this.admin.listen();
+    } catch (error) {
+      this.closeDetachedParts();
+      throw error;
+    }
+    this.log.info('up', { disk: this.local.disk, dataSizeBytes: this.p.store.superblock.dataSizeBytes, diskState: diskState(this.p.runner.state) });
+    this.persistedOutOfSyncBytes = this.p.plane.outOfSyncBytes();
+    this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), limits.bitmapPersistIntervalMs);
+    this.persistTimer.unref();
+    await this.startLink();
+    if (this.config.metricsPort !== null) await this.startMetrics();
+    this.noteChange();
+  }
+
+  /** Opens the backing disk, its metadata and the data plane, and a fresh state machine over them. Leaves nothing behind on failure. */
+  private async openParts(): Promise<void> {
     const disk = BackingDisk.open(this.local.disk, { configKey: `nodes.${this.local.name}.disk in ${this.config.path}` });
     let plane: DataPlane | null = null;
     try {
@@ -122,6 +141,7 @@ export class Daemon extends EventEmitter {
           local: this.local.name,
           peer: this.peer.name,
           onNoPeer: this.config.onNoPeer,
+          onIoError: this.config.onIoError,
           fencePeer: this.config.hooks.fencePeer !== null,
           splitBrainHook: this.config.hooks.splitBrain !== null,
           afterSb0pri: this.config.afterSb0pri,
@@ -144,22 +164,49 @@ export class Daemon extends EventEmitter {
       runner.on('stepped', () => this.noteChange());
       runner.on('change', (changed: Record<string, unknown>) => this.emit('change', changed));
       runner.on('event', (event: Record<string, unknown>) => this.emit('event', event));
+      plane.setOnIoError(this.config.onIoError);
       this.parts = { disk, plane, store, exposure, runner };
-      this.registerCommands();
-      await this.admin.listen();
     } catch (error) {
       this.parts = null;
       plane?.destroy();
       disk.close();
       throw error;
     }
-    this.log.info('up', { disk: this.local.disk, dataSizeBytes: this.parts.store.superblock.dataSizeBytes, diskState: diskState(this.parts.runner.state) });
-    this.persistedOutOfSyncBytes = this.parts.plane.outOfSyncBytes();
-    this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), limits.bitmapPersistIntervalMs);
-    this.persistTimer.unref();
+  }
+
+  /** The link, the data plane and the disk closed without writing anything: the disk failed (or start failed). */
+  private closeDetachedParts(): void {
+    const parts = this.parts;
+    this.parts = null;
+    if (parts === null) return;
+    parts.plane.detach('disk detached');
+    parts.plane.destroy();
+    parts.disk.close();
+    parts.runner.failPending(`the disk of ${this.config.resource} is being re-attached`);
+  }
+
+  /**
+   * `nraid attach`: a Diskless Secondary closes its failed disk and opens the
+   * one at the configured path again (repaired, or replaced and create-md'ed),
+   * then reconnects: the handshake decides the resync (bitmap-based when the
+   * generations allow, full for a fresh disk).
+   */
+  private async attach(): Promise<ResourceStatus> {
+    await this.command({ name: 'attach' });
+    if (this.link !== null) {
+      await this.link.stop();
+      this.link = null;
+    }
+    this.session?.discardAll();
+    this.session = null;
+    this.closeDetachedParts();
+    this.lastStatus = null;
+    await this.openParts();
+    this.log.info('attach: disk re-opened', { disk: this.local.disk, diskState: diskState(this.p.runner.state) });
+    this.persistedOutOfSyncBytes = this.p.plane.outOfSyncBytes();
     await this.startLink();
-    if (this.config.metricsPort !== null) await this.startMetrics();
     this.noteChange();
+    return this.status();
   }
 
   private async startMetrics(): Promise<void> {
@@ -269,6 +316,8 @@ export class Daemon extends EventEmitter {
       if (parts.store.adoptIfWritten(parts.plane)) parts.runner.dispatch({ type: 'generation-written', md: parts.store.view() });
     } else if (type === 'link-lost') {
       parts.runner.dispatch({ type: 'link-lost', detail });
+    } else if (type === 'disk-failed') {
+      parts.runner.dispatch({ type: 'disk-failed', detail });
     } else if (type === 'resync-done') {
       parts.runner.dispatch({ type: 'resync-done', bytes: Number(detail) });
     }
@@ -317,7 +366,7 @@ export class Daemon extends EventEmitter {
     if (next.resource !== this.config.resource) {
       throw new StateError(`config ${this.config.path} now names resource "${next.resource}", not "${this.config.resource}"; nothing changed`);
     }
-    return this.p.runner.command({ name: 'adjust', protocol: next.protocol });
+    return this.p.runner.command({ name: 'adjust', protocol: next.protocol, onIoError: next.onIoError });
   }
 
   private command(command: Command): Promise<ResourceStatus> {
@@ -342,10 +391,12 @@ export class Daemon extends EventEmitter {
     if (this.persistTimer !== null) clearInterval(this.persistTimer);
     if (this.metrics !== null) await this.metrics.close();
     const parts = this.parts;
+    const diskless = parts?.runner.state.diskless === true;
     if (parts !== null && parts.exposure.exposed) {
       await parts.exposure.unexpose();
       parts.store.disarm(parts.plane);
-      await parts.store.persist(parts.plane, { kind: 'became-secondary' });
+      // Detached: the failed disk keeps the metadata it had (DRBD writes none either).
+      if (!diskless) await parts.store.persist(parts.plane, { kind: 'became-secondary' });
     }
     if (this.link !== null) {
       await this.link.stop();
@@ -355,8 +406,10 @@ export class Daemon extends EventEmitter {
     this.session = null;
     if (parts !== null) {
       parts.plane.detach('down');
-      await parts.plane.persistBitmap(true);
-      await parts.plane.flush();
+      if (!diskless) {
+        await parts.plane.persistBitmap(true);
+        await parts.plane.flush();
+      }
       parts.plane.destroy();
       parts.disk.close();
       parts.runner.failPending(`resource ${this.config.resource} is going down`);
@@ -376,6 +429,7 @@ export class Daemon extends EventEmitter {
     this.admin.on('invalidate', () => this.command({ name: 'invalidate' }));
     this.admin.on('disconnect', () => this.command({ name: 'disconnect' }));
     this.admin.on('adjust', () => this.adjust());
+    this.admin.on('attach', () => this.attach());
     this.admin.on('events', (args, stream) => this.streamEvents(stream));
   }
 

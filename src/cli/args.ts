@@ -22,7 +22,8 @@ export type Command =
   | 'verify'
   | 'invalidate'
   | 'demo'
-  | 'help';
+  | 'help'
+  | 'attach';
 
 export interface ParsedArgs {
   command: Command;
@@ -87,6 +88,7 @@ const commands: readonly CommandSpec[] = [
   { name: 'invalidate', summary: 'discard this node\'s data and resync it from the peer', takesResource: true, flags: [] },
   { name: 'demo', summary: 'run a two-node mirror on this machine with loop devices and show it working', takesResource: false, flags: [] },
   { name: 'help', summary: 'show this help, or one command\'s', takesResource: false, flags: [] },
+  { name: 'attach', summary: 'bring back a replaced disk of a Diskless Secondary (on-io-error = detach); a resync from the peer follows', takesResource: true, flags: [] },
 ];
 
 const commandNames = commands.map((c) => c.name);

@@ -18,6 +18,7 @@
 import { NraidError, StateError } from '../errors';
 import { Asker, Effect, Input, MachineState, PeerRequest, Step, answer, diskState, persist, resolveUnknownSwitchover, resumeIo, splitBrainFacts } from './machine-core';
 import { command, drained, faultPassed, programDone, promoteVote, switchover, switchoverReply } from './roles';
+import { diskFailed } from './disk-failure';
 import { dataAttached, dataSocket, finishAsSource, peerNotice, sessionDown, sessionUp, setupReady, splitBrainDecided } from './sync';
 
 export * from './machine-core';
@@ -113,6 +114,8 @@ export function step(state: MachineState, input: Input): Step {
       if (event.exitCode === 0 && s.config.onNoPeer === 'continue' && s.connection !== 'Connected') resumeIo(s, fx, 'the fence-peer hook succeeded');
       else if (event.exitCode !== 0) fx.push({ kind: 'log', level: 'warn', message: 'fence-peer hook failed: I/O stays suspended until the peer returns or nraid resume-io', fields: { exitCode: event.exitCode } });
       return { state: s, effects: fx };
+    case 'disk-failed':
+      return diskFailed(s, fx, event.detail);
     case 'stop':
       s.stopping = true;
       return { state: s, effects: fx };

@@ -5,7 +5,7 @@
 import { NativeCounters } from '../native';
 import { Superblock } from '../metadata';
 import { ResourceStatus } from '../state';
-import { MachineState, diskState } from './machine';
+import { MachineState, diskState, peerServes } from './machine';
 
 export interface ResyncClock {
   totalBytes: number;
@@ -95,9 +95,14 @@ export function snapshot(f: StatusFacts): ResourceStatus {
     ioSuspended: s.ioSuspended,
     discardMyData: s.discardMyData,
     switchoverUnknown: s.switchoverUnknown,
+    diskFailure: s.diskFailure,
+    servedByPeer: s.diskless && peerServes(s),
+    localIoErrors: c?.localIoErrors ?? 0,
+    peerReads: c?.peerReads ?? 0,
+    peerWrites: c?.peerWrites ?? 0,
     pid: process.pid,
   };
 }
 
 /** The fields whose changes are events (counters are not). */
-export const EVENT_KEYS = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision', 'splitBrain', 'ioSuspended', 'switchoverUnknown'] as const;
+export const EVENT_KEYS = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision', 'splitBrain', 'ioSuspended', 'switchoverUnknown', 'servedByPeer'] as const;

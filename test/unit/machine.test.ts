@@ -22,7 +22,7 @@ function md(over: Partial<MetadataView['flags']> = {}, uuids: Partial<MetadataVi
 
 function node(name: 'alpha' | 'beta', meta: MetadataView = md()): MachineState {
   return initialState(
-    { resource: 'r0', device: '/dev/nraid/r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect', peerGraceMs: 5000 },
+    { resource: 'r0', device: '/dev/nraid/r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', onIoError: 'detach', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect', peerGraceMs: 5000 },
     meta,
     'C',
   );

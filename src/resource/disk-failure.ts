@@ -1,0 +1,88 @@
+/**
+ * A failing backing disk (on-io-error, issue 10 item 3). Pure transitions
+ * (see machine.ts). Under `detach` the data plane stops using the disk at its
+ * first error and reports `disk-failed` once; here the node becomes Diskless:
+ * - Primary with an UpToDate peer (Established): it goes on serving through
+ *   the peer (the data plane does that by itself, see peerServes);
+ * - Primary without one: every request fails with EIO from now on;
+ * - Secondary: it leaves the session (StandAlone), so the Primary records in
+ *   its bitmap what this node misses, as after any disconnect.
+ * The peer learns of it from this node's state (disk: Diskless), and never
+ * takes a resync from it (sync.ts, sessionUp). `nraid attach` brings a disk
+ * back: allowed on a Diskless Secondary, which then resyncs from the peer.
+ */
+import { NraidError, StateError } from '../errors';
+import { SyncDecision } from '../sync-decision';
+import { Asker, Effect, Input, MachineState, Step, answer, connected, peerServes } from './machine-core';
+
+export function diskFailed(s: MachineState, fx: Effect[], detail: string): Step {
+  const r = s.config.resource;
+  if (s.diskless) return { state: s, effects: fx };
+  if (s.config.onIoError === 'pass-on') {
+    // The data plane counts it and passes it up; the disk stays attached.
+    fx.push({ kind: 'log', level: 'error', message: 'local disk I/O error passed on to the application (on-io-error = pass-on)', fields: { error: detail } });
+    fx.push({ kind: 'emit', event: { type: 'io-error', resource: r, node: s.config.local, error: detail, policy: 'pass-on' } });
+    return { state: s, effects: fx };
+  }
+  s.diskless = true;
+  s.diskFailure = detail;
+  const served = peerServes(s);
+  const consequence =
+    s.role === 'Secondary'
+      ? `${s.config.local} leaves the session; the Primary records what it misses; replace the disk and run nraid attach`
+      : served
+        ? `reads and writes go to ${s.config.peer} (UpToDate); no error reaches the application`
+        : `no UpToDate peer can serve: I/O errors reach the application; connect ${s.config.peer} or switch over`;
+  fx.push({ kind: 'log', level: 'error', message: `local disk failed: detached, ${s.config.local} is Diskless (on-io-error = detach); ${consequence}`, fields: { error: detail, role: s.role, servedByPeer: served } });
+  fx.push({ kind: 'emit', event: { type: 'disk-failed', resource: r, node: s.config.local, error: detail, role: s.role, servedByPeer: served } });
+  fx.push({ kind: 'emit', event: { disk: 'Diskless' } });
+  if (connected(s)) fx.push({ kind: 'send-state' });
+  if (s.role === 'Secondary') fx.push({ kind: 'link-disconnect', reason: `local disk failed (${detail}): ${s.config.local} is Diskless` });
+  return { state: s, effects: fx };
+}
+
+/** `nraid attach`: the machine's part is the check; the daemon re-opens the disk and reconnects. */
+export function attachCheck(s: MachineState, fx: Effect[], asker: Asker): Step {
+  const r = s.config.resource;
+  const refuse = (error: NraidError): Step => ({ state: s, effects: [{ kind: 'reply', to: asker, error }] });
+  if (!s.diskless) return refuse(new StateError(`cannot attach a disk to ${r} on ${s.config.local}: its disk is attached (${s.md.flags.consistent ? 'Consistent' : 'Inconsistent'}); nothing to do`));
+  if (s.role === 'Primary') {
+    return refuse(
+      new StateError(
+        `cannot attach a disk to ${r} on ${s.config.local} while it is Primary (Diskless, served by ${s.config.peer}): ` +
+          `switch over first (nraid switchover, or stop the services, nraid secondary here and nraid primary on ${s.config.peer}), then attach`,
+      ),
+    );
+  }
+  fx.push({ kind: 'log', level: 'info', message: 'attach: re-opening the backing disk; a resync from the peer follows' });
+  answer(fx, asker, null);
+  return { state: s, effects: fx };
+}
+
+/**
+ * At the handshake, when either side is Diskless: no sync decision from the
+ * generations. A Diskless Primary sends to an UpToDate peer of its own
+ * generation when nothing is marked out of sync (the peer then holds every
+ * acknowledged write); anything else is refused, so a Diskless node is never
+ * a sync source nor a sync target, and never serves stale data.
+ */
+export function disklessSession(s: MachineState, input: Input): { direction: 'source' | 'target' } | { refuse: string } | null {
+  const peer = s.peer!;
+  const peerDiskless = peer.disk === 'Diskless';
+  if (!s.diskless && !peerDiskless) return null;
+  if (s.diskless && peerDiskless) return { refuse: 'both nodes are Diskless' };
+  const sameGeneration = peer.uuids.current === s.md.uuids.current;
+  if (s.diskless) {
+    if (s.role !== 'Primary') return { refuse: `${s.config.local} is Diskless; run nraid attach with a working disk` };
+    if (peer.disk !== 'UpToDate') return { refuse: `${s.config.local} is Diskless and ${s.config.peer} is ${peer.disk}: nothing can serve the data` };
+    if (!sameGeneration || input.outOfSyncBytes > 0) {
+      return { refuse: `${s.config.local} is Diskless and ${s.config.peer} may miss writes acknowledged here before the disk failed; nothing can serve the newest data` };
+    }
+    return { direction: 'source' };
+  }
+  if (peer.role !== 'Primary') return { refuse: `${s.config.peer} is Diskless; it can only be served by an UpToDate peer while Primary` };
+  if (!sameGeneration || !s.md.flags.consistent || s.md.flags.outdated || !s.md.flags.wasUpToDate) {
+    return { refuse: `${s.config.peer} is Diskless and Primary, and this disk is not its UpToDate copy` };
+  }
+  return { direction: 'target' };
+}

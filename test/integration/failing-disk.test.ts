@@ -1,0 +1,153 @@
+/**
+ * A failing backing disk (issue 10 item 3) and on-io-error: under `detach` a
+ * Primary whose disk fails goes Diskless and keeps serving reads and writes
+ * through its UpToDate peer, with no error reaching the application and no
+ * acknowledged write lost; under `pass-on` the application sees EIO; a
+ * Secondary whose disk fails leaves, the Primary's bitmap records what it
+ * misses, and `nraid attach` brings the disk back with a resync.
+ */
+import * as fs from 'fs';
+import {
+  FailingDisk,
+  NraidStatus,
+  RandomWriter,
+  TestResource,
+  bringUpPair,
+  describeIntegration,
+  makeFailingDisk,
+  makeResource,
+  num,
+  readDirect,
+  sha256Range,
+  writeDirect,
+} from '../harness';
+
+const SIZE_BYTES = 64 << 20;
+const WRITER_BYTES = 16 << 20;
+
+async function resourceOn(disks: { alpha?: FailingDisk; beta?: FailingDisk }, extra: Record<string, unknown> = {}): Promise<TestResource> {
+  const nodes: Record<string, unknown> = {};
+  if (disks.alpha) nodes.alpha = { disk: disks.alpha.file };
+  if (disks.beta) nodes.beta = { disk: disks.beta.file };
+  return makeResource({ nodes: 2, sizeBytes: SIZE_BYTES, protocol: 'C', extra: { ...extra, nodes, 'connect-retry-ms': 100 } });
+}
+
+function dataSize(s: NraidStatus): number {
+  return num(s, 'dataSizeBytes');
+}
+
+describeIntegration('failing disk', ['root', 'fuse', 'loop', 'dd', 'nraid-cli', 'nbdkit'], () => {
+  jest.setTimeout(90_000);
+
+  test('the harness: O_DIRECT errors of the failing disk reach the caller as EIO, and stop when healed', async () => {
+    const disk = await makeFailingDisk(8 << 20, 'probe');
+    try {
+      const block = Buffer.alloc(4096, 0x5a);
+      await writeDirect(disk.file, 0, block);
+      disk.failWrites(true);
+      await expect(writeDirect(disk.file, 4096, block)).rejects.toThrow(/Input\/output error/);
+      expect((await readDirect(disk.file, 0, 4096)).equals(block)).toBe(true);
+      disk.failReads(true);
+      await expect(readDirect(disk.file, 0, 4096)).rejects.toThrow(/Input\/output error/);
+      disk.heal();
+      await writeDirect(disk.file, 4096, block);
+      expect((await readDirect(disk.file, 4096, 4096)).equals(block)).toBe(true);
+    } finally {
+      await disk.remove();
+    }
+    expect(fs.existsSync(disk.file)).toBe(false);
+  });
+
+  test('detach: a Primary whose disk fails writes, then reads, goes Diskless and serves everything through its peer', async () => {
+    const disk = await makeFailingDisk(SIZE_BYTES, 'det-alpha');
+    const r = await resourceOn({ alpha: disk });
+    try {
+      await bringUpPair(r);
+      const device = r.nodes.alpha.device;
+      const writer = await RandomWriter.create({ device, sizeBytes: WRITER_BYTES, maxWriteBytes: 256 << 10, concurrency: 4 });
+      await writer.run(40);
+      disk.failWrites(true);
+      // No error reaches the application: run() throws on the first failed write.
+      await writer.run(60);
+      const diskless = await r.waitFor('alpha', (s) => s.disk === 'Diskless', 10_000);
+      expect(diskless.role).toBe('Primary');
+      expect(diskless.servedByPeer).toBe(true);
+      expect(diskless.diskFailure).toMatch(/Input\/output error/);
+      expect(num(diskless, 'localIoErrors')).toBeGreaterThan(0);
+      expect(num(diskless, 'peerWrites')).toBeGreaterThan(0);
+      const beta = await r.status('beta');
+      expect(beta.peerDisk).toBe('Diskless');
+      expect(beta.disk).toBe('UpToDate');
+      // Reads fail too now; they come from the peer (the disk is not read any more either way).
+      disk.failReads(true);
+      await writer.run(20);
+      expect((await writer.verifyOrThrow()).ok).toBe(true);
+      expect(num(await r.status('alpha'), 'peerReads')).toBeGreaterThan(0);
+      // Every acknowledged write is on the peer's disk.
+      expect((await writer.verifyOrThrow({ device: r.nodes.beta.diskPath })).ok).toBe(true);
+      // Attach is refused while Primary, with what to do.
+      const attach = await r.run('alpha', 'attach');
+      expect(attach.code).toBe(1);
+      expect(attach.stderr).toMatch(/switch over first/);
+    } finally {
+      disk.heal();
+      await r.cleanup();
+      await disk.remove();
+    }
+  });
+
+  test('pass-on: the application sees EIO, the disk stays attached, the error is counted', async () => {
+    const disk = await makeFailingDisk(SIZE_BYTES, 'pass-alpha');
+    const r = await resourceOn({ alpha: disk }, { 'on-io-error': 'pass-on' });
+    try {
+      await bringUpPair(r);
+      const device = r.nodes.alpha.device;
+      await writeDirect(device, 0, Buffer.alloc(64 << 10, 1));
+      disk.failWrites(true);
+      await expect(writeDirect(device, 1 << 20, Buffer.alloc(64 << 10, 2))).rejects.toThrow(/Input\/output error/);
+      disk.failWrites(false);
+      const s = await r.status('alpha');
+      expect(s.disk).toBe('UpToDate');
+      expect(num(s, 'localIoErrors')).toBeGreaterThan(0);
+      await writeDirect(device, 2 << 20, Buffer.alloc(64 << 10, 3));
+    } finally {
+      disk.heal();
+      await r.cleanup();
+      await disk.remove();
+    }
+  });
+
+  test('detach on a Secondary: it leaves, the Primary goes on and records what it misses; attach resyncs it', async () => {
+    const disk = await makeFailingDisk(SIZE_BYTES, 'det-beta');
+    const r = await resourceOn({ beta: disk });
+    try {
+      await bringUpPair(r);
+      const device = r.nodes.alpha.device;
+      const writer = await RandomWriter.create({ device, sizeBytes: WRITER_BYTES, maxWriteBytes: 256 << 10, concurrency: 4 });
+      await writer.run(30);
+      disk.failWrites(true);
+      await writer.run(60);
+      const beta = await r.waitFor('beta', (s) => s.disk === 'Diskless' && s.connection === 'StandAlone', 15_000);
+      expect(beta.role).toBe('Secondary');
+      const alpha = await r.waitFor('alpha', (s) => s.connection !== 'Connected', 15_000);
+      expect(alpha.disk).toBe('UpToDate');
+      expect(num(alpha, 'outOfSyncBytes')).toBeGreaterThan(0);
+      // The same disk works again: attach, resync from the Primary (its bitmap).
+      disk.heal();
+      await r.runOk('beta', 'attach');
+      await r.waitFor('alpha', (s) => s.connection === 'Connected' && s.replication === 'Established' && s.outOfSyncBytes === 0 && s.peerDisk === 'UpToDate', 60_000);
+      const after = await r.waitFor('beta', (s) => s.disk === 'UpToDate' && s.replication === 'Established', 30_000);
+      expect(after.connection).toBe('Connected');
+      await writer.run(10);
+      await r.waitFor('alpha', (s) => s.writesInFlight === 0 && s.outOfSyncBytes === 0, 10_000);
+      const size = dataSize(after);
+      const [a, b] = await Promise.all([sha256Range(r.nodes.alpha.diskPath, 0, size), sha256Range(disk.file, 0, size)]);
+      expect(b).toBe(a);
+      expect((await writer.verifyOrThrow({ device: disk.file })).ok).toBe(true);
+    } finally {
+      disk.heal();
+      await r.cleanup();
+      await disk.remove();
+    }
+  });
+});

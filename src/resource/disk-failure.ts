@@ -12,8 +12,7 @@
  * back: allowed on a Diskless Secondary, which then resyncs from the peer.
  */
 import { NraidError, StateError } from '../errors';
-import { SyncDecision } from '../sync-decision';
-import { Asker, Effect, Input, MachineState, Step, answer, connected, peerServes } from './machine-core';
+import { Asker, Effect, Input, MachineState, Step, answer, connected, diskState, peerServes, persist } from './machine-core';
 
 export function diskFailed(s: MachineState, fx: Effect[], detail: string): Step {
   const r = s.config.resource;
@@ -61,28 +60,62 @@ export function attachCheck(s: MachineState, fx: Effect[], asker: Asker): Step {
 
 /**
  * At the handshake, when either side is Diskless: no sync decision from the
- * generations. A Diskless Primary sends to an UpToDate peer of its own
- * generation when nothing is marked out of sync (the peer then holds every
- * acknowledged write); anything else is refused, so a Diskless node is never
- * a sync source nor a sync target, and never serves stale data.
+ * generations. A Diskless Primary sends to an UpToDate peer of its generation
+ * when nothing is marked out of sync (the peer then holds every acknowledged
+ * write); anything else is refused, so a Diskless node is never a sync source
+ * nor a sync target, and never serves stale data. The Diskless side stays
+ * away (StandAlone: `attach` reconnects); its peer only drops the session and
+ * keeps listening, so an attach finds it.
  */
-export function disklessSession(s: MachineState, input: Input): { direction: 'source' | 'target' } | { refuse: string } | null {
+export function disklessSession(s: MachineState, input: Input): { direction: 'source' | 'target' } | { refuse: string; standAlone: boolean } | null {
   const peer = s.peer!;
   const peerDiskless = peer.disk === 'Diskless';
   if (!s.diskless && !peerDiskless) return null;
-  if (s.diskless && peerDiskless) return { refuse: 'both nodes are Diskless' };
+  const away = (refuse: string) => ({ refuse, standAlone: s.diskless });
+  if (s.diskless && peerDiskless) return away('both nodes are Diskless');
+  if (s.role === 'Primary' && peer.role === 'Primary') return away('both nodes are Primary; demote one with nraid secondary');
   const sameGeneration = peer.uuids.current === s.md.uuids.current;
   if (s.diskless) {
-    if (s.role !== 'Primary') return { refuse: `${s.config.local} is Diskless; run nraid attach with a working disk` };
-    if (peer.disk !== 'UpToDate') return { refuse: `${s.config.local} is Diskless and ${s.config.peer} is ${peer.disk}: nothing can serve the data` };
+    if (s.role !== 'Primary') return away(`${s.config.local} is Diskless; run nraid attach with a working disk`);
+    if (peer.disk !== 'UpToDate') return away(`${s.config.local} is Diskless and ${s.config.peer} is ${peer.disk}: nothing can serve the data`);
     if (!sameGeneration || input.outOfSyncBytes > 0) {
-      return { refuse: `${s.config.local} is Diskless and ${s.config.peer} may miss writes acknowledged here before the disk failed; nothing can serve the newest data` };
+      return away(`${s.config.local} is Diskless and ${s.config.peer} may miss writes acknowledged here before the disk failed; nothing can serve the newest data`);
     }
     return { direction: 'source' };
   }
-  if (peer.role !== 'Primary') return { refuse: `${s.config.peer} is Diskless; it can only be served by an UpToDate peer while Primary` };
+  if (peer.role !== 'Primary') return away(`${s.config.peer} is Diskless (waiting for nraid attach there)`);
   if (!sameGeneration || !s.md.flags.consistent || s.md.flags.outdated || !s.md.flags.wasUpToDate) {
-    return { refuse: `${s.config.peer} is Diskless and Primary, and this disk is not its UpToDate copy` };
+    return away(`${s.config.peer} is Diskless and Primary, and this disk is not its UpToDate copy`);
   }
   return { direction: 'target' };
+}
+
+/**
+ * Both sides of a Diskless Primary and its UpToDate peer (on peer-state, and at
+ * the handshake):
+ * - the peer starts a generation of its own, once per loss, with every bit
+ *   set: the Primary's old disk, if it ever comes back, is then behind by a
+ *   generation and resyncs from here (every block), whatever its metadata says;
+ * - the Diskless Primary follows the generation of the peer that holds its
+ *   data, in memory only (it writes no metadata), so that a reconnect or a
+ *   switchover finds both at the same generation.
+ */
+export function peerDiskless(s: MachineState, fx: Effect[], input: Input): void {
+  const peer = s.peer;
+  if (peer === null) return;
+  if (peer.disk !== 'Diskless') {
+    s.peerDiskLost = false;
+  } else if (peer.role === 'Primary' && !s.peerDiskLost && !s.diskless && diskState(s) === 'UpToDate') {
+    s.peerDiskLost = true;
+    fx.push({ kind: 'log', level: 'warn', message: `${s.config.peer} is a Diskless Primary: this disk holds the only copy; a new generation starts here`, fields: { next: input.fresh.toString(16) } });
+    fx.push({ kind: 'mark-all' }, { kind: 'persist-bitmap' });
+    persist(s, fx, { kind: 'peer-disk-lost', fresh: input.fresh });
+    fx.push({ kind: 'send-state' });
+  }
+  const u = s.md.uuids;
+  const descends = peer.uuids.current === u.current || peer.uuids.bitmap === u.current || peer.uuids.history.includes(u.current);
+  if (s.diskless && s.role === 'Primary' && peer.disk === 'UpToDate' && descends && peer.uuids.current !== u.current) {
+    s.md = { ...s.md, uuids: { current: peer.uuids.current, bitmap: peer.uuids.bitmap, history: [peer.uuids.history[0], peer.uuids.history[1]] } };
+    fx.push({ kind: 'log', level: 'info', message: `Diskless: following ${s.config.peer}'s generation`, fields: { current: peer.uuids.current.toString(16) } });
+  }
 }

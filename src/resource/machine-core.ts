@@ -100,6 +100,8 @@ export interface MachineState {
   diskless: boolean;
   /** What failed, for status and the log. */
   diskFailure: string | null;
+  /** The peer is a Diskless Primary and this node started a generation of its own for it (peer-disk-lost). */
+  peerDiskLost: boolean;
 }
 
 /** Who waits for an answer: an admin command, or a request of the peer. */
@@ -204,6 +206,8 @@ export type Effect =
   | { kind: 'allow-resync' }
   | { kind: 'start-resync' }
   | { kind: 'clear-bitmap' }
+  /** Every bit set: the peer's disk (gone) misses everything. */
+  | { kind: 'mark-all' }
   | { kind: 'drop-session'; reason: string }
   | { kind: 'link-connect' }
   | { kind: 'link-disconnect'; reason: string }
@@ -274,6 +278,7 @@ export function initialState(config: MachineConfig, md: MetadataView, protocol: 
     stopping: false,
     diskless: false,
     diskFailure: null,
+    peerDiskLost: false,
   };
 }
 
@@ -337,13 +342,14 @@ export function splitBrainFacts(s: MachineState, input: Input): SplitBrainFacts 
 }
 
 /**
- * A Diskless node is served by its peer only while this holds: it is Primary, the
- * data link runs from it to a peer that is UpToDate, and replication is Established
+ * A Diskless node is served by its peer only while this holds: the data link runs
+ * from it (Primary, or demoting in a switchover) to a peer that is UpToDate, and
+ * replication is Established
  * (the runner tells the data plane after every step).
  */
 export function peerServes(s: MachineState): boolean {
   return (
-    s.role === 'Primary' && connected(s) && s.session!.direction === 'source' && s.session!.attached &&
+    connected(s) && s.session!.direction === 'source' && s.session!.attached &&
     s.replication === 'Established' && s.peer!.disk === 'UpToDate'
   );
 }

@@ -18,7 +18,7 @@
 import { NraidError, StateError } from '../errors';
 import { Asker, Effect, Input, MachineState, PeerRequest, Step, answer, diskState, persist, resolveUnknownSwitchover, resumeIo, splitBrainFacts } from './machine-core';
 import { command, drained, faultPassed, programDone, promoteVote, switchover, switchoverReply } from './roles';
-import { diskFailed } from './disk-failure';
+import { diskFailed, peerDiskless } from './disk-failure';
 import { dataAttached, dataSocket, finishAsSource, peerNotice, sessionDown, sessionUp, setupReady, splitBrainDecided } from './sync';
 
 export * from './machine-core';
@@ -41,6 +41,7 @@ export function step(state: MachineState, input: Input): Step {
     case 'peer-state':
       s.peer = event.peer;
       if (s.switchoverUnknown) resolveUnknownSwitchover(s, fx);
+      peerDiskless(s, fx, input);
       return { state: s, effects: fx };
     case 'session-up':
       return sessionUp(s, fx, event, input);
@@ -88,7 +89,8 @@ export function step(state: MachineState, input: Input): Step {
     case 'drained':
       return drained(s, fx, event.error, input);
     case 'program-done':
-      s.md = event.disk.md;
+      // Diskless, the store writes nothing: the machine's view (following the peer) is the truth.
+      if (!s.diskless) s.md = event.disk.md;
       s.armedGeneration = event.disk.armed;
       return programDone(s, fx, event.tag, event.error);
     case 'fault-passed':

@@ -30,7 +30,13 @@ export type MetadataChange =
   /** The last run ended while Primary without a clean demotion. */
   | { kind: 'crash-noted' }
   /** The data plane wrote the armed generation (first write without the peer). */
-  | { kind: 'generation-written'; fresh: bigint };
+  | { kind: 'generation-written'; fresh: bigint }
+  /**
+   * The peer, Primary, lost its disk (Diskless) and now writes to this disk alone: a new
+   * generation starts here (`fresh`), so its old disk, if it comes back, is behind by one
+   * and resyncs from this node (every block: the bitmap is all set with it).
+   */
+  | { kind: 'peer-disk-lost'; fresh: bigint };
 
 /** A sync target takes the source's generation: its current and history, no bitmap UUID. */
 function takeSourceGeneration(uuids: MetadataView['uuids'], source: { current: bigint; history: readonly [bigint, bigint] }): void {
@@ -103,6 +109,11 @@ export function applyChange<T extends MetadataView>(view: T, change: MetadataCha
       break;
     case 'generation-written':
       uuids.bitmap = uuids.current;
+      uuids.current = change.fresh;
+      break;
+    case 'peer-disk-lost':
+      if (uuids.bitmap === 0n) uuids.bitmap = uuids.current;
+      else uuids.history = [uuids.current, uuids.history[0]];
       uuids.current = change.fresh;
       break;
   }

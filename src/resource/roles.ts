@@ -164,7 +164,8 @@ export function primary(s: MachineState, fx: Effect[], asker: Asker, force: bool
 export function promote(s: MachineState, fx: Effect[], input: Input): Step {
   const promotion = s.promotion!;
   let minted = false;
-  if (diskState(s) !== 'UpToDate') {
+  // Diskless, there is nothing to declare newest: the peer holds the data (a switchover taken back).
+  if (diskState(s) !== 'UpToDate' && !s.diskless) {
     // primary() refused this without --force.
     fx.push({ kind: 'log', level: 'warn', message: 'forced promotion', fields: { disk: diskState(s) } });
     persist(s, fx, { kind: 'forced-promotion', fresh: input.fresh });

@@ -157,6 +157,9 @@ export class Runner extends EventEmitter {
       case 'clear-bitmap':
         plane.clearBitmap();
         return;
+      case 'mark-all':
+        plane.markAll();
+        return;
       case 'suspend-io':
         plane.setSuspended(true);
         log.warn('I/O suspended', { reason: effect.reason });

@@ -19,6 +19,7 @@ import {
   num,
   readDirect,
   sha256Range,
+  withDaemonLogs,
   writeDirect,
 } from '../harness';
 
@@ -89,6 +90,22 @@ describeIntegration('failing disk', ['root', 'fuse', 'loop', 'dd', 'nraid-cli', 
       const attach = await r.run('alpha', 'attach');
       expect(attach.code).toBe(1);
       expect(attach.stderr).toMatch(/switch over first/);
+      // The way back: hand over to the peer, then attach the disk (here the same one, working
+      // again, with its stale metadata): the peer started a generation of its own when alpha
+      // went Diskless, so alpha's disk is behind and gets every block.
+      await withDaemonLogs(r, async () => {
+        await r.runOk('alpha', 'switchover');
+        await r.waitFor('beta', (s) => s.role === 'Primary', 15_000);
+        await r.waitFor('alpha', (s) => s.role === 'Secondary' && s.connection === 'StandAlone', 15_000);
+        disk.heal();
+        await r.runOk('alpha', 'attach');
+        await r.waitFor('beta', (s) => s.replication === 'Established' && s.outOfSyncBytes === 0 && s.peerDisk === 'UpToDate', 20_000);
+        const attached = await r.waitFor('alpha', (s) => s.disk === 'UpToDate' && s.replication === 'Established', 30_000);
+        const size = dataSize(attached);
+        const [a, b] = await Promise.all([sha256Range(disk.file, 0, size), sha256Range(r.nodes.beta.diskPath, 0, size)]);
+        expect(a).toBe(b);
+        expect((await writer.verifyOrThrow({ device: disk.file })).ok).toBe(true);
+      });
     } finally {
       disk.heal();
       await r.cleanup();

@@ -84,7 +84,9 @@ export function disklessSession(s: MachineState, input: Input): { direction: 'so
     return { direction: 'source' };
   }
   if (peer.role !== 'Primary') return away(`${s.config.peer} is Diskless (waiting for nraid attach there)`);
-  if (!sameGeneration || !s.md.flags.consistent || s.md.flags.outdated || !s.md.flags.wasUpToDate) {
+  // This node may have started its own generation for the Diskless Primary already (peerDiskless).
+  const startedFromPeer = s.peerDiskLost && (s.md.uuids.bitmap === peer.uuids.current || s.md.uuids.history[0] === peer.uuids.current);
+  if (!(sameGeneration || startedFromPeer) || !s.md.flags.consistent || s.md.flags.outdated || !s.md.flags.wasUpToDate) {
     return away(`${s.config.peer} is Diskless and Primary, and this disk is not its UpToDate copy`);
   }
   return { direction: 'target' };

@@ -193,6 +193,15 @@ export class Daemon extends EventEmitter {
    */
   private async attach(): Promise<ResourceStatus> {
     await this.command({ name: 'attach' });
+    // Before anything is closed: the disk opens, holds this resource's metadata and reads.
+    // A disk that still fails is refused here and the node stays as it was (Diskless).
+    const probe = BackingDisk.open(this.local.disk, { readOnly: true, configKey: `nodes.${this.local.name}.disk in ${this.config.path}` });
+    try {
+      MetadataStore.open(probe, this.config.resource, this.log);
+      probe.read(0, limits.blockBytes);
+    } finally {
+      probe.close();
+    }
     if (this.link !== null) {
       await this.link.stop();
       this.link = null;

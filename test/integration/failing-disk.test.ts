@@ -84,6 +84,12 @@ describeIntegration('failing disk', ['root', 'fuse', 'loop', 'dd', 'nraid-cli', 
         const alpha = await r.waitFor('alpha', (s) => s.connection !== 'Connected', 15_000);
         expect(alpha.disk).toBe('UpToDate');
         expect(num(alpha, 'outOfSyncBytes')).toBeGreaterThan(0);
+        // A disk that still fails is refused by attach, and the node stays Diskless.
+        diskB.failReads(true);
+        const early = await r.run('beta', 'attach');
+        expect(early.code).toBe(1);
+        expect(early.stderr).toMatch(/Input\/output error|EIO/);
+        expect((await r.status('beta')).disk).toBe('Diskless');
         // The same disk works again: attach, resync from the Primary's bitmap.
         diskB.heal();
         await r.runOk('beta', 'attach');

@@ -538,6 +538,12 @@ Napi::Value SetPeerServes(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value DetachDisk(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  box->pipeline->detach_disk(info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "detached");
+  return info.Env().Undefined();
+}
+
 Napi::Value PipelineDestroy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto* handle = unwrap<PipelineBox>(info, 0, "pipeline");
@@ -608,6 +614,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("allowResync", Napi::Function::New(env, AllowResync));
   exports.Set("setOnIoError", Napi::Function::New(env, SetOnIoError));
   exports.Set("setPeerServes", Napi::Function::New(env, SetPeerServes));
+  exports.Set("detachDisk", Napi::Function::New(env, DetachDisk));
   auto limits = Napi::Object::New(env);
   limits.Set("blockBytes", nraid::kBlockBytes);
   limits.Set("requestBytesMax", nraid::kRequestBytesMax);

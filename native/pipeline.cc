@@ -90,6 +90,13 @@ bool Pipeline::local_error(int rc, const char* what) {
   return true;
 }
 
+void Pipeline::detach_disk(const std::string& why) {
+  if (!diskless_.exchange(true, std::memory_order_acq_rel)) {
+    activity_log_.set_detached();
+    sink_("disk-failed", why);
+  }
+}
+
 bool Pipeline::peer_serves_locked() const {
   return replicator_ != nullptr && !replicator_->failed() && peer_serves_.load(std::memory_order_acquire);
 }

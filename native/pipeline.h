@@ -107,6 +107,8 @@ class Pipeline {
   // Set by the control plane: the source link's peer is UpToDate and
   // replication Established, so it can serve this node's reads and writes.
   void set_peer_serves(bool serves) { peer_serves_.store(serves, std::memory_order_release); }
+  // `nraid detach`: Diskless now, as after an error under detach (whatever the policy).
+  void detach_disk(const std::string& why);
 
   // A new generation (DESIGN.md §5) starts on the first write without a peer,
   // not before: the control plane arms a ready superblock image, the data

@@ -277,6 +277,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'switchover':
       case 'resume-io':
       case 'attach':
+      case 'detach':
       case 'invalidate': {
         requireRoot(args.command);
         const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;

@@ -439,6 +439,7 @@ export class Daemon extends EventEmitter {
     this.admin.on('disconnect', () => this.command({ name: 'disconnect' }));
     this.admin.on('adjust', () => this.adjust());
     this.admin.on('attach', () => this.attach());
+    this.admin.on('detach', () => this.command({ name: 'detach' }));
     this.admin.on('events', (args, stream) => this.streamEvents(stream));
   }
 

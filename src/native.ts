@@ -218,6 +218,8 @@ export interface Binding {
   setOnIoError(pipeline: PipelineHandle, policy: 'detach' | 'pass-on'): void;
   /** The source link's peer is UpToDate and Established: it may serve a Diskless node. */
   setPeerServes(pipeline: PipelineHandle, serves: boolean): void;
+  /** `nraid detach`: stop using the disk now (Diskless); reported as `disk-failed` with `why`. */
+  detachDisk(pipeline: PipelineHandle, why: string): void;
   /**
    * Writes an empty activity-log transaction durably (a new Primary starts
    * with no hot extents), off the JS thread. Rejects EBUSY while writes pin

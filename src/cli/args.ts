@@ -23,7 +23,8 @@ export type Command =
   | 'invalidate'
   | 'demo'
   | 'help'
-  | 'attach';
+  | 'attach'
+  | 'detach';
 
 export interface ParsedArgs {
   command: Command;
@@ -88,6 +89,7 @@ const commands: readonly CommandSpec[] = [
   { name: 'invalidate', summary: 'discard this node\'s data and resync it from the peer', takesResource: true, flags: [] },
   { name: 'demo', summary: 'run a two-node mirror on this machine with loop devices and show it working', takesResource: false, flags: [] },
   { name: 'help', summary: 'show this help, or one command\'s', takesResource: false, flags: [] },
+  { name: 'detach', summary: 'stop using this node\'s disk (Diskless), e.g. before replacing it; a Primary goes on through its UpToDate peer', takesResource: true, flags: [] },
   { name: 'attach', summary: 'bring back a replaced disk of a Diskless Secondary (on-io-error = detach); a resync from the peer follows', takesResource: true, flags: [] },
 ];
 

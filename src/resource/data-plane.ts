@@ -146,6 +146,9 @@ export class DataPlane {
   setOnIoError(policy: 'detach' | 'pass-on'): void {
     binding.setOnIoError(this.h, policy);
   }
+  detachDisk(why: string): void {
+    binding.detachDisk(this.h, why);
+  }
   setPeerServes(serves: boolean): void {
     if (this.handle !== null) binding.setPeerServes(this.handle, serves);
   }

@@ -14,10 +14,10 @@
 import { NraidError, StateError } from '../errors';
 import { Asker, Effect, Input, MachineState, Step, answer, connected, diskState, peerServes, persist } from './machine-core';
 
-export function diskFailed(s: MachineState, fx: Effect[], detail: string): Step {
+export function diskFailed(s: MachineState, fx: Effect[], detail: string, byOperator = false): Step {
   const r = s.config.resource;
   if (s.diskless) return { state: s, effects: fx };
-  if (s.config.onIoError === 'pass-on') {
+  if (s.config.onIoError === 'pass-on' && !byOperator) {
     // The data plane counts it and passes it up; the disk stays attached.
     fx.push({ kind: 'log', level: 'error', message: 'local disk I/O error passed on to the application (on-io-error = pass-on)', fields: { error: detail } });
     fx.push({ kind: 'emit', event: { type: 'io-error', resource: r, node: s.config.local, error: detail, policy: 'pass-on' } });
@@ -120,4 +120,24 @@ export function peerDiskless(s: MachineState, fx: Effect[], input: Input): void 
     s.md = { ...s.md, uuids: { current: peer.uuids.current, bitmap: peer.uuids.bitmap, history: [peer.uuids.history[0], peer.uuids.history[1]] } };
     fx.push({ kind: 'log', level: 'info', message: `Diskless: following ${s.config.peer}'s generation`, fields: { current: peer.uuids.current.toString(16) } });
   }
+}
+
+/** `nraid detach`: the disk goes away now, as after an error; refused where nothing could serve the data. */
+export function detachCommand(s: MachineState, fx: Effect[], asker: Asker): Step {
+  const r = s.config.resource;
+  const refuse = (error: NraidError): Step => ({ state: s, effects: [{ kind: 'reply', to: asker, error }] });
+  if (s.diskless) return refuse(new StateError(`cannot detach the disk of ${r} on ${s.config.local}: it is Diskless already; nraid attach brings a disk back`));
+  if (s.role === 'Primary' && !peerServes(s)) {
+    return refuse(
+      new StateError(
+        `cannot detach the disk of ${r} on ${s.config.local}: it is Primary and ${s.config.peer} is not an UpToDate peer that could serve its I/O; ` +
+          `connect ${s.config.peer} and wait for Established, or switch over first`,
+      ),
+    );
+  }
+  const why = 'detached by the operator (nraid detach)';
+  diskFailed(s, fx, why, true);
+  fx.push({ kind: 'detach-disk', why });
+  answer(fx, asker, null);
+  return { state: s, effects: fx };
 }

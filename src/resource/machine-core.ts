@@ -129,6 +129,8 @@ export type Command =
   | { name: 'adjust'; protocol: Protocol; onIoError?: 'detach' | 'pass-on' }
   /** Validates that a replaced disk may be attached now (the daemon re-opens it). */
   | { name: 'attach' }
+  /** The operator takes the disk away (as on-io-error = detach would). */
+  | { name: 'detach' }
   | { name: 'down'; holder: string | null };
 
 export type PeerRequest =
@@ -216,6 +218,7 @@ export type Effect =
   | { kind: 'run-hook'; hook: 'fence-peer' | 'split-brain'; reason: string }
   | { kind: 'set-protocol'; protocol: Protocol }
   | { kind: 'set-on-io-error'; policy: 'detach' | 'pass-on' }
+  | { kind: 'detach-disk'; why: string }
   | { kind: 'fault-point'; name: string }
   | { kind: 'arm-facts-timeout'; sessionId: number }
   | { kind: 'arm-peer-grace'; ms: number }

@@ -20,7 +20,7 @@ import {
   persist,
   resumeIo,
 } from './machine-core';
-import { attachCheck } from './disk-failure';
+import { attachCheck, detachCommand } from './disk-failure';
 export function command(s: MachineState, fx: Effect[], id: number, c: Command, input: Input): Step {
   const r = s.config.resource;
   const asker: Asker = { command: id };
@@ -81,6 +81,8 @@ export function command(s: MachineState, fx: Effect[], id: number, c: Command, i
       return done();
     case 'attach':
       return attachCheck(s, fx, asker);
+    case 'detach':
+      return detachCommand(s, fx, asker);
     case 'adjust':
       if (c.onIoError !== undefined && c.onIoError !== s.config.onIoError) {
         fx.push({ kind: 'log', level: 'info', message: 'on-io-error changed', fields: { from: s.config.onIoError, to: c.onIoError } });

@@ -171,6 +171,9 @@ export class Runner extends EventEmitter {
       case 'set-protocol':
         plane.setProtocol(effect.protocol);
         return;
+      case 'detach-disk':
+        plane.detachDisk(effect.why);
+        return;
       case 'set-on-io-error':
         plane.setOnIoError(effect.policy);
         return;

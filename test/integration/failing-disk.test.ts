@@ -97,6 +97,14 @@ describeIntegration('failing disk', ['root', 'fuse', 'loop', 'dd', 'nraid-cli', 
         const after = await r.waitFor('beta', (s) => s.disk === 'UpToDate' && s.replication === 'Established', 30_000);
         await identical(dataSize(after));
         await writer.verifyOrThrow({ device: diskB.file });
+        // The operator's detach does the same with no error: Diskless, away; attach brings it back.
+        await r.runOk('beta', 'detach');
+        await r.waitFor('beta', (s) => s.disk === 'Diskless' && s.connection === 'StandAlone', 15_000);
+        await writer.run(6);
+        await r.runOk('beta', 'attach');
+        await r.waitFor('alpha', (s) => s.replication === 'Established' && s.outOfSyncBytes === 0 && s.peerDisk === 'UpToDate' && s.writesInFlight === 0, 30_000);
+        await r.waitFor('beta', (s) => s.disk === 'UpToDate' && s.replication === 'Established', 30_000);
+        await writer.verifyOrThrow({ device: diskB.file });
       });
 
       // 2. The Primary's disk fails writes: Diskless, every write goes to beta, none fails.
@@ -162,6 +170,11 @@ describeIntegration('failing disk', ['root', 'fuse', 'loop', 'dd', 'nraid-cli', 
       expect(s.disk).toBe('UpToDate');
       expect(num(s, 'localIoErrors')).toBeGreaterThan(0);
       await writeDirect(device, 2 << 20, Buffer.alloc(64 << 10, 3));
+      // The operator's detach is refused where nothing could serve the data.
+      const detach = await r.run('alpha', 'detach');
+      expect(detach.code).toBe(1);
+      expect(detach.stderr).toMatch(/not an UpToDate peer that could serve/);
+      expect((await r.status('alpha')).disk).toBe('UpToDate');
     } finally {
       disk.heal();
       await r.cleanup();

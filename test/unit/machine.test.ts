@@ -755,6 +755,25 @@ describe('on-io-error (a failing backing disk)', () => {
     expect(back.state.md.uuids.current).toBe(GEN);
   });
 
+  test('nraid detach: a Primary served by its peer, or a Secondary, goes Diskless whatever the policy; a lone Primary is refused', () => {
+    const s = established('alpha', 'Primary');
+    const passOn = { ...s, config: { ...s.config, onIoError: 'pass-on' as const } };
+    const r = run(passOn, [{ type: 'command', id: 1, command: { name: 'detach' } }]);
+    expect(diskState(r.state)).toBe('Diskless');
+    expect(kinds(r.effects)).toEqual(['log', 'emit', 'emit', 'send-state', 'detach-disk', 'reply']);
+    expect(replies(r.effects)[0].error).toBeNull();
+    // The data plane's own disk-failed report afterwards changes nothing.
+    expect(run(r.state, [{ type: 'disk-failed', detail: 'detached by the operator (nraid detach)' }]).effects).toEqual([]);
+    const again = run(r.state, [{ type: 'command', id: 2, command: { name: 'detach' } }]);
+    expect(replies(again.effects)[0].error!.message).toMatch(/Diskless already/);
+    const alone = run({ ...node('alpha'), role: 'Primary' as const, exposed: true }, [{ type: 'command', id: 3, command: { name: 'detach' } }]);
+    expect(replies(alone.effects)[0].error!.message).toMatch(/not an UpToDate peer/);
+    expect(alone.state.diskless).toBe(false);
+    const secondary = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 4, command: { name: 'detach' } }]);
+    expect(kinds(secondary.effects)).toContain('link-disconnect');
+    expect(kinds(secondary.effects)).toContain('detach-disk');
+  });
+
   test('adjust changes on-io-error', () => {
     const r = run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'adjust', protocol: 'C', onIoError: 'pass-on' } }]);
     expect(r.state.config.onIoError).toBe('pass-on');

@@ -466,7 +466,7 @@ function looksTorn(buf: Buffer): boolean {
 export function classifySlot(image: Buffer, slot: number, offsetBytes: number, deviceSizeBytes: number): SlotState {
   const state: SlotState = { slot, offsetBytes, superblock: null, problem: null, condition: 'valid', image };
   if (image.every((byte) => byte === 0)) {
-    return { ...state, condition: 'blank', problem: 'blank (all zeros: never written, or zeroed)' };
+    return { ...state, condition: 'blank', problem: 'blank (never written, or zeroed)' };
   }
   const decoded = decodeSlot(image);
   if (!decoded.ok) {

@@ -671,6 +671,14 @@ export function createMetadata(disk: DiskIO, opts: CreateOptions): Superblock {
         `${disk.path} already holds ${held}; nraid create-md would reset its generation UUIDs and mark it Inconsistent; use --force if that is what you want`,
       );
     }
+    // Damaged nraid metadata may still be repaired from a dump: not overwritten without --force.
+    const damaged = slots.find((s) => (s.condition === 'damaged' || s.condition === 'torn') && s.image.toString('latin1', at.magic, at.magic + superblockMagic.length) === superblockMagic);
+    if (damaged !== undefined) {
+      throw new DiskHasDataError(
+        `${disk.path} holds damaged nraid metadata (slot ${damaged.slot}: ${damaged.problem}); nraid restore-md from a saved dump repairs it, ` +
+          'nraid dump-md shows it; use create-md --force to start over (the data then needs a full sync)',
+      );
+    }
     const found = detectSignature(disk.read(0, limits.signatureProbeBytes));
     if (found !== null) {
       throw new DiskHasDataError(`${disk.path} holds ${found}; nraid create-md would destroy it; use --force if that is what you want`);

@@ -241,6 +241,17 @@ describe('activity-log damage', () => {
   });
 });
 
+test('create-md does not overwrite damaged nraid metadata without --force (restore-md may still repair it)', () => {
+  const disk = sparseDisk();
+  createMetadata(disk, { resource: 'r0', node: 'alpha', force: false });
+  for (const slot of [0, 1]) {
+    const offset = superblockSlotOffsetBytes(disk.sizeBytes, slot);
+    disk.write(offset, flipBit(disk.read(offset, limits.blockBytes), 90));
+  }
+  expect(() => createMetadata(disk, { resource: 'r0', node: 'alpha', force: false })).toThrow(/holds damaged nraid metadata \(slot 0: bad checksum.*restore-md/);
+  expect(createMetadata(disk, { resource: 'r0', node: 'alpha', force: true }).resource).toBe('r0');
+});
+
 describe('dump-md and restore-md', () => {
   test('bitmap ranges: set bits and ranges convert both ways', () => {
     fc.assert(

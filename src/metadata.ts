@@ -446,8 +446,9 @@ function writeStamps(buf: Buffer): bigint[] {
 
 /**
  * A slot that failed its checks is torn when its sectors carry exactly two
- * write stamps, one or two writes apart (two in turn-about mode, one around a
- * dual write), both non-zero, and its first sector's stamp equals its own
+ * write stamps, one or two sequences apart (two when the slots take turns,
+ * one for the first write after create-md or restore-md, which leave both
+ * slots alike), both non-zero, and its first sector's stamp equals its own
  * sequence field (that sector is one whole write). Anything else is damage.
  * A bit flip that happens to turn one stamp into such a neighbour reads as
  * torn: the label can be wrong then, never the handling (both count as a

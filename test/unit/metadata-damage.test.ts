@@ -12,7 +12,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ACTIVITY_LAYOUT_VERSION, ACTIVITY_MAGIC, inspectActivityLog } from '../../src/activity-log';
-import { DiskHasDataError, MetadataError } from '../../src/errors';
+import { parseArgs, usage } from '../../src/cli/args';
+import { DiskHasDataError, MetadataError, UsageError } from '../../src/errors';
 import * as limits from '../../src/limits';
 import { classifySlot, createMetadata, diskStateOf, encodeSuperblock, inspectSuperblocks, superblockSlotOffsetBytes, type DiskIO, type Superblock } from '../../src/metadata';
 import { bitmapFromRanges, dumpMetadata, parseDump, restoreMetadata, setBitRanges } from '../../src/metadata-dump';
@@ -314,5 +315,17 @@ describe('dump-md and restore-md', () => {
     expect(inspectSuperblocks(source).map((s) => s.condition)).toEqual(['valid', 'damaged']);
     restoreMetadata(source, dump, { resource: 'r0', force: false });
     expect(inspectSuperblocks(source).map((s) => s.condition)).toEqual(['valid', 'valid']);
+  });
+});
+
+describe('the dump-md and restore-md command lines', () => {
+  test('restore-md takes --file and --force; dump-md takes --json; no other command takes --file', () => {
+    expect(parseArgs(['restore-md', 'r0', '--file', 'r0.json', '--force'])).toMatchObject({ command: 'restore-md', resource: 'r0', file: 'r0.json', force: true });
+    expect(parseArgs(['dump-md', 'r0', '--json'])).toMatchObject({ command: 'dump-md', resource: 'r0', json: true });
+    expect(() => parseArgs(['dump-md', 'r0', '--file', 'x'])).toThrow(UsageError);
+    expect(() => parseArgs(['status', 'r0', '--file', 'x'])).toThrow(/nraid status does not take --file FILE/);
+    expect(() => parseArgs(['restore-md', 'r0', '--file'])).toThrow(/needs a FILE/);
+    expect(usage()).toMatch(/dump-md +print this node's metadata/);
+    expect(usage('restore-md')).toContain('usage: nraid restore-md [resource] [-c FILE] [-n NAME] [--force] [--file FILE]');
   });
 });

@@ -72,8 +72,11 @@ export class MetadataStore {
     const decision = decideOpen(slots);
     if (decision === null) {
       const problems = slots.map((s) => `slot ${s.slot}: ${s.problem}`).join(', ');
+      const blank = slots.every((s) => s.condition === 'blank');
       throw new MetadataError(
-        `no valid nraid metadata on ${disk.path} (${problems}); run nraid dump-md to see it, then nraid restore-md from a saved dump, or nraid create-md`,
+        blank
+          ? `no valid nraid metadata on ${disk.path} (${problems}); run nraid create-md`
+          : `no valid nraid metadata on ${disk.path} (${problems}); nraid dump-md shows it; nraid restore-md from a saved dump repairs it, or run nraid create-md --force to start over`,
       );
     }
     const sb = decision.chosen.superblock;

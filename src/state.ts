@@ -78,7 +78,8 @@ export interface ResourceStatus {
 export interface MetadataDamageReport {
   area: 'superblock' | 'activity-log' | 'bitmap';
   slot: number | null;
-  condition: 'torn' | 'damaged' | 'unreadable';
+  /** zeroed: a superblock slot that nraid wrote is all zeros now. */
+  condition: 'torn' | 'damaged' | 'zeroed' | 'unreadable';
   problem: string;
   action: string;
 }

@@ -14,7 +14,7 @@ export type DamageReport = MetadataDamageReport;
 export interface OpenDecision {
   /** The newest valid slot: the node starts from it. */
   chosen: SlotState & { superblock: Superblock };
-  /** The other slot when it is torn or damaged (not when it is blank or valid). */
+  /** The other slot when it is torn, damaged or blank (not when it is valid). */
   lost: SlotState | null;
   /**
    * The lost slot may have held a newer write, and the node cannot know
@@ -27,17 +27,20 @@ export interface OpenDecision {
 }
 
 /**
- * Which slot to start from, and what a torn or damaged other slot costs.
- * Null when no slot is valid (the store then refuses to start). A blank slot
- * costs nothing: create-md and restore-md write both slots, so a blank one
- * was never written since, or was zeroed; no newer write can hide in it.
- * A torn slot is handled like a damaged one: its label comes from a heuristic
- * (the write stamps), and a wrong label must not make the node trust more.
+ * Which slot to start from, and what a lost other slot costs. Null when no
+ * slot is valid (the store then refuses to start; both blank: a device that
+ * never had metadata). A blank slot next to a valid one is lost too: nraid
+ * never leaves one (create-md and restore-md write both slots, and every
+ * write after them goes to one or the other), so it was zeroed afterwards
+ * (by a discard, a stray dd) and may have held the newest write; it is
+ * reported as `zeroed`. A torn slot is handled like a damaged one: its label
+ * comes from a heuristic (the write stamps), and a wrong label must not make
+ * the node trust more.
  */
 export function decideOpen(slots: readonly SlotState[]): OpenDecision | null {
   const chosen = newestSlot(slots);
   if (chosen === null || chosen.superblock === null) return null;
-  const lost = slots.find((s) => s !== chosen && (s.condition === 'torn' || s.condition === 'damaged')) ?? null;
+  const lost = slots.find((s) => s !== chosen && s.condition !== 'valid') ?? null;
   const state = diskStateOf(chosen.superblock);
   return {
     chosen: chosen as SlotState & { superblock: Superblock },
@@ -80,5 +83,6 @@ export function superblockReport(decision: OpenDecision): DamageReport | null {
   const action = decision.downgrade
     ? `came up Outdated from slot ${decision.chosen.slot} (sequence ${decision.chosen.superblock.sequence}): the lost write may have been a downgrade`
     : `came up from slot ${decision.chosen.slot} (sequence ${decision.chosen.superblock.sequence}), ${diskStateOf(decision.chosen.superblock)} already`;
-  return { area: 'superblock', slot: lost.slot, condition: lost.condition === 'torn' ? 'torn' : 'damaged', problem: lost.problem ?? 'not valid', action };
+  const condition = lost.condition === 'torn' ? 'torn' : lost.condition === 'blank' ? 'zeroed' : 'damaged';
+  return { area: 'superblock', slot: lost.slot, condition, problem: lost.problem ?? 'not valid', action };
 }

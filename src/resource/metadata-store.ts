@@ -63,9 +63,9 @@ export class MetadataStore {
 
   /**
    * Reads both superblock slots, starts from the newest valid one and checks
-   * it belongs to `resource`. Synchronous: before anything is served. A torn
-   * or damaged other slot is reported, never overwritten before recover()
-   * has kept its image.
+   * it belongs to `resource`. Synchronous: before anything is served. A torn,
+   * damaged or zeroed other slot is reported, never overwritten before
+   * recover() has kept its image.
    */
   static open(disk: BackingDisk, resource: string, log: StoreLog, evidenceDir: string | null = null): MetadataStore {
     const slots = inspectSuperblocks(disk);
@@ -169,7 +169,7 @@ export class MetadataStore {
     let crashed = sb.flags.wasPrimary;
     if (this.opened.lost !== null) {
       // The older slot's wasPrimary says what was true one write ago: say what is known, no more.
-      this.log.warn('a superblock slot is torn or damaged: the node starts from the other one', { ...sbReport });
+      this.log.warn('a superblock slot is lost (torn, damaged or zeroed): the node starts from the other one', { ...sbReport });
       if (this.opened.downgrade) await this.persist(plane, { kind: 'damage-noted' });
       if (sb.flags.wasPrimary) {
         this.log.warn('the previous run may have ended while Primary (the newest superblock slot is lost): treated as a crashed primary');

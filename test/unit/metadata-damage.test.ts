@@ -148,10 +148,11 @@ describe('which slot a node starts from, and how far it trusts it', () => {
     expect(superblockReport(d)).toBeNull();
   });
 
-  test('the other slot blank (never written, or zeroed): nothing lost', () => {
+  test('the other slot blank: nraid never leaves one, so it was zeroed and may have held the newest write', () => {
     const d = decideOpen([slotOf(0, { ...base, sequence: 4, flags: upToDate }), slotOf(1, null, 'blank')])!;
-    expect(d.lost).toBeNull();
-    expect(d.downgrade).toBe(false);
+    expect(d.lost?.slot).toBe(1);
+    expect(d.downgrade).toBe(true);
+    expect(superblockReport(d)).toMatchObject({ slot: 1, condition: 'zeroed' });
   });
 
   test('an UpToDate slot next to a damaged one comes up Outdated: the lost write may have been a downgrade', () => {

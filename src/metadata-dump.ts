@@ -314,6 +314,11 @@ export function parseDump(text: string, source: string): MetadataDump {
     throw new MetadataError(`${source} is not an nraid metadata dump of version ${DUMP_VERSION} (format ${JSON.stringify(j?.format)}, version ${JSON.stringify(j?.version)}); restore-md reads what nraid dump-md --json wrote`);
   }
   if (!Number.isSafeInteger(j.deviceSizeBytes)) throw new MetadataError(`${source}: deviceSizeBytes must be a whole number; fix the dump`);
+  for (const area of ['activityLog', 'bitmap'] as const) {
+    if (j[area] !== null && typeof j[area] !== 'object') throw new MetadataError(`${source}: ${area} must be an object or null; fix the dump`);
+  }
+  const al = j.activityLog;
+  if (al && !('unreadable' in al) && !Array.isArray(al.records)) throw new MetadataError(`${source}: activityLog.records must be a list; fix the dump`);
   return j as MetadataDump;
 }
 

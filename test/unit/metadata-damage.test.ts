@@ -303,6 +303,8 @@ describe('dump-md and restore-md', () => {
     expect(restoreMetadata(valid, dump, { resource: 'r0', force: true }).resource).toBe('r0');
     expect(() => parseDump('{"format":"something"}', 'f.json')).toThrow(/not an nraid metadata dump/);
     expect(() => parseDump('not json', 'f.json')).toThrow(/is not JSON/);
+    expect(() => parseDump(JSON.stringify({ ...dump, bitmap: 'x' }), 'f.json')).toThrow(/bitmap must be an object or null/);
+    expect(() => parseDump(JSON.stringify({ ...dump, activityLog: { records: 3 } }), 'f.json')).toThrow(/activityLog.records must be a list/);
     const edited = { ...dump, superblock: { ...dump.superblock!, dataSizeBytes: 5 } };
     expect(() => restoreMetadata(sparseDisk(), edited, { resource: 'r0', force: true })).toThrow(MetadataError);
   });

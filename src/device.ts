@@ -223,9 +223,23 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/**
+ * Whether `pid` may still be the daemon that wrote the record: alive and an
+ * nraid process. A pid reused by an unrelated program (the record outlived
+ * its daemon for long) is not waited for, and never named as one to kill.
+ */
+function mayBeDaemon(pid: number): boolean {
+  if (!processAlive(pid)) return false;
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('nraid');
+  } catch {
+    return false;
+  }
+}
+
 function waitForExit(pid: number): boolean {
   const deadline = Date.now() + staleDaemonExitWaitMs;
-  while (processAlive(pid)) {
+  while (mayBeDaemon(pid)) {
     if (Date.now() > deadline) return false;
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, processExitPollMs);
   }

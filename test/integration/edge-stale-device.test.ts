@@ -16,10 +16,12 @@
  * device, the FUSE mount, the device link, the device record and the admin
  * socket, lists each, keeps the log, and exits 0.
  */
+import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
+import { staleDaemonExitWaitMs } from '../../src/limits';
 import { loopBackingFile, loopDevices, makeTempSubdir, mountPoints } from '../harness/cleanup';
-import { makeResource, NodeName, TestResource } from '../harness/cluster';
+import { makeResource, NodeName, NraidResult, TestResource } from '../harness/cluster';
 import { BLOCK_BYTES, readDirect, sha256Range, writeDirect } from '../harness/direct-io';
 import { execOk, execTool } from '../harness/exec';
 import { describeIntegration } from '../harness/prereq';
@@ -151,8 +153,24 @@ describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 
       const volume = volumeOf(r, 'alpha');
       expect(loopBackingFile(loop)).toBe(volume);
 
-      const down = await r.run('alpha', 'down');
+      // The dead daemon's pid now belongs to another program (pids are reused): not a daemon to wait for.
+      const other = spawn('sleep', ['60'], { stdio: 'ignore' });
+      const otherExited = new Promise((resolve) => other.once('exit', resolve));
+      let down: NraidResult;
+      let downMs: number;
+      try {
+        const recordFile = path.join(runDir, 'device.json');
+        fs.writeFileSync(recordFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(recordFile, 'utf8')), pid: other.pid }));
+        const t0 = Date.now();
+        down = await r.run('alpha', 'down');
+        downMs = Date.now() - t0;
+        expect(processAlive(other.pid!)).toBe(true);
+      } finally {
+        other.kill('SIGKILL');
+        await otherExited;
+      }
       expect({ code: down.code, stderr: down.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(downMs).toBeLessThan(staleDaemonExitWaitMs);
       expect(down.stdout.trim().split('\n')).toEqual([
         `detached stale loop device ${loop}`,
         `unmounted stale FUSE volume ${volume}`,

@@ -213,7 +213,7 @@ function downAfterDeath(ctx: Context): void {
   for (const line of stale.cleaned) out(line);
   if (stale.left.length > 0) {
     throw new StaleDeviceError(
-      `${ctx.config.resource} was not running on node ${ctx.local.name} (its daemon died) and not everything it left can be cleaned: ${stale.left.join('; ')}; then run nraid down again to remove the rest`,
+      `no daemon runs ${ctx.config.resource} on node ${ctx.local.name}, and not everything a killed one left can be cleaned: ${stale.left.join('; ')}; then run nraid down again to remove the rest`,
     );
   }
   out(`${ctx.config.resource} is down on node ${ctx.local.name} (its daemon had died; cleaned what it left, kept its log ${path.join(ctx.local.runDir, 'daemon.log')})`);

@@ -105,6 +105,15 @@ describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 
         expect(loopsOn(volume)).toEqual([staleLoop]);
         expect(pathExists(r.nodes.alpha.device)).toBe(false);
 
+        // down of the live Secondary: it goes down, and says what an earlier crash left (exit 1); up warns again.
+        const liveDown = await r.run('alpha', 'down');
+        expect(liveDown.stdout).toContain(`${r.name} is down on node alpha`);
+        expectRefused(liveDown, 'NRAID_ERR_STALE_DEVICE', [staleLoop, `umount ${mnt}`]);
+        expect(loopBackingFile(staleLoop)).toBe(volume);
+        const upAgain = await r.run('alpha', 'up');
+        expect({ code: upAgain.code, warned: upAgain.stderr.includes(`warning: loop device ${staleLoop}`) }).toEqual({ code: 0, warned: true });
+        await r.waitFor('alpha', (s) => s.connection === 'Connected' && s.replication === 'Established', 30_000);
+
         // The operator unmounts: the stale loop device goes away by itself, and primary works.
         await execOk('umount', [mnt]);
         await until(`${staleLoop} detached after umount`, () => loopBackingFile(staleLoop) !== volume, 5_000);

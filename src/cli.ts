@@ -78,11 +78,13 @@ async function callDaemon(ctx: Context, command: string, args: Record<string, un
   }
 }
 
-/** When a daemon was killed and left its device record: says so (`down` or `up` cleans it). */
+/** When no daemon answers but one left its device record or admin socket: says it died (`down` or `up` cleans up). */
 function deadDaemonHint(ctx: Context): string {
   const record = readRecord(ctx.local.runDir);
-  if (record === null) return '';
-  return ` (its daemon, pid ${record.pid}, died and left its device ${record.loopDevice ?? record.mountPath}: nraid down cleans it up, and so does nraid up)`;
+  if (record !== null) {
+    return ` (its daemon, pid ${record.pid}, died and left its device ${record.loopDevice ?? record.mountPath}: nraid down cleans it up, and so does nraid up)`;
+  }
+  return fs.existsSync(adminSocketPath(ctx.local)) ? ' (its daemon died: nraid down cleans up after it)' : '';
 }
 
 async function daemonAnswers(node: NodeConfig): Promise<ResourceStatus | null> {

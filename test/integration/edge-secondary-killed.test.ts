@@ -11,10 +11,12 @@
  * power), so only the ping timeout can release the writes waiting for its
  * acknowledgements; it is killed while frozen.
  */
-import { makeResource, TestResource } from '../harness/cluster';
+import { adminCall } from '../../src/admin';
+import { makeResource, NraidStatus, TestResource } from '../harness/cluster';
 import { BLOCK_BYTES, mulberry32, RandomWriter, sha256Range } from '../harness/direct-io';
 import { describeIntegration } from '../harness/prereq';
 import { RangeSet } from '../harness/range-set';
+import { adminSocketOf } from '../harness/role-watch';
 import { bringUpPair, FAST_FAILOVER_CONFIG, num, processAlive, settled, until, withDaemonLogs } from '../harness/helpers';
 
 const MiB = 1024 * 1024;
@@ -50,6 +52,17 @@ describeIntegration('a Secondary killed during protocol C writes', ['root', 'fus
     await r?.cleanup();
   }, 60_000);
 
+  /** alpha's status straight from its admin socket (no CLI process per sample), polled every 20 ms until `predicate` holds. */
+  async function alphaUntil(predicate: (s: NraidStatus) => boolean, timeoutMs: number): Promise<NraidStatus> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = (await adminCall(adminSocketOf(r, 'alpha'), 'status', {})) as NraidStatus;
+      if (predicate(s)) return s;
+      if (Date.now() > deadline) throw new Error(`alpha: timed out after ${timeoutMs} ms; last status ${JSON.stringify(s)}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
   /**
    * Writes from WORKERS workers while `fault` takes beta away; returns once 20
    * writes started after alpha declared beta gone. Checks the latency bound,
@@ -78,7 +91,7 @@ describeIntegration('a Secondary killed during protocol C writes', ['root', 'fus
       const betaPid = num(await r.status('beta'), 'pid');
       const faultMs = Date.now();
       await fault(betaPid);
-      const away = await r.waitFor('alpha', (s) => s.connection !== 'Connected', PING_TIMEOUT_MS + 10_000);
+      const away = await alphaUntil((s) => s.connection !== 'Connected', PING_TIMEOUT_MS + 10_000);
       const awayMs = Date.now();
       expect(away.role).toBe('Primary');
       // Writes go on while beta is away.
@@ -96,7 +109,7 @@ describeIntegration('a Secondary killed during protocol C writes', ['root', 'fus
       // The bitmap covers every write made while beta was away (4 KiB granularity: the union of their ranges).
       const missed = new RangeSet();
       for (const x of writes) if (x.startMs >= awayMs) missed.add(x.offsetBytes, x.offsetBytes + x.lengthBytes);
-      const alone = await r.status('alpha');
+      const alone = await alphaUntil(() => true, 5_000);
       expect(alone.connection).not.toBe('Connected');
       expect(num(alone, 'outOfSyncBytes')).toBeGreaterThanOrEqual(missed.totalBytes);
       console.log(
@@ -133,7 +146,7 @@ describeIntegration('a Secondary killed during protocol C writes', ['root', 'fus
         frozenPid = pid;
         process.kill(pid, 'SIGSTOP');
         // Killed only once alpha gave up on it: until then its sockets stay open and silent.
-        await r.waitFor('alpha', (s) => s.connection !== 'Connected', PING_TIMEOUT_MS + 10_000);
+        await alphaUntil((s) => s.connection !== 'Connected', PING_TIMEOUT_MS + 10_000);
         process.kill(pid, 'SIGKILL');
         await until(`beta (pid ${pid}) gone`, () => !processAlive(pid), 5_000);
         frozenPid = undefined;

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AlreadyUpError, ConfigError, DeviceBusyError, StaleDeviceError, isErrnoException, systemError, toNraidError } from './errors';
 import { processExitPollMs, staleDaemonExitWaitMs } from './limits';
-import { attachLoop, detachLoop, loopBackingFile } from './loop';
+import { attachLoop, detachLoop, loopBackingFile, readLoopDio } from './loop';
 import { FrontendOptions, binding } from './native';
 
 export interface DeviceRecord {
@@ -254,7 +254,7 @@ export interface StaleCleanup {
   left: string[];
 }
 
-/** Loop devices whose backing file is `file` (from sysfs: the record may be missing). */
+/** Loop devices whose backing file is `file` (found in sysfs: the record may be missing). */
 export function loopsBackedBy(file: string): string[] {
   let names: string[];
   try {
@@ -263,6 +263,19 @@ export function loopsBackedBy(file: string): string[] {
     return [];
   }
   return names.map((name) => `/dev/${name}`).filter((device) => loopBackingFile(device) === file);
+}
+
+/**
+ * The recorded loop device of a dead daemon whose FUSE volume went with its
+ * mount namespace (a daemon started by `ip netns exec`, then killed): sysfs
+ * then shows its backing file as "/", and LOOP_GET_STATUS64 fails (it stats
+ * the dead volume). Taken as ours when the record names it, it still reads
+ * "/" and it uses direct I/O (as every nraid loop device does): while it is
+ * attached, no other program can have been given that loop device.
+ */
+function recordedLoopWithoutMount(record: DeviceRecord | null): string | null {
+  if (record?.loopDevice == null || loopBackingFile(record.loopDevice) !== '/') return null;
+  return readLoopDio(record.loopDevice) === true ? record.loopDevice : null;
 }
 
 /** Mount points (and filesystem types) of a block device in this mount namespace, found by its major:minor. */
@@ -325,11 +338,13 @@ export function cleanupStale(runDir: string, devicePath: string): StaleCleanup {
   }
   const owner = record !== null && record.pid !== process.pid ? `daemon pid ${record.pid}` : 'a daemon';
   let busy = 0;
-  for (const loop of loopsBackedBy(mountPath)) {
+  const recorded = record !== null && record.pid !== process.pid ? recordedLoopWithoutMount(record) : null;
+  for (const loop of [...loopsBackedBy(mountPath), ...(recorded === null ? [] : [recorded])]) {
+    const backing = loopBackingFile(loop);
     // Free: detached at once. In use: LOOP_CLR_FD only sets autoclear (detached at its last close).
     detachLoop(loop);
     removeSymlinkTo(devicePath, loop);
-    if (loopBackingFile(loop) !== mountPath) {
+    if (loopBackingFile(loop) !== backing) {
       report.cleaned.push(`detached stale loop device ${loop}`);
       continue;
     }

@@ -24,6 +24,7 @@ import { loopBackingFile, loopDevices, makeTempSubdir, mountPoints } from '../ha
 import { makeResource, NodeName, NraidResult, TestResource } from '../harness/cluster';
 import { BLOCK_BYTES, readDirect, sha256Range, writeDirect } from '../harness/direct-io';
 import { execOk, execTool } from '../harness/exec';
+import { makeNetnsResource, NetnsResource } from '../harness/netns-resource';
 import { describeIntegration } from '../harness/prereq';
 import { bringUpPair, expectRefused, FAST_FAILOVER_CONFIG, fsckClean, num, pathExists, processAlive, settled, until, withDaemonLogs } from '../harness/helpers';
 
@@ -46,7 +47,7 @@ async function kill9(r: TestResource, node: NodeName): Promise<number> {
   return pid;
 }
 
-describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 'mkfs.ext4', 'e2fsck', 'nraid-cli'], () => {
+describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 'mkfs.ext4', 'e2fsck', 'ip-netns', 'nraid-cli'], () => {
   describe('a Primary killed with ext4 mounted, its peer not promoted', () => {
     let r: TestResource;
     let mnt: string;
@@ -199,6 +200,35 @@ describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 
       expectRefused(await r.run('alpha', 'down'), 'NRAID_ERR_NOT_UP', ['nothing to do']);
       const up = await r.run('alpha', 'up');
       expect({ code: up.code, stderr: up.stderr }).toEqual({ code: 0, stderr: '' });
+      await r.runOk('alpha', 'down');
+    }, 60_000);
+  });
+
+  describe('a daemon in its own mount namespace (ip netns exec), killed while Primary', () => {
+    let r: NetnsResource;
+
+    beforeAll(async () => {
+      r = await makeNetnsResource({ tag: 'stale', sizeBytes: 32 * MiB });
+      await r.runOk('alpha', 'create-md');
+    }, 60_000);
+
+    afterAll(async () => {
+      await r?.cleanup();
+    }, 60_000);
+
+    // Regression: its FUSE volume went with its mount namespace, so its loop device's backing
+    // file reads "/" and the next up did not recognise it: one loop device leaked per kill.
+    test('the next up finds its loop device by its record and detaches it', async () => {
+      await r.runOk('alpha', 'up');
+      await r.runOk('alpha', 'primary', ['--force']);
+      const loop = (await r.status('alpha')).loopDevice as string;
+      await r.kill('alpha');
+      await until(`${loop} backing file reads / once the namespace is gone`, () => loopBackingFile(loop) === '/', 5_000);
+
+      const up = await r.run('alpha', 'up');
+      expect({ code: up.code, stderr: up.stderr }).toEqual({ code: 0, stderr: `note: detached stale loop device ${loop}\n` });
+      expect(loopBackingFile(loop)).toBeUndefined();
+      expect(await r.status('alpha')).toMatchObject({ role: 'Secondary', exposed: false });
       await r.runOk('alpha', 'down');
     }, 60_000);
   });

@@ -135,7 +135,7 @@ describeIntegration('a Secondary killed during protocol C writes', ['root', 'fus
     await withDaemonLogs(r, () =>
       writeThroughLoss('secondary-killed', async (pid) => {
         process.kill(pid, 'SIGKILL');
-        await until(`beta (pid ${pid}) gone`, () => !processAlive(pid), 5_000);
+        await until(`beta (pid ${pid}) gone`, () => !processAlive(pid), 15_000);
       }),
     );
   }, 120_000);
@@ -148,7 +148,7 @@ describeIntegration('a Secondary killed during protocol C writes', ['root', 'fus
         // Killed only once alpha gave up on it: until then its sockets stay open and silent.
         await alphaUntil((s) => s.connection !== 'Connected', PING_TIMEOUT_MS + 10_000);
         process.kill(pid, 'SIGKILL');
-        await until(`beta (pid ${pid}) gone`, () => !processAlive(pid), 5_000);
+        await until(`beta (pid ${pid}) gone`, () => !processAlive(pid), 15_000);
         frozenPid = undefined;
       }),
     );

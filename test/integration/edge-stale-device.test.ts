@@ -19,7 +19,6 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { staleDaemonExitWaitMs } from '../../src/limits';
 import { loopBackingFile, loopDevices, makeTempSubdir, mountPoints } from '../harness/cleanup';
 import { makeResource, NodeName, NraidResult, TestResource } from '../harness/cluster';
 import { BLOCK_BYTES, readDirect, sha256Range, writeDirect } from '../harness/direct-io';
@@ -43,7 +42,7 @@ function loopsOn(file: string): string[] {
 async function kill9(r: TestResource, node: NodeName): Promise<number> {
   const pid = num(await r.status(node), 'pid');
   process.kill(pid, 'SIGKILL');
-  await until(`daemon pid ${pid} gone`, () => !processAlive(pid), 5_000);
+  await until(`daemon pid ${pid} gone`, () => !processAlive(pid), 15_000);
   return pid;
 }
 
@@ -117,7 +116,7 @@ describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 
 
         // The operator unmounts: the stale loop device goes away by itself, and primary works.
         await execOk('umount', [mnt]);
-        await until(`${staleLoop} detached after umount`, () => loopBackingFile(staleLoop) !== volume, 5_000);
+        await until(`${staleLoop} detached after umount`, () => loopBackingFile(staleLoop) !== volume, 15_000);
         await r.runOk('alpha', 'primary');
         const promoted = await r.status('alpha');
         expect(promoted).toMatchObject({ role: 'Primary', exposed: true });
@@ -167,20 +166,17 @@ describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 
       const other = spawn('sleep', ['60'], { stdio: 'ignore' });
       const otherExited = new Promise((resolve) => other.once('exit', resolve));
       let down: NraidResult;
-      let downMs: number;
       try {
         const recordFile = path.join(runDir, 'device.json');
         fs.writeFileSync(recordFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(recordFile, 'utf8')), pid: other.pid }));
-        const t0 = Date.now();
+        // Taken for the daemon, it would be waited for (10 s), then down would fail naming it as one to kill.
         down = await r.run('alpha', 'down');
-        downMs = Date.now() - t0;
         expect(processAlive(other.pid!)).toBe(true);
       } finally {
         other.kill('SIGKILL');
         await otherExited;
       }
       expect({ code: down.code, stderr: down.stderr }).toEqual({ code: 0, stderr: '' });
-      expect(downMs).toBeLessThan(staleDaemonExitWaitMs);
       expect(down.stdout.trim().split('\n')).toEqual([
         `detached stale loop device ${loop}`,
         `unmounted stale FUSE volume ${volume}`,
@@ -223,7 +219,7 @@ describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 
       await r.runOk('alpha', 'primary', ['--force']);
       const loop = (await r.status('alpha')).loopDevice as string;
       await r.kill('alpha');
-      await until(`${loop} backing file reads / once the namespace is gone`, () => loopBackingFile(loop) === '/', 5_000);
+      await until(`${loop} backing file reads / once the namespace is gone`, () => loopBackingFile(loop) === '/', 15_000);
 
       const up = await r.run('alpha', 'up');
       expect({ code: up.code, stderr: up.stderr }).toEqual({ code: 0, stderr: `note: detached stale loop device ${loop}\n` });

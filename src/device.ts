@@ -278,30 +278,79 @@ function recordedLoopWithoutMount(record: DeviceRecord | null): string | null {
   return readLoopDio(record.loopDevice) === true ? record.loopDevice : null;
 }
 
-/** Mount points (and filesystem types) of a block device in this mount namespace, found by its major:minor. */
-export function mountsOf(device: string): { mountPoint: string; fsType: string }[] {
-  let majorMinor: string;
+interface DeviceMount {
+  mountPoint: string;
+  fsType: string;
+}
+
+function majorMinorOf(device: string): string | null {
   try {
-    majorMinor = fs.readFileSync(`/sys/block/${path.basename(device)}/dev`, 'utf8').trim();
+    return fs.readFileSync(`/sys/block/${path.basename(device)}/dev`, 'utf8').trim();
   } catch {
-    return [];
+    return null;
   }
-  return fs
-    .readFileSync('/proc/self/mountinfo', 'utf8')
+}
+
+function mountsIn(mountinfo: string, majorMinor: string): DeviceMount[] {
+  return mountinfo
     .split('\n')
     .map((line) => line.split(' '))
     .filter((fields) => fields[2] === majorMinor)
     .map((fields) => ({ mountPoint: fields[4], fsType: fields[fields.indexOf('-') + 1] ?? '?' }));
 }
 
+/** Mount points (and filesystem types) of a block device in this mount namespace, found by its major:minor. */
+export function mountsOf(device: string): DeviceMount[] {
+  const majorMinor = majorMinorOf(device);
+  return majorMinor === null ? [] : mountsIn(fs.readFileSync('/proc/self/mountinfo', 'utf8'), majorMinor);
+}
+
+/**
+ * Mounts of a block device in other mount namespaces, one process named per
+ * namespace. A namespace made while the filesystem was mounted (ip netns
+ * exec, unshare -m) holds a copy of the mount, which an umount here does not
+ * reach when the mount is private: the device stays in use.
+ */
+function mountsElsewhere(device: string): { pid: string; comm: string; mounts: DeviceMount[] }[] {
+  const majorMinor = majorMinorOf(device);
+  if (majorMinor === null) return [];
+  let own: string;
+  try {
+    own = fs.readlinkSync('/proc/self/ns/mnt');
+  } catch {
+    return [];
+  }
+  const seen = new Set<string>([own]);
+  const found: { pid: string; comm: string; mounts: DeviceMount[] }[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    try {
+      const ns = fs.readlinkSync(`/proc/${pid}/ns/mnt`);
+      if (seen.has(ns)) continue;
+      seen.add(ns);
+      const mounts = mountsIn(fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8'), majorMinor);
+      if (mounts.length > 0) found.push({ pid, comm: fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(), mounts });
+    } catch {
+      // gone meanwhile, or a kernel thread
+    }
+  }
+  return found;
+}
+
 /** What keeps a stale loop device in use, and what to do about it. */
 function staleUseOf(loopDevice: string): { what: string; todo: string } {
   const mounts = mountsOf(loopDevice);
-  if (mounts.length > 0) {
-    const points = mounts.map((m) => m.mountPoint);
+  const elsewhere = mountsElsewhere(loopDevice);
+  if (mounts.length > 0 || elsewhere.length > 0) {
+    const fsType = (mounts[0] ?? elsewhere[0].mounts[0]).fsType;
+    const places = mounts.map((m) => m.mountPoint);
+    const todo = places.map((p) => `umount ${p}`);
+    for (const e of elsewhere) {
+      places.push(...e.mounts.map((m) => `${m.mountPoint} in the mount namespace of pid ${e.pid} (${e.comm})`));
+      todo.push(...e.mounts.map((m) => `nsenter -t ${e.pid} -m umount ${m.mountPoint}`));
+    }
     return {
-      what: `a filesystem (${mounts[0].fsType}) is mounted on it at ${points.join(', ')}, and its I/O fails since the daemon died`,
-      todo: `stop the programs that use it and unmount it (${points.map((p) => `umount ${p}`).join(', ')}, or umount -l if it stays busy)`,
+      what: `a filesystem (${fsType}) is mounted on it at ${places.join(', ')}, and its I/O fails since the daemon died`,
+      todo: `stop the programs that use it and unmount it (${todo.join(', ')}, or umount -l if it stays busy)`,
     };
   }
   let holders: string[] = [];

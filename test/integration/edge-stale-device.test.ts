@@ -49,16 +49,25 @@ async function kill9(r: TestResource, node: NodeName): Promise<number> {
 describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 'mkfs.ext4', 'e2fsck', 'ip-netns', 'nraid-cli'], () => {
   describe('a Primary killed with ext4 mounted, its peer not promoted', () => {
     let r: TestResource;
+    let parent: string | undefined;
     let mnt: string;
 
     beforeAll(async () => {
       r = await makeResource({ nodes: 2, sizeBytes: 48 * MiB, protocol: 'C', extra: { ...FAST_FAILOVER_CONFIG } });
       await bringUpPair(r);
-      mnt = makeTempSubdir('stale-mnt');
+      // The filesystem goes under a shared mount of our own: a mount namespace that another test
+      // makes meanwhile (ip netns exec copies every mount, as a slave) then sees our umount too,
+      // where a copy of a mount under a private parent would keep the loop device open.
+      parent = makeTempSubdir('stale-parent');
+      await execOk('mount', ['--bind', parent, parent]);
+      await execOk('mount', ['--make-shared', parent]);
+      mnt = path.join(parent, 'mnt');
+      fs.mkdirSync(mnt);
     }, 90_000);
 
     afterAll(async () => {
       if (mnt !== undefined && mountPoints().includes(mnt)) await execTool('umount', ['-l', mnt]);
+      if (parent !== undefined && mountPoints().includes(parent)) await execTool('umount', ['-l', parent]);
       await r?.cleanup();
     }, 60_000);
 
@@ -114,8 +123,28 @@ describeIntegration('a killed daemon\'s device', ['root', 'fuse', 'loop', 'dd', 
         expect({ code: upAgain.code, warned: upAgain.stderr.includes(`warning: loop device ${staleLoop}`) }).toEqual({ code: 0, warned: true });
         await r.waitFor('alpha', (s) => s.connection === 'Connected' && s.replication === 'Established', 30_000);
 
-        // The operator unmounts: the stale loop device goes away by itself, and primary works.
-        await execOk('umount', [mnt]);
+        // A mount namespace made with private propagation holds a copy of the mount: the umount here
+        // does not reach it, and primary names that namespace's process and the command for it.
+        const holder = spawn('unshare', ['-m', '--propagation', 'private', 'sleep', '120'], { stdio: 'ignore' });
+        const holderExited = new Promise((resolve) => holder.once('exit', resolve));
+        try {
+          const ownNs = fs.readlinkSync('/proc/self/ns/mnt');
+          await until('the holder in its own mount namespace', () => {
+            try {
+              return fs.readlinkSync(`/proc/${holder.pid}/ns/mnt`) !== ownNs && fs.readFileSync(`/proc/${holder.pid}/comm`, 'utf8').trim() === 'sleep';
+            } catch {
+              return false;
+            }
+          }, 15_000);
+          await execOk('umount', [mnt]);
+          expect(loopBackingFile(staleLoop)).toBe(volume);
+          expectRefused(await r.run('alpha', 'primary'), 'NRAID_ERR_STALE_DEVICE', [`in the mount namespace of pid ${holder.pid} (sleep)`, `nsenter -t ${holder.pid} -m umount ${mnt}`]);
+        } finally {
+          holder.kill('SIGKILL');
+          await holderExited;
+        }
+
+        // With the last copy gone, the stale loop device goes away by itself, and primary works.
         await until(`${staleLoop} detached after umount`, () => loopBackingFile(staleLoop) !== volume, 15_000);
         await r.runOk('alpha', 'primary');
         const promoted = await r.status('alpha');

@@ -12,9 +12,16 @@
  * comes back as Secondary, and once promoted again the pair resyncs to
  * identical data areas.
  *
+ * A copy of the stale mount in another mount namespace (private propagation)
+ * keeps the loop device after the umount here: primary names that namespace's
+ * process and the nsenter command.
+ *
  * And `down` after a daemon died with nothing mounted: it removes the loop
  * device, the FUSE mount, the device link, the device record and the admin
- * socket, lists each, keeps the log, and exits 0.
+ * socket, lists each, keeps the log, and exits 0 (also when the record's pid
+ * now belongs to another program). A daemon killed in its own mount namespace
+ * (ip netns exec) leaves a loop device whose backing file reads "/": the next
+ * up finds it by the record and detaches it.
  */
 import { spawn } from 'child_process';
 import * as fs from 'fs';

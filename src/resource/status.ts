@@ -51,14 +51,19 @@ function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
 
 export function snapshot(f: StatusFacts): ResourceStatus {
   const { state: s, counters: c, superblock: sb } = f;
-  const connected = s.connection === 'Connected' && s.peer !== null;
+  // Connected means what an operator reads it as: the handshake is done and the session was
+  // accepted. While both sides still compare generations and roles (a split brain, two
+  // Primaries), the link is up but nothing is agreed: that is still Connecting. Found by the
+  // torture runner (seed 20261202): a Primary showed Connected to a Primary peer for the
+  // moment before it refused the session.
+  const connected = s.connection === 'Connected' && s.peer !== null && s.session?.setup === 'ready';
   return {
     resource: s.config.resource,
     node: s.config.local,
     peer: s.config.peer,
     role: s.role,
     disk: sb === null ? 'Diskless' : diskState(s),
-    connection: s.connection,
+    connection: s.connection === 'Connected' && !connected ? 'Connecting' : s.connection,
     replication: s.replication,
     peerRole: connected ? s.peer!.role : 'Unknown',
     peerDisk: connected ? s.peer!.disk : 'DUnknown',

@@ -9,9 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AdminServer, AdminStream } from './admin';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer } from './config';
-import { cleanupStale } from './device';
+import { StaleCleanup, cleanupStale } from './device';
 import { BackingDisk } from './disk';
-import { ConfigError, StateError } from './errors';
+import { ConfigError, StaleDeviceError, StateError } from './errors';
 import * as limits from './limits';
 import { ControlLink } from './link/control-link';
 import { Logger } from './log';
@@ -81,6 +81,8 @@ export class Daemon extends EventEmitter {
   private stopping = false;
   private readonly stopped: Promise<void>;
   private resolveStopped: () => void = () => {};
+  /** What start() found of a killed daemon's device: cleaned, and left in place (for `up` to print). */
+  staleAtStart: StaleCleanup = { cleaned: [], left: [] };
 
   constructor(options: DaemonOptions) {
     super();
@@ -97,7 +99,9 @@ export class Daemon extends EventEmitter {
   /** Attaches the disk, opens the admin socket, starts the link. Leaves nothing behind on failure. */
   async start(): Promise<void> {
     fs.mkdirSync(this.local.runDir, { recursive: true, mode: 0o700 });
-    for (const line of cleanupStale(this.local.runDir)) this.log.info(line);
+    this.staleAtStart = cleanupStale(this.local.runDir, this.local.device);
+    for (const line of this.staleAtStart.cleaned) this.log.info(line);
+    for (const line of this.staleAtStart.left) this.log.warn(line);
     await this.openParts();
     try {
       this.registerCommands();
@@ -120,7 +124,7 @@ export class Daemon extends EventEmitter {
     const disk = BackingDisk.open(this.local.disk, { configKey: `nodes.${this.local.name}.disk in ${this.config.path}` });
     let plane: DataPlane | null = null;
     try {
-      const store = MetadataStore.open(disk, this.config.resource, this.log);
+      const store = MetadataStore.open(disk, this.config.resource, this.log, this.local.runDir);
       plane = new DataPlane(disk, store.superblock, (type, detail) => this.onNativeEvent(type, detail));
       if (await store.recover(plane)) {
         this.log.warn('the previous run ended while Primary without a clean shutdown (crashed primary)');
@@ -261,6 +265,7 @@ export class Daemon extends EventEmitter {
       exposed: parts.exposure.exposed,
       loopDevice: parts.exposure.loopDevice,
       nowMs: Date.now(),
+      metadataDamage: parts.store.damage,
     });
   }
 
@@ -429,11 +434,17 @@ export class Daemon extends EventEmitter {
   private registerCommands(): void {
     const holder = (): string | null => this.p.exposure.holder();
     this.admin.on('status', () => this.status());
-    this.admin.on('primary', (args) => this.command({ name: 'primary', force: args.force === true }));
+    this.admin.on('primary', (args) => {
+      this.refuseOverStaleDevice('promote');
+      return this.command({ name: 'primary', force: args.force === true });
+    });
     this.admin.on('secondary', () => this.command({ name: 'secondary', holder: holder() }));
     this.admin.on('down', () => this.down());
     this.admin.on('connect', (args) => this.command({ name: 'connect', discardMyData: args.discardMyData === true, holder: holder() }));
-    this.admin.on('switchover', () => this.command({ name: 'switchover', holder: holder(), syncPercent: this.status().resync?.percent ?? null }));
+    this.admin.on('switchover', () => {
+      this.refuseOverStaleDevice('switch over');
+      return this.command({ name: 'switchover', holder: holder(), syncPercent: this.status().resync?.percent ?? null });
+    });
     this.admin.on('resume-io', () => this.command({ name: 'resume-io' }));
     this.admin.on('invalidate', () => this.command({ name: 'invalidate' }));
     this.admin.on('disconnect', () => this.command({ name: 'disconnect' }));
@@ -443,8 +454,25 @@ export class Daemon extends EventEmitter {
     this.admin.on('events', (args, stream) => this.streamEvents(stream));
   }
 
+  /**
+   * Before this node exposes its device: cleans what a killed daemon left and
+   * refuses while a filesystem is still mounted on its stale loop device. Not
+   * even --force overrides: that flag accepts stale data, and a promotion that
+   * only needs it for the disk state would then slip past this check too; the
+   * way out (umount, umount -l) is always open.
+   */
+  private refuseOverStaleDevice(what: string): void {
+    if (this.p.exposure.exposed) return;
+    const stale = cleanupStale(this.local.runDir, this.local.device);
+    for (const line of stale.cleaned) this.log.info(line);
+    if (stale.left.length > 0) throw new StaleDeviceError(`cannot ${what} ${this.config.resource}: ${stale.left.join('; ')}; then try again`);
+  }
+
   private async streamEvents(stream: AdminStream): Promise<void> {
     stream.send({ type: 'exists', ...this.status() });
+    // Damage is found at start, before any subscriber: each one hears of it first thing.
+    const damage = this.p.store.damage;
+    if (damage.length > 0) stream.send({ type: 'metadata-damage', resource: this.config.resource, node: this.local.name, reports: damage });
     const onChange = (changed: Partial<ResourceStatus>) =>
       stream.send({ type: 'change', resource: this.config.resource, node: this.local.name, ...changed });
     const onEvent = (event: Record<string, unknown>) => stream.send(event);

@@ -67,6 +67,7 @@ export class MetricsServer {
     simple('nraid_peer_served_reads_total', 'Reads served by the peer while Diskless.', (_s, c) => c?.peerReads ?? 0);
     simple('nraid_peer_served_writes_total', 'Writes completed by the peer alone while Diskless.', (_s, c) => c?.peerWrites ?? 0);
     simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
+    simple('nraid_metadata_damage', 'Damaged metadata areas found when the daemon started (superblock slot, activity log, bitmap).', (s) => s.metadataDamage?.length ?? 0);
     this.server = http.createServer((request, response) => {
       if (request.url !== '/metrics') {
         response.writeHead(404).end('see /metrics\n');

@@ -77,6 +77,18 @@ export interface ResourceStatus {
   peerReads: number;
   peerWrites: number;
   pid: number;
+  /** Metadata damage found when the daemon started (empty when none): see docs/CONTRACTS.md "Metadata damage". */
+  metadataDamage: MetadataDamageReport[];
+}
+
+/** One damaged metadata area (the shape of src/resource/metadata-damage.ts DamageReport). */
+export interface MetadataDamageReport {
+  area: 'superblock' | 'activity-log' | 'bitmap';
+  slot: number | null;
+  /** zeroed: a superblock slot that nraid wrote is all zeros now. */
+  condition: 'torn' | 'damaged' | 'zeroed' | 'unreadable';
+  problem: string;
+  action: string;
 }
 
 export interface ResyncProgress {
@@ -108,6 +120,7 @@ export function statusLine(status: ResourceStatus): string {
   if (status.ioSuspended) parts.push('io:suspended');
   if (status.switchoverUnknown) parts.push('switchover:unknown');
   if (status.diskFailure !== null) parts.push(status.servedByPeer ? 'io:via-peer' : 'io:failing');
+  if (status.metadataDamage?.length) parts.push(`metadata-damage:${status.metadataDamage.map((d) => d.area).join(',')}`);
   if (status.exposed) parts.push(`device:${status.device}`);
   return parts.join(' ');
 }

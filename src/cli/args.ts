@@ -24,7 +24,9 @@ export type Command =
   | 'demo'
   | 'help'
   | 'attach'
-  | 'detach';
+  | 'detach'
+  | 'dump-md'
+  | 'restore-md';
 
 export interface ParsedArgs {
   command: Command;
@@ -36,12 +38,14 @@ export interface ParsedArgs {
   json: boolean;
   watch: boolean;
   discardMyData: boolean;
+  /** restore-md --file: the dump to write back. */
+  file?: string;
   /** -h/--help, or `nraid help [command]` (then `command` is the one asked about). */
   help: boolean;
 }
 
 type BooleanField = 'force' | 'foreground' | 'json' | 'watch' | 'discardMyData' | 'help';
-type ValueField = 'configPath' | 'nodeName';
+type ValueField = 'configPath' | 'nodeName' | 'file';
 
 interface OptionSpec {
   long: string;
@@ -60,6 +64,7 @@ const options: readonly OptionSpec[] = [
   { long: '--json', field: 'json', summary: 'print JSON instead of text' },
   { long: '--watch', field: 'watch', summary: 'status: keep printing, with progress bars during resync and verify' },
   { long: '--discard-my-data', field: 'discardMyData', summary: 'connect: after a split brain, let the peer overwrite this node' },
+  { long: '--file', valueName: 'FILE', field: 'file', summary: 'restore-md: the dump to write back (from dump-md --json)' },
   { long: '--help', short: '-h', field: 'help', summary: 'show help' },
 ];
 
@@ -91,6 +96,8 @@ const commands: readonly CommandSpec[] = [
   { name: 'help', summary: 'show this help, or one command\'s', takesResource: false, flags: [] },
   { name: 'detach', summary: 'stop using this node\'s disk (Diskless), e.g. before replacing it; a Primary goes on through its UpToDate peer', takesResource: true, flags: [] },
   { name: 'attach', summary: 'bring back a replaced disk of a Diskless Secondary (on-io-error = detach); a resync from the peer follows', takesResource: true, flags: [] },
+  { name: 'dump-md', summary: 'print this node\'s metadata (both superblock slots, activity log, bitmap) of a stopped resource', takesResource: true, flags: ['--json'] },
+  { name: 'restore-md', summary: 'write a dump from dump-md --json back to this node\'s metadata (stopped resource only)', takesResource: true, flags: ['--file', '--force'] },
 ];
 
 const commandNames = commands.map((c) => c.name);
@@ -107,7 +114,7 @@ function optionLabel(option: OptionSpec): string {
 /** The options `spec` accepts, -c/-n first and -h last. */
 function optionsOf(spec: CommandSpec): OptionSpec[] {
   return options.filter(
-    (o) => o.field === 'help' || spec.flags.includes(o.long) || (spec.takesResource && o.valueName !== undefined),
+    (o) => o.field === 'help' || spec.flags.includes(o.long) || (spec.takesResource && (o.field === 'configPath' || o.field === 'nodeName')),
   );
 }
 

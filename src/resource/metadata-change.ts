@@ -36,7 +36,30 @@ export type MetadataChange =
    * generation starts here (`fresh`), so its old disk, if it comes back, is behind by one
    * and resyncs from this node (every block: the bitmap is all set with it).
    */
-  | { kind: 'peer-disk-lost'; fresh: bigint };
+  | { kind: 'peer-disk-lost'; fresh: bigint }
+  /** A superblock slot was torn or damaged at start: the lost write may have been a downgrade (metadata-damage.ts). */
+  | { kind: 'damage-noted' };
+
+/**
+ * Changes that a lost superblock slot must never undo: they make the disk
+ * worse (Inconsistent, invalid, Outdated) or move its generation. The store
+ * writes them to both slots, one after the other (metadata-store.ts), so the
+ * slot that survives damage to the other one still holds them.
+ */
+export function mustSurviveLostSlot(change: MetadataChange): boolean {
+  switch (change.kind) {
+    case 'target-begins':
+    case 'target-joins':
+    case 'invalidated':
+    case 'forced-promotion':
+    case 'generation-written':
+    case 'damage-noted':
+    case 'peer-disk-lost':
+      return true;
+    default:
+      return false;
+  }
+}
 
 /** A sync target takes the source's generation: its current and history, no bitmap UUID. */
 function takeSourceGeneration(uuids: MetadataView['uuids'], source: { current: bigint; history: readonly [bigint, bigint] }): void {
@@ -115,6 +138,10 @@ export function applyChange<T extends MetadataView>(view: T, change: MetadataCha
       if (uuids.bitmap === 0n) uuids.bitmap = uuids.current;
       else uuids.history = [uuids.current, uuids.history[0]];
       uuids.current = change.fresh;
+      break;
+    case 'damage-noted':
+      // No better than Outdated: an Inconsistent disk stays Inconsistent.
+      if (flags.consistent) flags.outdated = true;
       break;
   }
   return next;

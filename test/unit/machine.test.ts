@@ -7,6 +7,7 @@ import { NotUpToDateError, PromotionConflictError, StateError, SwitchoverOutcome
 import { UUID_JUST_CREATED, flagBits } from '../../src/metadata';
 import { Effect, Event, MachineState, PeerView, Step, diskState, initialState, peerServes, step } from '../../src/resource/machine';
 import { MetadataView } from '../../src/resource/metadata-change';
+import { snapshot } from '../../src/resource/status';
 
 const GEN = 0x1111_2222_3333_4444n;
 const OLD = 0x0aaa_bbbb_cccc_ddddn;
@@ -778,5 +779,35 @@ describe('on-io-error (a failing backing disk)', () => {
     const r = run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'adjust', protocol: 'C', onIoError: 'pass-on' } }]);
     expect(r.state.config.onIoError).toBe('pass-on');
     expect(kinds(r.effects)).toEqual(['log', 'set-on-io-error', 'reply']);
+  });
+});
+
+describe('status: Connected only once the session is agreed', () => {
+  const facts = (state: MachineState) => ({ state, counters: null, superblock: null, resync: null, device: '/dev/nraid/r0', backingDisk: '/dev/x', exposed: false, loopDevice: null, nowMs: 0 });
+
+  // Regression (torture seed 20261202, step 56): two Primaries met after a promotion made while
+  // apart; one showed Connected to a Primary peer for the moment before it refused the session.
+  test('two Primaries meeting: Connecting while they decide, StandAlone once refused, never Connected', () => {
+    const s = node('alpha');
+    const up = run({ ...s, role: 'Primary', exposed: true }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ role: 'Primary' }) },
+    ]);
+    expect(up.state.session!.setup).toBe('refused');
+    const shown = snapshot(facts(up.state));
+    expect(shown.connection).toBe('Connecting');
+    expect(shown.peerRole).toBe('Unknown');
+  });
+
+  test('an accepted session is Connected with the peer role shown', () => {
+    const st = established('alpha', 'Secondary', { role: 'Primary' });
+    const shown = snapshot(facts(st));
+    expect(shown.connection).toBe('Connected');
+    expect(shown.peerRole).toBe('Primary');
+  });
+
+  test('link up, no session yet: Connecting', () => {
+    const st = run(node('beta'), [{ type: 'connection', state: 'Connected' }]).state;
+    expect(snapshot(facts(st)).connection).toBe('Connecting');
   });
 });

@@ -23,8 +23,8 @@ import {
   suspendIo,
 } from './machine-core';
 import { disklessSession, peerDiskless } from './disk-failure';
-export function sideView(role: Role, disk: DiskState, uuids: PeerView['uuids']): SideView {
-  return { uuids, disk, primary: role === 'Primary' };
+export function sideView(role: Role, disk: DiskState, uuids: PeerView['uuids'], crashedPrimary: boolean): SideView {
+  return { uuids, disk, primary: role === 'Primary', crashedPrimary };
 }
 
 export function sessionUp(s: MachineState, fx: Effect[], event: { sessionId: number; dialer: boolean; peer: PeerView }, input: Input): Step {
@@ -49,7 +49,10 @@ export function sessionUp(s: MachineState, fx: Effect[], event: { sessionId: num
     s.session = { ...s.session, direction: diskless.direction };
     return setupReady(s, fx);
   }
-  s.decision = decideSync(sideView(s.role, diskState(s), s.md.uuids), sideView(event.peer.role, event.peer.disk, event.peer.uuids));
+  s.decision = decideSync(
+    sideView(s.role, diskState(s), s.md.uuids, s.md.flags.crashedPrimary),
+    sideView(event.peer.role, event.peer.disk, event.peer.uuids, (event.peer.flags & flagBits.crashedPrimary) !== 0),
+  );
   if (s.switchoverUnknown) resolveUnknownSwitchover(s, fx);
   if (s.decision.kind === 'split-brain') {
     fx.push({ kind: 'request-facts', sessionId: event.sessionId }, { kind: 'arm-facts-timeout', sessionId: event.sessionId });

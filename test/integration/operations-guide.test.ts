@@ -49,7 +49,8 @@ function guideCommandLines(): GuideCommand[] {
     const m = /^(alpha|beta)#\s+(.*)$/.exec(line);
     if (m === null) continue;
     for (const part of m[2].split(';')) {
-      const command = part.replace(/\s#.*$/, '').trim();
+      // A comment, then a shell redirection ("> r0-alpha.md.json") are not the command's.
+      const command = part.replace(/\s#.*$/, '').replace(/\s[<>|].*$/, '').trim();
       if (!command.startsWith('nraid ')) continue;
       const argv = command.split(/\s+/).slice(1);
       found.push({ text: command, key: commandKey(argv) });
@@ -904,6 +905,33 @@ describeIntegration('operations guide workflows', NEEDS, () => {
       expect(copied).toBeLessThan(size * 1.1);
       await expectIdentical(r);
     }, 120_000);
+  });
+
+  describe('damaged metadata', () => {
+    let r: TestResource;
+    beforeAll(async () => {
+      r = await makeResource({ nodes: 2, sizeBytes: DISK_BYTES, extra: { ...FAST_FAILOVER_CONFIG } });
+    });
+    afterAll(async () => {
+      await r?.cleanup();
+    });
+
+    workflow('dump-md prints both slots, --json saves them; restore-md is refused while up and over valid metadata, then writes the dump back', async () => {
+      await runOk(r, 'alpha', 'create-md');
+      expect(await runOk(r, 'alpha', 'dump-md')).toMatch(/superblock slot 0 at \d+: valid[\s\S]*superblock slot 1 at \d+: valid/);
+      const dump = await runOk(r, 'alpha', 'dump-md', ['--json']);
+      const file = path.join(r.dir, 'r0-alpha.md.json');
+      fs.writeFileSync(file, dump + '\n');
+      await runOk(r, 'alpha', 'up');
+      expect(refusal(await run(r, 'alpha', 'restore-md', ['--file', file])).code).toBe('NRAID_ERR_ALREADY_UP');
+      await runOk(r, 'alpha', 'down');
+      expect(refusal(await run(r, 'alpha', 'restore-md', ['--file', file])).code).toBe('NRAID_ERR_DISK_HAS_DATA');
+      await runOk(r, 'alpha', 'restore-md', ['--file', file, '--force']);
+      const dumped = JSON.parse(dump);
+      const restored = JSON.parse(await runOk(r, 'alpha', 'dump-md', ['--json']));
+      expect(restored.superblock).toEqual({ ...dumped.superblock, sequence: restored.superblock.sequence });
+      expect(restored.bitmap).toEqual(dumped.bitmap);
+    }, 60_000);
   });
 
   test('every nraid command line the guide shows was run above', () => {

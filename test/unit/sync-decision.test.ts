@@ -99,6 +99,29 @@ const rows: Row[] = [
     kind: 'none',
     source: 'local',
   },
+  // Regression (torture seed 1234, step 112): both killed 0.3 s apart, the old Primary's
+  // acknowledged writes were overwritten by the dialer's older blocks.
+  {
+    row: 'same generation, no Primary, same disk: the node that crashed as Primary is the source',
+    local: side(A),
+    peer: { ...side(A), crashedPrimary: true },
+    kind: 'none',
+    source: 'peer',
+  },
+  {
+    row: 'same generation: a Primary wins over a crashed Primary',
+    local: { ...side(A), crashedPrimary: true },
+    peer: side(A, 0n, [0n, 0n], 'UpToDate', true),
+    kind: 'none',
+    source: 'peer',
+  },
+  {
+    row: 'same generation, both crashed as Primary, same disk: no source',
+    local: { ...side(A), crashedPrimary: true },
+    peer: { ...side(A), crashedPrimary: true },
+    kind: 'none',
+    source: null,
+  },
   {
     row: 'same generation, same role and disk: no source',
     local: side(A),

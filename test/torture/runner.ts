@@ -534,9 +534,12 @@ export class Torture {
         // Mostly in the direction the Primary's writes go (alpha's data link runs alpha -> beta through the relay), some in the acks' direction.
         const fromPrimary = this.writer.writingTo === 'beta' ? 'toClient' : 'toTarget';
         const direction = this.random() < 0.75 ? fromPrimary : fromPrimary === 'toTarget' ? 'toClient' : 'toTarget';
-        const afterBytes = this.between(0, 256 * 1024);
+        // The acks' direction carries 48-byte frames: a few KiB there is many frames.
+        const afterBytes = direction === fromPrimary ? this.between(0, 256 * 1024) : this.between(0, 4096);
         const count = this.between(1, 3);
         this.fault('bit-flip');
+        const receiver: NodeName = direction === 'toTarget' ? 'beta' : 'alpha';
+        const seenBefore = flipEvidence(await this.status(receiver));
         const before = (await this.relay.stats()).flips;
         await this.relay.flip({ kind: 'data', direction, afterBytes, count, bit: this.between(0, 7) });
         this.log(`bit flips armed: ${count} on the data link ${direction === 'toTarget' ? 'alpha -> beta' : 'beta -> alpha'} after ${afterBytes} bytes`);
@@ -547,7 +550,9 @@ export class Torture {
           if (delivered >= count) break;
           await sleep(100);
         }
-        this.log(`${delivered} bit flips delivered`);
+        const st = await this.relay.stats();
+        this.log(`${delivered} bit flips delivered (relay: data ${st.counters.fromClient.data} B alpha -> beta, ${st.counters.fromTarget.data} B back; ${st.counters.active} connections)`);
+        if (delivered > 0) await this.expectFlipNoticed(receiver, seenBefore);
         return;
       }
       case 'kill': {
@@ -601,6 +606,14 @@ export class Torture {
         await this.converge();
         return;
     }
+  }
+
+  /** A flipped bit on the data link must be noticed by the receiver: a checksum or protocol error, or at least the link dropped. */
+  private async expectFlipNoticed(receiver: NodeName, before: number | null): Promise<void> {
+    if (before === null) return;
+    const s = await this.waitStatus(receiver, 'a checksum error or a link failure', (x) => (flipEvidence(x) ?? 0) > before, 5_000);
+    if (!s) throw new TortureFailure('bit-flip-detected', `a bit flipped on the data link to ${receiver} left no trace there (checksumErrors, protocolErrors and linkFailures unchanged after 5 s)`);
+    this.passed('bit-flip-detected');
   }
 
   private async kill(node: NodeName, kind: string): Promise<void> {
@@ -892,6 +905,12 @@ export function settledStatus(s: Status): boolean {
     (s.lagBytes ?? 0) === 0 &&
     (s.writesInFlight ?? 0) === 0
   );
+}
+
+/** What a receiver counts when it notices a corrupted frame (null when it is not up). */
+function flipEvidence(s: Status | null): number | null {
+  if (!s) return null;
+  return Number(s.checksumErrors ?? 0) + Number(s.protocolErrors ?? 0) + Number(s.linkFailures ?? 0);
 }
 
 function describe(s: Status | null | undefined): string {

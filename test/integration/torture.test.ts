@@ -17,7 +17,7 @@ import { formatSummary, StepKind, Torture, TortureSummary } from '../torture/run
 const SEED = 20261202;
 const MINUTES = 1.5;
 const MAIN_KINDS: readonly StepKind[] = ['partition-both', 'partition-one-way', 'kill', 'switchover', 'switchover-kill', 'promote', 'slow-link', 'bit-flip', 'stall-link', 'adjust', 'kill-mid-resync'];
-const MIN_STEPS = 20;
+const MIN_STEPS = 15;
 
 describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'loop', 'ip-netns', 'nraid-cli', 'dd'], () => {
   let summary: TortureSummary;

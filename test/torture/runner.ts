@@ -448,7 +448,8 @@ export class Torture {
       ['heal', this.pair.partitioned !== null || this.relayDegraded ? 2 : 0],
       ['slow-link', 1],
       ['stall-link', 0.7],
-      ['bit-flip', 1],
+      // Only where bytes flow: a flip armed on a dead link would wait for the next step's traffic.
+      ['bit-flip', bothUp && this.pair.partitioned === null && this.disconnected.size === 0 && this.writer.writingTo !== null ? 1.2 : 0],
       ['kill', this.up.alpha || this.up.beta ? 1.2 : 0],
       ['kill-mid-resync', bothUp && this.linkWhole() && this.writer.writingTo !== null ? 1 : 0],
       ['up', !this.up.alpha || !this.up.beta ? 3 : 0],

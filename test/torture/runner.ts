@@ -107,6 +107,8 @@ export interface TortureSummary {
   writesFailed: number;
   bytesAcknowledged: number;
   writesLost: number;
+  /** Writes acknowledged under C in a confirmed replication epoch: the ones a failover must not lose. */
+  writesConfirmedOnBoth: number;
   failoversChecked: number;
   failoversUnchecked: number;
   settlePoints: number;
@@ -163,6 +165,7 @@ export class Torture {
       writesFailed: 0,
       bytesAcknowledged: 0,
       writesLost: 0,
+      writesConfirmedOnBoth: 0,
       failoversChecked: 0,
       failoversUnchecked: 0,
       settlePoints: 0,
@@ -329,6 +332,7 @@ export class Torture {
     }
     const peer = otherNode(rep.primary);
     for (const w of pending) this.model.durableOn(w, peer);
+    this.summary.writesConfirmedOnBoth += pending.length;
   }
 
   /** After a step: if the writer's Primary replicates under C to an UpToDate peer, writes from now on count on both. */
@@ -536,7 +540,7 @@ export class Torture {
         const fromPrimary = this.writer.writingTo === 'beta' ? 'toClient' : 'toTarget';
         const direction = this.random() < 0.75 ? fromPrimary : fromPrimary === 'toTarget' ? 'toClient' : 'toTarget';
         // The acks' direction carries 48-byte frames: a few KiB there is many frames.
-        const afterBytes = direction === fromPrimary ? this.between(0, 256 * 1024) : this.between(0, 4096);
+        const afterBytes = direction === fromPrimary ? this.between(0, 64 * 1024) : this.between(0, 2048);
         const count = this.between(1, 3);
         this.fault('bit-flip');
         const receiver: NodeName = direction === 'toTarget' ? 'beta' : 'alpha';
@@ -544,7 +548,7 @@ export class Torture {
         const before = (await this.relay.stats()).flips;
         await this.relay.flip({ kind: 'data', direction, afterBytes, count, bit: this.between(0, 7) });
         this.log(`bit flips armed: ${count} on the data link ${direction === 'toTarget' ? 'alpha -> beta' : 'beta -> alpha'} after ${afterBytes} bytes`);
-        const deadline = Date.now() + this.between(1000, 4000);
+        const deadline = Date.now() + 6000;
         let delivered = 0;
         while (Date.now() < deadline) {
           delivered = (await this.relay.stats()).flips - before;
@@ -925,6 +929,7 @@ export function formatSummary(s: TortureSummary): string {
     `  faults: ${Object.entries(s.faults).sort().map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
     `  checks passed: ${Object.entries(s.checks).sort().map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}`,
     `  writes: ${s.writesIssued} issued, ${s.writesAcknowledged} acknowledged (${(s.bytesAcknowledged / MiB).toFixed(1)} MiB), ${s.writesFailed} failed (unacknowledged), ${s.writesLost} acknowledged writes lost`,
+    `  ${s.writesConfirmedOnBoth} writes confirmed on both nodes (protocol C, replicating)`,
     `  failovers: ${s.failoversChecked} checked, ${s.failoversUnchecked} forced onto non-UpToDate data (not checked); settle points ${s.settlePoints}`,
   ];
   if (s.notes.length) lines.push(`  notes (${s.notes.length}):`, ...s.notes.slice(0, 40).map((n) => `    ${n}`));

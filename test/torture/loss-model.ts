@@ -133,6 +133,18 @@ export class LossModel {
     };
   }
 
+  /** For a report: which write of the block's history holds `hash` ('settle' for the content of the last settle point, undefined if none). */
+  whichWrite(block: number, hash: string): number | 'baseline' | undefined {
+    const e = [...this.history[block]].reverse().find((x) => x.hash === hash);
+    if (!e) return undefined;
+    return e.writeIndex < 0 ? 'baseline' : e.writeIndex;
+  }
+
+  /** For a report: the block's history, oldest first (write index or -1, and where each is durable). */
+  describeBlock(block: number): string {
+    return this.history[block].map((e) => `${e.writeIndex}${e.durableMask & 1 ? 'a' : ''}${e.durableMask & 2 ? 'b' : ''}`).join(' ');
+  }
+
   /** Both disks hold `hashes` (one per block) and are equal: the history collapses to that. */
   settle(hashes: readonly string[]): void {
     if (hashes.length !== this.blocks) throw new Error(`settle with ${hashes.length} block hashes, expected ${this.blocks}`);

@@ -821,9 +821,14 @@ export class Torture {
     const differ: number[] = [];
     for (let b = 0; b < ha.length; b++) if (ha[b] !== hb[b]) differ.push(b);
     if (differ.length > 0) {
+      const detail = differ.slice(0, 10).map((b) => {
+        const write = (h: string): string => String(this.model.whichWrite(b, h) ?? 'unknown contents');
+        const w = this.rw.lastWriteAt(b * MODEL_BLOCK_BYTES);
+        return `block ${b} (byte ${b * MODEL_BLOCK_BYTES}): alpha holds ${write(ha[b])}, beta holds ${write(hb[b])}; history since the last settle point ${this.model.describeBlock(b)}; last acknowledged write there #${w?.index ?? '-'} at ${w ? new Date(w.atMs).toISOString() : '-'}`;
+      });
       throw new TortureFailure(
         'identical-after-resync',
-        `the backing data areas differ in ${differ.length} of ${ha.length} blocks after the pair settled (first blocks: ${differ.slice(0, 10).join(', ')})`,
+        `the backing data areas differ in ${differ.length} of ${ha.length} blocks after the pair settled:\n  ${detail.join('\n  ')}`,
       );
     }
     this.passed('identical-after-resync');

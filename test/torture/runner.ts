@@ -303,6 +303,7 @@ export class Torture {
     this.writer.onAck = (w, node, issuedEpoch) => {
       this.model.durableOn(w, node);
       const rep = this.replicating;
+      if (process.env.TORTURE_DEBUG) this.log(`ack ${w.writeIndex} on ${node} epoch ${issuedEpoch} now ${this.epoch} rep ${JSON.stringify(rep)} protocol ${this.protocol}`);
       if (rep && rep.epoch === issuedEpoch && this.epoch === issuedEpoch && rep.primary === node && this.protocol === 'C') this.pendingPeer.push(w);
     };
     this.watch = RoleWatch.start({ alpha: adminSocketOf(this.r, 'alpha'), beta: adminSocketOf(this.r, 'beta') }, { intervalMs: WATCH_INTERVAL_MS, answerTimeoutMs: DAEMON_ANSWER_MS });
@@ -337,10 +338,14 @@ export class Torture {
 
   /** After a step: if the writer's Primary replicates under C to an UpToDate peer, writes from now on count on both. */
   private async openEpoch(): Promise<void> {
+    if (this.replicating !== null) return;  // still the one opened before a writes step: closeEpoch confirms it
     const p = this.writer.writingTo;
     if (p === null || this.protocol !== 'C') return;
     const s = await this.status(p);
-    if (!s || s.role !== 'Primary' || s.connection !== 'Connected' || s.replication !== 'Established' || s.peerDisk !== 'UpToDate' || s.protocol !== 'C') return;
+    if (!s || s.role !== 'Primary' || s.connection !== 'Connected' || s.replication !== 'Established' || s.peerDisk !== 'UpToDate' || s.protocol !== 'C') {
+      this.log(`no replication epoch: ${p} is ${describe(s)} protocol ${s?.protocol}`);
+      return;
+    }
     this.epoch++;
     this.replicating = { epoch: this.epoch, primary: p, linkFailures: Number(s.linkFailures) };
   }
@@ -851,6 +856,8 @@ export class Torture {
         const kind = this.drawStep();
         this.log(`--- ${kind}`);
         await this.closeEpoch();
+        // A step without a fault keeps an epoch open while it runs: its writes are the ones that must reach the peer.
+        if (kind === 'writes') await this.openEpoch();
         await this.runStep(kind);
         this.checkWatch();
         await this.openEpoch();

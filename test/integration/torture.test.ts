@@ -16,14 +16,14 @@ import { formatSummary, StepKind, Torture, TortureSummary } from '../torture/run
 
 const SEED = 20261202;
 const MINUTES = 1.5;
-const MAIN_KINDS: readonly StepKind[] = ['partition-both', 'partition-one-way', 'kill', 'switchover', 'switchover-kill', 'promote', 'slow-link', 'bit-flip', 'stall-link', 'adjust', 'kill-mid-resync'];
+const MAIN_KINDS: readonly StepKind[] = ['writes', 'partition-both', 'partition-one-way', 'kill', 'switchover', 'switchover-kill', 'promote', 'slow-link', 'bit-flip', 'stall-link', 'adjust', 'kill-mid-resync'];
 const MIN_STEPS = 15;
 
 describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'loop', 'ip-netns', 'nraid-cli', 'dd'], () => {
   let summary: TortureSummary;
 
   beforeAll(async () => {
-    summary = await new Torture({ seed: SEED, minutes: MINUTES, mustCover: MAIN_KINDS, verbose: false }).run();
+    summary = await new Torture({ seed: SEED, minutes: MINUTES, mustCover: MAIN_KINDS, verbose: false, canary: true }).run();
     console.log(formatSummary(summary));
   }, 240_000);
 
@@ -47,6 +47,9 @@ describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'lo
       writesLost: summary.writesLost,
       failoversChecked: summary.failoversChecked > 0,
       settlePoints: summary.settlePoints > 1,
+      writesConfirmedOnBoth: summary.writesConfirmedOnBoth > 0,
+      // A confirmed write destroyed on purpose before a last failover: the check must catch it.
+      canary: summary.canary,
     }).toEqual({
       enoughSteps: true,
       partition: true,
@@ -61,6 +64,8 @@ describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'lo
       writesLost: 0,
       failoversChecked: true,
       settlePoints: true,
+      writesConfirmedOnBoth: true,
+      canary: 'caught',
     });
   });
 });

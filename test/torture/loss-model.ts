@@ -133,6 +133,16 @@ export class LossModel {
     };
   }
 
+  /** A block whose newest content is a write durable on both nodes (for the runner's canary), or undefined. */
+  blockDurableOnBoth(): number | undefined {
+    for (let b = 0; b < this.blocks; b++) {
+      const h = this.history[b];
+      const last = h[h.length - 1];
+      if (last.writeIndex >= 0 && last.durableMask === 3) return b;
+    }
+    return undefined;
+  }
+
   /** For a report: which write of the block's history holds `hash` ('settle' for the content of the last settle point, undefined if none). */
   whichWrite(block: number, hash: string): number | 'baseline' | undefined {
     const e = [...this.history[block]].reverse().find((x) => x.hash === hash);

@@ -8,14 +8,15 @@
 import { cleanupAll } from '../harness/cleanup';
 import { formatSummary, StepKind, Torture } from './runner';
 
-const USAGE = 'usage: npm run torture -- [--minutes N] [--seed S] [--replay S:STEP] [--cover KIND,KIND] [--quiet]';
+const USAGE = 'usage: npm run torture -- [--minutes N] [--seed S] [--replay S:STEP] [--cover KIND,KIND] [--canary] [--quiet]';
 
-function parseArgs(argv: string[]): { minutes?: number; seed: number; maxSteps?: number; verbose: boolean; cover: StepKind[] } {
+function parseArgs(argv: string[]): { minutes?: number; seed: number; maxSteps?: number; verbose: boolean; cover: StepKind[]; canary: boolean } {
   let minutes: number | undefined;
   let seed: number | undefined;
   let maxSteps: number | undefined;
   let verbose = true;
   let cover: StepKind[] = [];
+  let canary = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {
@@ -31,12 +32,13 @@ function parseArgs(argv: string[]): { minutes?: number; seed: number; maxSteps?:
       seed = Number(m[1]);
       maxSteps = Number(m[2]);
     } else if (a === '--quiet') verbose = false;
+    else if (a === '--canary') canary = true;
     else if (a === '--cover') cover = value().split(',') as StepKind[];
     else throw new Error(`unknown argument ${a}; ${USAGE}`);
   }
   if (minutes !== undefined && !(minutes > 0)) throw new Error(`--minutes must be > 0; ${USAGE}`);
   if (seed !== undefined && !(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new Error(`--seed must be an integer 0..2^32-1; ${USAGE}`);
-  return { minutes: maxSteps === undefined ? minutes ?? 5 : undefined, seed: seed ?? Math.floor(Math.random() * 2 ** 31), maxSteps, verbose, cover };
+  return { minutes: maxSteps === undefined ? minutes ?? 5 : undefined, seed: seed ?? Math.floor(Math.random() * 2 ** 31), maxSteps, verbose, cover, canary };
 }
 
 async function main(): Promise<number> {
@@ -52,7 +54,7 @@ async function main(): Promise<number> {
     return 2;
   }
   process.stdout.write(`torture: seed ${args.seed}, ${args.maxSteps !== undefined ? `replay up to step ${args.maxSteps}` : `${args.minutes} minutes`}\n`);
-  const summary = await new Torture({ seed: args.seed, minutes: args.minutes, maxSteps: args.maxSteps, verbose: args.verbose, mustCover: args.cover }).run();
+  const summary = await new Torture({ seed: args.seed, minutes: args.minutes, maxSteps: args.maxSteps, verbose: args.verbose, mustCover: args.cover, canary: args.canary }).run();
   let cleanupProblem: string | undefined;
   await cleanupAll().catch((e: Error) => (cleanupProblem = e.message));
   process.stdout.write(formatSummary(summary) + '\n');

@@ -24,7 +24,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { adminCall } from '../../src/admin';
 import { NodeName, NraidResult, NraidStatus } from '../harness/cluster';
-import { mulberry32, RandomWriter, readRange } from '../harness/direct-io';
+import { mulberry32, RandomWriter, readRange, writeDirect } from '../harness/direct-io';
 import { otherNode, reportedError, sleep } from '../harness/helpers';
 import { startLinkRelay, LinkRelay } from '../harness/link-relay';
 import { makeNetnsPair, NetnsPair } from '../harness/netns';
@@ -90,6 +90,12 @@ export interface TortureOptions {
   /** Print each step (default true). */
   verbose?: boolean;
   diskFaultHook?: DiskFaultHook;
+  /**
+   * After the run, prove the zero-loss check can fail: a write confirmed on
+   * both nodes is overwritten on the Secondary's backing disk, then a
+   * switchover; the failover check must catch it (summary.canary).
+   */
+  canary?: boolean;
   /** Step kinds drawn first, each as soon as it can run (the CI run: every main fault at least once). */
   mustCover?: readonly StepKind[];
   /** Where to copy the daemons' logs on a failure (default: a dir under /tmp named by seed and step). */
@@ -113,6 +119,8 @@ export interface TortureSummary {
   failoversUnchecked: number;
   settlePoints: number;
   notes: string[];
+  /** With the canary option: whether the planted loss was caught. */
+  canary?: 'caught' | 'missed' | 'not run';
   failure: null | { step: number; kind: string; message: string; replay: string; logs?: string };
 }
 
@@ -868,6 +876,7 @@ export class Torture {
       await this.closeEpoch();
       await this.converge();
       this.checkWatch();
+      if (this.opts.canary) this.summary.canary = await this.runCanary();
 
     } catch (e) {
       const kind = e instanceof TortureFailure ? e.check : 'runner-error';
@@ -883,6 +892,34 @@ export class Torture {
       this.summary.elapsedMs = Date.now() - this.t0;
     }
     return this.summary;
+  }
+
+  private async runCanary(): Promise<'caught' | 'missed' | 'not run'> {
+    this.log('--- canary: a confirmed write destroyed on the Secondary, then a switchover');
+    if (this.protocol !== 'C') await this.adjust('C');
+    const p = this.writer.writingTo;
+    if (p === null) return 'not run';
+    const q = otherNode(p);
+    await this.closeEpoch();
+    await this.openEpoch();
+    await sleep(2000);
+    await this.closeEpoch();
+    await this.writer.pause();
+    const block = this.model.blockDurableOnBoth();
+    if (block === undefined) return 'not run';
+    const lostBefore = this.summary.writesLost;
+    await writeDirect(this.r.base.nodes[q].diskPath, block * MODEL_BLOCK_BYTES, Buffer.alloc(MODEL_BLOCK_BYTES, 0xa5));
+    const res = await this.cli(p, 'switchover');
+    if (res.code !== 0) return 'not run';
+    try {
+      await this.failoverTo(q, true);
+      return 'missed';
+    } catch (e) {
+      this.log(`canary caught: ${(e as Error).message.split('\n')[0]}`);
+      return e instanceof TortureFailure && e.check === 'no-write-lost' ? 'caught' : 'missed';
+    } finally {
+      this.summary.writesLost = lostBefore;
+    }
   }
 
   private fillCounters(): void {
@@ -944,6 +981,7 @@ export function formatSummary(s: TortureSummary): string {
     `  ${s.writesConfirmedOnBoth} writes confirmed on both nodes (protocol C, replicating)`,
     `  failovers: ${s.failoversChecked} checked, ${s.failoversUnchecked} forced onto non-UpToDate data (not checked); settle points ${s.settlePoints}`,
   ];
+  if (s.canary !== undefined) lines.push(`  canary (a confirmed write destroyed on purpose before a failover): ${s.canary}`);
   if (s.notes.length) lines.push(`  notes (${s.notes.length}):`, ...s.notes.slice(0, 40).map((n) => `    ${n}`));
   if (s.failure) {
     lines.push(`  FAILURE at step ${s.failure.step} (${s.failure.kind}): ${s.failure.message}`);

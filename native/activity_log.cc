@@ -23,6 +23,7 @@ ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_byt
       last_used_(new std::atomic<uint32_t>[extents_]),
       hot_bits_(new std::atomic<uint64_t>[(extents_ + 63) / 64]) {
   NRAID_ASSERT(slots_ > 0);
+  sequence_ = layout_.sequence_start;
   NRAID_ASSERT(layout_.extent_bytes % kBlockBytes == 0);
   for (uint64_t i = 0; i < extents_; i++) {
     pins_[i].store(0, std::memory_order_relaxed);

@@ -23,6 +23,10 @@ struct ActivityLogLayout {
   uint64_t area_size_bytes;
   uint64_t extent_bytes;
   uint64_t bitmap_offset_bytes;  // on-disk bitmap, for writing back evicted extents' bits
+  // The newest sequence in the ring on disk (a previous run's): this run's
+  // transactions continue above it, or a crash recovery that picks the newest
+  // would pick an older run's transaction.
+  uint64_t sequence_start = 0;
 };
 
 class ActivityLog {

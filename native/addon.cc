@@ -201,6 +201,9 @@ Napi::Value PipelineCreate(const Napi::CallbackInfo& info) {
   activity_log.area_size_bytes = get_u64(options.Get("activityLogSizeBytes"), "activityLogSizeBytes");
   activity_log.extent_bytes = get_u64(options.Get("activityExtentBytes"), "activityExtentBytes");
   activity_log.bitmap_offset_bytes = get_u64(options.Get("bitmapOffsetBytes"), "bitmapOffsetBytes");
+  if (!options.Get("activityLogSequenceStart").IsUndefined()) {
+    activity_log.sequence_start = get_u64(options.Get("activityLogSequenceStart"), "activityLogSequenceStart");
+  }
   if (activity_log.area_size_bytes < nraid::kActivityTransactionBytes || activity_log.extent_bytes % nraid::kBlockBytes != 0 ||
       activity_log.area_offset_bytes % nraid::kBlockBytes != 0 || activity_log.bitmap_offset_bytes % nraid::kBlockBytes != 0 ||
       activity_log.area_offset_bytes + activity_log.area_size_bytes > disk->size_bytes() || activity_log.extent_bytes == 0) {

@@ -160,6 +160,8 @@ export interface Binding {
       activityLogOffsetBytes: number;
       activityLogSizeBytes: number;
       activityExtentBytes: number;
+      /** The newest activity-log sequence on disk: this run's transactions continue above it (default 0). */
+      activityLogSequenceStart?: number;
       onEvent: (type: NativeEventType, detail: string) => void;
     },
   ): PipelineHandle;

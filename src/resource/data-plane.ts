@@ -6,6 +6,7 @@
  */
 import { SystemError, isErrnoException, systemError as errnoError, toNraidError } from '../errors';
 import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, binding } from '../native';
+import { newestTransaction } from '../activity-log';
 import { BackingDisk } from '../disk';
 import { Superblock } from '../metadata';
 
@@ -36,6 +37,9 @@ export class DataPlane {
       activityLogOffsetBytes: sb.activityLogOffsetBytes,
       activityLogSizeBytes: sb.activityLogSizeBytes,
       activityExtentBytes: sb.activityExtentBytes,
+      // Regression (torture seed 42, step 72): each run restarted at sequence 1, so after a second crash the
+      // recovery (newestTransaction) took an older run's transaction and left this run's hot extents unmarked.
+      activityLogSequenceStart: Number(newestTransaction(disk.read(sb.activityLogOffsetBytes, sb.activityLogSizeBytes))?.sequence ?? 0n),
       onEvent,
     });
   }

@@ -52,7 +52,7 @@ export async function writeDirect(
       `seek=${offsetBytes}B`,
       'iflag=fullblock',
       'oflag=direct',
-      'conv=notrunc',
+      'conv=notrunc,nocreat',
       'status=none',
     ],
     { input: data, timeoutMs: opts.timeoutMs },

@@ -18,6 +18,8 @@
  * registry's order, the namespaces.
  */
 import * as fs from 'fs';
+import * as path from 'path';
+import { stringify as tomlStringify } from 'smol-toml';
 import { loopDevices, registerCleanup } from './cleanup';
 import { execSyncQuiet, execTool, toolEnv } from './exec';
 import { NetnsPair, NetnsSide, makeNetnsPair } from './netns';
@@ -33,6 +35,12 @@ export interface NetnsResourceOptions {
   extra?: Record<string, unknown>;
   /** Use this pair instead of making one (the fixture then does not destroy it). */
   pair?: NetnsPair;
+  /**
+   * Per-node config: merged into a copy of the config that only that node's
+   * commands read (e.g. alpha dialing beta through a link relay). Without it
+   * both nodes read the one config file.
+   */
+  perNode?: Partial<Record<NodeName, Record<string, unknown>>>;
 }
 
 export interface NetnsResource {
@@ -47,6 +55,8 @@ export interface NetnsResource {
   /** Parsed `status --json`, run inside the node's namespace. */
   status(node: NodeName, timeoutMs?: number): Promise<NraidStatus>;
   waitFor(node: NodeName, predicate: (s: NraidStatus) => boolean, timeoutMs: number): Promise<NraidStatus>;
+  /** The config file a node's commands read (base.configPath unless `perNode` gave it its own). */
+  configPathOf(node: NodeName): string;
   /** The pid of the node's daemon as last seen (from `up` or a status), if any. */
   daemonPid(node: NodeName): number | undefined;
   /** kill -9 of the node's daemon by its pid (the last resort). Resolves once it is gone. */
@@ -105,12 +115,20 @@ export async function makeNetnsResource(opts: NetnsResourceOptions): Promise<Net
   };
   const base = await makeResource({ nodes: 2, sizeBytes: opts.sizeBytes, protocol: opts.protocol, extra: opts.extra ? mergeConfig(extra, opts.extra) : extra });
   const name = base.name;
+  const configPaths: Record<NodeName, string> = { alpha: base.configPath, beta: base.configPath };
+  for (const node of ['alpha', 'beta'] as const) {
+    const own = opts.perNode?.[node];
+    if (own === undefined) continue;
+    configPaths[node] = path.join(base.dir, `${name}-${node}.toml`);
+    const config = mergeConfig(JSON.parse(JSON.stringify(base.config)) as Record<string, unknown>, own);
+    fs.writeFileSync(configPaths[node], tomlStringify(config) + '\n', { mode: 0o600 });
+  }
   const pids: Partial<Record<NodeName, number>> = {};
   /** Exposed loop devices seen in status: a killed daemon leaves its own behind. */
   const exposed = new Set<string>();
 
   const run = async (node: NodeName, command: string, flags: readonly string[] = [], o: NraidRunOptions = {}): Promise<NraidResult> => {
-    const [file, argv] = pair.command(side[node], process.execPath, [NRAID_BIN, command, name, '-c', base.configPath, '-n', node, ...flags]);
+    const [file, argv] = pair.command(side[node], process.execPath, [NRAID_BIN, command, name, '-c', configPaths[node], '-n', node, ...flags]);
     const r = await execTool(file, argv, { timeoutMs: o.timeoutMs ?? 60_000, env: toolEnv(o.env), input: o.input, cwd: REPO_ROOT });
     const res = { code: r.code, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
     const m = command === 'up' && res.code === 0 ? /daemon pid (\d+)/.exec(res.stdout) : null;
@@ -180,7 +198,7 @@ export async function makeNetnsResource(opts: NetnsResourceOptions): Promise<Net
       for (const node of ['alpha', 'beta'] as const) {
         const pid = pids[node];
         if (pid === undefined || !daemonRuns(pid, name)) continue;
-        const [file, argv] = pair.command(side[node], process.execPath, [NRAID_BIN, 'down', name, '-c', base.configPath, '-n', node]);
+        const [file, argv] = pair.command(side[node], process.execPath, [NRAID_BIN, 'down', name, '-c', configPaths[node], '-n', node]);
         execSyncQuiet(file, argv, DOWN_TIMEOUT_MS);
         if (daemonRuns(pid, name)) {
           try {
@@ -225,6 +243,7 @@ export async function makeNetnsResource(opts: NetnsResourceOptions): Promise<Net
         await new Promise((r) => setTimeout(r, 100));
       }
     },
+    configPathOf: (node) => configPaths[node],
     daemonPid: (node) => pids[node],
     kill,
     cleanup: () => handle.run(),

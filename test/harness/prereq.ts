@@ -21,7 +21,9 @@ export type Need =
   /** nbdkit (with its error filter) and nbdfuse: the failing disk (failing-disk.ts). */
   | 'nbdkit';
 
-export const REPO_ROOT = path.resolve(__dirname, '..', '..');
+// From test/harness/ under jest; from dist/test/harness/ when compiled by tsc (the torture runner).
+const HARNESS_UP_TWO = path.resolve(__dirname, '..', '..');
+export const REPO_ROOT = path.basename(HARNESS_UP_TWO) === 'dist' ? path.dirname(HARNESS_UP_TWO) : HARNESS_UP_TWO;
 
 /** Absolute path of `name` on PATH (plus the sbin dirs), or undefined. */
 export function findExecutable(name: string): string | undefined {

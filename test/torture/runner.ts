@@ -809,6 +809,15 @@ export class Torture {
         }
       }
       const prim = NODES.filter((n) => last[n]?.role === 'Primary');
+      if (prim.length === 2 && a?.connection !== 'Connected' && b?.connection !== 'Connected') {
+        // Two Primaries apart (a promotion while the old Primary was away): they refuse to
+        // connect until one steps down, as DRBD's after-sb-2pri = disconnect. The writer's
+        // node keeps the role; the other one's writes become the split brain's victim.
+        const victim = this.writer.writingTo === 'alpha' ? 'beta' : 'alpha';
+        this.note(`both Primary and apart: ${victim} steps down (nraid secondary), then the split brain is resolved`);
+        await this.cli(victim, 'secondary');
+        continue;
+      }
       const resyncing = NODES.some((n) => last[n]?.replication === 'SyncSource' || last[n]?.replication === 'SyncTarget');
       if (prim.length === 0 && a?.connection === 'Connected' && !resyncing) await this.promote(true);
       else if (prim.length === 1 && this.writer.writingTo !== prim[0]) await this.failoverTo(prim[0], true);

@@ -29,7 +29,9 @@ export type Mutation =
   | { kind: 'truncate'; at: number }
   | { kind: 'insert'; at: number; bytes: Uint8Array }
   | { kind: 'delete'; at: number; count: number }
-  | { kind: 'overwrite'; at: number; bytes: Uint8Array };
+  | { kind: 'overwrite'; at: number; bytes: Uint8Array }
+  /** A field of a known layout: `offset` in bytes, not a fraction. */
+  | { kind: 'field'; offset: number; bytes: 2 | 4 | 8; value: bigint };
 
 /** A position as a fraction of the length: shrinks towards the start. */
 const at = fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true });
@@ -46,6 +48,20 @@ export const mutation: fc.Arbitrary<Mutation> = fc.oneof(
 );
 
 export const mutations = fc.array(mutation, { minLength: 1, maxLength: 4 });
+
+/** A field of `layout` ({ offset, bytes } each) set to a value that breaks length and range checks. */
+export function fieldMutation(layout: ReadonlyArray<{ offset: number; bytes: 2 | 4 | 8 }>): fc.Arbitrary<Mutation> {
+  return fc.record({
+    kind: fc.constant('field' as const),
+    field: fc.constantFrom(...layout),
+    value: interestingU64,
+  }).map(({ field, value }) => ({ kind: 'field' as const, offset: field.offset, bytes: field.bytes, value: value & ((1n << BigInt(field.bytes * 8)) - 1n) }));
+}
+
+/** Mutations that mostly hit the fields of `layout`, sometimes anywhere. */
+export function mutationsOf(layout: ReadonlyArray<{ offset: number; bytes: 2 | 4 | 8 }>): fc.Arbitrary<Mutation[]> {
+  return fc.array(fc.oneof({ weight: 3, arbitrary: fieldMutation(layout) }, { weight: 2, arbitrary: mutation }), { minLength: 1, maxLength: 4 });
+}
 
 /** `input` with `list` applied in order (a copy; the input is not changed). */
 export function applyMutations(input: Uint8Array, list: readonly Mutation[]): Buffer {
@@ -73,6 +89,13 @@ export function applyMutations(input: Uint8Array, list: readonly Mutation[]): Bu
         break;
       case 'delete':
         b = Buffer.concat([b.subarray(0, pos), b.subarray(pos + m.count)]);
+        break;
+      case 'field':
+        if (m.offset + m.bytes <= b.length) {
+          if (m.bytes === 2) b.writeUInt16LE(Number(m.value), m.offset);
+          else if (m.bytes === 4) b.writeUInt32LE(Number(m.value), m.offset);
+          else b.writeBigUInt64LE(m.value, m.offset);
+        }
         break;
       case 'overwrite':
         b = Buffer.from(b);

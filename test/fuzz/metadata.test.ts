@@ -280,7 +280,8 @@ describe('fuzz: superblock and activity-log parsers', () => {
             const found = readSuperblock(disk);
             const valid = states.filter((s) => s.superblock !== null).map((s) => s.superblock!.sequence);
             expect(found.sequence).toBe(Math.max(...valid));
-            if (m0 === null) expect(found.sequence).toBe(sb.sequence);
+            // An intact slot is never passed over for an older one (a sealed mutation may well look newer).
+            if (m0 === null) expect(found.sequence).toBeGreaterThanOrEqual(sb.sequence);
           } catch (error) {
             if (!(error instanceof MetadataError)) throw new Error(`reading two slots threw ${String(error)}, not a MetadataError`);
             expect(m0 !== null && m1 !== null).toBe(true);

@@ -67,7 +67,7 @@ export function mutationsOf(layout: ReadonlyArray<{ offset: number; bytes: 2 | 4
 export function applyMutations(input: Uint8Array, list: readonly Mutation[]): Buffer {
   let b = Buffer.from(input);
   for (const m of list) {
-    const pos = Math.floor(m.at * b.length);
+    const pos = m.kind === 'field' ? m.offset : Math.floor(m.at * b.length);
     switch (m.kind) {
       case 'flip':
         if (b.length > 0) b[pos] ^= 1 << m.bit;

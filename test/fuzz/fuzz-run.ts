@@ -75,7 +75,14 @@ export async function fuzz<Ts>(
     seed: details.seed,
   };
   report(outcome);
-  if (details.failed) throw new Error(`fuzz ${target} failed (replay: NRAID_FUZZ_SEED=${details.seed})\n${fc.defaultReportMessage(details)}`);
+  if (details.failed) {
+    const why = details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance);
+    // Counterexamples can hold megabytes (a 1 MiB command name): the report keeps the start of each.
+    const shortened = (text: string) => text.replace(/(\d+,){64,}/g, (run) => `${run.slice(0, 200)}... (${run.split(',').length} values),`);
+    throw new Error(
+      `fuzz ${target} failed (replay: NRAID_FUZZ_SEED=${details.seed}): ${why.slice(0, 2000)}\n${shortened(fc.defaultReportMessage(details) ?? '').slice(0, 4000)}`,
+    );
+  }
   if (details.numRuns === 0) throw new Error(`fuzz ${target}: no case ran within ${options.timeLimitMs} ms; the harness is too slow or stuck`);
   return outcome;
 }

@@ -6,11 +6,13 @@
  * u32, sequence u64, count u32, extent size in 4 KiB units u32, reserved,
  * then count u32 extent numbers from byte 32, crc32c of bytes 0..4091 at 4092.
  */
-import { activityHeaderBytes, activityTransactionBytes, blockBytes } from './limits';
+import { activityExtentsMax, activityHeaderBytes, activityTransactionBytes, blockBytes } from './limits';
 import { crc32c } from './native';
 
 /** "NRAL" little endian; mirrors kActivityMagic in native/limits.h (test/unit/limits.test.ts compares them). */
 export const ACTIVITY_MAGIC = 0x4c41524e;
+/** Mirrors kActivityLayoutVersion in native/limits.h. */
+export const ACTIVITY_LAYOUT_VERSION = 1;
 /** The u32 crc32c that ends a transaction. */
 const CRC_BYTES = 4;
 
@@ -42,9 +44,9 @@ export function newestTransaction(area: Buffer): ActivityTransaction | null {
 /**
  * Bitmap words (little-endian u64, the on-disk layout) with every block of the
  * extents set. The extents become runs of bits, merged, then set a byte at a
- * time: the work is bounded by the bitmap's size, whatever the transaction's
- * extent size and numbers say (a transaction is checksummed, not trusted: one
- * bit at a time, 1000 extents of a huge extent size took minutes on a large
+ * time: the work is bounded by the bitmap's size, whatever the extent size
+ * and numbers say (inspectActivityLog checks them for recovery; set one bit
+ * at a time, 1000 extents of a huge extent size took minutes on a large
  * device, with the event loop blocked).
  */
 export function extentsToBitmap(extents: readonly number[], extentBytes: number, granularityBytes: number, dataSizeBytes: number, wordsBytes: number): Buffer {
@@ -80,4 +82,74 @@ function setBits(words: Buffer, from: number, end: number): void {
     bit = wholeBytesEnd * 8;
   }
   for (; bit < end; bit++) words[Math.floor(bit / 8)] |= 1 << bit % 8;
+}
+
+/** One record of the ring that is neither blank nor a valid transaction. */
+export interface ActivityRecordDamage {
+  index: number;
+  problem: string;
+  image: Buffer;
+}
+
+export interface ActivityLogInspection {
+  /** The newest valid transaction, or null. */
+  newest: ActivityTransaction | null;
+  validRecords: number;
+  blankRecords: number;
+  damaged: ActivityRecordDamage[];
+}
+
+/** What the ring of a device with `extents` activity extents of `extentBytes` may hold. */
+export interface ActivityLogShape {
+  extentBytes: number;
+  extents: number;
+}
+
+function recordProblem(record: Buffer, shape: ActivityLogShape): string | null {
+  if (record.readUInt32LE(0) !== ACTIVITY_MAGIC) return 'no magic';
+  const crcAt = activityTransactionBytes - CRC_BYTES;
+  const stored = record.readUInt32LE(crcAt);
+  const computed = crc32c(record.subarray(0, crcAt));
+  if (stored !== computed) return `bad checksum (stored ${stored.toString(16)}, computed ${computed.toString(16)})`;
+  const version = record.readUInt32LE(4);
+  if (version !== ACTIVITY_LAYOUT_VERSION) return `layout version ${version}, expected ${ACTIVITY_LAYOUT_VERSION}`;
+  const count = record.readUInt32LE(16);
+  if (count > activityExtentsMax) return `${count} extents listed, at most ${activityExtentsMax} fit`;
+  const extentBytes = record.readUInt32LE(20) * blockBytes;
+  if (extentBytes !== shape.extentBytes) return `extent size ${extentBytes} bytes, expected ${shape.extentBytes}`;
+  for (let i = 0; i < count; i++) {
+    const extent = record.readUInt32LE(activityHeaderBytes + i * 4);
+    if (extent >= shape.extents) return `extent ${extent} is past the last one (${shape.extents - 1})`;
+  }
+  return null;
+}
+
+/**
+ * Every record of the ring: blank (all zeros: never written since create-md
+ * or the last start), valid, or damaged (bad magic, checksum, version, count,
+ * extent size or extent number). A torn record (a crash during its write) is
+ * damage too: its sequence cannot be trusted, so it cannot be told from a
+ * newest record that rotted, and a rotted newest record hides hot extents.
+ */
+export function inspectActivityLog(area: Buffer, shape: ActivityLogShape): ActivityLogInspection {
+  const inspection: ActivityLogInspection = { newest: null, validRecords: 0, blankRecords: 0, damaged: [] };
+  for (let offset = 0, index = 0; offset + activityTransactionBytes <= area.length; offset += activityTransactionBytes, index++) {
+    const record = area.subarray(offset, offset + activityTransactionBytes);
+    if (record.every((byte) => byte === 0)) {
+      inspection.blankRecords++;
+      continue;
+    }
+    const problem = recordProblem(record, shape);
+    if (problem !== null) {
+      inspection.damaged.push({ index, problem, image: Buffer.from(record) });
+      continue;
+    }
+    inspection.validRecords++;
+    const sequence = record.readBigUInt64LE(8);
+    if (inspection.newest !== null && sequence <= inspection.newest.sequence) continue;
+    const extents: number[] = [];
+    for (let i = 0; i < record.readUInt32LE(16); i++) extents.push(record.readUInt32LE(activityHeaderBytes + i * 4));
+    inspection.newest = { sequence, extentBytes: record.readUInt32LE(20) * blockBytes, extents };
+  }
+  return inspection;
 }

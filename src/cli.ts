@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { adminCall } from './admin';
 import { ParsedArgs, parseArgs, usage } from './cli/args';
+import { dumpMd, restoreMd } from './cli/metadata-commands';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath } from './config';
 import { Daemon, adminSocketPath } from './daemon';
 import { BackingDisk } from './disk';
@@ -280,6 +281,20 @@ export async function main(argv: string[]): Promise<number> {
         requireRoot(args.command);
         const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;
         out(statusLine(result));
+        break;
+      }
+      case 'dump-md':
+      case 'restore-md': {
+        const metadataContext = {
+          config: ctx.config,
+          local: ctx.local,
+          json: args.json,
+          force: args.force,
+          file: args.file,
+          runningPid: async () => (await daemonAnswers(ctx.local))?.pid ?? null,
+          out,
+        };
+        await (args.command === 'dump-md' ? dumpMd(metadataContext) : restoreMd(metadataContext));
         break;
       }
       default:

@@ -101,7 +101,7 @@ export class Daemon extends EventEmitter {
     const disk = BackingDisk.open(this.local.disk, { configKey: `nodes.${this.local.name}.disk in ${this.config.path}` });
     let plane: DataPlane | null = null;
     try {
-      const store = MetadataStore.open(disk, this.config.resource, this.log);
+      const store = MetadataStore.open(disk, this.config.resource, this.log, this.local.runDir);
       plane = new DataPlane(disk, store.superblock, (type, detail) => this.onNativeEvent(type, detail));
       if (await store.recover(plane)) {
         this.log.warn('the previous run ended while Primary without a clean shutdown (crashed primary)');
@@ -205,6 +205,7 @@ export class Daemon extends EventEmitter {
       exposed: parts.exposure.exposed,
       loopDevice: parts.exposure.loopDevice,
       nowMs: Date.now(),
+      metadataDamage: parts.store.damage,
     });
   }
 
@@ -381,6 +382,9 @@ export class Daemon extends EventEmitter {
 
   private async streamEvents(stream: AdminStream): Promise<void> {
     stream.send({ type: 'exists', ...this.status() });
+    // Damage is found at start, before any subscriber: each one hears of it first thing.
+    const damage = this.p.store.damage;
+    if (damage.length > 0) stream.send({ type: 'metadata-damage', resource: this.config.resource, node: this.local.name, reports: damage });
     const onChange = (changed: Partial<ResourceStatus>) =>
       stream.send({ type: 'change', resource: this.config.resource, node: this.local.name, ...changed });
     const onEvent = (event: Record<string, unknown>) => stream.send(event);

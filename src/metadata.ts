@@ -12,7 +12,10 @@
  * A superblock write goes to the slot that does not hold the newest valid
  * copy, so a torn write never destroys the last good one; a read checks both
  * slots (magic, crc32c, layout) and takes the valid one with the highest
- * sequence.
+ * sequence. A slot that is not valid is classified (classifySlot): blank
+ * (never written, or zeroed), torn (a write that did not complete), or
+ * damaged (anything else); src/resource/metadata-damage.ts decides what a
+ * node may believe after that, and docs/CONTRACTS.md says why.
  */
 import { DiskError, DiskHasDataError, InternalError, MetadataError } from './errors';
 import * as limits from './limits';
@@ -133,6 +136,20 @@ const at = {
 
 if (at.primarySinceMs + 8 > at.crc32c) {
   throw new InternalError(`src/metadata.ts: expected the superblock fields to end before the checksum at ${at.crc32c}, found them ending at ${at.primarySinceMs + 8}; fix the layout`);
+}
+
+/**
+ * Every 512-byte sector of a slot carries the slot's sequence at this offset
+ * (the write stamp; sector 7's ends just before the crc32c). A device may tear
+ * a 4 KiB write at sector boundaries: the sectors then carry two stamps, the
+ * new write's and the one before it in that slot; a slot changed after a
+ * complete write (a bit flip, a stray write) carries one stamp, or garbage.
+ * Slots written before stamps existed carry zeros there (still valid).
+ */
+const stampOffsetInSectorBytes = 500;
+const stampSectors = limits.superblockSlotBytes / limits.sectorBytes;
+if (at.primarySinceMs + 8 > stampOffsetInSectorBytes || (stampSectors - 1) * limits.sectorBytes + stampOffsetInSectorBytes + 8 > at.crc32c) {
+  throw new InternalError('src/metadata.ts: expected the write stamps to fit between the fields and the checksum; fix stampOffsetInSectorBytes');
 }
 
 /** The u64 fields that hold byte counts and times (numbers in TS, safe integers on disk). */
@@ -303,6 +320,9 @@ export function encodeSuperblock(sb: Superblock): Buffer {
   }
   encodeName('resource', sb.resource).copy(buf, at.resource);
   encodeName('node', sb.node).copy(buf, at.node);
+  for (let sector = 0; sector < stampSectors; sector++) {
+    buf.writeBigUInt64LE(BigInt(sb.sequence), sector * limits.sectorBytes + stampOffsetInSectorBytes);
+  }
   buf.writeUInt32LE(crc32c(buf.subarray(0, at.crc32c)), at.crc32c);
   return buf;
 }
@@ -398,12 +418,70 @@ export function decodeSuperblock(buf: Buffer): Superblock {
 
 // --- Reading and writing ---------------------------------------------------------
 
+/**
+ * What a slot holds: valid; blank (all zeros: never written, or zeroed, e.g.
+ * by a discard); torn (a write that did not complete: see the write stamps
+ * above); damaged (bad magic, checksum, layout or impossible values, with a
+ * complete write behind it, or one we cannot tell).
+ */
+export type SlotCondition = 'valid' | 'blank' | 'torn' | 'damaged';
+
 export interface SlotState {
   slot: number;
   offsetBytes: number;
   superblock: Superblock | null;
   /** Why the slot is not usable, or null when it is. */
   problem: string | null;
+  condition: SlotCondition;
+  /** The slot's bytes as read: the evidence, kept before anything overwrites it. */
+  image: Buffer;
+}
+
+/** The distinct write stamps of a slot image, in sector order. */
+function writeStamps(buf: Buffer): bigint[] {
+  const stamps: bigint[] = [];
+  for (let sector = 0; sector < stampSectors; sector++) stamps.push(buf.readBigUInt64LE(sector * limits.sectorBytes + stampOffsetInSectorBytes));
+  return stamps;
+}
+
+/**
+ * A slot that failed its checks is torn when its sectors carry exactly two
+ * write stamps, one or two sequences apart (two when the slots take turns,
+ * one for the first write after create-md or restore-md, which leave both
+ * slots alike), both non-zero, and its first sector's stamp equals its own
+ * sequence field (that sector is one whole write). Anything else is damage.
+ * A bit flip that happens to turn one stamp into such a neighbour reads as
+ * torn: the label can be wrong then, never the handling (both count as a
+ * possibly lost newest write).
+ */
+function looksTorn(buf: Buffer): boolean {
+  if (buf.toString('latin1', at.magic, at.magic + superblockMagic.length) !== superblockMagic) return false;
+  const stamps = writeStamps(buf);
+  const distinct = [...new Set(stamps)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  if (distinct.length !== 2 || distinct[0] === 0n) return false;
+  const gap = distinct[1] - distinct[0];
+  return (gap === 1n || gap === 2n) && stamps[0] === buf.readBigUInt64LE(at.sequence);
+}
+
+/** Classifies one slot image read from a device of `deviceSizeBytes`. */
+export function classifySlot(image: Buffer, slot: number, offsetBytes: number, deviceSizeBytes: number): SlotState {
+  const state: SlotState = { slot, offsetBytes, superblock: null, problem: null, condition: 'valid', image };
+  if (image.every((byte) => byte === 0)) {
+    return { ...state, condition: 'blank', problem: 'blank (never written, or zeroed)' };
+  }
+  const decoded = decodeSlot(image);
+  if (!decoded.ok) {
+    const torn = image.length === limits.superblockSlotBytes && looksTorn(image);
+    return { ...state, condition: torn ? 'torn' : 'damaged', problem: torn ? `torn write (${decoded.problem}; its sectors hold two writes)` : decoded.problem };
+  }
+  if (roundDown(decoded.superblock.backingSizeBytes, limits.blockBytes) !== roundDown(deviceSizeBytes, limits.blockBytes)) {
+    return {
+      ...state,
+      condition: 'damaged',
+      problem: `written for a ${decoded.superblock.backingSizeBytes}-byte device, but this one has ${deviceSizeBytes} bytes (was it resized?)`,
+    };
+  }
+  return { ...state, superblock: decoded.superblock };
 }
 
 /** Both superblock slots of `disk`, each valid or with the reason it is not. */
@@ -417,22 +495,14 @@ export function inspectSuperblocks(disk: DiskIO): SlotState[] {
   const slots: SlotState[] = [];
   for (let slot = 0; slot < limits.superblockSlots; slot++) {
     const start = slot * limits.superblockSlotBytes;
-    const decoded = decodeSlot(area.subarray(start, start + limits.superblockSlotBytes));
-    const state: SlotState = { slot, offsetBytes: offsetBytes + start, superblock: null, problem: null };
-    if (!decoded.ok) {
-      state.problem = decoded.problem;
-    } else if (roundDown(decoded.superblock.backingSizeBytes, limits.blockBytes) !== usableSizeBytes) {
-      state.problem = `written for a ${decoded.superblock.backingSizeBytes}-byte device, but this one has ${disk.sizeBytes} bytes (was it resized?)`;
-    } else {
-      state.superblock = decoded.superblock;
-    }
-    slots.push(state);
+    const image = Buffer.from(area.subarray(start, start + limits.superblockSlotBytes));
+    slots.push(classifySlot(image, slot, offsetBytes + start, disk.sizeBytes));
   }
   return slots;
 }
 
 /** The valid slot with the highest sequence (slot 0 on a tie), or null. */
-function newestSlot(slots: SlotState[]): SlotState | null {
+export function newestSlot(slots: readonly SlotState[]): SlotState | null {
   let newest: SlotState | null = null;
   for (const state of slots) {
     if (state.superblock === null) continue;
@@ -600,6 +670,14 @@ export function createMetadata(disk: DiskIO, opts: CreateOptions): Superblock {
       }
       throw new DiskHasDataError(
         `${disk.path} already holds ${held}; nraid create-md would reset its generation UUIDs and mark it Inconsistent; use --force if that is what you want`,
+      );
+    }
+    // Damaged nraid metadata may still be repaired from a dump: not overwritten without --force.
+    const damaged = slots.find((s) => (s.condition === 'damaged' || s.condition === 'torn') && s.image.toString('latin1', at.magic, at.magic + superblockMagic.length) === superblockMagic);
+    if (damaged !== undefined) {
+      throw new DiskHasDataError(
+        `${disk.path} holds damaged nraid metadata (slot ${damaged.slot}: ${damaged.problem}); nraid restore-md from a saved dump repairs it, ` +
+          'nraid dump-md shows it; use create-md --force to start over (the data then needs a full sync)',
       );
     }
     const found = detectSignature(disk.read(0, limits.signatureProbeBytes));

@@ -63,6 +63,7 @@ export class MetricsServer {
     simple('nraid_protocol_errors_total', 'Frames rejected as protocol errors.', (_s, c) => c?.protocolErrors ?? 0);
     simple('nraid_io_errors_total', 'Local I/O errors.', (_s, c) => c?.ioErrors ?? 0);
     simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
+    simple('nraid_metadata_damage', 'Damaged metadata areas found when the daemon started (superblock slot, activity log, bitmap).', (s) => s.metadataDamage?.length ?? 0);
     this.server = http.createServer((request, response) => {
       if (request.url !== '/metrics') {
         response.writeHead(404).end('see /metrics\n');

@@ -70,6 +70,18 @@ export interface ResourceStatus {
   /** A switchover's answer was lost: this node stays Secondary until the peer says who is Primary. */
   switchoverUnknown: boolean;
   pid: number;
+  /** Metadata damage found when the daemon started (empty when none): see docs/CONTRACTS.md "Metadata damage". */
+  metadataDamage: MetadataDamageReport[];
+}
+
+/** One damaged metadata area (the shape of src/resource/metadata-damage.ts DamageReport). */
+export interface MetadataDamageReport {
+  area: 'superblock' | 'activity-log' | 'bitmap';
+  slot: number | null;
+  /** zeroed: a superblock slot that nraid wrote is all zeros now. */
+  condition: 'torn' | 'damaged' | 'zeroed' | 'unreadable';
+  problem: string;
+  action: string;
 }
 
 export interface ResyncProgress {
@@ -100,6 +112,7 @@ export function statusLine(status: ResourceStatus): string {
   if (status.splitBrain) parts.push('split-brain:yes');
   if (status.ioSuspended) parts.push('io:suspended');
   if (status.switchoverUnknown) parts.push('switchover:unknown');
+  if (status.metadataDamage?.length) parts.push(`metadata-damage:${status.metadataDamage.map((d) => d.area).join(',')}`);
   if (status.exposed) parts.push(`device:${status.device}`);
   return parts.join(' ');
 }

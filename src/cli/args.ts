@@ -22,7 +22,9 @@ export type Command =
   | 'verify'
   | 'invalidate'
   | 'demo'
-  | 'help';
+  | 'help'
+  | 'dump-md'
+  | 'restore-md';
 
 export interface ParsedArgs {
   command: Command;
@@ -34,12 +36,14 @@ export interface ParsedArgs {
   json: boolean;
   watch: boolean;
   discardMyData: boolean;
+  /** restore-md --file: the dump to write back. */
+  file?: string;
   /** -h/--help, or `nraid help [command]` (then `command` is the one asked about). */
   help: boolean;
 }
 
 type BooleanField = 'force' | 'foreground' | 'json' | 'watch' | 'discardMyData' | 'help';
-type ValueField = 'configPath' | 'nodeName';
+type ValueField = 'configPath' | 'nodeName' | 'file';
 
 interface OptionSpec {
   long: string;
@@ -58,6 +62,7 @@ const options: readonly OptionSpec[] = [
   { long: '--json', field: 'json', summary: 'print JSON instead of text' },
   { long: '--watch', field: 'watch', summary: 'status: keep printing, with progress bars during resync and verify' },
   { long: '--discard-my-data', field: 'discardMyData', summary: 'connect: after a split brain, let the peer overwrite this node' },
+  { long: '--file', valueName: 'FILE', field: 'file', summary: 'restore-md: the dump to write back (from dump-md --json)' },
   { long: '--help', short: '-h', field: 'help', summary: 'show help' },
 ];
 
@@ -87,6 +92,8 @@ const commands: readonly CommandSpec[] = [
   { name: 'invalidate', summary: 'discard this node\'s data and resync it from the peer', takesResource: true, flags: [] },
   { name: 'demo', summary: 'run a two-node mirror on this machine with loop devices and show it working', takesResource: false, flags: [] },
   { name: 'help', summary: 'show this help, or one command\'s', takesResource: false, flags: [] },
+  { name: 'dump-md', summary: 'print this node\'s metadata (both superblock slots, activity log, bitmap) of a stopped resource', takesResource: true, flags: ['--json'] },
+  { name: 'restore-md', summary: 'write a dump from dump-md --json back to this node\'s metadata (stopped resource only)', takesResource: true, flags: ['--file', '--force'] },
 ];
 
 const commandNames = commands.map((c) => c.name);
@@ -103,7 +110,7 @@ function optionLabel(option: OptionSpec): string {
 /** The options `spec` accepts, -c/-n first and -h last. */
 function optionsOf(spec: CommandSpec): OptionSpec[] {
   return options.filter(
-    (o) => o.field === 'help' || spec.flags.includes(o.long) || (spec.takesResource && o.valueName !== undefined),
+    (o) => o.field === 'help' || spec.flags.includes(o.long) || (spec.takesResource && (o.field === 'configPath' || o.field === 'nodeName')),
   );
 }
 

@@ -30,7 +30,29 @@ export type MetadataChange =
   /** The last run ended while Primary without a clean demotion. */
   | { kind: 'crash-noted' }
   /** The data plane wrote the armed generation (first write without the peer). */
-  | { kind: 'generation-written'; fresh: bigint };
+  | { kind: 'generation-written'; fresh: bigint }
+  /** A superblock slot was torn or damaged at start: the lost write may have been a downgrade (metadata-damage.ts). */
+  | { kind: 'damage-noted' };
+
+/**
+ * Changes that a lost superblock slot must never undo: they make the disk
+ * worse (Inconsistent, invalid, Outdated) or move its generation. The store
+ * writes them to both slots, one after the other (metadata-store.ts), so the
+ * slot that survives damage to the other one still holds them.
+ */
+export function mustSurviveLostSlot(change: MetadataChange): boolean {
+  switch (change.kind) {
+    case 'target-begins':
+    case 'target-joins':
+    case 'invalidated':
+    case 'forced-promotion':
+    case 'generation-written':
+    case 'damage-noted':
+      return true;
+    default:
+      return false;
+  }
+}
 
 /** A sync target takes the source's generation: its current and history, no bitmap UUID. */
 function takeSourceGeneration(uuids: MetadataView['uuids'], source: { current: bigint; history: readonly [bigint, bigint] }): void {
@@ -104,6 +126,10 @@ export function applyChange<T extends MetadataView>(view: T, change: MetadataCha
     case 'generation-written':
       uuids.bitmap = uuids.current;
       uuids.current = change.fresh;
+      break;
+    case 'damage-noted':
+      // No better than Outdated: an Inconsistent disk stays Inconsistent.
+      if (flags.consistent) flags.outdated = true;
       break;
   }
   return next;

@@ -5,12 +5,18 @@
  * the data plane's metadata thread, never blocking the event loop.
  */
 import crypto from 'node:crypto';
-import { extentsToBitmap, newestTransaction } from '../activity-log';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ActivityLogInspection, extentsToBitmap, inspectActivityLog } from '../activity-log';
 import { BackingDisk } from '../disk';
 import { MetadataError } from '../errors';
-import { Superblock, encodeSuperblock, inspectSuperblocks, readSuperblock, superblockSlotOffsetBytes } from '../metadata';
+import { Superblock, encodeSuperblock, inspectSuperblocks, superblockSlotOffsetBytes } from '../metadata';
 import { DataPlane } from './data-plane';
-import { MetadataChange, MetadataView, applyChange, cloneView } from './metadata-change';
+import { DamageReport, OpenDecision, decideActivityLog, decideOpen, superblockReport } from './metadata-damage';
+import { MetadataChange, MetadataView, applyChange, cloneView, mustSurviveLostSlot } from './metadata-change';
+
+/** Damaged activity-log records whose images go into the evidence file (the rest are counted). */
+const evidenceRecordsMax = 16;
 
 /** A fresh 64-bit generation UUID, never 0 (none) nor a reserved small value. */
 export function mintUuid(): bigint {
@@ -23,6 +29,7 @@ export function mintUuid(): bigint {
 export interface StoreLog {
   info(message: string, fields?: Record<string, unknown>): void;
   warn(message: string, fields?: Record<string, unknown>): void;
+  error(message: string, fields?: Record<string, unknown>): void;
 }
 
 /** What goes where: the image for the slot that does not hold the newest copy. */
@@ -39,28 +46,52 @@ export class MetadataStore {
   private slot: number;
   /** The superblock armed in the data plane, written by it before the first write without the peer. */
   private armed: PreparedWrite | null = null;
+  /** Superblock writes one at a time: each picks its slot and sequence when it runs. */
+  private writes: Promise<void> = Promise.resolve();
+  private readonly damageReports: DamageReport[] = [];
 
   private constructor(
     readonly disk: BackingDisk,
-    sb: Superblock,
-    slot: number,
+    private readonly opened: OpenDecision,
     private readonly log: StoreLog,
+    /** Where the images of damaged metadata are kept before anything overwrites them (the run dir); null: the log only. */
+    private readonly evidenceDir: string | null,
   ) {
-    this.sb = sb;
-    this.slot = slot;
+    this.sb = opened.chosen.superblock;
+    this.slot = opened.chosen.slot;
   }
 
-  /** Reads the superblock and checks it belongs to `resource`. Synchronous: before anything is served. */
-  static open(disk: BackingDisk, resource: string, log: StoreLog): MetadataStore {
-    const sb = readSuperblock(disk);
-    const slot = inspectSuperblocks(disk).find((state) => state.superblock?.sequence === sb.sequence)?.slot ?? 0;
+  /**
+   * Reads both superblock slots, starts from the newest valid one and checks
+   * it belongs to `resource`. Synchronous: before anything is served. A torn,
+   * damaged or zeroed other slot is reported, never overwritten before
+   * recover() has kept its image.
+   */
+  static open(disk: BackingDisk, resource: string, log: StoreLog, evidenceDir: string | null = null): MetadataStore {
+    const slots = inspectSuperblocks(disk);
+    const decision = decideOpen(slots);
+    if (decision === null) {
+      const problems = slots.map((s) => `slot ${s.slot}: ${s.problem}`).join(', ');
+      const blank = slots.every((s) => s.condition === 'blank');
+      throw new MetadataError(
+        blank
+          ? `no valid nraid metadata on ${disk.path} (${problems}); run nraid create-md`
+          : `no valid nraid metadata on ${disk.path} (${problems}); nraid dump-md shows it; nraid restore-md from a saved dump repairs it, or run nraid create-md --force to start over`,
+      );
+    }
+    const sb = decision.chosen.superblock;
     if (sb.resource !== resource) {
       throw new MetadataError(
         `backing device ${disk.path} holds metadata of resource "${sb.resource}", not "${resource}"; ` +
           'check the config, or run nraid create-md --force to give the disk to this resource (its data becomes unusable)',
       );
     }
-    return new MetadataStore(disk, sb, slot, log);
+    return new MetadataStore(disk, decision, log, evidenceDir);
+  }
+
+  /** Metadata damage found at start (empty when none): status --json shows it as metadataDamage. */
+  get damage(): readonly DamageReport[] {
+    return this.damageReports;
   }
 
   /** The fresh UUID armed in the data plane, if any. */
@@ -79,35 +110,165 @@ export class MetadataStore {
   /**
    * At start-up, before anything is served: the bitmap from disk, and after a
    * Primary's crash every extent its activity log names marked out of sync.
-   * Returns true when the last run ended as a Primary without a clean demotion.
+   * Damage is handled here, in this order: its evidence is kept (run dir and
+   * log), the bitmap or activity log that cannot be trusted marks the whole
+   * device, a lost superblock slot writes the node down to Outdated (both
+   * slots), and the activity log starts empty. Returns true when the last run
+   * ended as a Primary without a clean demotion (and the superblock says so).
    */
   async recover(plane: DataPlane): Promise<boolean> {
     const sb = this.sb;
-    plane.replaceBitmap(this.disk.read(sb.bitmapOffsetBytes, sb.bitmapSizeBytes));
-    if (sb.flags.wasPrimary || sb.flags.crashedPrimary) {
-      const transaction = newestTransaction(this.disk.read(sb.activityLogOffsetBytes, sb.activityLogSizeBytes));
-      if (transaction !== null && transaction.extents.length > 0) {
-        const words = extentsToBitmap(transaction.extents, transaction.extentBytes || sb.activityExtentBytes, sb.bitmapGranularityBytes, sb.dataSizeBytes, plane.bitmapBytes());
-        plane.mergeBitmap(words);
-        this.log.warn('crashed primary: activity-log extents marked out of sync', { extents: transaction.extents.length });
-      }
+    const sbReport = superblockReport(this.opened);
+    if (sbReport !== null) this.damageReports.push(sbReport);
+
+    let bitmapReadable = true;
+    try {
+      plane.replaceBitmap(this.disk.read(sb.bitmapOffsetBytes, sb.bitmapSizeBytes));
+    } catch (error) {
+      bitmapReadable = false;
+      plane.markAll();
+      this.damageReports.push({ area: 'bitmap', slot: null, condition: 'unreadable', problem: (error as Error).message, action: 'the whole device is marked out of sync' });
     }
-    return sb.flags.wasPrimary;
+
+    let inspection: ActivityLogInspection | null = null;
+    let readProblem: string | null = null;
+    try {
+      const extents = Math.ceil(sb.dataSizeBytes / sb.activityExtentBytes);
+      inspection = inspectActivityLog(this.disk.read(sb.activityLogOffsetBytes, sb.activityLogSizeBytes), { extentBytes: sb.activityExtentBytes, extents });
+    } catch (error) {
+      readProblem = (error as Error).message;
+    }
+    const consulted = sb.flags.wasPrimary || sb.flags.crashedPrimary || this.opened.replayActivityLog;
+    const action = decideActivityLog(inspection, consulted, sb.activityExtentBytes);
+    if (readProblem !== null || (inspection !== null && inspection.damaged.length > 0)) {
+      const first = inspection?.damaged[0];
+      this.damageReports.push({
+        area: 'activity-log',
+        slot: first?.index ?? null,
+        condition: readProblem !== null ? 'unreadable' : 'damaged',
+        problem: readProblem ?? `${inspection!.damaged.length} damaged record(s); first: ${first!.problem}`,
+        action: action.kind === 'all' ? 'the whole device is marked out of sync' : 'not needed: the last run ended cleanly as Secondary; the log starts empty',
+      });
+    }
+    if (this.damageReports.length > 0) this.keepEvidence(inspection);
+
+    let merged = false;
+    if (action.kind === 'all') {
+      plane.markAll();
+      merged = true;
+      this.log.warn('activity log not trusted: the whole device is marked out of sync', { reason: action.reason });
+    } else if (action.kind === 'extents') {
+      plane.mergeBitmap(extentsToBitmap(action.extents, action.extentBytes, sb.bitmapGranularityBytes, sb.dataSizeBytes, plane.bitmapBytes()));
+      merged = true;
+      this.log.warn(this.opened.lost === null ? 'crashed primary: activity-log extents marked out of sync' : 'the last run may have ended as Primary: activity-log extents marked out of sync', {
+        extents: action.extents.length,
+      });
+    }
+    if (!bitmapReadable) merged = true;
+
+    let crashed = sb.flags.wasPrimary;
+    if (this.opened.lost !== null) {
+      // The older slot's wasPrimary says what was true one write ago: say what is known, no more.
+      this.log.warn('a superblock slot is lost (torn, damaged or zeroed): the node starts from the other one', { ...sbReport });
+      if (this.opened.downgrade) await this.persist(plane, { kind: 'damage-noted' });
+      if (sb.flags.wasPrimary) {
+        this.log.warn('the previous run may have ended while Primary (the newest superblock slot is lost): treated as a crashed primary');
+        await this.persist(plane, { kind: 'crash-noted' });
+      }
+      crashed = false;
+    }
+    await this.restartActivityLog(plane, inspection, merged);
+    return crashed;
   }
 
-  /** Writes the superblock with `change` applied, durably, settling an armed generation first. */
-  async persist(plane: DataPlane, change: MetadataChange): Promise<void> {
-    let rearm: bigint | null = null;
-    if (this.armed !== null) {
-      this.adoptIfWritten(plane);
-      if (this.armed !== null && plane.takeGeneration() === 'armed') rearm = this.armed.superblock.uuids.current;
-      this.armed = null;
+  /**
+   * The native activity log numbers its transactions from 1 in every run, so
+   * a previous run's records (with higher sequences) would shadow this run's
+   * after a crash: once what they say is durable in the bitmap, the ring is
+   * zeroed. A crash in between replays the same records again: harmless.
+   */
+  private async restartActivityLog(plane: DataPlane, inspection: ActivityLogInspection | null, merged: boolean): Promise<void> {
+    const sb = this.sb;
+    if (inspection !== null && inspection.validRecords === 0 && inspection.damaged.length === 0) return;
+    if (merged) await plane.persistBitmap(true);
+    try {
+      this.disk.write(sb.activityLogOffsetBytes, Buffer.alloc(sb.activityLogSizeBytes));
+      this.disk.flush();
+    } catch (error) {
+      // Not fatal: the next start replays more than needed, never less than the bitmap holds.
+      this.log.error('could not clear the activity log', { error: (error as Error).message });
     }
-    const prepared = this.prepare(applyChange(this.sb, change));
+  }
+
+  /** The images of what is damaged, in the run dir and the log, before anything writes over them. */
+  private keepEvidence(inspection: ActivityLogInspection | null): void {
+    const lost = this.opened.lost;
+    const evidence = {
+      kind: 'nraid-metadata-damage',
+      detectedAt: new Date().toISOString(),
+      device: this.disk.path,
+      resource: this.sb.resource,
+      node: this.sb.node,
+      reports: this.damageReports,
+      superblockSlot: lost === null ? null : { slot: lost.slot, offsetBytes: lost.offsetBytes, condition: lost.condition, problem: lost.problem, imageBase64: lost.image.toString('base64') },
+      activityLogRecords: (inspection?.damaged ?? []).slice(0, evidenceRecordsMax).map((r) => ({
+        index: r.index,
+        offsetBytes: this.sb.activityLogOffsetBytes + r.index * r.image.length,
+        problem: r.problem,
+        imageBase64: r.image.toString('base64'),
+      })),
+      activityLogRecordsDamaged: inspection?.damaged.length ?? 0,
+    };
+    let file: string | null = null;
+    if (this.evidenceDir !== null) {
+      file = path.join(this.evidenceDir, `metadata-damage-${evidence.detectedAt.replace(/[:.]/g, '-')}.json`);
+      try {
+        fs.writeFileSync(file, JSON.stringify(evidence, null, 2) + '\n', { mode: 0o600 });
+      } catch (error) {
+        this.log.error('could not keep the damaged metadata in the run dir; its image is in this log', { file, error: (error as Error).message });
+        file = null;
+      }
+    }
+    this.log.warn('metadata damage found: the damaged images are kept before anything is written', {
+      evidence: file,
+      reports: this.damageReports,
+      superblockImageBase64: evidence.superblockSlot?.imageBase64 ?? null,
+    });
+    for (const report of this.damageReports) {
+      if (file !== null) report.action += `; evidence in ${file}`;
+    }
+  }
+
+  /**
+   * Writes the superblock with `change` applied, durably, settling an armed
+   * generation first. A change that a lost slot must never undo
+   * (mustSurviveLostSlot) is then written to the other slot too.
+   */
+  persist(plane: DataPlane, change: MetadataChange): Promise<void> {
+    return this.serialized(async () => {
+      let rearm: bigint | null = null;
+      if (this.armed !== null) {
+        this.adoptIfWritten(plane);
+        if (this.armed !== null && plane.takeGeneration() === 'armed') rearm = this.armed.superblock.uuids.current;
+        this.armed = null;
+      }
+      await this.write(plane, applyChange(this.sb, change));
+      if (mustSurviveLostSlot(change)) await this.write(plane, this.sb);
+      if (rearm !== null) this.arm(plane, rearm);
+    });
+  }
+
+  private serialized(job: () => Promise<void>): Promise<void> {
+    const run = this.writes.then(job);
+    this.writes = run.catch(() => undefined);
+    return run;
+  }
+
+  private async write(plane: DataPlane, next: Superblock): Promise<void> {
+    const prepared = this.prepare(next);
     await plane.writeSuperblock(prepared.image, prepared.offsetBytes);
     this.sb = prepared.superblock;
     this.slot = prepared.slot;
-    if (rearm !== null) this.arm(plane, rearm);
   }
 
   /** No read of the disk: the store knows which slot holds the newest copy and its sequence. */
@@ -141,6 +302,10 @@ export class MetadataStore {
     this.slot = this.armed.slot;
     this.armed = null;
     this.log.info('new generation: first write without the peer', { current: this.sb.uuids.current.toString(16), bitmap: this.sb.uuids.bitmap.toString(16) });
+    // The data plane wrote one slot; the copy in the other follows (mustSurviveLostSlot).
+    this.serialized(() => this.write(plane, this.sb)).catch((error: Error) =>
+      this.log.error('writing the second copy of the new generation failed', { error: error.message }),
+    );
     return true;
   }
 }

@@ -6,6 +6,7 @@ import { NativeCounters } from '../native';
 import { Superblock } from '../metadata';
 import { ResourceStatus } from '../state';
 import { MachineState, diskState } from './machine';
+import { DamageReport } from './metadata-damage';
 
 export interface ResyncClock {
   totalBytes: number;
@@ -23,6 +24,8 @@ export interface StatusFacts {
   exposed: boolean;
   loopDevice: string | null;
   nowMs: number;
+  /** Found at start by the metadata store (empty when none); absent: none. */
+  metadataDamage?: readonly DamageReport[];
 }
 
 function hex(uuid: bigint): string {
@@ -96,6 +99,7 @@ export function snapshot(f: StatusFacts): ResourceStatus {
     discardMyData: s.discardMyData,
     switchoverUnknown: s.switchoverUnknown,
     pid: process.pid,
+    metadataDamage: (f.metadataDamage ?? []).map((report) => ({ ...report })),
   };
 }
 

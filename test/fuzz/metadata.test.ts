@@ -7,15 +7,17 @@
  * Superblock (which encodes again, or is refused by the encoder with a
  * MetadataError) or a MetadataError, never another throw; reading both slots
  * of a disk gives the newest valid one or a MetadataError; the activity log
- * gives the newest intact transaction or null, and marking its extents in a
- * bitmap takes bounded time whatever the transaction says.
+ * gives the newest intact transaction or null (newestTransaction), every
+ * record blank, valid or damaged with a reason (inspectActivityLog, what
+ * recovery reads), and marking extents in a bitmap takes bounded time
+ * whatever the transaction says.
  * Canaries: "every mutated superblock decodes" and "every mutated
  * activity log yields a transaction" must fail.
  */
 import * as fc from 'fast-check';
 import { MetadataError, NraidError } from '../../src/errors';
 import * as limits from '../../src/limits';
-import { ACTIVITY_MAGIC, ActivityTransaction, extentsToBitmap, newestTransaction } from '../../src/activity-log';
+import { ACTIVITY_MAGIC, ActivityTransaction, extentsToBitmap, inspectActivityLog, newestTransaction } from '../../src/activity-log';
 import {
   DiskIO,
   Superblock,
@@ -212,6 +214,16 @@ function recoverChecked(area: Buffer): ActivityTransaction | null {
   let transaction: ActivityTransaction | null;
   try {
     transaction = newestTransaction(area);
+    // What recovery reads: every record blank, valid or damaged (with a reason), and the newest valid one.
+    const inspection = inspectActivityLog(area, { extentBytes: limits.activityExtentBytes, extents: AL_DATA_BYTES / limits.activityExtentBytes });
+    const records = Math.floor(area.length / limits.activityTransactionBytes);
+    expect(inspection.blankRecords + inspection.validRecords + inspection.damaged.length).toBe(records);
+    for (const d of inspection.damaged) expect(d.problem.length).toBeGreaterThan(0);
+    if (inspection.newest !== null) {
+      expect(inspection.newest.extentBytes).toBe(limits.activityExtentBytes);
+      for (const e of inspection.newest.extents) expect(e).toBeLessThan(AL_DATA_BYTES / limits.activityExtentBytes);
+      extentsToBitmap(inspection.newest.extents, inspection.newest.extentBytes, AL_GRANULARITY_BYTES, AL_DATA_BYTES, AL_WORDS_BYTES);
+    }
     if (transaction !== null) {
       expect(transaction.extents.length).toBeLessThanOrEqual((AL_CRC_AT - limits.activityHeaderBytes) / 4);
       const words = extentsToBitmap(transaction.extents, transaction.extentBytes || limits.activityExtentBytes, AL_GRANULARITY_BYTES, AL_DATA_BYTES, AL_WORDS_BYTES);

@@ -177,7 +177,7 @@ describe('parseArgs: flags per command', () => {
   test('an unknown option suggests the near one and lists them all', () => {
     const message = usageErrorOf(['primary', '--forse']).message;
     expect(message).toContain('unknown option "--forse"; did you mean "--force"?');
-    expect(message).toContain('-c/--config FILE, -n/--node NAME, --force, --foreground, --json, --watch, --discard-my-data, -h/--help');
+    expect(message).toContain('-c/--config FILE, -n/--node NAME, --force, --foreground, --json, --watch, --discard-my-data, --file FILE, -h/--help');
   });
 
   test('a long option written with one dash is unknown', () => {

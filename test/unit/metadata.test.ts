@@ -354,7 +354,7 @@ describe('reading and writing superblocks', () => {
     const disk = sparseDisk(size);
     const call = () => readSuperblock(disk);
     expect(call).toThrow(MetadataError);
-    expect(call).toThrow(`no valid nraid metadata on ${disk.path} (slot 0: no magic, slot 1: no magic); run nraid create-md`);
+    expect(call).toThrow(`no valid nraid metadata on ${disk.path} (slot 0: blank (never written, or zeroed), slot 1: blank (never written, or zeroed)); run nraid create-md`);
   });
 
   test('create-md fills both slots; each write alternates and bumps the sequence', () => {

@@ -641,9 +641,21 @@ describeIntegration('fuzz: data-frame decoder through the native applier', ['nra
     return { verdict, report, acks };
   }
 
-  /** `inputs[i]` on lane i, all at once. */
+  let failuresShown = 0;
+
+  /**
+   * `inputs[i]` on lane i, all at once. Every lane is waited for, even after
+   * one fails: a lane's next case must not start while its last one runs.
+   * The first failures are printed as they happen (fast-check reports only
+   * the shrunk one).
+   */
   async function runCases(inputs: readonly CaseInput[]): Promise<CaseResult[]> {
-    return Promise.all(inputs.map((input, i) => runCase(lanes[i], input)));
+    const settled = await Promise.allSettled(inputs.map((input, i) => runCase(lanes[i], input)));
+    const failed = settled.findIndex((r) => r.status === 'rejected');
+    if (failed < 0) return settled.map((r) => (r as PromiseFulfilledResult<CaseResult>).value);
+    const reason = (settled[failed] as PromiseRejectedResult).reason;
+    if (failuresShown++ < 3) process.stdout.write(`fuzz data frames: lane ${failed} failed: ${String(reason).slice(0, 1500)}\n`);
+    throw reason;
   }
 
   beforeAll(async () => {
@@ -717,6 +729,26 @@ describeIntegration('fuzz: data-frame decoder through the native applier', ['nra
     expect(result.verdict.end).toBe('eof');
     expect(result.acks).toEqual(expectedAcks([...result.verdict.applied, { type: T.BARRIER, seq: 4n, flags: 0, offset: 0, length: 0, payload: null }]));
     expect(result.report.events[0].detail).toMatch(/closed by the peer/);
+  });
+
+  // Regression: a stream that ended inside a frame's payload was reported as
+  // "data link receive: Broken pipe" (the EPIPE of the reader's end of
+  // stream, spelled as a send failure), while the same end between frames
+  // reads "data link closed by the peer".
+  test('a stream cut inside a payload ends the link as "closed by the peer", with nothing applied or counted', async () => {
+    const result = await runCase(lanes[0], {
+      resyncAllowed: false,
+      frames: [
+        {
+          spec: { type: T.WRITE, flags: 2, epoch: 1n, offsetBlocks: 40, lengthBlocks: 4, requestId: 1, payloadSeed: 7 },
+          mutation: { kind: 'cut', at: 0.5 },
+        },
+      ],
+      garbageBefore: null,
+      garbageAfter: null,
+    });
+    expect(result.verdict).toMatchObject({ end: 'eof', applied: [] });
+    expect(result.report.events[0].detail).toBe('data link closed by the peer');
   });
 
   test('canaries: "no frame is ever refused" and "every frame is refused" fail', async () => {

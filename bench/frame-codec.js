@@ -39,17 +39,20 @@ const FrameType = Object.freeze({
   OV_REQUEST: 11,
   OV_REPLY: 12,
   HELLO: 13,
+  READ_REQUEST: 14,
+  READ_REPLY: 15,
 });
-const FRAME_TYPE_MAX = FrameType.HELLO;
+const FRAME_TYPE_MAX = FrameType.READ_REPLY;
 
 const FrameFlag = Object.freeze({
   WANT_RECV_ACK: 1,
   WANT_WRITE_ACK: 2,
   RESYNC: 4,
+  READ_ERROR: 8,
 });
 
 /** frame_has_payload(): only these types are followed by `length` bytes of payload; for the rest length is a range. */
-const FRAME_TYPES_WITH_PAYLOAD = Object.freeze([FrameType.WRITE, FrameType.RS_DATA, FrameType.OV_REPLY]);
+const FRAME_TYPES_WITH_PAYLOAD = Object.freeze([FrameType.WRITE, FrameType.RS_DATA, FrameType.OV_REPLY, FrameType.READ_REPLY]);
 
 const OFFSET = Object.freeze({
   magic: 0,

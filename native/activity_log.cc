@@ -81,6 +81,7 @@ uint64_t ActivityLog::build_transaction_locked() {
 }
 
 int ActivityLog::write_transaction(uint64_t offset_bytes) {
+  if (detached()) return 0;
   int rc = disk_->write(tx_buffer_, kActivityTransactionBytes, offset_bytes);
   if (rc == 0) rc = disk_->flush();
   if (rc == 0) transactions_.fetch_add(1, std::memory_order_relaxed);
@@ -102,6 +103,7 @@ int ActivityLog::write_bitmap_block_at_locked(uint64_t block, bool only_if_chang
   bitmap_->snapshot_range(first_word, words, reinterpret_cast<uint64_t*>(buffer_));
   // A look costs less than a write, and most blocks did not change.
   if (only_if_changed && written_known_ && memcmp(buffer_, &written_[first_word], kBlockBytes) == 0) return 0;
+  if (detached()) return 0;  // an eviction of a detached disk: the bits stay in memory only
   int rc = disk_->write(buffer_, kBlockBytes, layout_.bitmap_offset_bytes + block * kBlockBytes);
   if (rc != 0) return rc;
   memcpy(&written_[first_word], buffer_, kBlockBytes);
@@ -110,6 +112,7 @@ int ActivityLog::write_bitmap_block_at_locked(uint64_t block, bool only_if_chang
 
 int64_t ActivityLog::write_bitmap(bool flush) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (detached()) return 0;
   uint64_t blocks = written_.size() / (kBlockBytes / 8);
   int64_t written_bytes = 0;
   for (uint64_t block = 0; block < blocks; block++) {

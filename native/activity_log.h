@@ -45,6 +45,10 @@ class ActivityLog {
   // flush (the log covers the hot extents meanwhile). Returns the bytes
   // written or -errno.
   int64_t write_bitmap(bool flush);
+  // The disk failed and was detached (on-io-error = detach): extents are still
+  // pinned and tracked in memory, nothing more is written to the disk.
+  void set_detached() { detached_.store(true, std::memory_order_release); }
+  bool detached() const { return detached_.load(std::memory_order_acquire); }
   uint64_t transactions() const { return transactions_.load(std::memory_order_relaxed); }
   uint32_t hot_extents() const;
 
@@ -55,6 +59,7 @@ class ActivityLog {
   uint64_t build_transaction_locked();
   // Writes and flushes tx_buffer_: only one writer at a time (committing_).
   int write_transaction(uint64_t offset_bytes);
+  std::atomic<bool> detached_{false};
   int write_bitmap_block_locked(uint64_t extent);
   // 1 written, 0 unchanged (skipped when only_if_changed), or -errno.
   int write_bitmap_block_at_locked(uint64_t block, bool only_if_changed);

@@ -264,6 +264,10 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   auto& bitmap = box->pipeline->bitmap();
   set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
   set("suspendedWaits", c.suspended_waits.load());
+  set("localIoErrors", c.local_io_errors.load());
+  set("peerReads", c.peer_reads.load());
+  set("peerWrites", c.peer_writes.load());
+  result.Set("diskless", Napi::Boolean::New(env, box->pipeline->diskless()));
   auto buckets = Napi::Array::New(env, nraid::kLatencyBuckets);
   for (uint32_t i = 0; i < nraid::kLatencyBuckets; i++) {
     buckets.Set(i, Napi::Number::New(env, static_cast<double>(c.write_latency_buckets[i].load())));
@@ -518,6 +522,28 @@ Napi::Value SetSuspended(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// on-io-error: "detach" or "pass-on".
+Napi::Value SetOnIoError(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  std::string policy = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  if (policy != "detach" && policy != "pass-on") throw Napi::TypeError::New(env, "setOnIoError: expected \"detach\" or \"pass-on\"");
+  box->pipeline->set_detach_on_error(policy == "detach");
+  return env.Undefined();
+}
+
+Napi::Value SetPeerServes(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  box->pipeline->set_peer_serves(info[1].ToBoolean());
+  return info.Env().Undefined();
+}
+
+Napi::Value DetachDisk(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  box->pipeline->detach_disk(info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "detached");
+  return info.Env().Undefined();
+}
+
 Napi::Value PipelineDestroy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto* handle = unwrap<PipelineBox>(info, 0, "pipeline");
@@ -586,6 +612,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("superblockWrite", Napi::Function::New(env, SuperblockWrite));
   exports.Set("drain", Napi::Function::New(env, Drain));
   exports.Set("allowResync", Napi::Function::New(env, AllowResync));
+  exports.Set("setOnIoError", Napi::Function::New(env, SetOnIoError));
+  exports.Set("setPeerServes", Napi::Function::New(env, SetPeerServes));
+  exports.Set("detachDisk", Napi::Function::New(env, DetachDisk));
   auto limits = Napi::Object::New(env);
   limits.Set("blockBytes", nraid::kBlockBytes);
   limits.Set("requestBytesMax", nraid::kRequestBytesMax);

@@ -31,11 +31,15 @@ Applier::Applier(LocalDisk* disk, uint64_t data_size_bytes, LinkCounters* counte
     free_buffers_.push_back(i);
   }
   active_.resize(kActiveMax);
+  void* buffer = nullptr;
+  if (posix_memalign(&buffer, kBlockBytes, kRequestBytesMax) != 0) abort();
+  read_buffer_ = static_cast<uint8_t*>(buffer);
 }
 
 Applier::~Applier() {
   stop("closed");
   for (uint8_t* buffer : buffers_) free(buffer);
+  free(read_buffer_);
 }
 
 void Applier::start(int fd, bool send_hello_first) {
@@ -176,7 +180,7 @@ void Applier::receive_loop() {
       return;
     }
     bool ordered = header.type == kFrameWrite || header.type == kFrameDiscard || header.type == kFrameZeroes ||
-                   header.type == kFrameBarrier || header.type == kFrameRsData;
+                   header.type == kFrameBarrier || header.type == kFrameRsData || header.type == kFrameReadRequest;
     if (!ordered) {
       counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
       fail("frame rejected: type " + std::to_string(header.type) + " is not expected from the source");
@@ -194,6 +198,11 @@ void Applier::receive_loop() {
       return;
     }
 
+    if (header.type == kFrameReadRequest) {
+      if (!flush_recv_acks() || !serve_read(header)) return;
+      continue;
+    }
+
     if (header.type == kFrameBarrier) {
       if (!flush_recv_acks()) return;
       counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
@@ -205,7 +214,7 @@ void Applier::receive_loop() {
       if (failed()) return;
       rc = disk_->flush();
       if (rc != 0) {
-        fail(std::string("flush of the target's disk failed: ") + strerror(-rc));
+        disk_failed("flush of the target's disk failed: ", rc);
         return;
       }
       if (send_ack(kFrameBarrierAck, header) != 0) {
@@ -294,13 +303,50 @@ void Applier::receive_loop() {
     }
     rc = writes_.submit_write(disk_, buffers_[buffer], header.length, header.offset, active);
     if (rc != 0) {
-      fail(std::string("write to the target's disk failed: ") + strerror(-rc));
+      disk_failed("write to the target\'s disk failed: ", rc);
       std::lock_guard<std::mutex> relock(mutex_);
       writes_in_flight_--;
       release_locked(active);
       return;
     }
   }
+}
+
+void Applier::disk_failed(const char* what, int rc) {
+  // The control plane decides (on-io-error): detach and leave, or pass on. The link fails either way.
+  sink_("disk-failed", std::string(what) + strerror(-rc));
+  fail(std::string(what) + strerror(-rc));
+}
+
+bool Applier::serve_read(const FrameHeader& request) {
+  counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
+  {
+    // Every earlier write to these blocks is on the disk first: the reader sees what it wrote.
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [&] { return failed() || !overlaps_active_locked(request.offset, request.length); });
+  }
+  if (failed()) return false;
+  FrameHeader reply{};
+  reply.type = kFrameReadReply;
+  reply.seq = request.seq;
+  reply.epoch = request.epoch;
+  reply.offset = request.offset;
+  reply.request_id = request.request_id;
+  int rc = request.length == 0 ? 0 : disk_->read(read_buffer_, request.length, request.offset);
+  if (rc == 0) {
+    reply.length = request.length;
+  } else {
+    // This disk fails too: the reader gets EIO, and the control plane hears of it.
+    reply.flags = kFlagReadError;
+    sink_("disk-failed", std::string("read for the peer failed: ") + strerror(-rc));
+  }
+  frame_seal(&reply, read_buffer_);
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  if (write_frame(fd_, reply, rc == 0 ? read_buffer_ : nullptr) != 0) {
+    fail("data link send: read reply");
+    return false;
+  }
+  return true;
 }
 
 void Applier::apply_inline(uint32_t active) {
@@ -316,7 +362,7 @@ void Applier::apply_inline(uint32_t active) {
       default: NRAID_UNREACHABLE("a frame type the receiver never applies inline");
     }
     if (rc != 0) {
-      fail(std::string("write to the target's disk failed: ") + strerror(-rc));
+      disk_failed("write to the target\'s disk failed: ", rc);
     } else {
       if (frame_has_payload(h.type)) counters_->bytes_applied.fetch_add(h.length, std::memory_order_relaxed);
       if (send_ack(kFrameAckWrite, h) != 0) fail("data link send: write ack");
@@ -384,7 +430,7 @@ void Applier::reap_loop() {
       }
       if (rc != 0) fail("data link send: write ack");
     }
-    if (error != 0) fail(std::string("write to the target's disk failed: ") + strerror(-error));
+    if (error != 0) disk_failed("write to the target\'s disk failed: ", error);
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < count; i++) {
       if (done[i].tag == kWakeTag) continue;

@@ -53,6 +53,8 @@ class Applier {
   void apply_inline(uint32_t active);
   void release_locked(uint32_t active);
   void fail(const std::string& reason);
+  // This node's disk failed under a frame: reported ("disk-failed"), then the link fails.
+  void disk_failed(const char* what, int rc);
   int send_ack(uint16_t type, const FrameHeader& about);
   // Protocol B's receive acks of one burst leave in one write: the receiver
   // queues them and sends them before it would wait for anything.
@@ -60,6 +62,8 @@ class Applier {
   bool queue_recv_ack(const FrameHeader& about);
   bool flush_recv_acks();
   bool overlaps_active_locked(uint64_t offset, uint64_t length) const;
+  // A Diskless Primary's READ_REQUEST: after the overlapping writes before it, read here and reply.
+  bool serve_read(const FrameHeader& request);
 
   LocalDisk* disk_;
   const uint64_t data_size_bytes_;
@@ -74,6 +78,7 @@ class Applier {
   std::mutex mutex_;       // buffers, active set
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
   std::vector<uint8_t*> buffers_;
+  uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY
   std::vector<uint32_t> free_buffers_;
   std::vector<Active> active_;
   uint32_t active_count_ = 0;

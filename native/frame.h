@@ -28,13 +28,19 @@ enum FrameType : uint16_t {
   kFrameOvRequest = 11,
   kFrameOvReply = 12,
   kFrameHello = 13,  // first frame each way: both sides' data planes are attached
-  kFrameTypeMax = 13,
+  // A Diskless Primary (on-io-error = detach) reads through its peer: the
+  // request is ordered after the peer's in-flight writes like any frame of
+  // the stream; the reply carries the data (or kFlagReadError, no payload).
+  kFrameReadRequest = 14,
+  kFrameReadReply = 15,
+  kFrameTypeMax = 15,
 };
 
 enum FrameFlag : uint16_t {
   kFlagWantRecvAck = 1 << 0,   // protocol B: ack on receipt
   kFlagWantWriteAck = 1 << 1,  // always set on writes: the ack bounds lag and clears dirty tracking
   kFlagResync = 1 << 2,        // the ack belongs to resync traffic
+  kFlagReadError = 1 << 3,     // READ_REPLY: the peer could not read the range; no payload
 };
 
 struct FrameHeader {
@@ -54,7 +60,7 @@ static_assert(sizeof(FrameHeader) == 48);
 static_assert(offsetof(FrameHeader, header_crc) == 44);
 
 inline bool frame_has_payload(uint16_t type) {
-  return type == kFrameWrite || type == kFrameRsData || type == kFrameOvReply;
+  return type == kFrameWrite || type == kFrameRsData || type == kFrameOvReply || type == kFrameReadReply;
 }
 
 inline void frame_seal(FrameHeader* header, const void* payload) {
@@ -85,7 +91,9 @@ inline FrameCheck frame_check_header(const FrameHeader& header, uint64_t data_si
   if (header.type == 0 || header.type > kFrameTypeMax) return FrameCheck::kBadType;
   if (frame_has_payload(header.type) && header.length > kFramePayloadBytesMax) return FrameCheck::kBadLength;
   bool ranged = header.type == kFrameWrite || header.type == kFrameRsData || header.type == kFrameDiscard ||
-                header.type == kFrameZeroes;
+                header.type == kFrameZeroes || header.type == kFrameReadRequest || header.type == kFrameReadReply;
+  // A read request names at most one request's worth: the reply must fit in one frame.
+  if (header.type == kFrameReadRequest && header.length > kRequestBytesMax) return FrameCheck::kBadLength;
   if (ranged && (header.offset > data_size_bytes || header.length > data_size_bytes - header.offset)) {
     return FrameCheck::kOutOfBounds;
   }

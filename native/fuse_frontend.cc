@@ -275,7 +275,7 @@ void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes,
       if (offset >= size_bytes) length = 0;
       else if (length > size_bytes - offset) length = static_cast<uint32_t>(size_bytes - offset);
       uint8_t* data = buffer + kFuseHeaderRoomBytes;
-      int rc = length == 0 ? 0 : pipeline_->read(data, length, offset);
+      int rc = length == 0 ? 0 : pipeline_->read(slot, data, length, offset);
       if (rc != 0) {
         reply(in->unique, rc, nullptr, 0);
       } else {

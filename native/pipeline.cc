@@ -80,44 +80,88 @@ int Pipeline::count_error(int rc) {
   return rc;
 }
 
+bool Pipeline::local_error(int rc, const char* what) {
+  counters_.local_io_errors.fetch_add(1, std::memory_order_relaxed);
+  if (!detach_on_error_.load(std::memory_order_acquire)) return false;
+  if (!diskless_.exchange(true, std::memory_order_acq_rel)) {
+    activity_log_.set_detached();
+    sink_("disk-failed", std::string(what) + ": " + strerror(-rc));
+  }
+  return true;
+}
+
+void Pipeline::detach_disk(const std::string& why) {
+  if (!diskless_.exchange(true, std::memory_order_acq_rel)) {
+    activity_log_.set_detached();
+    sink_("disk-failed", why);
+  }
+}
+
+bool Pipeline::peer_serves_locked() const {
+  return replicator_ != nullptr && !replicator_->failed() && peer_serves_.load(std::memory_order_acquire);
+}
+
 // The local I/O and the network send start together; the request completes
 // when the local I/O is done and the peer is as far as the protocol asks.
+// Diskless (on-io-error = detach), it completes when the peer wrote it: the
+// peer holds the only copy. A local error that detaches the disk is not the
+// application's: the frame already on its way to the peer completes it.
 template <typename LocalIo>
 int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length, uint64_t offset,
                         LocalIo local_io) {
   wait_while_suspended();
   sequence_.fetch_add(1, std::memory_order_relaxed);
+  bool diskless = diskless_.load(std::memory_order_acquire);
   // The extent is logged as hot before any byte of it changes on either disk.
-  int rc = activity_log_.acquire(offset, length);
-  if (rc != 0) return rc;
+  int rc = diskless ? 0 : activity_log_.acquire(offset, length);
+  bool pinned = !diskless && rc == 0;
+  if (rc != 0) {
+    if (!local_error(rc, "activity log write")) return rc;
+    diskless = true;
+  }
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
   Replicator* replicator = replicator_.get();
+  if (diskless && !peer_serves_locked()) {
+    if (pinned) activity_log_.release(offset, length);
+    return -EIO;  // nothing can hold the data
+  }
   if (replicator == nullptr || replicator->failed()) {
     rc = start_generation_if_armed();
     if (rc != 0) {
       activity_log_.release(offset, length);
+      if (local_error(rc, "new generation's superblock write")) rc = -EIO;
       return rc;
     }
     bitmap_.set_range(offset, length);  // no peer: the region differs from it now
     counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
     rc = local_io();
     activity_log_.release(offset, length);
+    if (rc != 0 && local_error(rc, "write")) rc = -EIO;  // Diskless now, and no peer to serve
     return rc;
   }
   replicator->region_enter(slot, offset, length);
   // Once queued, the replicator owns the pin: it lets go when the peer has written the frame.
-  bool queued = replicator->submit(slot, type, data, length, offset);
-  if (!queued) {
+  bool queued = replicator->submit(slot, type, data, length, offset, pinned);
+  if (!queued && !diskless) {
     bitmap_.set_range(offset, length);
     counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
   }
-  rc = local_io();
+  if (!diskless) {
+    rc = local_io();
+    if (rc != 0 && local_error(rc, "write")) diskless = true;
+  }
   replicator->region_leave(slot);
   if (queued) {
-    replicator->wait(slot);
-    counters_.replicated_writes.fetch_add(1, std::memory_order_relaxed);
+    // Diskless, only the peer's write completes the request, under any protocol.
+    bool written = replicator->wait(slot, diskless);
+    if (!diskless) counters_.replicated_writes.fetch_add(1, std::memory_order_relaxed);
+    if (diskless) {
+      rc = written ? 0 : -EIO;  // on the peer's disk: done, whatever changed meanwhile
+      if (rc == 0) counters_.peer_writes.fetch_add(1, std::memory_order_relaxed);
+    }
   } else {
-    activity_log_.release(offset, length);
+    if (pinned) activity_log_.release(offset, length);
+    if (diskless) rc = -EIO;
   }
   return rc;
 }
@@ -140,11 +184,23 @@ int Pipeline::write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, u
   return count_error(rc);
 }
 
-int Pipeline::read(uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) {
+int Pipeline::read(uint32_t slot, uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) {
   NRAID_ASSERT(length_bytes <= kRequestBytesMax);
+  NRAID_ASSERT(slot < kSlotsMax);
   if (!in_bounds(offset_bytes, length_bytes)) return -EINVAL;
   InFlight in_flight(counters_.requests_in_flight);
-  int rc = disk_->read(data, length_bytes, offset_bytes);
+  int rc = 0;
+  bool diskless = diskless_.load(std::memory_order_acquire);
+  if (!diskless) {
+    rc = disk_->read(data, length_bytes, offset_bytes);
+    diskless = rc != 0 && local_error(rc, "read");
+  }
+  if (diskless) {
+    // The peer's copy is the only one: its applier reads it after the writes sent before this request.
+    std::shared_lock<std::shared_mutex> lock(link_mutex_);
+    rc = peer_serves_locked() ? replicator_->read_remote(slot, data, length_bytes, offset_bytes) : -EIO;
+    if (rc == 0) counters_.peer_reads.fetch_add(1, std::memory_order_relaxed);
+  }
   counters_.reads.fetch_add(1, std::memory_order_relaxed);
   counters_.read_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
   return count_error(rc);
@@ -156,7 +212,14 @@ int Pipeline::flush() {
   epoch_.fetch_add(1, std::memory_order_relaxed);
   counters_.flushes.fetch_add(1, std::memory_order_relaxed);
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
-  int rc = disk_->flush();
+  bool diskless = diskless_.load(std::memory_order_acquire);
+  int rc = diskless ? 0 : disk_->flush();
+  if (rc != 0 && local_error(rc, "flush")) diskless = true;
+  if (diskless) {
+    // The peer's disk is the only one: the flush is its barrier, acknowledged under any protocol.
+    rc = peer_serves_locked() && replicator_->barrier(0, true) == 0 ? 0 : -EIO;
+    return count_error(rc);
+  }
   // A lost peer does not fail the kernel's flush: what it missed is in the bitmap.
   if (replicator_ != nullptr && !replicator_->failed()) replicator_->barrier(0);
   return count_error(rc);
@@ -167,7 +230,9 @@ int Pipeline::flush_durable(const LinkSnapshot& link, uint64_t deadline_us) {
   epoch_.fetch_add(1, std::memory_order_relaxed);
   counters_.flushes.fetch_add(1, std::memory_order_relaxed);
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
-  int rc = count_error(disk_->flush());
+  // Diskless, the local disk is not touched: the peer's barrier is the whole flush.
+  int rc = diskless() ? 0 : count_error(disk_->flush());
+  if (rc == 0 && diskless() && !link.source) rc = -EIO;
   if (rc != 0 || !link.source) return rc;
   if (link_generation_ != link.generation || replicator_ == nullptr) return -ENOTCONN;
   return replicator_->barrier(deadline_us);
@@ -186,6 +251,7 @@ int Pipeline::write_superblock(const uint8_t* image, uint64_t offset_bytes) {
   NRAID_ASSERT(reinterpret_cast<uintptr_t>(image) % kBlockBytes == 0);
   NRAID_ASSERT(offset_bytes % kBlockBytes == 0);
   std::lock_guard<std::mutex> lock(generation_mutex_);
+  if (diskless()) return -EIO;  // detached: metadata is not written (the control plane skips it)
   int rc = disk_->write(image, kBlockBytes, offset_bytes);
   if (rc == 0) rc = disk_->flush();
   return rc;

@@ -35,6 +35,9 @@ struct PipelineCounters {
   std::atomic<uint64_t> replicated_writes{0};
   std::atomic<uint64_t> dirty_writes{0};  // written with no peer: tracked in the bitmap
   std::atomic<uint64_t> suspended_waits{0};
+  std::atomic<uint64_t> local_io_errors{0};  // errors of the backing disk, whatever became of the request
+  std::atomic<uint64_t> peer_reads{0};       // served by the peer (this node is Diskless)
+  std::atomic<uint64_t> peer_writes{0};      // completed by the peer's write alone (this node is Diskless)
   // Write latency, log2 buckets of microseconds: bucket i counts latencies < 2^i us.
   std::atomic<uint64_t> write_latency_buckets[kLatencyBuckets] = {};
 };
@@ -56,7 +59,7 @@ class Pipeline {
 
   // Each returns 0 or a negative errno for the kernel. `data` is block-aligned.
   int write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
-  int read(uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
+  int read(uint32_t slot, uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
   // Closes the epoch: everything completed before is durable here and, under
   // protocols B and C, on the peer when this returns 0.
   int flush();
@@ -94,6 +97,19 @@ class Pipeline {
   bool suspended() const { return suspended_.load(std::memory_order_acquire); }
   bool resync_running() const;
 
+  // on-io-error (docs/operations.md): detach (true) or pass-on. Under detach
+  // the first error of the backing disk makes this node Diskless for good
+  // (until the disk is attached again): "disk-failed" is reported once, the
+  // disk is not touched again, and while the peer serves (below) every
+  // request goes through it; without it, requests fail with -EIO.
+  void set_detach_on_error(bool detach) { detach_on_error_.store(detach, std::memory_order_release); }
+  bool diskless() const { return diskless_.load(std::memory_order_acquire); }
+  // Set by the control plane: the source link's peer is UpToDate and
+  // replication Established, so it can serve this node's reads and writes.
+  void set_peer_serves(bool serves) { peer_serves_.store(serves, std::memory_order_release); }
+  // `nraid detach`: Diskless now, as after an error under detach (whatever the policy).
+  void detach_disk(const std::string& why);
+
   // A new generation (DESIGN.md §5) starts on the first write without a peer,
   // not before: the control plane arms a ready superblock image, the data
   // plane writes it (durably) just before that first write. `take` returns
@@ -114,6 +130,9 @@ class Pipeline {
  private:
   bool in_bounds(uint64_t offset_bytes, uint64_t length_bytes) const;
   int count_error(int rc);
+  // A backing-disk error: counted; under detach the node goes Diskless. True when it did (or was).
+  bool local_error(int rc, const char* what);
+  bool peer_serves_locked() const;
   template <typename LocalIo>
   int replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length, uint64_t offset, LocalIo local_io);
 
@@ -132,6 +151,9 @@ class Pipeline {
   std::unique_ptr<Applier> applier_;
   uint64_t link_generation_ = 0;  // under link_mutex_
   std::atomic<bool> suspended_{false};
+  std::atomic<bool> detach_on_error_{true};
+  std::atomic<bool> diskless_{false};
+  std::atomic<bool> peer_serves_{false};
   int start_generation_if_armed();
   std::mutex generation_mutex_;
   std::atomic<int> generation_state_{0};  // 0 none, 1 armed, 2 written

@@ -39,11 +39,15 @@ Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_lo
     resync_buffers_[i] = static_cast<uint8_t*>(buffer);
   }
   resync_free_mask_ = kResyncWindowChunks == 32 ? ~0u : (1u << kResyncWindowChunks) - 1;
+  void* buffer = nullptr;
+  if (posix_memalign(&buffer, kBlockBytes, kRequestBytesMax) != 0) abort();
+  read_reply_buffer_ = static_cast<uint8_t*>(buffer);
 }
 
 Replicator::~Replicator() {
   stop("closed");
   for (uint32_t i = 0; i < kResyncWindowChunks; i++) free(resync_buffers_[i]);
+  free(read_reply_buffer_);
 }
 
 void Replicator::start(int fd, const ReplicatorOptions& options) {
@@ -89,7 +93,7 @@ void Replicator::fail(const std::string& reason) {
     for (uint32_t i = 0; i < kUnackedEntries; i++) {
       Unacked& entry = unacked_[i];
       if (!entry.in_use) continue;
-      if (entry.type != kFrameBarrier && entry.length > 0) {
+      if (entry.type != kFrameBarrier && entry.type != kFrameReadRequest && entry.length > 0) {
         bitmap_->set_range(entry.offset, entry.length);
         marked++;
       }
@@ -120,7 +124,7 @@ void Replicator::fail(const std::string& reason) {
 // is queued) when no other thread is sending. No hand-off to a sender thread,
 // so no extra wake-up on the write path, and no thread sleeps on a send lock.
 int Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length,
-                        uint64_t offset, uint32_t resync_buffer, uint64_t deadline_us) {
+                        uint64_t offset, uint32_t resync_buffer, uint64_t deadline_us, bool pin) {
   FrameHeader header{};
   header.type = type;
   header.flags = flags;
@@ -158,7 +162,7 @@ int Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint
     Unacked& entry = unacked_[seq % kUnackedEntries];
     NRAID_ASSERT(!entry.in_use);
     uint64_t now = monotonic_us();
-    bool pinned = type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes;
+    bool pinned = pin && (type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
     entry = Unacked{seq,   offset, type == kFrameBarrier ? 0 : length, type, true, (flags & kFlagResync) != 0, pinned,
                     resync_buffer, now, header, data};
     if (bounded) counters_->lag_bytes.fetch_add(length, std::memory_order_relaxed);
@@ -229,17 +233,17 @@ void Replicator::send_queued() {
 }
 
 bool Replicator::submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes,
-                        uint64_t offset_bytes) {
+                        uint64_t offset_bytes, bool pinned) {
   NRAID_ASSERT(slot < kSlotsMax);
   NRAID_ASSERT(type == kFrameWrite || type == kFrameDiscard || type == kFrameZeroes);
   uint16_t flags = kFlagWantWriteAck;
   if (protocol() == Protocol::kB) flags |= kFlagWantRecvAck;
-  return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0, 0) == 0;
+  return enqueue(slot, type, flags, data, length_bytes, offset_bytes, 0, 0, pinned) == 0;
 }
 
-void Replicator::wait(uint32_t slot) {
+bool Replicator::wait(uint32_t slot, bool write_ack) {
   Slot& s = slots_[slot];
-  Protocol protocol = this->protocol();
+  Protocol protocol = write_ack ? Protocol::kC : this->protocol();
   std::unique_lock<std::mutex> lock(s.mutex);
   s.cv.wait(lock, [&] {
     // After a failure, still wait until the sender no longer reads the payload.
@@ -251,16 +255,83 @@ void Replicator::wait(uint32_t slot) {
     }
     return true;
   });
+  return s.write_acked;
 }
 
-int Replicator::barrier(uint64_t deadline_us) {
+int Replicator::read_remote(uint32_t slot, uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes) {
+  NRAID_ASSERT(slot < kSlotsMax && slot != kResyncSlot);
+  NRAID_ASSERT(length_bytes > 0 && length_bytes <= kRequestBytesMax);
+  Slot& s = slots_[slot];
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    s.read_into = data;
+    s.read_rc = -EIO;
+  }
+  if (enqueue(slot, kFrameReadRequest, 0, nullptr, length_bytes, offset_bytes, 0, 0, false) != 0) return -EIO;
+  std::unique_lock<std::mutex> lock(s.mutex);
+  // A write ack stands for the reply here: set, under this lock, after the data is in place.
+  s.cv.wait(lock, [&] { return s.write_acked || (s.failed && s.sent); });
+  int rc = s.write_acked ? s.read_rc : -EIO;
+  s.read_into = nullptr;
+  return rc;
+}
+
+bool Replicator::take_read_reply(SocketReader& reader, const FrameHeader& reply) {
+  bool error = (reply.flags & kFlagReadError) != 0;
+  if (error && reply.length != 0) {
+    counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+    fail("protocol error on the data link: a failed READ_REPLY with a payload");
+    return false;
+  }
+  if (!error) {
+    int rc = reader.read(read_reply_buffer_, reply.length);
+    if (rc != 0) {
+      fail(std::string("data link receive: ") + strerror(-rc));
+      return false;
+    }
+    if (crc32c(0, read_reply_buffer_, reply.length) != reply.payload_crc) {
+      counters_->checksum_errors.fetch_add(1, std::memory_order_relaxed);
+      fail("frame rejected: READ_REPLY payload checksum mismatch at offset " + std::to_string(reply.offset));
+      return false;
+    }
+  }
+  uint32_t slot = reply.request_id;
+  bool known;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Unacked& entry = unacked_[reply.seq % kUnackedEntries];
+    known = entry.in_use && entry.seq == reply.seq && entry.type == kFrameReadRequest && entry.offset == reply.offset &&
+            (error || entry.length == reply.length) && slot < kSlotsMax && slot != kResyncSlot;
+    if (known) {
+      entry.in_use = false;
+      counters_->frames_in_flight.fetch_sub(1, std::memory_order_relaxed);
+      advance_oldest_locked();
+      space_cv_.notify_all();
+    }
+  }
+  if (!known) {
+    counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+    fail("protocol error on the data link: a READ_REPLY for no read request");
+    return false;
+  }
+  Slot& s = slots_[slot];
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (s.seq != reply.seq || s.failed || s.read_into == nullptr) return true;  // the reader gave up
+  if (!error) memcpy(s.read_into, read_reply_buffer_, reply.length);
+  s.read_rc = error ? -EIO : 0;
+  s.write_acked = s.recv_acked = s.sent = true;
+  s.cv.notify_all();
+  return true;
+}
+
+int Replicator::barrier(uint64_t deadline_us, bool always_wait) {
   uint64_t epoch;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     epoch = epoch_;
   }
   int rc = enqueue(kNoSlot, kFrameBarrier, 0, nullptr, 0, 0, 0, deadline_us);
-  if (rc != 0 || protocol() == Protocol::kA) return rc;
+  if (rc != 0 || (protocol() == Protocol::kA && !always_wait)) return rc;
   std::unique_lock<std::mutex> lock(mutex_);
   auto settled = [&] { return failed_.load(std::memory_order_acquire) || barrier_acked_epoch_ >= epoch; };
   if (deadline_us == 0) {
@@ -381,6 +452,9 @@ void Replicator::receive_loop() {
         notify_slot(ack.request_id, ack.seq, kWriteAcked);
         continue;
       }
+      case kFrameReadReply:
+        if (!take_read_reply(reader, ack)) return;
+        continue;
       case kFrameBarrierAck: {
         std::lock_guard<std::mutex> lock(mutex_);
         Unacked& entry = unacked_[ack.seq % kUnackedEntries];

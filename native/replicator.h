@@ -55,13 +55,21 @@ class Replicator {
   Protocol protocol() const { return protocol_.load(std::memory_order_acquire); }
 
   // Queues a WRITE, DISCARD or ZEROES for `slot`; false when the link is down.
-  bool submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
-  // Waits until the slot's last frame is as far as the protocol asks (or the link failed).
-  void wait(uint32_t slot);
-  // Queues a BARRIER closing the current epoch; under B and C waits for its
-  // ack. 0; -ENOTCONN when the link failed first; -ETIMEDOUT past
-  // `deadline_us` (monotonic; 0: no deadline).
-  int barrier(uint64_t deadline_us);
+  // `pinned`: the writer holds an activity-log pin that the peer's write ack releases.
+  bool submit(uint32_t slot, uint16_t type, const uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes,
+              bool pinned = true);
+  // Waits until the slot's last frame is as far as the protocol asks (or the
+  // link failed); with `write_ack`, until the peer wrote it, whatever the
+  // protocol (the peer holds the only copy). True when the peer wrote it.
+  bool wait(uint32_t slot, bool write_ack = false);
+  // A Diskless Primary's read: READ_REQUEST, ordered after every frame sent
+  // before it, answered by READ_REPLY. 0, or -EIO (link failed, or the peer
+  // could not read). `data` is untouched unless 0 is returned.
+  int read_remote(uint32_t slot, uint8_t* data, uint32_t length_bytes, uint64_t offset_bytes);
+  // Queues a BARRIER closing the current epoch; under B and C (or with
+  // `always_wait`) waits for its ack. 0; -ENOTCONN when the link failed
+  // first; -ETIMEDOUT past `deadline_us` (monotonic; 0: no deadline).
+  int barrier(uint64_t deadline_us, bool always_wait = false);
   // Waits until no frame is unacknowledged and nothing lags: 0, -ENOTCONN, -ETIMEDOUT.
   int wait_idle(uint64_t deadline_us);
 
@@ -82,6 +90,8 @@ class Replicator {
     bool recv_acked = false;
     bool write_acked = false;
     bool failed = false;
+    uint8_t* read_into = nullptr;  // read_remote's destination, while it waits
+    int read_rc = -EIO;
     std::atomic<uint64_t> busy_offset{0};
     std::atomic<uint64_t> busy_length{0};
   };
@@ -101,7 +111,9 @@ class Replicator {
 
   // 0 queued; -ENOTCONN the link failed; -ETIMEDOUT no room before `deadline_us` (0: none).
   int enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length, uint64_t offset,
-              uint32_t resync_buffer, uint64_t deadline_us);
+              uint32_t resync_buffer, uint64_t deadline_us, bool pin = true);
+  // The peer's READ_REPLY (its header read and checked): the payload, then the waiting reader.
+  bool take_read_reply(SocketReader& reader, const FrameHeader& reply);
   void fail(const std::string& reason);
   // The sender's loop: writes queued frames until none is left.
   void send_queued();
@@ -143,6 +155,7 @@ class Replicator {
   std::atomic<uint64_t> resync_lock_length_{0};
 
   std::unique_ptr<uint8_t*[]> resync_buffers_;
+  uint8_t* read_reply_buffer_ = nullptr;  // the receiver's: a reply's payload, checked before a reader sees it
   uint32_t resync_free_mask_ = 0;  // under mutex_
   std::atomic<bool> resync_running_{false};
   std::atomic<bool> stopping_{false};

@@ -11,6 +11,7 @@ import { ParsedArgs, parseArgs, usage } from './cli/args';
 import { dumpMd, restoreMd } from './cli/metadata-commands';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath } from './config';
 import { Daemon, adminSocketPath } from './daemon';
+import { StaleCleanup, cleanupStale, readRecord } from './device';
 import { BackingDisk } from './disk';
 import {
   AlreadyUpError,
@@ -20,6 +21,7 @@ import {
   NotUpError,
   PrerequisiteError,
   RemoteError,
+  StaleDeviceError,
   TimeoutError,
   UsageError,
   errorReply,
@@ -69,10 +71,21 @@ async function callDaemon(ctx: Context, command: string, args: Record<string, un
     return await adminCall(adminSocketPath(ctx.local), command, args);
   } catch (error) {
     if (error instanceof NotUpError) {
-      throw new NotUpError(`resource ${ctx.config.resource} is not up on node ${ctx.local.name}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`);
+      throw new NotUpError(
+        `resource ${ctx.config.resource} is not up on node ${ctx.local.name}${deadDaemonHint(ctx)}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`,
+      );
     }
     throw error;
   }
+}
+
+/** When no daemon answers but one left its device record or admin socket: says it died (`down` or `up` cleans up). */
+function deadDaemonHint(ctx: Context): string {
+  const record = readRecord(ctx.local.runDir);
+  if (record !== null) {
+    return ` (its daemon, pid ${record.pid}, died and left its device ${record.loopDevice ?? record.mountPath}: nraid down cleans it up, and so does nraid up)`;
+  }
+  return fs.existsSync(adminSocketPath(ctx.local)) ? ' (its daemon died: nraid down cleans up after it)' : '';
 }
 
 async function daemonAnswers(node: NodeConfig): Promise<ResourceStatus | null> {
@@ -118,13 +131,15 @@ async function up(ctx: Context): Promise<void> {
     { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'] },
   );
   fs.closeSync(logFd);
+  let stale: StaleCleanup = { cleaned: [], left: [] };
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new TimeoutError(`the daemon did not report ready within ${upReadyTimeoutMs} ms; see ${logPath}`)),
       upReadyTimeoutMs,
     );
-    child.once('message', (message: { ready?: boolean; error?: { code: string; message: string } }) => {
+    child.once('message', (message: { ready?: boolean; stale?: StaleCleanup; error?: { code: string; message: string } }) => {
       clearTimeout(timer);
+      if (message.stale !== undefined) stale = message.stale;
       if (message.ready) resolve();
       else if (message.error !== undefined) reject(new RemoteError(message.error));
       else reject(new DaemonStartError(`the daemon reported neither ready nor an error; see ${logPath}`));
@@ -138,6 +153,9 @@ async function up(ctx: Context): Promise<void> {
   child.disconnect();
   child.unref();
   out(`${ctx.config.resource} is up on node ${ctx.local.name} (daemon pid ${child.pid}, log ${logPath})`);
+  // What a killed daemon left: on stderr, so that stdout stays the one line scripts read.
+  for (const line of stale.cleaned) process.stderr.write(`note: ${line}\n`);
+  for (const line of stale.left) process.stderr.write(`warning: ${line}; until then nraid primary refuses (NRAID_ERR_STALE_DEVICE), and nraid down cleans the rest afterwards\n`);
 }
 
 async function runForeground(ctx: Context): Promise<void> {
@@ -157,7 +175,7 @@ async function runForeground(ctx: Context): Promise<void> {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   if (process.send) {
-    process.send({ ready: true });
+    process.send({ ready: true, stale: daemon.staleAtStart });
     process.disconnect();
   }
   await daemon.whenStopped();
@@ -167,10 +185,41 @@ async function runForeground(ctx: Context): Promise<void> {
 
 async function down(ctx: Context): Promise<void> {
   requireRoot('down');
-  const status = (await callDaemon(ctx, 'status')) as ResourceStatus;
+  const status = await daemonAnswers(ctx.local);
+  if (status === null) return downAfterDeath(ctx);
   await callDaemon(ctx, 'down');
   await waitForExit(status.pid);
+  // A daemon killed before this one may have left a device that this one could not clean at its start.
+  const stale = cleanupStale(ctx.local.runDir, ctx.local.device);
+  for (const line of stale.cleaned) out(line);
   out(`${ctx.config.resource} is down on node ${ctx.local.name}`);
+  if (stale.left.length > 0) {
+    throw new StaleDeviceError(`${ctx.config.resource} is down on node ${ctx.local.name}, but not everything is clean: ${stale.left.join('; ')}; then run nraid down again to remove the rest`);
+  }
+}
+
+/**
+ * No daemon answers: one may have been killed (kill -9, OOM, a crash). Cleans
+ * what it left (loop device, FUSE mount, device link, device record, admin
+ * socket), says what, and keeps its log. Nothing left at all: not up, as before.
+ */
+function downAfterDeath(ctx: Context): void {
+  const stale = cleanupStale(ctx.local.runDir, ctx.local.device);
+  const socket = adminSocketPath(ctx.local);
+  if (fs.existsSync(socket)) {
+    fs.rmSync(socket, { force: true });
+    stale.cleaned.push(`removed stale admin socket ${socket}`);
+  }
+  if (stale.cleaned.length === 0 && stale.left.length === 0) {
+    throw new NotUpError(`resource ${ctx.config.resource} is not up on node ${ctx.local.name}, and no daemon left anything behind; nothing to do`);
+  }
+  for (const line of stale.cleaned) out(line);
+  if (stale.left.length > 0) {
+    throw new StaleDeviceError(
+      `no daemon runs ${ctx.config.resource} on node ${ctx.local.name}, and not everything a killed one left can be cleaned: ${stale.left.join('; ')}; then run nraid down again to remove the rest`,
+    );
+  }
+  out(`${ctx.config.resource} is down on node ${ctx.local.name} (its daemon had died; cleaned what it left, kept its log ${path.join(ctx.local.runDir, 'daemon.log')})`);
 }
 
 async function waitForExit(pid: number, timeoutMs = downExitTimeoutMs): Promise<void> {
@@ -277,6 +326,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'adjust':
       case 'switchover':
       case 'resume-io':
+      case 'attach':
+      case 'detach':
       case 'invalidate': {
         requireRoot(args.command);
         const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;

@@ -14,6 +14,7 @@ import * as limits from './limits';
 
 export type Protocol = 'A' | 'B' | 'C';
 export type OnNoPeer = 'continue' | 'suspend-io';
+export type OnIoError = 'detach' | 'pass-on';
 export type AfterSb0pri = 'disconnect' | 'discard-zero-changes' | 'discard-younger-primary' | 'discard-least-changes';
 
 export interface NodeConfig {
@@ -46,6 +47,8 @@ export interface ResourceConfig {
   maxLagMs: number;
   frontendThreads: number;
   onNoPeer: OnNoPeer;
+  /** A failing backing disk: detach it and go Diskless (served by the peer), or pass the error on. */
+  onIoError: OnIoError;
   afterSb0pri: AfterSb0pri;
   metricsPort: number | null;
   hooks: HooksConfig;
@@ -233,6 +236,7 @@ const topKeys: readonly KeySpec[] = [
   key<AfterSb0pri>('after-sb-0pri',
     oneOf(['disconnect', 'discard-zero-changes', 'discard-younger-primary', 'discard-least-changes']), 'disconnect'),
   key('metrics-port', integer(limits.portMin, limits.portMax), null),
+  key<OnIoError>('on-io-error', oneOf(['detach', 'pass-on']), 'detach'),
 ];
 
 const hookKeys: readonly KeySpec[] = [

@@ -9,9 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AdminServer, AdminStream } from './admin';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer } from './config';
-import { cleanupStale } from './device';
+import { StaleCleanup, cleanupStale } from './device';
 import { BackingDisk } from './disk';
-import { ConfigError, StateError } from './errors';
+import { ConfigError, StaleDeviceError, StateError } from './errors';
 import * as limits from './limits';
 import { ControlLink } from './link/control-link';
 import { Logger } from './log';
@@ -81,6 +81,8 @@ export class Daemon extends EventEmitter {
   private stopping = false;
   private readonly stopped: Promise<void>;
   private resolveStopped: () => void = () => {};
+  /** What start() found of a killed daemon's device: cleaned, and left in place (for `up` to print). */
+  staleAtStart: StaleCleanup = { cleaned: [], left: [] };
 
   constructor(options: DaemonOptions) {
     super();
@@ -97,7 +99,28 @@ export class Daemon extends EventEmitter {
   /** Attaches the disk, opens the admin socket, starts the link. Leaves nothing behind on failure. */
   async start(): Promise<void> {
     fs.mkdirSync(this.local.runDir, { recursive: true, mode: 0o700 });
-    for (const line of cleanupStale(this.local.runDir)) this.log.info(line);
+    this.staleAtStart = cleanupStale(this.local.runDir, this.local.device);
+    for (const line of this.staleAtStart.cleaned) this.log.info(line);
+    for (const line of this.staleAtStart.left) this.log.warn(line);
+    await this.openParts();
+    try {
+      this.registerCommands();
+      await this.admin.listen();
+    } catch (error) {
+      this.closeDetachedParts();
+      throw error;
+    }
+    this.log.info('up', { disk: this.local.disk, dataSizeBytes: this.p.store.superblock.dataSizeBytes, diskState: diskState(this.p.runner.state) });
+    this.persistedOutOfSyncBytes = this.p.plane.outOfSyncBytes();
+    this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), limits.bitmapPersistIntervalMs);
+    this.persistTimer.unref();
+    await this.startLink();
+    if (this.config.metricsPort !== null) await this.startMetrics();
+    this.noteChange();
+  }
+
+  /** Opens the backing disk, its metadata and the data plane, and a fresh state machine over them. Leaves nothing behind on failure. */
+  private async openParts(): Promise<void> {
     const disk = BackingDisk.open(this.local.disk, { configKey: `nodes.${this.local.name}.disk in ${this.config.path}` });
     let plane: DataPlane | null = null;
     try {
@@ -122,6 +145,7 @@ export class Daemon extends EventEmitter {
           local: this.local.name,
           peer: this.peer.name,
           onNoPeer: this.config.onNoPeer,
+          onIoError: this.config.onIoError,
           fencePeer: this.config.hooks.fencePeer !== null,
           splitBrainHook: this.config.hooks.splitBrain !== null,
           afterSb0pri: this.config.afterSb0pri,
@@ -144,22 +168,58 @@ export class Daemon extends EventEmitter {
       runner.on('stepped', () => this.noteChange());
       runner.on('change', (changed: Record<string, unknown>) => this.emit('change', changed));
       runner.on('event', (event: Record<string, unknown>) => this.emit('event', event));
+      plane.setOnIoError(this.config.onIoError);
       this.parts = { disk, plane, store, exposure, runner };
-      this.registerCommands();
-      await this.admin.listen();
     } catch (error) {
       this.parts = null;
       plane?.destroy();
       disk.close();
       throw error;
     }
-    this.log.info('up', { disk: this.local.disk, dataSizeBytes: this.parts.store.superblock.dataSizeBytes, diskState: diskState(this.parts.runner.state) });
-    this.persistedOutOfSyncBytes = this.parts.plane.outOfSyncBytes();
-    this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), limits.bitmapPersistIntervalMs);
-    this.persistTimer.unref();
+  }
+
+  /** The link, the data plane and the disk closed without writing anything: the disk failed (or start failed). */
+  private closeDetachedParts(): void {
+    const parts = this.parts;
+    this.parts = null;
+    if (parts === null) return;
+    parts.plane.detach('disk detached');
+    parts.plane.destroy();
+    parts.disk.close();
+    parts.runner.failPending(`the disk of ${this.config.resource} is being re-attached`);
+  }
+
+  /**
+   * `nraid attach`: a Diskless Secondary closes its failed disk and opens the
+   * one at the configured path again (repaired, or replaced and create-md'ed),
+   * then reconnects: the handshake decides the resync (bitmap-based when the
+   * generations allow, full for a fresh disk).
+   */
+  private async attach(): Promise<ResourceStatus> {
+    await this.command({ name: 'attach' });
+    // Before anything is closed: the disk opens, holds this resource's metadata and reads.
+    // A disk that still fails is refused here and the node stays as it was (Diskless).
+    const probe = BackingDisk.open(this.local.disk, { readOnly: true, configKey: `nodes.${this.local.name}.disk in ${this.config.path}` });
+    try {
+      MetadataStore.open(probe, this.config.resource, this.log);
+      probe.read(0, limits.blockBytes);
+    } finally {
+      probe.close();
+    }
+    if (this.link !== null) {
+      await this.link.stop();
+      this.link = null;
+    }
+    this.session?.discardAll();
+    this.session = null;
+    this.closeDetachedParts();
+    this.lastStatus = null;
+    await this.openParts();
+    this.log.info('attach: disk re-opened', { disk: this.local.disk, diskState: diskState(this.p.runner.state) });
+    this.persistedOutOfSyncBytes = this.p.plane.outOfSyncBytes();
     await this.startLink();
-    if (this.config.metricsPort !== null) await this.startMetrics();
     this.noteChange();
+    return this.status();
   }
 
   private async startMetrics(): Promise<void> {
@@ -270,6 +330,8 @@ export class Daemon extends EventEmitter {
       if (parts.store.adoptIfWritten(parts.plane)) parts.runner.dispatch({ type: 'generation-written', md: parts.store.view() });
     } else if (type === 'link-lost') {
       parts.runner.dispatch({ type: 'link-lost', detail });
+    } else if (type === 'disk-failed') {
+      parts.runner.dispatch({ type: 'disk-failed', detail });
     } else if (type === 'resync-done') {
       parts.runner.dispatch({ type: 'resync-done', bytes: Number(detail) });
     }
@@ -318,7 +380,7 @@ export class Daemon extends EventEmitter {
     if (next.resource !== this.config.resource) {
       throw new StateError(`config ${this.config.path} now names resource "${next.resource}", not "${this.config.resource}"; nothing changed`);
     }
-    return this.p.runner.command({ name: 'adjust', protocol: next.protocol });
+    return this.p.runner.command({ name: 'adjust', protocol: next.protocol, onIoError: next.onIoError });
   }
 
   private command(command: Command): Promise<ResourceStatus> {
@@ -343,10 +405,12 @@ export class Daemon extends EventEmitter {
     if (this.persistTimer !== null) clearInterval(this.persistTimer);
     if (this.metrics !== null) await this.metrics.close();
     const parts = this.parts;
+    const diskless = parts?.runner.state.diskless === true;
     if (parts !== null && parts.exposure.exposed) {
       await parts.exposure.unexpose();
       parts.store.disarm(parts.plane);
-      await parts.store.persist(parts.plane, { kind: 'became-secondary' });
+      // Detached: the failed disk keeps the metadata it had (DRBD writes none either).
+      if (!diskless) await parts.store.persist(parts.plane, { kind: 'became-secondary' });
     }
     if (this.link !== null) {
       await this.link.stop();
@@ -356,8 +420,10 @@ export class Daemon extends EventEmitter {
     this.session = null;
     if (parts !== null) {
       parts.plane.detach('down');
-      await parts.plane.persistBitmap(true);
-      await parts.plane.flush();
+      if (!diskless) {
+        await parts.plane.persistBitmap(true);
+        await parts.plane.flush();
+      }
       parts.plane.destroy();
       parts.disk.close();
       parts.runner.failPending(`resource ${this.config.resource} is going down`);
@@ -368,16 +434,38 @@ export class Daemon extends EventEmitter {
   private registerCommands(): void {
     const holder = (): string | null => this.p.exposure.holder();
     this.admin.on('status', () => this.status());
-    this.admin.on('primary', (args) => this.command({ name: 'primary', force: args.force === true }));
+    this.admin.on('primary', (args) => {
+      this.refuseOverStaleDevice('promote');
+      return this.command({ name: 'primary', force: args.force === true });
+    });
     this.admin.on('secondary', () => this.command({ name: 'secondary', holder: holder() }));
     this.admin.on('down', () => this.down());
     this.admin.on('connect', (args) => this.command({ name: 'connect', discardMyData: args.discardMyData === true, holder: holder() }));
-    this.admin.on('switchover', () => this.command({ name: 'switchover', holder: holder(), syncPercent: this.status().resync?.percent ?? null }));
+    this.admin.on('switchover', () => {
+      this.refuseOverStaleDevice('switch over');
+      return this.command({ name: 'switchover', holder: holder(), syncPercent: this.status().resync?.percent ?? null });
+    });
     this.admin.on('resume-io', () => this.command({ name: 'resume-io' }));
     this.admin.on('invalidate', () => this.command({ name: 'invalidate' }));
     this.admin.on('disconnect', () => this.command({ name: 'disconnect' }));
     this.admin.on('adjust', () => this.adjust());
+    this.admin.on('attach', () => this.attach());
+    this.admin.on('detach', () => this.command({ name: 'detach' }));
     this.admin.on('events', (args, stream) => this.streamEvents(stream));
+  }
+
+  /**
+   * Before this node exposes its device: cleans what a killed daemon left and
+   * refuses while a filesystem is still mounted on its stale loop device. Not
+   * even --force overrides: that flag accepts stale data, and a promotion that
+   * only needs it for the disk state would then slip past this check too; the
+   * way out (umount, umount -l) is always open.
+   */
+  private refuseOverStaleDevice(what: string): void {
+    if (this.p.exposure.exposed) return;
+    const stale = cleanupStale(this.local.runDir, this.local.device);
+    for (const line of stale.cleaned) this.log.info(line);
+    if (stale.left.length > 0) throw new StaleDeviceError(`cannot ${what} ${this.config.resource}: ${stale.left.join('; ')}; then try again`);
   }
 
   private async streamEvents(stream: AdminStream): Promise<void> {

@@ -5,9 +5,9 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { AlreadyUpError, ConfigError, DeviceBusyError, isErrnoException, systemError, toNraidError } from './errors';
+import { AlreadyUpError, ConfigError, DeviceBusyError, StaleDeviceError, isErrnoException, systemError, toNraidError } from './errors';
 import { processExitPollMs, staleDaemonExitWaitMs } from './limits';
-import { attachLoop, detachLoop, loopBackingFile } from './loop';
+import { attachLoop, detachLoop, loopBackingFile, readLoopDio } from './loop';
 import { FrontendOptions, binding } from './native';
 
 export interface DeviceRecord {
@@ -67,6 +67,10 @@ export function isMounted(mountPath: string): boolean {
 /** Mounts the FUSE volume, attaches the loop device, links the device path. */
 export function exposeDevice(options: ExposeOptions): DeviceRecord {
   const mountPath = mountPathOf(options.runDir);
+  // What a killed daemon left goes first; a filesystem still mounted on its loop device stops
+  // everything (a second device under the same filesystem, next to the stale mount, misleads).
+  const stale = cleanupStale(options.runDir, options.devicePath);
+  if (stale.left.length > 0) throw new StaleDeviceError(`cannot expose ${options.devicePath}: ${stale.left.join('; ')}`);
   checkDevicePathFree(options.devicePath);
   fs.mkdirSync(options.runDir, { recursive: true, mode: 0o700 });
   fs.writeFileSync(mountPath, '', { mode: 0o600 });
@@ -219,39 +223,189 @@ function processAlive(pid: number): boolean {
   }
 }
 
+/**
+ * Whether `pid` may still be the daemon that wrote the record: alive and an
+ * nraid process. A pid reused by an unrelated program (the record outlived
+ * its daemon for long) is not waited for, and never named as one to kill.
+ */
+function mayBeDaemon(pid: number): boolean {
+  if (!processAlive(pid)) return false;
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('nraid');
+  } catch {
+    return false;
+  }
+}
+
 function waitForExit(pid: number): boolean {
   const deadline = Date.now() + staleDaemonExitWaitMs;
-  while (processAlive(pid)) {
+  while (mayBeDaemon(pid)) {
     if (Date.now() > deadline) return false;
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, processExitPollMs);
   }
   return true;
 }
 
+/** What a stale-device cleanup did, and what it could not do. */
+export interface StaleCleanup {
+  /** One line per thing removed ("detached stale loop device /dev/loop3"). */
+  cleaned: string[];
+  /** One line per thing left in place, each saying why and what to do. */
+  left: string[];
+}
+
+/** Loop devices whose backing file is `file` (found in sysfs: the record may be missing). */
+export function loopsBackedBy(file: string): string[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync('/sys/block').filter((name) => name.startsWith('loop'));
+  } catch {
+    return [];
+  }
+  return names.map((name) => `/dev/${name}`).filter((device) => loopBackingFile(device) === file);
+}
+
+/**
+ * The recorded loop device of a dead daemon whose FUSE volume went with its
+ * mount namespace (a daemon started by `ip netns exec`, then killed): sysfs
+ * then shows its backing file as "/", and LOOP_GET_STATUS64 fails (it stats
+ * the dead volume). Taken as ours when the record names it, it still reads
+ * "/" and it uses direct I/O (as every nraid loop device does): while it is
+ * attached, no other program can have been given that loop device.
+ */
+function recordedLoopWithoutMount(record: DeviceRecord | null): string | null {
+  if (record?.loopDevice == null || loopBackingFile(record.loopDevice) !== '/') return null;
+  return readLoopDio(record.loopDevice) === true ? record.loopDevice : null;
+}
+
+interface DeviceMount {
+  mountPoint: string;
+  fsType: string;
+}
+
+function majorMinorOf(device: string): string | null {
+  try {
+    return fs.readFileSync(`/sys/block/${path.basename(device)}/dev`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+function mountsIn(mountinfo: string, majorMinor: string): DeviceMount[] {
+  return mountinfo
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((fields) => fields[2] === majorMinor)
+    .map((fields) => ({ mountPoint: fields[4], fsType: fields[fields.indexOf('-') + 1] ?? '?' }));
+}
+
+/** Mount points (and filesystem types) of a block device in this mount namespace, found by its major:minor. */
+export function mountsOf(device: string): DeviceMount[] {
+  const majorMinor = majorMinorOf(device);
+  return majorMinor === null ? [] : mountsIn(fs.readFileSync('/proc/self/mountinfo', 'utf8'), majorMinor);
+}
+
+/**
+ * Mounts of a block device in other mount namespaces, one process named per
+ * namespace. A namespace made while the filesystem was mounted (ip netns
+ * exec, unshare -m) holds a copy of the mount, which an umount here does not
+ * reach when the mount is private: the device stays in use.
+ */
+function mountsElsewhere(device: string): { pid: string; comm: string; mounts: DeviceMount[] }[] {
+  const majorMinor = majorMinorOf(device);
+  if (majorMinor === null) return [];
+  let own: string;
+  try {
+    own = fs.readlinkSync('/proc/self/ns/mnt');
+  } catch {
+    return [];
+  }
+  const seen = new Set<string>([own]);
+  const found: { pid: string; comm: string; mounts: DeviceMount[] }[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((entry) => /^\d+$/.test(entry))) {
+    try {
+      const ns = fs.readlinkSync(`/proc/${pid}/ns/mnt`);
+      if (seen.has(ns)) continue;
+      seen.add(ns);
+      const mounts = mountsIn(fs.readFileSync(`/proc/${pid}/mountinfo`, 'utf8'), majorMinor);
+      if (mounts.length > 0) found.push({ pid, comm: fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(), mounts });
+    } catch {
+      // gone meanwhile, or a kernel thread
+    }
+  }
+  return found;
+}
+
+/** What keeps a stale loop device in use, and what to do about it. */
+function staleUseOf(loopDevice: string): { what: string; todo: string } {
+  const mounts = mountsOf(loopDevice);
+  const elsewhere = mountsElsewhere(loopDevice);
+  if (mounts.length > 0 || elsewhere.length > 0) {
+    const fsType = (mounts[0] ?? elsewhere[0].mounts[0]).fsType;
+    const places = mounts.map((m) => m.mountPoint);
+    const todo = places.map((p) => `umount ${p}`);
+    for (const e of elsewhere) {
+      places.push(...e.mounts.map((m) => `${m.mountPoint} in the mount namespace of pid ${e.pid} (${e.comm})`));
+      todo.push(...e.mounts.map((m) => `nsenter -t ${e.pid} -m umount ${m.mountPoint}`));
+    }
+    return {
+      what: `a filesystem (${fsType}) is mounted on it at ${places.join(', ')}, and its I/O fails since the daemon died`,
+      todo: `stop the programs that use it and unmount it (${todo.join(', ')}, or umount -l if it stays busy)`,
+    };
+  }
+  let holders: string[] = [];
+  try {
+    holders = fs.readdirSync(`/sys/block/${path.basename(loopDevice)}/holders`);
+  } catch {
+    // no holders directory: not a stacked device
+  }
+  if (holders.length > 0) return { what: `it is used by ${holders.map((h) => `/dev/${h}`).join(', ')}`, todo: `remove those devices (dmsetup remove, mdadm --stop)` };
+  const holder = deviceHolder(loopDevice);
+  return { what: holder ?? 'it is still open', todo: `close it (fuser -v ${loopDevice} shows who has it open)` };
+}
+
 /**
  * After kill -9 a daemon leaves a mount whose connection is gone, a loop
- * device on it and the symlink. Removes what the record names, only if its
- * process is dead and only what is still ours. Returns what it did.
+ * device on it and the symlink. Removes what is free, only if the record's
+ * process is dead and only what is still ours (a loop device whose backing
+ * file is this run directory's volume). A loop device still in use (a
+ * filesystem mounted on it) cannot be detached: it is marked to go away at
+ * its last close (the kernel's autoclear), and the FUSE volume under it stays
+ * mounted, so that it can still be found (a lazy unmount would hide whose it
+ * is); `left` says what remains and what to do. Never reports as done what
+ * sysfs does not show done.
  */
-export function cleanupStale(runDir: string): string[] {
+export function cleanupStale(runDir: string, devicePath: string): StaleCleanup {
   const record = readRecord(runDir);
-  const done: string[] = [];
+  const report: StaleCleanup = { cleaned: [], left: [] };
   const mountPath = record?.mountPath ?? mountPathOf(runDir);
   if (record !== null && record.pid !== process.pid && !waitForExit(record.pid)) {
     throw new AlreadyUpError(
       `run directory ${runDir} belongs to daemon pid ${record.pid}, which is still running but does not answer; ` +
-        `stop it (kill ${record.pid}) and run nraid up again`,
+        `stop it (kill ${record.pid}) and try again`,
     );
   }
-  if (record?.loopDevice && loopBackingFile(record.loopDevice) === mountPath) {
-    detachLoop(record.loopDevice);
-    done.push(`detached stale loop device ${record.loopDevice}`);
+  const owner = record !== null && record.pid !== process.pid ? `daemon pid ${record.pid}` : 'a daemon';
+  let busy = 0;
+  const recorded = record !== null && record.pid !== process.pid ? recordedLoopWithoutMount(record) : null;
+  for (const loop of [...loopsBackedBy(mountPath), ...(recorded === null ? [] : [recorded])]) {
+    const backing = loopBackingFile(loop);
+    // Free: detached at once. In use: LOOP_CLR_FD only sets autoclear (detached at its last close).
+    detachLoop(loop);
+    removeSymlinkTo(devicePath, loop);
+    if (loopBackingFile(loop) !== backing) {
+      report.cleaned.push(`detached stale loop device ${loop}`);
+      continue;
+    }
+    busy += 1;
+    const use = staleUseOf(loop);
+    report.left.push(`loop device ${loop} of ${owner}, which died, is still in use: ${use.what}; ${use.todo}: the loop device then goes away by itself`);
   }
   if (record) removeSymlinkTo(record.devicePath, record.loopDevice);
-  if (isMounted(mountPath)) {
+  if (busy === 0 && isMounted(mountPath)) {
     try {
       binding.unmount(mountPath, true);
-      done.push(`unmounted stale FUSE volume ${mountPath}`);
+      report.cleaned.push(`unmounted stale FUSE volume ${mountPath}`);
     } catch (error) {
       if (!isErrnoException(error)) throw toNraidError(error);
       if (error.code !== 'EINVAL') {
@@ -259,6 +413,6 @@ export function cleanupStale(runDir: string): string[] {
       }
     }
   }
-  if (record) removeRecord(runDir);
-  return done;
+  if (record && busy === 0) removeRecord(runDir);
+  return report;
 }

@@ -153,6 +153,11 @@ export class InternalError extends NraidError {
   override readonly code = 'NRAID_ERR_INTERNAL';
 }
 
+/** A daemon killed with -9 left its loop device in use (a filesystem still mounted on it). */
+export class StaleDeviceError extends NraidError {
+  override readonly code = 'NRAID_ERR_STALE_DEVICE';
+}
+
 /** What the admin socket carries back for an error: enough to rebuild it on the CLI side. */
 export interface ErrorReply {
   code: string;

@@ -62,6 +62,10 @@ export class MetricsServer {
     simple('nraid_checksum_errors_total', 'Frames rejected for a checksum.', (_s, c) => c?.checksumErrors ?? 0);
     simple('nraid_protocol_errors_total', 'Frames rejected as protocol errors.', (_s, c) => c?.protocolErrors ?? 0);
     simple('nraid_io_errors_total', 'Local I/O errors.', (_s, c) => c?.ioErrors ?? 0);
+    simple('nraid_local_io_errors_total', 'Errors of the backing disk (passed on, or hidden by on-io-error = detach).', (_s, c) => c?.localIoErrors ?? 0);
+    simple('nraid_diskless', '1 while the backing disk is detached after an error (on-io-error = detach).', (s) => (s.diskFailure !== null ? 1 : 0));
+    simple('nraid_peer_served_reads_total', 'Reads served by the peer while Diskless.', (_s, c) => c?.peerReads ?? 0);
+    simple('nraid_peer_served_writes_total', 'Writes completed by the peer alone while Diskless.', (_s, c) => c?.peerWrites ?? 0);
     simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
     simple('nraid_metadata_damage', 'Damaged metadata areas found when the daemon started (superblock slot, activity log, bitmap).', (s) => s.metadataDamage?.length ?? 0);
     this.server = http.createServer((request, response) => {

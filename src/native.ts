@@ -52,10 +52,19 @@ export interface NativeCounters {
   linkAttached: boolean;
   linkFailed: boolean;
   resyncRunning: boolean;
+  /** on-io-error = detach: the backing disk failed and is no longer used. */
+  diskless: boolean;
+  localIoErrors: number;
+  /** Requests the peer served alone while this node is Diskless. */
+  peerReads: number;
+  peerWrites: number;
 }
 
-/** What the data plane reports: `link-lost` (detail: the reason), `resync-done` (detail: bytes sent). */
-export type NativeEventType = 'link-lost' | 'resync-done' | 'generation-started';
+/**
+ * What the data plane reports: `link-lost` (detail: the reason), `resync-done` (detail: bytes sent),
+ * `disk-failed` (detail: the error; under on-io-error = detach the data plane is Diskless from then on).
+ */
+export type NativeEventType = 'link-lost' | 'resync-done' | 'generation-started' | 'disk-failed';
 
 export interface LinkAttachOptions {
   /** source: this node sends writes and resync data; target: it applies them. */
@@ -206,6 +215,11 @@ export interface Binding {
   generationTake(pipeline: PipelineHandle, peek?: boolean): 'none' | 'armed' | 'written';
   /** on-no-peer = suspend-io: while suspended, new requests wait in the data plane. */
   setSuspended(pipeline: PipelineHandle, suspended: boolean): void;
+  setOnIoError(pipeline: PipelineHandle, policy: 'detach' | 'pass-on'): void;
+  /** The source link's peer is UpToDate and Established: it may serve a Diskless node. */
+  setPeerServes(pipeline: PipelineHandle, serves: boolean): void;
+  /** `nraid detach`: stop using the disk now (Diskless); reported as `disk-failed` with `why`. */
+  detachDisk(pipeline: PipelineHandle, why: string): void;
   /**
    * Writes an empty activity-log transaction durably (a new Primary starts
    * with no hot extents), off the JS thread. Rejects EBUSY while writes pin

@@ -69,6 +69,13 @@ export interface ResourceStatus {
   discardMyData: boolean;
   /** A switchover's answer was lost: this node stays Secondary until the peer says who is Primary. */
   switchoverUnknown: boolean;
+  /** on-io-error = detach: why the disk was detached (disk is Diskless), else null. */
+  diskFailure: string | null;
+  /** Diskless and served by the UpToDate peer: no error reaches the application. */
+  servedByPeer: boolean;
+  localIoErrors: number;
+  peerReads: number;
+  peerWrites: number;
   pid: number;
   /** Metadata damage found when the daemon started (empty when none): see docs/CONTRACTS.md "Metadata damage". */
   metadataDamage: MetadataDamageReport[];
@@ -112,6 +119,7 @@ export function statusLine(status: ResourceStatus): string {
   if (status.splitBrain) parts.push('split-brain:yes');
   if (status.ioSuspended) parts.push('io:suspended');
   if (status.switchoverUnknown) parts.push('switchover:unknown');
+  if (status.diskFailure !== null) parts.push(status.servedByPeer ? 'io:via-peer' : 'io:failing');
   if (status.metadataDamage?.length) parts.push(`metadata-damage:${status.metadataDamage.map((d) => d.area).join(',')}`);
   if (status.exposed) parts.push(`device:${status.device}`);
   return parts.join(' ');

@@ -23,6 +23,8 @@ export type Command =
   | 'invalidate'
   | 'demo'
   | 'help'
+  | 'attach'
+  | 'detach'
   | 'dump-md'
   | 'restore-md';
 
@@ -92,6 +94,8 @@ const commands: readonly CommandSpec[] = [
   { name: 'invalidate', summary: 'discard this node\'s data and resync it from the peer', takesResource: true, flags: [] },
   { name: 'demo', summary: 'run a two-node mirror on this machine with loop devices and show it working', takesResource: false, flags: [] },
   { name: 'help', summary: 'show this help, or one command\'s', takesResource: false, flags: [] },
+  { name: 'detach', summary: 'stop using this node\'s disk (Diskless), e.g. before replacing it; a Primary goes on through its UpToDate peer', takesResource: true, flags: [] },
+  { name: 'attach', summary: 'bring back a replaced disk of a Diskless Secondary (on-io-error = detach); a resync from the peer follows', takesResource: true, flags: [] },
   { name: 'dump-md', summary: 'print this node\'s metadata (both superblock slots, activity log, bitmap) of a stopped resource', takesResource: true, flags: ['--json'] },
   { name: 'restore-md', summary: 'write a dump from dump-md --json back to this node\'s metadata (stopped resource only)', takesResource: true, flags: ['--file', '--force'] },
 ];

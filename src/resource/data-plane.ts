@@ -143,6 +143,15 @@ export class DataPlane {
   setSuspended(suspended: boolean): void {
     binding.setSuspended(this.h, suspended);
   }
+  setOnIoError(policy: 'detach' | 'pass-on'): void {
+    binding.setOnIoError(this.h, policy);
+  }
+  detachDisk(why: string): void {
+    binding.detachDisk(this.h, why);
+  }
+  setPeerServes(serves: boolean): void {
+    if (this.handle !== null) binding.setPeerServes(this.handle, serves);
+  }
 
   // --- the frontend (device exposure) ---
   startFrontend(options: FrontendOptions): void {

@@ -62,6 +62,8 @@ export class Exposure {
       startFrontend: plane.startFrontend.bind(plane),
       stopFrontend: plane.stopFrontend.bind(plane),
       flush: () => plane.flush().catch((error: { errno?: string }) => {
+        // Detached (Diskless) with no peer to flush: nothing holds data here; the device goes anyway.
+        if (plane.counters()?.diskless === true) return;
         if (error.errno !== 'ENOTCONN') throw error;
         return plane.flush();
       }),

@@ -53,6 +53,8 @@ export interface MachineConfig {
   local: string;
   peer: string;
   onNoPeer: 'continue' | 'suspend-io';
+  /** detach: a failing backing disk makes this node Diskless (served by an UpToDate peer); pass-on: errors go up. */
+  onIoError: 'detach' | 'pass-on';
   fencePeer: boolean;
   splitBrainHook: boolean;
   afterSb0pri: AfterSplitBrainPolicy;
@@ -94,6 +96,12 @@ export interface MachineState {
   primarySinceMsView: number;
   nextRequestId: bigint;
   stopping: boolean;
+  /** on-io-error = detach: the backing disk failed and is not used (no data, no metadata writes) until attach. */
+  diskless: boolean;
+  /** What failed, for status and the log. */
+  diskFailure: string | null;
+  /** The peer is a Diskless Primary and this node started a generation of its own for it (peer-disk-lost). */
+  peerDiskLost: boolean;
 }
 
 /** Who waits for an answer: an admin command, or a request of the peer. */
@@ -118,7 +126,11 @@ export type Command =
   | { name: 'disconnect' }
   | { name: 'invalidate' }
   | { name: 'resume-io' }
-  | { name: 'adjust'; protocol: Protocol }
+  | { name: 'adjust'; protocol: Protocol; onIoError?: 'detach' | 'pass-on' }
+  /** Validates that a replaced disk may be attached now (the daemon re-opens it). */
+  | { name: 'attach' }
+  /** The operator takes the disk away (as on-io-error = detach would). */
+  | { name: 'detach' }
   | { name: 'down'; holder: string | null };
 
 export type PeerRequest =
@@ -156,6 +168,8 @@ export type Event =
   | { type: 'fault-passed'; name: string }
   | { type: 'facts-timeout'; sessionId: number }
   | { type: 'fence-done'; exitCode: number }
+  /** The data plane's first error of the backing disk (detail: which I/O, the errno). */
+  | { type: 'disk-failed'; detail: string }
   | { type: 'stop' };
 
 /** What the shell supplies with every event: time and a fresh UUID, so step() stays pure. */
@@ -194,6 +208,8 @@ export type Effect =
   | { kind: 'allow-resync' }
   | { kind: 'start-resync' }
   | { kind: 'clear-bitmap' }
+  /** Every bit set: the peer's disk (gone) misses everything. */
+  | { kind: 'mark-all' }
   | { kind: 'drop-session'; reason: string }
   | { kind: 'link-connect' }
   | { kind: 'link-disconnect'; reason: string }
@@ -201,6 +217,8 @@ export type Effect =
   | { kind: 'resume-io'; reason: string }
   | { kind: 'run-hook'; hook: 'fence-peer' | 'split-brain'; reason: string }
   | { kind: 'set-protocol'; protocol: Protocol }
+  | { kind: 'set-on-io-error'; policy: 'detach' | 'pass-on' }
+  | { kind: 'detach-disk'; why: string }
   | { kind: 'fault-point'; name: string }
   | { kind: 'arm-facts-timeout'; sessionId: number }
   | { kind: 'arm-peer-grace'; ms: number }
@@ -218,6 +236,7 @@ export interface Step {
 export const FLAG_DISCARD_MY_DATA = 1 << 16;
 
 export function diskState(state: MachineState): DiskState {
+  if (state.diskless) return 'Diskless';
   const { flags } = state.md;
   if (!flags.consistent) return 'Inconsistent';
   if (flags.outdated) return 'Outdated';
@@ -260,6 +279,9 @@ export function initialState(config: MachineConfig, md: MetadataView, protocol: 
     primarySinceMsView: md.primarySinceMs,
     nextRequestId: 1n,
     stopping: false,
+    diskless: false,
+    diskFailure: null,
+    peerDiskLost: false,
   };
 }
 
@@ -280,6 +302,8 @@ export function persist(s: MachineState, fx: Effect[], change: MetadataChange): 
  * A Primary that never writes while apart keeps its generation.
  */
 export function armGeneration(s: MachineState, fx: Effect[], input: Input): void {
+  // Diskless, nothing is written here: the generation this node knows stays the one it last shared.
+  if (s.diskless) return;
   if (s.md.uuids.bitmap !== 0n || s.armedGeneration !== null) return;
   s.armedGeneration = input.fresh;
   fx.push({ kind: 'arm-generation', fresh: input.fresh });
@@ -318,4 +342,17 @@ export function resolveUnknownSwitchover(s: MachineState, fx: Effect[]): void {
 
 export function splitBrainFacts(s: MachineState, input: Input): SplitBrainFacts {
   return { node: s.config.local, primary: s.role === 'Primary', primarySinceMs: s.md.primarySinceMs, changedBytes: input.outOfSyncBytes, discardMyData: s.discardMyData };
+}
+
+/**
+ * A Diskless node is served by its peer only while this holds: the data link runs
+ * from it (Primary, or demoting in a switchover) to a peer that is UpToDate, and
+ * replication is Established
+ * (the runner tells the data plane after every step).
+ */
+export function peerServes(s: MachineState): boolean {
+  return (
+    connected(s) && s.session!.direction === 'source' && s.session!.attached &&
+    s.replication === 'Established' && s.peer!.disk === 'UpToDate'
+  );
 }

@@ -18,6 +18,7 @@
 import { NraidError, StateError } from '../errors';
 import { Asker, Effect, Input, MachineState, PeerRequest, Step, answer, diskState, persist, resolveUnknownSwitchover, resumeIo, splitBrainFacts } from './machine-core';
 import { command, drained, faultPassed, programDone, promoteVote, switchover, switchoverReply } from './roles';
+import { diskFailed, peerDiskless } from './disk-failure';
 import { dataAttached, dataSocket, finishAsSource, peerNotice, sessionDown, sessionUp, setupReady, splitBrainDecided } from './sync';
 
 export * from './machine-core';
@@ -40,6 +41,7 @@ export function step(state: MachineState, input: Input): Step {
     case 'peer-state':
       s.peer = event.peer;
       if (s.switchoverUnknown) resolveUnknownSwitchover(s, fx);
+      peerDiskless(s, fx, input);
       return { state: s, effects: fx };
     case 'session-up':
       return sessionUp(s, fx, event, input);
@@ -87,7 +89,8 @@ export function step(state: MachineState, input: Input): Step {
     case 'drained':
       return drained(s, fx, event.error, input);
     case 'program-done':
-      s.md = event.disk.md;
+      // Diskless, the store writes nothing: the machine's view (following the peer) is the truth.
+      if (!s.diskless) s.md = event.disk.md;
       s.armedGeneration = event.disk.armed;
       return programDone(s, fx, event.tag, event.error);
     case 'fault-passed':
@@ -113,6 +116,8 @@ export function step(state: MachineState, input: Input): Step {
       if (event.exitCode === 0 && s.config.onNoPeer === 'continue' && s.connection !== 'Connected') resumeIo(s, fx, 'the fence-peer hook succeeded');
       else if (event.exitCode !== 0) fx.push({ kind: 'log', level: 'warn', message: 'fence-peer hook failed: I/O stays suspended until the peer returns or nraid resume-io', fields: { exitCode: event.exitCode } });
       return { state: s, effects: fx };
+    case 'disk-failed':
+      return diskFailed(s, fx, event.detail);
     case 'stop':
       s.stopping = true;
       return { state: s, effects: fx };

@@ -31,6 +31,12 @@ export type MetadataChange =
   | { kind: 'crash-noted' }
   /** The data plane wrote the armed generation (first write without the peer). */
   | { kind: 'generation-written'; fresh: bigint }
+  /**
+   * The peer, Primary, lost its disk (Diskless) and now writes to this disk alone: a new
+   * generation starts here (`fresh`), so its old disk, if it comes back, is behind by one
+   * and resyncs from this node (every block: the bitmap is all set with it).
+   */
+  | { kind: 'peer-disk-lost'; fresh: bigint }
   /** A superblock slot was torn or damaged at start: the lost write may have been a downgrade (metadata-damage.ts). */
   | { kind: 'damage-noted' };
 
@@ -48,6 +54,7 @@ export function mustSurviveLostSlot(change: MetadataChange): boolean {
     case 'forced-promotion':
     case 'generation-written':
     case 'damage-noted':
+    case 'peer-disk-lost':
       return true;
     default:
       return false;
@@ -125,6 +132,11 @@ export function applyChange<T extends MetadataView>(view: T, change: MetadataCha
       break;
     case 'generation-written':
       uuids.bitmap = uuids.current;
+      uuids.current = change.fresh;
+      break;
+    case 'peer-disk-lost':
+      if (uuids.bitmap === 0n) uuids.bitmap = uuids.current;
+      else uuids.history = [uuids.current, uuids.history[0]];
       uuids.current = change.fresh;
       break;
     case 'damage-noted':

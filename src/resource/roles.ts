@@ -20,6 +20,7 @@ import {
   persist,
   resumeIo,
 } from './machine-core';
+import { attachCheck, detachCommand } from './disk-failure';
 export function command(s: MachineState, fx: Effect[], id: number, c: Command, input: Input): Step {
   const r = s.config.resource;
   const asker: Asker = { command: id };
@@ -78,7 +79,16 @@ export function command(s: MachineState, fx: Effect[], id: number, c: Command, i
       if (!s.ioSuspended) return refuse(new StateError(`I/O of ${r} is not suspended; nothing to resume`));
       resumeIo(s, fx, 'nraid resume-io');
       return done();
+    case 'attach':
+      return attachCheck(s, fx, asker);
+    case 'detach':
+      return detachCommand(s, fx, asker);
     case 'adjust':
+      if (c.onIoError !== undefined && c.onIoError !== s.config.onIoError) {
+        fx.push({ kind: 'log', level: 'info', message: 'on-io-error changed', fields: { from: s.config.onIoError, to: c.onIoError } });
+        s.config = { ...s.config, onIoError: c.onIoError };
+        fx.push({ kind: 'set-on-io-error', policy: c.onIoError });
+      }
       if (c.protocol !== s.protocol) {
         fx.push({ kind: 'log', level: 'info', message: 'protocol changed', fields: { from: s.protocol, to: c.protocol } });
         s.protocol = c.protocol;
@@ -156,7 +166,8 @@ export function primary(s: MachineState, fx: Effect[], asker: Asker, force: bool
 export function promote(s: MachineState, fx: Effect[], input: Input): Step {
   const promotion = s.promotion!;
   let minted = false;
-  if (diskState(s) !== 'UpToDate') {
+  // Diskless, there is nothing to declare newest: the peer holds the data (a switchover taken back).
+  if (diskState(s) !== 'UpToDate' && !s.diskless) {
     // primary() refused this without --force.
     fx.push({ kind: 'log', level: 'warn', message: 'forced promotion', fields: { disk: diskState(s) } });
     persist(s, fx, { kind: 'forced-promotion', fresh: input.fresh });
@@ -254,7 +265,9 @@ export function switchover(s: MachineState, fx: Effect[], asker: Asker, holder: 
     const progress = syncPercent !== null ? ` (${syncPercent.toFixed(1)}% done)` : '';
     return refuse(new StateError(`cannot switch over ${r}: replication is ${s.replication}${progress}; wait for it to be Established`));
   }
-  if (diskState(s) !== 'UpToDate' || s.peer!.disk !== 'UpToDate') {
+  // A Diskless Primary (served by its UpToDate peer) may hand over: that is how its disk gets replaced.
+  const localOk = diskState(s) === 'UpToDate' || (s.diskless && s.role === 'Primary');
+  if (!localOk || s.peer!.disk !== 'UpToDate') {
     return refuse(new NotUpToDateError(`cannot switch over ${r}: disks are ${diskState(s)} here and ${s.peer!.disk} on ${s.config.peer}; both must be UpToDate`));
   }
   if (s.role === 'Secondary') {

@@ -13,7 +13,7 @@ import { Logger } from '../log';
 import { ResourceStatus } from '../state';
 import { DataPlane } from './data-plane';
 import { Exposure } from './exposure';
-import { Command, Effect, Event, MachineState, step } from './machine';
+import { Command, Effect, Event, MachineState, peerServes, step } from './machine';
 import { MetadataStore, mintUuid } from './metadata-store';
 import { PeerSession } from './peer-session';
 import { ResyncClock } from './status';
@@ -36,6 +36,9 @@ function asNraidError(error: unknown): NraidError {
   if (error instanceof NraidError) return error;
   return new InternalError(error instanceof Error ? error.message : String(error));
 }
+
+/** Effects that write the backing disk. */
+const DISK_EFFECTS: ReadonlySet<Effect['kind']> = new Set<Effect['kind']>(['persist', 'persist-bitmap', 'activity-log-reset', 'arm-generation']);
 
 export class Runner extends EventEmitter {
   private queue: Event[] = [];
@@ -72,6 +75,8 @@ export class Runner extends EventEmitter {
         const { plane } = this.owners;
         const result = step(this.state, { event, nowMs: Date.now(), fresh: mintUuid(), outOfSyncBytes: plane.open ? plane.outOfSyncBytes() : 0 });
         this.state = result.state;
+        // Before any effect: a Diskless node's requests go to the peer only while it can serve them.
+        if (plane.open) plane.setPeerServes(peerServes(this.state));
         let failure: NraidError | null = null;
         for (const effect of result.effects) {
           try {
@@ -99,6 +104,11 @@ export class Runner extends EventEmitter {
 
   private async execute(effect: Effect): Promise<void> {
     const { plane, store, exposure, log } = this.owners;
+    // Detached: the failed disk is not written again, metadata neither (DRBD does the same).
+    if (this.state.diskless && DISK_EFFECTS.has(effect.kind)) {
+      log.info(`skipped ${effect.kind}: the disk is detached (Diskless)`);
+      return;
+    }
     switch (effect.kind) {
       case 'reply':
         if ('command' in effect.to) {
@@ -147,6 +157,9 @@ export class Runner extends EventEmitter {
       case 'clear-bitmap':
         plane.clearBitmap();
         return;
+      case 'mark-all':
+        plane.markAll();
+        return;
       case 'suspend-io':
         plane.setSuspended(true);
         log.warn('I/O suspended', { reason: effect.reason });
@@ -157,6 +170,12 @@ export class Runner extends EventEmitter {
         return;
       case 'set-protocol':
         plane.setProtocol(effect.protocol);
+        return;
+      case 'detach-disk':
+        plane.detachDisk(effect.why);
+        return;
+      case 'set-on-io-error':
+        plane.setOnIoError(effect.policy);
         return;
       case 'run-hook':
         return this.runHook(effect.hook);

@@ -5,7 +5,7 @@
 import { NativeCounters } from '../native';
 import { Superblock } from '../metadata';
 import { ResourceStatus } from '../state';
-import { MachineState, diskState } from './machine';
+import { MachineState, diskState, peerServes } from './machine';
 import { DamageReport } from './metadata-damage';
 
 export interface ResyncClock {
@@ -51,14 +51,19 @@ function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
 
 export function snapshot(f: StatusFacts): ResourceStatus {
   const { state: s, counters: c, superblock: sb } = f;
-  const connected = s.connection === 'Connected' && s.peer !== null;
+  // Connected means what an operator reads it as: the handshake is done and the session was
+  // accepted. While both sides still compare generations and roles (a split brain, two
+  // Primaries), the link is up but nothing is agreed: that is still Connecting. Found by the
+  // torture runner (seed 20261202): a Primary showed Connected to a Primary peer for the
+  // moment before it refused the session.
+  const connected = s.connection === 'Connected' && s.peer !== null && s.session?.setup === 'ready';
   return {
     resource: s.config.resource,
     node: s.config.local,
     peer: s.config.peer,
     role: s.role,
     disk: sb === null ? 'Diskless' : diskState(s),
-    connection: s.connection,
+    connection: s.connection === 'Connected' && !connected ? 'Connecting' : s.connection,
     replication: s.replication,
     peerRole: connected ? s.peer!.role : 'Unknown',
     peerDisk: connected ? s.peer!.disk : 'DUnknown',
@@ -98,10 +103,15 @@ export function snapshot(f: StatusFacts): ResourceStatus {
     ioSuspended: s.ioSuspended,
     discardMyData: s.discardMyData,
     switchoverUnknown: s.switchoverUnknown,
+    diskFailure: s.diskFailure,
+    servedByPeer: s.diskless && peerServes(s),
+    localIoErrors: c?.localIoErrors ?? 0,
+    peerReads: c?.peerReads ?? 0,
+    peerWrites: c?.peerWrites ?? 0,
     pid: process.pid,
     metadataDamage: (f.metadataDamage ?? []).map((report) => ({ ...report })),
   };
 }
 
 /** The fields whose changes are events (counters are not). */
-export const EVENT_KEYS = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision', 'splitBrain', 'ioSuspended', 'switchoverUnknown'] as const;
+export const EVENT_KEYS = ['role', 'disk', 'connection', 'replication', 'peerRole', 'peerDisk', 'exposed', 'loopDevice', 'protocol', 'syncDecision', 'splitBrain', 'ioSuspended', 'switchoverUnknown', 'servedByPeer'] as const;

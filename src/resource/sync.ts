@@ -22,6 +22,7 @@ import {
   splitBrainFacts,
   suspendIo,
 } from './machine-core';
+import { disklessSession, peerDiskless } from './disk-failure';
 export function sideView(role: Role, disk: DiskState, uuids: PeerView['uuids']): SideView {
   return { uuids, disk, primary: role === 'Primary' };
 }
@@ -30,6 +31,24 @@ export function sessionUp(s: MachineState, fx: Effect[], event: { sessionId: num
   s.peer = event.peer;
   s.peerLeftAsPrimary = false;
   s.session = { id: event.sessionId, dialer: event.dialer, setup: 'deciding', direction: null, resyncAllowed: false, parkedSocket: null, attached: false, syncNoticed: false, peerFacts: undefined, factsAnswered: false };
+  peerDiskless(s, fx, input);
+  const diskless = disklessSession(s, input);
+  if (diskless !== null) {
+    // No resync either way: the UpToDate side keeps its data and its generation.
+    s.decision = null;
+    if (s.switchoverUnknown) resolveUnknownSwitchover(s, fx);
+    if ('refuse' in diskless) {
+      if (diskless.standAlone) return refuseSession(s, fx, diskless.refuse);
+      s.session = { ...s.session, setup: 'refused' };
+      s.lastLinkError = diskless.refuse;
+      fx.push({ kind: 'log', level: 'warn', message: 'session dropped', fields: { reason: diskless.refuse } });
+      fx.push({ kind: 'drop-session', reason: diskless.refuse });
+      return { state: s, effects: fx };
+    }
+    fx.push({ kind: 'log', level: 'info', message: 'peer connected', fields: { peer: s.config.peer, decision: 'diskless', direction: diskless.direction } });
+    s.session = { ...s.session, direction: diskless.direction };
+    return setupReady(s, fx);
+  }
   s.decision = decideSync(sideView(s.role, diskState(s), s.md.uuids), sideView(event.peer.role, event.peer.disk, event.peer.uuids));
   if (s.switchoverUnknown) resolveUnknownSwitchover(s, fx);
   if (s.decision.kind === 'split-brain') {

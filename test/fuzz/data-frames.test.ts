@@ -67,8 +67,10 @@ const HEADER_BYTES = FRAME.headerBytes;
 const O = Object.fromEntries(FRAME.fields.map((f) => [f.name, f.offset])) as Record<string, number>;
 const HEADER_CRC_AT = fieldOffset(FRAME, 'headerCrc');
 const PAYLOAD_TYPES = new Set(FRAME.typesWithPayload.map((name) => T[name]));
-const RANGED_TYPES = new Set([T.WRITE, T.RS_DATA, T.DISCARD, T.ZEROES]);
-const ORDERED_TYPES = new Set([T.WRITE, T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA]);
+/** READ_REQUEST and READ_REPLY: a Diskless Primary reads through its peer (on-io-error = detach). */
+const RANGED_TYPES = new Set([T.WRITE, T.RS_DATA, T.DISCARD, T.ZEROES, T.READ_REQUEST, T.READ_REPLY]);
+/** What the target takes from the source, in sequence. */
+const ORDERED_TYPES = new Set([T.WRITE, T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA, T.READ_REQUEST]);
 /** The header's fields as mutation targets (the crc last: set, it is never sealed over). */
 const HEADER_FIELDS = FRAME.fields.map((f) => ({ offset: f.offset, bytes: f.bytes as 2 | 4 | 8 }));
 
@@ -189,6 +191,7 @@ function checkHeader(h: Header, raw: Buffer, dataSizeBytes: number): Reason | nu
   if (binding.crc32c(raw.subarray(0, HEADER_CRC_AT)) !== h.headerCrc) return 'headerCrc';
   if (h.type === 0 || h.type > FRAME.typeMax) return 'type';
   if (PAYLOAD_TYPES.has(h.type) && h.length > FRAME.payloadBytesMax) return 'length';
+  if (h.type === T.READ_REQUEST && h.length > FRAME.payloadBytesMax) return 'length'; // the reply must fit one frame
   const ranged = RANGED_TYPES.has(h.type);
   const size = BigInt(dataSizeBytes);
   if (ranged && (h.offset > size || BigInt(h.length) > size - h.offset)) return 'range';
@@ -223,7 +226,7 @@ function modelTarget(stream: Buffer, dataSizeBytes: number, resyncAllowed: boole
   }
 }
 
-/** The backing file after `applied`: writes land, DISCARD and ZEROES read back as zeros (a punched hole, a zeroed range). */
+/** The backing file after `applied`: writes land, DISCARD and ZEROES read back as zeros (a punched hole, a zeroed range); reads change nothing. */
 function applyToModel(model: Buffer, applied: readonly Applied[]): void {
   for (const a of applied) {
     if (a.payload !== null) a.payload.copy(model, a.offset);
@@ -237,6 +240,10 @@ function expectedAcks(applied: readonly Applied[]): string[] {
   for (const a of applied) {
     if (a.type === T.BARRIER) {
       acks.push(`${T.BARRIER_ACK}:${a.seq}`);
+      continue;
+    }
+    if (a.type === T.READ_REQUEST) {
+      acks.push(`${T.READ_REPLY}:${a.seq}`);
       continue;
     }
     if ((a.flags & FRAME.flags.WANT_RECV_ACK) !== 0) acks.push(`${T.ACK_RECV}:${a.seq}`);
@@ -264,7 +271,7 @@ function caseArb(dataBlocks: number): fc.Arbitrary<CaseInput> {
   const specArb: fc.Arbitrary<FrameSpec> = fc.record({
     type: fc.oneof(
       { weight: 6, arbitrary: fc.constant(T.WRITE) },
-      { weight: 1, arbitrary: fc.constantFrom(T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA) },
+      { weight: 1, arbitrary: fc.constantFrom(T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA, T.READ_REQUEST) },
       { weight: 1, arbitrary: fc.oneof(fc.integer({ min: 0, max: FRAME.typeMax + 1 }), fc.integer({ min: 0, max: 0xffff })) },
     ),
     flags: fc.oneof({ weight: 4, arbitrary: fc.constantFrom(2, 3, 6, 7) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) }),
@@ -494,6 +501,8 @@ class TargetProcess {
 class AckReader {
   private buffered = Buffer.alloc(0);
   readonly acks: Header[] = [];
+  /** READ_REPLY frames with their data. */
+  readonly replies: { header: Header; payload: Buffer }[] = [];
   closed = false;
   private wake: (() => void) | null = null;
 
@@ -501,8 +510,13 @@ class AckReader {
     socket.on('data', (chunk: Buffer) => {
       this.buffered = Buffer.concat([this.buffered, chunk]);
       while (this.buffered.length >= HEADER_BYTES) {
-        this.acks.push(decodeHeader(this.buffered.subarray(0, HEADER_BYTES)));
-        this.buffered = this.buffered.subarray(HEADER_BYTES);
+        const h = decodeHeader(this.buffered.subarray(0, HEADER_BYTES));
+        // A READ_REPLY carries the data read (unless it says READ_ERROR).
+        const payloadBytes = h.type === T.READ_REPLY && (h.flags & FRAME.flags.READ_ERROR) === 0 ? h.length : 0;
+        if (this.buffered.length < HEADER_BYTES + payloadBytes) break;
+        this.acks.push(h);
+        if (payloadBytes > 0) this.replies.push({ header: h, payload: Buffer.from(this.buffered.subarray(HEADER_BYTES, HEADER_BYTES + payloadBytes)) });
+        this.buffered = this.buffered.subarray(HEADER_BYTES + payloadBytes);
       }
       this.poke();
     });

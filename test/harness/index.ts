@@ -10,6 +10,7 @@ export * from './netns';
 export * from './netns-resource';
 export * from './role-watch';
 export * from './stall-disk';
+export * from './failing-disk';
 export * from './link-kind-proxy';
 export * from './helpers';
 export * from './native-source';

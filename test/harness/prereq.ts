@@ -17,7 +17,9 @@ export type Need =
   | 'fio'
   | 'dd'
   /** bin/nraid and the compiled CLI it runs (dist/src/cli.js). */
-  | 'nraid-cli';
+  | 'nraid-cli'
+  /** nbdkit (with its error filter) and nbdfuse: the failing disk (failing-disk.ts). */
+  | 'nbdkit';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 
@@ -76,6 +78,7 @@ const checks: Record<Need, () => string | undefined> = {
   },
   fio: () => tool('fio', 'apt-get install fio'),
   dd: () => tool('dd', 'coreutils'),
+  nbdkit: () => tool('nbdkit', 'scripts/setup.sh installs it') ?? tool('nbdfuse', 'scripts/setup.sh installs it'),
   'nraid-cli': () => {
     const bin = path.join(REPO_ROOT, 'bin', 'nraid');
     const cli = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');

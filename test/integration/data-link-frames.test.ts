@@ -180,6 +180,20 @@ class FrameReader {
     }
   }
 
+  /** The next `lengthBytes` bytes (a frame's payload); rejects on close or timeout. */
+  async payload(lengthBytes: number, timeoutMs = 5000): Promise<Buffer> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (this.buffered.length >= lengthBytes) {
+        const out = Buffer.from(this.buffered.subarray(0, lengthBytes));
+        this.buffered = this.buffered.subarray(lengthBytes);
+        return out;
+      }
+      if (this.closedFlag) throw new Error(`the target closed the connection (${this.closeReason}) inside a payload`);
+      if (!(await this.waitChange(deadline))) throw new Error(`no payload of ${lengthBytes} bytes from the target within ${timeoutMs} ms`);
+    }
+  }
+
   /** Resolves once the target has closed the connection; rejects if it sends a frame or stays open. */
   async waitClosed(timeoutMs = 5000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
@@ -531,7 +545,7 @@ describeIntegration('data link frames: the target checks every frame before it t
   });
 
   test.each([
-    ['type 14 (one past the last)', 14],
+    [`type ${FRAME.typeMax + 1} (one past the last)`, FRAME.typeMax + 1],
     ['type 0', 0],
     ['type 0xffff', 0xffff],
     ['ACK_WRITE (a type the source never sends)', T.ACK_WRITE],
@@ -547,6 +561,49 @@ describeIntegration('data link frames: the target checks every frame before it t
       kind: 'protocolErrors',
       reason: /type/i,
       watch: [{ offsetBytes: 30 * MiB, lengthBytes: after.length }],
+    });
+  });
+
+  test('READ_REQUEST (a Diskless Primary reads through its peer) is answered after the overlapping writes before it', async () => {
+    const s = await attach();
+    const first = randomPayload(128 * KiB);
+    const second = randomPayload(64 * KiB);
+    // Two overlapping writes, then the read of the whole range, all at once: the read must see both, the later on top.
+    s.send(Buffer.concat([
+      writeFrame({ seq: 1, offset: 40 * MiB, requestId: 1 }, first),
+      writeFrame({ seq: 2, offset: 40 * MiB + 32 * KiB, requestId: 2 }, second),
+      encodeFrame({ type: T.READ_REQUEST, seq: 3, offset: 40 * MiB, length: 128 * KiB, requestId: 9 }),
+    ]));
+    const seen: Header[] = [];
+    let reply: Header | undefined;
+    let data: Buffer = Buffer.alloc(0);
+    while (reply === undefined) {
+      const h = await s.reader.next();
+      if (h.type === T.READ_REPLY) {
+        reply = h;
+        data = await s.reader.payload(h.length);
+      } else {
+        seen.push(h);
+      }
+    }
+    // Both writes were on the disk (acknowledged) before the reply left.
+    expect(seen.map((h) => [h.type, h.seq])).toEqual([[T.ACK_WRITE, 1n], [T.ACK_WRITE, 2n]]);
+    expect({ seq: reply.seq, requestId: reply.requestId, offset: reply.offset, length: reply.length, flags: reply.flags }).toEqual({
+      seq: 3n, requestId: 9, offset: BigInt(40 * MiB), length: 128 * KiB, flags: 0,
+    });
+    expect(reply.payloadCrc).toBe(binding.crc32c(data));
+    const expected = Buffer.from(first);
+    second.copy(expected, 32 * KiB);
+    expect(data.equals(expected)).toBe(true);
+    expect(s.reader.closed).toBe(false);
+  });
+
+  test('a READ_REQUEST for more than one request (1 MiB) is a protocol error', async () => {
+    await expectRejected({
+      bad: encodeFrame({ type: T.READ_REQUEST, seq: 1, offset: 0, length: REQUEST_BYTES_MAX + 4 * KiB }),
+      kind: 'protocolErrors',
+      reason: /length/i,
+      watch: [],
     });
   });
 
@@ -859,8 +916,10 @@ describeIntegration('data link frames: a write the target\'s disk refuses', ['ro
       }
     }
     await until("a 'link-lost' event", () => events.some((e) => e.type === 'link-lost'), 5000);
-    expect(events.map((e) => e.type)).toEqual(['link-lost']);
+    // The disk error is reported as such first (the control plane's on-io-error decides), then the link drops.
+    expect(events.map((e) => e.type)).toEqual(['disk-failed', 'link-lost']);
     expect(events[0].detail).toMatch(/write to the target's disk failed: No space left on device/);
+    expect(events[1].detail).toMatch(/write to the target's disk failed: No space left on device/);
 
     // Some writes fit and are acknowledged; the disk refused the rest, which are not.
     expect(acked.length).toBeGreaterThan(0);

@@ -84,6 +84,7 @@ describe('parseConfig: a valid file', () => {
     expect(config.maxLagMs).toBe(limits.maxLagMsDefault);
     expect(config.frontendThreads).toBe(limits.frontendThreadsDefault);
     expect(config.onNoPeer).toBe('continue');
+    expect(config.onIoError).toBe('detach');
     expect(config.afterSb0pri).toBe('disconnect');
     expect(config.metricsPort).toBeNull();
     expect(config.hooks).toEqual({ splitBrain: null, fencePeer: null });
@@ -93,7 +94,7 @@ describe('parseConfig: a valid file', () => {
     const config = parse();
     const fields: Array<keyof ResourceConfig> = [
       'path', 'resource', 'protocol', 'secret', 'pingIntervalMs', 'pingTimeoutMs', 'connectRetryMs', 'maxLagBytes',
-      'maxLagMs', 'frontendThreads', 'onNoPeer', 'afterSb0pri', 'metricsPort', 'hooks', 'nodes',
+      'maxLagMs', 'frontendThreads', 'onNoPeer', 'afterSb0pri', 'metricsPort', 'hooks', 'nodes', 'onIoError',
     ];
     for (const field of fields) expect(config[field]).not.toBeUndefined();
     expect(Object.keys(config).sort()).toEqual([...fields].sort());
@@ -111,6 +112,7 @@ describe('parseConfig: a valid file', () => {
       'on-no-peer': 'suspend-io',
       'after-sb-0pri': 'discard-least-changes',
       'metrics-port': 9942,
+      'on-io-error': 'pass-on',
       'hooks.split-brain': '/usr/lib/nraid/notify-split-brain',
       'hooks.fence-peer': '/usr/lib/nraid/fence',
       'nodes.alpha.run-dir': '/tmp/nraid-a',
@@ -125,6 +127,7 @@ describe('parseConfig: a valid file', () => {
     expect(config.onNoPeer).toBe('suspend-io');
     expect(config.afterSb0pri).toBe('discard-least-changes');
     expect(config.metricsPort).toBe(9942);
+    expect(config.onIoError).toBe('pass-on');
     expect(config.hooks).toEqual({ splitBrain: '/usr/lib/nraid/notify-split-brain', fencePeer: '/usr/lib/nraid/fence' });
     expect(config.nodes[0].runDir).toBe('/tmp/nraid-a');
   });

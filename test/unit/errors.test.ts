@@ -166,6 +166,7 @@ describe('error classes', () => {
       CommandFailedError: 'NRAID_ERR_COMMAND_FAILED',
       DaemonStartError: 'NRAID_ERR_DAEMON_START',
       InternalError: 'NRAID_ERR_INTERNAL',
+      StaleDeviceError: 'NRAID_ERR_STALE_DEVICE',
     });
   });
 

@@ -40,10 +40,10 @@ describe('the frame layout parsed from native/frame.h', () => {
     for (const [name, offset] of Object.entries(layout.asserted.offsets)) expect({ name, offset: fieldOffset(layout, name) }).toEqual({ name, offset });
   });
 
-  test('names every type of DESIGN.md §7 and the HELLO of the handshake', () => {
+  test('names every type of DESIGN.md §7, the HELLO of the handshake and the Diskless read pair', () => {
     expect(Object.keys(layout.types)).toEqual([
       'WRITE', 'DISCARD', 'ZEROES', 'BARRIER', 'ACK_RECV', 'ACK_WRITE', 'BARRIER_ACK',
-      'RS_DATA', 'RS_REQUEST', 'RS_IS_IN_SYNC', 'OV_REQUEST', 'OV_REPLY', 'HELLO',
+      'RS_DATA', 'RS_REQUEST', 'RS_IS_IN_SYNC', 'OV_REQUEST', 'OV_REPLY', 'HELLO', 'READ_REQUEST', 'READ_REPLY',
     ]);
     expect(layout.typeMax).toBe(Math.max(...Object.values(layout.types)));
   });

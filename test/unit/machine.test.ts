@@ -5,8 +5,9 @@
  */
 import { NotUpToDateError, PromotionConflictError, StateError, SwitchoverOutcomeUnknownError } from '../../src/errors';
 import { UUID_JUST_CREATED, flagBits } from '../../src/metadata';
-import { Effect, Event, MachineState, PeerView, Step, diskState, initialState, step } from '../../src/resource/machine';
+import { Effect, Event, MachineState, PeerView, Step, diskState, initialState, peerServes, step } from '../../src/resource/machine';
 import { MetadataView } from '../../src/resource/metadata-change';
+import { snapshot } from '../../src/resource/status';
 
 const GEN = 0x1111_2222_3333_4444n;
 const OLD = 0x0aaa_bbbb_cccc_ddddn;
@@ -22,7 +23,7 @@ function md(over: Partial<MetadataView['flags']> = {}, uuids: Partial<MetadataVi
 
 function node(name: 'alpha' | 'beta', meta: MetadataView = md()): MachineState {
   return initialState(
-    { resource: 'r0', device: '/dev/nraid/r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect', peerGraceMs: 5000 },
+    { resource: 'r0', device: '/dev/nraid/r0', local: name, peer: name === 'alpha' ? 'beta' : 'alpha', onNoPeer: 'continue', onIoError: 'detach', fencePeer: false, splitBrainHook: false, afterSb0pri: 'disconnect', peerGraceMs: 5000 },
     meta,
     'C',
   );
@@ -649,4 +650,164 @@ test('race: the peer turned the session around after its promotion: no promotion
   // A failure (no goodbye) is the unplanned failover: promotion is allowed at once.
   const crashed = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }, { type: 'command', id: 1, command: { name: 'primary', force: false } }]);
   expect(crashed.last.tag).toBe('promote');
+});
+
+describe('on-io-error (a failing backing disk)', () => {
+  const emitted = (effects: Effect[]) => effects.filter((e): e is Extract<Effect, { kind: 'emit' }> => e.kind === 'emit').map((e) => e.event);
+
+  test('detach, Primary with an UpToDate peer: Diskless, served by the peer, the peer is told; no metadata written', () => {
+    const s = established('alpha', 'Primary');
+    const r = run(s, [{ type: 'disk-failed', detail: 'write: Input/output error' }]);
+    expect(r.state.diskless).toBe(true);
+    expect(diskState(r.state)).toBe('Diskless');
+    expect(r.state.diskFailure).toBe('write: Input/output error');
+    expect(peerServes(r.state)).toBe(true);
+    expect(kinds(r.effects)).toEqual(['log', 'emit', 'emit', 'send-state']);
+    expect(emitted(r.effects)[0]).toMatchObject({ type: 'disk-failed', servedByPeer: true, role: 'Primary' });
+    expect(r.state.connection).toBe('Connected');
+    // A second report changes nothing.
+    expect(run(r.state, [{ type: 'disk-failed', detail: 'again' }]).effects).toEqual([]);
+  });
+
+  test('detach, Primary alone: Diskless, and the log says that errors reach the application', () => {
+    const s = { ...node('alpha'), role: 'Primary' as const, exposed: true };
+    const r = run(s, [{ type: 'disk-failed', detail: 'read: Input/output error' }]);
+    expect(diskState(r.state)).toBe('Diskless');
+    expect(peerServes(r.state)).toBe(false);
+    const log = r.effects.find((e) => e.kind === 'log') as Extract<Effect, { kind: 'log' }>;
+    expect(log.message).toMatch(/I\/O errors reach the application/);
+    // A Diskless Primary that loses its peer mints nothing (it writes no metadata).
+    const lost = run(established('alpha', 'Primary'), [{ type: 'disk-failed', detail: 'x' }, { type: 'session-down', reason: 'cut' }]);
+    expect(kinds(lost.effects)).not.toContain('arm-generation');
+  });
+
+  test('detach, Secondary: Diskless and StandAlone (the Primary records what it misses)', () => {
+    const s = established('beta', 'Secondary', { role: 'Primary' });
+    const r = run(s, [{ type: 'disk-failed', detail: "write to the target's disk failed: Input/output error" }]);
+    expect(diskState(r.state)).toBe('Diskless');
+    expect(kinds(r.effects)).toEqual(['log', 'emit', 'emit', 'send-state', 'link-disconnect']);
+  });
+
+  test('pass-on: nothing changes but a log line and an event', () => {
+    const s = established('alpha', 'Primary');
+    const passOn = { ...s, config: { ...s.config, onIoError: 'pass-on' as const } };
+    const r = run(passOn, [{ type: 'disk-failed', detail: 'write: Input/output error' }]);
+    expect(r.state.diskless).toBe(false);
+    expect(diskState(r.state)).toBe('UpToDate');
+    expect(kinds(r.effects)).toEqual(['log', 'emit']);
+  });
+
+  test("the UpToDate peer of a Diskless Primary starts its own generation once, with every bit set; the Primary follows it in memory", () => {
+    const beta = established('beta', 'Secondary', { role: 'Primary' });
+    const diskless = peer({ role: 'Primary', disk: 'Diskless' });
+    const r = run(beta, [{ type: 'peer-state', peer: diskless }]);
+    expect(kinds(r.effects)).toEqual(['log', 'mark-all', 'persist-bitmap', 'persist:peer-disk-lost', 'send-state']);
+    expect(r.state.md.uuids.bitmap).toBe(GEN);
+    expect(r.state.md.uuids.current).not.toBe(GEN);
+    expect(run(r.state, [{ type: 'peer-state', peer: diskless }]).effects).toEqual([]);
+    // alpha, Diskless, hears beta's new state and takes its generation (no persist: it writes nothing).
+    const alpha = run(established('alpha', 'Primary'), [{ type: 'disk-failed', detail: 'x' }]).state;
+    const follows = run(alpha, [{ type: 'peer-state', peer: peer({ uuids: r.state.md.uuids }) }]);
+    expect(follows.state.md.uuids.current).toBe(r.state.md.uuids.current);
+    expect(kinds(follows.effects)).toEqual(['log']);
+    // An unrelated generation is not followed.
+    const stranger = run(alpha, [{ type: 'peer-state', peer: peer({ uuids: { current: 0x77n, bitmap: 0x66n, history: [0n, 0n] } }) }]);
+    expect(stranger.state.md.uuids.current).toBe(GEN);
+  });
+
+  test('handshakes with a Diskless side: a Diskless Primary sends to its UpToDate peer with no resync; anything else is refused', () => {
+    const alpha = run({ ...node('alpha'), role: 'Primary' as const, exposed: true }, [{ type: 'disk-failed', detail: 'x' }]).state;
+    const up = run(alpha, [{ type: 'connection', state: 'Connected' }, { type: 'session-up', sessionId: 2, dialer: true, peer: peer() }]);
+    expect(up.state.session!.direction).toBe('source');
+    expect(kinds(up.effects)).not.toContain('merge-peer-bitmap');
+    expect(kinds(up.effects)).toContain('open-data');
+    // Something marked out of sync here (acknowledged before the disk failed, maybe not on the peer): refused.
+    const marked = run(alpha, [{ type: 'connection', state: 'Connected' }, { type: 'session-up', sessionId: 2, dialer: true, peer: peer() }], 4096);
+    expect(kinds(marked.effects)).toContain('link-disconnect');
+    // A Diskless Secondary stays away until attach; its peer only drops the session (it keeps listening).
+    const betaDiskless = run(node('beta'), [{ type: 'disk-failed', detail: 'x' }]).state;
+    const away = run(betaDiskless, [{ type: 'connection', state: 'Connected' }, { type: 'session-up', sessionId: 3, dialer: false, peer: peer({ role: 'Primary' }) }]);
+    expect(kinds(away.effects)).toContain('link-disconnect');
+    const primary = { ...node('alpha'), role: 'Primary' as const, exposed: true };
+    const drop = run(primary, [{ type: 'connection', state: 'Connected' }, { type: 'session-up', sessionId: 3, dialer: true, peer: peer({ disk: 'Diskless' }) }]);
+    expect(kinds(drop.effects)).toContain('drop-session');
+    expect(kinds(drop.effects)).not.toContain('link-disconnect');
+    // The UpToDate target of a Diskless Primary: no target-begins (its data stays UpToDate).
+    const target = run(node('beta'), [{ type: 'connection', state: 'Connected' }, { type: 'session-up', sessionId: 4, dialer: false, peer: peer({ role: 'Primary', disk: 'Diskless' }) }]);
+    expect(target.state.session!.direction).toBe('target');
+    expect(kinds(target.effects)).not.toContain('persist:target-begins');
+  });
+
+  test('attach: refused with a disk attached and on a Diskless Primary (switch over first); allowed on a Diskless Secondary', () => {
+    const attached = run(node('beta'), [{ type: 'command', id: 1, command: { name: 'attach' } }]);
+    expect(replies(attached.effects)[0].error).toBeInstanceOf(StateError);
+    const primary = run(established('alpha', 'Primary'), [{ type: 'disk-failed', detail: 'x' }, { type: 'command', id: 2, command: { name: 'attach' } }]);
+    expect(replies(primary.effects)[0].error!.message).toMatch(/switch over first/);
+    const secondary = run(node('beta'), [{ type: 'disk-failed', detail: 'x' }, { type: 'command', id: 3, command: { name: 'attach' } }]);
+    expect(replies(secondary.effects)[0].error).toBeNull();
+  });
+
+  test('a Diskless Primary may switch over to its UpToDate peer; a failed switchover takes the role back without forcing a generation', () => {
+    const s = run(established('alpha', 'Primary'), [{ type: 'disk-failed', detail: 'x' }]).state;
+    const r = run(s, [{ type: 'command', id: 1, command: { name: 'switchover', holder: null, syncPercent: null } }]);
+    expect(r.last.tag).toBe('switchover-demote');
+    const back = run(r.state, [{ type: 'program-done', tag: 'switchover-demote', error: null }, { type: 'drained', error: 'the peer did not catch up' }]);
+    expect(kinds(back.effects)).not.toContain('persist:forced-promotion');
+    expect(back.state.md.uuids.current).toBe(GEN);
+  });
+
+  test('nraid detach: a Primary served by its peer, or a Secondary, goes Diskless whatever the policy; a lone Primary is refused', () => {
+    const s = established('alpha', 'Primary');
+    const passOn = { ...s, config: { ...s.config, onIoError: 'pass-on' as const } };
+    const r = run(passOn, [{ type: 'command', id: 1, command: { name: 'detach' } }]);
+    expect(diskState(r.state)).toBe('Diskless');
+    expect(kinds(r.effects)).toEqual(['log', 'emit', 'emit', 'send-state', 'detach-disk', 'reply']);
+    expect(replies(r.effects)[0].error).toBeNull();
+    // The data plane's own disk-failed report afterwards changes nothing.
+    expect(run(r.state, [{ type: 'disk-failed', detail: 'detached by the operator (nraid detach)' }]).effects).toEqual([]);
+    const again = run(r.state, [{ type: 'command', id: 2, command: { name: 'detach' } }]);
+    expect(replies(again.effects)[0].error!.message).toMatch(/Diskless already/);
+    const alone = run({ ...node('alpha'), role: 'Primary' as const, exposed: true }, [{ type: 'command', id: 3, command: { name: 'detach' } }]);
+    expect(replies(alone.effects)[0].error!.message).toMatch(/not an UpToDate peer/);
+    expect(alone.state.diskless).toBe(false);
+    const secondary = run(established('beta', 'Secondary', { role: 'Primary' }), [{ type: 'command', id: 4, command: { name: 'detach' } }]);
+    expect(kinds(secondary.effects)).toContain('link-disconnect');
+    expect(kinds(secondary.effects)).toContain('detach-disk');
+  });
+
+  test('adjust changes on-io-error', () => {
+    const r = run(node('alpha'), [{ type: 'command', id: 1, command: { name: 'adjust', protocol: 'C', onIoError: 'pass-on' } }]);
+    expect(r.state.config.onIoError).toBe('pass-on');
+    expect(kinds(r.effects)).toEqual(['log', 'set-on-io-error', 'reply']);
+  });
+});
+
+describe('status: Connected only once the session is agreed', () => {
+  const facts = (state: MachineState) => ({ state, counters: null, superblock: null, resync: null, device: '/dev/nraid/r0', backingDisk: '/dev/x', exposed: false, loopDevice: null, nowMs: 0 });
+
+  // Regression (torture seed 20261202, step 56): two Primaries met after a promotion made while
+  // apart; one showed Connected to a Primary peer for the moment before it refused the session.
+  test('two Primaries meeting: Connecting while they decide, StandAlone once refused, never Connected', () => {
+    const s = node('alpha');
+    const up = run({ ...s, role: 'Primary', exposed: true }, [
+      { type: 'connection', state: 'Connected' },
+      { type: 'session-up', sessionId: 1, dialer: true, peer: peer({ role: 'Primary' }) },
+    ]);
+    expect(up.state.session!.setup).toBe('refused');
+    const shown = snapshot(facts(up.state));
+    expect(shown.connection).toBe('Connecting');
+    expect(shown.peerRole).toBe('Unknown');
+  });
+
+  test('an accepted session is Connected with the peer role shown', () => {
+    const st = established('alpha', 'Secondary', { role: 'Primary' });
+    const shown = snapshot(facts(st));
+    expect(shown.connection).toBe('Connected');
+    expect(shown.peerRole).toBe('Primary');
+  });
+
+  test('link up, no session yet: Connecting', () => {
+    const st = run(node('beta'), [{ type: 'connection', state: 'Connected' }]).state;
+    expect(snapshot(facts(st)).connection).toBe('Connecting');
+  });
 });

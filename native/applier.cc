@@ -251,7 +251,8 @@ void Applier::receive_loop() {
           free_buffers_.push_back(buffer);
         }
         if (rc != 0) {
-          fail(std::string("data link receive: ") + strerror(-rc));
+          // The end of the stream inside a payload reads as it does between frames, not as "Broken pipe".
+          fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
         } else {
           counters_->checksum_errors.fetch_add(1, std::memory_order_relaxed);
           fail("frame rejected: payload checksum mismatch at offset " + std::to_string(header.offset));

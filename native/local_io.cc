@@ -105,6 +105,9 @@ int LocalDisk::read(void* data, uint64_t length_bytes, uint64_t offset_bytes) {
 int LocalDisk::flush() { return ::fdatasync(fd_) == 0 ? 0 : -errno; }
 
 int LocalDisk::discard(uint64_t offset_bytes, uint64_t length_bytes) {
+  // Nothing to do; fallocate() would refuse it with EINVAL, which a caller
+  // (the applier, for a peer's frame) would take for a failing disk.
+  if (length_bytes == 0) return 0;
   if (is_block_device_) {
     uint64_t range[2] = {offset_bytes, length_bytes};
     if (ioctl(fd_, BLKDISCARD, range) == 0) return 0;
@@ -117,6 +120,7 @@ int LocalDisk::discard(uint64_t offset_bytes, uint64_t length_bytes) {
 }
 
 int LocalDisk::zero_out(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (length_bytes == 0) return 0;  // as for discard()
   if (is_block_device_) {
     uint64_t range[2] = {offset_bytes, length_bytes};
     return ioctl(fd_, BLKZEROOUT, range) == 0 ? 0 : -errno;

@@ -41,16 +41,47 @@ export function newestTransaction(area: Buffer): ActivityTransaction | null {
   return best;
 }
 
-/** Bitmap words (little-endian u64, the on-disk layout) with every block of the extents set. */
+/**
+ * Bitmap words (little-endian u64, the on-disk layout) with every block of the
+ * extents set. The extents become runs of bits, merged, then set a byte at a
+ * time: the work is bounded by the bitmap's size, whatever the extent size
+ * and numbers say (inspectActivityLog checks them for recovery; set one bit
+ * at a time, 1000 extents of a huge extent size took minutes on a large
+ * device, with the event loop blocked).
+ */
 export function extentsToBitmap(extents: readonly number[], extentBytes: number, granularityBytes: number, dataSizeBytes: number, wordsBytes: number): Buffer {
   const words = Buffer.alloc(wordsBytes);
-  const bits = Math.ceil(dataSizeBytes / granularityBytes);
+  const bits = Math.min(Math.ceil(dataSizeBytes / granularityBytes), wordsBytes * 8);
+  const runs: Array<[number, number]> = [];
   for (const extent of extents) {
     const first = Math.floor((extent * extentBytes) / granularityBytes);
-    const last = Math.min(bits, Math.floor(((extent + 1) * extentBytes) / granularityBytes)) - 1;
-    for (let bit = first; bit <= last; bit++) words[bit >> 3] |= 1 << (bit & 7);
+    const end = Math.min(bits, Math.floor(((extent + 1) * extentBytes) / granularityBytes));
+    if (first < end) runs.push([first, end]);
+  }
+  runs.sort((a, b) => a[0] - b[0]);
+  let covered = 0;
+  for (const [first, end] of runs) {
+    if (end <= covered) continue;
+    setBits(words, Math.max(first, covered), end);
+    covered = end;
   }
   return words;
+}
+
+/**
+ * Sets bits [from, end) (bit i is bit i % 8 of byte i / 8): loose bits at the
+ * edges, whole bytes between. Division, not `>> 3`: a bitmap of more than
+ * 2^31 bits (8 TiB of data at 4 KiB) has bit numbers past 32-bit shifts.
+ */
+function setBits(words: Buffer, from: number, end: number): void {
+  let bit = from;
+  for (; bit < end && bit % 8 !== 0; bit++) words[Math.floor(bit / 8)] |= 1 << bit % 8;
+  const wholeBytesEnd = Math.floor(end / 8);
+  if (bit / 8 < wholeBytesEnd) {
+    words.fill(0xff, bit / 8, wholeBytesEnd);
+    bit = wholeBytesEnd * 8;
+  }
+  for (; bit < end; bit++) words[Math.floor(bit / 8)] |= 1 << bit % 8;
 }
 
 /** One record of the ring that is neither blank nor a valid transaction. */

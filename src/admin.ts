@@ -144,19 +144,28 @@ export class AdminServer {
         socket.destroy();
         return;
       }
-      for (const frame of frames) void this.dispatch(socket, frame as AdminRequest, closed);
+      // dispatch settles every failure itself; a rejection left over would end the daemon.
+      for (const frame of frames) void this.dispatch(socket, frame as AdminRequest, closed).catch(() => socket.destroy());
     });
   }
 
   private async dispatch(socket: net.Socket, request: AdminRequest, closed: Promise<void>): Promise<void> {
-    const write = (reply: AdminReply) => {
-      if (!socket.destroyed) socket.write(encodeFrame(reply));
-    };
     const id = typeof request?.id === 'number' ? request.id : 0;
+    const write = (reply: AdminReply) => {
+      if (socket.destroyed) return;
+      let frame: Buffer;
+      try {
+        frame = encodeFrame(reply);
+      } catch (error) {
+        // A reply that cannot be sent (too large) becomes an error reply that can.
+        frame = encodeFrame({ id, ok: false, error: errorReply(error) });
+      }
+      socket.write(frame);
+    };
     const handler = typeof request?.command === 'string' ? this.handlers.get(request.command) : undefined;
     if (handler === undefined) {
       const unknown = new UsageError(
-        `the daemon does not know the command "${String(request?.command)}"; are the CLI and the daemon the same nraid version? restart the daemon after an upgrade`,
+        `the daemon does not know the command ${describeCommand(request?.command)}; are the CLI and the daemon the same nraid version? restart the daemon after an upgrade`,
       );
       write({ id, ok: false, error: errorReply(unknown) });
       return;
@@ -169,6 +178,16 @@ export class AdminServer {
       write({ id, ok: false, error: errorReply(error) });
     }
   }
+}
+
+/** Command names quoted in replies at most this long: the name comes from the client, up to a whole frame. */
+const COMMAND_QUOTED_CHARS_MAX = 64;
+
+/** `"status"`, or the start of a long name, or what was sent instead of a name. */
+function describeCommand(command: unknown): string {
+  if (typeof command !== 'string') return `(a ${command === null ? 'null' : typeof command} where the command name belongs)`;
+  if (command.length <= COMMAND_QUOTED_CHARS_MAX) return JSON.stringify(command);
+  return `${JSON.stringify(command.slice(0, COMMAND_QUOTED_CHARS_MAX))}... (${command.length} characters)`;
 }
 
 /** One request, one reply. Throws NotUpError when no daemon listens on the socket. */

@@ -501,7 +501,7 @@ export class Torture {
       ['connect', this.disconnected.size > 0 ? 2 : 0],
       ['adjust', 0.7],
       // Only where a Primary has an UpToDate peer to serve it: a lone Primary's failing disk sends errors to the writer by design.
-      ['disk-fails', this.opts.diskFaults && bothUp && this.linkWhole() && this.writer.writingTo !== null ? 0.7 : 0],
+      ['disk-fails', this.opts.diskFaults && bothUp && this.linkWhole() && this.writer.writingTo !== null ? 1.5 : 0],
       ['converge', 0.8],
     ];
     const uncovered = (this.opts.mustCover ?? []).filter((k) => !this.drawn.has(k));

@@ -17,6 +17,10 @@
  *    sample must answer within DAEMON_ANSWER_MS, and the pair must converge
  *    (settle) within SETTLE_TIMEOUT_MS once the faults are undone.
  *
+ * With `diskFaults` both backing disks are failing disks (nbdkit's error
+ * filter behind nbdfuse) and one may fail under the writer: a Primary served
+ * by its UpToDate peer, or a Secondary leaving, with no write failing.
+ *
  * The schedule is a function of the seed and of what the runner saw, so a
  * replay (`--replay SEED:STEP`) re-runs the same steps up to STEP.
  */

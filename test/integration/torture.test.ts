@@ -6,7 +6,7 @@
  * the final settle point. Asserts the summary: no invariant failed (no
  * acknowledged write lost, never two Primaries while connected, identical
  * data areas after every resync, no hang), enough steps, every main fault
- * hit, writes acknowledged, failovers checked against the writer's log.
+ * hit (a failing backing disk included: nbdkit behind nbdfuse), writes acknowledged, failovers checked against the writer's log.
  *
  * Replay a failure outside jest with the command the failure message gives
  * (`npm run torture -- --replay SEED:STEP`).
@@ -16,14 +16,14 @@ import { formatSummary, StepKind, Torture, TortureSummary } from '../torture/run
 
 const SEED = 20261202;
 const MINUTES = 1.5;
-const MAIN_KINDS: readonly StepKind[] = ['writes', 'partition-both', 'partition-one-way', 'kill', 'switchover', 'switchover-kill', 'promote', 'slow-link', 'bit-flip', 'stall-link', 'adjust', 'kill-mid-resync'];
+const MAIN_KINDS: readonly StepKind[] = ['writes', 'partition-both', 'partition-one-way', 'kill', 'switchover', 'switchover-kill', 'promote', 'slow-link', 'bit-flip', 'stall-link', 'adjust', 'kill-mid-resync', 'disk-fails'];
 const MIN_STEPS = 15;
 
-describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'loop', 'ip-netns', 'nraid-cli', 'dd'], () => {
+describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'loop', 'ip-netns', 'nraid-cli', 'dd', 'nbdkit'], () => {
   let summary: TortureSummary;
 
   beforeAll(async () => {
-    summary = await new Torture({ seed: SEED, minutes: MINUTES, mustCover: MAIN_KINDS, verbose: false, canary: true }).run();
+    summary = await new Torture({ seed: SEED, minutes: MINUTES, mustCover: MAIN_KINDS, verbose: false, canary: true, diskFaults: true }).run();
     console.log(formatSummary(summary));
   }, 240_000);
 
@@ -43,6 +43,7 @@ describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'lo
       slowLink: hit('slow-link') && hit('stall-link'),
       bitFlipsDelivered: hit('bit-flips-delivered'),
       adjust: Object.keys(summary.faults).some((k) => k.startsWith('adjust-')),
+      diskFails: Object.keys(summary.faults).some((k) => k.startsWith('disk-fails-')) && hit('disk-attached'),
       writesAcknowledged: summary.writesAcknowledged > 50,
       writesLost: summary.writesLost,
       failoversChecked: summary.failoversChecked > 0,
@@ -60,6 +61,7 @@ describeIntegration('torture: a short fixed-seed schedule', ['root', 'fuse', 'lo
       slowLink: true,
       bitFlipsDelivered: true,
       adjust: true,
+      diskFails: true,
       writesAcknowledged: true,
       writesLost: 0,
       failoversChecked: true,

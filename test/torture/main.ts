@@ -1,5 +1,5 @@
 /**
- * `npm run torture -- --minutes N --seed S [--replay S:STEP] [--quiet]`
+ * `npm run torture -- --minutes N --seed S [--replay S:STEP] [--no-disk-faults] [--quiet]`
  * (package.json: tsc, then node dist/test/torture/main.js). Runs the torture
  * runner (runner.ts), prints its summary, and exits 1 if an invariant failed
  * (the summary then gives the seed, the step and the --replay command). The
@@ -8,15 +8,17 @@
 import { cleanupAll } from '../harness/cleanup';
 import { formatSummary, StepKind, Torture } from './runner';
 
-const USAGE = 'usage: npm run torture -- [--minutes N] [--seed S] [--replay S:STEP] [--cover KIND,KIND] [--canary] [--quiet]';
+const USAGE = 'usage: npm run torture -- [--minutes N] [--seed S] [--replay S:STEP] [--cover KIND,KIND] [--canary] [--no-disk-faults] [--quiet]';
 
-function parseArgs(argv: string[]): { minutes?: number; seed: number; maxSteps?: number; verbose: boolean; cover: StepKind[]; canary: boolean } {
+function parseArgs(argv: string[]): { minutes?: number; seed: number; maxSteps?: number; verbose: boolean; cover: StepKind[]; canary: boolean; diskFaults: boolean } {
   let minutes: number | undefined;
   let seed: number | undefined;
   let maxSteps: number | undefined;
   let verbose = true;
   let cover: StepKind[] = [];
   let canary = false;
+  // On by default: both backing disks are failing disks (nbdkit + nbdfuse) and the disk-fails step is drawn.
+  let diskFaults = true;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = (): string => {
@@ -33,12 +35,13 @@ function parseArgs(argv: string[]): { minutes?: number; seed: number; maxSteps?:
       maxSteps = Number(m[2]);
     } else if (a === '--quiet') verbose = false;
     else if (a === '--canary') canary = true;
+    else if (a === '--no-disk-faults') diskFaults = false;
     else if (a === '--cover') cover = value().split(',') as StepKind[];
     else throw new Error(`unknown argument ${a}; ${USAGE}`);
   }
   if (minutes !== undefined && !(minutes > 0)) throw new Error(`--minutes must be > 0; ${USAGE}`);
   if (seed !== undefined && !(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new Error(`--seed must be an integer 0..2^32-1; ${USAGE}`);
-  return { minutes: maxSteps === undefined ? minutes ?? 5 : undefined, seed: seed ?? Math.floor(Math.random() * 2 ** 31), maxSteps, verbose, cover, canary };
+  return { minutes: maxSteps === undefined ? minutes ?? 5 : undefined, seed: seed ?? Math.floor(Math.random() * 2 ** 31), maxSteps, verbose, cover, canary, diskFaults };
 }
 
 async function main(): Promise<number> {
@@ -54,7 +57,7 @@ async function main(): Promise<number> {
     return 2;
   }
   process.stdout.write(`torture: seed ${args.seed}, ${args.maxSteps !== undefined ? `replay up to step ${args.maxSteps}` : `${args.minutes} minutes`}\n`);
-  const summary = await new Torture({ seed: args.seed, minutes: args.minutes, maxSteps: args.maxSteps, verbose: args.verbose, mustCover: args.cover, canary: args.canary }).run();
+  const summary = await new Torture({ seed: args.seed, minutes: args.minutes, maxSteps: args.maxSteps, verbose: args.verbose, mustCover: args.cover, canary: args.canary, diskFaults: args.diskFaults }).run();
   let cleanupProblem: string | undefined;
   await cleanupAll().catch((e: Error) => (cleanupProblem = e.message));
   process.stdout.write(formatSummary(summary) + '\n');

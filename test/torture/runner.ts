@@ -17,6 +17,10 @@
  *    sample must answer within DAEMON_ANSWER_MS, and the pair must converge
  *    (settle) within SETTLE_TIMEOUT_MS once the faults are undone.
  *
+ * With `diskFaults` both backing disks are failing disks (nbdkit's error
+ * filter behind nbdfuse) and one may fail under the writer: a Primary served
+ * by its UpToDate peer, or a Secondary leaving, with no write failing.
+ *
  * The schedule is a function of the seed and of what the runner saw, so a
  * replay (`--replay SEED:STEP`) re-runs the same steps up to STEP.
  */
@@ -27,6 +31,7 @@ import { NodeName, NraidResult, NraidStatus } from '../harness/cluster';
 import { mulberry32, RandomWriter, readRange, writeDirect } from '../harness/direct-io';
 import { otherNode, reportedError, sleep } from '../harness/helpers';
 import { startLinkRelay, LinkRelay } from '../harness/link-relay';
+import { FailingDisk, makeFailingDisk } from '../harness/failing-disk';
 import { makeNetnsPair, NetnsPair } from '../harness/netns';
 import { makeNetnsResource, NetnsResource } from '../harness/netns-resource';
 import { adminSocketOf, RoleWatch } from '../harness/role-watch';
@@ -50,6 +55,9 @@ const SETTLE_TIMEOUT_MS = 180_000;
 const WATCH_INTERVAL_MS = 100;
 /** A settle point at least every this many steps. */
 const CONVERGE_EVERY_STEPS = 8;
+/** The disk-fails step: how long the writer runs against the failing disk, and how long the node may take to go Diskless. */
+const DISK_FAULT_WRITES_MS = [1500, 4000] as const;
+const DISKLESS_TIMEOUT_MS = 15_000;
 
 export type StepKind =
   | 'writes'
@@ -71,16 +79,6 @@ export type StepKind =
   | 'disk-fails'
   | 'converge';
 
-/**
- * The "disk fails" step is pluggable (test/harness/failing-disk.ts is built
- * elsewhere). HOOK FOR THE LEAD: set `diskFaultHook` on the options to a
- * function that makes `node`'s backing disk fail (and later recover) in the
- * way failing-disk.ts offers; the runner draws 'disk-fails' only when it is
- * set, and runs the usual checks afterwards. The disks then need to be
- * failing-disk files given as `extra.nodes.<node>.disk`.
- */
-export type DiskFaultHook = (ctx: { node: NodeName; resource: NetnsResource; random: () => number; log: (m: string) => void }) => Promise<string>;
-
 export interface TortureOptions {
   seed: number;
   /** Stop drawing steps after this long (the final settle point still runs). */
@@ -89,7 +87,12 @@ export interface TortureOptions {
   maxSteps?: number;
   /** Print each step (default true). */
   verbose?: boolean;
-  diskFaultHook?: DiskFaultHook;
+  /**
+   * Both nodes' backing disks are failing disks (test/harness/failing-disk.ts:
+   * nbdkit's error filter behind nbdfuse) and the 'disk-fails' step is drawn:
+   * one node's disk fails writes (sometimes reads too) while the writer runs.
+   */
+  diskFaults?: boolean;
   /**
    * After the run, prove the zero-loss check can fail: a write confirmed on
    * both nodes is overwritten on the Secondary's backing disk, then a
@@ -149,6 +152,10 @@ export class Torture {
   private readonly up: Record<NodeName, boolean> = { alpha: false, beta: false };
   private readonly disconnected = new Set<NodeName>();
   private relayDegraded = false;
+  /** With diskFaults: each node's failing disk. */
+  private disks: Partial<Record<NodeName, FailingDisk>> = {};
+  /** The node whose disk was made to fail and not yet healed and attached again (converge does). */
+  private diskFault: NodeName | null = null;
   private protocol: 'A' | 'B' | 'C' = 'C';
   /** Replication epochs: a write counts as durable on the peer only if issued and acknowledged within one confirmed epoch. */
   private epoch = 0;
@@ -276,6 +283,11 @@ export class Torture {
     return this.r.base.nodes[node].device;
   }
 
+  /** The node's backing disk as its daemon sees it (the failing disk's file with diskFaults). */
+  private diskFile(node: NodeName): string {
+    return this.disks[node]?.file ?? this.r.base.nodes[node].diskPath;
+  }
+
   private configPaths(): string[] {
     return [...new Set(NODES.map((n) => this.r.configPathOf(n)))];
   }
@@ -285,11 +297,19 @@ export class Torture {
   async setup(): Promise<void> {
     this.pair = await makeNetnsPair({ tag: 'torture' });
     this.relay = await startLinkRelay(this.pair, 'a', { listen: `127.0.0.1:${RELAY_PORT}`, target: `${this.pair.b.address}:${PORT}` });
+    // The nbdfuse mounts exist before any daemon starts: `ip netns exec` gives a daemon a copy of the host's mounts as they are then.
+    const diskNodes: Record<string, unknown> = {};
+    if (this.opts.diskFaults) {
+      for (const n of NODES) {
+        this.disks[n] = await makeFailingDisk(DISK_BYTES, `torture-${n}`);
+        diskNodes[n] = { disk: this.disks[n]!.file };
+      }
+    }
     this.r = await makeNetnsResource({
       tag: 'torture',
       sizeBytes: DISK_BYTES,
       pair: this.pair,
-      extra: { ...TORTURE_CONFIG },
+      extra: { ...TORTURE_CONFIG, ...(this.opts.diskFaults ? { nodes: diskNodes } : {}) },
       // alpha dials (its name sorts first): through the relay; beta keeps the real addresses.
       perNode: { alpha: { nodes: { beta: { address: `127.0.0.1:${RELAY_PORT}` } } } },
     });
@@ -457,6 +477,14 @@ export class Torture {
 
   private drawStep(): StepKind {
     if (this.step % CONVERGE_EVERY_STEPS === 0) return 'converge';
+    // A failed disk stays failed until converge heals and attaches it: only writes meanwhile. A Diskless
+    // Primary that loses its peer cannot serve and refuses the session when the link comes back
+    // (docs/operations.md): the way back from there is not modelled yet.
+    if (this.diskFault !== null) {
+      const k = this.random() < 0.5 ? 'writes' : 'converge';
+      this.drawn.add(k);
+      return k;
+    }
     const bothUp = this.up.alpha && this.up.beta;
     const w: Array<[StepKind, number]> = [
       ['writes', 3],
@@ -476,7 +504,8 @@ export class Torture {
       ['disconnect', bothUp && this.disconnected.size === 0 ? 0.7 : 0],
       ['connect', this.disconnected.size > 0 ? 2 : 0],
       ['adjust', 0.7],
-      ['disk-fails', this.opts.diskFaultHook ? 0.7 : 0],
+      // Only where a Primary has an UpToDate peer to serve it: a lone Primary's failing disk sends errors to the writer by design.
+      ['disk-fails', this.opts.diskFaults && bothUp && this.linkWhole() && this.writer.writingTo !== null ? 1.5 : 0],
       ['converge', 0.8],
     ];
     const uncovered = (this.opts.mustCover ?? []).filter((k) => !this.drawn.has(k));
@@ -613,17 +642,83 @@ export class Torture {
       case 'adjust':
         await this.adjust(this.pick(['A', 'B', 'C', 'C', 'C'] as const));
         return;
-      case 'disk-fails': {
-        const node = this.pick(NODES);
-        this.fault('disk-fails');
-        const what = await this.opts.diskFaultHook!({ node, resource: this.r, random: this.random, log: (m) => this.log(m) });
-        this.log(`disk fault on ${node}: ${what}`);
+      case 'disk-fails':
+        await this.diskFails();
         return;
-      }
       case 'converge':
         await this.converge();
         return;
     }
+  }
+
+  /**
+   * One node's disk fails writes (sometimes reads too) while the writer runs.
+   * A Primary with an UpToDate connected peer goes Diskless and is served by
+   * the peer: no write fails. A Secondary goes Diskless and leaves; the
+   * Primary goes on: no write fails. Converge heals and attaches.
+   */
+  private async diskFails(): Promise<void> {
+    const p = this.writer.writingTo!;
+    const pre = await this.status(p);
+    if (!pre || pre.role !== 'Primary' || pre.connection !== 'Connected' || pre.replication !== 'Established' || pre.peerDisk !== 'UpToDate') {
+      this.log(`disk-fails skipped: no Primary served by an UpToDate peer (${p} is ${describe(pre)})`);
+      return;
+    }
+    const node = this.pick(NODES);
+    const role = node === p ? 'primary' : 'secondary';
+    const reads = this.random() < 0.3;
+    const disk = this.disks[node]!;
+    const failedBefore = this.writer.counters.failed;
+    this.fault(`disk-fails-${role}${reads ? '-reads-too' : ''}`);
+    this.diskFault = node;
+    disk.failWrites(true);
+    if (reads) disk.failReads(true);
+    const ms = this.between(...DISK_FAULT_WRITES_MS);
+    this.log(`disk of ${node} (${role}) fails writes${reads ? ' and reads' : ''}; writes for ${ms} ms`);
+    const s = await this.waitStatus(node, 'Diskless', (x) => x.disk === 'Diskless', DISKLESS_TIMEOUT_MS);
+    if (!s) throw new TortureFailure('disk-fails', `${node}'s disk fails ${reads ? 'writes and reads' : 'writes'} while the writer runs on ${p}, but ${node} did not go Diskless within ${DISKLESS_TIMEOUT_MS} ms`);
+    await sleep(ms);
+    const now = await this.statuses();
+    const failed = this.writer.counters.failed - failedBefore;
+    if (failed > 0) {
+      throw new TortureFailure('disk-fails', `${failed} writes failed after the ${role} ${node}'s disk failed; the Primary had an UpToDate connected peer, so none may fail (alpha ${describe(now.alpha)}; beta ${describe(now.beta)}; last error ${this.writer.recentErrors.slice(-1)[0] ?? '-'})`);
+    }
+    if (role === 'primary') {
+      const x = now[node];
+      if (!x || x.role !== 'Primary' || x.disk !== 'Diskless' || x.servedByPeer !== true) {
+        throw new TortureFailure('disk-fails', `the Primary ${node} with a failed disk is not a Diskless Primary served by its peer: ${describe(x)} servedByPeer ${String(x?.servedByPeer)}`);
+      }
+    } else {
+      const x = now[p];
+      if (!x || x.role !== 'Primary' || x.disk !== 'UpToDate' || now[node]?.disk !== 'Diskless') {
+        throw new TortureFailure('disk-fails', `after the Secondary ${node}'s disk failed, expected ${node} Diskless and ${p} an UpToDate Primary: ${node} ${describe(now[node])}; ${p} ${describe(x)}`);
+      }
+    }
+    this.passed(`disk-fails-${role}-no-write-failed`);
+  }
+
+  /** Converge's part for a failed disk: heal it; a Diskless Primary switches over first; then attach. */
+  private async repairDisk(): Promise<void> {
+    const node = this.diskFault;
+    if (node === null) return;
+    this.disks[node]!.heal();
+    let s = await this.status(node);
+    if (s?.disk === 'Diskless' && s.role === 'Primary') {
+      if (this.writer.writingTo === node) await this.writer.pause();
+      const res = await this.cli(node, 'switchover');
+      if (res.code !== 0) throw new TortureFailure('disk-repair', `switchover from the Diskless Primary ${node} refused: ${res.stderr.trim()}`);
+      const q = otherNode(node);
+      const ps = await this.waitStatus(q, 'Primary', (x) => x.role === 'Primary', 15_000);
+      if (!ps) throw new TortureFailure('disk-repair', `after the switchover from the Diskless Primary ${node}, ${q} is not Primary`);
+      await this.failoverTo(q, true);
+      s = await this.waitStatus(node, 'Secondary', (x) => x.role === 'Secondary', 15_000);
+    }
+    if (s?.disk === 'Diskless') {
+      const res = await this.cli(node, 'attach');
+      if (res.code !== 0) throw new TortureFailure('disk-repair', `attach on the Diskless Secondary ${node} with its disk healed refused: ${res.stderr.trim()}`);
+      this.fault('disk-attached');
+    }
+    this.diskFault = null;
   }
 
   /** A flipped bit on the data link must be noticed by the receiver: a checksum or protocol error, or at least the link dropped. */
@@ -787,6 +882,7 @@ export class Torture {
     await this.relay.clear();
     this.relayDegraded = false;
     for (const n of NODES) if (!this.up[n]) await this.bringUp(n);
+    await this.repairDisk();
     for (const n of [...this.disconnected]) {
       await this.cli(n, 'connect');
       this.disconnected.delete(n);
@@ -839,7 +935,7 @@ export class Torture {
       const q = await this.waitStatus(p, 'quiet', (s) => settledStatus(s), 60_000);
       if (!q) throw new TortureFailure('converges', `${p} did not become quiet after the writer stopped`);
     }
-    const [ha, hb] = [await this.blockHashes(this.r.base.nodes.alpha.diskPath), await this.blockHashes(this.r.base.nodes.beta.diskPath)];
+    const [ha, hb] = [await this.blockHashes(this.diskFile('alpha')), await this.blockHashes(this.diskFile('beta'))];
     const differ: number[] = [];
     for (let b = 0; b < ha.length; b++) if (ha[b] !== hb[b]) differ.push(b);
     if (differ.length > 0) {
@@ -917,7 +1013,7 @@ export class Torture {
     const block = this.model.blockDurableOnBoth();
     if (block === undefined) return 'not run';
     const lostBefore = this.summary.writesLost;
-    await writeDirect(this.r.base.nodes[q].diskPath, block * MODEL_BLOCK_BYTES, Buffer.alloc(MODEL_BLOCK_BYTES, 0xa5));
+    await writeDirect(this.diskFile(q), block * MODEL_BLOCK_BYTES, Buffer.alloc(MODEL_BLOCK_BYTES, 0xa5));
     const res = await this.cli(p, 'switchover');
     if (res.code !== 0) return 'not run';
     try {

@@ -27,7 +27,7 @@ import {
   errorReply,
   toNraidError,
 } from './errors';
-import { daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, upReadyTimeoutMs } from './limits';
+import { daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
 import { requireLoopControl } from './loop';
 import { createMetadata } from './metadata';
@@ -222,6 +222,27 @@ function downAfterDeath(ctx: Context): void {
   out(`${ctx.config.resource} is down on node ${ctx.local.name} (its daemon had died; cleaned what it left, kept its log ${path.join(ctx.local.runDir, 'daemon.log')})`);
 }
 
+/**
+ * A switchover's answer can reach this node just as the new Primary turns the
+ * session around (the data link runs from the Primary), so the status in the
+ * answer may show the link down for a moment. The operator wants to see the
+ * pair replicating again: wait for that, bounded, and print what is there then.
+ */
+async function afterTurnaround(ctx: Context, answered: ResourceStatus): Promise<ResourceStatus> {
+  const replicating = (s: ResourceStatus): boolean => s.connection === 'Connected' && s.replication !== 'Off';
+  if (replicating(answered)) return answered;
+  const deadline = Date.now() + switchoverSettleWaitMs;
+  let latest = answered;
+  while (Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, switchoverSettlePollMs));
+    const s = await daemonAnswers(ctx.local).catch(() => null);
+    if (s === null) break;
+    latest = s;
+    if (replicating(s)) break;
+  }
+  return latest;
+}
+
 async function waitForExit(pid: number, timeoutMs = downExitTimeoutMs): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -321,10 +342,15 @@ export async function main(argv: string[]): Promise<number> {
       case 'events':
         await events(ctx);
         break;
+      case 'switchover': {
+        requireRoot(args.command);
+        const result = (await callDaemon(ctx, args.command, {})) as ResourceStatus;
+        out(statusLine(await afterTurnaround(ctx, result)));
+        break;
+      }
       case 'connect':
       case 'disconnect':
       case 'adjust':
-      case 'switchover':
       case 'resume-io':
       case 'attach':
       case 'detach':

@@ -130,6 +130,9 @@ export const daemonProbeTimeoutMs = 5_000;
 export const upReadyTimeoutMs = 60_000;
 /** How long `nraid down` waits for the daemon's process to exit after it answered. */
 export const downExitTimeoutMs = 30_000;
+/** After a switchover's answer, how long the CLI waits for the turned-around session to replicate before printing the status. */
+export const switchoverSettleWaitMs = 10_000;
+export const switchoverSettlePollMs = 100;
 /** Poll interval while waiting for a process to exit (there is no event for a non-child). */
 export const processExitPollMs = 20;
 /** `nraid status --watch`: one line per interval. */

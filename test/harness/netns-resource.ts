@@ -25,6 +25,7 @@ import { execSyncQuiet, execTool, toolEnv } from './exec';
 import { NetnsPair, NetnsSide, makeNetnsPair } from './netns';
 import { NRAID_BIN, NodeName, NraidResult, NraidRunOptions, NraidStatus, ResourceOptions, TestResource, makeResource, mergeConfig } from './cluster';
 import { REPO_ROOT } from './prereq';
+import { readRecord } from '../../src/device';
 
 export interface NetnsResourceOptions {
   /** Names the namespaces (see NetnsPairOptions.tag). */
@@ -148,6 +149,10 @@ export async function makeNetnsResource(opts: NetnsResourceOptions): Promise<Net
   const kill = async (node: NodeName): Promise<void> => {
     const pid = pids[node];
     if (pid === undefined || !daemonRuns(pid, name)) return;
+    // The loop device it exposed, also one no status saw yet: its FUSE volume dies with the
+    // daemon's mount namespace, so only the record names it (it reads "/" from the host).
+    const record = readRecord(base.nodes[node].runDir);
+    if (record !== null && typeof record.loopDevice === 'string') exposed.add(record.loopDevice);
     process.kill(pid, 'SIGKILL');
     if (!(await waitExit(pid, name, 10_000))) throw new Error(`daemon ${pid} of ${name} on ${node} still runs 10 s after kill -9`);
   };

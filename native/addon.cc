@@ -307,28 +307,39 @@ Napi::Value submit_job(Napi::Env env, PipelineBox* box, std::unique_ptr<Metadata
 Napi::Value SuperblockWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
-  if (!info[1].IsTypedArray() || info[1].As<Napi::Uint8Array>().ByteLength() != nraid::kBlockBytes) {
-    throw Napi::TypeError::New(env, "superblockWrite: expected a 4096-byte superblock image");
-  }
-  uint64_t offset = get_u64(info[2], "offsetBytes");
   const LocalDisk& disk = box->pipeline->disk();
-  // The superblock lives in the metadata area: never over data.
-  if (offset % nraid::kBlockBytes != 0 || offset < box->pipeline->data_size_bytes() ||
-      offset > disk.size_bytes() - nraid::kBlockBytes) {
-    throw Napi::RangeError::New(env, "superblockWrite: offset " + std::to_string(offset) +
-                                         " is not a block-aligned slot between the data area's end (" +
-                                         std::to_string(box->pipeline->data_size_bytes()) + ") and the disk's (" +
-                                         std::to_string(disk.size_bytes()) + ")");
-  }
+  // A superblock lives in the metadata area: never over data.
+  auto slot_image = [&](const Napi::Value& value, const Napi::Value& offset_value, const char* what) {
+    if (!value.IsTypedArray() || value.As<Napi::Uint8Array>().ByteLength() != nraid::kBlockBytes) {
+      throw Napi::TypeError::New(env, std::string("superblockWrite: expected a 4096-byte ") + what);
+    }
+    uint64_t offset = get_u64(offset_value, "offsetBytes");
+    if (offset % nraid::kBlockBytes != 0 || offset < box->pipeline->data_size_bytes() ||
+        offset > disk.size_bytes() - nraid::kBlockBytes) {
+      throw Napi::RangeError::New(env, std::string("superblockWrite: the ") + what + "'s offset " + std::to_string(offset) +
+                                           " is not a block-aligned slot between the data area's end (" +
+                                           std::to_string(box->pipeline->data_size_bytes()) + ") and the disk's (" +
+                                           std::to_string(disk.size_bytes()) + ")");
+    }
+    return offset;
+  };
+  uint64_t offset = slot_image(info[1], info[2], "superblock image");
+  bool has_successor = info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull();
+  uint64_t successor_offset = has_successor ? slot_image(info[3], info[4], "armed generation image") : 0;
   auto job = new_job(MetadataJobKind::kSuperblockWrite,
                      "superblock write at offset " + std::to_string(offset) + " of " + disk.path());
   void* image = nullptr;
-  if (posix_memalign(&image, nraid::kBlockBytes, nraid::kBlockBytes) != 0) {
+  if (posix_memalign(&image, nraid::kBlockBytes, 2 * nraid::kBlockBytes) != 0) {
     throw Napi::Error::New(env, "superblockWrite: out of memory");
   }
   job->image = static_cast<uint8_t*>(image);
   memcpy(job->image, info[1].As<Napi::Uint8Array>().Data(), nraid::kBlockBytes);
   job->offset_bytes = offset;
+  if (has_successor) {
+    memcpy(job->image + nraid::kBlockBytes, info[3].As<Napi::Uint8Array>().Data(), nraid::kBlockBytes);
+    job->has_successor = true;
+    job->successor_offset_bytes = successor_offset;
+  }
   return submit_job(env, box, std::move(job));
 }
 

@@ -120,7 +120,7 @@ void JsBridge::settle(napi_env env, MetadataJob* job) {
     napi_reject_deferred(env, deferred, rejection(env, static_cast<int>(-job->result), failure_message(*job)));
   } else {
     napi_value value;
-    if (job->kind == MetadataJobKind::kBitmapPersist) {
+    if (job->kind == MetadataJobKind::kBitmapPersist || job->kind == MetadataJobKind::kSuperblockWrite) {
       napi_create_double(env, static_cast<double>(job->result), &value);
     } else {
       napi_get_undefined(env, &value);

@@ -108,7 +108,9 @@ void MetadataJobs::lane_loop(Lane* lane) {
 void MetadataJobs::run(MetadataJob* job) {
   switch (job->kind) {
     case MetadataJobKind::kSuperblockWrite:
-      job->result = pipeline_->write_superblock(job->image, job->offset_bytes);
+      job->result = pipeline_->write_superblock(job->image, job->offset_bytes,
+                                                job->has_successor ? job->image + kBlockBytes : nullptr,
+                                                job->successor_offset_bytes);
       return;
     case MetadataJobKind::kBitmapPersist:
       job->result = pipeline_->activity_log().write_bitmap(job->flush);

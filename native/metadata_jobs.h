@@ -25,9 +25,12 @@ enum class MetadataJobKind : uint8_t { kSuperblockWrite, kBitmapPersist, kActivi
 
 struct MetadataJob {
   MetadataJobKind kind = MetadataJobKind::kFlush;
-  // kSuperblockWrite: one block-aligned superblock slot image (the job owns it) and where it goes.
+  // kSuperblockWrite: one block-aligned superblock slot image (the job owns it) and where it goes;
+  // with a generation armed, the armed image to follow it (the block after `image`, same allocation).
   uint8_t* image = nullptr;
   uint64_t offset_bytes = 0;
+  bool has_successor = false;
+  uint64_t successor_offset_bytes = 0;
   // kBitmapPersist: durably.
   bool flush = false;
   // kFlush, kDrain: the data link as it was at submission; the monotonic deadline (0: none).

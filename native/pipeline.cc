@@ -143,6 +143,13 @@ int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint3
   // Once queued, the replicator owns the pin: it lets go when the peer has written the frame.
   bool queued = replicator->submit(slot, type, data, length, offset, pinned);
   if (!queued && !diskless) {
+    rc = start_generation_if_armed();
+    if (rc != 0) {
+      replicator->region_leave(slot);
+      if (pinned) activity_log_.release(offset, length);
+      if (local_error(rc, "new generation's superblock write")) rc = -EIO;
+      return rc;
+    }
     bitmap_.set_range(offset, length);
     counters_.dirty_writes.fetch_add(1, std::memory_order_relaxed);
   }
@@ -155,6 +162,14 @@ int Pipeline::replicate(uint32_t slot, uint16_t type, const uint8_t* data, uint3
     // Diskless, only the peer's write completes the request, under any protocol.
     bool written = replicator->wait(slot, diskless);
     if (!diskless) counters_.replicated_writes.fetch_add(1, std::memory_order_relaxed);
+    // The link failed before the peer confirmed it: the failure marked the
+    // region, and the write completes only once this node's generation says it
+    // holds data the peer lacks (DESIGN.md §5); else a crash now, followed by
+    // the peer's promotion, would resync this acknowledged write away.
+    if (!written && !diskless && rc == 0 && replicator->failed()) {
+      rc = start_generation_if_armed();
+      if (rc != 0 && local_error(rc, "new generation's superblock write")) rc = -EIO;
+    }
     if (diskless) {
       rc = written ? 0 : -EIO;  // on the peer's disk: done, whatever changed meanwhile
       if (rc == 0) counters_.peer_writes.fetch_add(1, std::memory_order_relaxed);
@@ -247,13 +262,19 @@ int Pipeline::drain(const LinkSnapshot& link, uint64_t deadline_us) {
   return replicator_->wait_idle(deadline_us);
 }
 
-int Pipeline::write_superblock(const uint8_t* image, uint64_t offset_bytes) {
+int Pipeline::write_superblock(const uint8_t* image, uint64_t offset_bytes, const uint8_t* successor,
+                               uint64_t successor_offset_bytes) {
   NRAID_ASSERT(reinterpret_cast<uintptr_t>(image) % kBlockBytes == 0);
   NRAID_ASSERT(offset_bytes % kBlockBytes == 0);
   std::lock_guard<std::mutex> lock(generation_mutex_);
   if (diskless()) return -EIO;  // detached: metadata is not written (the control plane skips it)
+  if (generation_state_.load(std::memory_order_acquire) == 2) return 1;
   int rc = disk_->write(image, kBlockBytes, offset_bytes);
   if (rc == 0) rc = disk_->flush();
+  if (rc == 0 && successor != nullptr && generation_state_.load(std::memory_order_acquire) == 1) {
+    memcpy(generation_image_, successor, kBlockBytes);
+    generation_offset_bytes_ = successor_offset_bytes;
+  }
   return rc;
 }
 

@@ -76,8 +76,15 @@ class Pipeline {
   // unacknowledged, no lag. -ENOTCONN also when no source link was attached.
   int drain(const LinkSnapshot& link, uint64_t deadline_us);
   // One superblock slot image, written and flushed under the generation
-  // lock: never at the same time as the armed generation's own write.
-  int write_superblock(const uint8_t* image, uint64_t offset_bytes);
+  // lock: never at the same time as the armed generation's own write. With a
+  // generation armed, `successor` (or null) is the armed image prepared to
+  // follow this one (the next slot, the next sequence): it replaces the armed
+  // image in the same critical section, so a write the peer never confirmed
+  // always finds a generation ready. Returns 1, writing nothing, when the
+  // armed generation was started first: the control plane adopts it and
+  // prepares its image again on top of it.
+  int write_superblock(const uint8_t* image, uint64_t offset_bytes, const uint8_t* successor,
+                       uint64_t successor_offset_bytes);
 
   // The data link: this node sends (source) or applies (target). One at a time.
   void attach_source(int fd, const ReplicatorOptions& options);

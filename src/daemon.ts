@@ -165,6 +165,7 @@ export class Daemon extends EventEmitter {
         faultPoints: faultPoints(),
         status: () => this.status(),
       });
+      store.onGenerationAdopted = () => runner.dispatch({ type: 'generation-written', md: store.view() });
       runner.on('stepped', () => this.noteChange());
       runner.on('change', (changed: Record<string, unknown>) => this.emit('change', changed));
       runner.on('event', (event: Record<string, unknown>) => this.emit('event', event));
@@ -327,7 +328,8 @@ export class Daemon extends EventEmitter {
     const parts = this.parts;
     if (this.stopping || parts === null) return;
     if (type === 'generation-started') {
-      if (parts.store.adoptIfWritten(parts.plane)) parts.runner.dispatch({ type: 'generation-written', md: parts.store.view() });
+      // Adopted in turn with the superblock writes; the store's listener tells the machine.
+      parts.store.adoptStarted(parts.plane).catch((error: Error) => this.log.error('adopting the new generation failed', { error: error.message }));
     } else if (type === 'link-lost') {
       parts.runner.dispatch({ type: 'link-lost', detail });
     } else if (type === 'disk-failed') {
@@ -408,7 +410,7 @@ export class Daemon extends EventEmitter {
     const diskless = parts?.runner.state.diskless === true;
     if (parts !== null && parts.exposure.exposed) {
       await parts.exposure.unexpose();
-      parts.store.disarm(parts.plane);
+      await parts.store.disarm(parts.plane);
       // Detached: the failed disk keeps the metadata it had (DRBD writes none either).
       if (!diskless) await parts.store.persist(parts.plane, { kind: 'became-secondary' });
     }

@@ -239,9 +239,12 @@ export interface Binding {
    * offset past the data area) + fdatasync, on the pipeline's metadata
    * thread, ordered with the data plane's own armed-generation write (never
    * both at once). Jobs of this kind, bitmapPersist and activityLogReset run
-   * one at a time in the order submitted.
+   * one at a time in the order submitted. With a generation armed, `successor`
+   * is the armed image prepared to follow this one: it replaces the armed image
+   * atomically with the write. Resolves 0 when written, 1 (nothing written)
+   * when the data plane had started the armed generation first.
    */
-  superblockWrite(pipeline: PipelineHandle, image: Uint8Array, offsetBytes: number): Promise<void>;
+  superblockWrite(pipeline: PipelineHandle, image: Uint8Array, offsetBytes: number, successor?: Uint8Array, successorOffsetBytes?: number): Promise<number>;
 
   /** umount2(2) with UMOUNT_NOFOLLOW, and MNT_DETACH when `lazy`. */
   unmount(path: string, lazy: boolean): void;

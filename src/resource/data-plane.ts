@@ -97,9 +97,10 @@ export class DataPlane {
   }
 
   // --- metadata ---
-  async writeSuperblock(image: Uint8Array, offsetBytes: number): Promise<void> {
+  /** False, writing nothing, when the armed generation was started first (adopt it, then prepare again). */
+  async writeSuperblock(image: Uint8Array, offsetBytes: number, successor?: { image: Uint8Array; offsetBytes: number }): Promise<boolean> {
     try {
-      await binding.superblockWrite(this.h, image, offsetBytes);
+      return (await binding.superblockWrite(this.h, image, offsetBytes, successor?.image, successor?.offsetBytes)) === 0;
     } catch (error) {
       throw systemError('writing the superblock failed', error);
     }

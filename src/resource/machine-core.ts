@@ -297,9 +297,11 @@ export function persist(s: MachineState, fx: Effect[], change: MetadataChange): 
 }
 
 /**
- * A Primary without its peer starts a new generation on its first write
- * (DESIGN.md §5): armed here, written by the data plane just before that write.
- * A Primary that never writes while apart keeps its generation.
+ * A Primary starts a new generation with the first write its peer does not
+ * confirm (DESIGN.md §5): armed here whenever it is Primary, with or without
+ * the peer, and written by the data plane before that write completes, also
+ * when the link fails under writes already sent. A Primary that never writes
+ * while apart keeps its generation.
  */
 export function armGeneration(s: MachineState, fx: Effect[], input: Input): void {
   // Diskless, nothing is written here: the generation this node knows stays the one it last shared.
@@ -307,7 +309,7 @@ export function armGeneration(s: MachineState, fx: Effect[], input: Input): void
   if (s.md.uuids.bitmap !== 0n || s.armedGeneration !== null) return;
   s.armedGeneration = input.fresh;
   fx.push({ kind: 'arm-generation', fresh: input.fresh });
-  fx.push({ kind: 'log', level: 'info', message: 'the peer is gone while Primary: a new generation starts with the first write', fields: { next: input.fresh.toString(16) } });
+  fx.push({ kind: 'log', level: 'info', message: 'generation armed: the first write the peer does not confirm starts it', fields: { next: input.fresh.toString(16) } });
 }
 
 export function disarmGeneration(s: MachineState, fx: Effect[]): void {

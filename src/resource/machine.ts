@@ -104,7 +104,7 @@ export function step(state: MachineState, input: Input): Step {
       if (s.session?.direction !== 'source' || s.replication !== 'SyncSource') return { state: s, effects: fx };
       s.replication = 'Established';
       fx.push({ kind: 'log', level: 'info', message: 'resync finished', fields: { bytes: event.bytes } });
-      finishAsSource(s, fx);
+      finishAsSource(s, fx, input);
       fx.push({ kind: 'notice', notice: { kind: 'resyncDone' } });
       return { state: s, effects: fx };
     case 'generation-written':

@@ -240,21 +240,24 @@ export class MetadataStore {
   }
 
   /**
-   * Writes the superblock with `change` applied, durably, settling an armed
-   * generation first. A change that a lost slot must never undo
-   * (mustSurviveLostSlot) is then written to the other slot too.
+   * Writes the superblock with `change` applied, durably. A change that a lost
+   * slot must never undo (mustSurviveLostSlot) is then written to the other
+   * slot too. An armed generation stays armed throughout (see write).
    */
   persist(plane: DataPlane, change: MetadataChange): Promise<void> {
     return this.serialized(async () => {
-      let rearm: bigint | null = null;
-      if (this.armed !== null) {
-        this.adoptIfWritten(plane);
-        if (this.armed !== null && plane.takeGeneration() === 'armed') rearm = this.armed.superblock.uuids.current;
-        this.armed = null;
-      }
-      await this.write(plane, applyChange(this.sb, change));
-      if (mustSurviveLostSlot(change)) await this.write(plane, this.sb);
-      if (rearm !== null) this.arm(plane, rearm);
+      await this.write(plane, (sb) => applyChange(sb, change));
+      if (mustSurviveLostSlot(change)) await this.write(plane, (sb) => sb);
+    });
+  }
+
+  /** Called with each generation the data plane started, once adopted here. */
+  onGenerationAdopted: (() => void) | null = null;
+
+  /** A 'generation-started' event: adopted in turn with the writes, so that `armed` is the image the data plane held. */
+  adoptStarted(plane: DataPlane): Promise<void> {
+    return this.serialized(async () => {
+      this.adoptIfWritten(plane);
     });
   }
 
@@ -264,34 +267,57 @@ export class MetadataStore {
     return run;
   }
 
-  private async write(plane: DataPlane, next: Superblock): Promise<void> {
-    const prepared = this.prepare(next);
-    await plane.writeSuperblock(prepared.image, prepared.offsetBytes);
-    this.sb = prepared.superblock;
-    this.slot = prepared.slot;
+  /**
+   * With a generation armed, the armed image is prepared again to follow each
+   * write (the next slot, the next sequence) and swapped in by the same native
+   * job, so the data plane never holds an image this write made stale and
+   * never goes without one. If the data plane started the armed generation
+   * first, it is adopted and the write is prepared again on top of it.
+   */
+  private async write(plane: DataPlane, next: (sb: Superblock) => Superblock): Promise<void> {
+    this.adoptIfWritten(plane);
+    for (;;) {
+      const prepared = this.prepare(next(this.sb), this.sb.sequence, this.slot);
+      const fresh = this.armed?.superblock.uuids.current ?? null;
+      const successor = fresh === null ? null : this.prepare(applyChange(prepared.superblock, { kind: 'generation-written', fresh }), prepared.superblock.sequence, prepared.slot);
+      if (await plane.writeSuperblock(prepared.image, prepared.offsetBytes, successor ?? undefined)) {
+        this.sb = prepared.superblock;
+        this.slot = prepared.slot;
+        if (successor !== null) this.armed = successor;
+        return;
+      }
+      if (!this.adoptIfWritten(plane)) {
+        throw new MetadataError('the data plane reports a started generation this node never armed; run nraid down and up again to reread the metadata');
+      }
+    }
   }
 
   /** No read of the disk: the store knows which slot holds the newest copy and its sequence. */
-  private prepare(next: Superblock): PreparedWrite {
-    const slot = 1 - this.slot;
-    const superblock: Superblock = { ...next, sequence: this.sb.sequence + 1 };
+  private prepare(next: Superblock, afterSequence = this.sb.sequence, afterSlot = this.slot): PreparedWrite {
+    const slot = 1 - afterSlot;
+    const superblock: Superblock = { ...next, sequence: afterSequence + 1 };
     return { superblock, slot, image: encodeSuperblock(superblock), offsetBytes: superblockSlotOffsetBytes(this.disk.sizeBytes, slot) };
   }
 
   /** Arms the next generation (`fresh` becomes current) for the data plane to write before the first write without the peer. */
-  arm(plane: DataPlane, fresh: bigint): void {
-    if (this.armed !== null || this.sb.uuids.bitmap !== 0n) return;
-    const prepared = this.prepare(applyChange(this.sb, { kind: 'generation-written', fresh }));
-    this.armed = prepared;
-    plane.armGeneration(prepared.image, prepared.offsetBytes);
+  /** In turn with the writes: an image prepared beside a write in flight would target its slot. */
+  arm(plane: DataPlane, fresh: bigint): Promise<void> {
+    return this.serialized(async () => {
+      if (this.armed !== null || this.sb.uuids.bitmap !== 0n) return;
+      const prepared = this.prepare(applyChange(this.sb, { kind: 'generation-written', fresh }));
+      this.armed = prepared;
+      plane.armGeneration(prepared.image, prepared.offsetBytes);
+    });
   }
 
-  /** Back with the peer, or no longer Primary: an unused armed generation is dropped. */
-  disarm(plane: DataPlane): void {
-    if (this.armed === null) return;
-    this.adoptIfWritten(plane);
-    if (this.armed !== null) plane.takeGeneration();
-    this.armed = null;
+  /** No longer Primary (or Diskless): an unused armed generation is dropped. */
+  disarm(plane: DataPlane): Promise<void> {
+    return this.serialized(async () => {
+      if (this.armed === null) return;
+      this.adoptIfWritten(plane);
+      if (this.armed !== null) plane.takeGeneration();
+      this.armed = null;
+    });
   }
 
   /** True when the data plane wrote the armed generation (it is the superblock now). */
@@ -302,8 +328,9 @@ export class MetadataStore {
     this.slot = this.armed.slot;
     this.armed = null;
     this.log.info('new generation: first write without the peer', { current: this.sb.uuids.current.toString(16), bitmap: this.sb.uuids.bitmap.toString(16) });
+    this.onGenerationAdopted?.();
     // The data plane wrote one slot; the copy in the other follows (mustSurviveLostSlot).
-    this.serialized(() => this.write(plane, this.sb)).catch((error: Error) =>
+    this.serialized(() => this.write(plane, (sb) => sb)).catch((error: Error) =>
       this.log.error('writing the second copy of the new generation failed', { error: error.message }),
     );
     return true;

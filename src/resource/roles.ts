@@ -173,8 +173,8 @@ export function promote(s: MachineState, fx: Effect[], input: Input): Step {
     persist(s, fx, { kind: 'forced-promotion', fresh: input.fresh });
     minted = true;
   }
-  // Promoted without its peer: what it writes now, the peer misses.
-  if (s.connection !== 'Connected' && !minted) armGeneration(s, fx, input);
+  // Armed whether or not the peer is there: what the peer misses from now on starts a new generation.
+  if (!minted) armGeneration(s, fx, input);
   persist(s, fx, { kind: 'became-primary', atMs: input.nowMs });
   fx.push({ kind: 'persist-bitmap' }, { kind: 'activity-log-reset' }, { kind: 'expose' });
   s.promotion = { ...promotion, minted };

@@ -139,11 +139,9 @@ export class Runner extends EventEmitter {
         );
         return;
       case 'arm-generation':
-        store.arm(plane, effect.fresh);
-        return;
+        return store.arm(plane, effect.fresh);
       case 'disarm-generation':
-        store.disarm(plane);
-        return;
+        return store.disarm(plane);
       case 'allow-resync':
         // With no data link attached yet, the attach carries the permission instead.
         if (plane.counters()?.linkAttached) plane.allowResync();

@@ -147,13 +147,16 @@ export function dataAttached(s: MachineState, fx: Effect[], event: { sessionId: 
   fx.push({ kind: 'log', level: 'info', message: 'data link attached', fields: { direction: session.direction, protocol: s.protocol } });
   s.lastLinkError = null;
   if (session.direction === 'source' && s.ioSuspended) resumeIo(s, fx, 'the peer is back');
-  disarmGeneration(s, fx);
+  // A Primary keeps a generation armed while it replicates: a write the peer never confirms
+  // completes only after it (DESIGN.md §5), however fast the link fails.
+  if (session.direction === 'source' && s.role === 'Primary') armGeneration(s, fx, input);
+  else disarmGeneration(s, fx);
   s.splitBrain = false;
   if (session.direction === 'source') {
     if (input.outOfSyncBytes === 0) {
       s.replication = 'Established';
       fx.push({ kind: 'notice', notice: { kind: 'resyncNone' } });
-      finishAsSource(s, fx);
+      finishAsSource(s, fx, input);
     } else {
       // The target joins this generation and opens its gate; data follows its yes.
       fx.push({ kind: 'request-resync-start', sessionId: session.id, bytes: input.outOfSyncBytes, current: s.md.uuids.current, history: s.md.uuids.history });
@@ -166,9 +169,11 @@ export function dataAttached(s: MachineState, fx: Effect[], event: { sessionId: 
 }
 
 /** The source's generation after a resync: the bitmap UUID goes to history. */
-export function finishAsSource(s: MachineState, fx: Effect[]): void {
+export function finishAsSource(s: MachineState, fx: Effect[], input: Input): void {
   if ((s.md.uuids.bitmap !== 0n || s.md.flags.crashedPrimary) && s.connection === 'Connected') persist(s, fx, { kind: 'source-done' });
   fx.push({ kind: 'persist-bitmap' }, { kind: 'send-state' });
+  // In step again: the next write the peer misses starts a new generation.
+  if (s.role === 'Primary') armGeneration(s, fx, input);
 }
 
 export function peerNotice(s: MachineState, fx: Effect[], notice: ControlNotice, input: Input): Step {

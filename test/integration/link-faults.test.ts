@@ -286,6 +286,34 @@ describeIntegration('link faults between two daemons (through a FaultProxy)', ['
     }
   }, 180_000);
 
+  test('(f) a cut under C while writes wait on beta: they complete only with a new generation started, with no write after them', async () => {
+    await waitEstablished(r);
+    const uuids = (s: NraidStatus) => s.uuids as { current: string; bitmap: string };
+    const before = uuids(await r.status('alpha'));
+    const generation = before.current;
+    expect(before.bitmap).toBe('0'.repeat(16));
+    proxy.stall(true);
+    proxy.refuse(true);
+    try {
+      // Sent, never confirmed: each waits on beta's write acknowledgement.
+      const offsets = [0, 1, 2, 3].map((i) => i * 16 * MiB + 4 * MiB);
+      const pending = offsets.map((offset) => writer.writeAt(offset, 64 * KiB));
+      await r.waitFor('alpha', (s) => num(s, 'writesInFlight') >= offsets.length, 10_000);
+      expect(proxy.cut()).toBe(2);
+      await Promise.all(pending); // acknowledged to the application
+      // No write follows: the generation must have moved already (the old data plane started
+      // it only with the next write, so a crash here let beta's promotion resync these away).
+      const after = await r.waitFor('alpha', (s) => uuids(s).current !== generation, 5_000);
+      expect(uuids(after).bitmap).toBe(generation);
+      expect(num(after, 'outOfSyncBytes')).toBeGreaterThanOrEqual(offsets.length * 64 * KiB);
+    } finally {
+      proxy.stall(false);
+      proxy.refuse(false);
+    }
+    await waitEstablished(r, 60_000);
+    await expectIdentical('after writes completed by a new generation');
+  }, 120_000);
+
   // Runs last: fio's writes are not in the RandomWriter's log, so after this
   // test only the hashes of the two data areas say the disks agree.
   test('(e) a stalled link under 128 writers: frames queue behind a blocked send; the cut releases every writer, the resync makes the disks identical', async () => {

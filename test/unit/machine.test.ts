@@ -116,7 +116,7 @@ describe('primary', () => {
     const r = run(s, [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
     expect(kinds(r.effects)).toEqual(['request-promote']);
     const yes = run(r.state, [{ type: 'promote-vote', requestId: r.state.promotion!.requestId!, ok: true, reason: '' }]);
-    expect(kinds(yes.effects)).toEqual(['persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
+    expect(kinds(yes.effects)).toEqual(['arm-generation', 'log', 'persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
     const done = run(yes.state, [{ type: 'program-done', tag: 'promote', error: null }]);
     expect(kinds(done.effects)).toEqual(['log', 'send-state', 'notice', 'reply', 'notice', 'drop-session']);
     expect(done.effects[2]).toEqual({ kind: 'notice', notice: { kind: 'promoteCommit', requestId: r.state.promotion!.requestId } });
@@ -176,7 +176,7 @@ describe('switchover', () => {
   test('the whole exchange in order: demote, drain, ask, done', () => {
     const r = start();
     expect(r.state.switchover?.phase).toBe('demoting');
-    expect(kinds(r.effects)).toEqual(['log', 'unexpose', 'persist:became-secondary']);
+    expect(kinds(r.effects)).toEqual(['log', 'unexpose', 'disarm-generation', 'persist:became-secondary']);
     let x = run(r.state, [{ type: 'program-done', tag: 'switchover-demote', error: null }]);
     expect(x.state.role).toBe('Secondary');
     expect(kinds(x.effects)).toEqual(['send-state', 'fault:switchover:after-demote']);
@@ -365,9 +365,15 @@ describe('races found so far', () => {
     expect(kinds(b.effects)).not.toContain('persist:target-done');
   });
 
-  test('a Primary that wrote nothing while apart keeps its generation: the armed one is dropped on return', () => {
-    let a = run(established('alpha', 'Primary'), [{ type: 'session-down', reason: 'cut' }, { type: 'connection', state: 'Connecting' }]);
-    expect(kinds(a.effects)).toContain('arm-generation');
+  test('a Primary keeps a generation armed while it replicates; one that wrote nothing while apart keeps its generation', () => {
+    const connected = established('alpha', 'Primary');
+    // Armed before any failure: a write the link loses completes only after the generation is written.
+    const armed = connected.armedGeneration;
+    expect(armed).not.toBeNull();
+    expect(established('beta', 'Secondary').armedGeneration).toBeNull();
+    let a = run(connected, [{ type: 'session-down', reason: 'cut' }, { type: 'connection', state: 'Connecting' }]);
+    expect(kinds(a.effects)).not.toContain('arm-generation');
+    expect(a.state.armedGeneration).toBe(armed);
     expect(a.state.md.uuids.current).toBe(GEN);
     a = run(a.state, [
       { type: 'connection', state: 'Connected' },
@@ -377,8 +383,9 @@ describe('races found so far', () => {
       { type: 'data-attached', sessionId: 2, error: null },
     ]);
     expect(a.state.decision!.kind).toBe('none');
-    expect(kinds(a.effects)).toContain('disarm-generation');
-    expect(a.state.armedGeneration).toBeNull();
+    expect(kinds(a.effects)).not.toContain('disarm-generation');
+    expect(a.state.armedGeneration).toBe(armed);
+    expect(a.state.md.uuids.current).toBe(GEN);
   });
 
   test('a Primary that wrote while apart moves on: the written generation becomes current, the old one the bitmap UUID', () => {
@@ -402,7 +409,7 @@ describe('every other command', () => {
     const s = established('alpha', 'Primary');
     const r = run(s, [{ type: 'command', id: 1, command: { name: 'secondary', holder: null } }]);
     expect(r.last.tag).toBe('demote');
-    expect(kinds(r.effects)).toEqual(['unexpose', 'persist:became-secondary']);
+    expect(kinds(r.effects)).toEqual(['unexpose', 'disarm-generation', 'persist:became-secondary']);
     const done = run(r.state, [{ type: 'program-done', tag: 'demote', error: null }]);
     expect(done.state.role).toBe('Secondary');
     expect(kinds(done.effects)).toEqual(['log', 'send-state', 'reply']);
@@ -479,7 +486,9 @@ describe('the session', () => {
     const s = { ...base, config: { ...base.config, onNoPeer: 'suspend-io' as const } };
     let r = run(s, [{ type: 'session-down', reason: 'ping timeout' }, { type: 'connection', state: 'Connecting' }]);
     expect(r.state.ioSuspended).toBe(true);
-    expect(kinds(r.effects)).toEqual(['log', 'arm-generation', 'log', 'suspend-io', 'emit', 'persist-bitmap']);
+    // Armed since the session was established: nothing to arm now.
+    expect(r.state.armedGeneration).not.toBeNull();
+    expect(kinds(r.effects)).toEqual(['log', 'suspend-io', 'emit', 'persist-bitmap']);
     r = run(r.state, [
       { type: 'connection', state: 'Connected' },
       { type: 'session-up', sessionId: 2, dialer: true, peer: peer() },
@@ -521,7 +530,9 @@ describe('the session', () => {
     r = run(r.state, [{ type: 'resync-done', bytes: 4096 }]);
     expect(r.state.replication).toBe('Established');
     expect(r.state.md.uuids).toEqual({ current: GEN, bitmap: 0n, history: [OLD, 0n] });
-    expect(kinds(r.effects)).toEqual(['log', 'persist:source-done', 'persist-bitmap', 'send-state', 'notice']);
+    // In step again: armed for the next write the peer misses.
+    expect(kinds(r.effects)).toEqual(['log', 'persist:source-done', 'persist-bitmap', 'send-state', 'arm-generation', 'log', 'notice']);
+    expect(r.state.armedGeneration).not.toBeNull();
   });
 
   test('resync-done on the target: UpToDate at the source generation, bitmap cleared', () => {

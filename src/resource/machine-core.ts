@@ -117,6 +117,8 @@ export interface Promotion {
   minted: boolean;
   /** A switchover that failed before asking the peer: the role comes back, the command still fails. */
   failure: NraidError | null;
+  /** The after-promote hook failed: the promotion is being undone (program promote-undo). */
+  hookFailure?: NraidError;
 }
 
 export type Command =

@@ -202,7 +202,7 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
         // and take the device away before this node says it is Secondary (a program: if the
         // device cannot go, the node stays Primary and says so).
         fx.push({ kind: 'log', level: 'error', message: 'promotion failed in the after-promote hook: undoing it', fields: { error: error.message } });
-        s.promotion = { ...promotion, failure: error };
+        s.promotion = { ...promotion, hookFailure: error };
         if (beforeDemoteHook(s)) fx.push({ kind: 'run-role-hook', hook: 'before-demote', purpose: 'cleanup' });
         fx.push({ kind: 'unexpose' });
         return { state: s, effects: fx, tag: 'promote-undo' };
@@ -216,7 +216,7 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
     }
     case 'promote-undo': {
       const promotion = s.promotion!;
-      const hookError = promotion.failure!;
+      const hookError = promotion.hookFailure!;
       s.promotion = null;
       if (error === null) return promotionFailed(s, fx, promotion, hookError);
       // The device could not be taken away (still in use): this node stays Primary, and says so.
@@ -227,7 +227,7 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
       );
       fx.push({ kind: 'log', level: 'error', message: 'undoing the promotion failed: staying Primary', fields: { error: error.message } });
       const askedByPeer = promotion.asker !== null && 'token' in promotion.asker;
-      return promoted(s, fx, { ...promotion, failure: askedByPeer ? null : stays });
+      return promoted(s, fx, { ...promotion, failure: askedByPeer ? null : promotion.failure !== null ? new HookFailedError(`${promotion.failure.message}; ${stays.message}`) : stays });
     }
     case 'demote': {
       const asker = s.demotion;

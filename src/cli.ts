@@ -9,6 +9,7 @@ import path from 'node:path';
 import { adminCall } from './admin';
 import { ParsedArgs, parseArgs, usage } from './cli/args';
 import { dumpMd, restoreMd } from './cli/metadata-commands';
+import { requireKernel } from './kernel';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs } from './config';
 import { Daemon, adminSocketPath } from './daemon';
 import { StaleCleanup, cleanupStale, readRecord } from './device';
@@ -50,6 +51,8 @@ function requireRoot(command: string): void {
 }
 
 function requireKernelSupport(): void {
+  // The kernel release against the feature table (LOOP_CONFIGURE, FUSE versions), /dev/fuse and /dev/loop-control.
+  requireKernel();
   if (!fs.existsSync('/dev/fuse')) {
     throw new PrerequisiteError('no /dev/fuse: this kernel has no FUSE support; load the fuse module (modprobe fuse) or use a kernel with FUSE');
   }

@@ -51,12 +51,12 @@ function requireRoot(command: string): void {
 }
 
 function requireKernelSupport(): void {
-  // The kernel release against the feature table (LOOP_CONFIGURE, FUSE versions), /dev/fuse and /dev/loop-control.
-  requireKernel();
   if (!fs.existsSync('/dev/fuse')) {
     throw new PrerequisiteError('no /dev/fuse: this kernel has no FUSE support; load the fuse module (modprobe fuse) or use a kernel with FUSE');
   }
   requireLoopControl();
+  // The kernel release against the feature table (LOOP_CONFIGURE, FUSE protocol versions).
+  requireKernel();
 }
 
 function context(args: ParsedArgs): Context {

@@ -10,7 +10,7 @@
  * Both nodes run on this machine, so each mounts at its own directory
  * (mnt-<node>); the database listens on one loopback port wherever it runs.
  */
-import { execFile } from 'child_process';
+import { execFile, execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
@@ -46,6 +46,12 @@ export function makePgSite(port: number, tag = 'pg'): PgSite {
   // The user postgres reaches its data dir through these (no listing: 0711).
   fs.chmodSync(harnessTempDir(), 0o711);
   fs.chmodSync(dir, 0o711);
+  // PostgreSQL's server logs (pg_ctl -l), written as postgres.
+  const logs = path.join(dir, 'logs');
+  fs.mkdirSync(logs);
+  const uid = Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim());
+  const gid = Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim());
+  fs.chownSync(logs, uid, gid);
   const beforeDemote = path.join(dir, 'stop-services');
   const afterPromote = path.join(dir, 'start-services');
   const common = `set -u
@@ -82,7 +88,7 @@ if ! mountpoint -q "$MNT"; then
   mount -o noatime "$NRAID_DEVICE" "$MNT" || exit 1
 fi
 [ -e "$FAIL" ] && { echo "failing on purpose ($FAIL)"; exit 3; }
-runuser -u postgres -- "$PG_CTL" -D "$PGDATA" -l ${dir}/postgres-$NRAID_NODE.log -w -t 50 start || exit 1
+runuser -u postgres -- "$PG_CTL" -D "$PGDATA" -l ${logs}/postgres-$NRAID_NODE.log -w -t 50 start || exit 1
 exit 0
 `,
     { mode: 0o755 },
@@ -162,7 +168,7 @@ export async function startServices(site: PgSite, node: string, device: string):
       env: { ...process.env, NRAID_EVENT: 'after-promote', NRAID_NODE: node, NRAID_DEVICE: device },
     });
   } catch (e) {
-    const log = path.join(site.dir, `postgres-${node}.log`);
+    const log = path.join(site.dir, 'logs', `postgres-${node}.log`);
     const tail = fs.existsSync(log) ? fs.readFileSync(log, 'utf8').slice(-2000) : '(no log)';
     throw new Error(`${site.afterPromote} failed: ${(e as Error).message}; PostgreSQL's log ends: ${tail}`);
   }

@@ -182,8 +182,14 @@ export function promote(s: MachineState, fx: Effect[], input: Input): Step {
     persist(s, fx, { kind: 'forced-promotion', fresh: input.fresh });
     minted = true;
   }
-  // Promoted without its peer: what it writes now, the peer misses.
-  if (s.connection !== 'Connected' && !minted) armGeneration(s, fx, input);
+  // Promoted without its peer, or over a session whose data link still runs toward this node
+  // (it turns around after the promotion): what it writes until the peer takes its data, the peer
+  // misses. Such writes only set bitmap bits, and at an equal generation the next handshake
+  // resyncs nothing: the after-promote hook's writes (fsck, mount, PostgreSQL starting) were lost
+  // on the old Primary, and a switchover back lost committed rows (issue 14's PostgreSQL test).
+  // A new generation on the first such write makes the turned-around session resync them.
+  const replicating = connected(s) && s.session!.direction === 'source';
+  if (!replicating && !minted) armGeneration(s, fx, input);
   persist(s, fx, { kind: 'became-primary', atMs: input.nowMs });
   fx.push({ kind: 'persist-bitmap' }, { kind: 'activity-log-reset' }, { kind: 'expose' });
   // fsck, mount, start the services; a failing hook fails the program, which undoes the promotion.

@@ -116,7 +116,8 @@ describe('primary', () => {
     const r = run(s, [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
     expect(kinds(r.effects)).toEqual(['request-promote']);
     const yes = run(r.state, [{ type: 'promote-vote', requestId: r.state.promotion!.requestId!, ok: true, reason: '' }]);
-    expect(kinds(yes.effects)).toEqual(['persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
+    // Its data link still runs toward it until the turnaround: a new generation is armed for what it writes meanwhile.
+    expect(kinds(yes.effects)).toEqual(['arm-generation', 'log', 'persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
     const done = run(yes.state, [{ type: 'program-done', tag: 'promote', error: null }]);
     expect(kinds(done.effects)).toEqual(['log', 'send-state', 'notice', 'reply', 'notice', 'drop-session']);
     expect(done.effects[2]).toEqual({ kind: 'notice', notice: { kind: 'promoteCommit', requestId: r.state.promotion!.requestId } });
@@ -810,6 +811,24 @@ describe('status: Connected only once the session is agreed', () => {
     const st = run(node('beta'), [{ type: 'connection', state: 'Connected' }]).state;
     expect(snapshot(facts(st)).connection).toBe('Connecting');
   });
+});
+
+test('regression: writes of a new Primary before its session turns around are resynced (a new generation is armed), not left out of sync at an equal generation', () => {
+  // Found by the PostgreSQL test (issue 14): the after-promote hook mounted and started PostgreSQL on
+  // beta before the turnaround; those writes only set bits, the handshake at the same generation
+  // decided "none", and a switchover back to alpha lost committed rows.
+  let x = run(established('beta', 'Secondary'), [
+    { type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } },
+    { type: 'fault-passed', name: 'switchover:peer-before-promote' },
+  ]);
+  expect(kinds(x.effects)).toContain('arm-generation');
+  x = run(x.state, [{ type: 'program-done', tag: 'promote', error: null }, { type: 'generation-written' }]);
+  expect(x.state.md.uuids.bitmap).toBe(GEN);
+  expect(x.state.md.uuids.current).not.toBe(GEN);
+  // A Primary that already sends to its peer arms nothing: its writes reach the peer.
+  const source = run({ ...established('alpha', 'Primary'), role: 'Secondary' as const, exposed: false }, [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+  const voted = run(source.state, [{ type: 'promote-vote', requestId: source.state.promotion!.requestId!, ok: true, reason: '' }]);
+  expect(kinds(voted.effects)).not.toContain('arm-generation');
 });
 
 describe('role hooks (issue 14: the services move with the device)', () => {

@@ -52,6 +52,8 @@ async function runPostgresBench({ rounds = 3, log = console.log } = {}) {
     const env = (node, event) => ({ ...process.env, NRAID_EVENT: event, NRAID_NODE: node, NRAID_DEVICE: r.nodes[node].device });
     const { execFileSync } = require('node:child_process');
     const settle = async () => {
+      // Both Established and UpToDate (a switchover's hook writes are resynced first), then some commits.
+      await Promise.all(['alpha', 'beta'].map((node) => r.waitFor(node, connectedUpToDate, 60_000)));
       const since = Date.now();
       await until('commits', () => writer.committed.filter((c) => c.atMs >= since).length >= 20, 60_000);
     };
@@ -61,14 +63,14 @@ async function runPostgresBench({ rounds = 3, log = console.log } = {}) {
       let t0 = Date.now();
       execFileSync(site.beforeDemote, [], { env: env(primary, 'before-demote'), stdio: 'ignore' });
       execFileSync(site.afterPromote, [], { env: env(primary, 'after-promote'), stdio: 'ignore' });
-      result.baselineRestartMs.push((await writer.waitCommitSince(t0, 60_000)).atMs - t0);
+      result.baselineRestartMs.push((await writer.waitCommitAfterMove(t0, 60_000)).atMs - t0);
 
       // Planned switchover with the hooks.
       await settle();
       t0 = Date.now();
       const so = await r.run(primary, 'switchover', [], { timeoutMs: 120_000 });
       if (so.code !== 0) throw new Error(`switchover ${primary}: ${so.stderr.trim()}`);
-      result.switchoverMs.push((await writer.waitCommitSince(t0, 60_000)).atMs - t0);
+      result.switchoverMs.push((await writer.waitCommitAfterMove(t0, 60_000)).atMs - t0);
       primary = otherNode(primary);
 
       // Forced failover after kill -9 of the Primary's daemon and PostgreSQL.
@@ -76,6 +78,7 @@ async function runPostgresBench({ rounds = 3, log = console.log } = {}) {
       const victim = primary;
       const survivor = otherNode(victim);
       const daemonPid = (await r.status(victim)).pid;
+      const killedAt = Date.now();
       const killed = pg.killPostgres(pg.postmasterPid(site, victim));
       process.kill(daemonPid, 'SIGKILL');
       await r.waitFor(survivor, (s) => s.connection !== 'Connected', 10_000);
@@ -83,7 +86,7 @@ async function runPostgresBench({ rounds = 3, log = console.log } = {}) {
       const promote = await r.run(survivor, 'primary', ['--force'], { timeoutMs: 120_000 });
       if (promote.code !== 0) throw new Error(`primary --force on ${survivor}: ${promote.stderr.trim()}`);
       result.promoteCommandMs.push(Date.now() - t0);
-      result.forcedFailoverMs.push((await writer.waitCommitSince(t0, 60_000)).atMs - t0);
+      result.forcedFailoverMs.push((await writer.waitCommitAfterMove(killedAt, 60_000)).atMs - t0);
       result.rowsLost += pg.missingIds(writer, await pg.committedIds(port)).length;
       await until('killed processes gone', () => [...killed, daemonPid].every((p) => !processAlive(p)), 30_000);
       await pg.unmountStale(site, victim);

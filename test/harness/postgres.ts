@@ -348,8 +348,10 @@ export class PgClient {
  * the next id (the lost one's outcome is unknown: it may or may not be there).
  */
 export class CommitWriter {
-  /** Ids whose COMMIT returned, and when. */
-  readonly committed: { id: number; atMs: number }[] = [];
+  /** Ids whose COMMIT returned, and when; `connectedAtMs`: when their connection was opened. */
+  readonly committed: { id: number; atMs: number; connectedAtMs: number }[] = [];
+  /** When each connection was lost. */
+  readonly lostAtMs: number[] = [];
   readonly uncertain: number[] = [];
   private nextId = 1;
   private stopped = false;
@@ -374,6 +376,27 @@ export class CommitWriter {
     return this.committed.find((c) => c.atMs >= sinceMs) ?? null;
   }
 
+  /**
+   * The first commit on a connection opened after the first connection lost
+   * at or after `sinceMs`: the database serving again after it moved (the old
+   * server keeps committing until its hook stops it). Null until then.
+   */
+  firstCommitAfterMove(sinceMs: number): { id: number; atMs: number } | null {
+    const lost = this.lostAtMs.find((t) => t >= sinceMs);
+    if (lost === undefined) return null;
+    return this.committed.find((c) => c.connectedAtMs >= lost) ?? null;
+  }
+
+  async waitCommitAfterMove(sinceMs: number, timeoutMs: number): Promise<{ id: number; atMs: number }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.firstCommitAfterMove(sinceMs);
+      if (found !== null) return found;
+      if (Date.now() > deadline) throw new Error(`no transaction committed on a new connection within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
   /** Resolves when a commit at or after `sinceMs` is logged. */
   async waitCommitSince(sinceMs: number, timeoutMs: number): Promise<{ id: number; atMs: number }> {
     const deadline = Date.now() + timeoutMs;
@@ -388,8 +411,10 @@ export class CommitWriter {
   private async loop(): Promise<void> {
     while (!this.stopped) {
       let client: PgClient;
+      let connectedAtMs: number;
       try {
         client = await PgClient.connect(this.port, 2_000);
+        connectedAtMs = Date.now();
       } catch {
         await new Promise((r) => setTimeout(r, 20));
         continue;
@@ -403,10 +428,11 @@ export class CommitWriter {
             this.uncertain.push(id);
             throw e;
           }
-          this.committed.push({ id, atMs: Date.now() });
+          this.committed.push({ id, atMs: Date.now(), connectedAtMs });
         }
       } catch {
         this.connectionsLost++;
+        this.lostAtMs.push(Date.now());
       } finally {
         client.close();
       }

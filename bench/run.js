@@ -13,6 +13,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { runFailoverBench } = require('./failover');
+const { runPostgresBench } = require('./postgres');
 const { runMicro } = require('./micro');
 const { TIMING_FULL, TIMING_QUICK, WORKLOADS, runFio } = require('./e2e/fio');
 const { BASELINE_ROW, DEFAULT_ROWS, STACKS, stackById } = require('./e2e/stacks');
@@ -45,6 +46,7 @@ const USAGE = `usage: node bench/run.js [options]
   --no-micro         skip the benny micro benchmarks
   --no-e2e           skip the fio rows and the failover timings (no root needed)
   --no-failover      skip the switchover and forced-promotion timings
+  --no-postgres      skip the PostgreSQL switchover and forced-failover timings (bench/postgres.js)
   --strict           exit 1 when any row fails (default: only when the baseline row fails)
   -h, --help         this text`;
 
@@ -64,7 +66,7 @@ function parseWhole(name, text, min, max) {
 }
 
 function parseArgs(argv) {
-  const options = { quick: false, rows: DEFAULT_ROWS, sizeBytes: SIZE_BYTES_DEFAULT, dir: os.tmpdir(), micro: true, e2e: true, failover: true, strict: false, runtime: null, ramp: null, repeat: 1 };
+  const options = { quick: false, rows: DEFAULT_ROWS, sizeBytes: SIZE_BYTES_DEFAULT, dir: os.tmpdir(), micro: true, e2e: true, failover: true, postgres: true, strict: false, runtime: null, ramp: null, repeat: 1 };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].startsWith('--') && argv[i].includes('=') ? argv[i].split(/=(.*)/s, 2) : [argv[i], undefined];
     const value = () => {
@@ -83,6 +85,7 @@ function parseArgs(argv) {
       case '--no-micro': options.micro = false; break;
       case '--no-e2e': options.e2e = false; break;
       case '--no-failover': options.failover = false; break;
+      case '--no-postgres': options.postgres = false; break;
       case '--strict': options.strict = true; break;
       case '-h': case '--help': options.help = true; break;
       default: throw new Error(`unknown option "${argv[i]}"\n\n${USAGE}`);
@@ -310,6 +313,16 @@ async function main() {
       } catch (error) {
         console.error(`[bench] failover FAILED: ${error.message}`);
         report.failover = { error: error.message };
+        if (options.strict) exitCode = 1;
+      }
+    }
+    if (options.postgres) {
+      console.log('\n== PostgreSQL: switchover with hooks, forced failover after kill -9 (protocol C, to the first commit)');
+      try {
+        report.postgres = await runPostgresBench({ rounds: options.quick ? 1 : 3, log: (line) => console.log(line) });
+      } catch (error) {
+        console.error(`[bench] postgres FAILED: ${error.message}`);
+        report.postgres = { error: error.message };
         if (options.strict) exitCode = 1;
       }
     }

@@ -9,7 +9,8 @@ import path from 'node:path';
 import { adminCall } from './admin';
 import { ParsedArgs, parseArgs, usage } from './cli/args';
 import { dumpMd, restoreMd } from './cli/metadata-commands';
-import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath } from './config';
+import { requireKernel } from './kernel';
+import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs } from './config';
 import { Daemon, adminSocketPath } from './daemon';
 import { StaleCleanup, cleanupStale, readRecord } from './device';
 import { BackingDisk } from './disk';
@@ -27,7 +28,7 @@ import {
   errorReply,
   toNraidError,
 } from './errors';
-import { daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
+import { adminCallTimeoutMsDefault, daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
 import { requireLoopControl } from './loop';
 import { createMetadata } from './metadata';
@@ -54,6 +55,8 @@ function requireKernelSupport(): void {
     throw new PrerequisiteError('no /dev/fuse: this kernel has no FUSE support; load the fuse module (modprobe fuse) or use a kernel with FUSE');
   }
   requireLoopControl();
+  // The kernel release against the feature table (LOOP_CONFIGURE, FUSE protocol versions).
+  requireKernel();
 }
 
 function context(args: ParsedArgs): Context {
@@ -66,9 +69,13 @@ function context(args: ParsedArgs): Context {
   return { args, config, local };
 }
 
+/** Role changes may run the role hooks (on both nodes for a switchover): their timeouts add to the wait. */
+const ROLE_COMMANDS: ReadonlySet<string> = new Set(['primary', 'secondary', 'switchover']);
+
 async function callDaemon(ctx: Context, command: string, args: Record<string, unknown> = {}): Promise<unknown> {
+  const timeoutMs = adminCallTimeoutMsDefault + (ROLE_COMMANDS.has(command) ? roleHookBudgetMs(ctx.config.hooks) : 0);
   try {
-    return await adminCall(adminSocketPath(ctx.local), command, args);
+    return await adminCall(adminSocketPath(ctx.local), command, args, undefined, timeoutMs);
   } catch (error) {
     if (error instanceof NotUpError) {
       throw new NotUpError(

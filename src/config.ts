@@ -32,6 +32,12 @@ export interface NodeConfig {
 export interface HooksConfig {
   splitBrain: string | null;
   fencePeer: string | null;
+  /** Run before this node gives up Primary (stop the services, unmount); non-zero keeps it Primary. */
+  beforeDemote: string | null;
+  /** Run after this node became Primary (fsck, mount, start the services); non-zero undoes the promotion. */
+  afterPromote: string | null;
+  beforeDemoteTimeoutMs: number;
+  afterPromoteTimeoutMs: number;
 }
 
 export interface ResourceConfig {
@@ -242,7 +248,18 @@ const topKeys: readonly KeySpec[] = [
 const hookKeys: readonly KeySpec[] = [
   key('split-brain', absolutePath, null),
   key('fence-peer', absolutePath, null),
+  key('before-demote', absolutePath, null),
+  key('after-promote', absolutePath, null),
+  key('before-demote-timeout-ms', integer(limits.roleHookTimeoutMsMin, limits.roleHookTimeoutMsMax), limits.roleHookTimeoutMsDefault),
+  key('after-promote-timeout-ms', integer(limits.roleHookTimeoutMsMin, limits.roleHookTimeoutMsMax), limits.roleHookTimeoutMsDefault),
 ];
+
+/** The longest a role change may spend in its hooks (one of each, and each again to undo): added to the waits for it. */
+export function roleHookBudgetMs(hooks: HooksConfig): number {
+  const beforeDemote = hooks.beforeDemote === null ? 0 : hooks.beforeDemoteTimeoutMs;
+  const afterPromote = hooks.afterPromote === null ? 0 : hooks.afterPromoteTimeoutMs;
+  return 2 * (beforeDemote + afterPromote);
+}
 
 const nodeKeys: readonly KeySpec[] = [
   key('address', addressType, REQUIRED),

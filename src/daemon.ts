@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 import { AdminServer, AdminStream } from './admin';
-import { NodeConfig, ResourceConfig, loadConfig, localAndPeer } from './config';
+import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, roleHookBudgetMs } from './config';
 import { StaleCleanup, cleanupStale } from './device';
 import { BackingDisk } from './disk';
 import { ConfigError, StaleDeviceError, StateError } from './errors';
@@ -148,6 +148,7 @@ export class Daemon extends EventEmitter {
           onIoError: this.config.onIoError,
           fencePeer: this.config.hooks.fencePeer !== null,
           splitBrainHook: this.config.hooks.splitBrain !== null,
+          roleHooks: { beforeDemote: this.config.hooks.beforeDemote !== null, afterPromote: this.config.hooks.afterPromote !== null },
           afterSb0pri: this.config.afterSb0pri,
           peerGraceMs: this.config.pingTimeoutMs,
         },
@@ -160,7 +161,17 @@ export class Daemon extends EventEmitter {
         exposure,
         peer: () => this.session,
         log: this.log,
-        hooks: { fencePeer: this.config.hooks.fencePeer, splitBrain: this.config.hooks.splitBrain, env: (event) => this.hookEnv(event) },
+        hooks: {
+          fencePeer: this.config.hooks.fencePeer,
+          splitBrain: this.config.hooks.splitBrain,
+          env: (event) => this.hookEnv(event),
+          role: {
+            beforeDemote: this.config.hooks.beforeDemote,
+            afterPromote: this.config.hooks.afterPromote,
+            beforeDemoteTimeoutMs: this.config.hooks.beforeDemoteTimeoutMs,
+            afterPromoteTimeoutMs: this.config.hooks.afterPromoteTimeoutMs,
+          },
+        },
         lag: { maxLagBytes: this.config.maxLagBytes, maxLagMs: this.config.maxLagMs },
         faultPoints: faultPoints(),
         status: () => this.status(),
@@ -317,6 +328,7 @@ export class Daemon extends EventEmitter {
       granularityBytes: this.p.store.superblock.bitmapGranularityBytes,
       dispatch: (event) => runner.dispatch(event),
       holder: () => this.p.exposure.holder(),
+      roleHookBudgetMs: roleHookBudgetMs(this.config.hooks),
       onAdjust: () => void this.adjust().catch((error: Error) => this.log.warn('adjust from the peer failed', { error: error.message })),
       log: (level, message, fields) => this.log[level](message, fields),
     });
@@ -349,6 +361,7 @@ export class Daemon extends EventEmitter {
       NRAID_PEER_ADDRESS: this.peer.address,
       NRAID_ROLE: s.role,
       NRAID_DISK: diskState(s),
+      NRAID_DEVICE: this.local.device,
     };
   }
 

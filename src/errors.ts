@@ -158,6 +158,16 @@ export class StaleDeviceError extends NraidError {
   override readonly code = 'NRAID_ERR_STALE_DEVICE';
 }
 
+/** A role hook (before-demote, after-promote) exited non-zero or ran past its timeout: the role change was not made. */
+export class HookFailedError extends NraidError {
+  override readonly code = 'NRAID_ERR_HOOK_FAILED';
+}
+
+/** The running kernel lacks something nraid needs (LOOP_CONFIGURE, a FUSE protocol version, /dev/fuse). */
+export class KernelError extends NraidError {
+  override readonly code = 'NRAID_ERR_KERNEL';
+}
+
 /** What the admin socket carries back for an error: enough to rebuild it on the CLI side. */
 export interface ErrorReply {
   code: string;

@@ -11,7 +11,20 @@ import type { Logger } from './log';
  * Resolves with the hook's exit code (-1 when it was killed at the timeout).
  * Rejects with a SystemError (errno kept) when the hook cannot be started.
  */
-export function runHook(command: string, env: Record<string, string>, log: Logger, timeoutMs = hookTimeoutMs): Promise<number> {
+export async function runHook(command: string, env: Record<string, string>, log: Logger, timeoutMs = hookTimeoutMs): Promise<number> {
+  return (await runHookWithOutput(command, env, log, timeoutMs)).exitCode;
+}
+
+export interface HookResult {
+  /** -1 when it was killed at the timeout. */
+  exitCode: number;
+  timedOut: boolean;
+  /** stdout and stderr together, at most hookOutputCharsMax characters. */
+  output: string;
+}
+
+/** As runHook, with the output and whether the timeout struck (for messages that say why). */
+export function runHookWithOutput(command: string, env: Record<string, string>, log: Logger, timeoutMs = hookTimeoutMs): Promise<HookResult> {
   return new Promise((resolve, reject) => {
     log.info('running hook', { command, event: env.NRAID_EVENT });
     const child = spawn(command, [], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -21,7 +34,11 @@ export function runHook(command: string, env: Record<string, string>, log: Logge
     };
     child.stdout.on('data', collect);
     child.stderr.on('data', collect);
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
     child.once('error', (error) => {
       clearTimeout(timer);
       reject(
@@ -34,7 +51,7 @@ export function runHook(command: string, env: Record<string, string>, log: Logge
       clearTimeout(timer);
       const exitCode = code ?? -1;
       log.info('hook finished', { command, event: env.NRAID_EVENT, exitCode, signal, output: output.trim() });
-      resolve(exitCode);
+      resolve({ exitCode, timedOut, output: output.trim() });
     });
   });
 }

@@ -139,6 +139,12 @@ export const processExitPollMs = 20;
 export const statusWatchIntervalMs = 1_000;
 /** A split-brain or fence-peer hook is killed after this long; its answer then is "failed". */
 export const hookTimeoutMs = 60_000;
+/** Role hooks (before-demote, after-promote): each one's timeout, configurable per resource. */
+export const roleHookTimeoutMsMin = 1_000;
+export const roleHookTimeoutMsDefault = 60_000;
+export const roleHookTimeoutMsMax = 600_000;
+/** Characters of a failed role hook's output quoted in the error (the log keeps more). */
+export const roleHookMessageCharsMax = 300;
 /** Characters of a hook's output kept for the log. */
 export const hookOutputCharsMax = 4096;
 /** How long `up` waits for a killed daemon (a zombie for a moment) to go before cleaning up after it. */
@@ -202,6 +208,7 @@ check(controlMessageBytesMax >= requestBytesMax, 'a control message can carry a 
 check(adminFrameBytesMax <= controlMessageBytesMax, 'admin frames are not larger than control messages');
 check(configFileBytesMax >= 4 * KiB, 'a config file can hold a real config');
 check(switchoverTimeoutMs > drainTimeoutMs, 'a switchover outlasts its drain');
+check(roleHookTimeoutMsMin <= roleHookTimeoutMsDefault && roleHookTimeoutMsDefault <= roleHookTimeoutMsMax, 'role hook timeout default in bounds');
 
 // --- Control link (src/link, src/protocol/control.proto) -------------------------
 // Defaults of the timing keys (ping-interval-ms, ...) and the largest message

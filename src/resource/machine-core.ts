@@ -57,6 +57,8 @@ export interface MachineConfig {
   onIoError: 'detach' | 'pass-on';
   fencePeer: boolean;
   splitBrainHook: boolean;
+  /** Role hooks configured: before-demote stops the services and unmounts, after-promote mounts and starts them. */
+  roleHooks?: { beforeDemote: boolean; afterPromote: boolean };
   afterSb0pri: AfterSplitBrainPolicy;
   /** How long a peer that turned the session around as Primary still counts as Primary (its ping timeout). */
   peerGraceMs: number;
@@ -115,6 +117,8 @@ export interface Promotion {
   minted: boolean;
   /** A switchover that failed before asking the peer: the role comes back, the command still fails. */
   failure: NraidError | null;
+  /** The after-promote hook failed: the promotion is being undone (program promote-undo). */
+  hookFailure?: NraidError;
 }
 
 export type Command =
@@ -181,7 +185,15 @@ export interface Input {
   outOfSyncBytes: number;
 }
 
-export type ProgramTag = 'promote' | 'demote' | 'switchover-demote';
+export type ProgramTag = 'promote' | 'promote-undo' | 'demote' | 'switchover-demote';
+
+/**
+ * Why a role hook runs: `switch` is part of a role change (its failure fails the
+ * program); `restore` brings the services back after a demotion that did not
+ * happen; `cleanup` stops what a failed after-promote hook started. The last two
+ * are best effort: a failure is logged.
+ */
+export type RoleHookPurpose = 'switch' | 'restore' | 'cleanup';
 
 export type Effect =
   /** To a command: the status snapshot, or the error. To a peer request: `body`, or the error. */
@@ -216,6 +228,7 @@ export type Effect =
   | { kind: 'suspend-io'; reason: string }
   | { kind: 'resume-io'; reason: string }
   | { kind: 'run-hook'; hook: 'fence-peer' | 'split-brain'; reason: string }
+  | { kind: 'run-role-hook'; hook: 'before-demote' | 'after-promote'; purpose: RoleHookPurpose }
   | { kind: 'set-protocol'; protocol: Protocol }
   | { kind: 'set-on-io-error'; policy: 'detach' | 'pass-on' }
   | { kind: 'detach-disk'; why: string }

@@ -24,6 +24,8 @@ export interface PeerSessionOptions {
   holder: () => string | null;
   /** The peer changed its config: reload ours. */
   onAdjust: () => void;
+  /** How long the role hooks of a switchover may take on both nodes (config.roleHookBudgetMs): added to its waits. */
+  roleHookBudgetMs?: number;
   log: (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -148,13 +150,13 @@ export class PeerSession {
         return true;
       }
       case 'request-switchover':
-        link.request('switchover', {}, limits.switchoverTimeoutMs).then(
+        link.request('switchover', {}, limits.switchoverTimeoutMs + (this.options.roleHookBudgetMs ?? 0)).then(
           () => this.dispatch({ type: 'switchover-reply', outcome: 'done', reason: '', error: null }),
           (error) => this.dispatch({ type: 'switchover-reply', outcome: 'refused', reason: reason(error), error: error instanceof NraidError ? error : null }),
         );
         return true;
       case 'request-switchover-promote':
-        link.request('switchoverPromote', { current: effect.current }, limits.switchoverTimeoutMs).then(
+        link.request('switchoverPromote', { current: effect.current }, limits.switchoverTimeoutMs + (this.options.roleHookBudgetMs ?? 0)).then(
           (vote) => this.dispatch({ type: 'switchover-reply', outcome: vote.ok ? 'done' : 'refused', reason: vote.reason, error: null }),
           (error) => this.dispatch({ type: 'switchover-reply', outcome: 'unknown', reason: reason(error), error: null }),
         );

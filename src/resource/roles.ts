@@ -2,7 +2,7 @@
  * Role changes: the admin commands, the two-phase promotion, demotion, and
  * the switchover with its unknown outcome. Pure transitions (see machine.ts).
  */
-import { DeviceBusyError, NotUpToDateError, NraidError, PeerError, PromotionConflictError, StateError, SwitchoverOutcomeUnknownError } from '../errors';
+import { DeviceBusyError, HookFailedError, NotUpToDateError, NraidError, PeerError, PromotionConflictError, StateError, SwitchoverOutcomeUnknownError } from '../errors';
 import {
   Asker,
   Command,
@@ -11,6 +11,7 @@ import {
   Input,
   MachineState,
   ProgramTag,
+  Promotion,
   Step,
   answer,
   armGeneration,
@@ -39,7 +40,10 @@ export function command(s: MachineState, fx: Effect[], id: number, c: Command, i
     case 'secondary':
       if (s.role === 'Secondary') return done();
       if (s.ioSuspended) return refuse(suspendedError(r, 'demote'));
-      if (c.holder !== null) return refuse(new DeviceBusyError(`cannot demote ${r}: device ${s.config.device} is in use (${c.holder}); unmount or close it first`));
+      // A before-demote hook unmounts first; the unexpose after it still refuses a device in use.
+      if (c.holder !== null && !beforeDemoteHook(s)) {
+        return refuse(new DeviceBusyError(`cannot demote ${r}: device ${s.config.device} is in use (${c.holder}); unmount or close it first, or configure hooks.before-demote`));
+      }
       s.demotion = asker;
       demote(s, fx);
       return { state: s, effects: fx, tag: 'demote' };
@@ -110,8 +114,13 @@ export function suspendedError(resource: string, what: string): StateError {
   );
 }
 
+const beforeDemoteHook = (s: MachineState): boolean => s.config.roleHooks?.beforeDemote === true;
+const afterPromoteHook = (s: MachineState): boolean => s.config.roleHooks?.afterPromote === true;
+
 /** The effects that take the device away and record the node as Secondary (a program). */
 export function demote(s: MachineState, fx: Effect[]): void {
+  // The services stop and the filesystem is unmounted before the device goes; a failing hook fails the program.
+  if (beforeDemoteHook(s)) fx.push({ kind: 'run-role-hook', hook: 'before-demote', purpose: 'switch' });
   fx.push({ kind: 'unexpose' });
   disarmGeneration(s, fx);
   persist(s, fx, { kind: 'became-secondary' });
@@ -173,10 +182,16 @@ export function promote(s: MachineState, fx: Effect[], input: Input): Step {
     persist(s, fx, { kind: 'forced-promotion', fresh: input.fresh });
     minted = true;
   }
-  // Armed whether or not the peer is there: what the peer misses from now on starts a new generation.
+  // Armed with or without the peer, and over a session whose data link still runs toward this
+  // node (it turns around after the promotion): the first write the peer does not take starts a
+  // new generation, so the turned-around session resyncs it (the after-promote hook's writes,
+  // PostgreSQL starting: at an equal generation they were lost on a switchover back).
   if (!minted) armGeneration(s, fx, input);
   persist(s, fx, { kind: 'became-primary', atMs: input.nowMs });
   fx.push({ kind: 'persist-bitmap' }, { kind: 'activity-log-reset' }, { kind: 'expose' });
+  // fsck, mount, start the services; a failing hook fails the program, which undoes the promotion.
+  // Writes it makes before a switchover's session turns around are marked out of sync, resynced after.
+  if (afterPromoteHook(s)) fx.push({ kind: 'run-role-hook', hook: 'after-promote', purpose: 'switch' });
   s.promotion = { ...promotion, minted };
   return { state: s, effects: fx, tag: 'promote' };
 }
@@ -185,51 +200,44 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
   switch (tag) {
     case 'promote': {
       const promotion = s.promotion!;
+      if (error !== null && error.code === 'NRAID_ERR_HOOK_FAILED') {
+        // The device is exposed and the hook may have started part of the services: stop them
+        // and take the device away before this node says it is Secondary (a program: if the
+        // device cannot go, the node stays Primary and says so).
+        fx.push({ kind: 'log', level: 'error', message: 'promotion failed in the after-promote hook: undoing it', fields: { error: error.message } });
+        s.promotion = { ...promotion, hookFailure: error };
+        if (beforeDemoteHook(s)) fx.push({ kind: 'run-role-hook', hook: 'before-demote', purpose: 'cleanup' });
+        fx.push({ kind: 'unexpose' });
+        return { state: s, effects: fx, tag: 'promote-undo' };
+      }
       s.promotion = null;
       if (error !== null) {
         fx.push({ kind: 'log', level: 'error', message: 'promotion failed', fields: { error: error.message } });
-        if (promotion.requestId !== null) fx.push({ kind: 'notice', notice: { kind: 'promoteAbort', requestId: promotion.requestId } });
-        persist(s, fx, { kind: 'became-secondary' });
-        disarmGeneration(s, fx);
-        // A peer that asked (switchover) hears a plain no: it knows this node is not Primary.
-        if (promotion.asker !== null && 'token' in promotion.asker) answer(fx, promotion.asker, null, { ok: false, reason: `the promotion failed: ${error.message}` });
-        else if (promotion.asker !== null) answer(fx, promotion.asker, promotion.failure ?? error);
-        return { state: s, effects: fx };
+        return promotionFailed(s, fx, promotion, error);
       }
-      s.role = 'Primary';
-      s.exposed = true;
-      fx.push({ kind: 'log', level: 'info', message: 'promoted' }, { kind: 'send-state' });
-      if (promotion.requestId !== null) fx.push({ kind: 'notice', notice: { kind: 'promoteCommit', requestId: promotion.requestId } });
-      const after: Effect[] = [];
-      if (promotion.asker !== null) after.push({ kind: 'reply', to: promotion.asker, error: promotion.failure, body: { ok: true, reason: '' } });
-      // The data link runs from the Primary: turn it around if it ran the other way. After a
-      // forced promotion the generations differ, so the handshake decides the sync anew, also
-      // while a handshake is under way (the peer may already hold the old state).
-      if ((promotion.minted && s.connection !== 'StandAlone') || (connected(s) && s.session!.direction !== 'source')) {
-        after.push({ kind: 'notice', notice: { kind: 'turnaround' } });
-        after.push({ kind: 'drop-session', reason: promotion.minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source' });
-      }
-      if (promotion.asker !== null && 'token' in promotion.asker && s.switchover?.phase === 'delegated') {
-        // This node asked the Primary for the switchover and is Primary now: that is its answer
-        // (the Primary's own reply may not arrive once the session turns around).
-        after.unshift({ kind: 'log', level: 'info', message: 'switchover done', fields: { newPrimary: s.config.local } });
-        after.push({ kind: 'reply', to: s.switchover.asker, error: null });
-        s.switchover = null;
-      }
-      if (promotion.asker !== null && 'token' in promotion.asker) {
-        // Promoted at the peer's request (switchover): the answer leaves after the fault point.
-        s.afterPeerPromote = after;
-        fx.push({ kind: 'fault-point', name: 'switchover:peer-after-promote' });
-      } else {
-        fx.push(...after);
-      }
-      return { state: s, effects: fx };
+      return promoted(s, fx, promotion);
+    }
+    case 'promote-undo': {
+      const promotion = s.promotion!;
+      const hookError = promotion.hookFailure!;
+      s.promotion = null;
+      if (error === null) return promotionFailed(s, fx, promotion, hookError);
+      // The device could not be taken away (still in use): this node stays Primary, and says so.
+      const r = s.config.resource;
+      const stays = new HookFailedError(
+        `${hookError.message}; undoing the promotion failed too (${error.message}): ${s.config.local} stays Primary of ${r} with its services ` +
+          'as the hooks left them; start them by hand, or stop them, unmount and run nraid secondary',
+      );
+      fx.push({ kind: 'log', level: 'error', message: 'undoing the promotion failed: staying Primary', fields: { error: error.message } });
+      const askedByPeer = promotion.asker !== null && 'token' in promotion.asker;
+      return promoted(s, fx, { ...promotion, failure: askedByPeer ? null : promotion.failure !== null ? new HookFailedError(`${promotion.failure.message}; ${stays.message}`) : stays });
     }
     case 'demote': {
       const asker = s.demotion;
       s.demotion = null;
       if (error !== null) {
-        if (asker !== null) answer(fx, asker, error);
+        restoreServices(s, fx);
+        if (asker !== null) answer(fx, asker, restoredError(s, error));
         return { state: s, effects: fx };
       }
       s.role = 'Secondary';
@@ -241,9 +249,11 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
     case 'switchover-demote': {
       const so = s.switchover!;
       if (error !== null) {
-        // The device is still there (unexpose refused): nothing changed.
+        // The device is still there (the hook or unexpose refused): this node stays Primary.
         s.switchover = null;
-        answer(fx, so.asker, new StateError(`cannot switch over ${s.config.resource}: ${error.message}`));
+        restoreServices(s, fx);
+        const message = `cannot switch over ${s.config.resource}: ${error.message}`;
+        answer(fx, so.asker, restoredError(s, error.code === 'NRAID_ERR_HOOK_FAILED' ? new HookFailedError(message) : new StateError(message)));
         return { state: s, effects: fx };
       }
       s.role = 'Secondary';
@@ -253,6 +263,78 @@ export function programDone(s: MachineState, fx: Effect[], tag: ProgramTag, erro
       return { state: s, effects: fx };
     }
   }
+}
+
+/** A promotion that ended well (or could not be undone): the node is Primary and the askers hear so. */
+function promoted(s: MachineState, fx: Effect[], promotion: Promotion): Step {
+  s.role = 'Primary';
+    s.exposed = true;
+    fx.push({ kind: 'log', level: 'info', message: 'promoted' }, { kind: 'send-state' });
+    if (promotion.requestId !== null) fx.push({ kind: 'notice', notice: { kind: 'promoteCommit', requestId: promotion.requestId } });
+    const after: Effect[] = [];
+    if (promotion.asker !== null) after.push({ kind: 'reply', to: promotion.asker, error: promotion.failure, body: { ok: true, reason: '' } });
+    // The data link runs from the Primary: turn it around if it ran the other way. After a
+    // forced promotion the generations differ, so the handshake decides the sync anew, also
+    // while a handshake is under way (the peer may already hold the old state).
+    if ((promotion.minted && s.connection !== 'StandAlone') || (connected(s) && s.session!.direction !== 'source')) {
+      after.push({ kind: 'notice', notice: { kind: 'turnaround' } });
+      after.push({ kind: 'drop-session', reason: promotion.minted ? 'a new generation starts: renegotiating the sync' : 'the new Primary becomes the source' });
+    }
+    if (promotion.asker !== null && 'token' in promotion.asker && s.switchover?.phase === 'delegated') {
+      // This node asked the Primary for the switchover and is Primary now: that is its answer
+      // (the Primary's own reply may not arrive once the session turns around).
+      after.unshift({ kind: 'log', level: 'info', message: 'switchover done', fields: { newPrimary: s.config.local } });
+      after.push({ kind: 'reply', to: s.switchover.asker, error: null });
+      s.switchover = null;
+    }
+    if (promotion.asker !== null && 'token' in promotion.asker) {
+      // Promoted at the peer's request (switchover): the answer leaves after the fault point.
+      s.afterPeerPromote = after;
+      fx.push({ kind: 'fault-point', name: 'switchover:peer-after-promote' });
+    } else {
+      fx.push(...after);
+    }
+    return { state: s, effects: fx };
+}
+/** A promotion that did not happen: the node records itself Secondary and the askers hear why. */
+function promotionFailed(s: MachineState, fx: Effect[], promotion: Promotion, error: NraidError): Step {
+  if (promotion.requestId !== null) fx.push({ kind: 'notice', notice: { kind: 'promoteAbort', requestId: promotion.requestId } });
+  persist(s, fx, { kind: 'became-secondary' });
+  disarmGeneration(s, fx);
+  // A peer that asked (switchover) hears a plain no: it knows this node is not Primary.
+  if (promotion.asker !== null && 'token' in promotion.asker) {
+    answer(fx, promotion.asker, null, { ok: false, reason: `the promotion failed: ${error.message}` });
+  } else if (promotion.asker !== null) {
+    const undone =
+      error.code === 'NRAID_ERR_HOOK_FAILED'
+        ? new HookFailedError(`cannot promote ${s.config.resource} on ${s.config.local}: ${error.message}; the promotion is undone, ${s.config.local} is Secondary: fix the hook and run nraid primary again`)
+        : error;
+    answer(fx, promotion.asker, promotion.failure !== null && promotion.failure !== error ? combined(s, promotion.failure, error) : undone);
+  }
+  return { state: s, effects: fx };
+}
+
+/** A switchover that failed, then taking the Primary role back failed in its hook: no node is Primary, and the message says so. */
+function combined(s: MachineState, failure: NraidError, error: NraidError): NraidError {
+  if (error.code !== 'NRAID_ERR_HOOK_FAILED') return failure;
+  return new HookFailedError(
+    `${failure.message.replace(`, ${s.config.local} is still Primary`, '')}; taking the Primary role back failed too: ${error.message}; ` +
+      `no node is Primary of ${s.config.resource}: fix the hook, then run nraid primary where the services should run`,
+  );
+}
+
+/** A demotion that did not happen after the before-demote hook ran: the after-promote hook brings the services back. */
+function restoreServices(s: MachineState, fx: Effect[]): void {
+  if (beforeDemoteHook(s) && afterPromoteHook(s)) fx.push({ kind: 'run-role-hook', hook: 'after-promote', purpose: 'restore' });
+}
+
+function restoredError(s: MachineState, error: NraidError): NraidError {
+  if (!beforeDemoteHook(s)) return error;
+  const restored = afterPromoteHook(s) ? 'the after-promote hook ran to bring the services back (see the log)' : 'no after-promote hook is configured to bring the services back';
+  const message = `${error.message}; ${s.config.local} stays Primary, ${restored}`;
+  if (error.code === 'NRAID_ERR_HOOK_FAILED') return new HookFailedError(message);
+  if (error.code === 'NRAID_ERR_DEVICE_BUSY') return new DeviceBusyError(message);
+  return new StateError(message);
 }
 
 export function switchover(s: MachineState, fx: Effect[], asker: Asker, holder: string | null, syncPercent: number | null = null): Step {
@@ -277,7 +359,11 @@ export function switchover(s: MachineState, fx: Effect[], asker: Asker, holder: 
     fx.push({ kind: 'request-switchover' });
     return { state: s, effects: fx };
   }
-  if (holder !== null) return refuse(new DeviceBusyError(`cannot switch over ${r}: device ${s.config.device} is in use (${holder}); stop the services and unmount it first`));
+  if (holder !== null && !beforeDemoteHook(s)) {
+    return refuse(
+      new DeviceBusyError(`cannot switch over ${r}: device ${s.config.device} is in use (${holder}); stop the services and unmount it first, or configure hooks.before-demote`),
+    );
+  }
   s.switchover = { asker, phase: 'demoting' };
   fx.push({ kind: 'log', level: 'info', message: 'switchover: demoting', fields: { to: s.config.peer } });
   demote(s, fx);

@@ -6,14 +6,15 @@
  * its end with program-done before any other event.
  */
 import { EventEmitter } from 'node:events';
-import { InternalError, NraidError, SystemError } from '../errors';
-import { runHook } from '../hooks';
+import { HookFailedError, InternalError, NraidError, SystemError } from '../errors';
+import { runHook, runHookWithOutput } from '../hooks';
 import * as limits from '../limits';
 import { Logger } from '../log';
 import { ResourceStatus } from '../state';
 import { DataPlane } from './data-plane';
 import { Exposure } from './exposure';
 import { Command, Effect, Event, MachineState, peerServes, step } from './machine';
+import { RoleHookPurpose } from './machine-core';
 import { MetadataStore, mintUuid } from './metadata-store';
 import { PeerSession } from './peer-session';
 import { ResyncClock } from './status';
@@ -25,7 +26,13 @@ export interface RunnerOwners {
   peer: () => PeerSession | null;
   log: Logger;
   /** Environment for hooks, and the hooks' commands. */
-  hooks: { fencePeer: string | null; splitBrain: string | null; env: (event: string) => Record<string, string> };
+  hooks: {
+    fencePeer: string | null;
+    splitBrain: string | null;
+    env: (event: string) => Record<string, string>;
+    /** before-demote and after-promote, with their timeouts (absent: none configured). */
+    role?: { beforeDemote: string | null; afterPromote: string | null; beforeDemoteTimeoutMs: number; afterPromoteTimeoutMs: number };
+  };
   lag: { maxLagBytes: number; maxLagMs: number };
   /** Names of fault points that cut the link when reached (NRAID_FAULT_POINTS; tests only). */
   faultPoints: ReadonlySet<string>;
@@ -177,6 +184,8 @@ export class Runner extends EventEmitter {
         return;
       case 'run-hook':
         return this.runHook(effect.hook);
+      case 'run-role-hook':
+        return this.runRoleHook(effect.hook, effect.purpose);
       case 'fault-point':
         if (this.owners.faultPoints.has(effect.name)) {
           log.warn(`fault point ${effect.name} hit`);
@@ -222,6 +231,40 @@ export class Runner extends EventEmitter {
     } else {
       running.catch((error: Error) => log.error('split-brain hook could not run', { error: error.message }));
     }
+  }
+
+  /**
+   * Runs a role hook and waits for it (the machine waits too: it is part of a
+   * program). For `switch`, a non-zero exit or the timeout throws a
+   * HookFailedError that fails the program; `restore` and `cleanup` are best
+   * effort and only log.
+   */
+  private async runRoleHook(hook: 'before-demote' | 'after-promote', purpose: RoleHookPurpose): Promise<void> {
+    const { hooks, log, exposure } = this.owners;
+    const role = hooks.role;
+    const command = role === undefined ? null : hook === 'before-demote' ? role.beforeDemote : role.afterPromote;
+    if (role === undefined || command === null) return;
+    if (purpose === 'restore' && !exposure.exposed) {
+      log.warn(`the ${hook} hook is not run to restore the services: the device is gone`);
+      return;
+    }
+    const timeoutMs = hook === 'before-demote' ? role.beforeDemoteTimeoutMs : role.afterPromoteTimeoutMs;
+    const key = `hooks.${hook}`;
+    let failure: string | null = null;
+    try {
+      const result = await runHookWithOutput(command, { ...hooks.env(hook), NRAID_HOOK_PURPOSE: purpose }, log, timeoutMs);
+      if (result.timedOut) failure = `the ${hook} hook ${command} did not finish within ${key}-timeout-ms (${timeoutMs} ms) and was killed`;
+      else if (result.exitCode !== 0) failure = `the ${hook} hook ${command} exited with ${result.exitCode}`;
+      if (failure !== null && result.output !== '') failure += ` (its output ends: ${JSON.stringify(result.output.slice(-limits.roleHookMessageCharsMax))})`;
+    } catch (error) {
+      failure = (error as Error).message;
+    }
+    if (failure === null) return;
+    if (purpose !== 'switch') {
+      log.error(`the ${hook} hook failed (${purpose})`, { error: failure });
+      return;
+    }
+    throw new HookFailedError(`${failure}; fix it (see ${key} in the config and the daemon's log)`);
   }
 
   /** Rejects every command still waiting (the daemon stops). */

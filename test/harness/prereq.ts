@@ -19,7 +19,22 @@ export type Need =
   /** bin/nraid and the compiled CLI it runs (dist/src/cli.js). */
   | 'nraid-cli'
   /** nbdkit (with its error filter) and nbdfuse: the failing disk (failing-disk.ts). */
-  | 'nbdkit';
+  | 'nbdkit'
+  /** Debian's PostgreSQL server (initdb, pg_ctl, psql in /usr/lib/postgresql/<major>/bin) and its postgres user. */
+  | 'postgresql';
+
+/** The bin dir of the newest PostgreSQL Debian installed, or undefined. */
+export function postgresBinDir(): string | undefined {
+  const root = '/usr/lib/postgresql';
+  let majors: string[];
+  try {
+    majors = fs.readdirSync(root).filter((v) => /^[0-9]+$/.test(v)).sort((a, b) => Number(b) - Number(a));
+  } catch {
+    return undefined;
+  }
+  const found = majors.map((v) => path.join(root, v, 'bin')).find((dir) => ['initdb', 'pg_ctl', 'psql'].every((t) => fs.existsSync(path.join(dir, t))));
+  return found;
+}
 
 // From test/harness/ under jest; from dist/test/harness/ when compiled by tsc (the torture runner).
 const HARNESS_UP_TWO = path.resolve(__dirname, '..', '..');
@@ -81,6 +96,15 @@ const checks: Record<Need, () => string | undefined> = {
   fio: () => tool('fio', 'apt-get install fio'),
   dd: () => tool('dd', 'coreutils'),
   nbdkit: () => tool('nbdkit', 'scripts/setup.sh installs it') ?? tool('nbdfuse', 'scripts/setup.sh installs it'),
+  postgresql: () => {
+    if (postgresBinDir() === undefined) return 'PostgreSQL (initdb, pg_ctl, psql under /usr/lib/postgresql/<major>/bin; scripts/setup.sh installs Debian\'s postgresql)';
+    try {
+      execFileSync('id', ['-u', 'postgres'], { stdio: 'ignore', timeout: 10_000 });
+    } catch {
+      return 'the user postgres (made by Debian\'s postgresql package; scripts/setup.sh installs it)';
+    }
+    return tool('runuser', 'util-linux');
+  },
   'nraid-cli': () => {
     const bin = path.join(REPO_ROOT, 'bin', 'nraid');
     const cli = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');

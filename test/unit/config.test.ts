@@ -9,6 +9,7 @@ import {
   localAndPeer,
   parseConfig,
   resolveConfigPath,
+  roleHookBudgetMs,
   type ResourceConfig,
 } from '../../src/config';
 import { ConfigError, UsageError } from '../../src/errors';
@@ -87,7 +88,14 @@ describe('parseConfig: a valid file', () => {
     expect(config.onIoError).toBe('detach');
     expect(config.afterSb0pri).toBe('disconnect');
     expect(config.metricsPort).toBeNull();
-    expect(config.hooks).toEqual({ splitBrain: null, fencePeer: null });
+    expect(config.hooks).toEqual({
+      splitBrain: null,
+      fencePeer: null,
+      beforeDemote: null,
+      afterPromote: null,
+      beforeDemoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+      afterPromoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+    });
   });
 
   test('every field of the result is defined (the schema covers the interface)', () => {
@@ -128,7 +136,14 @@ describe('parseConfig: a valid file', () => {
     expect(config.afterSb0pri).toBe('discard-least-changes');
     expect(config.metricsPort).toBe(9942);
     expect(config.onIoError).toBe('pass-on');
-    expect(config.hooks).toEqual({ splitBrain: '/usr/lib/nraid/notify-split-brain', fencePeer: '/usr/lib/nraid/fence' });
+    expect(config.hooks).toEqual({
+      splitBrain: '/usr/lib/nraid/notify-split-brain',
+      fencePeer: '/usr/lib/nraid/fence',
+      beforeDemote: null,
+      afterPromote: null,
+      beforeDemoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+      afterPromoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+    });
     expect(config.nodes[0].runDir).toBe('/tmp/nraid-a');
   });
 
@@ -350,10 +365,22 @@ describe('parseConfig: top-level values', () => {
 
 describe('parseConfig: [hooks]', () => {
   test('must be a table', () => {
-    expect(messageOf({ hooks: '/bin/true' })).toContain('key "hooks" must be a table (split-brain, fence-peer); found "/bin/true"');
+    expect(messageOf({ hooks: '/bin/true' })).toContain('key "hooks" must be a table (split-brain, fence-peer, before-demote, after-promote, before-demote-timeout-ms, after-promote-timeout-ms); found "/bin/true"');
   });
 
-  test.each(['split-brain', 'fence-peer'])('%s must be an absolute path', (key) => {
+  test('role hooks and their timeouts (switchover hooks, issue 14)', () => {
+    const config = parse({ 'hooks.before-demote': '/etc/nraid/stop-services', 'hooks.after-promote': '/etc/nraid/start-services', 'hooks.after-promote-timeout-ms': 120000 });
+    expect(config.hooks.beforeDemote).toBe('/etc/nraid/stop-services');
+    expect(config.hooks.afterPromote).toBe('/etc/nraid/start-services');
+    expect(config.hooks.afterPromoteTimeoutMs).toBe(120000);
+    expect(config.hooks.beforeDemoteTimeoutMs).toBe(limits.roleHookTimeoutMsDefault);
+    expect(roleHookBudgetMs(config.hooks)).toBe(2 * (limits.roleHookTimeoutMsDefault + 120000));
+    const message = messageOf({ 'hooks.before-demote-timeout-ms': 10 });
+    expect(message).toContain(`key "hooks.before-demote-timeout-ms" must be an integer from ${limits.roleHookTimeoutMsMin} to ${limits.roleHookTimeoutMsMax}`);
+    expect(message).toContain('found 10: out of range');
+  });
+
+  test.each(['split-brain', 'fence-peer', 'before-demote', 'after-promote'])('%s must be an absolute path', (key) => {
     const message = messageOf({ [`hooks.${key}`]: 'bin/notify' });
     expect(message).toContain(`key "hooks.${key}" must be an absolute path`);
     expect(message).toContain('found "bin/notify": not absolute');

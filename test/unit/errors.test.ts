@@ -167,6 +167,8 @@ describe('error classes', () => {
       DaemonStartError: 'NRAID_ERR_DAEMON_START',
       InternalError: 'NRAID_ERR_INTERNAL',
       StaleDeviceError: 'NRAID_ERR_STALE_DEVICE',
+      HookFailedError: 'NRAID_ERR_HOOK_FAILED',
+      KernelError: 'NRAID_ERR_KERNEL',
     });
   });
 

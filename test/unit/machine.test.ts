@@ -3,7 +3,7 @@
  * each row feeds events to step() and checks the state and the effects it
  * must emit, in order. The races found so far are rows here too.
  */
-import { NotUpToDateError, PromotionConflictError, StateError, SwitchoverOutcomeUnknownError } from '../../src/errors';
+import { HookFailedError, NotUpToDateError, PromotionConflictError, StateError, SwitchoverOutcomeUnknownError } from '../../src/errors';
 import { UUID_JUST_CREATED, flagBits } from '../../src/metadata';
 import { Effect, Event, MachineState, PeerView, Step, diskState, initialState, peerServes, step } from '../../src/resource/machine';
 import { MetadataView } from '../../src/resource/metadata-change';
@@ -116,6 +116,7 @@ describe('primary', () => {
     const r = run(s, [{ type: 'command', id: 3, command: { name: 'primary', force: false } }]);
     expect(kinds(r.effects)).toEqual(['request-promote']);
     const yes = run(r.state, [{ type: 'promote-vote', requestId: r.state.promotion!.requestId!, ok: true, reason: '' }]);
+    // Its data link still runs toward it until the turnaround: a new generation is armed for what it writes meanwhile.
     expect(kinds(yes.effects)).toEqual(['arm-generation', 'log', 'persist:became-primary', 'persist-bitmap', 'activity-log-reset', 'expose']);
     const done = run(yes.state, [{ type: 'program-done', tag: 'promote', error: null }]);
     expect(kinds(done.effects)).toEqual(['log', 'send-state', 'notice', 'reply', 'notice', 'drop-session']);
@@ -820,5 +821,153 @@ describe('status: Connected only once the session is agreed', () => {
   test('link up, no session yet: Connecting', () => {
     const st = run(node('beta'), [{ type: 'connection', state: 'Connected' }]).state;
     expect(snapshot(facts(st)).connection).toBe('Connecting');
+  });
+});
+
+test('regression: writes of a new Primary before its session turns around are resynced (a new generation is armed), not left out of sync at an equal generation', () => {
+  // Found by the PostgreSQL test (issue 14): the after-promote hook mounted and started PostgreSQL on
+  // beta before the turnaround; those writes only set bits, the handshake at the same generation
+  // decided "none", and a switchover back to alpha lost committed rows.
+  let x = run(established('beta', 'Secondary'), [
+    { type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } },
+    { type: 'fault-passed', name: 'switchover:peer-before-promote' },
+  ]);
+  expect(kinds(x.effects)).toContain('arm-generation');
+  x = run(x.state, [{ type: 'program-done', tag: 'promote', error: null }, { type: 'generation-written' }]);
+  expect(x.state.md.uuids.bitmap).toBe(GEN);
+  expect(x.state.md.uuids.current).not.toBe(GEN);
+  // A Primary that already sends to its peer arms nothing: its writes reach the peer.
+  const source = run({ ...established('alpha', 'Primary'), role: 'Secondary' as const, exposed: false }, [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+  const voted = run(source.state, [{ type: 'promote-vote', requestId: source.state.promotion!.requestId!, ok: true, reason: '' }]);
+  expect(kinds(voted.effects)).not.toContain('arm-generation');
+});
+
+describe('role hooks (issue 14: the services move with the device)', () => {
+  const hooked = (s: MachineState): MachineState => ({ ...s, config: { ...s.config, roleHooks: { beforeDemote: true, afterPromote: true } } });
+  const hookFailed = (hook: string) => new HookFailedError(`the ${hook} hook /etc/nraid/services exited with 1`);
+  const roleHooks = (effects: Effect[]) => effects.filter((e): e is Extract<Effect, { kind: 'run-role-hook' }> => e.kind === 'run-role-hook').map((e) => `${e.hook}:${e.purpose}`);
+
+  test('switchover: before-demote runs first, the device in use is no reason to refuse (the hook unmounts)', () => {
+    const r = run(hooked(established('alpha', 'Primary')), [{ type: 'command', id: 4, command: { name: 'switchover', holder: 'mounted on /srv', syncPercent: null } }]);
+    expect(r.last.tag).toBe('switchover-demote');
+    expect(kinds(r.effects)).toEqual(['log', 'run-role-hook', 'unexpose', 'disarm-generation', 'persist:became-secondary']);
+    expect(roleHooks(r.effects)).toEqual(['before-demote:switch']);
+  });
+
+  test('switchover: a failing before-demote keeps the node Primary, restores the services, and the command fails with NRAID_ERR_HOOK_FAILED', () => {
+    const r = run(hooked(established('alpha', 'Primary')), [
+      { type: 'command', id: 4, command: { name: 'switchover', holder: null, syncPercent: null } },
+      { type: 'program-done', tag: 'switchover-demote', error: hookFailed('before-demote') },
+    ]);
+    expect(r.state.role).toBe('Primary');
+    expect(r.state.switchover).toBeNull();
+    expect(kinds(r.effects)).not.toContain('request-switchover-promote');
+    expect(roleHooks(r.effects)).toEqual(['before-demote:switch', 'after-promote:restore']);
+    const err = replies(r.effects)[0].error!;
+    expect(err.code).toBe('NRAID_ERR_HOOK_FAILED');
+    expect(err.message).toContain('cannot switch over r0: the before-demote hook');
+    expect(err.message).toContain('alpha stays Primary, the after-promote hook ran to bring the services back');
+  });
+
+  test('the peer side: after-promote runs after the device is exposed, before the answer', () => {
+    let x = run(hooked(established('beta', 'Secondary')), [
+      { type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } },
+      { type: 'fault-passed', name: 'switchover:peer-before-promote' },
+    ]);
+    expect(kinds(x.effects).slice(-2)).toEqual(['expose', 'run-role-hook']);
+    expect(roleHooks(x.effects)).toEqual(['after-promote:switch']);
+    expect(replies(x.effects)).toHaveLength(0);
+    x = run(x.state, [{ type: 'program-done', tag: 'promote', error: null }, { type: 'fault-passed', name: 'switchover:peer-after-promote' }]);
+    expect(x.state.role).toBe('Primary');
+    expect((replies(x.effects)[0].body as { ok: boolean }).ok).toBe(true);
+  });
+
+  test('the peer side: a failing after-promote is undone (cleanup, unexpose) and the old Primary hears no, so it takes its role back', () => {
+    let x = run(hooked(established('beta', 'Secondary')), [
+      { type: 'peer-request', token: 2, request: { kind: 'switchoverPromote', current: GEN } },
+      { type: 'fault-passed', name: 'switchover:peer-before-promote' },
+      { type: 'program-done', tag: 'promote', error: hookFailed('after-promote') },
+    ]);
+    expect(x.last.tag).toBe('promote-undo');
+    expect(kinds(x.last.effects)).toEqual(['log', 'run-role-hook', 'unexpose']);
+    expect(roleHooks(x.last.effects)).toEqual(['before-demote:cleanup']);
+    expect(replies(x.effects)).toHaveLength(0);
+    x = run(x.state, [{ type: 'program-done', tag: 'promote-undo', error: null }]);
+    expect(x.state.role).toBe('Secondary');
+    expect(x.state.promotion).toBeNull();
+    expect(kinds(x.effects)).toContain('persist:became-secondary');
+    const body = replies(x.effects)[0].body as { ok: boolean; reason: string };
+    expect(body.ok).toBe(false);
+    expect(body.reason).toContain('the after-promote hook');
+    // The old Primary, refused, takes its role back: its own after-promote restarts the services there.
+    const alpha = run(hooked(established('alpha', 'Primary')), [
+      { type: 'command', id: 4, command: { name: 'switchover', holder: null, syncPercent: null } },
+      { type: 'program-done', tag: 'switchover-demote', error: null },
+      { type: 'fault-passed', name: 'switchover:after-demote' },
+      { type: 'drained', error: null },
+      { type: 'fault-passed', name: 'switchover:after-drain' },
+      { type: 'switchover-reply', outcome: 'refused', reason: body.reason, error: null },
+    ]);
+    expect(alpha.last.tag).toBe('promote');
+    expect(roleHooks(alpha.last.effects)).toEqual(['after-promote:switch']);
+    const back = run(alpha.state, [{ type: 'program-done', tag: 'promote', error: null }]);
+    expect(back.state.role).toBe('Primary');
+    expect(replies(back.effects)[0].error!.message).toContain('alpha is still Primary: beta refused to promote: the promotion failed: the after-promote hook');
+  });
+
+  test('taking the role back fails in its hook too: no node is Primary, and the message says so', () => {
+    const x = run(hooked(established('alpha', 'Primary')), [
+      { type: 'command', id: 4, command: { name: 'switchover', holder: null, syncPercent: null } },
+      { type: 'program-done', tag: 'switchover-demote', error: null },
+      { type: 'fault-passed', name: 'switchover:after-demote' },
+      { type: 'drained', error: null },
+      { type: 'fault-passed', name: 'switchover:after-drain' },
+      { type: 'switchover-reply', outcome: 'refused', reason: 'the promotion failed: hook', error: null },
+      { type: 'program-done', tag: 'promote', error: hookFailed('after-promote') },
+      { type: 'program-done', tag: 'promote-undo', error: null },
+    ]);
+    expect(x.state.role).toBe('Secondary');
+    const err = replies(x.effects)[0].error!;
+    expect(err.code).toBe('NRAID_ERR_HOOK_FAILED');
+    expect(err.message).toContain('taking the Primary role back failed too');
+    expect(err.message).toContain('no node is Primary of r0');
+  });
+
+  test('primary: a failing after-promote leaves the node Secondary; the command says the promotion is undone', () => {
+    const x = run(hooked(node('alpha')), [
+      { type: 'command', id: 1, command: { name: 'primary', force: false } },
+      { type: 'program-done', tag: 'promote', error: hookFailed('after-promote') },
+      { type: 'program-done', tag: 'promote-undo', error: null },
+    ]);
+    expect(x.state.role).toBe('Secondary');
+    expect(x.state.armedGeneration).toBeNull();
+    const err = replies(x.effects)[0].error!;
+    expect(err.code).toBe('NRAID_ERR_HOOK_FAILED');
+    expect(err.message).toContain('the promotion is undone, alpha is Secondary');
+  });
+
+  test('primary: when the undo cannot take the device away, the node stays Primary and the command says so', () => {
+    const x = run(hooked(node('alpha')), [
+      { type: 'command', id: 1, command: { name: 'primary', force: true } },
+      { type: 'program-done', tag: 'promote', error: hookFailed('after-promote') },
+      { type: 'program-done', tag: 'promote-undo', error: new StateError('device in use') },
+    ]);
+    expect(x.state.role).toBe('Primary');
+    expect(x.state.exposed).toBe(true);
+    expect(replies(x.effects)[0].error!.message).toContain('alpha stays Primary of r0');
+  });
+
+  test('secondary: before-demote runs first; its failure restores the services and keeps the role; a failure not in a hook keeps today\'s path', () => {
+    const s = hooked({ ...node('alpha'), role: 'Primary', exposed: true });
+    const r = run(s, [{ type: 'command', id: 2, command: { name: 'secondary', holder: 'mounted on /srv' } }]);
+    expect(roleHooks(r.effects)).toEqual(['before-demote:switch']);
+    const failed = run(r.state, [{ type: 'program-done', tag: 'demote', error: hookFailed('before-demote') }]);
+    expect(failed.state.role).toBe('Primary');
+    expect(roleHooks(failed.effects)).toEqual(['after-promote:restore']);
+    expect(replies(failed.effects)[0].error!.code).toBe('NRAID_ERR_HOOK_FAILED');
+    // Without hooks nothing runs and a device in use is still refused up front.
+    const plain = run({ ...node('alpha'), role: 'Primary', exposed: true }, [{ type: 'command', id: 2, command: { name: 'secondary', holder: 'mounted on /srv' } }]);
+    expect(replies(plain.effects)[0].error!.code).toBe('NRAID_ERR_DEVICE_BUSY');
+    expect(roleHooks(plain.effects)).toEqual([]);
   });
 });

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio nbdkit nbdfuse)
+packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio nbdkit nbdfuse
+  podman runc debootstrap) # the last three: the two-node lab (docker/lab.sh)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

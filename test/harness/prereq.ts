@@ -19,7 +19,9 @@ export type Need =
   /** bin/nraid and the compiled CLI it runs (dist/src/cli.js). */
   | 'nraid-cli'
   /** nbdkit (with its error filter) and nbdfuse: the failing disk (failing-disk.ts). */
-  | 'nbdkit';
+  | 'nbdkit'
+  /** podman, runc and debootstrap: the two-node lab (docker/lab.sh). */
+  | 'podman-lab';
 
 // From test/harness/ under jest; from dist/test/harness/ when compiled by tsc (the torture runner).
 const HARNESS_UP_TWO = path.resolve(__dirname, '..', '..');
@@ -81,6 +83,8 @@ const checks: Record<Need, () => string | undefined> = {
   fio: () => tool('fio', 'apt-get install fio'),
   dd: () => tool('dd', 'coreutils'),
   nbdkit: () => tool('nbdkit', 'scripts/setup.sh installs it') ?? tool('nbdfuse', 'scripts/setup.sh installs it'),
+  'podman-lab': () =>
+    tool('podman', 'scripts/setup.sh installs it') ?? tool('runc', 'scripts/setup.sh installs it') ?? tool('debootstrap', 'scripts/setup.sh installs it'),
   'nraid-cli': () => {
     const bin = path.join(REPO_ROOT, 'bin', 'nraid');
     const cli = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');

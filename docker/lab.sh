@@ -129,9 +129,25 @@ build_base() {
   echo "$tag"
 }
 
+# The nraid image's content key: the base and every file the build copies.
+image_key() {
+  {
+    echo "$1"
+    (cd "$repo" && find package.json package-lock.json binding.gyp native tsconfig.json src bin \
+      docker/Dockerfile docker/install-missing.sh docker/entrypoint.sh docker/r0.toml -type f -print0 |
+      sort -z | xargs -0 sha256sum)
+  } | sha256sum | cut -c1-16
+}
+
 build_image() {
-  local base started
+  local base started key
   base=$(build_base)
+  key=$(image_key "$base")
+  if podman image exists "$image-$key"; then
+    log "image $image-$key is cached"
+    podman tag "$image-$key" "$image"
+    return
+  fi
   started=$(now_ms)
   log "podman build $image FROM $base"
   # The build stage runs npm ci: the only network use of the build (the npm
@@ -142,8 +158,8 @@ build_image() {
     # build that CA file (a build-time mount: not in any layer).
     ca=(-v "$NODE_EXTRA_CA_CERTS:/run/nraid-lab-ca.crt:ro" --build-arg NODE_EXTRA_CA_CERTS=/run/nraid-lab-ca.crt)
   fi
-  podman build --quiet --network=host --build-arg BASE_IMAGE="$base" "${ca[@]}" \
-    -f "$repo/docker/Dockerfile" -t "$image" "$repo" >/dev/null
+  podman build --quiet --format docker --network=host --build-arg BASE_IMAGE="$base" "${ca[@]}" \
+    -f "$repo/docker/Dockerfile" -t "$image-$key" -t "$image" "$repo" >/dev/null
   log "image $image built in $(( ($(now_ms) - started) / 1000 )) s"
 }
 
@@ -151,17 +167,20 @@ build_image() {
 # create block nodes of major 7 (loop) itself: nraid mknods /dev/loopN from
 # /sys/block/loopN/dev when the node is missing (loop devices appear in the
 # host's devtmpfs, not in a container's /dev).
+# No healthcheck timers: podman runs them through systemd, which this host
+# has not; lab.sh polls the same `nraid status --json` instead. nofile: podman
+# would raise it past this host's hard limit, which runc may not do here.
 run_node() {
   local node=$1 peer
   [ "$node" = alpha ] && peer=beta || peer=alpha
-  podman volume create --ignore "$lab_id-$node-disk" >/dev/null
+  podman volume exists "$lab_id-$node-disk" || podman volume create "$lab_id-$node-disk" >/dev/null
   podman run -d --name "$(container "$node")" --hostname "$node" \
     --network "$network" --ip "${address[$node]}" --add-host "$peer:${address[$peer]}" \
-    --cap-add SYS_ADMIN --cap-add MKNOD --cap-add SYS_RESOURCE \
+    --cap-add SYS_ADMIN --cap-add MKNOD --cap-add SYS_RESOURCE --cap-add IPC_LOCK \
     --device /dev/fuse --device /dev/loop-control --device-cgroup-rule 'b 7:* rwm' \
-    --ulimit memlock=-1:-1 --security-opt label=disable \
+    --ulimit host --security-opt label=disable \
     -v "$lab_id-$node-disk:/var/lib/nraid" \
-    --health-cmd 'nraid status --json' --health-interval 5s \
+    --no-healthcheck \
     "$image" >/dev/null
 }
 
@@ -235,7 +254,11 @@ lab_down() {
     if [ "$(podman inspect -f '{{.State.Running}}' "$name")" = true ]; then
       # The container's /dev holds only the loop nodes nraid made in it.
       mapfile -t -O "${#loops[@]}" loops < <(podman exec "$name" sh -c 'ls /dev/loop[0-9]* 2>/dev/null' || true)
-      podman exec "$name" sh -c 'umount /mnt/r0 2>/dev/null; nraid down' >/dev/null 2>&1 || log "$node: nraid down failed (removing the container anyway)"
+      # The daemon is the container's process: down ends the container too,
+      # which may cut the exec session short.
+      podman exec "$name" sh -c 'umount /mnt/r0 2>/dev/null; nraid down' >/dev/null 2>&1 ||
+        [ "$(podman inspect -f '{{.State.Running}}' "$name")" = false ] ||
+        log "$node: nraid down failed (removing the container anyway)"
     fi
     podman rm -f -t 5 "$name" >/dev/null
   done

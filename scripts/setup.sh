@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# postgresql: the PostgreSQL failover test (test/integration/postgres-failover.test.ts) and bench/postgres.js.
-packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio nbdkit nbdfuse postgresql)
+# postgresql: the PostgreSQL failover test and bench/postgres.js; podman, runc, debootstrap: the two-node lab (docker/lab.sh).
+packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio nbdkit nbdfuse postgresql
+  podman runc debootstrap)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -3,7 +3,9 @@
  * LOOP_CONFIGURE and direct I/O, check that the kernel really uses direct
  * I/O, detach with LOOP_CLR_FD.
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
 import ioctl from 'ioctl';
 import { PrerequisiteError, isErrnoException, systemError, toNraidError } from './errors';
 import { loopAttachAttemptsMax } from './limits';
@@ -63,6 +65,7 @@ function attachFreeLoop(options: LoopAttachOptions): string {
     for (let attempt = 1; ; attempt++) {
       const index = ioctl(controlFd, LOOP_CTL_GET_FREE);
       const device = `/dev/loop${index}`;
+      ensureLoopNode(device);
       const loopFd = fs.openSync(device, 'r+');
       try {
         ioctl(loopFd, LOOP_CONFIGURE, loopConfig(fileFd, options.blockBytes, options.filePath));
@@ -89,6 +92,34 @@ function attachFreeLoop(options: LoopAttachOptions): string {
   }
 }
 
+/**
+ * Makes the node /dev/loopN when it is missing. In a container the loop
+ * devices the kernel adds appear in the host's devtmpfs, not in the
+ * container's /dev (docker/README.md): the numbers come from
+ * /sys/block/loopN/dev, and the container needs CAP_MKNOD and access to
+ * block major 7 (`--device-cgroup-rule 'b 7:* rwm'`).
+ */
+export function ensureLoopNode(device: string): void {
+  if (fs.existsSync(device)) return;
+  const sysDev = `/sys/block/${path.basename(device)}/dev`;
+  let numbers: string[];
+  try {
+    numbers = fs.readFileSync(sysDev, 'utf8').trim().split(':');
+  } catch {
+    return; // no such loop device: the open that follows says so
+  }
+  try {
+    execFileSync('mknod', ['-m', '0660', device, 'b', numbers[0], numbers[1]], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (error) {
+    if (fs.existsSync(device)) return; // made by someone else meanwhile
+    const said = String((error as { stderr?: Buffer }).stderr ?? error).trim();
+    throw new PrerequisiteError(
+      `${device} exists in the kernel (${sysDev} reads ${numbers.join(':')}) but not in this /dev, and mknod failed: ${said}; ` +
+        "in a container, give CAP_MKNOD and allow block major 7 (--cap-add MKNOD --device-cgroup-rule 'b 7:* rwm'), or bind-mount the host's loop devices",
+    );
+  }
+}
+
 /** True when /sys/block/loopN/loop/dio reads 1; null when the device has no loop attributes. */
 export function readLoopDio(device: string): boolean | null {
   const name = device.replace(/^\/dev\//, '');
@@ -111,6 +142,7 @@ export function loopBackingFile(device: string): string | null {
 
 /** Detaches a loop device; a device that is already free is fine. */
 export function detachLoop(device: string): void {
+  if (loopBackingFile(device) !== null) ensureLoopNode(device);
   let loopFd: number;
   try {
     loopFd = fs.openSync(device, 'r');

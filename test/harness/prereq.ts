@@ -21,7 +21,9 @@ export type Need =
   /** nbdkit (with its error filter) and nbdfuse: the failing disk (failing-disk.ts). */
   | 'nbdkit'
   /** Debian's PostgreSQL server (initdb, pg_ctl, psql in /usr/lib/postgresql/<major>/bin) and its postgres user. */
-  | 'postgresql';
+  | 'postgresql'
+  /** podman, runc and debootstrap: the two-node lab (docker/lab.sh). */
+  | 'podman-lab';
 
 /** The bin dir of the newest PostgreSQL Debian installed, or undefined. */
 export function postgresBinDir(): string | undefined {
@@ -105,6 +107,8 @@ const checks: Record<Need, () => string | undefined> = {
     }
     return tool('runuser', 'util-linux');
   },
+  'podman-lab': () =>
+    tool('podman', 'scripts/setup.sh installs it') ?? tool('runc', 'scripts/setup.sh installs it') ?? tool('debootstrap', 'scripts/setup.sh installs it'),
   'nraid-cli': () => {
     const bin = path.join(REPO_ROOT, 'bin', 'nraid');
     const cli = path.join(REPO_ROOT, 'dist', 'src', 'cli.js');
@@ -150,5 +154,20 @@ export function describeIntegration(name: string, needs: readonly Need[], fn: ()
     return;
   }
   console.warn(`skipping integration test "${name}": missing ${list}`);
+  describe.skip(name, fn);
+}
+
+/**
+ * describeIntegration behind an opt-in variable, for a test that cannot be in
+ * the suite yet (too long for its 25 minutes, or finding an open defect):
+ * without `variable`=1 it is reported as skipped with the reason and how to
+ * run it; with it, exactly describeIntegration (a missing need fails under CI).
+ */
+export function describeOptIn(variable: string, reason: string, name: string, needs: Need[], fn: () => void): void {
+  if (process.env[variable] === '1') {
+    describeIntegration(name, needs, fn);
+    return;
+  }
+  console.warn(`skipping "${name}": ${reason}; set ${variable}=1 to run it (docs/testing.md)`);
   describe.skip(name, fn);
 }

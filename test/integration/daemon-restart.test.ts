@@ -42,7 +42,7 @@ function startFio(device: string, runtimeS: number, jsonPath: string): Fio {
   const child = spawn('fio', [
     '--name=restart', `--filename=${device}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=8',
     '--size=16M', '--verify=crc32c', '--verify_backlog=64', '--verify_fatal=1', '--time_based', `--runtime=${runtimeS}`,
-    '--output-format=json', `--output=${jsonPath}`,
+    '--output-format=json', `--output=${jsonPath}`, '--verify_state_save=0',
   ]);
   let output = '';
   child.stdout!.on('data', (d) => (output += d));

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { ResourceConfig, loadConfig, localAndPeer } from './config';
 import { readRecord } from './device';
 import { EXIT_HANDED_OVER, HOLDER_ENV, HOLDER_FD_ENV, HOLDER_RESTART_ENV, RestartNote, ToDaemon, ToHolder } from './holder-client';
-import { daemonHandoverWaitMs, daemonRestartRetryMs } from './limits';
+import { daemonHandoverWaitMs, daemonRestartRetryMs, holderReleaseWaitMs, processExitPollMs } from './limits';
 import { Logger, jsonLogger } from './log';
 import { detachLoop, loopBackingFile } from './loop';
 import { binding } from './native';
@@ -89,9 +89,11 @@ class Holder {
     const env: NodeJS.ProcessEnv = { ...process.env, [HOLDER_ENV]: '1' };
     env[HOLDER_FD_ENV] = this.fuseFd === null ? '' : String(INHERITED_FD);
     env[HOLDER_RESTART_ENV] = note === null ? '' : JSON.stringify(note);
+    // NRAID_TEST_DAEMON_ENTRY: another script to run as the daemon (tests make it unrunnable).
+    const entry = process.env.NRAID_TEST_DAEMON_ENTRY || path.join(__dirname, '..', '..', 'bin', 'nraid');
     const child = spawn(
       process.execPath,
-      [path.join(__dirname, '..', '..', 'bin', 'nraid'), 'up', '--foreground', '-c', this.config.path, '-n', this.nodeName],
+      [entry, 'up', '--foreground', '-c', this.config.path, '-n', this.nodeName],
       { stdio: ['ignore', logFd, logFd, 'ipc', this.fuseFd ?? 'ignore'], env },
     );
     fs.closeSync(logFd);
@@ -200,7 +202,12 @@ class Holder {
     }
     this.dropFuse();
     if (record?.loopDevice != null) {
+      // In use, LOOP_CLR_FD only sets autoclear; the openers' requests fail now, so most close at once.
       detachLoop(record.loopDevice);
+      const deadline = Date.now() + holderReleaseWaitMs;
+      while (loopBackingFile(record.loopDevice) === record.mountPath && Date.now() < deadline) {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, processExitPollMs);
+      }
       if (loopBackingFile(record.loopDevice) !== record.mountPath) {
         try {
           binding.unmount(record.mountPath, true);

@@ -110,6 +110,8 @@ export const daemonRestartBoundMsMax = 600_000;
 export const daemonRestartRetryMs = 200;
 /** How long the holder gives a daemon asked to hand over (`nraid restart`) to answer what it carries and exit. */
 export const daemonHandoverWaitMs = 10_000;
+/** After the bound, how long the holder waits for the openers of the failed device to close it before it leaves it to autoclear. */
+export const holderReleaseWaitMs = 2000;
 
 // --- Messages ----------------------------------------------------------------
 

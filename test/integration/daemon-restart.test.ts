@@ -15,9 +15,10 @@
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { makeResource, TestResource } from '../harness/cluster';
-import { compareRanges } from '../harness/direct-io';
-import { bringUpPair, connectedUpToDate, sleep, withDaemonLogs } from '../harness/helpers';
+import { makeResource, NodeName, NRAID_BIN, TestResource } from '../harness/cluster';
+import { compareRanges, writeDirect } from '../harness/direct-io';
+import { execOk, execTool } from '../harness/exec';
+import { bringUpPair, connectedUpToDate, fsckClean, pathExists, processAlive, sleep, until, withDaemonLogs } from '../harness/helpers';
 import { describeIntegration } from '../harness/prereq';
 
 const MiB = 1024 * 1024;
@@ -56,13 +57,81 @@ function fioResult(jsonPath: string): { errors: number; maxLatencyMs: number; wr
   return { errors: job.error, maxLatencyMs: job.write.clat_ns.max / 1e6, writes: job.write.total_ios };
 }
 
-async function killPrimaryAndWait(r: TestResource): Promise<number> {
-  const before = await r.status('alpha');
+type Restarts = { count: number; lastCause: string; lastPauseMs: number };
+
+/** kill -9 of a node's daemon; resolves with the pause once its successor answers (and, on the Primary, serves as Primary). */
+async function killAndWait(r: TestResource, node: NodeName): Promise<number> {
+  const before = await r.status(node);
   process.kill(before.pid as number, 'SIGKILL');
-  const after = await r.waitFor('alpha', (s) => s.pid !== before.pid && s.role === 'Primary', 20_000);
-  const restarts = after.daemonRestarts as { count: number; lastCause: string; lastPauseMs: number };
+  const after = await r.waitFor(node, (s) => s.pid !== before.pid && s.role === before.role, 30_000);
+  const restarts = after.daemonRestarts as Restarts;
   expect(restarts.lastCause).toBe('killed by SIGKILL');
   return restarts.lastPauseMs;
+}
+
+/** `nraid restart` of the Primary; resolves with the pause it reports. */
+async function restartAndWait(r: TestResource): Promise<number> {
+  const before = await r.status('alpha');
+  const out = await r.runOk('alpha', 'restart');
+  expect(out.stdout).toMatch(/restarted on node alpha: daemon pid \d+ -> \d+/);
+  const after = await r.waitFor('alpha', (s) => s.pid !== before.pid && s.role === 'Primary', 30_000);
+  const restarts = after.daemonRestarts as Restarts;
+  expect(restarts.lastCause).toBe('restart');
+  return restarts.lastPauseMs;
+}
+
+/** Runs fio on the Primary's device while `events` run; fio must end with no I/O error and no verify failure. */
+async function underFio(r: TestResource, tag: string, runtimeS: number, events: () => Promise<number[]>): Promise<number[]> {
+  const jsonPath = path.join(r.dir, `fio-${tag}.json`);
+  const fio = startFio(r.nodes.alpha.device, runtimeS, jsonPath);
+  await sleep(1000);
+  const pauses = await events();
+  const { code, output } = await fio.done;
+  const result = fioResult(jsonPath);
+  console.log(`${tag}: pauses ${pauses.join(', ')} ms; fio max completion latency ${result.maxLatencyMs.toFixed(0)} ms over ${result.writes} writes`);
+  expect({ code, errors: result.errors, output: code === 0 ? '' : output }).toEqual({ code: 0, errors: 0, output: '' });
+  return pauses;
+}
+
+/** Files written and fsynced on ext4 over the device; a name goes in `acked` only after its fsync returned. */
+class FsyncWriter {
+  readonly acked = new Map<string, number>();
+  failure: Error | null = null;
+  private stopped = false;
+  private loop: Promise<void> = Promise.resolve();
+
+  constructor(private readonly dir: string) {}
+
+  start(): void {
+    this.loop = (async () => {
+      for (let i = 0; !this.stopped; i++) {
+        const name = `f${i % 16}`;
+        const file = path.join(this.dir, name);
+        try {
+          const handle = await fs.promises.open(file, 'w');
+          await handle.writeFile(Buffer.alloc(256 * 1024, i & 0xff));
+          await handle.sync();
+          await handle.close();
+          this.acked.set(name, i & 0xff);
+        } catch (error) {
+          this.failure = error as Error;
+          return;
+        }
+      }
+    })();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.loop;
+  }
+
+  check(): void {
+    for (const [name, byte] of this.acked) {
+      const data = fs.readFileSync(path.join(this.dir, name));
+      expect({ name, size: data.length, intact: data.every((b) => b === byte) }).toEqual({ name, size: 256 * 1024, intact: true });
+    }
+  }
 }
 
 describeIntegration('daemon restart (issue 13)', ['root', 'fuse', 'loop', 'fio'], () => {
@@ -72,31 +141,83 @@ describeIntegration('daemon restart (issue 13)', ['root', 'fuse', 'loop', 'fio']
     await r?.cleanup();
   });
 
-  test(`kill -9 of the Primary's daemon ${RESTARTS} times under fio --verify=crc32c: no error, disks identical`, async () => {
-    if (process.env.CI === 'true' && !kernelAtLeast(KERNEL_RESEND)) throw new Error('this kernel lacks FUSE_NOTIFY_RESEND (Linux >= 6.9)');
+  test(`Primary killed -9 ${RESTARTS} times, nraid restart twice, the Secondary killed once, under fio --verify=crc32c; then ext4 across a kill: no error, disks identical`, async () => {
+    if (process.env.CI === 'true' && !kernelAtLeast(KERNEL_RESEND)) throw new Error('this kernel lacks FUSE_NOTIFY_RESEND (Linux >= 6.9): the restarted daemon cannot take the device back');
     r = await makeResource({ nodes: 2, sizeBytes: SIZE, protocol: 'C', extra: { 'daemon-restart-bound-ms': BOUND_MS, 'connect-retry-ms': 100 } });
     await withDaemonLogs(r, async () => {
       await bringUpPair(r);
-      const jsonPath = path.join(r.dir, 'fio-kill.json');
-      const fio = startFio(r.nodes.alpha.device, 4 + RESTARTS * 3, jsonPath);
-      const pauses: number[] = [];
-      await sleep(1500);
-      for (let i = 0; i < RESTARTS; i++) {
-        pauses.push(await killPrimaryAndWait(r));
+      await underFio(r, 'kill -9 Primary', 3 + RESTARTS * 3, async () => {
+        const pauses: number[] = [];
+        for (let i = 0; i < RESTARTS; i++) {
+          pauses.push(await killAndWait(r, 'alpha'));
+          await sleep(1000);
+        }
+        return pauses;
+      });
+      expect((await r.status('alpha')).daemonRestarts).toMatchObject({ count: RESTARTS });
+      await underFio(r, 'nraid restart', 8, async () => [await restartAndWait(r), await restartAndWait(r)]);
+      await underFio(r, 'kill -9 Secondary', 6, async () => {
+        const pause = await killAndWait(r, 'beta');
+        await r.waitFor('alpha', (s) => s.connection === 'Connected', 30_000);
+        return [pause];
+      });
+
+      // ext4 with files written and fsynced across a kill -9 of the Primary's daemon.
+      const mnt = path.join(r.dir, 'mnt');
+      fs.mkdirSync(mnt);
+      await execOk('mkfs.ext4', ['-q', '-F', r.nodes.alpha.device]);
+      await execOk('mount', [r.nodes.alpha.device, mnt]);
+      const writer = new FsyncWriter(mnt);
+      try {
+        writer.start();
         await sleep(1000);
+        const pause = await killAndWait(r, 'alpha');
+        await sleep(1000);
+        await writer.stop();
+        console.log(`ext4: pause ${pause} ms, ${writer.acked.size} files fsynced`);
+        expect(writer.failure).toBeNull();
+        writer.check();
+      } finally {
+        await writer.stop();
+        await execOk('umount', [mnt]);
       }
-      const { code, output } = await fio.done;
-      const result = fioResult(jsonPath);
-      console.log(`kill -9 restarts: pauses ${pauses.join(', ')} ms; fio max completion latency ${result.maxLatencyMs.toFixed(0)} ms over ${result.writes} writes`);
-      expect({ code, errors: result.errors, output: code === 0 ? '' : output }).toEqual({ code: 0, errors: 0, output: '' });
-      const s = await r.status('alpha');
-      expect((s.daemonRestarts as { count: number }).count).toBe(RESTARTS);
-      await r.waitFor('alpha', connectedUpToDate, 60_000);
+      await fsckClean(r.nodes.alpha.device);
+
+      const s = await r.waitFor('alpha', connectedUpToDate, 60_000);
       await r.waitFor('beta', connectedUpToDate, 30_000);
       await r.runOk('alpha', 'secondary');
-      const dataSize = s.dataSizeBytes as number;
-      const diff = await compareRanges(r.nodes.alpha.diskPath, r.nodes.beta.diskPath, 0, dataSize);
+      const diff = await compareRanges(r.nodes.alpha.diskPath, r.nodes.beta.diskPath, 0, s.dataSizeBytes as number);
       expect(diff.mismatches).toEqual([]);
     });
-  }, 180_000);
+  }, 300_000);
+
+  test('the bound: a daemon that cannot start again ends with EIO after daemon-restart-bound-ms, the device released, nothing hung', async () => {
+    const bound = 2000;
+    r = await makeResource({ nodes: 1, sizeBytes: 32 * MiB, protocol: 'C', extra: { 'daemon-restart-bound-ms': bound } });
+    const entry = path.join(r.dir, 'daemon-entry.js');
+    fs.writeFileSync(entry, `require(${JSON.stringify(NRAID_BIN)});\n`);
+    const env = { NRAID_TEST_DAEMON_ENTRY: entry };
+    await r.runOk('alpha', 'create-md');
+    const up = await r.runOk('alpha', 'up', [], { env });
+    const holderPid = Number(/holder pid (\d+)/.exec(up.stdout)![1]);
+    await r.runOk('alpha', 'primary', ['--force']);
+    const s = await r.status('alpha');
+    const loopDevice = s.loopDevice as string;
+    await writeDirect(r.nodes.alpha.device, 0, Buffer.alloc(4096, 1));
+    // The installed daemon is broken now: every start exits at once.
+    fs.writeFileSync(entry, 'process.exit(3);\n');
+    process.kill(s.pid as number, 'SIGKILL');
+    const killedAt = Date.now();
+    const dd = await execTool('dd', ['if=/dev/zero', `of=${r.nodes.alpha.device}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc'], { timeoutMs: bound + 20_000 });
+    const failedAfterMs = Date.now() - killedAt;
+    console.log(`bound ${bound} ms: dd failed after ${failedAfterMs} ms: ${dd.stderr.toString().trim()}`);
+    expect(dd.code).not.toBe(0);
+    expect(dd.code).not.toBe(-1); // -1: killed by the timeout, i.e. hung
+    expect(dd.stderr.toString()).toMatch(/Input\/output error|No such device|No such file/);
+    await until('the holder exits', () => !processAlive(holderPid), 10_000, 50);
+    await until(`loop device ${loopDevice} is released`, () => !fs.existsSync(`/sys/block/${loopDevice.slice(5)}/loop/backing_file`), 10_000, 50);
+    expect(pathExists(r.nodes.alpha.device)).toBe(false);
+    const down = await r.run('alpha', 'down', [], { timeoutMs: 20_000 });
+    expect(down.code).not.toBe(-1);
+  }, 90_000);
 });

@@ -11,8 +11,8 @@ import { ParsedArgs, parseArgs, usage } from './cli/args';
 import { dumpMd, restoreMd } from './cli/metadata-commands';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath } from './config';
 import { Daemon, adminSocketPath } from './daemon';
-import { EXIT_HANDED_OVER, ToDaemon } from './holder-client';
-import { runningHolder } from './holder';
+import { EXIT_HANDED_OVER, HOLDER_ENV, ToDaemon } from './holder-client';
+import { main as runHolder, runningHolder } from './holder';
 import { StaleCleanup, cleanupStale, readRecord } from './device';
 import { BackingDisk } from './disk';
 import {
@@ -124,7 +124,11 @@ async function up(ctx: Context): Promise<void> {
   if (running !== null) {
     throw new AlreadyUpError(`resource ${ctx.config.resource} is already up on node ${ctx.local.name} (daemon pid ${running.pid}); nothing to do, or run nraid down first`);
   }
-  if (ctx.args.foreground) return runForeground(ctx);
+  if (ctx.args.foreground) {
+    // With a holder configured, the foreground process (systemd's main process) is the holder; its daemon runs as its child.
+    if (ctx.config.daemonRestartBoundMs > 0 && process.env[HOLDER_ENV] !== '1') return runHolder([ctx.config.path, ctx.local.name]);
+    return runForeground(ctx);
+  }
   fs.mkdirSync(ctx.local.runDir, { recursive: true, mode: 0o700 });
   const logPath = path.join(ctx.local.runDir, 'daemon.log');
   const logFd = fs.openSync(logPath, 'a');

@@ -241,11 +241,13 @@ class Holder {
   }
 }
 
-export function main(argv: string[]): void {
+/** Runs the holder in this process until its daemon goes down (the process then exits). */
+export function main(argv: string[]): Promise<void> {
   const [configPath, nodeName] = argv;
   const config = loadConfig(configPath);
   const log = jsonLogger({ resource: config.resource, node: nodeName, process: 'holder' });
   new Holder(config, nodeName, log).start();
+  return new Promise(() => {});
 }
 
-if (require.main === module) main(process.argv.slice(2));
+if (require.main === module) void main(process.argv.slice(2));

@@ -59,9 +59,14 @@ function fioResult(jsonPath: string): { errors: number; maxLatencyMs: number; wr
 
 type Restarts = { count: number; lastCause: string; lastPauseMs: number };
 
+/** status --json, retried: under a heavy load starting the CLI alone can take seconds. */
+function statusOf(r: TestResource, node: NodeName) {
+  return r.waitFor(node, () => true, 60_000);
+}
+
 /** kill -9 of a node's daemon; resolves with the pause once its successor answers (and, on the Primary, serves as Primary). */
 async function killAndWait(r: TestResource, node: NodeName): Promise<number> {
-  const before = await r.status(node);
+  const before = await statusOf(r, node);
   process.kill(before.pid as number, 'SIGKILL');
   const after = await r.waitFor(node, (s) => s.pid !== before.pid && s.role === before.role, 30_000);
   const restarts = after.daemonRestarts as Restarts;
@@ -71,7 +76,7 @@ async function killAndWait(r: TestResource, node: NodeName): Promise<number> {
 
 /** `nraid restart` of the Primary; resolves with the pause it reports. */
 async function restartAndWait(r: TestResource): Promise<number> {
-  const before = await r.status('alpha');
+  const before = await statusOf(r, 'alpha');
   const out = await r.runOk('alpha', 'restart');
   expect(out.stdout).toMatch(/restarted on node alpha: daemon pid \d+ -> \d+/);
   const after = await r.waitFor('alpha', (s) => s.pid !== before.pid && s.role === 'Primary', 30_000);
@@ -154,7 +159,7 @@ describeIntegration('daemon restart (issue 13)', ['root', 'fuse', 'loop', 'fio']
         }
         return pauses;
       });
-      expect((await r.status('alpha')).daemonRestarts).toMatchObject({ count: RESTARTS });
+      expect((await statusOf(r, 'alpha')).daemonRestarts).toMatchObject({ count: RESTARTS });
       await underFio(r, 'nraid restart', 8, async () => [await restartAndWait(r), await restartAndWait(r)]);
       await underFio(r, 'kill -9 Secondary', 6, async () => {
         const pause = await killAndWait(r, 'beta');

@@ -40,16 +40,19 @@ function median(values) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** fio across one event: resolves with its maximum completion latency in ms (the pause the application saw). */
+/** fio across one event, stopped 1 s after it: resolves with its maximum completion latency in ms (the pause the application saw). */
 async function fioAcross(device, jsonPath, event) {
   const fio = spawn('fio', ['--name=pause', `--filename=${device}`, '--rw=randwrite', '--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=8',
-    '--size=32M', '--time_based', '--runtime=6', '--output-format=json', `--output=${jsonPath}`], { stdio: 'ignore' });
+    '--size=32M', '--time_based', '--runtime=900', '--output-format=json', `--output=${jsonPath}`], { stdio: 'ignore' });
   const done = new Promise((resolve) => fio.on('exit', resolve));
   await sleep(1000);
   await event();
+  await sleep(1000);
+  fio.kill('SIGINT');
   const code = await done;
-  const job = JSON.parse(fs.readFileSync(jsonPath, 'utf8')).jobs[0];
-  if (code !== 0 || job.error !== 0) throw new Error(`fio failed across the event (exit ${code}, error ${job.error})`);
+  const text = fs.readFileSync(jsonPath, 'utf8');
+  const job = JSON.parse(text.slice(text.indexOf('{'))).jobs[0];
+  if (code !== 128 || job.error !== 0) throw new Error(`fio failed across the event (exit ${code}, error ${job.error})`);
   return job.write.clat_ns.max / 1e6;
 }
 

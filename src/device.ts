@@ -111,9 +111,13 @@ function adoptDevice(options: ExposeOptions, record: DeviceRecord): DeviceRecord
   }
   const adopted: DeviceRecord = { ...record, pid: process.pid, devicePath: options.devicePath };
   writeRecord(options.runDir, adopted);
+  let linked: string | null = null;
   try {
-    if (fs.readlinkSync(options.devicePath) !== record.loopDevice) throw new Error('elsewhere');
+    linked = fs.readlinkSync(options.devicePath);
   } catch {
+    // missing: made below
+  }
+  if (linked !== record.loopDevice) {
     fs.mkdirSync(path.dirname(options.devicePath), { recursive: true });
     fs.rmSync(options.devicePath, { force: true });
     fs.symlinkSync(record.loopDevice!, options.devicePath);

@@ -24,8 +24,8 @@ import { describeIntegration } from '../harness/prereq';
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
 const RESTARTS = Number(process.env.NRAID_TEST_RESTARTS ?? 3);
-/** Generous: on the loaded 2-core test machine, starting node and the daemon takes 1-3 s. */
-const BOUND_MS = 10_000;
+/** Generous: on the shared 2-core machine at a load of 30-40, starting node and the daemon took 5-9 s (10 s ran out once). */
+const BOUND_MS = 30_000;
 const KERNEL_RESEND = [6, 9];
 
 function kernelAtLeast([major, minor]: number[]): boolean {

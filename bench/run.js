@@ -14,6 +14,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { runFailoverBench } = require('./failover');
 const { runPostgresBench } = require('./postgres');
+const { runDaemonRestartBench } = require('./daemon-restart');
 const { runMicro } = require('./micro');
 const { TIMING_FULL, TIMING_QUICK, WORKLOADS, runFio } = require('./e2e/fio');
 const { BASELINE_ROW, DEFAULT_ROWS, STACKS, stackById } = require('./e2e/stacks');
@@ -313,6 +314,14 @@ async function main() {
       } catch (error) {
         console.error(`[bench] failover FAILED: ${error.message}`);
         report.failover = { error: error.message };
+        if (options.strict) exitCode = 1;
+      }
+      console.log('\n== daemon restart (pause seen by fio across kill -9 and nraid restart of the Primary\'s daemon)');
+      try {
+        report.daemonRestart = await runDaemonRestartBench({ kills: options.quick ? 3 : 20, restarts: options.quick ? 2 : 5, log: (line) => console.log(line) });
+      } catch (error) {
+        console.error(`[bench] daemon restart FAILED: ${error.message}`);
+        report.daemonRestart = { error: error.message };
         if (options.strict) exitCode = 1;
       }
     }

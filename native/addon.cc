@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 
 #include <algorithm>
 #include <atomic>
@@ -388,20 +389,35 @@ Napi::Value FrontendStart(const Napi::CallbackInfo& info) {
   frontend_options.source = options.Get("source").As<Napi::String>();
   frontend_options.threads = static_cast<uint32_t>(get_u64(options.Get("threads"), "threads"));
   frontend_options.lock_memory = options.Get("lockMemory").ToBoolean();
+  if (options.Has("fuseFd") && !options.Get("fuseFd").IsUndefined()) {
+    frontend_options.fuse_fd = static_cast<int>(get_u64(options.Get("fuseFd"), "fuseFd"));
+    frontend_options.adopt = options.Get("adopt").ToBoolean();
+  }
   if (frontend_options.threads < nraid::kFrontendThreadsMin || frontend_options.threads > nraid::kFrontendThreadsMax) {
     throw Napi::RangeError::New(env, "frontendStart: threads out of range");
   }
   auto frontend = std::make_unique<FuseFrontend>(box->pipeline.get(), frontend_options);
   std::string error;
   if (!frontend->start(&error)) throw errno_error(env, errno, error);
+  int fd = frontend->fd();
   box->frontend = std::move(frontend);
-  return env.Undefined();
+  return Napi::Number::New(env, fd);
 }
 
 Napi::Value FrontendStop(const Napi::CallbackInfo& info) {
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
   if (box->frontend) {
     box->frontend->stop();
+    box->frontend.reset();
+  }
+  return info.Env().Undefined();
+}
+
+// Hands the mounted connection back to the holder: no unmount (nraid restart).
+Napi::Value FrontendRelease(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (box->frontend) {
+    box->frontend->release();
     box->frontend.reset();
   }
   return info.Env().Undefined();
@@ -594,6 +610,27 @@ Napi::Value Unmount(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// A duplicate, in this process, of descriptor `fd` of process `pid` (pidfd_getfd, Linux >= 5.6): the
+// holder takes the daemon's /dev/fuse this way. The same open file, so the connection's state
+// (requests read but unanswered) belongs to both; close-on-exec, as pidfd_getfd makes it.
+Napi::Value TakeFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto pid = static_cast<pid_t>(get_u64(info[0], "pid"));
+  auto fd = static_cast<int>(get_u64(info[1], "fd"));
+  int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (pidfd < 0) {
+    int saved = errno;
+    throw errno_error(env, saved, "pidfd_open of pid " + std::to_string(pid) + ": " + strerror(saved));
+  }
+  int taken = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+  int saved = errno;
+  ::close(pidfd);
+  if (taken < 0) {
+    throw errno_error(env, saved, "pidfd_getfd of descriptor " + std::to_string(fd) + " of pid " + std::to_string(pid) + ": " + strerror(saved));
+  }
+  return Napi::Number::New(env, taken);
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -611,6 +648,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pipelineDestroy", Napi::Function::New(env, PipelineDestroy));
   exports.Set("frontendStart", Napi::Function::New(env, FrontendStart));
   exports.Set("frontendStop", Napi::Function::New(env, FrontendStop));
+  exports.Set("frontendRelease", Napi::Function::New(env, FrontendRelease));
+  exports.Set("takeFd", Napi::Function::New(env, TakeFd));
   exports.Set("unmount", Napi::Function::New(env, Unmount));
   exports.Set("linkAttach", Napi::Function::New(env, LinkAttach));
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));

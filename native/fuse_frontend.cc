@@ -25,6 +25,9 @@
 #define PR_SET_IO_FLUSHER 57
 #endif
 
+// Linux >= 6.9 (FUSE 7.40); the system headers here stop at 7.38.
+constexpr int kFuseNotifyResend = 7;
+
 namespace nraid {
 namespace {
 
@@ -79,7 +82,17 @@ FuseFrontend::~FuseFrontend() { stop(); }
 bool FuseFrontend::start(std::string* error) {
   NRAID_ASSERT(fd_ < 0);
   install_wake_handler();
-  fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (options_.fuse_fd >= 0) {
+    // The same open file as the holder's: requests read through it stay with the holder's file when we die.
+    fd_ = ::fcntl(options_.fuse_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd_ < 0) {
+      *error = "the /dev/fuse descriptor " + std::to_string(options_.fuse_fd) + " from the holder: " + strerror(errno);
+      return false;
+    }
+  } else {
+    NRAID_ASSERT(!options_.adopt);
+    fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  }
   if (fd_ < 0) {
     *error = std::string("open /dev/fuse: ") + strerror(errno);
     return false;
@@ -114,15 +127,21 @@ bool FuseFrontend::start(std::string* error) {
       return false;
     }
   }
-  char mount_options[256];
-  snprintf(mount_options, sizeof(mount_options),
-           "fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other,max_read=%u", fd_, S_IFREG | 0600,
-           kRequestBytesMax);
-  if (::mount(options_.source.c_str(), options_.mount_path.c_str(), "fuse", MS_NOSUID | MS_NODEV | MS_NOATIME,
-              mount_options) != 0) {
-    *error = "mount fuse on " + options_.mount_path + ": " + strerror(errno);
-    stop();
-    return false;
+  if (options_.adopt) {
+    // The kernel sends FUSE_INIT once per connection: the daemon that mounted it answered it
+    // with what we would answer (handle() below), so the connection runs on those terms.
+    initialized_.store(true, std::memory_order_release);
+  } else {
+    char mount_options[256];
+    snprintf(mount_options, sizeof(mount_options),
+             "fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other,max_read=%u", fd_, S_IFREG | 0600,
+             kRequestBytesMax);
+    if (::mount(options_.source.c_str(), options_.mount_path.c_str(), "fuse", MS_NOSUID | MS_NODEV | MS_NOATIME,
+                mount_options) != 0) {
+      *error = "mount fuse on " + options_.mount_path + ": " + strerror(errno);
+      stop();
+      return false;
+    }
   }
   mounted_ = true;
   for (auto& worker : workers_) {
@@ -138,7 +157,28 @@ bool FuseFrontend::start(std::string* error) {
     }
     worker.started = true;
   }
+  if (options_.adopt) {
+    // Every request the previous daemon read and never answered goes back to the queue (unique
+    // marked FUSE_UNIQUE_RESEND); the threads above serve them like new ones. A write applied
+    // twice at one offset is the same write; a flush honoured twice is still a flush.
+    fuse_out_header notify{};
+    notify.len = sizeof(notify);
+    notify.error = kFuseNotifyResend;
+    notify.unique = 0;
+    if (::write(fd_, &notify, sizeof(notify)) < 0) {
+      int saved = errno;
+      *error = std::string("FUSE_NOTIFY_RESEND (needs Linux >= 6.9) on the held /dev/fuse: ") + strerror(saved);
+      release();
+      errno = saved;
+      return false;
+    }
+  }
   return true;
+}
+
+void FuseFrontend::release() {
+  mounted_ = false;
+  stop();
 }
 
 void FuseFrontend::stop() {

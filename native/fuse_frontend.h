@@ -20,6 +20,13 @@ struct FrontendOptions {
   std::string source;      // shown in /proc/mounts
   uint32_t threads;
   bool lock_memory;  // mlock buffers and stacks + PR_SET_IO_FLUSHER: no deadlock under reclaim
+  // A /dev/fuse descriptor that a holder process keeps open for us (it outlives
+  // this process); -1: open our own. We serve a duplicate of it.
+  int fuse_fd = -1;
+  // The holder's connection is mounted and initialized already (an earlier
+  // daemon did it and died or handed over): no mount, no FUSE_INIT; ask the
+  // kernel with FUSE_NOTIFY_RESEND for what that daemon read but never answered.
+  bool adopt = false;
 };
 
 class FuseFrontend {
@@ -35,9 +42,15 @@ class FuseFrontend {
   // Unmounts (lazily, so a stuck opener cannot block us), ends the connection
   // and joins every thread. Safe to call twice.
   void stop();
+  // Stops serving but leaves the mount and the connection to the holder: each
+  // thread answers the request it carries, then leaves. What the kernel queues
+  // meanwhile waits for the next daemon (upgrade, `nraid restart`).
+  void release();
 
   uint64_t requests_unknown() const { return requests_unknown_.load(std::memory_order_relaxed); }
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
+  // The descriptor we serve (for the holder to take a duplicate of); -1 when stopped.
+  int fd() const { return fd_; }
 
  private:
   struct Worker {

@@ -12,6 +12,8 @@ import { dumpMd, restoreMd } from './cli/metadata-commands';
 import { requireKernel } from './kernel';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs } from './config';
 import { Daemon, adminSocketPath } from './daemon';
+import { EXIT_HANDED_OVER, HOLDER_ENV, ToDaemon } from './holder-client';
+import { main as runHolder, runningHolder } from './holder';
 import { StaleCleanup, cleanupStale, readRecord } from './device';
 import { BackingDisk } from './disk';
 import {
@@ -23,6 +25,7 @@ import {
   PrerequisiteError,
   RemoteError,
   StaleDeviceError,
+  StateError,
   TimeoutError,
   UsageError,
   errorReply,
@@ -128,15 +131,24 @@ async function up(ctx: Context): Promise<void> {
   if (running !== null) {
     throw new AlreadyUpError(`resource ${ctx.config.resource} is already up on node ${ctx.local.name} (daemon pid ${running.pid}); nothing to do, or run nraid down first`);
   }
-  if (ctx.args.foreground) return runForeground(ctx);
+  if (ctx.args.foreground) {
+    // With a holder configured, the foreground process (systemd's main process) is the holder; its daemon runs as its child.
+    if (ctx.config.daemonRestartBoundMs > 0 && process.env[HOLDER_ENV] !== '1') return runHolder([ctx.config.path, ctx.local.name]);
+    return runForeground(ctx);
+  }
   fs.mkdirSync(ctx.local.runDir, { recursive: true, mode: 0o700 });
   const logPath = path.join(ctx.local.runDir, 'daemon.log');
   const logFd = fs.openSync(logPath, 'a');
+  // With daemon-restart-bound-ms, the holder (src/holder.ts) starts the daemon and outlives it.
+  const held = ctx.config.daemonRestartBoundMs > 0;
   const child = spawn(
     process.execPath,
-    [path.join(__dirname, '..', '..', 'bin', 'nraid'), 'up', '--foreground', '-c', ctx.config.path, '-n', ctx.local.name],
+    held
+      ? [path.join(__dirname, 'holder.js'), ctx.config.path, ctx.local.name]
+      : [path.join(__dirname, '..', '..', 'bin', 'nraid'), 'up', '--foreground', '-c', ctx.config.path, '-n', ctx.local.name],
     { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'] },
   );
+  let daemonPid = child.pid;
   fs.closeSync(logFd);
   let stale: StaleCleanup = { cleaned: [], left: [] };
   await new Promise<void>((resolve, reject) => {
@@ -144,9 +156,10 @@ async function up(ctx: Context): Promise<void> {
       () => reject(new TimeoutError(`the daemon did not report ready within ${upReadyTimeoutMs} ms; see ${logPath}`)),
       upReadyTimeoutMs,
     );
-    child.once('message', (message: { ready?: boolean; stale?: StaleCleanup; error?: { code: string; message: string } }) => {
+    child.once('message', (message: { ready?: boolean; stale?: StaleCleanup; pid?: number; error?: { code: string; message: string } }) => {
       clearTimeout(timer);
       if (message.stale !== undefined) stale = message.stale;
+      if (message.pid !== undefined) daemonPid = message.pid;
       if (message.ready) resolve();
       else if (message.error !== undefined) reject(new RemoteError(message.error));
       else reject(new DaemonStartError(`the daemon reported neither ready nor an error; see ${logPath}`));
@@ -159,7 +172,8 @@ async function up(ctx: Context): Promise<void> {
   child.removeAllListeners();
   child.disconnect();
   child.unref();
-  out(`${ctx.config.resource} is up on node ${ctx.local.name} (daemon pid ${child.pid}, log ${logPath})`);
+  const holderNote = held ? `, holder pid ${child.pid}` : '';
+  out(`${ctx.config.resource} is up on node ${ctx.local.name} (daemon pid ${daemonPid}${holderNote}, log ${logPath})`);
   // What a killed daemon left: on stderr, so that stdout stays the one line scripts read.
   for (const line of stale.cleaned) process.stderr.write(`note: ${line}\n`);
   for (const line of stale.left) process.stderr.write(`warning: ${line}; until then nraid primary refuses (NRAID_ERR_STALE_DEVICE), and nraid down cleans the rest afterwards\n`);
@@ -181,13 +195,61 @@ async function runForeground(ctx: Context): Promise<void> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  if (process.send) {
+  if (process.send && daemon.held !== null) {
+    // The holder keeps the channel: it hears of mounts, and asks for a handover (nraid restart).
+    process.send({ type: 'ready', ready: true, stale: daemon.staleAtStart, pid: process.pid, pauseMs: daemon.held.pauseMs });
+    process.on('message', (message: ToDaemon) => {
+      if (message?.type !== 'handover') return;
+      log.info('the holder asks for a handover (nraid restart)');
+      daemon
+        .handOver()
+        .then(() => process.exit(EXIT_HANDED_OVER))
+        .catch((error: Error) => {
+          log.error('handover failed', { error: error.message });
+          process.exit(1);
+        });
+    });
+  } else if (process.send) {
     process.send({ ready: true, stale: daemon.staleAtStart });
     process.disconnect();
   }
   await daemon.whenStopped();
+  // The holder's channel would keep this process alive; the holder ends when we exit (code 0).
+  if (daemon.held !== null && process.connected) process.disconnect();
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
+}
+
+/**
+ * `nraid restart`: the holder replaces the running daemon with the installed
+ * version while the device stays mounted and in use. Prints the new daemon's
+ * pid and the pause once it answers.
+ */
+async function restart(ctx: Context): Promise<void> {
+  requireRoot('restart');
+  const status = await daemonAnswers(ctx.local);
+  if (status === null) {
+    throw new NotUpError(`resource ${ctx.config.resource} is not up on node ${ctx.local.name}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`);
+  }
+  const holderPid = runningHolder(ctx.local.runDir);
+  if (holderPid === null) {
+    throw new StateError(
+      `resource ${ctx.config.resource} runs without a holder on node ${ctx.local.name} (daemon-restart-bound-ms is 0 or was when it came up); ` +
+        'a restart would take the device away: set daemon-restart-bound-ms in the config, then nraid down and nraid up once',
+    );
+  }
+  process.kill(holderPid, 'SIGHUP');
+  const deadline = Date.now() + upReadyTimeoutMs;
+  while (Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, processExitPollMs));
+    const next = await daemonAnswers(ctx.local).catch(() => null);
+    if (next !== null && next.pid !== status.pid) {
+      const pause = next.daemonRestarts?.lastPauseMs;
+      out(`${ctx.config.resource} restarted on node ${ctx.local.name}: daemon pid ${status.pid} -> ${next.pid}${pause == null ? '' : ` (device paused ${pause} ms)`}`);
+      return;
+    }
+  }
+  throw new TimeoutError(`no new daemon answered within ${upReadyTimeoutMs} ms after the restart; see ${path.join(ctx.local.runDir, 'daemon.log')}`);
 }
 
 async function down(ctx: Context): Promise<void> {
@@ -335,6 +397,9 @@ export async function main(argv: string[]): Promise<number> {
         break;
       case 'up':
         await up(ctx);
+        break;
+      case 'restart':
+        await restart(ctx);
         break;
       case 'down':
         await down(ctx);

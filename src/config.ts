@@ -52,6 +52,12 @@ export interface ResourceConfig {
   maxLagBytes: number;
   maxLagMs: number;
   frontendThreads: number;
+  /**
+   * With a holder (> 0): a daemon that dies is started again and takes the
+   * mounted device back; if none serves within this bound, pending I/O fails
+   * with EIO and the device goes. 0: no holder.
+   */
+  daemonRestartBoundMs: number;
   onNoPeer: OnNoPeer;
   /** A failing backing disk: detach it and go Diskless (served by the peer), or pass the error on. */
   onIoError: OnIoError;
@@ -238,6 +244,7 @@ const topKeys: readonly KeySpec[] = [
   key('max-lag-bytes', integer(limits.maxLagBytesMin, limits.maxLagBytesMax), limits.maxLagBytesDefault),
   key('max-lag-ms', integer(limits.maxLagMsMin, limits.maxLagMsMax), limits.maxLagMsDefault),
   key('frontend-threads', integer(limits.frontendThreadsMin, limits.frontendThreadsMax), limits.frontendThreadsDefault),
+  key('daemon-restart-bound-ms', integer(limits.daemonRestartBoundMsMin, limits.daemonRestartBoundMsMax), limits.daemonRestartBoundMsDefault),
   key<OnNoPeer>('on-no-peer', oneOf(['continue', 'suspend-io']), 'continue'),
   key<AfterSb0pri>('after-sb-0pri',
     oneOf(['disconnect', 'discard-zero-changes', 'discard-younger-primary', 'discard-least-changes']), 'disconnect'),

@@ -9,7 +9,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AdminServer, AdminStream } from './admin';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, roleHookBudgetMs } from './config';
-import { StaleCleanup, cleanupStale } from './device';
+import { DeviceRecord, StaleCleanup, adoptableRecord, cleanupStale } from './device';
+import { HolderClient, holderClient } from './holder-client';
 import { BackingDisk } from './disk';
 import { ConfigError, StaleDeviceError, StateError } from './errors';
 import * as limits from './limits';
@@ -81,6 +82,8 @@ export class Daemon extends EventEmitter {
   private stopping = false;
   private readonly stopped: Promise<void>;
   private resolveStopped: () => void = () => {};
+  /** The holder that started this daemon and keeps its FUSE connection (daemon-restart-bound-ms), or null. */
+  readonly held: HolderClient | null = holderClient();
   /** What start() found of a killed daemon's device: cleaned, and left in place (for `up` to print). */
   staleAtStart: StaleCleanup = { cleaned: [], left: [] };
 
@@ -99,7 +102,9 @@ export class Daemon extends EventEmitter {
   /** Attaches the disk, opens the admin socket, starts the link. Leaves nothing behind on failure. */
   async start(): Promise<void> {
     fs.mkdirSync(this.local.runDir, { recursive: true, mode: 0o700 });
-    this.staleAtStart = cleanupStale(this.local.runDir, this.local.device);
+    // A daemon that died as Primary left its device mounted over the holder's connection: not stale, ours to serve.
+    const adoptable = adoptableRecord(this.local.runDir, this.held);
+    if (adoptable === null) this.staleAtStart = cleanupStale(this.local.runDir, this.local.device);
     for (const line of this.staleAtStart.cleaned) this.log.info(line);
     for (const line of this.staleAtStart.left) this.log.warn(line);
     await this.openParts();
@@ -116,7 +121,57 @@ export class Daemon extends EventEmitter {
     this.persistTimer.unref();
     await this.startLink();
     if (this.config.metricsPort !== null) await this.startMetrics();
+    if (adoptable !== null) await this.takeDeviceBack(adoptable);
+    this.held?.serving();
     this.noteChange();
+  }
+
+  /**
+   * After a restart on the Primary: the applications' device is still there
+   * and its requests wait in the kernel. Primary again (the metadata store has
+   * already marked the activity-log extents out of sync, as after a crash:
+   * the peer gets them by resync), the device served again with the requests
+   * the dead daemon had read resent.
+   */
+  private async takeDeviceBack(record: DeviceRecord): Promise<void> {
+    this.log.warn('taking back the device a dead daemon left with the holder', {
+      loopDevice: record.loopDevice,
+      deadPid: record.pid,
+      cause: this.held?.restart?.cause ?? null,
+    });
+    await this.command({ name: 'primary', force: false });
+  }
+
+  /**
+   * `nraid restart`: stops taking requests (each one carried is answered),
+   * leaves the mounted device to the holder, makes what was written durable,
+   * and closes everything without a demotion: the next daemon takes the
+   * device back as after a crash of this one.
+   */
+  async handOver(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.persistTimer !== null) clearInterval(this.persistTimer);
+    const parts = this.parts;
+    if (parts !== null) {
+      parts.exposure.handOver();
+      await parts.plane.flush().catch((error: Error) => this.log.warn('flush at handover failed', { error: error.message }));
+    }
+    if (this.metrics !== null) await this.metrics.close();
+    if (this.link !== null) await this.link.stop();
+    this.link = null;
+    this.session?.discardAll();
+    this.session = null;
+    if (parts !== null) {
+      parts.plane.detach('handover');
+      if (!parts.runner.state.diskless) await parts.plane.persistBitmap(true).catch(() => undefined);
+      parts.plane.destroy();
+      parts.disk.close();
+      parts.runner.failPending(`the daemon of ${this.config.resource} is being replaced (nraid restart)`);
+    }
+    this.parts = null;
+    await this.admin.close();
+    this.log.info('handed over to the next daemon');
   }
 
   /** Opens the backing disk, its metadata and the data plane, and a fresh state machine over them. Leaves nothing behind on failure. */
@@ -137,6 +192,7 @@ export class Daemon extends EventEmitter {
         threads: this.config.frontendThreads,
         diskBlockBytes: disk.logicalBlockBytes,
         lockMemory: this.lockMemory,
+        held: this.held,
       });
       const state = initialState(
         {
@@ -267,7 +323,7 @@ export class Daemon extends EventEmitter {
   status(): ResourceStatus {
     const parts = this.parts;
     if (parts === null) throw new StateError(`resource ${this.config.resource} has no disk attached`);
-    return snapshot({
+    const status = snapshot({
       state: parts.runner.state,
       counters: parts.plane.counters(),
       superblock: parts.store.superblock,
@@ -279,6 +335,8 @@ export class Daemon extends EventEmitter {
       nowMs: Date.now(),
       metadataDamage: parts.store.damage,
     });
+    status.daemonRestarts = this.held?.restarts() ?? null;
+    return status;
   }
 
   /** Emits `change` with the state fields that moved (counters are not events). */

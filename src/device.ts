@@ -19,7 +19,8 @@ export interface DeviceRecord {
 
 /** What exposure needs of the data plane: its frontend, and a flush before the loop device goes. */
 export interface DeviceFrontend {
-  startFrontend(options: FrontendOptions): void;
+  /** Returns the /dev/fuse descriptor it serves. */
+  startFrontend(options: FrontendOptions): number | void;
   stopFrontend(): void;
   flush(): Promise<void>;
 }
@@ -32,6 +33,18 @@ export interface ExposeOptions {
   threads: number;
   blockBytes: number;
   lockMemory: boolean;
+  /** The holder, when one keeps the FUSE connection for this daemon (src/holder.ts). */
+  held?: HeldFuse | null;
+}
+
+/** The daemon's side of the holder: the connection it keeps, and what it is told. */
+export interface HeldFuse {
+  /** The holder's /dev/fuse descriptor, inherited, whose connection is mounted here already; null: none. */
+  fd: number | null;
+  /** The volume is mounted and served through `fd` (this process's): the holder takes a duplicate. */
+  mounted(fd: number): void;
+  /** The volume is gone (unexposed): the holder lets its duplicate go. */
+  released(): void;
 }
 
 const RECORD_FILE = 'device.json';
@@ -64,8 +77,58 @@ export function isMounted(mountPath: string): boolean {
   return mounts.split('\n').some((line) => line.split(' ')[4] === mountPath);
 }
 
+/**
+ * The device a dead daemon left mounted over the holder's connection, to be
+ * served again: its record, its loop device still on this run dir's volume,
+ * the volume still mounted. Null when any of it is missing.
+ */
+export function adoptableRecord(runDir: string, held: HeldFuse | null | undefined): DeviceRecord | null {
+  if (held?.fd == null) return null;
+  const record = readRecord(runDir);
+  if (record === null || record.loopDevice === null || record.pid === process.pid || mayBeDaemon(record.pid)) return null;
+  if (!isMounted(record.mountPath) || loopBackingFile(record.loopDevice) !== record.mountPath) return null;
+  return record;
+}
+
+/**
+ * Serves the device a dead daemon left over the holder's connection: no new
+ * mount, the same loop device and link; the kernel resends what that daemon
+ * read and never answered (FUSE_NOTIFY_RESEND).
+ */
+function adoptDevice(options: ExposeOptions, record: DeviceRecord): DeviceRecord {
+  try {
+    options.frontend.startFrontend({
+      mountPath: record.mountPath,
+      source: options.source,
+      threads: options.threads,
+      lockMemory: options.lockMemory,
+      fuseFd: options.held!.fd!,
+      adopt: true,
+    });
+  } catch (error) {
+    if (!isErrnoException(error)) throw toNraidError(error);
+    throw systemError(`cannot serve the held FUSE volume ${record.mountPath} again`, error, 'the kernel must have FUSE_NOTIFY_RESEND (Linux >= 6.9); nraid down cleans up, then nraid up');
+  }
+  const adopted: DeviceRecord = { ...record, pid: process.pid, devicePath: options.devicePath };
+  writeRecord(options.runDir, adopted);
+  let linked: string | null = null;
+  try {
+    linked = fs.readlinkSync(options.devicePath);
+  } catch {
+    // missing: made below
+  }
+  if (linked !== record.loopDevice) {
+    fs.mkdirSync(path.dirname(options.devicePath), { recursive: true });
+    fs.rmSync(options.devicePath, { force: true });
+    fs.symlinkSync(record.loopDevice!, options.devicePath);
+  }
+  return adopted;
+}
+
 /** Mounts the FUSE volume, attaches the loop device, links the device path. */
 export function exposeDevice(options: ExposeOptions): DeviceRecord {
+  const adoptable = adoptableRecord(options.runDir, options.held);
+  if (adoptable !== null) return adoptDevice(options, adoptable);
   const mountPath = mountPathOf(options.runDir);
   // What a killed daemon left goes first; a filesystem still mounted on its loop device stops
   // everything (a second device under the same filesystem, next to the stale mount, misleads).
@@ -77,12 +140,13 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
   const record: DeviceRecord = { pid: process.pid, mountPath, loopDevice: null, devicePath: options.devicePath };
   writeRecord(options.runDir, record);
   try {
-    options.frontend.startFrontend({
+    const fd = options.frontend.startFrontend({
       mountPath,
       source: options.source,
       threads: options.threads,
       lockMemory: options.lockMemory,
     });
+    if (typeof fd === 'number') options.held?.mounted(fd);
   } catch (error) {
     if (!isErrnoException(error)) throw toNraidError(error);
     throw systemError(
@@ -100,6 +164,7 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
   } catch (error) {
     if (record.loopDevice !== null) detachLoop(record.loopDevice);
     options.frontend.stopFrontend();
+    options.held?.released();
     removeRecord(options.runDir);
     if (isErrnoException(error)) {
       throw systemError(`cannot link the device path ${options.devicePath} to the loop device`, error, 'check the "device" path in the config');
@@ -188,7 +253,7 @@ function processHolding(device: string): string | null {
  * Takes the device away. Refuses while it is open, so that no writer loses its
  * disk. Flushes first, off the event loop (the data plane's flush).
  */
-export async function unexposeDevice(record: DeviceRecord, frontend: DeviceFrontend, runDir: string): Promise<void> {
+export async function unexposeDevice(record: DeviceRecord, frontend: DeviceFrontend, runDir: string, held?: HeldFuse | null): Promise<void> {
   if (record.loopDevice !== null) {
     const holder = deviceHolder(record.loopDevice);
     if (holder !== null) {
@@ -199,6 +264,7 @@ export async function unexposeDevice(record: DeviceRecord, frontend: DeviceFront
   }
   removeSymlinkTo(record.devicePath, record.loopDevice);
   frontend.stopFrontend();
+  held?.released();
   removeRecord(runDir);
 }
 

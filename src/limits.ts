@@ -100,6 +100,19 @@ export const maxLagMsMin = 10;
 export const maxLagMsDefault = 2000;
 export const maxLagMsMax = 600_000;
 
+// --- The holder (config key daemon-restart-bound-ms) -------------------------
+
+/** 0: no holder; the daemon's death fails the device (as before the holder). */
+export const daemonRestartBoundMsMin = 0;
+export const daemonRestartBoundMsDefault = 0;
+export const daemonRestartBoundMsMax = 600_000;
+/** Between two starts of a daemon that exits before it serves (a broken install): no busy loop. */
+export const daemonRestartRetryMs = 200;
+/** How long the holder gives a daemon asked to hand over (`nraid restart`) to answer what it carries and exit. */
+export const daemonHandoverWaitMs = 10_000;
+/** After the bound, how long the holder waits for the openers of the failed device to close it before it leaves it to autoclear. */
+export const holderReleaseWaitMs = 2000;
+
 // --- Messages ----------------------------------------------------------------
 
 /** One msgpack frame on the admin socket (CLI <-> daemon); src/admin.ts refuses larger ones both ways. */

@@ -67,6 +67,8 @@ export class MetricsServer {
     simple('nraid_peer_served_reads_total', 'Reads served by the peer while Diskless.', (_s, c) => c?.peerReads ?? 0);
     simple('nraid_peer_served_writes_total', 'Writes completed by the peer alone while Diskless.', (_s, c) => c?.peerWrites ?? 0);
     simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
+    simple('nraid_daemon_restarts_total', 'Daemons started again by the holder after a crash, kill or nraid restart.', (s) => s.daemonRestarts?.count ?? 0);
+    simple('nraid_daemon_restart_pause_seconds', 'Pause of the last daemon restart: from the death of one daemon until the next served.', (s) => (s.daemonRestarts?.lastPauseMs ?? 0) / 1000);
     simple('nraid_metadata_damage', 'Damaged metadata areas found when the daemon started (superblock slot, activity log, bitmap).', (s) => s.metadataDamage?.length ?? 0);
     this.server = http.createServer((request, response) => {
       if (request.url !== '/metrics') {

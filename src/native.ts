@@ -107,6 +107,10 @@ export interface FrontendOptions {
   threads: number;
   /** mlock of buffers and stacks, PR_SET_IO_FLUSHER: a block server must not wait on reclaim. */
   lockMemory: boolean;
+  /** A /dev/fuse descriptor the holder keeps open (inherited); unset: open a new one. */
+  fuseFd?: number;
+  /** That descriptor's connection is mounted already: no mount, FUSE_NOTIFY_RESEND, serve. */
+  adopt?: boolean;
 }
 
 /**
@@ -249,8 +253,13 @@ export interface Binding {
   /** umount2(2) with UMOUNT_NOFOLLOW, and MNT_DETACH when `lazy`. */
   unmount(path: string, lazy: boolean): void;
 
-  frontendStart(pipeline: PipelineHandle, options: FrontendOptions): void;
+  /** Returns the /dev/fuse descriptor it serves (the holder takes a duplicate of it). */
+  frontendStart(pipeline: PipelineHandle, options: FrontendOptions): number;
   frontendStop(pipeline: PipelineHandle): void;
+  /** Stops serving and leaves the mount to the holder (`nraid restart`). */
+  frontendRelease(pipeline: PipelineHandle): void;
+  /** pidfd_getfd: a duplicate of descriptor `fd` of process `pid` (the holder takes the daemon's /dev/fuse). */
+  takeFd(pid: number, fd: number): number;
 }
 
 function load(): Binding {

@@ -79,6 +79,18 @@ export interface ResourceStatus {
   pid: number;
   /** Metadata damage found when the daemon started (empty when none): see docs/CONTRACTS.md "Metadata damage". */
   metadataDamage: MetadataDamageReport[];
+  /** Restarts of this resource's daemon by its holder (daemon-restart-bound-ms); null without a holder. */
+  daemonRestarts?: DaemonRestarts | null;
+}
+
+/** What the holder saw of the daemon's restarts (src/holder.ts). */
+export interface DaemonRestarts {
+  /** Daemons started after the first one died or handed over. */
+  count: number;
+  /** Why the last one went: "killed by SIGKILL", "exited with code 1", "restart" (nraid restart); null before any. */
+  lastCause: string | null;
+  /** From the death (or handover) of the last daemon until this one served again. */
+  lastPauseMs: number | null;
 }
 
 /** One damaged metadata area (the shape of src/resource/metadata-damage.ts DamageReport). */

@@ -10,6 +10,7 @@ export type Command =
   | 'create-md'
   | 'up'
   | 'down'
+  | 'restart'
   | 'primary'
   | 'secondary'
   | 'switchover'
@@ -81,6 +82,7 @@ const commands: readonly CommandSpec[] = [
   { name: 'create-md', summary: 'write fresh nraid metadata at the end of this node\'s backing disk', takesResource: true, flags: ['--force'] },
   { name: 'up', summary: 'start the resource\'s daemon on this node and connect to the peer', takesResource: true, flags: ['--foreground'] },
   { name: 'down', summary: 'remove the device and stop the daemon on this node', takesResource: true, flags: [] },
+  { name: 'restart', summary: 'replace the running daemon with the installed version; the device stays mounted (needs daemon-restart-bound-ms)', takesResource: true, flags: [] },
   { name: 'primary', summary: 'make this node Primary and expose the device', takesResource: true, flags: ['--force'] },
   { name: 'secondary', summary: 'make this node Secondary (the device must be unused)', takesResource: true, flags: [] },
   { name: 'switchover', summary: 'hand the Primary role to the peer in one step', takesResource: true, flags: [] },

@@ -159,11 +159,15 @@ export class DataPlane {
   }
 
   // --- the frontend (device exposure) ---
-  startFrontend(options: FrontendOptions): void {
-    binding.frontendStart(this.h, options);
+  startFrontend(options: FrontendOptions): number {
+    return binding.frontendStart(this.h, options);
   }
   stopFrontend(): void {
     binding.frontendStop(this.h);
+  }
+  /** Stops serving, leaves the mount and the connection to the holder. */
+  releaseFrontend(): void {
+    binding.frontendRelease(this.h);
   }
 
   destroy(): void {

@@ -3,7 +3,7 @@
  * and the configured symlink (src/device.ts does the system work). Only a
  * Primary exposes its device.
  */
-import { DeviceRecord, deviceHolder, exposeDevice, unexposeDevice } from '../device';
+import { DeviceRecord, HeldFuse, deviceHolder, exposeDevice, unexposeDevice } from '../device';
 import { DataPlane } from './data-plane';
 
 /** 4 KiB logical blocks whatever the backing disks have: every request fits a 512-byte and a 4Kn disk on either node, with O_DIRECT. */
@@ -16,6 +16,8 @@ export interface ExposureOptions {
   threads: number;
   diskBlockBytes: number;
   lockMemory: boolean;
+  /** The holder that keeps the FUSE connection across daemon restarts, if any. */
+  held?: HeldFuse | null;
 }
 
 export class Exposure {
@@ -49,7 +51,19 @@ export class Exposure {
       threads: this.options.threads,
       blockBytes: Math.max(EXPOSED_BLOCK_BYTES, this.options.diskBlockBytes),
       lockMemory: this.options.lockMemory,
+      held: this.options.held,
     });
+  }
+
+  /**
+   * `nraid restart`: stops serving and leaves the mount, the loop device and
+   * the record to the holder and the next daemon. Each request carried is
+   * answered; what the kernel queues meanwhile waits for the next daemon.
+   */
+  handOver(): void {
+    if (this.record === null) return;
+    this.plane.releaseFrontend();
+    this.record = null;
   }
 
   /** Flushes (without blocking the event loop), then takes the device away. Refuses while it is in use. */
@@ -68,7 +82,7 @@ export class Exposure {
         return plane.flush();
       }),
     };
-    await unexposeDevice(this.record, frontend, this.options.runDir);
+    await unexposeDevice(this.record, frontend, this.options.runDir, this.options.held);
     this.record = null;
   }
 }

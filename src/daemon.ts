@@ -223,7 +223,7 @@ export class Daemon extends EventEmitter {
   }
 
   private async startMetrics(): Promise<void> {
-    const metrics = new MetricsServer(() => this.status(), () => this.counters());
+    const metrics = new MetricsServer(() => this.status(), () => this.counters(), () => this.link?.refusedConnections() ?? null);
     try {
       await metrics.listen(this.local.host, this.config.metricsPort!);
     } catch (error) {

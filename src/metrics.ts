@@ -21,6 +21,8 @@ export class MetricsServer {
   constructor(
     private readonly status: () => ResourceStatus,
     private readonly counters: () => NativeCounters | null,
+    /** Connections the control link refused before authentication, per kind (RefusalKind). */
+    private readonly refusedConnections: () => Record<string, number> | null = () => null,
   ) {
     const labels = ['resource', 'node'];
     const state = (name: string, help: string, field: 'disk' | 'connection' | 'replication', values: string[]) =>
@@ -68,6 +70,17 @@ export class MetricsServer {
     simple('nraid_peer_served_writes_total', 'Writes completed by the peer alone while Diskless.', (_s, c) => c?.peerWrites ?? 0);
     simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
     simple('nraid_metadata_damage', 'Damaged metadata areas found when the daemon started (superblock slot, activity log, bitmap).', (s) => s.metadataDamage?.length ?? 0);
+    const refused = this.refusedConnections;
+    new client.Gauge({
+      name: 'nraid_link_refused_connections_total',
+      help: 'Peer connections refused before authentication, by reason (not-peer: another address; evicted: made room in the handshake pool; malformed, timeout, auth, version, other).',
+      labelNames: [...labels, 'reason'],
+      registers: [this.registry],
+      collect() {
+        const s = status();
+        for (const [kind, count] of Object.entries(refused() ?? {})) this.set({ resource: s.resource, node: s.node, reason: kind }, count);
+      },
+    });
     this.server = http.createServer((request, response) => {
       if (request.url !== '/metrics') {
         response.writeHead(404).end('see /metrics\n');

@@ -132,7 +132,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   private dialTimer: NodeJS.Timeout | null = null;
   private lastConnectionState: ConnectionState = 'StandAlone';
   /** Incoming connections that have not proven the secret yet. */
-  private readonly halfOpen = new HalfOpenPool(controlHandshakesPendingMax, controlHandshakesPerSourceMax);
+  private readonly halfOpen: HalfOpenPool;
   /** The configured peer's addresses (its host resolved); anything else is closed before a byte is read. */
   private peerAddresses: Set<string> | null = null;
   private readonly refusals: RefusalLog;
@@ -147,6 +147,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     this.isDialer = settings.isDialer;
     this.backoff = new Backoff(this.timings.connectRetryMs, this.timings.connectRetryMaxMs);
     this.refusals = new RefusalLog((level, msg, fields) => this.log(level, msg, fields));
+    // A connection that made no progress for a quarter of its time is the first to make room.
+    this.halfOpen = new HalfOpenPool(controlHandshakesPendingMax, controlHandshakesPerSourceMax, this.timings.preAuthTimeoutMs / 4);
   }
 
   /** Connections refused so far, per kind (for metrics). */
@@ -629,6 +631,7 @@ function bindTo(host: string): { localAddress?: string } {
 
 function refusalKind(error: NraidError): RefusalKind {
   if (error instanceof VersionError) return 'version';
+  if (/closed to make room/.test(error.message)) return 'evicted';
   if (error instanceof ProtocolError) return 'malformed';
   if (/authentication failed/.test(error.message)) return 'auth';
   if (/timeout/.test(error.message)) return 'timeout';

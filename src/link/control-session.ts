@@ -151,7 +151,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     return this.phase === 'authenticated' || this.phase === 'established';
   }
 
-  /** How far the handshake got, for choosing which half-open connection to close first: 1 none, 2 Hello, 3 proven. */
+  /** How far the handshake got, for choosing which half-open connection to close first: 1 preamble only, 2 Hello, 3 proven. */
   get handshakeProgress(): number {
     if (this.peerProven) return 3;
     return this.phase === 'awaitingHello' ? 1 : 2;

@@ -1007,3 +1007,122 @@ describe('ControlLink typed requests and notices', () => {
     expect(alpha.link.connectionState).toBe('Connected');
   });
 });
+
+// ------------------------------------------ before authentication (issue 11)
+
+describe('ControlLink before authentication (issue 11 findings 1, 2, 3, 5)', () => {
+  /** Connects from `localAddress` (another loopback address than the peer's) and writes `bytes`. */
+  /** Connects from `localAddress` (another loopback address than the peer's), writes `bytes`; resolves once closed. */
+  function connectFrom(port: number, localAddress: string, bytes: Buffer): Promise<{ closedAfterMs: number; received: Buffer[] }> {
+    return new Promise((resolve) => {
+      const startedAtMs = Date.now();
+      const received: Buffer[] = [];
+      const socket = net.connect({ host: HOST, port, localAddress }, () => socket.write(bytes));
+      socket.on('data', (chunk: Buffer) => received.push(chunk));
+      socket.on('error', () => undefined);
+      socket.on('close', () => resolve({ closedAfterMs: Date.now() - startedAtMs, received }));
+      cleanups.push(() => socket.destroy());
+    });
+  }
+
+  test('finding 1: a length prefix above 1 KiB (an old 16 MiB one) is refused on its 4 bytes, nothing buffered', async () => {
+    // Regression: before authentication any message of up to 16 MiB was accepted and decoded whole; one
+    // crafted message blocked the event loop for seconds and grew the heap past 1 GB.
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    const raw = await RawClient.connect(port);
+    const refused = waitFor(beta.link, 'refused', 1000);
+    const prefix = Buffer.alloc(4);
+    prefix.writeUInt32LE(controlMessageBytesMax - 1);
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, prefix, Buffer.from([0x0a])])); // a Hello's tag, then the rest would follow
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.reason).toMatch(new RegExp(`at most 1024 bytes before authentication .* found a length prefix of ${controlMessageBytesMax - 1}`));
+    expect(await raw.closed).toBeLessThan(1000 + MARGIN_MS);
+    expect(beta.link.refusedConnections().malformed).toBe(1);
+  });
+
+  test('finding 2: silent connections renewed all the time do not keep the real peer out', async () => {
+    // Regression: eight silent connections (a preamble, then nothing), renewed as they timed out, held
+    // every handshake slot and the peer could not reconnect for as long as that lasted.
+    // The attackers run in this process too and keep its event loop busy: a handshake timeout with room.
+    const handshakeTimeoutMs = 2000;
+    const { alpha, beta, betaPort } = await makePair({ alpha: { handshakeTimeoutMs }, beta: { handshakeTimeoutMs } });
+    let attacking = true;
+    const silent = async (): Promise<void> => {
+      while (attacking) {
+        const raw = await RawClient.connect(betaPort);
+        raw.write(CONTROL_PREAMBLE);
+        await raw.closed;
+      }
+    };
+    beta.link.connect();
+    const attackers = [...Array(24).keys()].map(() => silent());
+    await sleep(handshakeTimeoutMs / 2); // the pool is full of silent connections, gone stale, before alpha dials
+    const startedAtMs = Date.now();
+    const connected = Promise.all([waitFor(alpha.link, 'connected'), waitFor(beta.link, 'connected')]);
+    alpha.link.connect();
+    await connected;
+    const tookMs = Date.now() - startedAtMs;
+    attacking = false;
+    expect(tookMs).toBeLessThan(handshakeTimeoutMs);
+    expect(beta.link.refusedConnections().evicted).toBeGreaterThan(0);
+    expect(alpha.link.connectionState).toBe('Connected');
+    // the attackers' loops end as their connections are evicted or time out
+    await Promise.race([Promise.all(attackers), sleep(handshakeTimeoutMs + MARGIN_MS)]);
+  });
+
+  test('finding 3: the acceptor sends no HMAC and no name to a client that has not proven the secret', async () => {
+    // Regression: the listening node sent its HMAC over the caller's nonce, and its resource and node
+    // name, before verifying the caller: one captured reply let anyone grind the secret offline.
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    const raw = await RawClient.connect(port, true);
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, nonce: newNonce() } })]));
+    await raw.nextMessage('hello');
+    await sleep(150);
+    expect(raw.messages).toEqual([]); // nothing after beta's Hello until we prove the secret
+    const bytes = Buffer.concat(raw.received);
+    for (const name of ['r0', 'beta', 'alpha']) expect(bytes.includes(Buffer.from(name))).toBe(false);
+    const refused = waitFor(beta.link, 'refused');
+    raw.write(encodeFrame({ type: 'auth', body: { hmac: randomBytes(32) } }));
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.reason).toMatch(/authentication failed: the client at/);
+    await raw.closed;
+    expect(raw.messages.map((message) => message.type)).toEqual([]); // still no Auth of beta's
+  });
+
+  test('finding 5: 200 garbage connections log a few lines, are counted, and are not trusted for lastLinkError', async () => {
+    // Regression: each refused connection logged ~330 bytes with no rate limit, and anonymous garbage
+    // overwrote lastLinkError.
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    for (let i = 0; i < 200; i += 20) {
+      await Promise.all([...Array(20).keys()].map(async () => {
+        const raw = await RawClient.connect(port);
+        raw.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+        await raw.closed;
+      }));
+    }
+    expect(beta.link.refusedConnections().malformed).toBe(200);
+    expect(beta.refused).toHaveLength(200);
+    expect(beta.refused.every((refusal) => !refusal.trusted)).toBe(true);
+    expect(warnings(beta).length).toBeLessThanOrEqual(2);
+    const logBytes = beta.logs.reduce((sum, entry) => sum + entry.msg.length + JSON.stringify(entry.fields).length, 0);
+    expect(logBytes).toBeLessThan(2000);
+  });
+
+  test('a connection from an address other than the peer\'s is reset before a byte is read', async () => {
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    const stranger = await connectFrom(port, '127.0.0.2', Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, nonce: newNonce() } })]));
+    expect(stranger.closedAfterMs).toBeLessThan(MARGIN_MS);
+    expect(stranger.received).toEqual([]); // not even beta's Hello
+    expect(beta.link.refusedConnections()['not-peer']).toBe(1);
+    expect(beta.refused).toEqual([]);
+    expect(warnings(beta).some((msg) => /refused connection from 127\.0\.0\.2:\d+: not alpha's address \(127\.0\.0\.1\)/.test(msg))).toBe(true);
+  });
+});

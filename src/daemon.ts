@@ -4,6 +4,7 @@
  * to the state machine, and the admin command table. The main thread runs
  * only control actions; every byte of user data stays in native threads.
  */
+import { ensurePrivateRunDir } from './run-dir';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -98,7 +99,7 @@ export class Daemon extends EventEmitter {
 
   /** Attaches the disk, opens the admin socket, starts the link. Leaves nothing behind on failure. */
   async start(): Promise<void> {
-    fs.mkdirSync(this.local.runDir, { recursive: true, mode: 0o700 });
+    ensurePrivateRunDir(this.local.runDir);
     this.staleAtStart = cleanupStale(this.local.runDir, this.local.device);
     for (const line of this.staleAtStart.cleaned) this.log.info(line);
     for (const line of this.staleAtStart.left) this.log.warn(line);

@@ -74,6 +74,8 @@ export const portMax = 65535;
 export const configFileBytesMax = 1 * MiB;
 export const secretCharsMin = 8;
 export const secretCharsMax = 1024;
+/** Below this many bytes create-md and up warn that the secret is weak (it is what an attacker must guess). */
+export const secretBytesWarnBelow = 16;
 
 export const pingIntervalMsMin = 100;
 export const pingIntervalMsDefault = 1000;

@@ -133,9 +133,11 @@ bool FuseFrontend::start(std::string* error) {
     initialized_.store(true, std::memory_order_release);
   } else {
     char mount_options[256];
+    // allow_other lets the loop driver (and root's programs) in; default_permissions makes the kernel
+    // check the volume's owner and mode (root, 0600) on every open, so no other user can read or write it.
     snprintf(mount_options, sizeof(mount_options),
-             "fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other,max_read=%u", fd_, S_IFREG | 0600,
-             kRequestBytesMax);
+             "fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other,default_permissions,max_read=%u", fd_,
+             S_IFREG | 0600, kRequestBytesMax);
     if (::mount(options_.source.c_str(), options_.mount_path.c_str(), "fuse", MS_NOSUID | MS_NODEV | MS_NOATIME,
                 mount_options) != 0) {
       *error = "mount fuse on " + options_.mount_path + ": " + strerror(errno);

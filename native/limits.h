@@ -91,6 +91,9 @@ constexpr uint32_t kResyncWindowChunks = 8;
 constexpr uint64_t kMaxLagBytesDefault = 64 * kMiB;
 constexpr uint64_t kMaxLagUsDefault = 2'000'000;
 constexpr uint32_t kSocketBufferBytes = 4 * kMiB;
+// Time each side's data plane waits for the other's HELLO on a new data link (a peer that never
+// sends one would otherwise hold the receiving thread forever).
+constexpr uint32_t kDataHelloTimeoutMs = 10000;
 // Buffered socket reads: under load one read() brings many frames.
 constexpr size_t kSocketReadBufferBytes = 256 * kKiB;
 

@@ -116,7 +116,16 @@ int exchange_hello(int fd, bool send_first, LinkCounters* counters, std::string*
     }
   }
   FrameHeader received{};
+  // Bounded wait: the receive timeout holds for this read only, then reads block again.
+  timeval wait{static_cast<time_t>(kDataHelloTimeoutMs / 1000), static_cast<suseconds_t>((kDataHelloTimeoutMs % 1000) * 1000)};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
   int rc = read_full(fd, &received, sizeof(received));
+  timeval forever{0, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof(forever));
+  if (rc == -EAGAIN || rc == -EWOULDBLOCK) {
+    *error = "data link: expected the peer's HELLO within " + std::to_string(kDataHelloTimeoutMs) + " ms, found none";
+    return -ETIMEDOUT;
+  }
   if (rc != 0) {
     *error = std::string("data link: waiting for HELLO: ") + strerror(-rc);
     return rc;

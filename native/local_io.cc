@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -38,6 +39,15 @@ LocalDisk* LocalDisk::open(const std::string& path, bool read_only, std::string*
     int saved = errno;
     *error = "open " + path + ": " + strerror(saved);
     if (saved == EBUSY) *error += " (it is mounted or held by another program)";
+    errno = saved;
+    return nullptr;
+  }
+  // A file has no O_EXCL: an exclusive flock (per open file description, released with it) keeps a
+  // second resource or create-md off a file a running daemon holds, as O_EXCL does for a block device.
+  if (!block && !read_only && ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int saved = errno == EWOULDBLOCK ? EBUSY : errno;
+    *error = "flock " + path + ": " + strerror(saved) + " (a running nraid daemon or another program holds it)";
+    ::close(fd);
     errno = saved;
     return nullptr;
   }

@@ -10,7 +10,8 @@ import { adminCall } from './admin';
 import { ParsedArgs, parseArgs, usage } from './cli/args';
 import { dumpMd, restoreMd } from './cli/metadata-commands';
 import { requireKernel } from './kernel';
-import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs } from './config';
+import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs, secretWarnings } from './config';
+import { ensurePrivateRunDir } from './run-dir';
 import { Daemon, adminSocketPath } from './daemon';
 import { EXIT_HANDED_OVER, HOLDER_ENV, ToDaemon } from './holder-client';
 import { main as runHolder, runningHolder } from './holder';
@@ -107,11 +108,17 @@ async function daemonAnswers(node: NodeConfig): Promise<ResourceStatus | null> {
   }
 }
 
+/** create-md and up: a weak secret, or a config file others can read, is worth a warning (never the secret itself). */
+function warnAboutSecret(ctx: Context): void {
+  for (const line of secretWarnings(ctx.config)) process.stderr.write(`warning: ${line}\n`);
+}
+
 async function createMd(ctx: Context): Promise<void> {
   requireRoot('create-md');
   if ((await daemonAnswers(ctx.local)) !== null) {
     throw new AlreadyUpError(`resource ${ctx.config.resource} is up on node ${ctx.local.name}; run nraid down first: create-md never writes under a running daemon`);
   }
+  warnAboutSecret(ctx);
   const disk = BackingDisk.open(ctx.local.disk, { configKey: `nodes.${ctx.local.name}.disk in ${ctx.config.path}` });
   try {
     const sb = createMetadata(disk, { resource: ctx.config.resource, node: ctx.local.name, force: ctx.args.force });
@@ -131,12 +138,13 @@ async function up(ctx: Context): Promise<void> {
   if (running !== null) {
     throw new AlreadyUpError(`resource ${ctx.config.resource} is already up on node ${ctx.local.name} (daemon pid ${running.pid}); nothing to do, or run nraid down first`);
   }
+  warnAboutSecret(ctx);
   if (ctx.args.foreground) {
     // With a holder configured, the foreground process (systemd's main process) is the holder; its daemon runs as its child.
     if (ctx.config.daemonRestartBoundMs > 0 && process.env[HOLDER_ENV] !== '1') return runHolder([ctx.config.path, ctx.local.name]);
     return runForeground(ctx);
   }
-  fs.mkdirSync(ctx.local.runDir, { recursive: true, mode: 0o700 });
+  ensurePrivateRunDir(ctx.local.runDir);
   const logPath = path.join(ctx.local.runDir, 'daemon.log');
   const logFd = fs.openSync(logPath, 'a');
   // With daemon-restart-bound-ms, the holder (src/holder.ts) starts the daemon and outlives it.

@@ -285,6 +285,41 @@ function camelCase(kebab: string): string {
 
 // --- Reading -----------------------------------------------------------------
 
+/** Keys whose values never appear in a message. */
+const SENSITIVE_KEYS: ReadonlySet<string> = new Set(['secret']);
+
+function describeSensitive(raw: unknown): string {
+  return typeof raw === 'string' ? 'a string (not shown)' : describe(raw);
+}
+
+/**
+ * What create-md and up warn about the secret: shorter than
+ * secretBytesWarnBelow bytes, or a config file that users other than its
+ * owner may read. Never the secret itself.
+ */
+export function secretWarnings(config: ResourceConfig): string[] {
+  const warnings: string[] = [];
+  const secretBytes = Buffer.byteLength(config.secret, 'utf8');
+  if (secretBytes < limits.secretBytesWarnBelow) {
+    warnings.push(
+      `secret in ${config.path} is ${secretBytes} bytes long; use at least ${limits.secretBytesWarnBelow} random bytes ` +
+        '(e.g. openssl rand -base64 32) on both nodes: it is all that keeps strangers off the replication link',
+    );
+  }
+  try {
+    const mode = fs.statSync(config.path).mode & 0o777;
+    if ((mode & 0o077) !== 0) {
+      warnings.push(
+        `config ${config.path} has mode 0${mode.toString(8)}: users other than its owner can read the secret; ` +
+          `chmod 600 ${config.path}`,
+      );
+    }
+  } catch {
+    // the config was just read; a file gone since is not worth a warning
+  }
+  return warnings;
+}
+
 function describe(raw: unknown): string {
   if (typeof raw === 'string') return JSON.stringify(raw.length > 80 ? `${raw.slice(0, 77)}...` : raw);
   if (typeof raw === 'bigint') return String(raw);
@@ -359,7 +394,9 @@ class Reader {
       const accepted = spec.type.accept(raw);
       if (!accepted.ok) {
         const detail = accepted.detail === undefined ? '' : `: ${accepted.detail}`;
-        this.fail(`key "${dotted}" must be ${spec.type.expected}; found ${describe(raw)}${detail}`);
+        // A rejected secret is described, never echoed: the message goes to terminals and logs.
+        const found = SENSITIVE_KEYS.has(spec.key) ? describeSensitive(raw) : describe(raw);
+        this.fail(`key "${dotted}" must be ${spec.type.expected}; found ${found}${detail}`);
       }
       values[camelCase(spec.key)] = accepted.value;
     }

@@ -4,6 +4,7 @@
  * to the state machine, and the admin command table. The main thread runs
  * only control actions; every byte of user data stays in native threads.
  */
+import { ensurePrivateRunDir } from './run-dir';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -101,7 +102,7 @@ export class Daemon extends EventEmitter {
 
   /** Attaches the disk, opens the admin socket, starts the link. Leaves nothing behind on failure. */
   async start(): Promise<void> {
-    fs.mkdirSync(this.local.runDir, { recursive: true, mode: 0o700 });
+    ensurePrivateRunDir(this.local.runDir);
     // A daemon that died as Primary left its device mounted over the holder's connection: not stale, ours to serve.
     const adoptable = adoptableRecord(this.local.runDir, this.held);
     if (adoptable === null) this.staleAtStart = cleanupStale(this.local.runDir, this.local.device);
@@ -291,7 +292,7 @@ export class Daemon extends EventEmitter {
   }
 
   private async startMetrics(): Promise<void> {
-    const metrics = new MetricsServer(() => this.status(), () => this.counters());
+    const metrics = new MetricsServer(() => this.status(), () => this.counters(), () => this.link?.refusedConnections() ?? null);
     try {
       await metrics.listen(this.local.host, this.config.metricsPort!);
     } catch (error) {

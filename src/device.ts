@@ -9,6 +9,7 @@ import { AlreadyUpError, ConfigError, DeviceBusyError, StaleDeviceError, isErrno
 import { processExitPollMs, staleDaemonExitWaitMs } from './limits';
 import { attachLoop, detachLoop, loopBackingFile, readLoopDio } from './loop';
 import { FrontendOptions, binding } from './native';
+import { ensurePrivateRunDir } from './run-dir';
 
 export interface DeviceRecord {
   pid: number;
@@ -135,8 +136,9 @@ export function exposeDevice(options: ExposeOptions): DeviceRecord {
   const stale = cleanupStale(options.runDir, options.devicePath);
   if (stale.left.length > 0) throw new StaleDeviceError(`cannot expose ${options.devicePath}: ${stale.left.join('; ')}`);
   checkDevicePathFree(options.devicePath);
-  fs.mkdirSync(options.runDir, { recursive: true, mode: 0o700 });
+  ensurePrivateRunDir(options.runDir);
   fs.writeFileSync(mountPath, '', { mode: 0o600 });
+  fs.chmodSync(mountPath, 0o600); // an old volume file keeps its mode otherwise
   const record: DeviceRecord = { pid: process.pid, mountPath, loopDevice: null, devicePath: options.devicePath };
   writeRecord(options.runDir, record);
   try {

@@ -74,6 +74,8 @@ export const portMax = 65535;
 export const configFileBytesMax = 1 * MiB;
 export const secretCharsMin = 8;
 export const secretCharsMax = 1024;
+/** Below this many bytes create-md and up warn that the secret is weak (it is what an attacker must guess). */
+export const secretBytesWarnBelow = 16;
 
 export const pingIntervalMsMin = 100;
 export const pingIntervalMsDefault = 1000;
@@ -245,8 +247,23 @@ export const controlFeaturesMax = 64;
 export const controlFeatureNameBytesMax = 64;
 /** History UUIDs of a generation set (DESIGN.md §5): in the superblock and in NodeState. */
 export const generationHistoryUuids = 2;
-/** Unauthenticated control connections handled at once; more are refused at once. */
-export const controlHandshakesPendingMax = 8;
+/**
+ * Incoming connections not yet authenticated (reading their preamble or
+ * token, or in the handshake), altogether and per source address. When a
+ * bound is reached the newcomer is kept and the half-open connection that
+ * got least far (the oldest of those) is closed, so that silent or stalled
+ * connections cannot keep the real peer out.
+ */
+export const controlHandshakesPendingMax = 16;
+export const controlHandshakesPerSourceMax = 8;
+/** Largest control message accepted before the peer is authenticated (Hello, Auth), checked on the length prefix. */
+export const controlPreAuthMessageBytesMax = 1 * KiB;
+/** Time an incoming connection has, from accept, to prove the secret (preamble, Hello, Auth); capped by the handshake timeout. */
+export const controlPreAuthTimeoutMsDefault = 2_000;
+/** Refused connections are logged at most once per this interval (the first at once, then a count of the rest). */
+export const refusedLogIntervalMs = 10_000;
+/** Longest reason of a refused connection written to the log, in characters. */
+export const refusedReasonCharsMax = 240;
 /** Requests to the peer waiting for their response at once. */
 export const controlRequestsPendingMax = 256;
 /** Longest error message or reason carried in a Response, PromoteVote or Goodbye, in characters. */
@@ -282,3 +299,7 @@ check(controlErrorMessageCharsMax * 4 < bitmapChunkBytesMax, 'an error message (
 check(connectRetryFactor > 1 && connectRetryJitter >= 0 && connectRetryJitter < 1, 'the redial backoff grows, with bounded jitter');
 check(pingTimeoutMsDefault <= 5_000, 'a dead peer is noticed within 5 s by default');
 check(handshakeTimeoutMsDefault < dataLinkTimeoutMsDefault, 'the data link may come after the handshake');
+check(controlPreAuthTimeoutMsDefault <= handshakeTimeoutMsDefault, 'the secret is proven within the handshake');
+check(controlHandshakesPerSourceMax <= controlHandshakesPendingMax, 'a source holds at most the whole half-open pool');
+check(controlPreAuthMessageBytesMax >= 2 * (controlNonceBytes + controlHmacBytes), 'a Hello or an Auth fits the pre-auth bound');
+check(controlPreAuthMessageBytesMax < controlMessageBytesMax, 'the pre-auth bound is the smaller one');

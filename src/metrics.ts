@@ -21,6 +21,8 @@ export class MetricsServer {
   constructor(
     private readonly status: () => ResourceStatus,
     private readonly counters: () => NativeCounters | null,
+    /** Connections the control link refused before authentication, per kind (RefusalKind). */
+    private readonly refusedConnections: () => Record<string, number> | null = () => null,
   ) {
     const labels = ['resource', 'node'];
     const state = (name: string, help: string, field: 'disk' | 'connection' | 'replication', values: string[]) =>
@@ -70,6 +72,17 @@ export class MetricsServer {
     simple('nraid_daemon_restarts_total', 'Daemons started again by the holder after a crash, kill or nraid restart.', (s) => s.daemonRestarts?.count ?? 0);
     simple('nraid_daemon_restart_pause_seconds', 'Pause of the last daemon restart: from the death of one daemon until the next served.', (s) => (s.daemonRestarts?.lastPauseMs ?? 0) / 1000);
     simple('nraid_metadata_damage', 'Damaged metadata areas found when the daemon started (superblock slot, activity log, bitmap).', (s) => s.metadataDamage?.length ?? 0);
+    const refused = this.refusedConnections;
+    new client.Gauge({
+      name: 'nraid_link_refused_connections_total',
+      help: 'Peer connections refused before authentication, by reason (not-peer: another address; evicted: made room in the handshake pool; malformed, timeout, auth, version, other).',
+      labelNames: [...labels, 'reason'],
+      registers: [this.registry],
+      collect() {
+        const s = status();
+        for (const [kind, count] of Object.entries(refused() ?? {})) this.set({ resource: s.resource, node: s.node, reason: kind }, count);
+      },
+    });
     this.server = http.createServer((request, response) => {
       if (request.url !== '/metrics') {
         response.writeHead(404).end('see /metrics\n');

@@ -83,10 +83,11 @@
  *   'notice' (ControlNotice)
  *   'connectionState' (StandAlone | Connecting | Connected)
  */
+import * as dns from 'dns';
 import { EventEmitter } from 'events';
 import * as net from 'net';
-import { ConfigError, InternalError, NraidError, PeerError, StateError, TimeoutError } from '../errors';
-import { controlHandshakesPendingMax, controlRequestTimeoutMsDefault } from '../limits';
+import { ConfigError, InternalError, NraidError, PeerError, ProtocolError, StateError, TimeoutError, VersionError } from '../errors';
+import { controlHandshakesPendingMax, controlHandshakesPerSourceMax, controlRequestTimeoutMsDefault } from '../limits';
 import {
   CONTROL_PREAMBLE,
   ControlNotice,
@@ -99,9 +100,12 @@ import {
 import { Backoff } from './backoff';
 import { ControlSession, RequestHandler, SessionEnd, SessionInfo } from './control-session';
 import { acceptDataLink, openDataLink } from './data-link';
+import { HalfOpenPool } from './half-open';
 import { sortIncoming } from './incoming-connection';
+import { RefusalKind, RefusalLog } from './refusal-log';
 import { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkTimings, checkLinkOptions } from './link-options';
 import { closeSocket, remoteOf } from './socket-io';
+export type { RefusalKind } from './refusal-log';
 
 export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './session-types';
 export type { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkRefusal, NodeAddress } from './link-options';
@@ -127,6 +131,11 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   private dialing = false;
   private dialTimer: NodeJS.Timeout | null = null;
   private lastConnectionState: ConnectionState = 'StandAlone';
+  /** Incoming connections that have not proven the secret yet. */
+  private readonly halfOpen: HalfOpenPool;
+  /** The configured peer's addresses (its host resolved); anything else is closed before a byte is read. */
+  private peerAddresses: Set<string> | null = null;
+  private readonly refusals: RefusalLog;
 
   constructor(private readonly options: ControlLinkOptions) {
     super();
@@ -137,6 +146,14 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     this.protocolVersion = settings.protocolVersion;
     this.isDialer = settings.isDialer;
     this.backoff = new Backoff(this.timings.connectRetryMs, this.timings.connectRetryMaxMs);
+    this.refusals = new RefusalLog((level, msg, fields) => this.log(level, msg, fields));
+    // A connection that made no progress for a quarter of its time is the first to make room.
+    this.halfOpen = new HalfOpenPool(controlHandshakesPendingMax, controlHandshakesPerSourceMax, this.timings.preAuthTimeoutMs / 4);
+  }
+
+  /** Connections refused so far, per kind (for metrics). */
+  refusedConnections(): Record<RefusalKind, number> {
+    return this.refusals.counts();
   }
 
   // ------------------------------------------------------------- public
@@ -148,6 +165,28 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     const { host, port } = this.options.local;
     const server = net.createServer({ pauseOnConnect: true }, (socket) => this.onIncoming(socket));
     this.server = server;
+    return this.resolvePeer().then(() => this.listen(server, host, port));
+  }
+
+  /** The peer's host as addresses; a host that does not resolve now is tried again on the next connection. */
+  private resolvePeer(): Promise<void> {
+    const { peer } = this.options;
+    if (net.isIP(peer.host)) {
+      this.peerAddresses = new Set([normalAddress(peer.host)]);
+      return Promise.resolve();
+    }
+    return dns.promises.lookup(peer.host, { all: true }).then(
+      (found) => {
+        this.peerAddresses = new Set(found.map((entry) => normalAddress(entry.address)));
+      },
+      (error: NodeJS.ErrnoException) => {
+        this.log('warn', `cannot resolve ${peer.name}'s host ${peer.host} (${error.code ?? error.message}); ` +
+          'connections are refused until it resolves', {});
+      },
+    );
+  }
+
+  private listen(server: net.Server, host: string, port: number): Promise<net.AddressInfo> {
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException): void => {
         this.server = null;
@@ -218,6 +257,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   stop(): Promise<void> {
     this.stopped = true;
     this.disconnect('the daemon is stopping');
+    this.refusals.flush();
     const server = this.server;
     this.server = null;
     if (!server) return Promise.resolve();
@@ -304,7 +344,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     if (!token) {
       return Promise.reject(new StateError(`the data link of session ${session.id} with ${peer.name} is already open; one per session`));
     }
-    return openDataLink(session, token, peer, this.timings.dataLinkTimeoutMs, this.rawSockets, (level, msg, fields) =>
+    return openDataLink(session, token, { ...peer, ...bindTo(this.options.local.host) }, this.timings.dataLinkTimeoutMs, this.rawSockets, (level, msg, fields) =>
       this.log(level, msg, fields),
     );
   }
@@ -325,7 +365,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     if (!this.wanting || this.stopped || this.dialing || this.session) return;
     const { peer } = this.options;
     this.dialing = true;
-    const socket = net.connect({ host: peer.host, port: peer.port });
+    // From our own address, which is the one the peer accepts connections from.
+    const socket = net.connect({ host: peer.host, port: peer.port, ...bindTo(this.options.local.host) });
     this.rawSockets.add(socket);
     const timer = setTimeout(
       () => socket.destroy(new TimeoutError(`no TCP connection within ${this.timings.handshakeTimeoutMs} ms`)),
@@ -358,27 +399,58 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       socket.destroy();
       return;
     }
-    socket.setNoDelay(true);
     socket.on('error', () => undefined); // reported through readPrefix or the session
-    this.rawSockets.add(socket);
     const remote = remoteOf(socket);
-    sortIncoming(socket, this.timings.handshakeTimeoutMs, {
+    const source = normalAddress(socket.remoteAddress ?? '');
+    if (this.peerAddresses === null) {
+      // The peer's host did not resolve at start: try again, with the socket paused (nothing read).
+      void this.resolvePeer().then(() => this.admitIncoming(socket, remote, source));
+      return;
+    }
+    this.admitIncoming(socket, remote, source);
+  }
+
+  private admitIncoming(socket: net.Socket, remote: string, source: string): void {
+    if (socket.destroyed) return;
+    if (!this.peerAddresses?.has(source)) {
+      // Before reading a byte: only the configured peer may take any of our time.
+      socket.resetAndDestroy();
+      const { peer } = this.options;
+      this.noteRefusal('not-peer', `refused connection from ${remote}: not ${peer.name}'s address (${peer.host})`, remote);
+      return;
+    }
+    socket.setNoDelay(true);
+    this.rawSockets.add(socket);
+    const pooled = { stage: 0 };
+    this.halfOpen.admit(socket, {
+      source,
+      progress: () => pooled.stage,
+      evict: (why) => {
+        this.rawSockets.delete(socket);
+        socket.resetAndDestroy();
+        this.noteRefusal('evicted', `closed connection from ${remote} before its preamble: ${why}`, remote);
+      },
+    });
+    sortIncoming(socket, this.timings.preAuthTimeoutMs, {
       control: (rest) => {
         this.rawSockets.delete(socket);
-        this.onControlConnection(socket, remote, rest);
+        this.halfOpen.release(socket);
+        this.onControlConnection(socket, remote, source, rest);
       },
       data: (token, rest) => {
         this.rawSockets.delete(socket);
+        this.halfOpen.release(socket);
         this.onDataConnection(socket, remote, token, rest);
       },
       refused: (error) => {
         this.rawSockets.delete(socket);
+        this.halfOpen.release(socket);
         this.refuse(socket, remote, error);
       },
     });
   }
 
-  private onControlConnection(socket: net.Socket, remote: string, rest: Buffer): void {
+  private onControlConnection(socket: net.Socket, remote: string, source: string, rest: Buffer): void {
     const { local, peer } = this.options;
     if (!this.wanting) {
       this.refuse(socket, remote, new PeerError(
@@ -393,13 +465,18 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       ));
       return;
     }
-    if (this.handshakes.size >= controlHandshakesPendingMax) {
-      this.refuse(socket, remote, new PeerError(
-        `expected at most ${controlHandshakesPendingMax} connections in handshake at once, found one more from ${remote}; refusing it`,
-      ));
-      return;
-    }
-    this.startSession(socket, rest);
+    const session = this.startSession(socket, Buffer.alloc(0));
+    this.halfOpen.admit(session, {
+      source,
+      progress: () => session.handshakeProgress,
+      evict: (why) => {
+        this.handshakes.delete(session);
+        session.cut(why);
+      },
+    });
+    session.once('authenticated', () => this.halfOpen.release(session));
+    session.once('closed', () => this.halfOpen.release(session));
+    session.start(rest);
   }
 
   private onDataConnection(socket: net.Socket, remote: string, token: Buffer, rest: Buffer): void {
@@ -421,15 +498,21 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     });
   }
 
+  /** Refuses a connection that has not proven the secret: closed, counted, logged with the rate limit. */
   private refuse(socket: net.Socket, remote: string, error: NraidError): void {
-    this.log('warn', `refused connection from ${remote}: ${error.message}`, { remote, code: error.code });
     closeSocket(socket);
-    this.emit('refused', { reason: error.message, error, remote });
+    this.noteRefusal(refusalKind(error), `refused connection from ${remote}: ${error.message}`, remote, error);
+  }
+
+  private noteRefusal(kind: RefusalKind, message: string, remote: string, error?: NraidError): void {
+    this.refusals.note(kind, message, { remote, code: error?.code });
+    if (error) this.emit('refused', { reason: error.message, error, remote, trusted: false });
   }
 
   // ---------------------------------------------------------- sessions
 
-  private startSession(socket: net.Socket, initial: Buffer): void {
+  /** Makes the session of a control connection; the dialer's starts at once, an incoming one once pooled. */
+  private startSession(socket: net.Socket, initial: Buffer): ControlSession {
     const { resource, local, peer, getState, log } = this.options;
     if (this.isDialer) this.dialing = true;
     socket.removeAllListeners('error');
@@ -444,6 +527,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
         protocolVersion: this.protocolVersion,
         features: this.features,
         handshakeTimeoutMs: this.timings.handshakeTimeoutMs,
+        preAuthTimeoutMs: this.timings.preAuthTimeoutMs,
         pingIntervalMs: this.timings.pingIntervalMs,
         pingTimeoutMs: this.timings.pingTimeoutMs,
         dataLinkTimeoutMs: this.timings.dataLinkTimeoutMs,
@@ -460,7 +544,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       if (this.session === session) this.emit('notice', notice);
     });
     session.on('closed', (end) => this.onSessionClosed(session, end));
-    session.start(initial);
+    if (this.isDialer) session.start(initial);
+    return session;
   }
 
   private onAuthenticated(session: ControlSession): void {
@@ -498,9 +583,12 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       const event: LinkDisconnect = end.error ? { reason: end.reason, error: end.error } : { reason: end.reason };
       if (end.byPeer) event.byPeer = true;
       this.emit('disconnected', event);
-    } else if (end.error) {
+    } else if (end.error && (end.authenticated || this.isDialer)) {
+      // A peer that proved the secret, or the one we dialed: worth the operator's attention.
       this.log('warn', `refused connection with ${session.remote}: ${end.reason}`, fields);
-      this.emit('refused', { reason: end.reason, error: end.error, remote: session.remote });
+      this.emit('refused', { reason: end.reason, error: end.error, remote: session.remote, trusted: true });
+    } else if (end.error) {
+      this.noteRefusal(refusalKind(end.error), `refused connection with ${session.remote}: ${end.reason}`, session.remote, end.error);
     } else {
       this.log('info', `closed connection with ${session.remote}: ${end.reason}`, fields);
     }
@@ -529,3 +617,23 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
   }
 }
 
+
+/** An address as sockets report it: IPv4-mapped IPv6 as plain IPv4. */
+function normalAddress(address: string): string {
+  return address.startsWith('::ffff:') && net.isIPv4(address.slice(7)) ? address.slice(7) : address;
+}
+
+/** Binds outgoing connections to `host` when it is one address (not a wildcard or a name). */
+function bindTo(host: string): { localAddress?: string } {
+  if (!net.isIP(host) || host === '0.0.0.0' || host === '::') return {};
+  return { localAddress: host };
+}
+
+function refusalKind(error: NraidError): RefusalKind {
+  if (error instanceof VersionError) return 'version';
+  if (/closed to make room/.test(error.message)) return 'evicted';
+  if (error instanceof ProtocolError) return 'malformed';
+  if (/authentication failed/.test(error.message)) return 'auth';
+  if (/timeout/.test(error.message)) return 'timeout';
+  return 'other';
+}

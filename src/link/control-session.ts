@@ -4,10 +4,17 @@
  * state updates, requests, responses and notices.
  *
  * Order of messages (control.proto says the same):
- *   both      Hello                      at once
- *   both      Auth                       once the peer's Hello checks out
- *   dialer    SessionStart, NodeState    once the peer's Auth checks out
- *   acceptor  NodeState                  once SessionStart is in
+ *   both      Hello (version, nonce)     at once
+ *   dialer    Auth                       once the acceptor's Hello checks out
+ *   acceptor  Auth, Identity             once the dialer's Auth checks out
+ *   dialer    Identity, SessionStart,    once the acceptor's Auth checks out,
+ *             NodeState                  then once its Identity does
+ *   acceptor  NodeState                  once Identity and SessionStart are in
+ * The caller proves the secret first (src/link/auth.ts): the acceptor, which
+ * anyone can reach, reveals nothing computed from the secret, and no name,
+ * to a client that has not. Until the peer's Auth checks out the reader
+ * takes only a Hello and an Auth of at most controlPreAuthMessageBytesMax
+ * each, and the peer has preAuthTimeoutMs for it.
  * The session is established when the peer's NodeState has come and the data
  * sizes agree; only then do pings, requests and notices flow. Anything out of
  * order, or any message at all before the peer's Auth is verified, closes the
@@ -47,14 +54,15 @@ import {
   ControlRequestKind,
   ControlRequests,
   Hello,
+  Identity,
   NodeState,
   ProtocolVersion,
   Request,
   encodeFrame,
   sessionVersion,
 } from '../protocol/control';
-import { authHmac, newDataToken, newNonce, tokensEqual, verifyAuthHmac } from './auth';
-import { checkDataSizes, checkPeerHello, sharedFeatures } from './peer-checks';
+import { AuthRole, authHmac, newDataToken, newNonce, tokensEqual, verifyAuthHmac } from './auth';
+import { HelloExpectations, checkDataSizes, checkPeerHello, checkPeerIdentity, sharedFeatures } from './peer-checks';
 import { PendingRequests } from './pending-requests';
 import { SendQueue } from './send-queue';
 import { DataTokenCheck, SessionConfig, SessionEnd, SessionInfo } from './session-types';
@@ -62,7 +70,7 @@ import { closeSocket, remoteOf } from './socket-io';
 
 export type { DataTokenCheck, LinkLog, LinkLogLevel, RequestHandler, SessionConfig, SessionEnd, SessionInfo } from './session-types';
 
-type Phase = 'awaitingHello' | 'awaitingAuth' | 'authenticated' | 'established' | 'closed';
+type Phase = 'awaitingHello' | 'awaitingAuth' | 'awaitingIdentity' | 'authenticated' | 'established' | 'closed';
 
 interface SessionEvents {
   authenticated: [];
@@ -82,6 +90,10 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   private readonly reader = new ControlFrameReader();
   private readonly ownNonce = newNonce();
   private peerHello: Hello | null = null;
+  private peerIdentity: Identity | null = null;
+  /** The peer's Auth checked out: it knows the secret. */
+  private peerProven = false;
+  private preAuthTimer: NodeJS.Timeout | null = null;
   private protocolVersion: ProtocolVersion | null = null;
   private features: string[] = [];
   private peerState: NodeState | null = null;
@@ -122,19 +134,14 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     const { socket, config } = this;
     if (this.handshakeTimer || this.phase !== 'awaitingHello') throw new InternalError('ControlSession.start() called twice');
     this.handshakeTimer = setTimeout(() => this.onHandshakeTimeout(), config.handshakeTimeoutMs);
+    this.preAuthTimer = setTimeout(() => this.onPreAuthTimeout(), Math.min(config.preAuthTimeoutMs, config.handshakeTimeoutMs));
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onPeerClosed('closed the connection'));
     socket.on('close', () => this.onPeerClosed('connection closed'));
     socket.on('error', (error: Error) => this.onPeerClosed(`connection failed (${error.message})`));
     this.send({
       type: 'hello',
-      body: {
-        version: config.protocolVersion,
-        features: [...config.features],
-        resource: config.resource,
-        nodeName: config.localName,
-        nonce: this.ownNonce,
-      },
+      body: { version: config.protocolVersion, nonce: this.ownNonce },
     });
     if (initial.length > 0) this.onData(initial);
     socket.resume();
@@ -142,6 +149,17 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   get authenticated(): boolean {
     return this.phase === 'authenticated' || this.phase === 'established';
+  }
+
+  /** How far the handshake got, for choosing which half-open connection to close first: 1 preamble only, 2 Hello, 3 proven. */
+  get handshakeProgress(): number {
+    if (this.peerProven) return 3;
+    return this.phase === 'awaitingHello' ? 1 : 2;
+  }
+
+  /** Whether the peer proved the secret (its Auth checked out), even if the session went no further. */
+  get proven(): boolean {
+    return this.peerProven;
   }
 
   get established(): boolean {
@@ -161,20 +179,14 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   private onData(chunk: Buffer): void {
     if (this.phase === 'closed') return;
     this.silenceTimer?.refresh();
-    let messages: ControlMessage[];
     try {
-      messages = this.reader.push(chunk);
+      // One message at a time: the reader's bounds are lifted (onAuth) before it reads the next length prefix.
+      this.reader.feed(chunk, (message) => {
+        this.onMessage(message);
+        return (this.phase as Phase) !== 'closed';
+      });
     } catch (error) {
       this.fail(asNraidError(error));
-      return;
-    }
-    for (const message of messages) {
-      if ((this.phase as Phase) === 'closed') return;
-      try {
-        this.onMessage(message);
-      } catch (error) {
-        this.fail(asNraidError(error));
-      }
     }
   }
 
@@ -188,6 +200,10 @@ export class ControlSession extends EventEmitter<SessionEvents> {
         if (message.type !== 'auth') throw this.outOfOrder('Auth', message.type);
         this.onAuth(message.body.hmac);
         return;
+      case 'awaitingIdentity':
+        if (message.type !== 'identity') throw this.outOfOrder('Identity', message.type);
+        this.onIdentity(message.body);
+        return;
       case 'authenticated':
         this.onSessionStartPhase(message);
         return;
@@ -199,32 +215,55 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     }
   }
 
-  private onHello(hello: Hello): void {
+  private expectations(): HelloExpectations {
     const { config } = this;
-    checkPeerHello(hello, {
+    return {
       resource: config.resource,
       localName: config.localName,
       peerName: config.peerName,
       protocolVersion: config.protocolVersion,
       ownNonce: this.ownNonce,
       remote: this.remote,
-    });
+    };
+  }
+
+  private get peerRole(): AuthRole {
+    return this.config.dialer ? 'acceptor' : 'dialer';
+  }
+
+  private onHello(hello: Hello): void {
+    const { config } = this;
+    checkPeerHello(hello, this.expectations(), this.who());
     this.peerHello = hello;
     this.protocolVersion = sessionVersion(config.protocolVersion, hello.version);
-    this.features = sharedFeatures(config.features, hello.features);
     this.phase = 'awaitingAuth';
-    this.send({ type: 'auth', body: { hmac: authHmac(config.secret, hello.nonce, this.ownNonce, config.localName) } });
+    // The caller proves the secret first; the acceptor answers only a proven dialer (onAuth).
+    if (config.dialer) this.send({ type: 'auth', body: { hmac: authHmac(config.secret, 'dialer', hello.nonce, this.ownNonce) } });
   }
 
   private onAuth(hmac: Buffer): void {
     const { config } = this;
     const hello = this.peerHello!;
-    if (!verifyAuthHmac(config.secret, this.ownNonce, hello.nonce, hello.nodeName, hmac)) {
+    if (!verifyAuthHmac(config.secret, this.peerRole, this.ownNonce, hello.nonce, hmac)) {
       throw new PeerError(
-        `authentication failed: ${hello.nodeName} at ${this.remote} answered with an HMAC that does not match ` +
+        `authentication failed: ${this.who()} at ${this.remote} answered with an HMAC that does not match ` +
           "the shared secret; check that `secret` is the same in both nodes' config",
       );
     }
+    this.peerProven = true;
+    this.reader.authenticated();
+    if (this.preAuthTimer) clearTimeout(this.preAuthTimer);
+    this.preAuthTimer = null;
+    this.phase = 'awaitingIdentity';
+    if (!config.dialer) this.send({ type: 'auth', body: { hmac: authHmac(config.secret, 'acceptor', hello.nonce, this.ownNonce) } });
+    this.send({ type: 'identity', body: { resource: config.resource, nodeName: config.localName, features: [...config.features] } });
+  }
+
+  private onIdentity(identity: Identity): void {
+    const { config } = this;
+    checkPeerIdentity(identity, this.expectations());
+    this.peerIdentity = identity;
+    this.features = sharedFeatures(config.features, identity.features);
     this.phase = 'authenticated';
     this.emit('authenticated');
     if ((this.phase as Phase) !== 'authenticated') return; // the link may have closed us
@@ -233,6 +272,11 @@ export class ControlSession extends EventEmitter<SessionEvents> {
       this.send({ type: 'sessionStart', body: { dataToken: this.dataToken } });
       this.sendOwnState();
     }
+  }
+
+  /** How messages name the peer: its name once it told it, else the configured peer (dialer) or "the client". */
+  private who(): string {
+    return this.peerIdentity?.nodeName ?? (this.config.dialer ? this.config.peerName : 'the client');
   }
 
   private onSessionStartPhase(message: ControlMessage): void {
@@ -264,7 +308,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
       id: this.id,
       dialer: config.dialer,
       remote: this.remote,
-      peerHello: this.peerHello!,
+      peerHello: { ...this.peerHello!, ...this.peerIdentity! },
       protocolVersion: this.protocolVersion!,
       features: [...this.features],
       peerState: this.peerState!,
@@ -310,6 +354,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
         return;
       case 'hello':
       case 'auth':
+      case 'identity':
       case 'sessionStart':
         throw this.outOfOrder('a message of an established session', message.type);
     }
@@ -325,8 +370,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   }
 
   private outOfOrder(expected: string, found: string): ProtocolError {
-    const who = this.peerHello ? `${this.peerHello.nodeName} at ${this.remote}` : this.remote;
-    return new ProtocolError(`expected ${expected} from ${who}, found ${found}; dropping the connection`);
+    return new ProtocolError(`expected ${expected} from ${this.who()} at ${this.remote}, found ${found}; dropping the connection`);
   }
 
   // ---------------------------------------------------------- requests
@@ -463,11 +507,24 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   // ------------------------------------------------------- timers, end
 
   private onHandshakeTimeout(): void {
-    const expected = this.phase === 'awaitingHello' ? 'Hello' : this.phase === 'awaitingAuth' ? 'Auth' : 'session start and state';
+    const expected = { awaitingHello: 'Hello', awaitingAuth: 'Auth', awaitingIdentity: 'Identity' }[this.phase as string] ?? 'session start and state';
     this.fail(
       new PeerError(
-        `expected ${expected} from ${this.peerHello?.nodeName ?? 'the peer'} at ${this.remote} within ` +
+        `expected ${expected} from ${this.who()} at ${this.remote} within ` +
           `${this.config.handshakeTimeoutMs} ms (handshake timeout), found none; dropping the connection`,
+      ),
+    );
+  }
+
+  private onPreAuthTimeout(): void {
+    this.preAuthTimer = null;
+    if (this.peerProven) return;
+    const expected = this.phase === 'awaitingHello' ? 'Hello' : 'Auth';
+    const timeoutMs = Math.min(this.config.preAuthTimeoutMs, this.config.handshakeTimeoutMs);
+    this.fail(
+      new PeerError(
+        `expected ${expected} from ${this.who()} at ${this.remote} within ${timeoutMs} ms (handshake timeout ` +
+          'before authentication), found none; dropping the connection',
       ),
     );
   }
@@ -493,10 +550,11 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   private onPeerClosed(how: string): void {
     if (this.phase === 'closed') return;
-    const who = this.peerHello?.nodeName ?? (this.config.dialer ? this.config.peerName : 'the client');
     const stage = this.phase === 'established' ? '' : ' during the handshake';
-    const hint = this.authenticated || this.phase === 'established' ? '' : "; if this repeats, check `secret` and the resource name in both nodes' config";
-    this.fail(new PeerError(`${who} at ${this.remote}: ${how}${stage}${hint}`));
+    // The dialer sent its Auth and the acceptor went away without one: it refused our secret.
+    const afterOurAuth = this.config.dialer && this.phase === 'awaitingAuth' ? ' after our Auth, without proving the secret' : '';
+    const hint = this.peerProven ? '' : "; if this repeats, check `secret` and the resource name in both nodes' config";
+    this.fail(new PeerError(`${this.who()} at ${this.remote}: ${how}${stage}${afterOurAuth}${hint}`));
   }
 
   /** Closes on a failure; an authenticated peer gets a Goodbye with the reason. */
@@ -519,7 +577,8 @@ export class ControlSession extends EventEmitter<SessionEvents> {
 
   private finish(end: { reason: string; error?: NraidError; byPeer?: true }, goodbye: boolean, reset = false): void {
     if (this.phase === 'closed') return;
-    const authenticated = this.authenticated;
+    // A proven peer gets the reason; a stranger gets nothing.
+    const authenticated = this.peerProven;
     const established = this.phase === 'established';
     this.sendQueue.clear();
     if (goodbye && authenticated && !this.socket.destroyed && this.socket.writable) {
@@ -531,9 +590,9 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     }
     this.phase = 'closed';
     this.clearHandshakeTimer();
-    for (const timer of [this.silenceTimer, this.dataLinkTimer]) if (timer) clearTimeout(timer);
+    for (const timer of [this.silenceTimer, this.dataLinkTimer, this.preAuthTimer]) if (timer) clearTimeout(timer);
     if (this.pingTimer) clearInterval(this.pingTimer);
-    this.silenceTimer = this.dataLinkTimer = this.pingTimer = null;
+    this.silenceTimer = this.dataLinkTimer = this.pingTimer = this.preAuthTimer = null;
     this.pending.rejectAll(end.reason);
     if (reset) this.socket.resetAndDestroy();
     else closeSocket(this.socket);

@@ -17,6 +17,8 @@ export interface DataLinkPeer {
   name: string;
   host: string;
   port: number;
+  /** Our own address to connect from, the one the peer accepts. */
+  localAddress?: string;
 }
 
 /**
@@ -76,7 +78,8 @@ export function openDataLink(
     socket.on('error', onError);
     session.on('dataLinkAccepted', onAccepted);
     session.on('closed', onClosed);
-    socket.connect({ host: peer.host, port: peer.port }, () => {
+    const from = peer.localAddress === undefined ? {} : { localAddress: peer.localAddress };
+    socket.connect({ host: peer.host, port: peer.port, ...from }, () => {
       if (settled) return;
       socket.setNoDelay(true);
       socket.write(Buffer.concat([DATA_PREAMBLE, token]));

@@ -9,6 +9,7 @@ import { ConfigError, NraidError } from '../errors';
 import {
   connectRetryBackoffMsMax,
   connectRetryMsDefault,
+  controlPreAuthTimeoutMsDefault,
   dataLinkTimeoutMsDefault,
   handshakeTimeoutMsDefault,
   nameCharsMax,
@@ -37,6 +38,8 @@ export interface ControlLinkOptions {
   connectRetryMs?: number;
   connectRetryMaxMs?: number;
   handshakeTimeoutMs?: number;
+  /** Time an incoming connection has to prove the secret; default controlPreAuthTimeoutMsDefault, capped by handshakeTimeoutMs. */
+  preAuthTimeoutMs?: number;
   dataLinkTimeoutMs?: number;
   /** Features to offer; defaults to CONTROL_FEATURES. */
   features?: readonly string[];
@@ -65,6 +68,14 @@ export interface LinkRefusal {
   error: NraidError;
   /** "host:port" of the far end. */
   remote: string;
+  /**
+   * Whether the reason comes from someone this node trusts to tell it about
+   * the link: a peer that proved the secret, or the connection this node
+   * dialed itself (to the configured address). Only these reach
+   * `lastLinkError`; refusals of anonymous connections are counted and
+   * logged (rate-limited), nothing more.
+   */
+  trusted: boolean;
 }
 
 export interface ControlLinkEvents {
@@ -84,6 +95,7 @@ export interface LinkTimings {
   connectRetryMs: number;
   connectRetryMaxMs: number;
   handshakeTimeoutMs: number;
+  preAuthTimeoutMs: number;
   dataLinkTimeoutMs: number;
 }
 
@@ -119,6 +131,7 @@ export function checkLinkOptions(options: ControlLinkOptions): LinkSettings {
     connectRetryMs: options.connectRetryMs ?? connectRetryMsDefault,
     connectRetryMaxMs: options.connectRetryMaxMs ?? Math.max(connectRetryBackoffMsMax, options.connectRetryMs ?? 0),
     handshakeTimeoutMs: options.handshakeTimeoutMs ?? handshakeTimeoutMsDefault,
+    preAuthTimeoutMs: Math.min(options.preAuthTimeoutMs ?? controlPreAuthTimeoutMsDefault, options.handshakeTimeoutMs ?? handshakeTimeoutMsDefault),
     dataLinkTimeoutMs: options.dataLinkTimeoutMs ?? dataLinkTimeoutMsDefault,
   };
   if (!(t.pingIntervalMs >= pingIntervalMsMin && t.pingIntervalMs < t.pingTimeoutMs)) {
@@ -130,6 +143,7 @@ export function checkLinkOptions(options: ControlLinkOptions): LinkSettings {
   for (const [key, valueMs] of [
     ['connect-retry-ms', t.connectRetryMs],
     ['handshake timeout', t.handshakeTimeoutMs],
+    ['pre-authentication timeout', t.preAuthTimeoutMs],
     ['data link timeout', t.dataLinkTimeoutMs],
   ] as const) {
     if (!(Number.isFinite(valueMs) && valueMs > 0)) throw new ConfigError(`${key}: expected a time above 0 ms, found ${valueMs}`);

@@ -1,15 +1,15 @@
 /**
  * What a control session checks of its peer: that its Hello announces a
- * compatible protocol version (checked first), the expected resource and
- * node name and a fresh nonce; which features both offered; and that both
+ * compatible protocol version (checked first) and a fresh nonce; once it is
+ * authenticated, that its Identity names the expected resource and node; which features both offered; and that both
  * nodes hold the same data size. Each check throws an NraidError saying what
  * was expected, what was found and what to do.
  */
 import { PeerError, VersionError } from '../errors';
-import { Hello, NodeState, ProtocolVersion, formatVersion, versionsCompatible } from '../protocol/control';
+import { Hello, Identity, NodeState, ProtocolVersion, formatVersion, versionsCompatible } from '../protocol/control';
 import { tokensEqual } from './auth';
 
-/** What this node expects of the peer's Hello. */
+/** What this node expects of the peer's Hello and Identity. */
 export interface HelloExpectations {
   resource: string;
   localName: string;
@@ -22,37 +22,47 @@ export interface HelloExpectations {
   remote: string;
 }
 
-/** Throws VersionError or PeerError unless `hello` is the expected peer's, at a compatible version. */
-export function checkPeerHello(hello: Hello, expected: HelloExpectations): void {
+/**
+ * Throws VersionError or PeerError unless `hello` announces a compatible
+ * version and a fresh nonce. A Hello names nobody: `who` is how the messages
+ * call its sender (the configured peer on the dialer, "the client" on the
+ * acceptor).
+ */
+export function checkPeerHello(hello: Hello, expected: HelloExpectations, who: string): void {
   const { remote } = expected;
   const local = expected.protocolVersion;
   if (!versionsCompatible(local, hello.version)) {
     const peerNewer = hello.version.major > local.major || (hello.version.major === local.major && hello.version.minor > local.minor);
-    const lagging = peerNewer ? `this node (${expected.localName})` : hello.nodeName;
+    const lagging = peerNewer ? `this node (${expected.localName})` : expected.peerName;
     const target = peerNewer ? hello.version : local;
     throw new VersionError(
       `control protocol versions do not match: this node (${expected.localName}) speaks ${formatVersion(local)}, ` +
-        `${hello.nodeName} at ${remote} speaks ${formatVersion(hello.version)}; nodes need the same major ` +
+        `${who} at ${remote} speaks ${formatVersion(hello.version)}; nodes need the same major ` +
         `version and minors at most one apart: upgrade ${lagging} to a ${target.major}.x release ` +
         `(${formatVersion(target)} or within one minor of it), then connect again`,
     );
   }
-  if (hello.resource !== expected.resource) {
-    throw new PeerError(
-      `expected resource ${expected.resource}, found ${hello.nodeName} at ${remote} announcing resource ` +
-        `${hello.resource}; check the address and the resource name in both nodes' config`,
-    );
-  }
-  if (hello.nodeName !== expected.peerName) {
-    throw new PeerError(
-      `expected the peer node ${expected.peerName}, found a node calling itself ${hello.nodeName} at ` +
-        `${remote}; check the [nodes] sections of both nodes' config`,
-    );
-  }
   if (tokensEqual(expected.ownNonce, hello.nonce)) {
     throw new PeerError(
-      `expected a fresh nonce from ${hello.nodeName} at ${remote}, found our own: a reflection attempt ` +
+      `expected a fresh nonce from ${who} at ${remote}, found our own: a reflection attempt ` +
         'or a connection looped back to this node; check the peer address',
+    );
+  }
+}
+
+/** Throws PeerError unless the authenticated peer's `identity` is the configured resource and peer node. */
+export function checkPeerIdentity(identity: Identity, expected: HelloExpectations): void {
+  const { remote } = expected;
+  if (identity.resource !== expected.resource) {
+    throw new PeerError(
+      `expected resource ${expected.resource}, found ${identity.nodeName} at ${remote} announcing resource ` +
+        `${identity.resource} (it knows the secret); check the address and the resource name in both nodes' config`,
+    );
+  }
+  if (identity.nodeName !== expected.peerName) {
+    throw new PeerError(
+      `expected the peer node ${expected.peerName}, found a node calling itself ${identity.nodeName} at ` +
+        `${remote} (it knows the secret); check the [nodes] sections of both nodes' config`,
     );
   }
 }

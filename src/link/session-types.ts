@@ -4,7 +4,7 @@
  * once closed).
  */
 import { NraidError } from '../errors';
-import { ControlRequestKind, ControlRequests, Hello, NodeState, ProtocolVersion } from '../protocol/control';
+import { ControlRequestKind, ControlRequests, NodeState, PeerHello, ProtocolVersion } from '../protocol/control';
 
 export type LinkLogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type LinkLog = (level: LinkLogLevel, msg: string, fields: Record<string, unknown>) => void;
@@ -24,6 +24,8 @@ export interface SessionConfig {
   protocolVersion: ProtocolVersion;
   features: readonly string[];
   handshakeTimeoutMs: number;
+  /** Time the peer has, from the start, to prove the secret (its Auth checked out). */
+  preAuthTimeoutMs: number;
   pingIntervalMs: number;
   pingTimeoutMs: number;
   dataLinkTimeoutMs: number;
@@ -40,7 +42,8 @@ export interface SessionInfo {
   dialer: boolean;
   /** "host:port" of the peer's end of the control connection. */
   remote: string;
-  peerHello: Hello;
+  /** The peer's Hello (version, nonce) and Identity (resource, node name, features). */
+  peerHello: PeerHello;
   /** The version this session speaks: the common major and the lower of both minors. */
   protocolVersion: ProtocolVersion;
   /** Features both sides offered, sorted. */

@@ -90,14 +90,20 @@ function nodeStateFromWire(wire: Wire): NodeState {
 
 // ------------------------------------------------- envelope members
 
+/**
+ * A Hello names nobody: protocol 2.x decoders require a resource and a node
+ * name in it, so they get this filler and then refuse the version, as they
+ * check it first.
+ */
+export const HELLO_NAME_FILLER = 'hidden-until-auth';
+
 function helloToWire(hello: Hello): Wire {
   return {
     protocolMajor: hello.version.major >>> 0,
     protocolMajorMin: hello.version.major >>> 0,
     protocolMinor: hello.version.minor >>> 0,
-    features: hello.features,
-    resource: hello.resource,
-    nodeName: hello.nodeName,
+    resource: HELLO_NAME_FILLER,
+    nodeName: HELLO_NAME_FILLER,
     nonce: hello.nonce,
   };
 }
@@ -115,6 +121,7 @@ function bodyToWire(message: ControlMessage): Wire {
     case 'notice':
       return noticeToWire(message.body);
     case 'auth':
+    case 'identity':
     case 'sessionStart':
     case 'ping':
     case 'pong':
@@ -126,19 +133,25 @@ function bodyToWire(message: ControlMessage): Wire {
 
 function bodyFromWire(type: ControlMessageType, wire: Wire): ControlMessage {
   switch (type) {
-    case 'hello': {
-      const features = Array.isArray(wire.features) ? (wire.features as unknown[]) : [];
-      if (features.length > controlFeaturesMax) {
-        throw new ProtocolError(`Hello may list at most ${controlFeaturesMax} features, found ${features.length}`);
-      }
+    case 'hello':
       return {
         type,
         body: {
           version: { major: Number(wire.protocolMajor ?? 0), minor: Number(wire.protocolMinor ?? 0) },
-          features: features.map((feature) => expectName(feature, controlFeatureNameBytesMax, 'Hello feature name')),
-          resource: expectName(wire.resource, nameCharsMax, 'Hello resource'),
-          nodeName: expectName(wire.nodeName, nameCharsMax, 'Hello node name'),
           nonce: expectBytes(wire.nonce, controlNonceBytes, 'Hello nonce'),
+        },
+      };
+    case 'identity': {
+      const features = Array.isArray(wire.features) ? (wire.features as unknown[]) : [];
+      if (features.length > controlFeaturesMax) {
+        throw new ProtocolError(`Identity may list at most ${controlFeaturesMax} features, found ${features.length}`);
+      }
+      return {
+        type,
+        body: {
+          resource: expectName(wire.resource, nameCharsMax, 'Identity resource'),
+          nodeName: expectName(wire.nodeName, nameCharsMax, 'Identity node name'),
+          features: features.map((feature) => expectName(feature, controlFeatureNameBytesMax, 'Identity feature name')),
         },
       };
     }

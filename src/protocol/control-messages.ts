@@ -29,14 +29,20 @@ export interface NodeState {
   protocol: ReplicationProtocol;
 }
 
+/** First message each way, before authentication: nothing but a version and a fresh nonce. */
 export interface Hello {
   /** The version the sender speaks. */
   version: ProtocolVersion;
-  features: string[];
-  resource: string;
-  nodeName: string;
   nonce: Buffer;
 }
+/** Who the sender is, sent only once the peer is authenticated (after the peer's Auth checked out). */
+export interface Identity {
+  resource: string;
+  nodeName: string;
+  features: string[];
+}
+/** The peer as a session knows it once established: its Hello and its Identity. */
+export type PeerHello = Hello & Identity;
 export interface Auth {
   hmac: Buffer;
 }
@@ -129,6 +135,7 @@ export interface Goodbye {
 interface MessageBodies {
   hello: Hello;
   auth: Auth;
+  identity: Identity;
   sessionStart: SessionStart;
   nodeState: NodeState;
   ping: Ping;

@@ -34,7 +34,7 @@ if (!protobuf.util.Long) {
 /** The members of Envelope, as ControlMessage names them; checked against the .proto at load. */
 export const MESSAGE_TYPES: readonly ControlMessageType[] = [
   'hello', 'auth', 'sessionStart', 'nodeState', 'ping', 'pong',
-  'request', 'response', 'notice', 'dataLinkAccepted', 'goodbye',
+  'request', 'response', 'notice', 'dataLinkAccepted', 'goodbye', 'identity',
 ];
 for (const type of MESSAGE_TYPES) {
   if (!EnvelopeType.fields[type]) throw new InternalError(`control.proto Envelope lacks field ${type}`);

@@ -15,7 +15,7 @@ export interface ProtocolVersion {
  * is only sent when the session's minor has it); bump the major for anything
  * else. See docs/CONTRACTS.md.
  */
-export const PROTOCOL_VERSION: ProtocolVersion = Object.freeze({ major: 2, minor: 0 });
+export const PROTOCOL_VERSION: ProtocolVersion = Object.freeze({ major: 3, minor: 0 });
 
 /** True when a peer at `peer` may connect to `local`: same major and minors at most 1 apart. */
 export function versionsCompatible(local: ProtocolVersion, peer: ProtocolVersion): boolean {

@@ -47,6 +47,8 @@ export type {
   GenerationUuids,
   Goodbye,
   Hello,
+  Identity,
+  PeerHello,
   NodeState,
   Notice,
   Ping,

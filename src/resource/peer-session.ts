@@ -60,7 +60,11 @@ export class PeerSession {
       this.failAnswers(event.reason);
       this.dispatch({ type: 'session-down', reason: event.reason });
     });
-    link.on('refused', (event) => this.dispatch({ type: 'link-refused', reason: event.reason }));
+    // Only what a peer that proved the secret (or the one we dialed) said becomes lastLinkError:
+    // anonymous connections are counted and logged by the link, and change nothing here.
+    link.on('refused', (event) => {
+      if (event.trusted) this.dispatch({ type: 'link-refused', reason: event.reason });
+    });
     link.on('dataSocket', (socket, info) => this.dispatch({ type: 'data-socket', sessionId: info.id, socketId: this.park(socket) }));
     link.on('notice', (notice) => {
       if (notice.kind === 'adjust') this.options.onAdjust();

@@ -92,11 +92,12 @@ const messageArb: fc.Arbitrary<ControlMessage> = fc.oneof(
     type: fc.constant('hello' as const),
     body: fc.record({
       version: fc.record({ major: u32, minor: u32 }),
-      features: fc.array(name, { maxLength: 4 }),
-      resource: name,
-      nodeName: name,
       nonce: bytes(controlNonceBytes),
     }),
+  }),
+  fc.record({
+    type: fc.constant('identity' as const),
+    body: fc.record({ resource: name, nodeName: name, features: fc.array(name, { maxLength: 4 }) }),
   }),
   fc.record({ type: fc.constant('auth' as const), body: fc.record({ hmac: bytes(controlHmacBytes) }) }),
   fc.record({ type: fc.constant('sessionStart' as const), body: fc.record({ dataToken: bytes(dataTokenBytes) }) }),
@@ -132,7 +133,7 @@ type Verdict = { kind: 'messages'; messages: ControlMessage[] } | { kind: 'refus
  */
 function decodeStream(pieces: readonly Buffer[], assemble = true): Verdict {
   const started = Date.now();
-  const reader = new ControlFrameReader();
+  const reader = new ControlFrameReader({ preAuth: false });
   const assembler = new BitmapAssembler();
   const messages: ControlMessage[] = [];
   let verdict: Verdict;

@@ -86,15 +86,10 @@ const typedSamples: ControlMessage[] = [
 const samples: ControlMessage[] = [
   {
     type: 'hello',
-    body: {
-      version: { major: 2, minor: 0xffffffff },
-      features: ['bitmap-lz4', 'x'],
-      resource: 'r0',
-      nodeName: 'alpha',
-      nonce: randomBytes(32),
-    },
+    body: { version: { major: 2, minor: 0xffffffff }, nonce: randomBytes(32) },
   },
   { type: 'auth', body: { hmac: randomBytes(32) } },
+  { type: 'identity', body: { resource: 'r0', nodeName: 'alpha', features: ['bitmap-lz4', 'x'] } },
   { type: 'sessionStart', body: { dataToken: randomBytes(32) } },
   { type: 'nodeState', body: state },
   { type: 'ping', body: { seq: 0xffffffff } },
@@ -140,7 +135,7 @@ describe('control codec', () => {
 
   test('a stream fed one byte at a time yields the same messages in order', () => {
     const stream = Buffer.concat(samples.map(encodeFrame));
-    const reader = new ControlFrameReader();
+    const reader = new ControlFrameReader({ preAuth: false });
     const out: ControlMessage[] = [];
     for (let i = 0; i < stream.length; i++) out.push(...reader.push(stream.subarray(i, i + 1)));
     expect(out).toEqual(samples);
@@ -149,18 +144,18 @@ describe('control codec', () => {
 
   test('many messages in one chunk, split mid-prefix, come out whole', () => {
     const stream = Buffer.concat(samples.map(encodeFrame));
-    const reader = new ControlFrameReader();
+    const reader = new ControlFrameReader({ preAuth: false });
     const out = [...reader.push(stream.subarray(0, 6)), ...reader.push(stream.subarray(6))];
     expect(out).toEqual(samples);
   });
 
   test('an oversized length prefix throws as soon as its 4 bytes are in', () => {
-    const reader = new ControlFrameReader();
+    const reader = new ControlFrameReader({ preAuth: false });
     const prefix = Buffer.alloc(4);
     prefix.writeUInt32LE(CONTROL_MESSAGE_SIZE_MAX_BYTES + 1);
     expect(reader.push(prefix.subarray(0, 3))).toEqual([]);
     expect(() => reader.push(prefix.subarray(3))).toThrow(ProtocolError);
-    expect(() => new ControlFrameReader().push(prefix)).toThrow(String(CONTROL_MESSAGE_SIZE_MAX_BYTES + 1));
+    expect(() => new ControlFrameReader({ preAuth: false }).push(prefix)).toThrow(String(CONTROL_MESSAGE_SIZE_MAX_BYTES + 1));
   });
 
   test('a zero length, garbage bytes, an empty envelope and wrong sizes are protocol errors', () => {
@@ -170,7 +165,7 @@ describe('control codec', () => {
     expect(() => decodeEnvelope(Buffer.from([0x78, 0x01]))).toThrow(/empty or unknown/);
     const shortNonce = encodeFrame({ type: 'auth', body: { hmac: randomBytes(31) } });
     expect(() => decodeEnvelope(withoutPrefix(shortNonce))).toThrow(/must be 32 bytes, found 31/);
-    const noName: ControlMessage = { ...samples[0]!, body: { ...(samples[0]!.body as object), nodeName: '' } } as ControlMessage;
+    const noName: ControlMessage = { ...samples[2]!, body: { ...(samples[2]!.body as object), nodeName: '' } } as ControlMessage;
     expect(() => decodeEnvelope(withoutPrefix(encodeFrame(noName)))).toThrow(/node name/);
   });
 
@@ -214,8 +209,8 @@ describe('control codec', () => {
 });
 
 describe('protocol version', () => {
-  test('this build speaks 2.0', () => {
-    expect(PROTOCOL_VERSION).toEqual({ major: 2, minor: 0 });
+  test('this build speaks 3.0 (2.0 plus the handshake in which the caller proves the secret first)', () => {
+    expect(PROTOCOL_VERSION).toEqual({ major: 3, minor: 0 });
   });
 
   test('same major and minors at most one apart are compatible, both ways; the session speaks the lower minor', () => {
@@ -379,19 +374,23 @@ describe('auth HMAC', () => {
   const alphaNonce = newNonce();
   const betaNonce = newNonce();
 
-  test('the HMAC alpha sends verifies on beta', () => {
-    const hmac = authHmac(secret, betaNonce, alphaNonce, 'alpha');
-    expect(verifyAuthHmac(secret, betaNonce, alphaNonce, 'alpha', hmac)).toBe(true);
+  test('the HMAC the dialer sends verifies on the acceptor, and the other way round', () => {
+    const hmac = authHmac(secret, 'dialer', betaNonce, alphaNonce);
+    expect(verifyAuthHmac(secret, 'dialer', betaNonce, alphaNonce, hmac)).toBe(true);
+    const answer = authHmac(secret, 'acceptor', alphaNonce, betaNonce);
+    expect(verifyAuthHmac(secret, 'acceptor', alphaNonce, betaNonce, answer)).toBe(true);
   });
 
-  test('another secret, a replay against a new nonce, and a reflection all fail', () => {
-    const hmac = authHmac(secret, betaNonce, alphaNonce, 'alpha');
-    expect(verifyAuthHmac(Buffer.from('other'), betaNonce, alphaNonce, 'alpha', hmac)).toBe(false);
-    expect(verifyAuthHmac(secret, newNonce(), alphaNonce, 'alpha', hmac)).toBe(false);
-    // beta's own Auth sent back to beta as if from alpha
-    const betaHmac = authHmac(secret, alphaNonce, betaNonce, 'beta');
-    expect(verifyAuthHmac(secret, betaNonce, alphaNonce, 'alpha', betaHmac)).toBe(false);
-    expect(verifyAuthHmac(secret, betaNonce, alphaNonce, 'alpha', hmac.subarray(0, 31))).toBe(false);
+  test('another secret, a replay against a new nonce, a reflection and a swapped role all fail', () => {
+    const hmac = authHmac(secret, 'dialer', betaNonce, alphaNonce);
+    expect(verifyAuthHmac(Buffer.from('other'), 'dialer', betaNonce, alphaNonce, hmac)).toBe(false);
+    expect(verifyAuthHmac(secret, 'dialer', newNonce(), alphaNonce, hmac)).toBe(false);
+    // the dialer's Auth sent back to the dialer as if it were the acceptor's
+    expect(verifyAuthHmac(secret, 'acceptor', alphaNonce, betaNonce, hmac)).toBe(false);
+    // the acceptor's own Auth (same nonces in its order) offered as a dialer's
+    const betaHmac = authHmac(secret, 'acceptor', betaNonce, alphaNonce);
+    expect(verifyAuthHmac(secret, 'dialer', betaNonce, alphaNonce, betaHmac)).toBe(false);
+    expect(verifyAuthHmac(secret, 'dialer', betaNonce, alphaNonce, hmac.subarray(0, 31))).toBe(false);
   });
 });
 

@@ -157,7 +157,7 @@ function sleep(ms: number): Promise<void> {
 class RawClient {
   readonly received: Buffer[] = [];
   readonly closed: Promise<number>;
-  private readonly reader = new ControlFrameReader();
+  private readonly reader = new ControlFrameReader({ preAuth: false });
   readonly messages: ControlMessage[] = [];
   private readonly messageWaiters: Array<() => void> = [];
 
@@ -332,11 +332,15 @@ describe('ControlLink between two nodes', () => {
     beta.link.connect();
     alpha.link.connect();
     const [[alphaRefusal], [betaRefusal]] = (await Promise.all([refusedAlpha, refusedBeta])) as [[LinkRefusal], [LinkRefusal]];
-    expect(alphaRefusal.reason).toMatch(/authentication failed: beta at .* HMAC that does not match the shared secret/);
-    expect(betaRefusal.reason).toMatch(/authentication failed: alpha at .* HMAC that does not match the shared secret/);
+    // alpha proves first; beta checks, refuses, and never answers with an HMAC of its own.
+    expect(alphaRefusal.reason).toMatch(/beta at .*: .* after our Auth, without proving the secret; if this repeats, check `secret`/);
+    expect(betaRefusal.reason).toMatch(/authentication failed: the client at .* HMAC that does not match the shared secret/);
     expect(alphaRefusal.error).toBeInstanceOf(PeerError);
+    expect(alphaRefusal.trusted).toBe(true); // alpha dialed beta: its lastLinkError may say so
+    expect(betaRefusal.trusted).toBe(false); // an anonymous client: counted and logged, no lastLinkError
     expect(warnings(beta).some((msg) => msg.includes('authentication failed'))).toBe(true);
-    expect(warnings(alpha).some((msg) => msg.includes('authentication failed'))).toBe(true);
+    expect(warnings(alpha).some((msg) => msg.includes('without proving the secret'))).toBe(true);
+    expect(beta.link.refusedConnections().auth).toBeGreaterThanOrEqual(1);
     await sleep(300); // alpha redials meanwhile; every attempt must fail the same way
     expect(alpha.getStateCalls).toBe(0);
     expect(beta.getStateCalls).toBe(0);
@@ -346,21 +350,20 @@ describe('ControlLink between two nodes', () => {
     expect(beta.refused.every((refusal) => /authentication failed/.test(refusal.reason))).toBe(true);
   });
 
-  test('a wrong resource or node name is refused before authentication', async () => {
+  test('a wrong resource or node name is refused once the peer proved the secret, naming both', async () => {
     const { alpha, beta } = await makePair({ alpha: { resource: 'r1' } });
     const refused = waitFor(beta.link, 'refused');
     beta.link.connect();
     alpha.link.connect();
     const [refusal] = (await refused) as [LinkRefusal];
-    expect(refusal.reason).toMatch(/expected resource r0, found alpha at .* announcing resource r1/);
+    expect(refusal.reason).toMatch(/expected resource r0, found alpha at .* announcing resource r1 \(it knows the secret\)/);
+    expect(refusal.trusted).toBe(true);
     expect(beta.getStateCalls).toBe(0);
 
-    const gamma = makeNode('gamma', { name: 'beta', port: 0 }); // sorts after beta: must not dial
-    expect(gamma.link.isDialer).toBe(false);
     const raw = await RawClient.connect(beta.link.address()!.port, true);
-    const hello: Hello = { version: PROTOCOL_VERSION, features: [], resource: 'r0', nodeName: 'gamma', nonce: newNonce() };
     const refusedName = waitFor(beta.link, 'refused', 2000, (r: LinkRefusal) => /gamma/.test(r.reason));
-    raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: hello })]));
+    await proveSecret(raw);
+    raw.write(encodeFrame({ type: 'identity', body: { resource: 'r0', nodeName: 'gamma', features: [] } }));
     const [nameRefusal] = (await refusedName) as [LinkRefusal];
     expect(nameRefusal.reason).toMatch(/expected the peer node alpha, found a node calling itself gamma/);
     await raw.closed;
@@ -428,7 +431,8 @@ describe('ControlLink refuses clients that are not a proper peer', () => {
   test('a valid preamble, then garbage', async () => {
     const raw = await RawClient.connect(port);
     const refused = expectRefused(raw, /do not decode/, 100);
-    const garbage = Buffer.from([5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    // The tag of a Hello (so it passes the check before decoding), then a length that does not decode.
+    const garbage = Buffer.from([5, 0, 0, 0, 0x0a, 0xff, 0xff, 0xff, 0xff]);
     raw.write(Buffer.concat([CONTROL_PREAMBLE, garbage]));
     const refusal = await refused;
     expect(refusal.error.code).toBe('NRAID_ERR_PROTOCOL');
@@ -436,7 +440,7 @@ describe('ControlLink refuses clients that are not a proper peer', () => {
 
   test('a valid preamble, then a well-formed message that is not Hello', async () => {
     const raw = await RawClient.connect(port, true);
-    const refused = expectRefused(raw, /expected Hello from .*, found nodeState/, 100);
+    const refused = expectRefused(raw, /expected a Hello or an Auth before authentication, found an Envelope starting with byte 0x22/, 100);
     raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'nodeState', body: makeState() })]));
     await refused;
     // beta spoke first (its Hello) and nothing after
@@ -445,7 +449,7 @@ describe('ControlLink refuses clients that are not a proper peer', () => {
 
   test('an oversized length prefix, before any body arrives', async () => {
     const raw = await RawClient.connect(port);
-    const refused = expectRefused(raw, new RegExp(`at most ${CONTROL_MESSAGE_SIZE_MAX_BYTES} bytes, found a length prefix of 4294967295`), 100);
+    const refused = expectRefused(raw, /at most 1024 bytes before authentication \(a Hello or an Auth\), found a length prefix of 4294967295/, 100);
     raw.write(Buffer.concat([CONTROL_PREAMBLE, Buffer.from([0xff, 0xff, 0xff, 0xff])]));
     await refused;
   });
@@ -466,42 +470,39 @@ describe('ControlLink refuses clients that are not a proper peer', () => {
     expect(Date.now() - startedAtMs).toBeGreaterThanOrEqual(HANDSHAKE_TIMEOUT_MS - 20);
   });
 
-  test('a Hello echoing our nonce, and our own Auth reflected back', async () => {
+  test('a Hello echoing our nonce is refused as a reflection', async () => {
     const echo = await RawClient.connect(port, true);
     echo.write(CONTROL_PREAMBLE);
     const betaHello = (await echo.nextMessage('hello')).body as Hello;
     const refusedEcho = expectRefused(echo, /found our own: a reflection attempt/, 100);
-    echo.write(encodeFrame({ type: 'hello', body: { ...betaHello, nodeName: 'alpha' } }));
+    echo.write(encodeFrame({ type: 'hello', body: { ...betaHello } }));
     await refusedEcho;
-
-    const reflect = await RawClient.connect(port, true);
-    const ownNonce = newNonce();
-    reflect.write(Buffer.concat([
-      CONTROL_PREAMBLE,
-      encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
-    ]));
-    const betaAuth = await reflect.nextMessage('auth');
-    const refusedReflect = expectRefused(reflect, /authentication failed/, 100);
-    reflect.write(encodeFrame(betaAuth));
-    await refusedReflect;
   });
 
   test('a client that knows the secret gets through; without it, never past Auth', async () => {
     // Positive control for the raw client: with the right HMAC the same client reaches SessionStart.
     const raw = await RawClient.connect(port, true);
-    const ownNonce = newNonce();
-    raw.write(Buffer.concat([
-      CONTROL_PREAMBLE,
-      encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
-    ]));
-    const betaHello = (await raw.nextMessage('hello')).body as Hello;
-    raw.write(encodeFrame({ type: 'auth', body: { hmac: authHmac(Buffer.from(SECRET), betaHello.nonce, ownNonce, 'alpha') } }));
+    await proveSecret(raw);
+    raw.write(encodeFrame({ type: 'identity', body: { resource: 'r0', nodeName: 'alpha', features: [] } }));
     raw.write(encodeFrame({ type: 'sessionStart', body: { dataToken: randomBytes(32) } }));
     const state = await raw.nextMessage('nodeState');
     expect(state.body).toEqual(beta.state);
     expect(beta.getStateCalls).toBe(1);
   });
 });
+
+/**
+ * Plays alpha's part up to beta's Auth and Identity: Hello, then alpha's Auth
+ * over beta's nonce. Returns beta's Identity.
+ */
+async function proveSecret(raw: RawClient, version: ProtocolVersion = PROTOCOL_VERSION): Promise<ControlMessage> {
+  const ownNonce = newNonce();
+  raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: { version, nonce: ownNonce } })]));
+  const betaHello = (await raw.nextMessage('hello')).body as Hello;
+  raw.write(encodeFrame({ type: 'auth', body: { hmac: authHmac(Buffer.from(SECRET), 'dialer', betaHello.nonce, ownNonce) } }));
+  await raw.nextMessage('auth');
+  return raw.nextMessage('identity');
+}
 
 describe('ControlLink replay and data link binding', () => {
   test('an Auth recorded from a previous session is refused when replayed', async () => {
@@ -517,7 +518,7 @@ describe('ControlLink replay and data link binding', () => {
     const refused = waitFor(beta.link, 'refused');
     raw.write(recorded); // preamble, Hello, Auth, SessionStart, NodeState of the old session
     const [refusal] = (await refused) as [LinkRefusal];
-    expect(refusal.reason).toMatch(/authentication failed: alpha at .* does not match the shared secret/);
+    expect(refusal.reason).toMatch(/authentication failed: the client at .* does not match the shared secret/);
     await raw.closed;
     expect(beta.connected).toHaveLength(1);
     expect(beta.link.connectionState).toBe('Connecting');
@@ -731,14 +732,9 @@ describe('ControlLink liveness, requests and policy', () => {
 /** A hand-driven alpha: Hello (announcing `version`), Auth, SessionStart, NodeState; beta then counts it as connected. */
 async function rawAlpha(beta: TestNode, version: ProtocolVersion = PROTOCOL_VERSION): Promise<RawClient> {
   const raw = await RawClient.connect(beta.link.address()!.port, true);
-  const ownNonce = newNonce();
   const connected = waitFor(beta.link, 'connected');
-  raw.write(Buffer.concat([
-    CONTROL_PREAMBLE,
-    encodeFrame({ type: 'hello', body: { version, features: [], resource: 'r0', nodeName: 'alpha', nonce: ownNonce } }),
-  ]));
-  const betaHello = (await raw.nextMessage('hello')).body as Hello;
-  raw.write(encodeFrame({ type: 'auth', body: { hmac: authHmac(Buffer.from(SECRET), betaHello.nonce, ownNonce, 'alpha') } }));
+  await proveSecret(raw, version);
+  raw.write(encodeFrame({ type: 'identity', body: { resource: 'r0', nodeName: 'alpha', features: [] } }));
   raw.write(encodeFrame({ type: 'sessionStart', body: { dataToken: randomBytes(32) } }));
   raw.write(encodeFrame({ type: 'nodeState', body: makeState() }));
   await connected;
@@ -762,8 +758,8 @@ describe('ControlLink protocol versions (rolling upgrade)', () => {
   });
 
   test.each([
-    ['two minors apart', { major: 2, minor: 0 }, { major: 2, minor: 2 }, /this node \(alpha\) speaks 2\.0, beta at .* speaks 2\.2;.*upgrade this node \(alpha\) to a 2\.x release/, /this node \(beta\) speaks 2\.2, alpha at .* speaks 2\.0;.*upgrade alpha to a 2\.x release/],
-    ['another major', { major: 2, minor: 0 }, { major: 3, minor: 0 }, /this node \(alpha\) speaks 2\.0, beta at .* speaks 3\.0;.*upgrade this node \(alpha\) to a 3\.x release/, /this node \(beta\) speaks 3\.0, alpha at .* speaks 2\.0;.*upgrade alpha to a 3\.x release/],
+    ['two minors apart', { major: 2, minor: 0 }, { major: 2, minor: 2 }, /this node \(alpha\) speaks 2\.0, beta at .* speaks 2\.2;.*upgrade this node \(alpha\) to a 2\.x release/, /this node \(beta\) speaks 2\.2, the client at .* speaks 2\.0;.*upgrade alpha to a 2\.x release/],
+    ['another major', { major: 2, minor: 0 }, { major: 3, minor: 0 }, /this node \(alpha\) speaks 2\.0, beta at .* speaks 3\.0;.*upgrade this node \(alpha\) to a 3\.x release/, /this node \(beta\) speaks 3\.0, the client at .* speaks 2\.0;.*upgrade alpha to a 3\.x release/],
   ])('%s: refused on both sides with a VersionError naming both versions', async (_name, alphaVersion, betaVersion, alphaPattern, betaPattern) => {
     const { alpha, beta } = await makePair({ alpha: { protocolVersion: alphaVersion }, beta: { protocolVersion: betaVersion } });
     const refusals = Promise.all([
@@ -803,7 +799,7 @@ describe('ControlLink protocol versions (rolling upgrade)', () => {
     raw.write(Buffer.concat([prefix, envelope]));
     const [refusal] = (await refused) as [LinkRefusal];
     expect(refusal.error).toBeInstanceOf(VersionError);
-    expect(refusal.reason).toMatch(/speaks 2\.0, alpha at .* speaks 1\.0/);
+    expect(refusal.reason).toMatch(/speaks 3\.0, the client at .* speaks 1\.0/);
     await raw.closed;
   });
 });
@@ -903,7 +899,7 @@ describe('ControlLink typed requests and notices', () => {
     expect(bitmap.granularityBytes).toBe(65536);
     expect(bitmap.words.equals(words)).toBe(true);
     // On the wire from beta: 16 Responses of one chunk each, none above the bound.
-    const fromBeta = new ControlFrameReader().push(Buffer.concat(relay!.connections[0]!.upstreamBytes));
+    const fromBeta = new ControlFrameReader({ preAuth: false }).push(Buffer.concat(relay!.connections[0]!.upstreamBytes));
     const chunks = fromBeta.flatMap((message) =>
       message.type === 'response' && message.body.ok && message.body.answer.kind === 'bitmap' ? [message.body.answer.body] : [],
     );
@@ -938,7 +934,7 @@ describe('ControlLink typed requests and notices', () => {
     expect(bitmap.words.equals(words)).toBe(true);
     if (notices.length === 0) await waitFor(alpha.link, 'notice');
     expect(notices).toEqual([{ kind: 'adjust' }]);
-    const fromBeta = new ControlFrameReader().push(Buffer.concat(relay!.connections[0]!.upstreamBytes));
+    const fromBeta = new ControlFrameReader({ preAuth: false }).push(Buffer.concat(relay!.connections[0]!.upstreamBytes));
     const order = fromBeta.filter((message) => message.type === 'response' || message.type === 'notice').map((message) => message.type);
     expect(order).toEqual([...Array<string>(256).fill('response'), 'notice']);
   });
@@ -1009,5 +1005,124 @@ describe('ControlLink typed requests and notices', () => {
     await expect(pending).rejects.toThrow(/ended before it answered request 'switchover'/);
     await reconnected;
     expect(alpha.link.connectionState).toBe('Connected');
+  });
+});
+
+// ------------------------------------------ before authentication (issue 11)
+
+describe('ControlLink before authentication (issue 11 findings 1, 2, 3, 5)', () => {
+  /** Connects from `localAddress` (another loopback address than the peer's) and writes `bytes`. */
+  /** Connects from `localAddress` (another loopback address than the peer's), writes `bytes`; resolves once closed. */
+  function connectFrom(port: number, localAddress: string, bytes: Buffer): Promise<{ closedAfterMs: number; received: Buffer[] }> {
+    return new Promise((resolve) => {
+      const startedAtMs = Date.now();
+      const received: Buffer[] = [];
+      const socket = net.connect({ host: HOST, port, localAddress }, () => socket.write(bytes));
+      socket.on('data', (chunk: Buffer) => received.push(chunk));
+      socket.on('error', () => undefined);
+      socket.on('close', () => resolve({ closedAfterMs: Date.now() - startedAtMs, received }));
+      cleanups.push(() => socket.destroy());
+    });
+  }
+
+  test('finding 1: a length prefix above 1 KiB (an old 16 MiB one) is refused on its 4 bytes, nothing buffered', async () => {
+    // Regression: before authentication any message of up to 16 MiB was accepted and decoded whole; one
+    // crafted message blocked the event loop for seconds and grew the heap past 1 GB.
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    const raw = await RawClient.connect(port);
+    const refused = waitFor(beta.link, 'refused', 1000);
+    const prefix = Buffer.alloc(4);
+    prefix.writeUInt32LE(controlMessageBytesMax - 1);
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, prefix, Buffer.from([0x0a])])); // a Hello's tag, then the rest would follow
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.reason).toMatch(new RegExp(`at most 1024 bytes before authentication .* found a length prefix of ${controlMessageBytesMax - 1}`));
+    expect(await raw.closed).toBeLessThan(1000 + MARGIN_MS);
+    expect(beta.link.refusedConnections().malformed).toBe(1);
+  });
+
+  test('finding 2: silent connections renewed all the time do not keep the real peer out', async () => {
+    // Regression: eight silent connections (a preamble, then nothing), renewed as they timed out, held
+    // every handshake slot and the peer could not reconnect for as long as that lasted.
+    // The attackers run in this process too and keep its event loop busy: a handshake timeout with room.
+    const handshakeTimeoutMs = 2000;
+    const { alpha, beta, betaPort } = await makePair({ alpha: { handshakeTimeoutMs }, beta: { handshakeTimeoutMs } });
+    let attacking = true;
+    const silent = async (): Promise<void> => {
+      while (attacking) {
+        const raw = await RawClient.connect(betaPort);
+        raw.write(CONTROL_PREAMBLE);
+        await raw.closed;
+      }
+    };
+    beta.link.connect();
+    const attackers = [...Array(24).keys()].map(() => silent());
+    await sleep(handshakeTimeoutMs / 2); // the pool is full of silent connections, gone stale, before alpha dials
+    const startedAtMs = Date.now();
+    const connected = Promise.all([waitFor(alpha.link, 'connected'), waitFor(beta.link, 'connected')]);
+    alpha.link.connect();
+    await connected;
+    const tookMs = Date.now() - startedAtMs;
+    attacking = false;
+    expect(tookMs).toBeLessThan(handshakeTimeoutMs);
+    expect(beta.link.refusedConnections().evicted).toBeGreaterThan(0);
+    expect(alpha.link.connectionState).toBe('Connected');
+    // the attackers' loops end as their connections are evicted or time out
+    await Promise.race([Promise.all(attackers), sleep(handshakeTimeoutMs + MARGIN_MS)]);
+  });
+
+  test('finding 3: the acceptor sends no HMAC and no name to a client that has not proven the secret', async () => {
+    // Regression: the listening node sent its HMAC over the caller's nonce, and its resource and node
+    // name, before verifying the caller: one captured reply let anyone grind the secret offline.
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    const raw = await RawClient.connect(port, true);
+    raw.write(Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, nonce: newNonce() } })]));
+    await raw.nextMessage('hello');
+    await sleep(150);
+    expect(raw.messages).toEqual([]); // nothing after beta's Hello until we prove the secret
+    const bytes = Buffer.concat(raw.received);
+    for (const name of ['r0', 'beta', 'alpha']) expect(bytes.includes(Buffer.from(name))).toBe(false);
+    const refused = waitFor(beta.link, 'refused');
+    raw.write(encodeFrame({ type: 'auth', body: { hmac: randomBytes(32) } }));
+    const [refusal] = (await refused) as [LinkRefusal];
+    expect(refusal.reason).toMatch(/authentication failed: the client at/);
+    await raw.closed;
+    expect(raw.messages.map((message) => message.type)).toEqual([]); // still no Auth of beta's
+  });
+
+  test('finding 5: 200 garbage connections log a few lines, are counted, and are not trusted for lastLinkError', async () => {
+    // Regression: each refused connection logged ~330 bytes with no rate limit, and anonymous garbage
+    // overwrote lastLinkError.
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    for (let i = 0; i < 200; i += 20) {
+      await Promise.all([...Array(20).keys()].map(async () => {
+        const raw = await RawClient.connect(port);
+        raw.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+        await raw.closed;
+      }));
+    }
+    expect(beta.link.refusedConnections().malformed).toBe(200);
+    expect(beta.refused).toHaveLength(200);
+    expect(beta.refused.every((refusal) => !refusal.trusted)).toBe(true);
+    expect(warnings(beta).length).toBeLessThanOrEqual(2);
+    const logBytes = beta.logs.reduce((sum, entry) => sum + entry.msg.length + JSON.stringify(entry.fields).length, 0);
+    expect(logBytes).toBeLessThan(2000);
+  });
+
+  test('a connection from an address other than the peer\'s is reset before a byte is read', async () => {
+    const beta = makeNode('beta', { name: 'alpha', port: 1 });
+    const port = (await beta.link.start()).port;
+    beta.link.connect();
+    const stranger = await connectFrom(port, '127.0.0.2', Buffer.concat([CONTROL_PREAMBLE, encodeFrame({ type: 'hello', body: { version: PROTOCOL_VERSION, nonce: newNonce() } })]));
+    expect(stranger.closedAfterMs).toBeLessThan(MARGIN_MS);
+    expect(stranger.received).toEqual([]); // not even beta's Hello
+    expect(beta.link.refusedConnections()['not-peer']).toBe(1);
+    expect(beta.refused).toEqual([]);
+    expect(warnings(beta).some((msg) => /refused connection from 127\.0\.0\.2:\d+: not alpha's address \(127\.0\.0\.1\)/.test(msg))).toBe(true);
   });
 });

@@ -102,6 +102,7 @@ import { acceptDataLink, openDataLink } from './data-link';
 import { sortIncoming } from './incoming-connection';
 import { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkTimings, checkLinkOptions } from './link-options';
 import { closeSocket, remoteOf } from './socket-io';
+import { secureClient, secureServer } from './tls';
 
 export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './session-types';
 export type { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkRefusal, NodeAddress } from './link-options';
@@ -347,7 +348,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       this.rawSockets.delete(socket);
       socket.setNoDelay(true);
       socket.write(CONTROL_PREAMBLE);
-      this.startSession(socket, Buffer.alloc(0));
+      const linkTls = this.options.tls ?? null;
+      this.startSession(linkTls === null ? socket : secureClient(socket, linkTls), Buffer.alloc(0));
     });
   }
 
@@ -399,7 +401,12 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       ));
       return;
     }
-    this.startSession(socket, rest);
+    const linkTls = this.options.tls ?? null;
+    if (linkTls === null) {
+      this.startSession(socket, rest);
+    } else {
+      this.startSession(secureServer(socket, rest, linkTls), Buffer.alloc(0));
+    }
   }
 
   private onDataConnection(socket: net.Socket, remote: string, token: Buffer, rest: Buffer): void {

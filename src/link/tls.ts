@@ -135,6 +135,17 @@ export function secureServer(socket: net.Socket, rest: Buffer, linkTls: LinkTls)
     options.requestCert = true;
   }
   const secure = new tls.TLSSocket(socket, options);
-  secure.setNoDelay?.(true);
+  if (linkTls.mode === 'cert') {
+    // A TLSSocket made outside a tls.Server asks for the peer's certificate but
+    // does not judge it (tls.Server does that in its own handshake callback):
+    // judge it here, as the handshake ends, before the session reads a byte.
+    secure.once('secure', () => {
+      const handle = (secure as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
+      const problem: (Error & { code?: string }) | null = handle?.verifyError ? handle.verifyError() : new Error('cannot check the peer certificate');
+      if (problem) {
+        secure.destroy(new Error(`peer certificate refused (${problem.code ?? problem.message}); expected one signed by tls-ca`));
+      }
+    });
+  }
   return secure;
 }

@@ -8,14 +8,22 @@
  *  - TLS on (the default): the relay sees TLS records, not frames; the byte it
  *    changes fails the record's AEAD tag on beta, which counts a checksum
  *    error and resets the link; the resync leaves both data areas identical.
- *  - tls = false (documents the mode): the same relay changes a WRITE and
- *    fixes its checksums; beta stores the changed byte and nothing notices.
+ *  - tls = false (documents the mode; NRAID_TEST_TLS_MODES=1): the same relay
+ *    changes a WRITE and fixes its checksums; beta stores the changed byte
+ *    and nothing notices.
+ *  - certificates (NRAID_TEST_TLS_MODES=1): the same detection with
+ *    tls-cert, tls-key and tls-ca instead of the derived key.
+ * The two extra modes run only when asked, to keep the suite's time budget.
  */
+const testModes = process.env.NRAID_TEST_TLS_MODES === '1' ? test : test.skip;
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { stringify as tomlStringify } from 'smol-toml';
 import { makeResource, mergeConfig, NodeName, TestResource } from '../harness/cluster';
 import { flushDevice, RandomWriter, sha256Range } from '../harness/direct-io';
+import { registerCleanup } from '../harness/cleanup';
 import { FaultProxy } from '../harness/fault-proxy';
 import { connectedUpToDate, num, quiesce, waitEstablished } from '../harness/helpers';
 import { describeIntegration } from '../harness/prereq';
@@ -30,13 +38,34 @@ interface Setup {
   dataSizeBytes: number;
 }
 
-async function setUp(tls: boolean): Promise<Setup> {
+/** A CA and a certificate for each node, made with the openssl CLI in `dir`: the tls-* config keys. */
+function makeCertificates(dir: string): Record<string, string> {
+  const run = (...args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=nraid-test-ca');
+  run('req', ...ec, '-keyout', 'node.key', '-out', 'node.csr', '-subj', '/CN=nraid-test-node');
+  run('x509', '-req', '-in', 'node.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'node.pem', '-days', '2');
+  return { 'tls-cert': path.join(dir, 'node.pem'), 'tls-key': path.join(dir, 'node.key'), 'tls-ca': path.join(dir, 'ca.pem') };
+}
+
+async function setUp(tls: boolean | 'certificates'): Promise<Setup> {
+  const certDir = tls === 'certificates' ? fs.mkdtempSync(path.join(os.tmpdir(), 'nraid-tls-certs-')) : null;
   const r = await makeResource({
     nodes: 2,
     sizeBytes: 16 * MiB,
     protocol: 'C',
-    extra: { 'ping-interval-ms': 200, 'ping-timeout-ms': 4000, 'connect-retry-ms': 100, tls },
+    extra: {
+      'ping-interval-ms': 200,
+      'ping-timeout-ms': 4000,
+      'connect-retry-ms': 100,
+      tls: tls !== false,
+      ...(certDir === null ? {} : makeCertificates(certDir)),
+    },
   });
+  if (certDir !== null) {
+    const remove = (): void => fs.rmSync(certDir, { recursive: true, force: true });
+    registerCleanup(`certificates ${certDir}`, async () => remove(), remove);
+  }
   const proxy = new FaultProxy({ targetHost: '127.0.0.1', targetPort: r.nodes.beta.port, frameAware: true });
   await proxy.listen();
   const alphaConfigPath = path.join(r.dir, 'alpha-through-proxy.toml');
@@ -67,10 +96,10 @@ async function dataAreas(s: Setup): Promise<[string, string]> {
 }
 
 describeIntegration('a relay that rewrites a WRITE and fixes its crc32c', ['root', 'fuse', 'loop', 'dd', 'nraid-cli'], () => {
-  test('TLS on (default): detected by the record authentication, link reset, disks identical after the resync', async () => {
+  async function expectDetected(tls: true | 'certificates'): Promise<void> {
     const s: Partial<Setup> = {};
     try {
-      Object.assign(s, await setUp(true));
+      Object.assign(s, await setUp(tls));
       const { r, proxy, writer } = s as Setup;
       const b0 = await r.status('beta');
       proxy.rewriteNextWrite();
@@ -92,9 +121,17 @@ describeIntegration('a relay that rewrites a WRITE and fixes its crc32c', ['root
     } finally {
       await tearDown(s);
     }
+  }
+
+  test('TLS on (default): detected by the record authentication, link reset, disks identical after the resync', async () => {
+    await expectDetected(true);
   }, 150_000);
 
-  test('tls = false (a dedicated cable only): the same relay goes unnoticed and the disks differ', async () => {
+  testModes('certificates: the same detection on links keyed by certificates', async () => {
+    await expectDetected('certificates');
+  }, 150_000);
+
+  testModes('tls = false (a dedicated cable only): the same relay goes unnoticed and the disks differ', async () => {
     const s: Partial<Setup> = {};
     try {
       Object.assign(s, await setUp(false));

@@ -221,6 +221,16 @@ int LinkStream::handshake(const TlsOptions& options, bool server, std::string* e
   return rc;
 }
 
+size_t LinkStream::buffered() {
+  size_t bytes = end_ - start_;
+  if (ssl_ == nullptr) return bytes;
+  // The applier asks to tell "more is coming at once" from "about to wait for
+  // the source": records still undecrypted count, or it would flush its acks
+  // and apply inline (one frame at a time) after every record.
+  std::lock_guard<std::mutex> lock(ssl_mutex_);
+  return bytes + static_cast<size_t>(SSL_pending(ssl_)) + BIO_ctrl_pending(network_in_);
+}
+
 int LinkStream::read(void* data, size_t length) {
   return ssl_ == nullptr ? read_plain(data, length) : read_tls(static_cast<uint8_t*>(data), length);
 }

@@ -56,8 +56,10 @@ class LinkStream {
   // Whole reads: 0, or a negative errno (-EPIPE for an orderly close by the
   // peer, -EBADMSG for a TLS record that failed its authentication). One thread reads.
   int read(void* data, size_t length);
-  // Bytes read from the socket (decrypted) and not yet taken.
-  size_t buffered() const { return end_ - start_; }
+  // Bytes at hand without waiting for the socket: read and not yet taken;
+  // with TLS also what is received and not yet decrypted (its ciphertext
+  // size, a few bytes per record above the plaintext). The receiver only.
+  size_t buffered();
   // Whole writes, from any thread: 0, or a negative errno.
   int writev(iovec* iov, int count);
   int write(const void* data, size_t length);

@@ -10,6 +10,7 @@
         "native/pipeline.cc",
         "native/bitmap.cc",
         "native/link_io.cc",
+        "native/link_stream.cc",
         "native/replicator.cc",
         "native/applier.cc",
         "native/activity_log.cc",

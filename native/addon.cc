@@ -431,6 +431,35 @@ nraid::Protocol parse_protocol(Napi::Env env, const Napi::Value& value) {
   throw Napi::TypeError::New(env, "protocol must be \"A\", \"B\" or \"C\"");
 }
 
+// The data link's TLS settings: none (plain TCP), { psk }, or { certPem, keyPem, caPem }.
+nraid::TlsOptions parse_tls(Napi::Env env, Napi::Value value) {
+  nraid::TlsOptions tls;
+  if (value.IsUndefined() || value.IsNull()) return tls;
+  if (!value.IsObject()) throw Napi::TypeError::New(env, "linkAttach: tls must be an object, null or left out");
+  auto object = value.As<Napi::Object>();
+  tls.enabled = true;
+  Napi::Value psk = object.Get("psk");
+  if (psk.IsBuffer()) {
+    auto bytes = psk.As<Napi::Buffer<uint8_t>>();
+    if (bytes.Length() != nraid::kTlsPskBytes) {
+      throw Napi::TypeError::New(env, "linkAttach: tls.psk must be " + std::to_string(nraid::kTlsPskBytes) +
+                                          " bytes, found " + std::to_string(bytes.Length()));
+    }
+    tls.psk.assign(reinterpret_cast<const char*>(bytes.Data()), bytes.Length());
+    return tls;
+  }
+  for (const char* name : {"certPem", "keyPem", "caPem"}) {
+    if (!object.Get(name).IsString()) {
+      throw Napi::TypeError::New(env, std::string("linkAttach: tls needs a 32-byte psk Buffer, or certPem, keyPem and "
+                                                  "caPem strings; ") + name + " is missing");
+    }
+  }
+  tls.cert_pem = object.Get("certPem").As<Napi::String>().Utf8Value();
+  tls.key_pem = object.Get("keyPem").As<Napi::String>().Utf8Value();
+  tls.ca_pem = object.Get("caPem").As<Napi::String>().Utf8Value();
+  return tls;
+}
+
 // Takes a connected TCP socket's descriptor (dup()ed: JavaScript closes its own).
 Napi::Value LinkAttach(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -440,6 +469,7 @@ Napi::Value LinkAttach(const Napi::CallbackInfo& info) {
   auto options = info[2].As<Napi::Object>();
   std::string mode = options.Get("mode").As<Napi::String>();
   bool hello_first = options.Get("sendHelloFirst").ToBoolean();
+  nraid::TlsOptions tls = parse_tls(env, options.Get("tls"));
   int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
   if (own < 0) throw errno_error(env, errno, std::string("linkAttach: dup: ") + strerror(errno));
   if (mode == "source") {
@@ -453,9 +483,10 @@ Napi::Value LinkAttach(const Napi::CallbackInfo& info) {
       replicator_options.max_lag_us = get_u64(options.Get("maxLagMs"), "maxLagMs") * 1000;
     }
     replicator_options.send_hello_first = hello_first;
+    replicator_options.tls = tls;
     box->pipeline->attach_source(own, replicator_options);
   } else if (mode == "target") {
-    box->pipeline->attach_target(own, hello_first, options.Get("resyncAllowed").ToBoolean());
+    box->pipeline->attach_target(own, hello_first, options.Get("resyncAllowed").ToBoolean(), tls);
   } else {
     ::close(own);
     throw Napi::TypeError::New(env, "linkAttach: mode must be \"source\" or \"target\"");

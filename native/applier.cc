@@ -42,10 +42,12 @@ Applier::~Applier() {
   free(read_buffer_);
 }
 
-void Applier::start(int fd, bool send_hello_first) {
+void Applier::start(int fd, bool send_hello_first, const TlsOptions& tls) {
   NRAID_ASSERT(fd_ < 0);
   fd_ = fd;
+  stream_ = std::make_unique<LinkStream>(fd_);
   send_hello_first_ = send_hello_first;
+  tls_ = tls;
   prepare_socket(fd_);
   int rc = writes_.open(kActiveMax + 1);
   wake_fd_ = rc == 0 ? eventfd(0, EFD_CLOEXEC) : -1;
@@ -118,7 +120,7 @@ FrameHeader make_ack(uint16_t type, const FrameHeader& about) {
 int Applier::send_ack(uint16_t type, const FrameHeader& about) {
   FrameHeader ack = make_ack(type, about);
   std::lock_guard<std::mutex> lock(send_mutex_);
-  return write_frame(fd_, ack, nullptr);
+  return write_frame(*stream_, ack, nullptr);
 }
 
 bool Applier::queue_recv_ack(const FrameHeader& about) {
@@ -133,7 +135,7 @@ bool Applier::flush_recv_acks() {
   int rc;
   {
     std::lock_guard<std::mutex> lock(send_mutex_);
-    rc = writev_full(fd_, &iov, 1);
+    rc = stream_->writev(&iov, 1);
   }
   if (rc != 0) fail("data link send: receive ack");
   return rc == 0;
@@ -157,19 +159,20 @@ void Applier::release_locked(uint32_t active) {
 
 void Applier::receive_loop() {
   std::string error;
-  if (exchange_hello(fd_, send_hello_first_, counters_, &error) != 0) {
+  if (stream_->handshake(tls_, send_hello_first_, &error) != 0 ||
+      exchange_hello(*stream_, send_hello_first_, counters_, &error) != 0) {
     fail(error);
     return;
   }
   uint64_t expected_seq = 1;
-  SocketReader reader(fd_);
+  LinkStream& reader = *stream_;
   for (;;) {
     FrameHeader header{};
     // About to wait for the source: what it waits for goes out first.
     if (reader.buffered() < sizeof(header) && !flush_recv_acks()) return;
     int rc = reader.read(&header, sizeof(header));
     if (rc != 0) {
-      fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
+      fail(receive_failure(rc, counters_));
       return;
     }
     FrameCheck check = frame_check_header(header, data_size_bytes_);
@@ -252,7 +255,7 @@ void Applier::receive_loop() {
         }
         if (rc != 0) {
           // The end of the stream inside a payload reads as it does between frames, not as "Broken pipe".
-          fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
+          fail(receive_failure(rc, counters_));
         } else {
           counters_->checksum_errors.fetch_add(1, std::memory_order_relaxed);
           fail("frame rejected: payload checksum mismatch at offset " + std::to_string(header.offset));
@@ -342,7 +345,7 @@ bool Applier::serve_read(const FrameHeader& request) {
   }
   frame_seal(&reply, read_buffer_);
   std::lock_guard<std::mutex> lock(send_mutex_);
-  if (write_frame(fd_, reply, rc == 0 ? read_buffer_ : nullptr) != 0) {
+  if (write_frame(*stream_, reply, rc == 0 ? read_buffer_ : nullptr) != 0) {
     fail("data link send: read reply");
     return false;
   }
@@ -426,7 +429,7 @@ void Applier::reap_loop() {
       int rc;
       {
         std::lock_guard<std::mutex> lock(send_mutex_);
-        rc = writev_full(fd_, &iov, 1);
+        rc = stream_->writev(&iov, 1);
       }
       if (rc != 0) fail("data link send: write ack");
     }

@@ -20,6 +20,7 @@
 #include "frame.h"
 #include "limits.h"
 #include "link_io.h"
+#include "link_stream.h"
 #include "local_io.h"
 
 namespace nraid {
@@ -31,7 +32,8 @@ class Applier {
   Applier(const Applier&) = delete;
   Applier& operator=(const Applier&) = delete;
 
-  void start(int fd, bool send_hello_first);
+  // `send_hello_first`: the acceptor of the data connection (with TLS, its server).
+  void start(int fd, bool send_hello_first, const TlsOptions& tls);
   void stop(const std::string& reason);
   bool failed() const { return failed_.load(std::memory_order_acquire); }
   // Durable state before data: until the control plane says that the
@@ -70,7 +72,9 @@ class Applier {
   LinkCounters* counters_;
   EventSink sink_;
   int fd_ = -1;
+  std::unique_ptr<LinkStream> stream_;  // over fd_, made by start()
   bool send_hello_first_ = false;
+  TlsOptions tls_;
 
   std::mutex send_mutex_;  // acks come from several threads
   FrameHeader recv_acks_[kRecvAcksMax];  // the receiver's own

@@ -96,11 +96,23 @@ constexpr uint32_t kSocketBufferBytes = 4 * kMiB;
 constexpr uint32_t kDataHelloTimeoutMs = 10000;
 // Buffered socket reads: under load one read() brings many frames.
 constexpr size_t kSocketReadBufferBytes = 256 * kKiB;
+// TLS on the data link (link_stream.h): plaintext handed to one SSL_write,
+// the ciphertext buffer that holds its records, and the handshake's bound.
+constexpr size_t kTlsPlainChunkBytes = 64 * kKiB;
+constexpr size_t kTlsRecordPlainBytesMax = 16 * kKiB;  // RFC 8446 5.1
+constexpr size_t kTlsRecordOverheadBytes = 5 + 1 + 16;  // header, inner content type, AEAD tag
+constexpr size_t kTlsCipherChunkBytes =
+    kTlsPlainChunkBytes + (kTlsPlainChunkBytes / kTlsRecordPlainBytesMax + 1) * kTlsRecordOverheadBytes + 4 * kKiB;
+constexpr uint32_t kTlsHandshakeTimeoutMs = 10'000;
+// The pre-shared key the control plane derives from the secret (src/link/tls.ts).
+constexpr size_t kTlsPskBytes = 32;
 
 static_assert(kUnackedEntries >= kSlotsMax + kResyncWindowChunks,
               "every writer and the resync window can have a frame in flight at once");
 static_assert(2 * kFramesPerWrite <= 1024, "one writev() stays under IOV_MAX");
 static_assert(kResyncChunkBytes <= kFramePayloadBytesMax, "a resync chunk fits in one frame");
+static_assert(kTlsPlainChunkBytes % kTlsRecordPlainBytesMax == 0, "one SSL_write fills whole records");
+static_assert(kTlsCipherChunkBytes <= kSocketReadBufferBytes, "one chunk's records fit in one socket read buffer");
 static_assert(kResyncChunkBytes % kBitmapGranularityBytesMax == 0, "a resync chunk is whole bitmap bits");
 static_assert(kResyncWindowChunks >= 1 && kResyncWindowChunks <= 32, "the free mask of resync buffers is 32 bits");
 static_assert(kMaxLagBytesDefault >= kRequestBytesMax, "protocol A can hold at least one request in flight");

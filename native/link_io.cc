@@ -11,10 +11,9 @@
 #include <unistd.h>
 
 #include "limits.h"
+#include "link_stream.h"
 
 namespace nraid {
-
-static_assert(kSocketReadBufferBytes >= 2 * sizeof(FrameHeader), "one read() can bring several frame headers");
 
 uint64_t monotonic_us() {
   timespec now;
@@ -39,32 +38,6 @@ int read_full(int fd, void* data, size_t length) {
   return 0;
 }
 
-SocketReader::SocketReader(int fd) : fd_(fd), buffer_(new uint8_t[kSocketReadBufferBytes]) {}
-
-int SocketReader::read(void* data, size_t length) {
-  auto* out = static_cast<uint8_t*>(data);
-  size_t buffered = end_ - start_;
-  size_t copied = buffered < length ? buffered : length;
-  memcpy(out, buffer_.get() + start_, copied);
-  start_ += copied;
-  size_t remaining = length - copied;
-  if (remaining == 0) return 0;
-  if (remaining >= kSocketReadBufferBytes / 2) return read_full(fd_, out + copied, remaining);
-  start_ = end_ = 0;
-  while (end_ < remaining) {
-    ssize_t n = ::read(fd_, buffer_.get() + end_, kSocketReadBufferBytes - end_);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (n == 0) return -EPIPE;
-    end_ += static_cast<size_t>(n);
-  }
-  memcpy(out + copied, buffer_.get(), remaining);
-  start_ = remaining;
-  return 0;
-}
-
 int writev_full(int fd, iovec* iov, int count) {
   while (count > 0) {
     ssize_t n = ::writev(fd, iov, count);
@@ -86,10 +59,23 @@ int writev_full(int fd, iovec* iov, int count) {
   return 0;
 }
 
-int write_frame(int fd, const FrameHeader& header, const void* payload) {
+int write_frame(LinkStream& stream, const FrameHeader& header, const void* payload) {
   iovec iov[2] = {{const_cast<FrameHeader*>(&header), sizeof(header)},
                   {const_cast<void*>(payload), frame_has_payload(header.type) ? header.length : 0}};
-  return writev_full(fd, iov, iov[1].iov_len > 0 ? 2 : 1);
+  return stream.writev(iov, iov[1].iov_len > 0 ? 2 : 1);
+}
+
+std::string receive_failure(int rc, LinkCounters* counters) {
+  switch (rc) {
+    case -EPIPE: return "data link closed by the peer";
+    case -EBADMSG:
+      counters->checksum_errors.fetch_add(1, std::memory_order_relaxed);
+      return "frame rejected: a TLS record failed its authentication (changed on the way); resetting the link";
+    case -EPROTO:
+      counters->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+      return "protocol error on the data link: the peer broke the TLS protocol";
+    default: return std::string("data link receive: ") + strerror(-rc);
+  }
 }
 
 void prepare_socket(int fd) {
@@ -104,12 +90,12 @@ void prepare_socket(int fd) {
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
 }
 
-int exchange_hello(int fd, bool send_first, LinkCounters* counters, std::string* error) {
+int exchange_hello(LinkStream& stream, bool send_first, LinkCounters* counters, std::string* error) {
   FrameHeader hello{};
   hello.type = kFrameHello;
   frame_seal(&hello, nullptr);
   if (send_first) {
-    int rc = write_frame(fd, hello, nullptr);
+    int rc = write_frame(stream, hello, nullptr);
     if (rc != 0) {
       *error = std::string("data link: sending HELLO: ") + strerror(-rc);
       return rc;
@@ -118,16 +104,16 @@ int exchange_hello(int fd, bool send_first, LinkCounters* counters, std::string*
   FrameHeader received{};
   // Bounded wait: the receive timeout holds for this read only, then reads block again.
   timeval wait{static_cast<time_t>(kDataHelloTimeoutMs / 1000), static_cast<suseconds_t>((kDataHelloTimeoutMs % 1000) * 1000)};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
-  int rc = read_full(fd, &received, sizeof(received));
+  setsockopt(stream.fd(), SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait));
+  int rc = stream.read(&received, sizeof(received));
   timeval forever{0, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof(forever));
+  setsockopt(stream.fd(), SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof(forever));
   if (rc == -EAGAIN || rc == -EWOULDBLOCK) {
     *error = "data link: expected the peer's HELLO within " + std::to_string(kDataHelloTimeoutMs) + " ms, found none";
     return -ETIMEDOUT;
   }
   if (rc != 0) {
-    *error = std::string("data link: waiting for HELLO: ") + strerror(-rc);
+    *error = "data link: waiting for HELLO: " + receive_failure(rc, counters);
     return rc;
   }
   FrameCheck check = frame_check_header(received, 0);
@@ -139,7 +125,7 @@ int exchange_hello(int fd, bool send_first, LinkCounters* counters, std::string*
     return -EPROTO;
   }
   if (!send_first) {
-    rc = write_frame(fd, hello, nullptr);
+    rc = write_frame(stream, hello, nullptr);
     if (rc != 0) {
       *error = std::string("data link: answering HELLO: ") + strerror(-rc);
       return rc;

@@ -22,31 +22,18 @@ namespace nraid {
 // Returns 0, or a negative errno (-EPIPE for an orderly close by the peer).
 int read_full(int fd, void* data, size_t length);
 int writev_full(int fd, iovec* iov, int count);
-int write_frame(int fd, const FrameHeader& header, const void* payload);
-// Buffered reads from a socket: under load one read() brings many frames.
-// Large payloads bypass the buffer and land straight in their destination.
-class SocketReader {
- public:
-  explicit SocketReader(int fd);
-  SocketReader(const SocketReader&) = delete;
-  SocketReader& operator=(const SocketReader&) = delete;
-  // Returns 0, or a negative errno (-EPIPE for an orderly close by the peer).
-  int read(void* data, size_t length);
-  size_t buffered() const { return end_ - start_; }
-
- private:
-  int fd_;
-  std::unique_ptr<uint8_t[]> buffer_;
-  size_t start_ = 0;
-  size_t end_ = 0;
-};
+class LinkStream;
+int write_frame(LinkStream& stream, const FrameHeader& header, const void* payload);
 
 // Blocking mode, TCP_NODELAY, large buffers, keepalive.
 void prepare_socket(int fd);
 // The acceptor sends HELLO first; the dialer waits for it, then answers.
 // A HELLO that fails its checks counts as a checksum or protocol error.
 struct LinkCounters;
-int exchange_hello(int fd, bool send_first, LinkCounters* counters, std::string* error);
+int exchange_hello(LinkStream& stream, bool send_first, LinkCounters* counters, std::string* error);
+// Why a read of the data link failed (a LinkStream::read result), for the
+// link's failure; an unauthenticated TLS record counts as a checksum error.
+std::string receive_failure(int rc, LinkCounters* counters);
 
 // Counters of the data link, both sides; read by the control plane in one call.
 struct LinkCounters {

@@ -319,11 +319,11 @@ void Pipeline::attach_source(int fd, const ReplicatorOptions& options) {
   link_generation_++;
 }
 
-void Pipeline::attach_target(int fd, bool send_hello_first, bool resync_allowed) {
+void Pipeline::attach_target(int fd, bool send_hello_first, bool resync_allowed, const TlsOptions& tls) {
   detach("replaced");
   auto applier = std::make_unique<Applier>(disk_, data_size_bytes_, &link_counters_, sink_);
   if (resync_allowed) applier->allow_resync();
-  applier->start(fd, send_hello_first);
+  applier->start(fd, send_hello_first, tls);
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
   applier_ = std::move(applier);
   link_generation_++;

@@ -89,7 +89,7 @@ class Pipeline {
   // The data link: this node sends (source) or applies (target). One at a time.
   void attach_source(int fd, const ReplicatorOptions& options);
   // `resync_allowed`: RS_DATA may be applied (the target's resync state is on its disk).
-  void attach_target(int fd, bool send_hello_first, bool resync_allowed);
+  void attach_target(int fd, bool send_hello_first, bool resync_allowed, const TlsOptions& tls);
   // The target recorded its resync state (Inconsistent, the new bitmap UUID)
   // durably: RS_DATA may be applied from now on. False without a target link.
   bool allow_resync();

@@ -54,6 +54,7 @@ void Replicator::start(int fd, const ReplicatorOptions& options) {
   NRAID_ASSERT(fd_ < 0);
   fd_ = fd;
   options_ = options;
+  stream_ = std::make_unique<LinkStream>(fd_);
   protocol_.store(options.protocol, std::memory_order_release);
   prepare_socket(fd_);
   receiver_ = std::thread([this] {
@@ -218,7 +219,7 @@ void Replicator::send_queued() {
       }
     }
     if (!abandon) {
-      int rc = writev_full(fd_, iov, static_cast<int>(iov_count));
+      int rc = stream_->writev(iov, static_cast<int>(iov_count));
       if (rc != 0) {
         // The frames are in the unacked table: failing marks their regions dirty and releases the waiters.
         fail(std::string("data link send: ") + strerror(-rc));
@@ -276,7 +277,7 @@ int Replicator::read_remote(uint32_t slot, uint8_t* data, uint32_t length_bytes,
   return rc;
 }
 
-bool Replicator::take_read_reply(SocketReader& reader, const FrameHeader& reply) {
+bool Replicator::take_read_reply(LinkStream& reader, const FrameHeader& reply) {
   bool error = (reply.flags & kFlagReadError) != 0;
   if (error && reply.length != 0) {
     counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
@@ -286,7 +287,7 @@ bool Replicator::take_read_reply(SocketReader& reader, const FrameHeader& reply)
   if (!error) {
     int rc = reader.read(read_reply_buffer_, reply.length);
     if (rc != 0) {
-      fail(std::string("data link receive: ") + strerror(-rc));
+      fail(receive_failure(rc, counters_));
       return false;
     }
     if (crc32c(0, read_reply_buffer_, reply.length) != reply.payload_crc) {
@@ -390,7 +391,8 @@ void Replicator::advance_oldest_locked() {
 
 void Replicator::receive_loop() {
   std::string error;
-  if (exchange_hello(fd_, options_.send_hello_first, counters_, &error) != 0) {
+  if (stream_->handshake(options_.tls, options_.send_hello_first, &error) != 0 ||
+      exchange_hello(*stream_, options_.send_hello_first, counters_, &error) != 0) {
     fail(error);
     return;
   }
@@ -399,12 +401,12 @@ void Replicator::receive_loop() {
     hello_done_ = true;
     space_cv_.notify_all();
   }
-  SocketReader reader(fd_);
+  LinkStream& reader = *stream_;
   for (;;) {
     FrameHeader ack{};
     int rc = reader.read(&ack, sizeof(ack));
     if (rc != 0) {
-      fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
+      fail(receive_failure(rc, counters_));
       return;
     }
     FrameCheck check = frame_check_header(ack, data_size_bytes_);

@@ -24,6 +24,7 @@
 #include "frame.h"
 #include "limits.h"
 #include "link_io.h"
+#include "link_stream.h"
 #include "local_io.h"
 
 namespace nraid {
@@ -34,7 +35,8 @@ struct ReplicatorOptions {
   Protocol protocol = Protocol::kC;
   uint64_t max_lag_bytes = kMaxLagBytesDefault;
   uint64_t max_lag_us = kMaxLagUsDefault;
-  bool send_hello_first = false;
+  bool send_hello_first = false;  // the acceptor of the data connection; with TLS, its server
+  TlsOptions tls;
 };
 
 class Replicator {
@@ -113,7 +115,7 @@ class Replicator {
   int enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint8_t* data, uint32_t length, uint64_t offset,
               uint32_t resync_buffer, uint64_t deadline_us, bool pin = true);
   // The peer's READ_REPLY (its header read and checked): the payload, then the waiting reader.
-  bool take_read_reply(SocketReader& reader, const FrameHeader& reply);
+  bool take_read_reply(LinkStream& reader, const FrameHeader& reply);
   void fail(const std::string& reason);
   // The sender's loop: writes queued frames until none is left.
   void send_queued();
@@ -130,6 +132,7 @@ class Replicator {
   LinkCounters* counters_;
   EventSink sink_;
   int fd_ = -1;
+  std::unique_ptr<LinkStream> stream_;  // over fd_, made by start()
   ReplicatorOptions options_;
   std::atomic<Protocol> protocol_{Protocol::kC};
 

@@ -63,6 +63,11 @@ export interface ResourceConfig {
   onIoError: OnIoError;
   afterSb0pri: AfterSb0pri;
   metricsPort: number | null;
+  /** TLS 1.3 on both links (src/link/tls.ts): with a key derived from `secret`, or with these three files. */
+  tls: boolean;
+  tlsCert: string | null;
+  tlsKey: string | null;
+  tlsCa: string | null;
   hooks: HooksConfig;
   nodes: [NodeConfig, NodeConfig];
 }
@@ -132,6 +137,13 @@ function text(minChars: number, maxChars: number): ValueType<string> {
     },
   };
 }
+
+const booleanType: ValueType<boolean> = {
+  expected: 'true or false',
+  accept(raw) {
+    return typeof raw === 'boolean' ? { ok: true, value: raw } : reject();
+  },
+};
 
 const nameType: ValueType<string> = {
   expected: `a name of ${nameRule}`,
@@ -250,7 +262,28 @@ const topKeys: readonly KeySpec[] = [
     oneOf(['disconnect', 'discard-zero-changes', 'discard-younger-primary', 'discard-least-changes']), 'disconnect'),
   key('metrics-port', integer(limits.portMin, limits.portMax), null),
   key<OnIoError>('on-io-error', oneOf(['detach', 'pass-on']), 'detach'),
+  key('tls', booleanType, true),
+  key('tls-cert', absolutePath, null),
+  key('tls-key', absolutePath, null),
+  key('tls-ca', absolutePath, null),
 ];
+
+/** Certificates: all three files or none, and only with TLS on. */
+function checkTlsKeys(reader: Reader, values: Record<string, unknown>): void {
+  const files = ['tls-cert', 'tls-key', 'tls-ca'] as const;
+  const given = files.filter((name) => values[camelCase(name)] !== null);
+  if (given.length === 0) return;
+  if (values.tls === false) {
+    reader.fail(`key "${given[0]}" is set but tls = false; remove ${given.join(', ')}, or set tls = true to use certificates`);
+  }
+  if (given.length < files.length) {
+    const missing = files.filter((name) => !given.includes(name));
+    reader.fail(
+      `certificates need tls-cert, tls-key and tls-ca together; found ${given.join(', ')} without ${missing.join(', ')}; ` +
+        'set all three, or none to use a key derived from the secret',
+    );
+  }
+}
 
 const hookKeys: readonly KeySpec[] = [
   key('split-brain', absolutePath, null),
@@ -498,6 +531,7 @@ export function parseConfig(text: string, sourcePath: string): ResourceConfig {
   reader.rejectUnknown(top, '', [...topKeys.map((s) => s.key), ...topTables], [...topKeys.map((s) => s.key), '[hooks]', '[nodes.NAME]']);
   const values = reader.readKeys(top, topKeys, '', { resource: '', node: '' });
   const resource = values.resource as string;
+  checkTlsKeys(reader, values);
 
   const hooksTable = reader.subTable(top, 'hooks', 'hooks', hookKeys.map((s) => s.key).join(', ')) ?? {};
   reader.rejectUnknown(hooksTable, 'hooks.', hookKeys.map((s) => s.key));

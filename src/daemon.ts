@@ -16,6 +16,7 @@ import { BackingDisk } from './disk';
 import { ConfigError, StaleDeviceError, StateError } from './errors';
 import * as limits from './limits';
 import { ControlLink } from './link/control-link';
+import { linkTlsFromConfig, nativeTls } from './link/tls';
 import { Logger } from './log';
 import { MetricsServer } from './metrics';
 import { NativeCounters, NativeEventType } from './native';
@@ -367,11 +368,13 @@ export class Daemon extends EventEmitter {
   }
 
   private async startLink(): Promise<void> {
+    const linkTls = linkTlsFromConfig(this.config);
     const link = new ControlLink({
       resource: this.config.resource,
       local: { name: this.local.name, host: this.local.host, port: this.local.port },
       peer: { name: this.peer.name, host: this.peer.host, port: this.peer.port },
       secret: this.config.secret,
+      tls: linkTls,
       pingIntervalMs: this.config.pingIntervalMs,
       pingTimeoutMs: this.config.pingTimeoutMs,
       connectRetryMs: this.config.connectRetryMs,
@@ -385,6 +388,7 @@ export class Daemon extends EventEmitter {
       link,
       plane: this.p.plane,
       granularityBytes: this.p.store.superblock.bitmapGranularityBytes,
+      dataLinkTls: nativeTls(linkTls),
       dispatch: (event) => runner.dispatch(event),
       holder: () => this.p.exposure.holder(),
       roleHookBudgetMs: roleHookBudgetMs(this.config.hooks),

@@ -80,6 +80,8 @@ export interface LinkAttachOptions {
    * Default false: resync data before `allowResync` is a protocol error.
    */
   resyncAllowed?: boolean;
+  /** TLS 1.3 on the data link (native/link_stream.h): a derived key, or PEM texts; null or left out: the clear. */
+  tls?: { psk: Buffer } | { certPem: string; keyPem: string; caPem: string } | null;
 }
 
 /** An open backing device (O_DIRECT; O_EXCL for block devices). */

@@ -65,12 +65,13 @@ function tomlString(value) {
   return JSON.stringify(value);
 }
 
-function configText({ resource, protocol, secret, nodes }) {
+function configText({ resource, protocol, secret, nodes, tls = true }) {
   const lines = [
     '# written by bench/e2e/nraid-stack.js for one benchmark row',
     `resource = ${tomlString(resource)}`,
     `protocol = ${tomlString(protocol)}`,
     `secret = ${tomlString(secret)}`,
+    `tls = ${tls ? 'true' : 'false'}`,
   ];
   for (const node of nodes) {
     lines.push(
@@ -179,14 +180,14 @@ async function waitForSync(cli, configPath, primary) {
 }
 
 /**
- * @param {{ id: string, title: string, nodes: string[], protocol?: 'A'|'B'|'C' }} options
+ * @param {{ id: string, title: string, nodes: string[], protocol?: 'A'|'B'|'C', tls?: boolean }} options
  *   nodes: the nodes that get a disk and a daemon; the first one becomes primary.
  */
-function nraidStack({ id, title, nodes, protocol = 'C' }) {
+function nraidStack({ id, title, nodes, protocol = 'C', tls = true }) {
   return {
     id,
     title,
-    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}` : ''}, disks = loop dio over sparse files`,
+    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}, ${tls ? 'TLS 1.3 (PSK)' : 'no TLS'}` : ''}, disks = loop dio over sparse files`,
     async setup(ctx) {
       const cli = nraidCli(ctx);
       if (!fs.existsSync(cli.bin)) throw new Error(`${cli.bin} does not exist (is the CLI written and built?)`);
@@ -214,7 +215,7 @@ function nraidStack({ id, title, nodes, protocol = 'C' }) {
         });
       }
       const configPath = path.join(ctx.dir, `${resource}.toml`);
-      fs.writeFileSync(configPath, configText({ resource, protocol, secret: crypto.randomBytes(16).toString('hex'), nodes: configNodes }), { mode: 0o600 });
+      fs.writeFileSync(configPath, configText({ resource, protocol, secret: crypto.randomBytes(16).toString('hex'), nodes: configNodes, tls }), { mode: 0o600 });
       log(`config ${configPath}: resource ${resource}, ${configNodes.map((n) => `${n.name} ${n.address} disk ${n.disk}`).join('; ')}`);
 
       // Registered first, so it runs after every `down` below.
@@ -245,7 +246,7 @@ function nraidStack({ id, title, nodes, protocol = 'C' }) {
           warn(`nraid status failed (row continues): ${error.message}`);
         }
       }
-      return { device, notes: { resource, protocol, nodes, configPath, status: state } };
+      return { device, notes: { resource, protocol, tls, nodes, configPath, status: state } };
     },
   };
 }

@@ -106,6 +106,7 @@ import { RefusalKind, RefusalLog } from './refusal-log';
 import { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkTimings, checkLinkOptions } from './link-options';
 import { closeSocket, remoteOf } from './socket-io';
 export type { RefusalKind } from './refusal-log';
+import { secureClient, secureServer } from './tls';
 
 export type { LinkLog, LinkLogLevel, RequestHandler, SessionInfo } from './session-types';
 export type { ConnectionState, ControlLinkEvents, ControlLinkOptions, LinkDisconnect, LinkRefusal, NodeAddress } from './link-options';
@@ -388,7 +389,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       this.rawSockets.delete(socket);
       socket.setNoDelay(true);
       socket.write(CONTROL_PREAMBLE);
-      this.startSession(socket, Buffer.alloc(0));
+      const linkTls = this.options.tls ?? null;
+      this.startSession(linkTls === null ? socket : secureClient(socket, linkTls), Buffer.alloc(0));
     });
   }
 
@@ -465,7 +467,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       ));
       return;
     }
-    const session = this.startSession(socket, Buffer.alloc(0));
+    const linkTls = this.options.tls ?? null;
+    const session = linkTls === null ? this.startSession(socket, Buffer.alloc(0)) : this.startSession(secureServer(socket, rest, linkTls), Buffer.alloc(0));
     this.halfOpen.admit(session, {
       source,
       progress: () => session.handshakeProgress,
@@ -476,7 +479,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     });
     session.once('authenticated', () => this.halfOpen.release(session));
     session.once('closed', () => this.halfOpen.release(session));
-    session.start(rest);
+    session.start(linkTls === null ? rest : Buffer.alloc(0));
   }
 
   private onDataConnection(socket: net.Socket, remote: string, token: Buffer, rest: Buffer): void {

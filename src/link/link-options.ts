@@ -19,6 +19,7 @@ import {
 } from '../limits';
 import { CONTROL_FEATURES, ControlNotice, NodeState, PROTOCOL_VERSION, ProtocolVersion } from '../protocol/control';
 import { LinkLog, SessionInfo } from './session-types';
+import type { LinkTls } from './tls';
 
 export interface NodeAddress {
   name: string;
@@ -32,6 +33,8 @@ export interface ControlLinkOptions {
   peer: NodeAddress;
   /** The config's shared `secret`. */
   secret: string | Buffer;
+  /** TLS on the control link (src/link/tls.ts); null or left out: the clear (`tls = false`). */
+  tls?: LinkTls | null;
   pingIntervalMs?: number;
   pingTimeoutMs?: number;
   /** First redial delay; doubles per failure up to connectRetryMaxMs. */

@@ -8,6 +8,7 @@ import { SystemError, isErrnoException, systemError as errnoError, toNraidError 
 import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, binding } from '../native';
 import { newestTransaction } from '../activity-log';
 import { BackingDisk } from '../disk';
+import type { NativeTls } from '../link/tls';
 import { Superblock } from '../metadata';
 
 export interface AttachOptions {
@@ -18,6 +19,8 @@ export interface AttachOptions {
   maxLagMs: number;
   /** A target lets resync data in only once its resync state is durable (allowResync). */
   resyncAllowed: boolean;
+  /** TLS on the data link; null: the clear. */
+  tls?: NativeTls | null;
 }
 
 /** A native error as a SystemError that keeps the errno (errors.ts's one conversion), else as an NraidError. */

@@ -8,6 +8,7 @@ import net from 'node:net';
 import lz4 from 'lz4';
 import { NraidError, PeerError } from '../errors';
 import { ControlLink } from '../link/control-link';
+import type { NativeTls } from '../link/tls';
 import * as limits from '../limits';
 import { NodeState } from '../protocol/control';
 import { DataPlane } from './data-plane';
@@ -27,6 +28,8 @@ export interface PeerSessionOptions {
   /** How long the role hooks of a switchover may take on both nodes (config.roleHookBudgetMs): added to its waits. */
   roleHookBudgetMs?: number;
   log: (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
+  /** TLS on the data link (src/link/tls.ts nativeTls); null or left out: the clear. */
+  dataLinkTls?: NativeTls | null;
 }
 
 export function peerView(state: NodeState): PeerView {
@@ -219,7 +222,7 @@ export class PeerSession {
     const fd = (socket as unknown as { _handle?: { fd?: number } } | undefined)?._handle?.fd;
     try {
       if (socket === undefined || typeof fd !== 'number' || fd < 0) return 'the data socket has no file descriptor';
-      this.plane.attach(fd, { mode, sendHelloFirst, protocol, maxLagBytes: lag.maxLagBytes, maxLagMs: lag.maxLagMs, resyncAllowed });
+      this.plane.attach(fd, { mode, sendHelloFirst, protocol, maxLagBytes: lag.maxLagBytes, maxLagMs: lag.maxLagMs, resyncAllowed, tls: this.options.dataLinkTls ?? null });
       return null;
     } catch (error) {
       return `attaching the data link failed: ${reason(error)}`;

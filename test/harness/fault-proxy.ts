@@ -12,6 +12,7 @@
 import * as net from 'net';
 import { performance } from 'perf_hooks';
 import { registerCleanup, CleanupHandle } from './cleanup';
+import { FrameRewriter, RewriteRecord } from './frame-rewriter';
 
 export type Direction = 'toTarget' | 'toClient';
 
@@ -26,6 +27,11 @@ export interface FaultProxyOptions {
    * back-pressure, as behind a real stalled link.
    */
   maxBufferedBytes?: number;
+  /**
+   * Follow each data link toward the target frame by frame (or TLS record by
+   * record), so that rewriteNextWrite() can act as a man in the middle (frame-rewriter.ts).
+   */
+  frameAware?: boolean;
 }
 
 export interface FlipOptions {
@@ -91,6 +97,7 @@ class Pipe {
   waitingDrain = false;
   pausedByUs = false;
   timer: NodeJS.Timeout | undefined;
+  rewriter: FrameRewriter | undefined;
 
   constructor(
     readonly pair: Pair,
@@ -144,12 +151,17 @@ export class FaultProxy {
   };
   /** Every bit flipped so far, in order. */
   readonly flips: FlipRecord[] = [];
+  /** Every rewrite of a frame (or TLS record) so far, in order (frameAware only). */
+  readonly rewrites: RewriteRecord[] = [];
+  private readonly rewriteArmed = { pending: 0 };
+  private readonly frameAware: boolean;
 
   constructor(opts: FaultProxyOptions) {
     this.targetHost = opts.targetHost;
     this.targetPort = opts.targetPort;
     this.listenHost = opts.listenHost ?? '127.0.0.1';
     this.maxBufferedBytes = opts.maxBufferedBytes ?? 16 * 1024 * 1024;
+    this.frameAware = opts.frameAware ?? false;
     if (!/^127\.\d+\.\d+\.\d+$/.test(this.listenHost)) {
       throw new Error(`FaultProxy listens on loopback only, got ${this.listenHost}`);
     }
@@ -288,6 +300,7 @@ export class FaultProxy {
     target.setNoDelay(true);
     const pair = new Pair(this.nextId++, client, target);
     this.pairs.add(pair);
+    if (this.frameAware) pair.toTarget.rewriter = new FrameRewriter(pair.id, this.rewriteArmed, (r) => this.rewrites.push(r));
     let targetConnected = false;
     target.once('connect', () => {
       targetConnected = true;
@@ -319,8 +332,23 @@ export class FaultProxy {
     target.on('close', onClose);
   }
 
-  private onData(pipe: Pipe, chunk: Buffer): void {
+  /**
+   * frameAware only: the next WRITE toward the target gets one payload byte
+   * changed with both its crc32c values recomputed; with TLS on the link,
+   * one byte of the next application-data record is changed instead.
+   */
+  rewriteNextWrite(): void {
+    if (!this.frameAware) throw new Error('rewriteNextWrite: make the FaultProxy with frameAware: true');
+    this.rewriteArmed.pending += 1;
+  }
+
+  private onData(pipe: Pipe, received: Buffer): void {
     if (pipe.pair.closed) return;
+    let chunk = received;
+    if (pipe.rewriter !== undefined) {
+      chunk = pipe.rewriter.push(received);
+      if (chunk.length === 0) return;
+    }
     const c = this.counters;
     const streamOffset = pipe.direction === 'toTarget' ? c.bytesFromClient : c.bytesFromTarget;
     const flip = this.flipState[pipe.direction];

@@ -103,6 +103,7 @@ describe('parseConfig: a valid file', () => {
     const fields: Array<keyof ResourceConfig> = [
       'path', 'resource', 'protocol', 'secret', 'pingIntervalMs', 'pingTimeoutMs', 'connectRetryMs', 'maxLagBytes',
       'maxLagMs', 'frontendThreads', 'daemonRestartBoundMs', 'onNoPeer', 'afterSb0pri', 'metricsPort', 'hooks', 'nodes', 'onIoError',
+      'tls', 'tlsCert', 'tlsKey', 'tlsCa',
     ];
     for (const field of fields) expect(config[field]).not.toBeUndefined();
     expect(Object.keys(config).sort()).toEqual([...fields].sort());

@@ -18,7 +18,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { ConfigError } from '../errors';
+import { ConfigError, PeerError } from '../errors';
 
 /** Bytes of each derived key; native/limits.h kTlsPskBytes. */
 export const tlsPskBytes = 32;
@@ -141,9 +141,9 @@ export function secureServer(socket: net.Socket, rest: Buffer, linkTls: LinkTls)
     // judge it here, as the handshake ends, before the session reads a byte.
     secure.once('secure', () => {
       const handle = (secure as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
-      const problem: (Error & { code?: string }) | null = handle?.verifyError ? handle.verifyError() : new Error('cannot check the peer certificate');
+      const problem = handle?.verifyError ? handle.verifyError() : { code: undefined, message: 'cannot check the peer certificate' };
       if (problem) {
-        secure.destroy(new Error(`peer certificate refused (${problem.code ?? problem.message}); expected one signed by tls-ca`));
+        secure.destroy(new PeerError(`peer certificate refused (${problem.code ?? problem.message}); expected one signed by tls-ca: check tls-ca on both nodes`));
       }
     });
   }

@@ -814,14 +814,29 @@ describeIntegration('data link frames: the target checks every frame before it t
     ['offset 100 (not a multiple of 512)', 36 * MiB + 100, 4 * KiB],
     ['length 1000 (not a multiple of 512)', 36 * MiB + 64 * KiB, 1000],
   ])('a WRITE with an unaligned %s is a protocol error, not a crash of the target', async (_name, offset, length) => {
-    const target = await startTargetProcess(file.file, layout);
+    // A disk file of its own: the target process takes an exclusive lock on it, as a daemon does.
+    const own = await makeSparseFile(FILE_BYTES, 'datalink-child');
+    const readOwn = (offsetBytes: number, lengthBytes: number): Buffer => {
+      const out = Buffer.alloc(lengthBytes);
+      const ownFd = fs.openSync(own.file, 'r');
+      try {
+        fs.readSync(ownFd, out, 0, lengthBytes, offsetBytes);
+      } finally {
+        fs.closeSync(ownFd);
+      }
+      return out;
+    };
+    const target = await startTargetProcess(own.file, layout).catch(async (error: Error) => {
+      await own.remove();
+      throw error;
+    });
     try {
       const s = await connectTo(target.port);
       try {
         await handshake(s);
         const payload = randomPayload(length);
         const watchFrom = Math.floor(offset / 4096) * 4096;
-        const before = readFile(watchFrom, 8 * KiB);
+        const before = readOwn(watchFrom, 8 * KiB);
         s.send(writeFrame({ seq: 1, offset }, payload));
         const closed = await s.reader.waitClosed().catch((e: Error) => `not closed: ${e.message}`);
         const status = await target.ask();
@@ -834,12 +849,13 @@ describeIntegration('data link frames: the target checks every frame before it t
         expect(closed).not.toMatch(/^not closed/);
         expect(status.counters!.protocolErrors).toBe(1);
         expect(status.events.map((e) => e.type)).toEqual(['link-lost']);
-        expect(readFile(watchFrom, 8 * KiB).equals(before)).toBe(true);
+        expect(readOwn(watchFrom, 8 * KiB).equals(before)).toBe(true);
       } finally {
         s.close();
       }
     } finally {
       await target.stop();
+      await own.remove();
     }
   });
 });

@@ -320,6 +320,27 @@ async function afterTurnaround(ctx: Context, answered: ResourceStatus): Promise<
   return latest;
 }
 
+/**
+ * The peer's answer to a switchover and the turnaround of its session race:
+ * when the session ends first, the daemon reports the outcome unknown and
+ * learns it as soon as the nodes reconnect (usually within milliseconds).
+ * Wait for that, bounded: the switchover succeeded if the peer is Primary
+ * then; otherwise, or if nothing is learned in time, the original error stands.
+ */
+async function outcomeOnceKnown(ctx: Context, error: unknown): Promise<ResourceStatus> {
+  if (toNraidError(error).code !== 'NRAID_ERR_SWITCHOVER_UNKNOWN') throw error;
+  const deadline = Date.now() + switchoverSettleWaitMs;
+  while (Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, switchoverSettlePollMs));
+    const s = await daemonAnswers(ctx.local).catch(() => null);
+    if (s === null) break;
+    if (s.switchoverUnknown) continue;
+    if (s.role === 'Secondary' && s.connection === 'Connected' && s.peerRole === 'Primary') return s;
+    break;
+  }
+  throw error;
+}
+
 async function waitForExit(pid: number, timeoutMs = downExitTimeoutMs): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
@@ -424,7 +445,7 @@ export async function main(argv: string[]): Promise<number> {
         break;
       case 'switchover': {
         requireRoot(args.command);
-        const result = (await callDaemon(ctx, args.command, {})) as ResourceStatus;
+        const result = (await callDaemon(ctx, args.command, {}).catch((error: unknown) => outcomeOnceKnown(ctx, error))) as ResourceStatus;
         out(statusLine(await afterTurnaround(ctx, result)));
         break;
       }

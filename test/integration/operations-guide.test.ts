@@ -425,7 +425,7 @@ describeIntegration('operations guide workflows', NEEDS, () => {
 
       const busy = refusal(await run(r, 'alpha', 'switchover'));
       expect(busy.code).toBe('NRAID_ERR_DEVICE_BUSY');
-      expect(busy.message).toBe(`cannot switch over ${r.name}: device ${r.nodes.alpha.device} is in use (mounted at ${mntA}); stop the services and unmount it first`);
+      expect(busy.message).toBe(`cannot switch over ${r.name}: device ${r.nodes.alpha.device} is in use (mounted at ${mntA}); stop the services and unmount it first, or configure hooks.before-demote`);
       expect((await r.status('alpha')).role).toBe('Primary');
       expect(mountPoints()).toContain(mntA);
 

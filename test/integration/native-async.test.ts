@@ -310,8 +310,8 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
     const p = (pipeline = createPipeline(disk, DISK_BYTES));
     const slot0 = randomBlock();
     const slot1 = randomBlock();
-    await expect(binding.superblockWrite(p, slot0, layout.superblockOffsetBytes)).resolves.toBeUndefined();
-    await expect(binding.superblockWrite(p, slot1, layout.superblockOffsetBytes + BLOCK_BYTES)).resolves.toBeUndefined();
+    await expect(binding.superblockWrite(p, slot0, layout.superblockOffsetBytes)).resolves.toBe(0);
+    await expect(binding.superblockWrite(p, slot1, layout.superblockOffsetBytes + BLOCK_BYTES)).resolves.toBe(0);
     expect(binding.diskRead(disk, layout.superblockOffsetBytes, BLOCK_BYTES).equals(slot0)).toBe(true);
     expect(binding.diskRead(disk, layout.superblockOffsetBytes + BLOCK_BYTES, BLOCK_BYTES).equals(slot1)).toBe(true);
 
@@ -345,7 +345,7 @@ describeIntegration('native async metadata calls on a loop disk', ['root', 'loop
   test('a superblock slot over the data area or past the disk is refused before any job starts', () => {
     const p = (pipeline = createPipeline(disk, DISK_BYTES));
     for (const offset of [0, layout.dataSizeBytes - BLOCK_BYTES, DISK_BYTES, layout.superblockOffsetBytes + 512]) {
-      expect(() => binding.superblockWrite(p, randomBlock(), offset)).toThrow(/superblockWrite: offset/);
+      expect(() => binding.superblockWrite(p, randomBlock(), offset)).toThrow(/superblockWrite: the superblock image's offset \d+ is not a block-aligned slot/);
     }
     expect(() => binding.superblockWrite(p, Buffer.alloc(512), layout.superblockOffsetBytes)).toThrow(/4096-byte/);
   });

@@ -66,7 +66,7 @@ import { HelloExpectations, checkDataSizes, checkPeerHello, checkPeerIdentity, s
 import { PendingRequests } from './pending-requests';
 import { SendQueue } from './send-queue';
 import { DataTokenCheck, SessionConfig, SessionEnd, SessionInfo } from './session-types';
-import { closeSocket, remoteOf } from './socket-io';
+import { closeSocket, remoteOf, resetSocket } from './socket-io';
 
 export type { DataTokenCheck, LinkLog, LinkLogLevel, RequestHandler, SessionConfig, SessionEnd, SessionInfo } from './session-types';
 
@@ -594,7 +594,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.silenceTimer = this.dataLinkTimer = this.pingTimer = this.preAuthTimer = null;
     this.pending.rejectAll(end.reason);
-    if (reset) this.socket.resetAndDestroy();
+    if (reset) resetSocket(this.socket);
     else closeSocket(this.socket);
     this.emit('closed', { ...end, authenticated, established });
   }

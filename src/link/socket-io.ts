@@ -5,6 +5,7 @@
  * closing gracefully with a bounded linger.
  */
 import * as net from 'net';
+import * as tls from 'tls';
 import { socketLingerMs } from '../limits';
 
 export type PrefixResult =
@@ -105,6 +106,16 @@ export function closeSocket(socket: net.Socket, lingerMs: number = socketLingerM
   socket.once('close', () => clearTimeout(timer));
   socket.resume();
   socket.end();
+}
+
+/**
+ * Resets the connection (RST), as a network failure would. A TLS socket has no
+ * TCP handle of its own to reset (Node throws ERR_INVALID_HANDLE_TYPE): it is
+ * destroyed, which closes the TCP connection under it at once.
+ */
+export function resetSocket(socket: net.Socket): void {
+  if (socket instanceof tls.TLSSocket) socket.destroy();
+  else socket.resetAndDestroy();
 }
 
 /** "host:port" of the far end, for logs. */

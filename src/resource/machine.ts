@@ -98,6 +98,10 @@ export function step(state: MachineState, input: Input): Step {
     case 'link-lost':
       s.lastLinkError = event.detail;
       fx.push({ kind: 'log', level: 'warn', message: 'data link lost', fields: { reason: event.detail } });
+      // Waiting for the peer's answer to a switchover: the new Primary closes the data link to turn
+      // the session around right after it answers, and that close can arrive before the answer.
+      // The control session carries the answer, then ends (or the request times out): not dropped here.
+      if (s.switchover?.phase === 'requested') return { state: s, effects: fx };
       fx.push({ kind: 'drop-session', reason: `data link lost: ${event.detail}` });
       return { state: s, effects: fx };
     case 'resync-done':

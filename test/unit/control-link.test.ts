@@ -911,7 +911,10 @@ describe('ControlLink typed requests and notices', () => {
   });
 
   test('messages sent while a bitmap answer waits for the peer to read leave after its last chunk', async () => {
-    const { alpha, beta, relay } = await makePair({ relay: true });
+    // This test is about order, not liveness: 16 MiB through the relay takes seconds on a loaded
+    // 2-core machine, and the pings queued behind it must not end the session meanwhile.
+    const slow = { pingIntervalMs: 1000, pingTimeoutMs: 30_000 };
+    const { alpha, beta, relay } = await makePair({ relay: true, alpha: slow, beta: slow });
     const words = randomBytes(16 * 1024 * 1024); // more than the socket buffers hold
     let noticeSent: Promise<boolean> | null = null;
     beta.link.onRequest('bitmap', () => {

@@ -51,8 +51,17 @@ const VM_PEAK_GROWTH_MAX_BYTES = 2048 * 1024 * 1024;
 /**
  * Targets fuzzed at once, each a process with its own file: detaching a link
  * waits for io_destroy (tens of ms, idle), so lanes overlap the waits.
+ * NRAID_FUZZ_LANES changes it for long runs (a run of lanes waits for its slowest).
  */
-const LANES = 8;
+const LANES = lanesFromEnv(8);
+
+function lanesFromEnv(fallback: number): number {
+  const raw = process.env.NRAID_FUZZ_LANES;
+  if (raw === undefined || raw === '') return fallback;
+  const lanes = Number(raw);
+  if (!Number.isInteger(lanes) || lanes < 1 || lanes > 64) throw new Error(`NRAID_FUZZ_LANES: expected an integer from 1 to 64, found '${raw}'`);
+  return lanes;
+}
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -31,24 +31,9 @@ export const DUMP_FORMAT = 'nraid-metadata-dump';
 export const DUMP_VERSION = 1;
 
 /** A superblock as JSON: UUIDs as 16 hex digits, everything else as in `Superblock`. */
-export interface SuperblockJson {
-  layoutVersion: number;
-  flags: SuperblockFlags;
-  sequence: number;
-  dataSizeBytes: number;
-  backingSizeBytes: number;
-  bitmapGranularityBytes: number;
-  activityExtentBytes: number;
-  bitmapOffsetBytes: number;
-  bitmapSizeBytes: number;
-  activityLogOffsetBytes: number;
-  activityLogSizeBytes: number;
+export type SuperblockJson = Omit<Superblock, 'uuids'> & {
   uuids: { current: string; bitmap: string; history: [string, string] };
-  resource: string;
-  node: string;
-  createdAtMs: number;
-  primarySinceMs: number;
-}
+};
 
 export interface SlotDump {
   slot: number;

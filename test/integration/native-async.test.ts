@@ -74,9 +74,19 @@ process.stdin.on('data', (chunk) => {
   buffered += chunk;
   let i;
   while ((i = buffered.indexOf('\\n')) >= 0) {
-    const [command, arg] = buffered.slice(0, i).split(' ');
+    const [command, arg, arg2, arg3, arg4] = buffered.slice(0, i).split(' ');
     buffered = buffered.slice(i + 1);
-    if (command === 'stall') {
+    if (command === 'arm') {
+      binding.generationArm(pipeline, Buffer.from(arg2, 'base64'), Number(arg));
+      say({ armed: true });
+    } else if (command === 'sbwrite') {
+      binding.superblockWrite(pipeline, Buffer.from(arg2, 'base64'), Number(arg), Buffer.from(arg4, 'base64'), Number(arg3)).then(
+        (written) => say({ sbwrite: written }),
+        (error) => say({ sbwrite: 'error ' + error.code }),
+      );
+    } else if (command === 'take') {
+      say({ take: binding.generationTake(pipeline, true) });
+    } else if (command === 'stall') {
       binding.setSuspended(pipeline, true);
       setTimeout(() => binding.setSuspended(pipeline, false), Number(arg));
       say({ stalled: true });
@@ -97,6 +107,12 @@ process.stdin.on('end', () => {
 interface StallingDisk {
   /** The FUSE volume: open it with diskOpen like any backing device (its size: diskInfo). */
   path: string;
+  /** The sparse file the child's pipeline writes to. */
+  backingFile: string;
+  /** The child's pipeline: generationArm, superblockWrite with a successor, generationTake(peek). */
+  arm(offsetBytes: number, image: Buffer): Promise<void>;
+  superblockWrite(offsetBytes: number, image: Buffer, successorOffsetBytes: number, successor: Buffer): Promise<number | string>;
+  generationPeek(): Promise<string>;
   /** Suspends the volume's I/O; the child resumes it after `ms`. */
   stall(ms: number): Promise<void>;
   /** How many requests have waited in the suspended data plane so far. */
@@ -176,6 +192,19 @@ async function startStallingDisk(tag: string): Promise<StallingDisk> {
   await nextLine();
   return {
     path: mountPath,
+    backingFile: backing.file,
+    arm: async (offsetBytes, image) => {
+      child.stdin!.write(`arm ${offsetBytes} ${image.toString('base64')}\n`);
+      await nextLine();
+    },
+    superblockWrite: async (offsetBytes, image, successorOffsetBytes, successor) => {
+      child.stdin!.write(`sbwrite ${offsetBytes} ${image.toString('base64')} ${successorOffsetBytes} ${successor.toString('base64')}\n`);
+      return (await nextLine()).sbwrite as number | string;
+    },
+    generationPeek: async () => {
+      child.stdin!.write('take\n');
+      return (await nextLine()).take as string;
+    },
     stall: async (ms) => {
       child.stdin!.write(`stall ${ms}\n`);
       await nextLine();
@@ -629,4 +658,45 @@ describeIntegration('native async metadata calls on a backing disk that stalls',
     expect(outcomes[0].status === 'rejected' && outcomes[0].message).toMatch(/the pipeline was destroyed before the job ran/);
     expect(binding.diskRead(disk!, layout.superblockOffsetBytes + BLOCK_BYTES, BLOCK_BYTES).equals(image)).toBe(true);
   }, 30_000);
+
+  test('the armed generation: a superblock write replaces it with its successor; a write without a peer writes that successor; a later superblock write finds it started and writes nothing (1)', async () => {
+    // The child's own pipeline (over the sparse file behind the FUSE volume) with its own layout.
+    const child = computeLayout(DISK_BYTES, GRANULARITY_BYTES);
+    const slot0 = child.superblockOffsetBytes;
+    const slot1 = slot0 + BLOCK_BYTES;
+    const readSlot = (offsetBytes: number): Buffer => {
+      const fd = fs.openSync(stalling.backingFile, 'r');
+      try {
+        const out = Buffer.alloc(BLOCK_BYTES);
+        expect(fs.readSync(fd, out, 0, BLOCK_BYTES, offsetBytes)).toBe(BLOCK_BYTES);
+        return out;
+      } finally {
+        fs.closeSync(fd);
+      }
+    };
+    const [armed, written, successor, later, laterSuccessor] = [randomBlock(), randomBlock(), randomBlock(), randomBlock(), randomBlock()];
+
+    await stalling.arm(slot0, armed);
+    expect(await stalling.generationPeek()).toBe('armed');
+    await expect(stalling.superblockWrite(slot1, written, slot0, successor)).resolves.toBe(0);
+    expect(readSlot(slot1).equals(written)).toBe(true);
+    expect(readSlot(slot0).equals(armed)).toBe(false); // armed, not written yet
+    expect(await stalling.generationPeek()).toBe('armed');
+
+    // A write with no peer starts the generation: what is written is the successor, never the stale armed image.
+    const fd = fs.openSync(stalling.path, 'r+');
+    try {
+      fs.writeSync(fd, randomBlock(), 0, BLOCK_BYTES, 0);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    expect(await stalling.generationPeek()).toBe('written');
+    expect(readSlot(slot0).equals(successor)).toBe(true);
+
+    // The store's next write comes too late: nothing is written, and it says so.
+    await expect(stalling.superblockWrite(slot1, later, slot0, laterSuccessor)).resolves.toBe(1);
+    expect(readSlot(slot1).equals(written)).toBe(true);
+    expect(readSlot(slot0).equals(successor)).toBe(true);
+  }, 60_000);
 });

@@ -56,6 +56,21 @@ async function fioAcross(device, jsonPath, event) {
   return job.write.clat_ns.max / 1e6;
 }
 
+/** The median of each start phase the restarted daemons logged ("serving again after a restart", src/daemon.ts). */
+function restartPhases(logPath) {
+  const byPhase = new Map();
+  let restarts = 0;
+  for (const line of fs.readFileSync(logPath, 'utf8').split('\n')) {
+    if (!line.includes('serving again after a restart')) continue;
+    const phases = JSON.parse(line).phasesMs ?? {};
+    restarts += 1;
+    for (const [name, ms] of Object.entries(phases)) byPhase.set(name, [...(byPhase.get(name) ?? []), ms]);
+  }
+  const result = { restarts };
+  for (const [name, values] of byPhase) result[name] = median(values);
+  return result;
+}
+
 async function runDaemonRestartBench({ kills = 20, restarts = 5, log = console.log } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nraid-restart-'));
   const resource = `rs${process.pid}`;
@@ -114,6 +129,7 @@ async function runDaemonRestartBench({ kills = 20, restarts = 5, log = console.l
     for (let i = 0; i < restarts; i++) {
       restartMs.push(await fioAcross(device, path.join(dir, 'fio.json'), async () => cli('alpha', 'restart')));
     }
+    const phases = restartPhases(path.join(dir, 'run-alpha', 'daemon.log'));
     const result = {
       killPauseMsMedian: median(killMs),
       killPauseMsMax: Math.max(...killMs),
@@ -121,10 +137,12 @@ async function runDaemonRestartBench({ kills = 20, restarts = 5, log = console.l
       restartPauseMsMax: Math.max(...restartMs),
       killPauseMs: killMs,
       restartPauseMs: restartMs,
+      phasesMsMedian: phases,
       loadAverage: os.loadavg(),
     };
     log(`pause across kill -9 of the Primary's daemon (fio max completion latency, ${killMs.length} runs): median ${result.killPauseMsMedian.toFixed(0)} ms, max ${result.killPauseMsMax.toFixed(0)} ms (target: median <= 1000, max <= 2000)`);
     log(`pause across nraid restart (${restartMs.length} runs): median ${result.restartPauseMsMedian.toFixed(0)} ms, max ${result.restartPauseMsMax.toFixed(0)} ms (target <= 500)`);
+    log(`where the daemon's pause went (median ms per phase over ${phases.restarts} restarts, from its daemon.log): ${Object.entries(phases).filter(([k]) => k !== 'restarts').map(([k, v]) => `${k} ${v}`).join(', ')}`);
     log(`load average meanwhile: ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
     return result;
   } finally {
@@ -136,6 +154,7 @@ async function runDaemonRestartBench({ kills = 20, restarts = 5, log = console.l
         // keep going
       }
     }
+    if (process.env.NRAID_BENCH_KEEP_LOG) fs.copyFileSync(path.join(dir, "run-alpha", "daemon.log"), process.env.NRAID_BENCH_KEEP_LOG);
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -13,7 +13,7 @@ import { requireKernel } from './kernel';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs, secretWarnings } from './config';
 import { ensurePrivateRunDir } from './run-dir';
 import { Daemon, adminSocketPath } from './daemon';
-import { EXIT_HANDED_OVER, HOLDER_ENV, ToDaemon } from './holder-client';
+import { EXIT_HANDED_OVER, HOLDER_ENV, HolderClient, ToDaemon, isStandby, waitForGo } from './holder-client';
 import { main as runHolder, runningHolder } from './holder';
 import { StaleCleanup, cleanupStale, readRecord } from './device';
 import { BackingDisk } from './disk';
@@ -129,6 +129,12 @@ async function createMd(ctx: Context): Promise<void> {
 }
 
 async function up(ctx: Context): Promise<void> {
+  let woken: HolderClient | undefined;
+  if (ctx.args.foreground && isStandby()) {
+    // A standby (src/holder.ts): everything is loaded; the config is read again when woken.
+    woken = await waitForGo();
+    ctx = context(ctx.args);
+  }
   requireRoot('up');
   requireKernelSupport();
   if (!fs.existsSync(ctx.local.disk)) {
@@ -142,7 +148,7 @@ async function up(ctx: Context): Promise<void> {
   if (ctx.args.foreground) {
     // With a holder configured, the foreground process (systemd's main process) is the holder; its daemon runs as its child.
     if (ctx.config.daemonRestartBoundMs > 0 && process.env[HOLDER_ENV] !== '1') return runHolder([ctx.config.path, ctx.local.name]);
-    return runForeground(ctx);
+    return runForeground(ctx, woken);
   }
   ensurePrivateRunDir(ctx.local.runDir);
   const logPath = path.join(ctx.local.runDir, 'daemon.log');
@@ -187,9 +193,9 @@ async function up(ctx: Context): Promise<void> {
   for (const line of stale.left) process.stderr.write(`warning: ${line}; until then nraid primary refuses (NRAID_ERR_STALE_DEVICE), and nraid down cleans the rest afterwards\n`);
 }
 
-async function runForeground(ctx: Context): Promise<void> {
+async function runForeground(ctx: Context, held?: HolderClient): Promise<void> {
   const log = jsonLogger({ resource: ctx.config.resource, node: ctx.local.name });
-  const daemon = new Daemon({ config: ctx.config, nodeName: ctx.local.name, log, lockMemory: process.env.NRAID_NO_MLOCK !== '1' });
+  const daemon = new Daemon({ config: ctx.config, nodeName: ctx.local.name, log, lockMemory: process.env.NRAID_NO_MLOCK !== '1', held });
   try {
     await daemon.start();
   } catch (error) {

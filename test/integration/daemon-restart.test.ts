@@ -66,6 +66,21 @@ function statusOf(r: TestResource, node: NodeName) {
   return r.waitFor(node, () => true, 60_000);
 }
 
+/** The holder's children other than `daemonPid`: its standby, once started. */
+function standbyPids(holderPid: number, daemonPid: number): number[] {
+  const children = fs.readFileSync(`/proc/${holderPid}/task/${holderPid}/children`, 'utf8').trim();
+  return children === '' ? [] : children.split(' ').map(Number).filter((pid) => pid !== daemonPid);
+}
+
+/** What each restarted daemon of a node logged about its start ("serving again after a restart"). */
+function restartLines(r: TestResource, node: NodeName): Array<{ cause: string; phasesMs: Record<string, number> }> {
+  return fs
+    .readFileSync(path.join(r.nodes[node].runDir, 'daemon.log'), 'utf8')
+    .split('\n')
+    .filter((line) => line.includes('"serving again after a restart"'))
+    .map((line) => JSON.parse(line));
+}
+
 /** kill -9 of a node's daemon; resolves with the pause once its successor answers (and, on the Primary, serves as Primary). */
 async function killAndWait(r: TestResource, node: NodeName): Promise<number> {
   const before = await statusOf(r, node);
@@ -165,6 +180,10 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
         return pauses;
       });
       expect((await statusOf(r, 'alpha')).daemonRestarts).toMatchObject({ count: RESTARTS });
+      // The holder's standby (loaded ahead) took over, not a cold start: its phases have 'wake', no 'modules'.
+      const kills = restartLines(r, 'alpha');
+      expect(kills.map((line) => line.cause)).toEqual(Array(RESTARTS).fill('killed by SIGKILL'));
+      expect(kills.filter((line) => 'wake' in line.phasesMs).length).toBeGreaterThan(0);
       await underFio(r, 'nraid restart', async () => [await restartAndWait(r), await restartAndWait(r)]);
       await underFio(r, 'kill -9 Secondary', async () => {
         const pause = await killAndWait(r, 'beta');
@@ -214,8 +233,11 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
     const s = await r.status('alpha');
     const loopDevice = s.loopDevice as string;
     await writeDirect(r.nodes.alpha.device, 0, Buffer.alloc(4096, 1));
-    // The installed daemon is broken now: every start exits at once.
+    // The installed daemon is broken now: every start exits at once. The standby the holder
+    // started ahead (the working version) is killed too, so nothing can serve again.
+    await until('the holder starts its standby', () => standbyPids(holderPid, s.pid as number).length > 0, 30_000, 50);
     fs.writeFileSync(entry, 'process.exit(3);\n');
+    for (const pid of standbyPids(holderPid, s.pid as number)) process.kill(pid, 'SIGKILL');
     process.kill(s.pid as number, 'SIGKILL');
     const killedAt = Date.now();
     const dd = await execTool('dd', ['if=/dev/zero', `of=${r.nodes.alpha.device}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc'], { timeoutMs: bound + 20_000 });

@@ -34,6 +34,7 @@ import {
 } from './errors';
 import { adminCallTimeoutMsDefault, daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
+import { notify } from './systemd';
 import { requireLoopControl } from './loop';
 import { createMetadata } from './metadata';
 import { ResourceStatus, formatBytes, statusLine } from './state';
@@ -226,6 +227,14 @@ async function runForeground(ctx: Context, held?: HolderClient): Promise<void> {
   } else if (process.send) {
     process.send({ ready: true, stale: daemon.staleAtStart });
     process.disconnect();
+  }
+  // Run by systemd without a holder (contrib/systemd, Type=notify): the device serves now.
+  if (daemon.held === null) {
+    try {
+      notify('READY=1');
+    } catch (error) {
+      log.warn('cannot report ready to systemd (sd_notify)', { error: (error as Error).message });
+    }
   }
   await daemon.whenStopped();
   // The holder's channel would keep this process alive; the holder ends when we exit (code 0).

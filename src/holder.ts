@@ -23,6 +23,7 @@ import { daemonHandoverWaitMs, daemonRestartRetryMs, holderReleaseWaitMs, proces
 import { Logger, jsonLogger } from './log';
 import { detachLoop, loopBackingFile } from './loop';
 import { binding } from './native';
+import { FUSE_FD_NAME, SYSTEMD_ENV_KEYS, notify, passedFds, removeStoredFd, storeFd } from './systemd';
 
 export const HOLDER_PID_FILE = 'holder.pid';
 /** The descriptor number the held /dev/fuse has in each daemon (after stdin, stdout, stderr and the IPC channel). */
@@ -80,6 +81,12 @@ class Holder {
   start(): void {
     fs.writeFileSync(path.join(this.runDir, HOLDER_PID_FILE), `${process.pid}\n`);
     process.on('SIGHUP', () => this.replace());
+    // Under systemd, a holder that died left the FUSE connection in the fd store: the first daemon takes the device back.
+    const stored = passedFds().get(FUSE_FD_NAME);
+    if (stored !== undefined) {
+      this.fuseFd = stored;
+      this.log.warn('systemd handed back the FUSE connection a previous holder kept in its fd store', { fd: stored });
+    }
     for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       process.on(signal, () => {
         this.stopping = true;
@@ -98,6 +105,7 @@ class Holder {
   private spawnDaemon(note: RestartNote | null, standby = false): ChildProcess {
     const logFd = fs.openSync(this.logPath, 'a');
     const env: NodeJS.ProcessEnv = { ...process.env, [HOLDER_ENV]: '1', [HOLDER_STANDBY_ENV]: standby ? '1' : '' };
+    for (const key of SYSTEMD_ENV_KEYS) delete env[key]; // systemd talks to the holder, its main process
     const inherit = !standby && this.fuseFd !== null;
     env[HOLDER_FD_ENV] = inherit ? String(INHERITED_FD) : '';
     env[HOLDER_RESTART_ENV] = note === null ? '' : JSON.stringify({ ...note, spawnedAtMs: Date.now() });
@@ -165,6 +173,7 @@ class Holder {
       if (this.fuseFd !== null) fs.closeSync(this.fuseFd);
       this.fuseFd = taken;
       this.log.info('holding the FUSE connection of the mounted volume', { daemonPid: child.pid });
+      this.systemd(() => storeFd(taken, FUSE_FD_NAME), 'keep the FUSE connection in the fd store');
     } else if (message.type === 'released') {
       this.dropFuse();
     } else if (message.type === 'handed-over') {
@@ -181,6 +190,7 @@ class Holder {
         process.send({ ready: true, stale: (message as { stale?: unknown }).stale, pid: child.pid, holderPid: process.pid });
         process.disconnect();
       }
+      if (!this.everServed) this.systemd(() => notify('READY=1'), 'report ready');
       this.everServed = true;
       this.ensureStandby();
     } else if (message.error !== undefined && !this.everServed && process.send) {
@@ -336,6 +346,16 @@ class Holder {
     if (this.fuseFd === null) return;
     fs.closeSync(this.fuseFd);
     this.fuseFd = null;
+    this.systemd(() => removeStoredFd(FUSE_FD_NAME), 'drop the FUSE connection from the fd store');
+  }
+
+  /** A notification to systemd (src/systemd.ts); one that fails is logged, nothing else depends on it. */
+  private systemd(send: () => boolean, what: string): void {
+    try {
+      send();
+    } catch (error) {
+      this.log.warn(`cannot ${what} (sd_notify)`, { error: (error as Error).message });
+    }
   }
 
   private finish(code: number): void {

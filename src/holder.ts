@@ -119,7 +119,17 @@ class Holder {
     fs.closeSync(logFd);
     child.on('message', (message: ToHolder & { ready?: boolean; error?: unknown }) => this.onMessage(child, message));
     child.on('exit', (code, signal) => this.onExit(child, code, signal));
+    // An unhandled 'error' would end the holder, and with it the device.
+    child.on('error', (error) => this.log.warn('a daemon process failed', { pid: child.pid, error: error.message }));
     return child;
+  }
+
+  /** A message to a daemon; one that is gone (its exit is handled on its own) is not an error of the holder. */
+  private send(child: ChildProcess, message: ToDaemon): void {
+    if (!child.connected) return;
+    child.send(message, (error: Error | null) => {
+      if (error) this.log.warn('cannot reach the daemon', { pid: child.pid, message: message.type, error: error.message });
+    });
   }
 
   /** A standby while the daemon serves, so that its death costs no node start and no module load. */
@@ -154,7 +164,7 @@ class Holder {
     const go = this.pendingGo;
     this.pendingGo = null;
     if (go === null || go.type !== 'go' || this.daemon === null) return;
-    this.daemon.send({ ...go, fd: this.fuseFd, note: { ...go.note, spawnedAtMs: Date.now() } } satisfies ToDaemon);
+    this.send(this.daemon, { ...go, fd: this.fuseFd, note: { ...go.note, spawnedAtMs: Date.now() } });
   }
 
   private onMessage(child: ChildProcess, message: ToHolder & { ready?: boolean; error?: unknown }): void {
@@ -284,7 +294,7 @@ class Holder {
     const child = this.daemon;
     if (child === null || !this.serving) return;
     this.handoverAtMs = Date.now();
-    child.send({ type: 'handover' } satisfies ToDaemon);
+    this.send(child, { type: 'handover' });
     setTimeout(() => {
       if (child.exitCode === null && child.signalCode === null) {
         this.log.error(`the daemon did not hand over and exit within ${daemonHandoverWaitMs} ms; killing it`, { daemonPid: child.pid });

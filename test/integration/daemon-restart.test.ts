@@ -19,7 +19,7 @@ import { makeResource, NodeName, NRAID_BIN, TestResource } from '../harness/clus
 import { compareRanges, writeDirect } from '../harness/direct-io';
 import { execOk, execTool } from '../harness/exec';
 import { bringUpPair, connectedUpToDate, fsckClean, pathExists, processAlive, sleep, until, withDaemonLogs } from '../harness/helpers';
-import { describeOptIn } from '../harness/prereq';
+import { describeIntegration, describeOptIn } from '../harness/prereq';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -158,6 +158,39 @@ class FsyncWriter {
     }
   }
 }
+
+// The default suite's short variant (about 20-30 s on the loaded 2-core machine): one node, one
+// kill -9 and one nraid restart under fio, both served again by the holder's standby.
+describeIntegration('daemon restart, short (issue 13)', ['root', 'fuse', 'loop', 'fio'], () => {
+  let r: TestResource;
+
+  afterEach(async () => {
+    await r?.cleanup();
+  });
+
+  test('a kill -9 and an nraid restart of a Primary under fio --verify=crc32c: the standby serves again, no I/O error', async () => {
+    if (process.env.CI === 'true' && !kernelAtLeast(KERNEL_RESEND)) throw new Error('this kernel lacks FUSE_NOTIFY_RESEND (Linux >= 6.9): the restarted daemon cannot take the device back');
+    r = await makeResource({ nodes: 1, sizeBytes: 32 * MiB, protocol: 'C', extra: { 'daemon-restart-bound-ms': BOUND_MS } });
+    await withDaemonLogs(r, async () => {
+      await r.runOk('alpha', 'create-md');
+      const up = await r.runOk('alpha', 'up');
+      const holderPid = Number(/holder pid (\d+)/.exec(up.stdout)![1]);
+      await r.runOk('alpha', 'primary', ['--force']);
+      const first = await statusOf(r, 'alpha');
+      await until('the holder starts its standby', () => standbyPids(holderPid, first.pid as number).length > 0, 30_000, 50);
+      const pauses = await underFio(r, 'short: kill -9 and nraid restart', async () => {
+        // nraid restart starts a fresh standby (the installed version) itself.
+        const killed = await killAndWait(r, 'alpha');
+        return [killed, await restartAndWait(r)];
+      });
+      expect(pauses.every((ms) => ms > 0 && ms < BOUND_MS)).toBe(true);
+      const lines = restartLines(r, 'alpha');
+      expect(lines.map((line) => line.cause)).toEqual(['killed by SIGKILL', 'restart']);
+      // Both served by a standby loaded ahead: a wake phase, no node start or module load in the pause.
+      expect(lines.map((line) => Object.keys(line.phasesMs).filter((phase) => ['wake', 'nodeBoot', 'modules'].includes(phase)))).toEqual([['wake'], ['wake']]);
+    });
+  }, 180_000);
+});
 
 describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machine, beyond the suite\'s budget (npm run test:restart)', 'daemon restart (issue 13)', ['root', 'fuse', 'loop', 'fio'], () => {
   let r: TestResource;

@@ -14,7 +14,7 @@ import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath
 import { ensurePrivateRunDir } from './run-dir';
 import { Daemon, adminSocketPath } from './daemon';
 import { EXIT_HANDED_OVER, HOLDER_ENV, HolderClient, ToDaemon, isStandby, waitForGo } from './holder-client';
-import { main as runHolder, runningHolder } from './holder';
+import { RESTART_REFUSED_FILE, main as runHolder, runningHolder } from './holder';
 import { StaleCleanup, cleanupStale, readRecord } from './device';
 import { BackingDisk } from './disk';
 import {
@@ -248,6 +248,16 @@ async function runForeground(ctx: Context, held?: HolderClient): Promise<void> {
  * version while the device stays mounted and in use. Prints the new daemon's
  * pid and the pause once it answers.
  */
+/** The holder's reason for refusing a restart asked at `askedAtMs` or later, or null. */
+function restartRefusal(runDir: string, askedAtMs: number): string | null {
+  try {
+    const note = JSON.parse(fs.readFileSync(path.join(runDir, RESTART_REFUSED_FILE), 'utf8')) as { atMs: number; reason: string };
+    return note.atMs >= askedAtMs ? note.reason : null;
+  } catch {
+    return null;
+  }
+}
+
 async function restart(ctx: Context): Promise<void> {
   requireRoot('restart');
   const status = await daemonAnswers(ctx.local);
@@ -261,10 +271,18 @@ async function restart(ctx: Context): Promise<void> {
         'a restart would take the device away: set daemon-restart-bound-ms in the config, then nraid down and nraid up once',
     );
   }
+  const askedAtMs = Date.now();
   process.kill(holderPid, 'SIGHUP');
   const deadline = Date.now() + upReadyTimeoutMs;
   while (Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, processExitPollMs));
+    const refused = restartRefusal(ctx.local.runDir, askedAtMs);
+    if (refused !== null) {
+      throw new StateError(
+        `cannot restart ${ctx.config.resource} on node ${ctx.local.name}: ${refused}; the running daemon (pid ${status.pid}) keeps serving and nothing changed; ` +
+          `fix the installation (see ${path.join(ctx.local.runDir, 'daemon.log')}) and run nraid restart again`,
+      );
+    }
     const next = await daemonAnswers(ctx.local).catch(() => null);
     if (next !== null && next.pid !== status.pid) {
       const pause = next.daemonRestarts?.lastPauseMs;

@@ -26,6 +26,8 @@ import { binding } from './native';
 import { FUSE_FD_NAME, SYSTEMD_ENV_KEYS, notify, passedFds, removeStoredFd, storeFd } from './systemd';
 
 export const HOLDER_PID_FILE = 'holder.pid';
+/** Written when `nraid restart` is refused (the installed version did not load): { atMs, reason }; the CLI reports it. */
+export const RESTART_REFUSED_FILE = 'restart-refused.json';
 /** The descriptor number the held /dev/fuse has in each daemon (after stdin, stdout, stderr and the IPC channel). */
 const INHERITED_FD = 4;
 
@@ -273,6 +275,7 @@ class Holder {
       return;
     }
     this.replacing = true;
+    fs.rmSync(path.join(this.runDir, RESTART_REFUSED_FILE), { force: true });
     this.dropStandby();
     this.standby = { child: this.spawnDaemon(null, true), ready: false };
     const standby = this.standby.child;
@@ -287,6 +290,11 @@ class Holder {
   private replaceFailed(why: string): void {
     this.replacing = false;
     this.log.error(`restart refused: ${why}; the running daemon keeps serving`, { daemonPid: this.daemon?.pid });
+    try {
+      fs.writeFileSync(path.join(this.runDir, RESTART_REFUSED_FILE), JSON.stringify({ atMs: Date.now(), reason: why }) + '\n');
+    } catch (error) {
+      this.log.warn('cannot note the refused restart for nraid restart', { error: (error as Error).message });
+    }
   }
 
   private askHandover(): void {

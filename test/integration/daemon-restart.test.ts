@@ -266,10 +266,18 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
     const s = await r.status('alpha');
     const loopDevice = s.loopDevice as string;
     await writeDirect(r.nodes.alpha.device, 0, Buffer.alloc(4096, 1));
-    // The installed daemon is broken now: every start exits at once. The standby the holder
-    // started ahead (the working version) is killed too, so nothing can serve again.
+    // The installed daemon is broken now: every start exits at once.
     await until('the holder starts its standby', () => standbyPids(holderPid, s.pid as number).length > 0, 30_000, 50);
     fs.writeFileSync(entry, 'process.exit(3);\n');
+    // nraid restart refuses: its fresh standby (the installed version) does not load; the running daemon serves on.
+    const refused = await r.run('alpha', 'restart');
+    expect({ code: refused.code, stderr: refused.stderr.toString() }).toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/cannot restart .* the installed version did not start .* keeps serving and nothing changed/),
+    });
+    expect((await r.status('alpha')).pid).toBe(s.pid);
+    await writeDirect(r.nodes.alpha.device, 4096, Buffer.alloc(4096, 2));
+    // The standby the holder started ahead (the working version) is killed too (if the refused restart left one), so nothing can serve again.
     for (const pid of standbyPids(holderPid, s.pid as number)) process.kill(pid, 'SIGKILL');
     process.kill(s.pid as number, 'SIGKILL');
     const killedAt = Date.now();

@@ -4,12 +4,16 @@
  * the daemon's parent and keeps a duplicate of the daemon's /dev/fuse
  * descriptor (taken with pidfd_getfd when the daemon mounts the volume), so
  * that the FUSE connection, the mount and the loop device above it stay alive
- * when the daemon dies: the applications' requests wait in the kernel. It
- * starts the daemon again, handing the descriptor down by inheritance; the new
- * daemon takes the device back (src/daemon.ts takeDeviceBack). If no daemon
- * serves within the bound, it ends the connection, so that pending and new
- * requests fail with EIO, and releases the device. It also replaces a running
- * daemon on SIGHUP (`nraid restart`). It does nothing per request.
+ * when the daemon dies: the applications' requests wait in the kernel. The
+ * next daemon is a standby started ahead (loaded, waiting for `go`, which
+ * carries the descriptor's number: it takes it with pidfd_getfd), else one
+ * started cold with the descriptor inherited; it takes the device back
+ * (src/daemon.ts takeDeviceBack). If no daemon serves within the bound, it
+ * ends the connection, so that pending and new requests fail with EIO, and
+ * releases the device. On SIGHUP (`nraid restart`) it starts a fresh standby
+ * and, once that has loaded, has the running daemon hand over. Under systemd
+ * it keeps the descriptor in the fd store too (src/systemd.ts). It does
+ * nothing per request.
  *
  *   node dist/src/holder.js <config> <node>
  */

@@ -8,7 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <atomic>
@@ -662,6 +664,54 @@ Napi::Value TakeFd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, taken);
 }
 
+// sd_notify(3) by hand (no libsystemd here): one datagram with `state` to the
+// AF_UNIX socket systemd names in NOTIFY_SOCKET ('@' = abstract namespace),
+// with descriptor `fd` attached (SCM_RIGHTS) unless it is -1: FDSTORE=1 keeps
+// it in the service's file-descriptor store.
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsString() || !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "sdNotify: expected (socketPath, state, fd)");
+  }
+  std::string socket_path = info[0].As<Napi::String>().Utf8Value();
+  std::string state = info[1].As<Napi::String>().Utf8Value();
+  int fd = info[2].As<Napi::Number>().Int32Value();
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (socket_path.empty() || socket_path.size() >= sizeof(address.sun_path) || (socket_path[0] != '/' && socket_path[0] != '@')) {
+    throw Napi::RangeError::New(env, "sdNotify: NOTIFY_SOCKET must be an absolute path or start with @, found \"" + socket_path + "\"");
+  }
+  memcpy(address.sun_path, socket_path.data(), socket_path.size());
+  if (address.sun_path[0] == '@') address.sun_path[0] = '\0';
+  socklen_t address_bytes = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + socket_path.size());
+  int sock = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (sock < 0) {
+    int saved = errno;
+    throw errno_error(env, saved, std::string("sd_notify socket: ") + strerror(saved));
+  }
+  iovec iov{const_cast<char*>(state.data()), state.size()};
+  msghdr message{};
+  message.msg_name = &address;
+  message.msg_namelen = address_bytes;
+  message.msg_iov = &iov;
+  message.msg_iovlen = 1;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  if (fd >= 0) {
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    cmsghdr* header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &fd, sizeof(int));
+  }
+  ssize_t sent = ::sendmsg(sock, &message, MSG_NOSIGNAL);
+  int saved = errno;
+  ::close(sock);
+  if (sent < 0) throw errno_error(env, saved, "sd_notify to " + socket_path + ": " + strerror(saved));
+  return env.Undefined();
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -681,6 +731,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("frontendStop", Napi::Function::New(env, FrontendStop));
   exports.Set("frontendRelease", Napi::Function::New(env, FrontendRelease));
   exports.Set("takeFd", Napi::Function::New(env, TakeFd));
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   exports.Set("unmount", Napi::Function::New(env, Unmount));
   exports.Set("linkAttach", Napi::Function::New(env, LinkAttach));
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));

@@ -56,8 +56,8 @@ class FuseFrontend {
   struct Worker {
     FuseFrontend* frontend = nullptr;
     uint32_t slot = 0;  // this thread's slot in the pipeline
-    uint8_t* buffer = nullptr;  // kFuseBufferBytes + slack, kBlockBytes-aligned
-    void* stack = nullptr;
+    uint8_t* buffer = nullptr;  // kFuseBufferBytes + slack, kBlockBytes-aligned, in arena_
+    void* stack = nullptr;      // in arena_, after the buffer
     pthread_t thread{};
     bool started = false;
     std::atomic<bool> exited{false};
@@ -73,6 +73,9 @@ class FuseFrontend {
   int fd_ = -1;
   bool mounted_ = false;
   std::vector<Worker> workers_;
+  // Every worker's buffer and stack: one mapping, huge-page aligned, populated (and locked) at start.
+  uint8_t* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> initialized_{false};
   std::atomic<uint64_t> requests_unknown_{0};

@@ -13,8 +13,8 @@ import { requireKernel } from './kernel';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs, secretWarnings } from './config';
 import { ensurePrivateRunDir } from './run-dir';
 import { Daemon, adminSocketPath } from './daemon';
-import { EXIT_HANDED_OVER, HOLDER_ENV, ToDaemon } from './holder-client';
-import { main as runHolder, runningHolder } from './holder';
+import { EXIT_HANDED_OVER, HOLDER_ENV, HolderClient, ToDaemon, isStandby, waitForGo } from './holder-client';
+import { RESTART_REFUSED_FILE, main as runHolder, runningHolder } from './holder';
 import { StaleCleanup, cleanupStale, readRecord } from './device';
 import { BackingDisk } from './disk';
 import {
@@ -34,6 +34,7 @@ import {
 } from './errors';
 import { adminCallTimeoutMsDefault, daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
+import { notify } from './systemd';
 import { requireLoopControl } from './loop';
 import { createMetadata } from './metadata';
 import { ResourceStatus, formatBytes, statusLine } from './state';
@@ -129,6 +130,12 @@ async function createMd(ctx: Context): Promise<void> {
 }
 
 async function up(ctx: Context): Promise<void> {
+  let woken: HolderClient | undefined;
+  if (ctx.args.foreground && isStandby()) {
+    // A standby (src/holder.ts): everything is loaded; the config is read again when woken.
+    woken = await waitForGo();
+    ctx = context(ctx.args);
+  }
   requireRoot('up');
   requireKernelSupport();
   if (!fs.existsSync(ctx.local.disk)) {
@@ -142,7 +149,7 @@ async function up(ctx: Context): Promise<void> {
   if (ctx.args.foreground) {
     // With a holder configured, the foreground process (systemd's main process) is the holder; its daemon runs as its child.
     if (ctx.config.daemonRestartBoundMs > 0 && process.env[HOLDER_ENV] !== '1') return runHolder([ctx.config.path, ctx.local.name]);
-    return runForeground(ctx);
+    return runForeground(ctx, woken);
   }
   ensurePrivateRunDir(ctx.local.runDir);
   const logPath = path.join(ctx.local.runDir, 'daemon.log');
@@ -187,9 +194,9 @@ async function up(ctx: Context): Promise<void> {
   for (const line of stale.left) process.stderr.write(`warning: ${line}; until then nraid primary refuses (NRAID_ERR_STALE_DEVICE), and nraid down cleans the rest afterwards\n`);
 }
 
-async function runForeground(ctx: Context): Promise<void> {
+async function runForeground(ctx: Context, held?: HolderClient): Promise<void> {
   const log = jsonLogger({ resource: ctx.config.resource, node: ctx.local.name });
-  const daemon = new Daemon({ config: ctx.config, nodeName: ctx.local.name, log, lockMemory: process.env.NRAID_NO_MLOCK !== '1' });
+  const daemon = new Daemon({ config: ctx.config, nodeName: ctx.local.name, log, lockMemory: process.env.NRAID_NO_MLOCK !== '1', held });
   try {
     await daemon.start();
   } catch (error) {
@@ -221,6 +228,14 @@ async function runForeground(ctx: Context): Promise<void> {
     process.send({ ready: true, stale: daemon.staleAtStart });
     process.disconnect();
   }
+  // Run by systemd without a holder (contrib/systemd, Type=notify): the device serves now.
+  if (daemon.held === null) {
+    try {
+      notify('READY=1');
+    } catch (error) {
+      log.warn('cannot report ready to systemd (sd_notify)', { error: (error as Error).message });
+    }
+  }
   await daemon.whenStopped();
   // The holder's channel would keep this process alive; the holder ends when we exit (code 0).
   if (daemon.held !== null && process.connected) process.disconnect();
@@ -233,6 +248,16 @@ async function runForeground(ctx: Context): Promise<void> {
  * version while the device stays mounted and in use. Prints the new daemon's
  * pid and the pause once it answers.
  */
+/** The holder's reason for refusing a restart asked at `askedAtMs` or later, or null. */
+function restartRefusal(runDir: string, askedAtMs: number): string | null {
+  try {
+    const note = JSON.parse(fs.readFileSync(path.join(runDir, RESTART_REFUSED_FILE), 'utf8')) as { atMs: number; reason: string };
+    return note.atMs >= askedAtMs ? note.reason : null;
+  } catch {
+    return null;
+  }
+}
+
 async function restart(ctx: Context): Promise<void> {
   requireRoot('restart');
   const status = await daemonAnswers(ctx.local);
@@ -246,10 +271,18 @@ async function restart(ctx: Context): Promise<void> {
         'a restart would take the device away: set daemon-restart-bound-ms in the config, then nraid down and nraid up once',
     );
   }
+  const askedAtMs = Date.now();
   process.kill(holderPid, 'SIGHUP');
   const deadline = Date.now() + upReadyTimeoutMs;
   while (Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, processExitPollMs));
+    const refused = restartRefusal(ctx.local.runDir, askedAtMs);
+    if (refused !== null) {
+      throw new StateError(
+        `cannot restart ${ctx.config.resource} on node ${ctx.local.name}: ${refused}; the running daemon (pid ${status.pid}) keeps serving and nothing changed; ` +
+          `fix the installation (see ${path.join(ctx.local.runDir, 'daemon.log')}) and run nraid restart again`,
+      );
+    }
     const next = await daemonAnswers(ctx.local).catch(() => null);
     if (next !== null && next.pid !== status.pid) {
       const pause = next.daemonRestarts?.lastPauseMs;

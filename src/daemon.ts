@@ -45,6 +45,8 @@ export interface DaemonOptions {
   log: Logger;
   /** mlockall and PR_SET_IO_FLUSHER in the frontend; tests may turn it off. */
   lockMemory?: boolean;
+  /** The holder's client of a daemon woken from standby; by default, the one a cold start finds in its environment. */
+  held?: HolderClient | null;
 }
 
 /** NRAID_TEST_PROTOCOL_VERSION=MAJOR.MINOR announces another protocol version (rolling-upgrade tests). */
@@ -85,7 +87,7 @@ export class Daemon extends EventEmitter {
   private readonly stopped: Promise<void>;
   private resolveStopped: () => void = () => {};
   /** The holder that started this daemon and keeps its FUSE connection (daemon-restart-bound-ms), or null. */
-  readonly held: HolderClient | null = holderClient();
+  readonly held: HolderClient | null;
   /** What start() found of a killed daemon's device: cleaned, and left in place (for `up` to print). */
   staleAtStart: StaleCleanup = { cleaned: [], left: [] };
 
@@ -97,6 +99,7 @@ export class Daemon extends EventEmitter {
     this.peer = peer;
     this.log = options.log;
     this.lockMemory = options.lockMemory ?? true;
+    this.held = options.held !== undefined ? options.held : holderClient();
     this.admin = new AdminServer(adminSocketPath(local));
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
   }
@@ -110,6 +113,7 @@ export class Daemon extends EventEmitter {
     for (const line of this.staleAtStart.cleaned) this.log.info(line);
     for (const line of this.staleAtStart.left) this.log.warn(line);
     await this.openParts();
+    this.held?.mark('metadata');
     try {
       this.registerCommands();
       await this.admin.listen();
@@ -121,10 +125,16 @@ export class Daemon extends EventEmitter {
     this.persistedOutOfSyncBytes = this.p.plane.outOfSyncBytes();
     this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), limits.bitmapPersistIntervalMs);
     this.persistTimer.unref();
-    await this.startLink();
     if (this.config.metricsPort !== null) await this.startMetrics();
+    this.held?.mark('admin');
+    // The device first, the peer after: the requests waiting in the kernel need no link (a write
+    // the peer does not take starts the armed generation before it completes, so the zero-loss
+    // rule holds), and a promotion with no session asks nobody and waits for no timeout.
     if (adoptable !== null) await this.takeDeviceBack(adoptable);
+    this.held?.mark('takeBack');
     this.held?.serving();
+    await this.startLink();
+    if (this.held?.restart != null) this.log.info('serving again after a restart', { cause: this.held.restart.cause, pauseMs: this.held.pauseMs, phasesMs: this.held.phases() });
     this.noteChange();
   }
 
@@ -174,6 +184,7 @@ export class Daemon extends EventEmitter {
     this.parts = null;
     await this.admin.close();
     this.log.info('handed over to the next daemon');
+    this.held?.handedOver();
   }
 
   /** Opens the backing disk, its metadata and the data plane, and a fresh state machine over them. Leaves nothing behind on failure. */

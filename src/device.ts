@@ -16,6 +16,8 @@ export interface DeviceRecord {
   mountPath: string;
   loopDevice: string | null;
   devicePath: string;
+  /** Set by a daemon that handed the device to the holder (`nraid restart`): the next daemon takes it while this pid may still be exiting. */
+  handedOver?: boolean;
 }
 
 /** What exposure needs of the data plane: its frontend, and a flush before the loop device goes. */
@@ -63,6 +65,11 @@ export function readRecord(runDir: string): DeviceRecord | null {
   }
 }
 
+/** `nraid restart`: this daemon serves the device no more; the next one may take it before this process has exited. */
+export function markHandedOver(runDir: string, record: DeviceRecord): void {
+  writeRecord(runDir, { ...record, handedOver: true });
+}
+
 function writeRecord(runDir: string, record: DeviceRecord): void {
   const file = path.join(runDir, RECORD_FILE);
   fs.writeFileSync(`${file}.tmp`, JSON.stringify(record));
@@ -86,7 +93,7 @@ export function isMounted(mountPath: string): boolean {
 export function adoptableRecord(runDir: string, held: HeldFuse | null | undefined): DeviceRecord | null {
   if (held?.fd == null) return null;
   const record = readRecord(runDir);
-  if (record === null || record.loopDevice === null || record.pid === process.pid || mayBeDaemon(record.pid)) return null;
+  if (record === null || record.loopDevice === null || record.pid === process.pid || (record.handedOver !== true && mayBeDaemon(record.pid))) return null;
   if (!isMounted(record.mountPath) || loopBackingFile(record.loopDevice) !== record.mountPath) return null;
   return record;
 }
@@ -110,7 +117,7 @@ function adoptDevice(options: ExposeOptions, record: DeviceRecord): DeviceRecord
     if (!isErrnoException(error)) throw toNraidError(error);
     throw systemError(`cannot serve the held FUSE volume ${record.mountPath} again`, error, 'the kernel must have FUSE_NOTIFY_RESEND (Linux >= 6.9); nraid down cleans up, then nraid up');
   }
-  const adopted: DeviceRecord = { ...record, pid: process.pid, devicePath: options.devicePath };
+  const adopted: DeviceRecord = { pid: process.pid, mountPath: record.mountPath, loopDevice: record.loopDevice, devicePath: options.devicePath };
   writeRecord(options.runDir, adopted);
   let linked: string | null = null;
   try {

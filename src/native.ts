@@ -262,6 +262,8 @@ export interface Binding {
   frontendRelease(pipeline: PipelineHandle): void;
   /** pidfd_getfd: a duplicate of descriptor `fd` of process `pid` (the holder takes the daemon's /dev/fuse). */
   takeFd(pid: number, fd: number): number;
+  /** sd_notify(3): `state` to systemd's NOTIFY_SOCKET, with descriptor `fd` attached unless -1 (FDSTORE=1). */
+  sdNotify(socketPath: string, state: string, fd: number): void;
 }
 
 function load(): Binding {

@@ -3,7 +3,7 @@
  * and the configured symlink (src/device.ts does the system work). Only a
  * Primary exposes its device.
  */
-import { DeviceRecord, HeldFuse, deviceHolder, exposeDevice, unexposeDevice } from '../device';
+import { DeviceRecord, HeldFuse, deviceHolder, exposeDevice, markHandedOver, unexposeDevice } from '../device';
 import { DataPlane } from './data-plane';
 
 /** 4 KiB logical blocks whatever the backing disks have: every request fits a 512-byte and a 4Kn disk on either node, with O_DIRECT. */
@@ -63,6 +63,7 @@ export class Exposure {
   handOver(): void {
     if (this.record === null) return;
     this.plane.releaseFrontend();
+    markHandedOver(this.options.runDir, this.record);
     this.record = null;
   }
 

@@ -19,7 +19,7 @@ import { makeResource, NodeName, NRAID_BIN, TestResource } from '../harness/clus
 import { compareRanges, writeDirect } from '../harness/direct-io';
 import { execOk, execTool } from '../harness/exec';
 import { bringUpPair, connectedUpToDate, fsckClean, pathExists, processAlive, sleep, until, withDaemonLogs } from '../harness/helpers';
-import { describeOptIn } from '../harness/prereq';
+import { describeIntegration, describeOptIn } from '../harness/prereq';
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
@@ -56,7 +56,9 @@ function startFio(device: string, jsonPath: string): Fio {
 function fioResult(jsonPath: string): { errors: number; maxLatencyMs: number; writes: number; note: string } {
   const text = fs.readFileSync(jsonPath, 'utf8');
   const job = JSON.parse(text.slice(text.indexOf('{'))).jobs[0];
-  return { errors: job.error, maxLatencyMs: job.write.clat_ns.max / 1e6, writes: job.write.total_ios, note: text.slice(0, text.indexOf('{')).trim() };
+  // Reads too: verify_backlog reads back what was written, and a read caught by the event waits like a write.
+  const maxLatencyMs = Math.max(job.write.clat_ns.max, job.read.clat_ns.max) / 1e6;
+  return { errors: job.error, maxLatencyMs, writes: job.write.total_ios, note: text.slice(0, text.indexOf('{')).trim() };
 }
 
 type Restarts = { count: number; lastCause: string; lastPauseMs: number };
@@ -64,6 +66,21 @@ type Restarts = { count: number; lastCause: string; lastPauseMs: number };
 /** status --json, retried: under a heavy load starting the CLI alone can take seconds. */
 function statusOf(r: TestResource, node: NodeName) {
   return r.waitFor(node, () => true, 60_000);
+}
+
+/** The holder's children other than `daemonPid`: its standby, once started. */
+function standbyPids(holderPid: number, daemonPid: number): number[] {
+  const children = fs.readFileSync(`/proc/${holderPid}/task/${holderPid}/children`, 'utf8').trim();
+  return children === '' ? [] : children.split(' ').map(Number).filter((pid) => pid !== daemonPid);
+}
+
+/** What each restarted daemon of a node logged about its start ("serving again after a restart"). */
+function restartLines(r: TestResource, node: NodeName): Array<{ cause: string; phasesMs: Record<string, number> }> {
+  return fs
+    .readFileSync(path.join(r.nodes[node].runDir, 'daemon.log'), 'utf8')
+    .split('\n')
+    .filter((line) => line.includes('"serving again after a restart"'))
+    .map((line) => JSON.parse(line));
 }
 
 /** kill -9 of a node's daemon; resolves with the pause once its successor answers (and, on the Primary, serves as Primary). */
@@ -97,7 +114,7 @@ async function underFio(r: TestResource, tag: string, events: () => Promise<numb
   fio.child.kill('SIGINT');
   const { code, output } = await fio.done;
   const result = fioResult(jsonPath);
-  console.log(`${tag}: pauses ${pauses.join(', ')} ms; fio max completion latency ${result.maxLatencyMs.toFixed(0)} ms over ${result.writes} writes`);
+  console.log(`${tag}: pauses ${pauses.join(', ')} ms; fio max completion latency (reads and writes) ${result.maxLatencyMs.toFixed(0)} ms over ${result.writes} writes`);
   // 128: stopped by our SIGINT; a verify failure or an I/O error ends fio by itself with error set.
   expect({ code, errors: result.errors, note: result.note, output: /verify|error/i.test(output) ? output : '' }).toEqual({ code: 128, errors: 0, note: 'fio: terminating on signal 2', output: '' });
   return pauses;
@@ -144,6 +161,39 @@ class FsyncWriter {
   }
 }
 
+// The default suite's short variant (about 20-30 s on the loaded 2-core machine): one node, one
+// kill -9 and one nraid restart under fio, both served again by the holder's standby.
+describeIntegration('daemon restart, short (issue 13)', ['root', 'fuse', 'loop', 'fio'], () => {
+  let r: TestResource;
+
+  afterEach(async () => {
+    await r?.cleanup();
+  });
+
+  test('a kill -9 and an nraid restart of a Primary under fio --verify=crc32c: the standby serves again, no I/O error', async () => {
+    if (process.env.CI === 'true' && !kernelAtLeast(KERNEL_RESEND)) throw new Error('this kernel lacks FUSE_NOTIFY_RESEND (Linux >= 6.9): the restarted daemon cannot take the device back');
+    r = await makeResource({ nodes: 1, sizeBytes: 32 * MiB, protocol: 'C', extra: { 'daemon-restart-bound-ms': BOUND_MS } });
+    await withDaemonLogs(r, async () => {
+      await r.runOk('alpha', 'create-md');
+      const up = await r.runOk('alpha', 'up');
+      const holderPid = Number(/holder pid (\d+)/.exec(up.stdout)![1]);
+      await r.runOk('alpha', 'primary', ['--force']);
+      const first = await statusOf(r, 'alpha');
+      await until('the holder starts its standby', () => standbyPids(holderPid, first.pid as number).length > 0, 30_000, 50);
+      const pauses = await underFio(r, 'short: kill -9 and nraid restart', async () => {
+        // nraid restart starts a fresh standby (the installed version) itself.
+        const killed = await killAndWait(r, 'alpha');
+        return [killed, await restartAndWait(r)];
+      });
+      expect(pauses.every((ms) => ms > 0 && ms < BOUND_MS)).toBe(true);
+      const lines = restartLines(r, 'alpha');
+      expect(lines.map((line) => line.cause)).toEqual(['killed by SIGKILL', 'restart']);
+      // Both served by a standby loaded ahead: a wake phase, no node start or module load in the pause.
+      expect(lines.map((line) => Object.keys(line.phasesMs).filter((phase) => ['wake', 'nodeBoot', 'modules'].includes(phase)))).toEqual([['wake'], ['wake']]);
+    });
+  }, 180_000);
+});
+
 describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machine, beyond the suite\'s budget (npm run test:restart)', 'daemon restart (issue 13)', ['root', 'fuse', 'loop', 'fio'], () => {
   let r: TestResource;
 
@@ -165,6 +215,10 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
         return pauses;
       });
       expect((await statusOf(r, 'alpha')).daemonRestarts).toMatchObject({ count: RESTARTS });
+      // The holder's standby (loaded ahead) took over, not a cold start: its phases have 'wake', no 'modules'.
+      const kills = restartLines(r, 'alpha');
+      expect(kills.map((line) => line.cause)).toEqual(Array(RESTARTS).fill('killed by SIGKILL'));
+      expect(kills.filter((line) => 'wake' in line.phasesMs).length).toBeGreaterThan(0);
       await underFio(r, 'nraid restart', async () => [await restartAndWait(r), await restartAndWait(r)]);
       await underFio(r, 'kill -9 Secondary', async () => {
         const pause = await killAndWait(r, 'beta');
@@ -215,7 +269,18 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
     const loopDevice = s.loopDevice as string;
     await writeDirect(r.nodes.alpha.device, 0, Buffer.alloc(4096, 1));
     // The installed daemon is broken now: every start exits at once.
+    await until('the holder starts its standby', () => standbyPids(holderPid, s.pid as number).length > 0, 30_000, 50);
     fs.writeFileSync(entry, 'process.exit(3);\n');
+    // nraid restart refuses: its fresh standby (the installed version) does not load; the running daemon serves on.
+    const refused = await r.run('alpha', 'restart');
+    expect({ code: refused.code, stderr: refused.stderr.toString() }).toMatchObject({
+      code: 1,
+      stderr: expect.stringMatching(/cannot restart .* the installed version did not start .* keeps serving and nothing changed/),
+    });
+    expect((await r.status('alpha')).pid).toBe(s.pid);
+    await writeDirect(r.nodes.alpha.device, 4096, Buffer.alloc(4096, 2));
+    // The standby the holder started ahead (the working version) is killed too (if the refused restart left one), so nothing can serve again.
+    for (const pid of standbyPids(holderPid, s.pid as number)) process.kill(pid, 'SIGKILL');
     process.kill(s.pid as number, 'SIGKILL');
     const killedAt = Date.now();
     const dd = await execTool('dd', ['if=/dev/zero', `of=${r.nodes.alpha.device}`, 'bs=4096', 'count=1', 'oflag=direct', 'conv=notrunc'], { timeoutMs: bound + 20_000 });

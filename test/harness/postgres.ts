@@ -15,7 +15,7 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { promisify } from 'util';
-import { harnessTempDir, makeTempSubdir } from './cleanup';
+import { harnessTempDir, makeTempSubdir, mountPoints, registerCleanup } from './cleanup';
 import { postgresBinDir } from './prereq';
 
 const execFileAsync = promisify(execFile);
@@ -46,6 +46,7 @@ export function makePgSite(port: number, tag = 'pg'): PgSite {
   // The user postgres reaches its data dir through these (no listing: 0711).
   fs.chmodSync(harnessTempDir(), 0o711);
   fs.chmodSync(dir, 0o711);
+  shareMounts(dir);
   // PostgreSQL's server logs (pg_ctl -l), written as postgres.
   const logs = path.join(dir, 'logs');
   fs.mkdirSync(logs);
@@ -106,6 +107,25 @@ exit 0
     dataDirOf: (node) => path.join(dir, `mnt-${node}`, 'pgdata'),
     failFlag: (hook, node) => path.join(dir, `fail-${hook}-${node}`),
   };
+}
+
+/**
+ * Makes `dir` a shared mount of its own, so the filesystems the hooks mount
+ * under it are shared too, as on a systemd host (where / is shared). This
+ * host's / is private: a mount namespace that another program makes while our
+ * ext4 is mounted (the torture runner's daemons under `ip netns exec`) would
+ * keep a private copy of the mount that our umount never reaches, holding the
+ * device open (the before-demote hook's unmount then fails the switchover:
+ * "held exclusively by a program"). `ip netns exec` makes its copies slaves,
+ * and a slave sees our umount.
+ */
+function shareMounts(dir: string): void {
+  execFileSync('mount', ['--bind', dir, dir]);
+  const undo = () => {
+    if (mountPoints().includes(dir)) execFileSync('umount', ['-l', dir]);
+  };
+  registerCleanup(`shared mount ${dir}`, async () => undo(), undo);
+  execFileSync('mount', ['--make-shared', dir]);
 }
 
 async function run(file: string, args: readonly string[], timeoutMs = 120_000): Promise<string> {

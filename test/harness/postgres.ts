@@ -60,6 +60,8 @@ MNT=${dir}/mnt-$NRAID_NODE
 PGDATA=$MNT/pgdata
 PG_CTL=${binDir}/pg_ctl
 FAIL=${dir}/fail-$NRAID_EVENT-$NRAID_NODE
+# Step timestamps (epoch ms) for bench/postgres.js: where a move spends its time.
+step() { echo "$(date +%s%3N) $NRAID_NODE $NRAID_EVENT $1" >> ${dir}/steps.log; }
 # Before initDatabase (the first promotion makes the device): nothing to stop or start yet.
 [ -e ${dir}/initialized ] || exit 0
 `;
@@ -68,11 +70,14 @@ FAIL=${dir}/fail-$NRAID_EVENT-$NRAID_NODE
     beforeDemote,
     `#!/bin/bash
 ${common}
+step start
 if runuser -u postgres -- "$PG_CTL" -D "$PGDATA" status >/dev/null 2>&1; then
   runuser -u postgres -- "$PG_CTL" -D "$PGDATA" -m fast -w -t 30 stop || exit 1
 fi
+step pg-stopped
 [ -e "$FAIL" ] && { echo "failing on purpose ($FAIL)"; exit 3; }
 if mountpoint -q "$MNT"; then umount "$MNT" || exit 1; fi
+step unmounted
 exit 0
 `,
     { mode: 0o755 },
@@ -82,14 +87,18 @@ exit 0
     afterPromote,
     `#!/bin/bash
 ${common}
+step start
 mkdir -p "$MNT"
 if ! mountpoint -q "$MNT"; then
   e2fsck -p "$NRAID_DEVICE"; rc=$?
   [ $rc -le 1 ] || { echo "e2fsck -p $NRAID_DEVICE exited $rc: check it by hand"; exit 1; }
+  step fscked
   mount -o noatime "$NRAID_DEVICE" "$MNT" || exit 1
+  step mounted
 fi
 [ -e "$FAIL" ] && { echo "failing on purpose ($FAIL)"; exit 3; }
 runuser -u postgres -- "$PG_CTL" -D "$PGDATA" -l ${logs}/postgres-$NRAID_NODE.log -w -t 50 start || exit 1
+step pg-started
 exit 0
 `,
     { mode: 0o755 },
@@ -471,7 +480,18 @@ export async function committedIds(port: number): Promise<Set<number>> {
   }
 }
 
-/** The logged ids that `present` lacks. */
-export function missingIds(writer: CommitWriter, present: Set<number>): number[] {
-  return writer.committed.filter((c) => !present.has(c.id)).map((c) => c.id);
+/**
+ * The ids logged before the check began that the table (on whichever node
+ * serves `port` now) lacks, and how many were checked.
+ *
+ * Regression: the check read the writer's log after the SELECT returned, while
+ * the writer kept committing; a row whose COMMIT returned after the SELECT took
+ * its snapshot counted as missing, so every switchover and forced failover
+ * seemed to lose exactly one committed row, always the newest (it was in the
+ * new Primary's WAL). Only ids logged before the query are checked.
+ */
+export async function missingCommitted(writer: CommitWriter, port: number): Promise<{ missing: number[]; checked: number }> {
+  const logged = writer.committed.slice();
+  const present = await committedIds(port);
+  return { missing: logged.filter((c) => !present.has(c.id)).map((c) => c.id), checked: logged.length };
 }

@@ -174,6 +174,9 @@ export async function initDatabase(site: PgSite, node: string, device: string): 
       'fsync = on',
       'synchronous_commit = on',
       'full_page_writes = on',
+      // Crash recovery first fsyncs every file of the data directory, one by one (seconds through
+      // ext4 on the loop device); syncfs(2) does the same in one call on Linux >= 5.8.
+      'recovery_init_sync_method = syncfs',
       '',
     ].join('\n'),
   );

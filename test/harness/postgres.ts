@@ -159,7 +159,8 @@ export async function initDatabase(site: PgSite, node: string, device: string): 
   const pgdata = site.dataDirOf(node);
   fs.mkdirSync(pgdata, { mode: 0o700 });
   await run('chown', ['postgres:postgres', pgdata]);
-  await run('runuser', ['-u', 'postgres', '--', path.join(site.binDir, 'initdb'), '-D', pgdata, '--auth=trust', '-U', 'postgres', '--no-instructions', '-E', 'UTF8', '--locale=C']);
+  // --no-sync: the umount below writes everything back (one sync instead of one fsync per file through the device).
+  await run('runuser', ['-u', 'postgres', '--', path.join(site.binDir, 'initdb'), '-D', pgdata, '--auth=trust', '-U', 'postgres', '--no-instructions', '-E', 'UTF8', '--locale=C', '--no-sync']);
   fs.appendFileSync(
     path.join(pgdata, 'postgresql.conf'),
     [

@@ -30,8 +30,9 @@ const FAILOVER_TARGET_MS = 10_000;
 const COMMIT_WAIT_MS = 60_000;
 
 /**
- * Behind NRAID_TEST_POSTGRES=1: it takes 3-6 min on the loaded machine (the
- * default suite runs postgres-failover-short.test.ts). The "one committed row
+ * Behind NRAID_TEST_POSTGRES=1 (npm run test:postgres): it takes 3-6 min on
+ * the loaded machine; postgres-failover-short.test.ts is the one-move variant
+ * (NRAID_TEST_POSTGRES_SHORT=1). The "one committed row
  * lost per role move" it used to report was its own check racing the writer
  * (missingCommitted in the harness), not a loss.
  */

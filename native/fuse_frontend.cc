@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <cstddef>
+#include <mutex>
+#include <vector>
 
 #include "limits.h"
 #include "nraid_assert.h"
@@ -46,6 +48,30 @@ constexpr uint64_t kAttrValidSeconds = 1;
 static_assert(kWriteHeaderBytes == 80);
 static_assert(sizeof(fuse_out_header) <= kFuseHeaderRoomBytes);
 static_assert(kReadSizeBytes >= kWriteHeaderBytes + kRequestBytesMax, "the kernel refuses a read() shorter than this");
+
+// Worker buffers and stacks, kept for the next frontend of this process (see prepare_memory).
+struct WorkerMemory {
+  uint8_t* buffer = nullptr;
+  void* stack = nullptr;
+};
+std::mutex g_memory_mutex;
+std::vector<WorkerMemory> g_memory_pool;
+
+// A buffer and a stack, every page touched now (not on the write path); false when out of memory.
+bool allocate_worker_memory(WorkerMemory* memory) {
+  void* buffer = nullptr;
+  if (posix_memalign(&buffer, kBlockBytes, kWorkerBufferBytes) != 0) return false;
+  void* stack = nullptr;
+  if (posix_memalign(&stack, kBlockBytes, kFrontendStackBytes) != 0) {
+    free(buffer);
+    return false;
+  }
+  memset(buffer, 0, kWorkerBufferBytes);
+  memset(stack, 0, kFrontendStackBytes);
+  memory->buffer = static_cast<uint8_t*>(buffer);
+  memory->stack = stack;
+  return true;
+}
 
 fuse_attr volume_attr(uint64_t size_bytes) {
   fuse_attr attr{};
@@ -98,28 +124,29 @@ bool FuseFrontend::start(std::string* error) {
     return false;
   }
   workers_ = std::vector<Worker>(options_.threads);
-  for (uint32_t i = 0; i < options_.threads; i++) {
-    Worker& worker = workers_[i];
-    worker.frontend = this;
-    worker.slot = i;
-    void* buffer = nullptr;
-    if (posix_memalign(&buffer, kBlockBytes, kWorkerBufferBytes) != 0) {
-      *error = "cannot allocate the frontend's request buffers";
-      stop();
-      return false;
+  {
+    // Prepared (or left by an earlier frontend) buffers and stacks first: their pages are resident.
+    std::lock_guard<std::mutex> lock(g_memory_mutex);
+    for (uint32_t i = 0; i < options_.threads; i++) {
+      Worker& worker = workers_[i];
+      worker.frontend = this;
+      worker.slot = i;
+      WorkerMemory memory;
+      if (!g_memory_pool.empty()) {
+        memory = g_memory_pool.back();
+        g_memory_pool.pop_back();
+      } else if (!allocate_worker_memory(&memory)) {
+        *error = "cannot allocate the frontend's request buffers and thread stacks";
+        stop();
+        return false;
+      }
+      worker.buffer = memory.buffer;
+      worker.stack = memory.stack;
     }
-    memset(buffer, 0, kWorkerBufferBytes);  // touch every page now, not on the write path
-    worker.buffer = static_cast<uint8_t*>(buffer);
   }
   // Keep what the serving threads touch resident: their buffers and stacks.
   // (mlockall would also pin V8's heap, which V8 cannot tear down then.)
   for (auto& worker : workers_) {
-    if (posix_memalign(&worker.stack, kBlockBytes, kFrontendStackBytes) != 0) {
-      worker.stack = nullptr;
-      *error = "cannot allocate the frontend's thread stacks";
-      stop();
-      return false;
-    }
     if (options_.lock_memory &&
         (mlock(worker.buffer, kWorkerBufferBytes) != 0 || mlock(worker.stack, kFrontendStackBytes) != 0)) {
       *error = std::string("mlock of the frontend's buffers: ") + strerror(errno);
@@ -178,6 +205,16 @@ bool FuseFrontend::start(std::string* error) {
   return true;
 }
 
+void FuseFrontend::prepare_memory(uint32_t threads) {
+  NRAID_ASSERT(threads <= kFrontendThreadsMax);
+  std::lock_guard<std::mutex> lock(g_memory_mutex);
+  while (g_memory_pool.size() < threads) {
+    WorkerMemory memory;
+    if (!allocate_worker_memory(&memory)) return;  // start() reports it, if it happens again there
+    g_memory_pool.push_back(memory);
+  }
+}
+
 void FuseFrontend::release() {
   mounted_ = false;
   stop();
@@ -207,13 +244,21 @@ void FuseFrontend::stop() {
     pthread_join(worker.thread, nullptr);
     worker.started = false;
   }
-  for (auto& worker : workers_) {
-    if (worker.buffer != nullptr) munlock(worker.buffer, kWorkerBufferBytes);
-    if (worker.stack != nullptr) munlock(worker.stack, kFrontendStackBytes);
-    free(worker.buffer);
-    free(worker.stack);
-    worker.buffer = nullptr;
-    worker.stack = nullptr;
+  {
+    // Kept for the next frontend of this process (prepare_memory); bounded by kFrontendThreadsMax.
+    std::lock_guard<std::mutex> lock(g_memory_mutex);
+    for (auto& worker : workers_) {
+      if (worker.buffer != nullptr) munlock(worker.buffer, kWorkerBufferBytes);
+      if (worker.stack != nullptr) munlock(worker.stack, kFrontendStackBytes);
+      if (worker.buffer != nullptr && worker.stack != nullptr && g_memory_pool.size() < kFrontendThreadsMax) {
+        g_memory_pool.push_back({worker.buffer, worker.stack});
+      } else {
+        free(worker.buffer);
+        free(worker.stack);
+      }
+      worker.buffer = nullptr;
+      worker.stack = nullptr;
+    }
   }
   workers_.clear();
   if (fd_ >= 0) {

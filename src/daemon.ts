@@ -192,6 +192,8 @@ export class Daemon extends EventEmitter {
         lockMemory: this.lockMemory,
         held: this.held,
       });
+      // A promotion (switchover, failover) then starts the frontend on memory already touched.
+      plane.prepareFrontend(this.config.frontendThreads);
       const state = initialState(
         {
           resource: this.config.resource,

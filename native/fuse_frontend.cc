@@ -50,12 +50,13 @@ static_assert(sizeof(fuse_out_header) <= kFuseHeaderRoomBytes);
 static_assert(kReadSizeBytes >= kWriteHeaderBytes + kRequestBytesMax, "the kernel refuses a read() shorter than this");
 
 // Worker buffers and stacks, kept for the next frontend of this process (see prepare_memory).
+// Never destroyed: the preparing thread is detached and may still run when the process exits.
 struct WorkerMemory {
   uint8_t* buffer = nullptr;
   void* stack = nullptr;
 };
-std::mutex g_memory_mutex;
-std::vector<WorkerMemory> g_memory_pool;
+std::mutex& g_memory_mutex = *new std::mutex;
+std::vector<WorkerMemory>& g_memory_pool = *new std::vector<WorkerMemory>;
 
 // A buffer and a stack, every page touched now (not on the write path); false when out of memory.
 bool allocate_worker_memory(WorkerMemory* memory) {

@@ -8,9 +8,9 @@
  * measured rows are bench/postgres.js's.
  *
  * Behind NRAID_TEST_POSTGRES_SHORT=1 (npm run test:postgres) for now: meant
- * for the default suite, but it took 82-85 s on the shared 2-core machine at
- * load 16 (setup 25 s: the initial sync of 96 MiB and initdb; the moves 20-25 s;
- * teardown 7 s), over the suite's 60 s budget for it. Where the suite has
+ * for the default suite, but it took 62-85 s on the shared 2-core machine at
+ * load 12-16 (setup 25 s: the initial sync of 96 MiB and initdb; the moves
+ * 18-25 s; teardown 7 s), over the suite's 60 s budget for it. Where the suite has
  * the room, describeIntegration instead of describeOptIn puts it there.
  */
 import { freePorts, makeResource, TestResource } from '../harness/cluster';

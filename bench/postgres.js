@@ -87,7 +87,7 @@ async function runPostgresBench({ rounds = 3, log = console.log } = {}) {
       if (promote.code !== 0) throw new Error(`primary --force on ${survivor}: ${promote.stderr.trim()}`);
       result.promoteCommandMs.push(Date.now() - t0);
       result.forcedFailoverMs.push((await writer.waitCommitAfterMove(killedAt, 60_000)).atMs - t0);
-      result.rowsLost += pg.missingIds(writer, await pg.committedIds(port)).length;
+      result.rowsLost += (await pg.missingCommitted(writer, port)).missing.length;
       await until('killed processes gone', () => [...killed, daemonPid].every((p) => !processAlive(p)), 30_000);
       await pg.unmountStale(site, victim);
       await r.runOk(victim, 'up');

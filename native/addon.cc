@@ -17,6 +17,7 @@
 #include <memory>
 #include <vector>
 #include <string>
+#include <thread>
 
 #include "crc32c.h"
 #include "fuse_frontend.h"
@@ -406,6 +407,18 @@ Napi::Value FrontendStart(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// Touches the frontend's buffers and stacks ahead of the first promotion, on a
+// thread of its own (seconds on a loaded VM): the event loop does not wait.
+Napi::Value FrontendPrepare(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t threads = get_u64(info[0], "threads");
+  if (threads < nraid::kFrontendThreadsMin || threads > nraid::kFrontendThreadsMax) {
+    throw Napi::RangeError::New(env, "frontendPrepare: threads out of range");
+  }
+  std::thread([threads] { FuseFrontend::prepare_memory(static_cast<uint32_t>(threads)); }).detach();
+  return env.Undefined();
+}
+
 Napi::Value FrontendStop(const Napi::CallbackInfo& info) {
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
   if (box->frontend) {
@@ -728,6 +741,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("pipelineFlush", Napi::Function::New(env, PipelineFlush));
   exports.Set("pipelineDestroy", Napi::Function::New(env, PipelineDestroy));
   exports.Set("frontendStart", Napi::Function::New(env, FrontendStart));
+  exports.Set("frontendPrepare", Napi::Function::New(env, FrontendPrepare));
   exports.Set("frontendStop", Napi::Function::New(env, FrontendStop));
   exports.Set("frontendRelease", Napi::Function::New(env, FrontendRelease));
   exports.Set("takeFd", Napi::Function::New(env, TakeFd));

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <cstddef>
+#include <mutex>
+#include <vector>
 
 #include "limits.h"
 #include "nraid_assert.h"
@@ -51,6 +53,42 @@ static_assert(kWriteHeaderBytes == 80);
 static_assert(kWorkerBufferBytes % kBlockBytes == 0 && kArenaSlotBytes % kBlockBytes == 0, "buffers and stacks stay block-aligned in the arena");
 static_assert(sizeof(fuse_out_header) <= kFuseHeaderRoomBytes);
 static_assert(kReadSizeBytes >= kWriteHeaderBytes + kRequestBytesMax, "the kernel refuses a read() shorter than this");
+
+// The arena kept for the next frontend of this process: prepared at daemon start
+// (prepare_memory) or left by an earlier frontend, every page already touched.
+// Never destroyed: the preparing thread is detached and may still run when the process exits.
+struct Arena {
+  uint8_t* base = nullptr;
+  size_t bytes = 0;
+};
+std::mutex& g_arena_mutex = *new std::mutex;
+Arena& g_spare_arena = *new Arena;
+
+size_t arena_bytes_for(uint32_t threads) {
+  return (kArenaSlotBytes * threads + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+}
+
+// Every buffer and stack in one mapping advised for transparent huge pages, every page touched:
+// populating 48 threads' 60 MiB in 4 KiB faults took 0.3 s of CPU on a virtual machine (2 MiB
+// pages: 0.05 s), and that time is the pause of a restarted daemon or a promotion before it serves.
+bool map_arena(size_t bytes, Arena* arena, std::string* error) {
+  void* mapped = ::mmap(nullptr, bytes + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) {
+    *error = std::string("cannot map the frontend's request buffers and stacks: ") + strerror(errno);
+    return false;
+  }
+  // Trim to a huge-page-aligned window (the kernel backs only aligned 2 MiB ranges with huge pages).
+  auto base = reinterpret_cast<uintptr_t>(mapped);
+  uintptr_t aligned = (base + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
+  if (aligned > base) ::munmap(mapped, aligned - base);
+  size_t tail_bytes = base + kHugePageBytes - aligned;  // > 0: aligned - base < kHugePageBytes
+  ::munmap(reinterpret_cast<void*>(aligned + bytes), tail_bytes);
+  arena->base = reinterpret_cast<uint8_t*>(aligned);
+  arena->bytes = bytes;
+  ::madvise(arena->base, bytes, MADV_HUGEPAGE);  // advice: without THP it still works, slower
+  memset(arena->base, 0, bytes);                 // touch every page now, not on the write path
+  return true;
+}
 
 fuse_attr volume_attr(uint64_t size_bytes) {
   fuse_attr attr{};
@@ -103,35 +141,27 @@ bool FuseFrontend::start(std::string* error) {
     return false;
   }
   workers_ = std::vector<Worker>(options_.threads);
-  // Every buffer and stack in one mapping advised for transparent huge pages: populating
-  // 48 threads' 60 MiB in 4 KiB faults took 0.3 s of CPU on a virtual machine (2 MiB pages:
-  // 0.05 s), and that time is the pause of a restarted daemon before it serves again.
-  arena_bytes_ = (kArenaSlotBytes * options_.threads + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
-  void* mapped = ::mmap(nullptr, arena_bytes_ + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mapped == MAP_FAILED) {
-    arena_bytes_ = 0;
-    *error = std::string("cannot map the frontend's request buffers and stacks: ") + strerror(errno);
-    stop();
-    return false;
-  }
-  // Trim to a huge-page-aligned window (the kernel backs only aligned 2 MiB ranges with huge pages).
-  auto base = reinterpret_cast<uintptr_t>(mapped);
-  uintptr_t aligned = (base + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
-  if (aligned > base) ::munmap(mapped, aligned - base);
-  size_t tail_bytes = base + kHugePageBytes - aligned;  // > 0: aligned - base < kHugePageBytes
-  ::munmap(reinterpret_cast<void*>(aligned + arena_bytes_), tail_bytes);
-  arena_ = reinterpret_cast<uint8_t*>(aligned);
-  ::madvise(arena_, arena_bytes_, MADV_HUGEPAGE);  // advice: without THP it still works, slower
-  // Keep what the serving threads touch resident: their buffers and stacks (mlock populates).
-  // (mlockall would also pin V8's heap, which V8 cannot tear down then.)
-  if (options_.lock_memory) {
-    if (mlock(arena_, arena_bytes_) != 0) {
-      *error = std::string("mlock of the frontend's buffers: ") + strerror(errno);
+  {
+    // The prepared (or an earlier frontend's) arena if it is large enough: its pages are resident.
+    std::lock_guard<std::mutex> lock(g_arena_mutex);
+    size_t needed = arena_bytes_for(options_.threads);
+    Arena arena;
+    if (g_spare_arena.bytes >= needed) {
+      arena = g_spare_arena;
+      g_spare_arena = Arena();
+    } else if (!map_arena(needed, &arena, error)) {
       stop();
       return false;
     }
-  } else {
-    memset(arena_, 0, arena_bytes_);  // touch every page now, not on the write path
+    arena_ = arena.base;
+    arena_bytes_ = arena.bytes;
+  }
+  // Keep what the serving threads touch resident: their buffers and stacks (already touched).
+  // (mlockall would also pin V8's heap, which V8 cannot tear down then.)
+  if (options_.lock_memory && mlock(arena_, arena_bytes_) != 0) {
+    *error = std::string("mlock of the frontend's buffers: ") + strerror(errno);
+    stop();
+    return false;
   }
   for (uint32_t i = 0; i < options_.threads; i++) {
     Worker& worker = workers_[i];
@@ -191,6 +221,18 @@ bool FuseFrontend::start(std::string* error) {
   return true;
 }
 
+void FuseFrontend::prepare_memory(uint32_t threads) {
+  NRAID_ASSERT(threads <= kFrontendThreadsMax);
+  std::lock_guard<std::mutex> lock(g_arena_mutex);
+  size_t needed = arena_bytes_for(threads);
+  if (g_spare_arena.bytes >= needed) return;
+  Arena arena;
+  std::string error;
+  if (!map_arena(needed, &arena, &error)) return;  // start() reports it, if it happens again there
+  if (g_spare_arena.base != nullptr) ::munmap(g_spare_arena.base, g_spare_arena.bytes);
+  g_spare_arena = arena;
+}
+
 void FuseFrontend::release() {
   mounted_ = false;
   stop();
@@ -226,7 +268,15 @@ void FuseFrontend::stop() {
     worker.started = false;
   }
   if (arena_ != nullptr) {
-    ::munmap(arena_, arena_bytes_);  // unlocks too
+    // Kept for the next frontend of this process (a promotion, an adopted restart), unless
+    // a spare one is kept already: one arena per process at most besides the serving one.
+    std::lock_guard<std::mutex> lock(g_arena_mutex);
+    munlock(arena_, arena_bytes_);
+    if (g_spare_arena.base == nullptr) {
+      g_spare_arena = Arena{arena_, arena_bytes_};
+    } else {
+      ::munmap(arena_, arena_bytes_);
+    }
     arena_ = nullptr;
     arena_bytes_ = 0;
   }

@@ -6,9 +6,18 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { pack, unpack } from 'msgpackr';
+import type { NodeConfig } from './config';
 import { ErrorReply, NotUpError, ProtocolError, RemoteError, TimeoutError, UsageError, errorReply, isErrnoException, systemError, toNraidError } from './errors';
 import { adminCallTimeoutMsDefault, adminFrameBytesMax } from './limits';
+
+export const ADMIN_SOCKET = 'admin.sock';
+
+/** The admin socket of a node's daemon, in its run directory. */
+export function adminSocketPath(node: NodeConfig): string {
+  return path.join(node.runDir, ADMIN_SOCKET);
+}
 
 /** The u32 little-endian length before each msgpack body. */
 const FRAME_HEADER_BYTES = 4;

@@ -6,17 +6,14 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { adminCall } from './admin';
+import { adminCall, adminSocketPath } from './admin';
 import { ParsedArgs, parseArgs, usage } from './cli/args';
-import { dumpMd, restoreMd } from './cli/metadata-commands';
 import { requireKernel } from './kernel';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, resolveConfigPath, roleHookBudgetMs, secretWarnings } from './config';
 import { ensurePrivateRunDir } from './run-dir';
-import { Daemon, adminSocketPath } from './daemon';
-import { EXIT_HANDED_OVER, HOLDER_ENV, HolderClient, ToDaemon, isStandby, waitForGo } from './holder-client';
-import { RESTART_REFUSED_FILE, main as runHolder, runningHolder } from './holder';
-import { StaleCleanup, cleanupStale, readRecord } from './device';
-import { BackingDisk } from './disk';
+import { EXIT_HANDED_OVER, HOLDER_ENV, RESTART_REFUSED_FILE, ToDaemon, isStandby, waitForGo } from './holder-client';
+import type { HolderClient } from './holder-client';
+import type { StaleCleanup } from './device';
 import {
   AlreadyUpError,
   DaemonStartError,
@@ -34,10 +31,11 @@ import {
 } from './errors';
 import { adminCallTimeoutMsDefault, daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
-import { notify } from './systemd';
-import { requireLoopControl } from './loop';
-import { createMetadata } from './metadata';
 import { ResourceStatus, formatBytes, statusLine } from './state';
+
+// The daemon, the holder, the device and metadata code (and the native addon under them) load
+// only in the commands that use them: a role command starts in a fraction of the time, which
+// counts in a switchover's and a failover's total.
 
 interface Context {
   args: ParsedArgs;
@@ -55,7 +53,8 @@ function requireRoot(command: string): void {
   }
 }
 
-function requireKernelSupport(): void {
+async function requireKernelSupport(): Promise<void> {
+  const { requireLoopControl } = await import('./loop');
   if (!fs.existsSync('/dev/fuse')) {
     throw new PrerequisiteError('no /dev/fuse: this kernel has no FUSE support; load the fuse module (modprobe fuse) or use a kernel with FUSE');
   }
@@ -84,7 +83,7 @@ async function callDaemon(ctx: Context, command: string, args: Record<string, un
   } catch (error) {
     if (error instanceof NotUpError) {
       throw new NotUpError(
-        `resource ${ctx.config.resource} is not up on node ${ctx.local.name}${deadDaemonHint(ctx)}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`,
+        `resource ${ctx.config.resource} is not up on node ${ctx.local.name}${await deadDaemonHint(ctx)}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`,
       );
     }
     throw error;
@@ -92,7 +91,8 @@ async function callDaemon(ctx: Context, command: string, args: Record<string, un
 }
 
 /** When no daemon answers but one left its device record or admin socket: says it died (`down` or `up` cleans up). */
-function deadDaemonHint(ctx: Context): string {
+async function deadDaemonHint(ctx: Context): Promise<string> {
+  const { readRecord } = await import('./device');
   const record = readRecord(ctx.local.runDir);
   if (record !== null) {
     return ` (its daemon, pid ${record.pid}, died and left its device ${record.loopDevice ?? record.mountPath}: nraid down cleans it up, and so does nraid up)`;
@@ -120,6 +120,7 @@ async function createMd(ctx: Context): Promise<void> {
     throw new AlreadyUpError(`resource ${ctx.config.resource} is up on node ${ctx.local.name}; run nraid down first: create-md never writes under a running daemon`);
   }
   warnAboutSecret(ctx);
+  const [{ BackingDisk }, { createMetadata }] = await Promise.all([import('./disk'), import('./metadata')]);
   const disk = BackingDisk.open(ctx.local.disk, { configKey: `nodes.${ctx.local.name}.disk in ${ctx.config.path}` });
   try {
     const sb = createMetadata(disk, { resource: ctx.config.resource, node: ctx.local.name, force: ctx.args.force });
@@ -132,12 +133,14 @@ async function createMd(ctx: Context): Promise<void> {
 async function up(ctx: Context): Promise<void> {
   let woken: HolderClient | undefined;
   if (ctx.args.foreground && isStandby()) {
-    // A standby (src/holder.ts): everything is loaded; the config is read again when woken.
+    // A standby (src/holder.ts): everything is loaded now (the role commands load the daemon's
+    // modules lazily), so that a woken standby serves at once; the config is read again when woken.
+    await Promise.all([import('./daemon'), import('./systemd'), import('./native')]);
     woken = await waitForGo();
     ctx = context(ctx.args);
   }
   requireRoot('up');
-  requireKernelSupport();
+  await requireKernelSupport();
   if (!fs.existsSync(ctx.local.disk)) {
     throw new DiskError(`backing device ${ctx.local.disk} does not exist (it may have vanished); check nodes.${ctx.local.name}.disk in ${ctx.config.path}`);
   }
@@ -148,7 +151,7 @@ async function up(ctx: Context): Promise<void> {
   warnAboutSecret(ctx);
   if (ctx.args.foreground) {
     // With a holder configured, the foreground process (systemd's main process) is the holder; its daemon runs as its child.
-    if (ctx.config.daemonRestartBoundMs > 0 && process.env[HOLDER_ENV] !== '1') return runHolder([ctx.config.path, ctx.local.name]);
+    if (ctx.config.daemonRestartBoundMs > 0 && process.env[HOLDER_ENV] !== '1') return (await import('./holder')).main([ctx.config.path, ctx.local.name]);
     return runForeground(ctx, woken);
   }
   ensurePrivateRunDir(ctx.local.runDir);
@@ -195,6 +198,7 @@ async function up(ctx: Context): Promise<void> {
 }
 
 async function runForeground(ctx: Context, held?: HolderClient): Promise<void> {
+  const { Daemon } = await import('./daemon');
   const log = jsonLogger({ resource: ctx.config.resource, node: ctx.local.name });
   const daemon = new Daemon({ config: ctx.config, nodeName: ctx.local.name, log, lockMemory: process.env.NRAID_NO_MLOCK !== '1', held });
   try {
@@ -231,7 +235,7 @@ async function runForeground(ctx: Context, held?: HolderClient): Promise<void> {
   // Run by systemd without a holder (contrib/systemd, Type=notify): the device serves now.
   if (daemon.held === null) {
     try {
-      notify('READY=1');
+      (await import('./systemd')).notify('READY=1');
     } catch (error) {
       log.warn('cannot report ready to systemd (sd_notify)', { error: (error as Error).message });
     }
@@ -264,7 +268,7 @@ async function restart(ctx: Context): Promise<void> {
   if (status === null) {
     throw new NotUpError(`resource ${ctx.config.resource} is not up on node ${ctx.local.name}; start it with nraid up -c ${ctx.config.path} -n ${ctx.local.name}`);
   }
-  const holderPid = runningHolder(ctx.local.runDir);
+  const holderPid = (await import('./holder')).runningHolder(ctx.local.runDir);
   if (holderPid === null) {
     throw new StateError(
       `resource ${ctx.config.resource} runs without a holder on node ${ctx.local.name} (daemon-restart-bound-ms is 0 or was when it came up); ` +
@@ -300,6 +304,7 @@ async function down(ctx: Context): Promise<void> {
   await callDaemon(ctx, 'down');
   await waitForExit(status.pid);
   // A daemon killed before this one may have left a device that this one could not clean at its start.
+  const { cleanupStale } = await import('./device');
   const stale = cleanupStale(ctx.local.runDir, ctx.local.device);
   for (const line of stale.cleaned) out(line);
   out(`${ctx.config.resource} is down on node ${ctx.local.name}`);
@@ -313,7 +318,8 @@ async function down(ctx: Context): Promise<void> {
  * what it left (loop device, FUSE mount, device link, device record, admin
  * socket), says what, and keeps its log. Nothing left at all: not up, as before.
  */
-function downAfterDeath(ctx: Context): void {
+async function downAfterDeath(ctx: Context): Promise<void> {
+  const { cleanupStale } = await import('./device');
   const stale = cleanupStale(ctx.local.runDir, ctx.local.device);
   const socket = adminSocketPath(ctx.local);
   if (fs.existsSync(socket)) {
@@ -505,6 +511,7 @@ export async function main(argv: string[]): Promise<number> {
           runningPid: async () => (await daemonAnswers(ctx.local))?.pid ?? null,
           out,
         };
+        const { dumpMd, restoreMd } = await import('./cli/metadata-commands');
         await (args.command === 'dump-md' ? dumpMd(metadataContext) : restoreMd(metadataContext));
         break;
       }

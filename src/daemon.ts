@@ -8,7 +8,7 @@ import { ensurePrivateRunDir } from './run-dir';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import { AdminServer, AdminStream } from './admin';
+import { AdminServer, AdminStream, adminSocketPath } from './admin';
 import { NodeConfig, ResourceConfig, loadConfig, localAndPeer, roleHookBudgetMs } from './config';
 import { DeviceRecord, StaleCleanup, adoptableRecord, cleanupStale } from './device';
 import { HolderClient, holderClient } from './holder-client';
@@ -33,11 +33,7 @@ import { ResourceStatus } from './state';
 export { FLAG_DISCARD_MY_DATA };
 export { mintUuid } from './resource/metadata-store';
 
-export const ADMIN_SOCKET = 'admin.sock';
-
-export function adminSocketPath(node: NodeConfig): string {
-  return path.join(node.runDir, ADMIN_SOCKET);
-}
+export { ADMIN_SOCKET, adminSocketPath } from './admin';
 
 export interface DaemonOptions {
   config: ResourceConfig;
@@ -207,6 +203,8 @@ export class Daemon extends EventEmitter {
         lockMemory: this.lockMemory,
         held: this.held,
       });
+      // A promotion (switchover, failover) then starts the frontend on memory already touched.
+      plane.prepareFrontend(this.config.frontendThreads);
       const state = initialState(
         {
           resource: this.config.resource,

@@ -9,7 +9,6 @@
  */
 import { performance } from 'node:perf_hooks';
 import { HeldFuse } from './device';
-import { binding } from './native';
 import { DaemonRestarts } from './state';
 
 /** Set by the holder in every daemon it starts. */
@@ -132,6 +131,9 @@ export function holderClient(env: NodeJS.ProcessEnv = process.env): HolderClient
   return env[HOLDER_ENV] === '1' && process.send !== undefined ? HolderClient.fromEnv(env) : null;
 }
 
+/** In the run directory: why the holder refused the last `nraid restart` (the installed version did not load). */
+export const RESTART_REFUSED_FILE = 'restart-refused.json';
+
 /** True in a standby the holder started ahead (src/holder.ts). */
 export function isStandby(env: NodeJS.ProcessEnv = process.env): boolean {
   return env[HOLDER_ENV] === '1' && env[HOLDER_STANDBY_ENV] === '1' && process.send !== undefined;
@@ -143,7 +145,8 @@ export function isStandby(env: NodeJS.ProcessEnv = process.env): boolean {
  * nothing of the resource before that. A holder gone meanwhile ends the
  * standby: it has nothing to serve.
  */
-export function waitForGo(): Promise<HolderClient> {
+export async function waitForGo(): Promise<HolderClient> {
+  const { binding } = await import('./native');
   return new Promise((resolve, reject) => {
     const onDisconnect = () => process.exit(0);
     const onMessage = (message: ToDaemon) => {

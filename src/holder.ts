@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ResourceConfig, loadConfig, localAndPeer } from './config';
 import { readRecord } from './device';
-import { EXIT_HANDED_OVER, HOLDER_ENV, HOLDER_FD_ENV, HOLDER_RESTART_ENV, HOLDER_STANDBY_ENV, RestartNote, ToDaemon, ToHolder } from './holder-client';
+import { EXIT_HANDED_OVER, HOLDER_ENV, HOLDER_FD_ENV, HOLDER_RESTART_ENV, HOLDER_STANDBY_ENV, RESTART_REFUSED_FILE, RestartNote, ToDaemon, ToHolder } from './holder-client';
 import { daemonHandoverWaitMs, daemonRestartRetryMs, holderReleaseWaitMs, processExitPollMs } from './limits';
 import { Logger, jsonLogger } from './log';
 import { detachLoop, loopBackingFile } from './loop';
@@ -31,7 +31,6 @@ import { FUSE_FD_NAME, SYSTEMD_ENV_KEYS, notify, passedFds, removeStoredFd, stor
 
 export const HOLDER_PID_FILE = 'holder.pid';
 /** Written when `nraid restart` is refused (the installed version did not load): { atMs, reason }; the CLI reports it. */
-export const RESTART_REFUSED_FILE = 'restart-refused.json';
 /** The descriptor number the held /dev/fuse has in each daemon (after stdin, stdout, stderr and the IPC channel). */
 const INHERITED_FD = 4;
 

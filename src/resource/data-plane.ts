@@ -165,6 +165,10 @@ export class DataPlane {
   startFrontend(options: FrontendOptions): number {
     return binding.frontendStart(this.h, options);
   }
+  /** The frontend's memory, made ready in the background for the first promotion (see Binding.frontendPrepare). */
+  prepareFrontend(threads: number): void {
+    binding.frontendPrepare(threads);
+  }
   stopFrontend(): void {
     binding.frontendStop(this.h);
   }

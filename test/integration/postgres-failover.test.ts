@@ -18,7 +18,7 @@
 import * as fs from 'fs';
 import { freePorts, makeResource, NodeName, TestResource } from '../harness/cluster';
 import { bringUpPair, cliError, connectedUpToDate, otherNode, processAlive, sleep, until, withDaemonLogs } from '../harness/helpers';
-import { CommitWriter, committedIds, initDatabase, killPostgres, makePgSite, missingIds, PgSite, postmasterPid, unmountStale } from '../harness/postgres';
+import { CommitWriter, initDatabase, killPostgres, makePgSite, missingCommitted, PgSite, postmasterPid, unmountStale } from '../harness/postgres';
 import { describeOptIn } from '../harness/prereq';
 
 const MiB = 1024 * 1024;
@@ -30,14 +30,14 @@ const FAILOVER_TARGET_MS = 10_000;
 const COMMIT_WAIT_MS = 60_000;
 
 /**
- * Behind NRAID_TEST_POSTGRES=1 for now: on this branch every switchover and
- * every forced failover lost exactly one committed row (the same writer loses
- * none over pg_ctl stop/start without nraid), a data-loss defect under
- * investigation (docs/testing.md); the suite must not carry a failing test,
- * and the check is not loosened. It also takes 4-6 min on the loaded machine.
+ * Behind NRAID_TEST_POSTGRES=1 (npm run test:postgres): it takes 3-6 min on
+ * the loaded machine; postgres-failover-short.test.ts is the one-move variant
+ * (NRAID_TEST_POSTGRES_SHORT=1). The "one committed row
+ * lost per role move" it used to report was its own check racing the writer
+ * (missingCommitted in the harness), not a loss.
  */
 
-describeOptIn('NRAID_TEST_POSTGRES', 'it finds a lost committed row per role move (an open defect)', 'PostgreSQL on nraid: switchover with hooks, forced failover after kill -9', ['root', 'fuse', 'loop', 'mkfs.ext4', 'e2fsck', 'nraid-cli', 'postgresql'], () => {
+describeOptIn('NRAID_TEST_POSTGRES', 'it takes 3-6 minutes', 'PostgreSQL on nraid: switchover with hooks, forced failover after kill -9', ['root', 'fuse', 'loop', 'mkfs.ext4', 'e2fsck', 'nraid-cli', 'postgresql'], () => {
   let r: TestResource;
   let site: PgSite;
   let writer: CommitWriter;
@@ -48,8 +48,8 @@ describeOptIn('NRAID_TEST_POSTGRES', 'it finds a lost committed row per role mov
   async function expectAllCommitted(ctx: string, sinceMs: number): Promise<void> {
     const first = await writer.waitCommitSince(sinceMs, COMMIT_WAIT_MS);
     await until(`${ctx}: 20 commits`, () => writer.committed.filter((c) => c.atMs >= first.atMs).length >= 20, COMMIT_WAIT_MS);
-    const missing = missingIds(writer, await committedIds(site.port));
-    expect({ ctx, logged: writer.committed.length > 0, missing: missing.slice(0, 20) }).toEqual({ ctx, logged: true, missing: [] });
+    const { missing, checked } = await missingCommitted(writer, site.port);
+    expect({ ctx, logged: checked > 0, missing: missing.slice(0, 20) }).toEqual({ ctx, logged: true, missing: [] });
   }
 
   beforeAll(async () => {
@@ -153,7 +153,7 @@ describeOptIn('NRAID_TEST_POSTGRES', 'it finds a lost committed row per role mov
       if (promote.code !== 0) throw new Error(`${ctx}: primary --force exited ${promote.code}: ${promote.stderr}`);
       const promoteMs = Date.now() - t0;
       const first = await writer.waitCommitAfterMove(killedAt, COMMIT_WAIT_MS);
-      const missing = missingIds(writer, await committedIds(site.port));
+      const { missing } = await missingCommitted(writer, site.port);
       expect({ ctx, loggedAtKill: loggedAtKill > committedBefore, missing: missing.slice(0, 20) }).toEqual({ ctx, loggedAtKill: true, missing: [] });
       timings.push(`  ${ctx}: primary --force ${promoteMs} ms (with fsck, mount, PostgreSQL recovery), first commit ${first.atMs - t0} ms after it (target ${FAILOVER_TARGET_MS} ms), lost 0 of ${loggedAtKill}`);
 

@@ -164,7 +164,7 @@ const STACKS = [
 
 /** The row every ratio is taken against. */
 const BASELINE_ROW = 'raw';
-const DEFAULT_ROWS = ['raw', 'nbd', 'floor', 'nraid', 'nraid-A', 'nraid-B', 'nraid-C', 'nraid-C-notls'];
+const DEFAULT_ROWS = ['raw', 'nbd', 'floor', 'nraid', 'nraid-A', 'nraid-B', 'nraid-C', 'nraid-C-notls', 'nraid-C-attacked'];
 
 function stackById(id) {
   return STACKS.find((s) => s.id === id) || null;

@@ -186,7 +186,7 @@ async function runRound(stack, dir, options) {
   const mark = cleanup.mark();
   try {
     const started = Date.now();
-    const { device, notes } = await stack.setup({ id: stack.id, dir, sizeBytes: options.sizeBytes, repoDir: REPO_DIR });
+    const { device, notes } = await stack.setup({ id: stack.id, dir, sizeBytes: options.sizeBytes, repoDir: REPO_DIR, timing: options.timing });
     round.setupMs = Date.now() - started;
     round.notes = Object.assign(notes ?? {}, { device }); // the same object: a row may add to it until teardown
     for (const workload of WORKLOADS) {

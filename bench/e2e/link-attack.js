@@ -11,7 +11,8 @@
  * bench's event loop:
  *
  *   node bench/e2e/link-attack.js --port 7789 [--port 7790] --connections 1000
- *        [--concurrency 50] [--resource r0] [--rounds 1 | --rounds 0 (until SIGTERM)]
+ *        [--concurrency 50] [--rate N (connections started per second, default: no pacing)]
+ *        [--resource r0] [--rounds 1 | --rounds 0 (until SIGTERM)]
  *
  * Prints one JSON line at the end: connections made, per kind how many the
  * node closed and how many ran into the cap, and how long the slowest took.
@@ -30,10 +31,17 @@ const CONNECTION_CAP_MS = 6000;
 const CONTROL_PSK_IDENTITY = 'nraid-control-link-v1'; // src/link/tls.ts
 const PSK_CIPHER_SUITES = 'TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256';
 
+/** Made once: the attacker's own CPU is not what is measured. */
+const RANDOM = crypto.randomBytes(512 * 1024);
+function randomPiece(bytes) {
+  const start = crypto.randomInt(RANDOM.length - bytes + 1);
+  return RANDOM.subarray(start, start + bytes);
+}
+
 const KINDS = ['garbage', 'oversized-control', 'oversized-data', 'silent', 'slow-preamble', 'wrong-secret', 'wrong-token', 'not-peer'];
 
 function parseArgs(argv) {
-  const options = { host: '127.0.0.1', ports: [], connections: 1000, concurrency: 50, resource: 'r0', rounds: 1 };
+  const options = { host: '127.0.0.1', ports: [], connections: 1000, concurrency: 50, resource: 'r0', rounds: 1, rate: 0 };
   for (let i = 0; i < argv.length; i++) {
     const value = () => {
       const v = argv[++i];
@@ -47,6 +55,7 @@ function parseArgs(argv) {
       case '--concurrency': options.concurrency = Number(value()); break;
       case '--resource': options.resource = value(); break;
       case '--rounds': options.rounds = Number(value()); break;
+      case '--rate': options.rate = Number(value()); break;
       default: throw new Error(`unknown option "${argv[i]}"`);
     }
   }
@@ -54,7 +63,7 @@ function parseArgs(argv) {
   if (options.ports.length === 0 || options.ports.some((p) => !Number.isInteger(p) || p < 1 || p > 65535)) {
     throw new Error('--port: expected one or more TCP ports (1..65535)');
   }
-  for (const [name, v, min, max] of [['--connections', options.connections, 1, 100000], ['--concurrency', options.concurrency, 1, 500], ['--rounds', options.rounds, 0, 100000]]) {
+  for (const [name, v, min, max] of [['--connections', options.connections, 1, 100000], ['--concurrency', options.concurrency, 1, 500], ['--rounds', options.rounds, 0, 100000], ['--rate', options.rate, 0, 100000]]) {
     if (!Number.isInteger(v) || v < min || v > max) throw new Error(`${name}: expected a whole number ${min}..${max}, found ${v}`);
   }
   return options;
@@ -93,17 +102,17 @@ function attackOnce(kind, host, port, resource, sockets) {
     socket.on('connect', () => {
       switch (kind) {
         case 'garbage':
-          socket.write(crypto.randomBytes(64 + crypto.randomInt(4096)));
+          socket.write(randomPiece(64 + crypto.randomInt(4096)));
           break;
         case 'oversized-control': {
           // A preamble, then a length prefix of 16 MiB and the start of a body (what took the event loop down).
           const prefix = Buffer.alloc(4);
           prefix.writeUInt32LE(16 * 1024 * 1024 - 1);
-          socket.write(Buffer.concat([CONTROL_PREAMBLE, prefix, crypto.randomBytes(256 * 1024)]));
+          socket.write(Buffer.concat([CONTROL_PREAMBLE, prefix, randomPiece(256 * 1024)]));
           break;
         }
         case 'oversized-data':
-          socket.write(Buffer.concat([DATA_PREAMBLE, crypto.randomBytes(DATA_TOKEN_BYTES), crypto.randomBytes(256 * 1024)]));
+          socket.write(Buffer.concat([DATA_PREAMBLE, crypto.randomBytes(DATA_TOKEN_BYTES), randomPiece(256 * 1024)]));
           break;
         case 'silent':
         case 'not-peer':
@@ -137,11 +146,17 @@ function attackOnce(kind, host, port, resource, sockets) {
   });
 }
 
-async function attackRound(options, sockets, summary, stopped) {
+async function attackRound(options, sockets, summary, stopped, pace) {
   let next = 0;
   const worker = async () => {
     while (!stopped() && next < options.connections) {
       const index = next++;
+      if (options.rate > 0) {
+        // Paced over the whole run: connection n starts n / rate seconds after the first.
+        const dueMs = pace.startedMs + (pace.started++ * 1000) / options.rate;
+        if (dueMs > Date.now()) await new Promise((resolve) => setTimeout(resolve, dueMs - Date.now()));
+        if (stopped()) break;
+      }
       const kind = KINDS[index % KINDS.length];
       const port = options.ports[index % options.ports.length];
       const outcome = await attackOnce(kind, options.host, port, options.resource, sockets);
@@ -160,6 +175,7 @@ async function main() {
   const startedMs = Date.now();
   const summary = { connections: 0, rounds: 0, byKind: {}, elapsedMs: 0 };
   const sockets = new Set();
+  const pace = { startedMs: startedMs, started: 0 };
   let stop = false;
   const onSignal = () => {
     stop = true;
@@ -168,7 +184,7 @@ async function main() {
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   while (!stop && (options.rounds === 0 || summary.rounds < options.rounds)) {
-    await attackRound(options, sockets, summary, () => stop);
+    await attackRound(options, sockets, summary, () => stop, pace);
     summary.rounds += 1;
   }
   summary.elapsedMs = Date.now() - startedMs;

@@ -9,8 +9,9 @@
  *                            then wait until beta is UpToDate (initial sync)
  *
  * With `attack`, bench/e2e/link-attack.js runs from the end of setup to the
- * teardown (rounds of 1,000 hostile connections to beta's link port, 50 at a
- * time, in its own process): the row's numbers are replication under attack.
+ * teardown (1,000 hostile connections to beta's link port over each fio
+ * job's time, at most 50 at once, in its own process): the row's numbers are
+ * replication under attack.
  *
  * `down` is registered before `up`, so a failed row still takes its daemons
  * down. If `down` fails or leaves something behind, the sweep removes what
@@ -190,7 +191,10 @@ async function waitForSync(cli, configPath, primary) {
  */
 function startAttack(ctx, port, resource, notes) {
   const script = path.join(__dirname, 'link-attack.js');
-  const args = [script, '--port', String(port), '--connections', '1000', '--concurrency', '50', '--resource', resource, '--rounds', '0'];
+  // 1,000 connections over each fio job's time (ramp and runtime), all along the row.
+  const jobSeconds = ctx.timing ? ctx.timing.rampSeconds + ctx.timing.runtimeSeconds : 12;
+  const rate = Math.ceil(1000 / jobSeconds);
+  const args = [script, '--port', String(port), '--connections', '1000', '--concurrency', '50', '--rate', String(rate), '--resource', resource, '--rounds', '0'];
   log(`attack: node ${args.map((a) => path.relative(ctx.repoDir, a) || a).join(' ')}`);
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
@@ -225,7 +229,7 @@ function nraidStack({ id, title, nodes, protocol = 'C', tls = true, attack = fal
     id,
     title,
     compareTo,
-    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}, ${tls ? 'TLS 1.3 (PSK)' : 'no TLS'}` : ''}, disks = loop dio over sparse files${attack ? '; 1,000 hostile connections per round to beta\'s port all along (bench/e2e/link-attack.js)' : ''}`,
+    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}, ${tls ? 'TLS 1.3 (PSK)' : 'no TLS'}` : ''}, disks = loop dio over sparse files${attack ? '; 1,000 hostile connections to beta\'s port per fio job (bench/e2e/link-attack.js)' : ''}`,
     async setup(ctx) {
       const cli = nraidCli(ctx);
       if (!fs.existsSync(cli.bin)) throw new Error(`${cli.bin} does not exist (is the CLI written and built?)`);

@@ -157,7 +157,7 @@ const STACKS = [
   // nraid-C / nraid-C-notls >= 0.85 for 4k QD32 IOPS and 1M MB/s, p50 QD1 <= 1.15).
   nraidStack({ id: 'nraid-C', title: 'nraid 2 nodes prot C', nodes: ['alpha', 'beta'], protocol: 'C', compareTo: 'nraid-C-notls' }),
   nraidStack({ id: 'nraid-C-notls', title: 'nraid 2 nodes prot C, no TLS', nodes: ['alpha', 'beta'], protocol: 'C', tls: false }),
-  // Issue 11: replication while 1,000 hostile connections per round hit beta's port
+  // Issue 11: replication while 1,000 hostile connections per fio job hit beta's port
   // (target: within 10 % of nraid-C, i.e. ratios >= 0.9, latency <= 1.1).
   nraidStack({ id: 'nraid-C-attacked', title: 'nraid 2 nodes prot C, under attack', nodes: ['alpha', 'beta'], protocol: 'C', attack: true, compareTo: 'nraid-C' }),
 ];

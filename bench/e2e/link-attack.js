@@ -12,14 +12,15 @@
  *
  *   node bench/e2e/link-attack.js --port 7789 [--port 7790] --connections 1000
  *        [--concurrency 50] [--rate N (connections started per second, default: no pacing)]
- *        [--resource r0] [--rounds 1 | --rounds 0 (until SIGTERM)]
+ *        [--resource r0] [--rounds 1 | --rounds 0 (until SIGTERM)] [--summary FILE]
  *
- * Prints one JSON line at the end: connections made, per kind how many the
+ * Prints one JSON line at the end (and writes it to FILE with --summary): connections made, per kind how many the
  * node closed and how many ran into the cap, and how long the slowest took.
  * Targets are loopback addresses only (the peer's, 127.0.0.1, and 127.0.0.2
  * for "not the peer").
  */
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const net = require('node:net');
 const tls = require('node:tls');
 
@@ -56,6 +57,7 @@ function parseArgs(argv) {
       case '--resource': options.resource = value(); break;
       case '--rounds': options.rounds = Number(value()); break;
       case '--rate': options.rate = Number(value()); break;
+      case '--summary': options.summary = value(); break;
       default: throw new Error(`unknown option "${argv[i]}"`);
     }
   }
@@ -189,6 +191,7 @@ async function main() {
   }
   summary.elapsedMs = Date.now() - startedMs;
   process.stdout.write(`${JSON.stringify(summary)}\n`);
+  if (options.summary) fs.writeFileSync(options.summary, `${JSON.stringify(summary)}\n`);
 }
 
 main().catch((error) => {

@@ -194,26 +194,27 @@ function startAttack(ctx, port, resource, notes) {
   // 1,000 connections over each fio job's time (ramp and runtime), all along the row.
   const jobSeconds = ctx.timing ? ctx.timing.rampSeconds + ctx.timing.runtimeSeconds : 12;
   const rate = Math.ceil(1000 / jobSeconds);
-  const args = [script, '--port', String(port), '--connections', '1000', '--concurrency', '50', '--rate', String(rate), '--resource', resource, '--rounds', '0'];
+  const summaryPath = path.join(ctx.dir, 'link-attack.json');
+  const args = [script, '--port', String(port), '--connections', '1000', '--concurrency', '50', '--rate', String(rate), '--resource', resource, '--rounds', '0', '--summary', summaryPath];
   log(`attack: node ${args.map((a) => path.relative(ctx.repoDir, a) || a).join(' ')}`);
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk) => (stdout += chunk));
   child.stderr.on('data', (chunk) => (stderr += chunk));
-  child.on('close', (code) => {
-    try {
-      notes.attack = JSON.parse(stdout.trim());
-    } catch {
-      notes.attack = { error: `link-attack.js exited with ${code}: ${stderr.trim()}` };
-    }
-  });
   cleanup.defer(`stop the link attacker (pid ${child.pid})`, () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    if (!waitGoneSync(child.pid, 5000)) {
-      child.kill('SIGKILL');
-      waitGoneSync(child.pid, 5000);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      if (!waitGoneSync(child.pid, 5000)) {
+        child.kill('SIGKILL');
+        waitGoneSync(child.pid, 5000);
+      }
+    }
+    // Read here, synchronously: the row's notes are saved before the child's output events would run.
+    try {
+      notes.attack = JSON.parse(fs.readFileSync(summaryPath, 'utf8'));
+    } catch {
+      notes.attack = { error: `link-attack.js left no summary: ${stderr.trim() || stdout.trim() || 'no output'}` };
     }
   });
   return child;

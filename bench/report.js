@@ -51,18 +51,45 @@ function cell(row, baseline, column) {
   return r === null ? value : `${value} (${r.toFixed(2)}x)`;
 }
 
-/** Adds `ratios` (per workload and metric) to each row, against the baseline row. */
+/**
+ * Adds `ratios` (per workload and metric) to each row, against the baseline
+ * row, and `comparedRatios` against the row named by its `compareTo` (a
+ * target's pair, e.g. TLS against no TLS), when both ran.
+ */
 function addRatios(rows, workloads, baselineId) {
   const baseline = rows.find((r) => r.id === baselineId && r.ok);
-  for (const row of rows) {
-    row.ratios = {};
+  const ratiosAgainst = (row, base) => {
+    const out = {};
     for (const column of columns(workloads)) {
-      const r = ratio(row, baseline, column);
+      const r = ratio(row, base, column);
       if (r === null) continue;
-      row.ratios[column.workload.id] ??= {};
-      row.ratios[column.workload.id][column.metric.id] = r;
+      out[column.workload.id] ??= {};
+      out[column.workload.id][column.metric.id] = r;
     }
+    return out;
+  };
+  for (const row of rows) {
+    row.ratios = ratiosAgainst(row, baseline);
+    const compared = row.compareTo ? rows.find((r) => r.id === row.compareTo && r.ok) : null;
+    if (compared) row.comparedRatios = { to: compared.id, ratios: ratiosAgainst(row, compared) };
   }
+}
+
+/** One line per row with a `compareTo` pair in this run: its value / the pair's, per column. */
+function formatPairs(rows, workloads) {
+  const lines = [];
+  for (const row of rows) {
+    const compared = row.compareTo ? rows.find((r) => r.id === row.compareTo && r.ok) : null;
+    if (!row.ok || !compared) continue;
+    const cells = columns(workloads)
+      .map((c) => {
+        const r = ratio(row, compared, c);
+        return r === null ? null : `${c.title} ${r.toFixed(2)}x`;
+      })
+      .filter(Boolean);
+    lines.push(`${row.id} / ${compared.id}: ${cells.join(', ')}`);
+  }
+  return lines;
 }
 
 function formatTable(rows, workloads, baselineId) {
@@ -77,6 +104,8 @@ function formatTable(rows, workloads, baselineId) {
   lines.push(baseline
     ? `ratios are value / ${baseline.title} in this run; for latency (us) a ratio above 1 is slower`
     : `no ratios: the baseline row "${baselineId}" did not run or failed`);
+  const pairs = formatPairs(rows, workloads);
+  if (pairs.length > 0) lines.push('', 'pairs (value / the pair\'s value in this run):', ...pairs);
   for (const row of rows.filter((r) => r.error)) {
     const rounds = row.roundsPassed + row.roundsFailed > 1 ? ` in ${row.roundsFailed} of ${row.roundsPassed + row.roundsFailed} rounds` : '';
     lines.push(`${row.title}: FAILED${rounds}: ${row.error}`);

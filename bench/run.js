@@ -186,9 +186,9 @@ async function runRound(stack, dir, options) {
   const mark = cleanup.mark();
   try {
     const started = Date.now();
-    const { device, notes } = await stack.setup({ id: stack.id, dir, sizeBytes: options.sizeBytes, repoDir: REPO_DIR });
+    const { device, notes } = await stack.setup({ id: stack.id, dir, sizeBytes: options.sizeBytes, repoDir: REPO_DIR, timing: options.timing });
     round.setupMs = Date.now() - started;
-    round.notes = { ...notes, device };
+    round.notes = Object.assign(notes ?? {}, { device }); // the same object: a row may add to it until teardown
     for (const workload of WORKLOADS) {
       const load1 = os.loadavg()[0];
       log(`fio ${workload.title} on ${device} (${options.timing.rampSeconds ? `${options.timing.rampSeconds} s ramp + ` : ''}${options.timing.runtimeSeconds} s; load ${load1.toFixed(1)})`);
@@ -232,6 +232,7 @@ function summarizeRow(stack, rounds) {
     id: stack.id,
     title: stack.title,
     description: stack.description,
+    compareTo: stack.compareTo || null,
     ok: passed.length > 0,
     error: failed.length > 0 ? failed.map((r) => r.error).filter((e, i, all) => all.indexOf(e) === i).join(' | ') : null,
     roundsPassed: passed.length,

@@ -96,13 +96,18 @@ constexpr uint32_t kSocketBufferBytes = 4 * kMiB;
 constexpr uint32_t kDataHelloTimeoutMs = 10000;
 // Buffered socket reads: under load one read() brings many frames.
 constexpr size_t kSocketReadBufferBytes = 256 * kKiB;
-// TLS on the data link (link_stream.h): plaintext handed to one SSL_write,
-// the ciphertext buffer that holds its records, and the handshake's bound.
-constexpr size_t kTlsPlainChunkBytes = 64 * kKiB;
+// TLS on the data link (link_stream.h): plaintext sealed into records before
+// one socket write, and the ciphertext buffer that holds those records.
+constexpr size_t kTlsPlainChunkBytes = 128 * kKiB;
 constexpr size_t kTlsRecordPlainBytesMax = 16 * kKiB;  // RFC 8446 5.1
 constexpr size_t kTlsRecordOverheadBytes = 5 + 1 + 16;  // header, inner content type, AEAD tag
+constexpr size_t kTlsRecordCipherBytesMax = kTlsRecordPlainBytesMax + 256;  // RFC 8446 5.2
 constexpr size_t kTlsCipherChunkBytes =
-    kTlsPlainChunkBytes + (kTlsPlainChunkBytes / kTlsRecordPlainBytesMax + 1) * kTlsRecordOverheadBytes + 4 * kKiB;
+    kTlsPlainChunkBytes + (kTlsPlainChunkBytes / kTlsRecordPlainBytesMax + 1) * kTlsRecordOverheadBytes;
+// Records sealed under one key before both ends move to the next (the TLS 1.3
+// KeyUpdate derivation, at a count both ends know): AES-GCM's limit is 2^24.5
+// full records per key (RFC 8446 5.5).
+constexpr uint64_t kTlsRecordsPerKey = 1ull << 23;
 constexpr uint32_t kTlsHandshakeTimeoutMs = 10'000;
 // The pre-shared key the control plane derives from the secret (src/link/tls.ts).
 constexpr size_t kTlsPskBytes = 32;
@@ -111,7 +116,8 @@ static_assert(kUnackedEntries >= kSlotsMax + kResyncWindowChunks,
               "every writer and the resync window can have a frame in flight at once");
 static_assert(2 * kFramesPerWrite <= 1024, "one writev() stays under IOV_MAX");
 static_assert(kResyncChunkBytes <= kFramePayloadBytesMax, "a resync chunk fits in one frame");
-static_assert(kTlsPlainChunkBytes % kTlsRecordPlainBytesMax == 0, "one SSL_write fills whole records");
+static_assert(kTlsPlainChunkBytes % kTlsRecordPlainBytesMax == 0, "one socket write carries whole records");
+static_assert(kTlsRecordCipherBytesMax + 5 <= kSocketReadBufferBytes / 2, "a whole record fits in the receive buffer");
 static_assert(kTlsCipherChunkBytes <= kSocketReadBufferBytes, "one chunk's records fit in one socket read buffer");
 static_assert(kResyncChunkBytes % kBitmapGranularityBytesMax == 0, "a resync chunk is whole bitmap bits");
 static_assert(kResyncWindowChunks >= 1 && kResyncWindowChunks <= 32, "the free mask of resync buffers is 32 bits");

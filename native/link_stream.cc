@@ -2,7 +2,9 @@
 
 #include <errno.h>
 #include <openssl/err.h>
+#include <openssl/hmac.h>
 #include <openssl/pem.h>
+#include <openssl/tls1.h>
 #include <openssl/x509.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -38,7 +40,66 @@ std::string openssl_error(const char* fallback) {
   return text;
 }
 
-const std::string* psk_of(SSL* ssl) { return static_cast<const std::string*>(SSL_get_app_data(ssl)); }
+// What the handshake's callbacks read and write: the PSK, and the traffic secrets from the key log.
+struct HandshakeState {
+  std::string psk;
+  std::string client_secret;  // CLIENT_TRAFFIC_SECRET_0, bytes
+  std::string server_secret;  // SERVER_TRAFFIC_SECRET_0, bytes
+};
+
+HandshakeState* state_of(const SSL* ssl) { return static_cast<HandshakeState*>(SSL_get_app_data(ssl)); }
+const std::string* psk_of(SSL* ssl) {
+  HandshakeState* state = state_of(ssl);
+  return state == nullptr || state->psk.empty() ? nullptr : &state->psk;
+}
+
+// OpenSSL's key log line "LABEL <client random hex> <secret hex>": the two
+// application traffic secrets are what the record layer below needs.
+void keep_traffic_secret(const SSL* ssl, const char* line) {
+  HandshakeState* state = state_of(ssl);
+  if (state == nullptr) return;
+  std::string text(line);
+  std::string* target = nullptr;
+  if (text.rfind("CLIENT_TRAFFIC_SECRET_0 ", 0) == 0) target = &state->client_secret;
+  if (text.rfind("SERVER_TRAFFIC_SECRET_0 ", 0) == 0) target = &state->server_secret;
+  size_t last_space = text.rfind(' ');
+  if (target == nullptr || last_space == std::string::npos) return;
+  std::string hex = text.substr(last_space + 1);
+  if (hex.size() % 2 != 0 || hex.size() / 2 > EVP_MAX_MD_SIZE) return;
+  target->clear();
+  for (size_t i = 0; i < hex.size(); i += 2) target->push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+}
+
+// HKDF-Expand-Label(secret, label, "", length) of RFC 8446 7.1, for lengths of one hash block at most.
+bool expand_label(const EVP_MD* digest, const uint8_t* secret, size_t secret_bytes, const char* label, uint8_t* out,
+                  size_t length) {
+  uint8_t info[2 + 1 + 255 + 1 + 1];
+  const size_t label_bytes = 6 + strlen(label);
+  NRAID_ASSERT(label_bytes <= 255);
+  size_t n = 0;
+  info[n++] = static_cast<uint8_t>(length >> 8);
+  info[n++] = static_cast<uint8_t>(length);
+  info[n++] = static_cast<uint8_t>(label_bytes);
+  memcpy(info + n, "tls13 ", 6);
+  memcpy(info + n + 6, label, label_bytes - 6);
+  n += label_bytes;
+  info[n++] = 0;  // no context
+  info[n++] = 1;  // HKDF-Expand's first block counter
+  uint8_t block[EVP_MAX_MD_SIZE];
+  unsigned int block_bytes = 0;
+  if (HMAC(digest, secret, static_cast<int>(secret_bytes), info, n, block, &block_bytes) == nullptr ||
+      length > block_bytes) {
+    return false;
+  }
+  memcpy(out, block, length);
+  OPENSSL_cleanse(block, sizeof(block));
+  return true;
+}
+
+constexpr uint8_t kRecordApplicationData = 23;
+constexpr uint8_t kRecordAlert = 21;
+constexpr size_t kRecordHeaderBytes = 5;
+constexpr size_t kTagBytes = 16;
 
 unsigned int psk_server(SSL* ssl, const char* identity, unsigned char* psk, unsigned int psk_max_bytes) {
   const std::string* key = psk_of(ssl);
@@ -124,77 +185,89 @@ int set_receive_timeout(int fd, uint32_t timeout_ms) {
 LinkStream::LinkStream(int fd) : fd_(fd), buffer_(new uint8_t[kSocketReadBufferBytes]) {}
 
 LinkStream::~LinkStream() {
-  if (ssl_ != nullptr) SSL_free(ssl_);  // frees both BIOs
-  if (ctx_ != nullptr) SSL_CTX_free(ctx_);
+  for (Direction* direction : {&send_, &receive_}) {
+    EVP_CIPHER_CTX_free(direction->ctx);
+    OPENSSL_cleanse(direction->secret, sizeof(direction->secret));
+    OPENSSL_cleanse(direction->iv, sizeof(direction->iv));
+  }
 }
 
 int LinkStream::handshake(const TlsOptions& options, bool server, std::string* error) {
   if (!options.enabled) return 0;
-  NRAID_ASSERT(ssl_ == nullptr);
+  NRAID_ASSERT(!tls_);
   const bool with_psk = !options.psk.empty();
   NRAID_ASSERT(!with_psk || options.psk.size() == kTlsPskBytes);
   cipher_in_.reset(new uint8_t[kSocketReadBufferBytes]);
-  plain_out_.reset(new uint8_t[kTlsPlainChunkBytes]);
   cipher_out_.reset(new uint8_t[kTlsCipherChunkBytes]);
-  psk_ = options.psk;
+  HandshakeState state;
+  state.psk = options.psk;
 
-  ctx_ = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
-  if (ctx_ == nullptr) {
+  // Owned here: nothing of OpenSSL's SSL objects outlives the handshake.
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()),
+                                                        SSL_CTX_free);
+  if (ctx == nullptr) {
     *error = "data link TLS: cannot make a context: " + openssl_error("out of memory");
     return -ENOMEM;
   }
-  SSL_CTX_set_min_proto_version(ctx_, TLS1_3_VERSION);
-  SSL_CTX_set_max_proto_version(ctx_, TLS1_3_VERSION);
-  SSL_CTX_set_num_tickets(ctx_, 0);  // one session per connection: nothing to resume, nothing after the handshake
-  SSL_CTX_set_options(ctx_, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
-  if (SSL_CTX_set_ciphersuites(ctx_, with_psk ? kPskCipherSuites : kCertCipherSuites) != 1) {
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+  SSL_CTX_set_max_proto_version(ctx.get(), TLS1_3_VERSION);
+  SSL_CTX_set_num_tickets(ctx.get(), 0);  // one session per connection: nothing to resume, nothing after the handshake
+  SSL_CTX_set_options(ctx.get(), SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_keylog_callback(ctx.get(), keep_traffic_secret);
+  if (SSL_CTX_set_ciphersuites(ctx.get(), with_psk ? kPskCipherSuites : kCertCipherSuites) != 1) {
     *error = "data link TLS: cipher suites refused: " + openssl_error("unknown");
     return -EINVAL;
   }
-  if (!with_psk && !load_certificates(ctx_, options, error)) return -EINVAL;
+  if (!with_psk && !load_certificates(ctx.get(), options, error)) return -EINVAL;
 
-  ssl_ = SSL_new(ctx_);
-  network_in_ = BIO_new(BIO_s_mem());
-  network_out_ = BIO_new(BIO_s_mem());
-  if (ssl_ == nullptr || network_in_ == nullptr || network_out_ == nullptr) {
-    BIO_free(network_in_);
-    BIO_free(network_out_);
-    network_in_ = network_out_ = nullptr;
+  std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), SSL_free);
+  BIO* network_in = BIO_new(BIO_s_mem());
+  BIO* network_out = BIO_new(BIO_s_mem());
+  if (ssl == nullptr || network_in == nullptr || network_out == nullptr) {
+    BIO_free(network_in);
+    BIO_free(network_out);
     *error = "data link TLS: cannot make a session: " + openssl_error("out of memory");
     return -ENOMEM;
   }
-  BIO_set_mem_eof_return(network_in_, -1);  // empty means "wait for the socket", not the end of the stream
-  SSL_set_bio(ssl_, network_in_, network_out_);
+  BIO_set_mem_eof_return(network_in, -1);  // empty means "wait for the socket", not the end of the stream
+  SSL_set_bio(ssl.get(), network_in, network_out);  // owned by ssl from here
+  SSL_set_app_data(ssl.get(), &state);
   if (with_psk) {
-    SSL_set_app_data(ssl_, &psk_);
     if (server) {
-      SSL_set_psk_server_callback(ssl_, psk_server);
+      SSL_set_psk_server_callback(ssl.get(), psk_server);
     } else {
-      SSL_set_psk_client_callback(ssl_, psk_client);
+      SSL_set_psk_client_callback(ssl.get(), psk_client);
     }
   }
   if (server) {
-    SSL_set_accept_state(ssl_);
+    SSL_set_accept_state(ssl.get());
   } else {
-    SSL_set_connect_state(ssl_);
+    SSL_set_connect_state(ssl.get());
   }
 
   // Before the threads start: no lock needed, but the peer gets kTlsHandshakeTimeoutMs.
   int rc = set_receive_timeout(fd_, kTlsHandshakeTimeoutMs);
   while (rc == 0) {
-    int done = SSL_do_handshake(ssl_);
-    {
-      std::lock_guard<std::mutex> lock(write_mutex_);
-      rc = drain_output_locked();
+    int done = SSL_do_handshake(ssl.get());
+    // What OpenSSL wrote goes to the socket, also after the last step (the client's Finished).
+    for (;;) {
+      int n = BIO_read(network_out, cipher_out_.get(), static_cast<int>(kTlsCipherChunkBytes));
+      if (n <= 0) break;
+      iovec iov{cipher_out_.get(), static_cast<size_t>(n)};
+      rc = writev_full(fd_, &iov, 1);
+      if (rc != 0) break;
     }
     if (rc != 0) {
       *error = std::string("data link TLS handshake: sending: ") + strerror(-rc);
       break;
     }
-    if (done == 1) break;
-    int reason = SSL_get_error(ssl_, done);
+    if (done == 1) {
+      rc = start_records(ssl.get(), network_in, server, state.client_secret, state.server_secret, error);
+      break;
+    }
+    int reason = SSL_get_error(ssl.get(), done);
     if (reason != SSL_ERROR_WANT_READ) {
-      long verify = SSL_get_verify_result(ssl_);
+      long verify = SSL_get_verify_result(ssl.get());
       *error = "data link TLS handshake failed: " + openssl_error("the peer closed the connection") +
                (verify != X509_V_OK ? std::string(" (peer certificate: ") + X509_verify_cert_error_string(verify) + ")"
                                     : std::string()) +
@@ -203,6 +276,7 @@ int LinkStream::handshake(const TlsOptions& options, bool server, std::string* e
       rc = -EPROTO;
       break;
     }
+    // What comes after the handshake in this read stays in network_in for start_records.
     ssize_t n = ::read(fd_, cipher_in_.get(), kSocketReadBufferBytes);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
@@ -214,25 +288,96 @@ int LinkStream::handshake(const TlsOptions& options, bool server, std::string* e
       if (rc == -EAGAIN) rc = -ETIMEDOUT;
       break;
     }
-    BIO_write(network_in_, cipher_in_.get(), static_cast<int>(n));
+    BIO_write(network_in, cipher_in_.get(), static_cast<int>(n));
   }
+  OPENSSL_cleanse(state.client_secret.data(), state.client_secret.size());
+  OPENSSL_cleanse(state.server_secret.data(), state.server_secret.size());
   int cleared = set_receive_timeout(fd_, 0);
   if (rc == 0) rc = cleared;
   return rc;
 }
 
+int LinkStream::start_records(SSL* ssl, BIO* network_in, bool server, const std::string& client_secret,
+                              const std::string& server_secret, std::string* error) {
+  const SSL_CIPHER* suite = SSL_get_current_cipher(ssl);
+  const uint32_t id = suite == nullptr ? 0 : SSL_CIPHER_get_id(suite);
+  switch (id) {
+    case TLS1_3_CK_AES_128_GCM_SHA256: cipher_ = EVP_aes_128_gcm(); key_bytes_ = 16; break;
+    case TLS1_3_CK_AES_256_GCM_SHA384: cipher_ = EVP_aes_256_gcm(); key_bytes_ = 32; break;
+    case TLS1_3_CK_CHACHA20_POLY1305_SHA256: cipher_ = EVP_chacha20_poly1305(); key_bytes_ = 32; break;
+    default:
+      *error = std::string("data link TLS: expected an AES-GCM or ChaCha20-Poly1305 suite, found ") +
+               (suite == nullptr ? "none" : SSL_CIPHER_get_name(suite));
+      return -EPROTO;
+  }
+  digest_ = SSL_CIPHER_get_handshake_digest(suite);
+  const size_t hash_bytes = digest_ == nullptr ? 0 : static_cast<size_t>(EVP_MD_get_size(digest_));
+  if (hash_bytes == 0 || client_secret.size() != hash_bytes || server_secret.size() != hash_bytes) {
+    *error = "data link TLS: the handshake gave no application traffic secrets (key log)";
+    return -EPROTO;
+  }
+  // Nothing may be left inside OpenSSL: the records after the handshake are ours to open.
+  if (SSL_has_pending(ssl)) {
+    *error = "data link TLS: the peer sent records OpenSSL read past the handshake";
+    return -EPROTO;
+  }
+  const std::string& mine = server ? server_secret : client_secret;
+  const std::string& theirs = server ? client_secret : server_secret;
+  memcpy(send_.secret, mine.data(), hash_bytes);
+  memcpy(receive_.secret, theirs.data(), hash_bytes);
+  send_.secret_bytes = receive_.secret_bytes = hash_bytes;
+  send_.ctx = EVP_CIPHER_CTX_new();
+  receive_.ctx = EVP_CIPHER_CTX_new();
+  if (send_.ctx == nullptr || receive_.ctx == nullptr || !install_key(&send_, true) || !install_key(&receive_, false)) {
+    *error = "data link TLS: cannot set up the record keys: " + openssl_error("out of memory");
+    return -ENOMEM;
+  }
+  // Records the peer sent right after its Finished wait in network_in: they are the first to open.
+  const size_t left = BIO_ctrl_pending(network_in);
+  NRAID_ASSERT(left <= kSocketReadBufferBytes);
+  cipher_start_ = 0;
+  cipher_end_ = left == 0 ? 0 : static_cast<size_t>(BIO_read(network_in, cipher_in_.get(), static_cast<int>(left)));
+  tls_ = true;
+  return 0;
+}
+
+bool LinkStream::install_key(Direction* direction, bool encrypt) {
+  uint8_t key[32];
+  NRAID_ASSERT(key_bytes_ <= sizeof(key));
+  bool ok = expand_label(digest_, direction->secret, direction->secret_bytes, "key", key, key_bytes_) &&
+            expand_label(digest_, direction->secret, direction->secret_bytes, "iv", direction->iv, sizeof(direction->iv)) &&
+            EVP_CipherInit_ex(direction->ctx, cipher_, nullptr, key, nullptr, encrypt ? 1 : 0) == 1;
+  OPENSSL_cleanse(key, sizeof(key));
+  direction->seq = 0;
+  return ok;
+}
+
+bool LinkStream::next_nonce(Direction* direction, bool encrypt, uint8_t nonce[12]) {
+  if (direction->seq == kTlsRecordsPerKey) {
+    // The TLS 1.3 KeyUpdate derivation (RFC 8446 7.2), at a count both ends know.
+    uint8_t next[EVP_MAX_MD_SIZE];
+    if (!expand_label(digest_, direction->secret, direction->secret_bytes, "traffic upd", next, direction->secret_bytes)) {
+      return false;
+    }
+    memcpy(direction->secret, next, direction->secret_bytes);
+    OPENSSL_cleanse(next, sizeof(next));
+    if (!install_key(direction, encrypt)) return false;
+  }
+  memcpy(nonce, direction->iv, 12);
+  for (int i = 0; i < 8; i++) nonce[11 - i] ^= static_cast<uint8_t>(direction->seq >> (8 * i));
+  direction->seq++;
+  return true;
+}
+
 size_t LinkStream::buffered() {
-  size_t bytes = end_ - start_;
-  if (ssl_ == nullptr) return bytes;
   // The applier asks to tell "more is coming at once" from "about to wait for
-  // the source": records still undecrypted count, or it would flush its acks
-  // and apply inline (one frame at a time) after every record.
-  std::lock_guard<std::mutex> lock(ssl_mutex_);
-  return bytes + static_cast<size_t>(SSL_pending(ssl_)) + BIO_ctrl_pending(network_in_);
+  // the source": records not yet opened count, or it would flush its acks and
+  // apply inline (one frame at a time) after every record.
+  return (end_ - start_) + (cipher_end_ - cipher_start_);
 }
 
 int LinkStream::read(void* data, size_t length) {
-  return ssl_ == nullptr ? read_plain(data, length) : read_tls(static_cast<uint8_t*>(data), length);
+  return tls_ ? read_tls(static_cast<uint8_t*>(data), length) : read_plain(data, length);
 }
 
 int LinkStream::read_plain(void* data, size_t length) {
@@ -264,62 +409,96 @@ int LinkStream::read_tls(uint8_t* out, size_t length) {
   memcpy(out, buffer_.get() + start_, done);
   start_ += done;
   while (done < length) {
+    size_t body_offset = 0;
+    size_t body_bytes = 0;
+    int rc = next_record(&body_offset, &body_bytes);
+    if (rc != 0) return rc;
     const size_t remaining = length - done;
-    if (remaining >= kTlsRecordPlainBytesMax) {
-      // Large payloads decrypt straight into their destination.
-      ssize_t n = decrypt_some(out + done, remaining);
+    if (remaining >= body_bytes - kTagBytes - 1) {
+      // The whole record belongs to this read: opened straight into its destination.
+      ssize_t n = open_record(body_offset, body_bytes, out + done);
       if (n < 0) return static_cast<int>(n);
       done += static_cast<size_t>(n);
       continue;
     }
-    start_ = end_ = 0;
-    ssize_t n = decrypt_some(buffer_.get(), kSocketReadBufferBytes);
+    ssize_t n = open_record(body_offset, body_bytes, buffer_.get());
     if (n < 0) return static_cast<int>(n);
-    end_ = static_cast<size_t>(n);
-    size_t copied = std::min(end_, remaining);
+    size_t copied = std::min(static_cast<size_t>(n), remaining);
     memcpy(out + done, buffer_.get(), copied);
     start_ = copied;
+    end_ = static_cast<size_t>(n);
     done += copied;
   }
   return 0;
 }
 
-ssize_t LinkStream::decrypt_some(uint8_t* out, size_t length) {
-  const int want = static_cast<int>(std::min<size_t>(length, INT_MAX));
+int LinkStream::next_record(size_t* body_offset, size_t* body_bytes) {
   for (;;) {
-    int got;
-    int reason;
-    {
-      std::lock_guard<std::mutex> lock(ssl_mutex_);
-      got = SSL_read(ssl_, out, want);
-      if (got > 0) return got;
-      reason = SSL_get_error(ssl_, got);
-      if (reason == SSL_ERROR_SSL) {
-        // A record that fails its AEAD tag is the one error a relay can cause at will; any other is the peer's.
-        bool forged = ERR_GET_REASON(ERR_peek_last_error()) == SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC;
-        ERR_clear_error();
-        return forged ? -EBADMSG : -EPROTO;
+    const size_t have = cipher_end_ - cipher_start_;
+    size_t need = kRecordHeaderBytes;
+    if (have >= kRecordHeaderBytes) {
+      const uint8_t* header = cipher_in_.get() + cipher_start_;
+      const size_t bytes = (size_t{header[3]} << 8) | header[4];
+      // After the handshake only application data records come; the header
+      // is the AEAD's additional data, so a relay that changes it is caught
+      // here or by the tag: either way a record that failed its authentication.
+      if (header[0] != kRecordApplicationData || header[1] != 0x03 || header[2] != 0x03 || bytes < kTagBytes + 1 ||
+          bytes > kTlsRecordCipherBytesMax) {
+        return -EBADMSG;
+      }
+      need = kRecordHeaderBytes + bytes;
+      if (have >= need) {
+        *body_offset = cipher_start_ + kRecordHeaderBytes;
+        *body_bytes = bytes;
+        return 0;
       }
     }
-    if (reason == SSL_ERROR_ZERO_RETURN) return -EPIPE;  // close_notify
-    if (reason != SSL_ERROR_WANT_READ) {
-      ERR_clear_error();
-      return -EIO;
+    // Room for the rest of this record: what is left moves to the front (at most one record).
+    if (cipher_start_ + need > kSocketReadBufferBytes || cipher_end_ == cipher_start_) {
+      memmove(cipher_in_.get(), cipher_in_.get() + cipher_start_, have);
+      cipher_start_ = 0;
+      cipher_end_ = have;
     }
-    ssize_t n = ::read(fd_, cipher_in_.get(), kSocketReadBufferBytes);
+    ssize_t n = ::read(fd_, cipher_in_.get() + cipher_end_, kSocketReadBufferBytes - cipher_end_);
     if (n < 0) {
       if (errno == EINTR) continue;
       return -errno;
     }
     if (n == 0) return -EPIPE;
-    std::lock_guard<std::mutex> lock(ssl_mutex_);
-    BIO_write(network_in_, cipher_in_.get(), static_cast<int>(n));
+    cipher_end_ += static_cast<size_t>(n);
   }
 }
 
-int LinkStream::writev(iovec* iov, int count) {
-  return ssl_ == nullptr ? writev_full(fd_, iov, count) : writev_tls(iov, count);
+ssize_t LinkStream::open_record(size_t body_offset, size_t body_bytes, uint8_t* out) {
+  uint8_t* header = cipher_in_.get() + body_offset - kRecordHeaderBytes;
+  uint8_t* body = cipher_in_.get() + body_offset;
+  const size_t inner_bytes = body_bytes - kTagBytes;  // plaintext and its content type
+  cipher_start_ = body_offset + body_bytes;
+  uint8_t nonce[12];
+  uint8_t type = 0;
+  int n = 0;
+  EVP_CIPHER_CTX* ctx = receive_.ctx;
+  bool ok = next_nonce(&receive_, false, nonce) && EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
+            EVP_DecryptUpdate(ctx, nullptr, &n, header, kRecordHeaderBytes) == 1 &&
+            EVP_DecryptUpdate(ctx, out, &n, body, static_cast<int>(inner_bytes - 1)) == 1 &&
+            EVP_DecryptUpdate(ctx, &type, &n, body + inner_bytes - 1, 1) == 1 &&
+            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kTagBytes, body + inner_bytes) == 1;
+  if (!ok) {
+    ERR_clear_error();
+    return -EIO;
+  }
+  uint8_t final_bytes[EVP_MAX_BLOCK_LENGTH];  // none for these AEADs
+  if (EVP_DecryptFinal_ex(ctx, final_bytes, &n) != 1) {
+    ERR_clear_error();
+    return -EBADMSG;  // the tag does not match: the record was changed on the way (or forged)
+  }
+  if (cipher_start_ == cipher_end_) cipher_start_ = cipher_end_ = 0;
+  if (type == kRecordApplicationData) return static_cast<ssize_t>(inner_bytes - 1);
+  // The peer's close_notify (or any alert): the stream ends. Padding or post-handshake messages never come from nraid.
+  return type == kRecordAlert ? -EPIPE : -EPROTO;
 }
+
+int LinkStream::writev(iovec* iov, int count) { return tls_ ? writev_tls(iov, count) : writev_full(fd_, iov, count); }
 
 int LinkStream::write(const void* data, size_t length) {
   iovec iov{const_cast<void*>(data), length};
@@ -328,60 +507,76 @@ int LinkStream::write(const void* data, size_t length) {
 
 int LinkStream::writev_tls(iovec* iov, int count) {
   std::lock_guard<std::mutex> lock(write_mutex_);
-  size_t pending = 0;  // bytes in plain_out_
-  for (int i = 0; i < count; i++) {
-    const auto* piece = static_cast<const uint8_t*>(iov[i].iov_base);
-    size_t left = iov[i].iov_len;
-    while (left > 0) {
-      if (pending == 0 && left >= kTlsPlainChunkBytes) {
-        // A whole chunk of one payload: sealed from where it is, no copy.
-        int rc = seal_and_send(piece, kTlsPlainChunkBytes);
-        if (rc != 0) return rc;
-        piece += kTlsPlainChunkBytes;
-        left -= kTlsPlainChunkBytes;
-        continue;
-      }
-      // Headers and small payloads of a batch share records.
-      size_t taken = std::min(left, kTlsPlainChunkBytes - pending);
-      memcpy(plain_out_.get() + pending, piece, taken);
-      pending += taken;
-      piece += taken;
-      left -= taken;
-      if (pending == kTlsPlainChunkBytes) {
-        int rc = seal_and_send(plain_out_.get(), pending);
-        if (rc != 0) return rc;
-        pending = 0;
-      }
+  size_t total = 0;
+  for (int i = 0; i < count; i++) total += iov[i].iov_len;
+  int index = 0;
+  size_t offset = 0;
+  size_t used = 0;  // bytes of records in cipher_out_
+  while (total > 0) {
+    const size_t plain_bytes = std::min(total, kTlsRecordPlainBytesMax);
+    if (used + plain_bytes + kTlsRecordOverheadBytes > kTlsCipherChunkBytes) {
+      iovec out{cipher_out_.get(), used};
+      int rc = writev_full(fd_, &out, 1);
+      if (rc != 0) return rc;
+      used = 0;
     }
-  }
-  return pending == 0 ? 0 : seal_and_send(plain_out_.get(), pending);
-}
-
-int LinkStream::seal_and_send(const uint8_t* plain, size_t length) {
-  NRAID_ASSERT(length > 0 && length <= kTlsPlainChunkBytes);
-  {
-    std::lock_guard<std::mutex> lock(ssl_mutex_);
-    // Memory BIOs take everything: one call seals the whole chunk, or the session has failed.
-    if (SSL_write(ssl_, plain, static_cast<int>(length)) != static_cast<int>(length)) {
+    if (!seal_record(iov, count, &index, &offset, plain_bytes, used)) {
       ERR_clear_error();
       return -EIO;
     }
+    used += plain_bytes + kTlsRecordOverheadBytes;
+    total -= plain_bytes;
   }
-  return drain_output_locked();
+  if (used == 0) return 0;
+  iovec out{cipher_out_.get(), used};
+  return writev_full(fd_, &out, 1);
 }
 
-int LinkStream::drain_output_locked() {
-  for (;;) {
-    int n;
-    {
-      std::lock_guard<std::mutex> lock(ssl_mutex_);
-      n = BIO_read(network_out_, cipher_out_.get(), static_cast<int>(kTlsCipherChunkBytes));
-    }
-    if (n <= 0) return 0;
-    iovec iov{cipher_out_.get(), static_cast<size_t>(n)};
-    int rc = writev_full(fd_, &iov, 1);
-    if (rc != 0) return rc;
+bool LinkStream::seal_record(iovec* iov, int count, int* index, size_t* offset, size_t plain_bytes, size_t used) {
+  NRAID_ASSERT(plain_bytes > 0 && plain_bytes <= kTlsRecordPlainBytesMax);
+  NRAID_ASSERT(used + plain_bytes + kTlsRecordOverheadBytes <= kTlsCipherChunkBytes);
+  uint8_t* header = cipher_out_.get() + used;
+  const size_t body_bytes = plain_bytes + 1 + kTagBytes;
+  header[0] = kRecordApplicationData;
+  header[1] = 0x03;
+  header[2] = 0x03;
+  header[3] = static_cast<uint8_t>(body_bytes >> 8);
+  header[4] = static_cast<uint8_t>(body_bytes);
+  uint8_t* sealed = header + kRecordHeaderBytes;
+  uint8_t nonce[12];
+  int n = 0;
+  EVP_CIPHER_CTX* ctx = send_.ctx;
+  if (!next_nonce(&send_, true, nonce) || EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) != 1 ||
+      EVP_EncryptUpdate(ctx, nullptr, &n, header, kRecordHeaderBytes) != 1) {
+    return false;
   }
+  // Sealed from where the pieces lie (frame headers and payloads), no gathering copy.
+  size_t left = plain_bytes;
+  while (left > 0) {
+    NRAID_ASSERT(*index < count);
+    const size_t piece = std::min(left, iov[*index].iov_len - *offset);
+    if (piece > 0) {
+      if (EVP_EncryptUpdate(ctx, sealed, &n, static_cast<const uint8_t*>(iov[*index].iov_base) + *offset,
+                            static_cast<int>(piece)) != 1) {
+        return false;
+      }
+      sealed += n;
+    }
+    left -= piece;
+    *offset += piece;
+    if (*offset == iov[*index].iov_len) {
+      (*index)++;
+      *offset = 0;
+    }
+  }
+  const uint8_t type = kRecordApplicationData;
+  if (EVP_EncryptUpdate(ctx, sealed, &n, &type, 1) != 1) return false;
+  sealed += n;
+  if (EVP_EncryptFinal_ex(ctx, sealed, &n) != 1) return false;
+  sealed += n;
+  if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, kTagBytes, sealed) != 1) return false;
+  NRAID_ASSERT(sealed + kTagBytes == header + kRecordHeaderBytes + body_bytes);
+  return true;
 }
 
 }  // namespace nraid

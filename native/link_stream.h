@@ -5,18 +5,26 @@
 // exported by the node binary: no second TLS library, the same one as the
 // control link's).
 //
-// One SSL object serves two threads (the receiver decrypts, senders
-// encrypt), which OpenSSL does not allow at once: it runs on memory BIOs, so
-// every SSL call is short CPU work under `ssl_mutex_`, and the socket reads
-// and writes happen outside it. Senders hold `write_mutex_` from encryption
-// to the socket write, so records leave in the order they were sealed. A
-// batch of frames is coalesced into few records (up to kTlsPlainChunkBytes
-// per SSL_write) and leaves in one write(); every buffer is allocated when
-// the stream is made.
+// OpenSSL runs the TLS 1.3 handshake (on memory BIOs, so that it keeps its
+// bound in time and reads nothing past the handshake). Then the stream moves
+// the records itself, as kTLS does in a kernel: both traffic secrets are taken
+// from the handshake (OpenSSL's key log callback), key and IV derived as RFC
+// 8446 7.3 says, and each direction seals or opens its records with its own
+// AEAD context (EVP, AES-NI where the CPU has it). So the receiver and the
+// senders share no lock and no SSL object, a record is sealed from where the
+// plaintext lies straight into the send buffer, and opened from the receive
+// buffer straight into its destination (a large payload lands where the
+// caller wants it with no copy besides the kernel's). Senders hold
+// `write_mutex_` from sealing to the socket write, so records leave in the
+// order of their sequence numbers. Both ends move to the next key (the TLS
+// 1.3 KeyUpdate derivation) after kTlsRecordsPerKey records of a direction,
+// at a count both know, so no KeyUpdate message is sent. Every buffer is
+// allocated when the stream is made.
 //
 // With TLS every frame is authenticated by the AEAD with keys from the
 // handshake: a byte changed on the way fails its record, read() returns
 // -EBADMSG and the link is reset.
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <sys/uio.h>
 
@@ -52,7 +60,7 @@ class LinkStream {
   // any read or write and before other threads use the stream. Without TLS: 0
   // at once. 0, or a negative errno and `*error` saying what failed.
   int handshake(const TlsOptions& options, bool server, std::string* error);
-  bool tls() const { return ssl_ != nullptr; }
+  bool tls() const { return tls_; }
 
   // Whole reads: 0, or a negative errno (-EPIPE for an orderly close by the
   // peer, -EBADMSG for a TLS record that failed its authentication). One thread reads.
@@ -66,31 +74,51 @@ class LinkStream {
   int write(const void* data, size_t length);
 
  private:
+  // One direction's record protection: the AEAD context, the traffic secret
+  // (for the next key), the static IV and the record sequence number.
+  struct Direction {
+    EVP_CIPHER_CTX* ctx = nullptr;
+    uint8_t secret[EVP_MAX_MD_SIZE];
+    size_t secret_bytes = 0;
+    uint8_t iv[12];
+    uint64_t seq = 0;
+  };
+
   int read_plain(void* data, size_t length);
   int read_tls(uint8_t* out, size_t length);
-  // Decrypts into `out` (at most `length` bytes): bytes given, or a negative errno.
-  ssize_t decrypt_some(uint8_t* out, size_t length);
+  // Takes the traffic secrets of `ssl`'s finished handshake (`client_secret`,
+  // `server_secret`: from its key log) and what it left unread, and sets up both directions.
+  int start_records(SSL* ssl, BIO* network_in, bool server, const std::string& client_secret,
+                    const std::string& server_secret, std::string* error);
+  // Key and IV of `direction` from its secret; `encrypt` picks the context's direction.
+  bool install_key(Direction* direction, bool encrypt);
+  // The next record whole in cipher_in_ (reading the socket as needed): 0 and
+  // its body's bounds, or a negative errno.
+  int next_record(size_t* body_offset, size_t* body_bytes);
+  // Opens the record at cipher_in_[body_offset] into `out` (room for
+  // body_bytes - tag - 1): the plaintext's size, or a negative errno.
+  ssize_t open_record(size_t body_offset, size_t body_bytes, uint8_t* out);
   int writev_tls(iovec* iov, int count);
-  // Encrypts `length` bytes and writes their records to the socket. Under write_mutex_.
-  int seal_and_send(const uint8_t* plain, size_t length);
-  // Moves what OpenSSL wrote to its output BIO to the socket. Under write_mutex_, not ssl_mutex_.
-  int drain_output_locked();
+  // Seals `plain_bytes` taken from iov[*index] at *offset onward into one record at cipher_out_ + used.
+  bool seal_record(iovec* iov, int count, int* index, size_t* offset, size_t plain_bytes, size_t used);
+  bool next_nonce(Direction* direction, bool encrypt, uint8_t nonce[12]);
 
   const int fd_;
   std::unique_ptr<uint8_t[]> buffer_;  // read: plaintext (or, plain TCP, bytes) not yet taken
   size_t start_ = 0;
   size_t end_ = 0;
-  std::unique_ptr<uint8_t[]> cipher_in_;   // the receiver's socket reads
-  std::unique_ptr<uint8_t[]> plain_out_;   // a batch's small pieces, coalesced
+  std::unique_ptr<uint8_t[]> cipher_in_;   // the receiver's socket reads: records not yet opened
+  size_t cipher_start_ = 0;
+  size_t cipher_end_ = 0;
   std::unique_ptr<uint8_t[]> cipher_out_;  // records on their way to the socket
 
-  std::mutex ssl_mutex_;    // ssl_, its BIOs
-  std::mutex write_mutex_;  // plain_out_, cipher_out_, the socket's write side
-  std::string psk_;  // what the PSK callbacks hand OpenSSL
-  SSL_CTX* ctx_ = nullptr;
-  SSL* ssl_ = nullptr;
-  BIO* network_in_ = nullptr;   // owned by ssl_
-  BIO* network_out_ = nullptr;  // owned by ssl_
+  std::mutex write_mutex_;  // send_, cipher_out_, the socket's write side
+  bool tls_ = false;
+  const EVP_CIPHER* cipher_ = nullptr;
+  const EVP_MD* digest_ = nullptr;
+  size_t key_bytes_ = 0;
+  Direction send_;
+  Direction receive_;
 };
 
 }  // namespace nraid

@@ -8,12 +8,18 @@
  *   nodes ['alpha', 'beta']  replication: both up, primary --force on alpha,
  *                            then wait until beta is UpToDate (initial sync)
  *
+ * With `attack`, bench/e2e/link-attack.js runs from the end of setup to the
+ * teardown (1,000 hostile connections to beta's link port over each fio
+ * job's time, at most 50 at once, in its own process): the row's numbers are
+ * replication under attack.
+ *
  * `down` is registered before `up`, so a failed row still takes its daemons
  * down. If `down` fails or leaves something behind, the sweep removes what
  * this row created: processes whose command line names this row's config
  * file (a path unique to this run), loop devices and mounts under the row's
  * directory, and the row's device symlink.
  */
+const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
@@ -180,14 +186,51 @@ async function waitForSync(cli, configPath, primary) {
 }
 
 /**
- * @param {{ id: string, title: string, nodes: string[], protocol?: 'A'|'B'|'C', tls?: boolean }} options
- *   nodes: the nodes that get a disk and a daemon; the first one becomes primary.
+ * The attacker of an `attack` row: started after setup, stopped (SIGTERM, then
+ * SIGKILL) at teardown; its summary lands in `notes.attack`.
  */
-function nraidStack({ id, title, nodes, protocol = 'C', tls = true }) {
+function startAttack(ctx, port, resource, notes) {
+  const script = path.join(__dirname, 'link-attack.js');
+  // 1,000 connections over each fio job's time (ramp and runtime), all along the row.
+  const jobSeconds = ctx.timing ? ctx.timing.rampSeconds + ctx.timing.runtimeSeconds : 12;
+  const rate = Math.ceil(1000 / jobSeconds);
+  const summaryPath = path.join(ctx.dir, 'link-attack.json');
+  const args = [script, '--port', String(port), '--connections', '1000', '--concurrency', '50', '--rate', String(rate), '--resource', resource, '--rounds', '0', '--summary', summaryPath];
+  log(`attack: node ${args.map((a) => path.relative(ctx.repoDir, a) || a).join(' ')}`);
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk) => (stdout += chunk));
+  child.stderr.on('data', (chunk) => (stderr += chunk));
+  cleanup.defer(`stop the link attacker (pid ${child.pid})`, () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      if (!waitGoneSync(child.pid, 5000)) {
+        child.kill('SIGKILL');
+        waitGoneSync(child.pid, 5000);
+      }
+    }
+    // Read here, synchronously: the row's notes are saved before the child's output events would run.
+    try {
+      notes.attack = JSON.parse(fs.readFileSync(summaryPath, 'utf8'));
+    } catch {
+      notes.attack = { error: `link-attack.js left no summary: ${stderr.trim() || stdout.trim() || 'no output'}` };
+    }
+  });
+  return child;
+}
+
+/**
+ * @param {{ id: string, title: string, nodes: string[], protocol?: 'A'|'B'|'C', tls?: boolean, attack?: boolean, compareTo?: string }} options
+ *   nodes: the nodes that get a disk and a daemon; the first one becomes primary.
+ *   compareTo: the row whose values this one's targets are ratios of (report.js).
+ */
+function nraidStack({ id, title, nodes, protocol = 'C', tls = true, attack = false, compareTo = null }) {
   return {
     id,
     title,
-    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}, ${tls ? 'TLS 1.3 (PSK)' : 'no TLS'}` : ''}, disks = loop dio over sparse files`,
+    compareTo,
+    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}, ${tls ? 'TLS 1.3 (PSK)' : 'no TLS'}` : ''}, disks = loop dio over sparse files${attack ? '; 1,000 hostile connections to beta\'s port per fio job (bench/e2e/link-attack.js)' : ''}`,
     async setup(ctx) {
       const cli = nraidCli(ctx);
       if (!fs.existsSync(cli.bin)) throw new Error(`${cli.bin} does not exist (is the CLI written and built?)`);
@@ -246,7 +289,12 @@ function nraidStack({ id, title, nodes, protocol = 'C', tls = true }) {
           warn(`nraid status failed (row continues): ${error.message}`);
         }
       }
-      return { device, notes: { resource, protocol, tls, nodes, configPath, status: state } };
+      const notes = { resource, protocol, tls, nodes, configPath, status: state };
+      if (attack) {
+        const beta = configNodes.find((n) => n.name === 'beta');
+        startAttack(ctx, Number(beta.address.split(':').pop()), resource, notes);
+      }
+      return { device, notes };
     },
   };
 }

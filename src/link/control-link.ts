@@ -423,11 +423,12 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     }
     socket.setNoDelay(true);
     this.rawSockets.add(socket);
-    const pooled = { stage: 0 };
+    const pooled = { stage: 0, evicted: false };
     this.halfOpen.admit(socket, {
       source,
       progress: () => pooled.stage,
       evict: (why) => {
+        pooled.evicted = true;
         this.rawSockets.delete(socket);
         socket.resetAndDestroy();
         this.noteRefusal('evicted', `closed connection from ${remote} before its preamble: ${why}`, remote);
@@ -447,6 +448,8 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
       refused: (error) => {
         this.rawSockets.delete(socket);
         this.halfOpen.release(socket);
+        // An evicted socket was counted as such; its reading then fails too, and is not a second refusal.
+        if (pooled.evicted) return;
         this.refuse(socket, remote, error);
       },
     });

@@ -10,6 +10,7 @@ import {
   parseConfig,
   resolveConfigPath,
   roleHookBudgetMs,
+  secretWarnings,
   type ResourceConfig,
 } from '../../src/config';
 import { ConfigError, UsageError } from '../../src/errors';
@@ -634,5 +635,47 @@ describe('limits the config shares with the data plane', () => {
       frontendThreadsDefault: limits.frontendThreadsDefault,
       frontendThreadsMax: limits.frontendThreadsMax,
     });
+  });
+});
+
+describe('secretWarnings: create-md and up warn about a weak secret or a readable config, never showing it (issue 11 finding 3)', () => {
+  // Regression: weak secrets ("password", eight spaces) were taken without a word, and a rejected secret was echoed.
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nraid-secret-warnings-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  function configAt(secret: string, mode: number): ResourceConfig {
+    const configPath = path.join(dir, 'r0.toml');
+    fs.writeFileSync(configPath, toml({ secret }), { mode });
+    fs.chmodSync(configPath, mode);
+    return parseConfig(fs.readFileSync(configPath, 'utf8'), configPath);
+  }
+
+  test('a secret under 16 bytes: one warning with its length and how to make a good one, not the secret', () => {
+    const warnings = secretWarnings(configAt('password', 0o600));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain(`is 8 bytes long; use at least ${limits.secretBytesWarnBelow} random bytes`);
+    expect(warnings[0]).toContain('openssl rand');
+    expect(warnings[0]).not.toContain('password');
+  });
+
+  test('a config others can read: one warning with its mode and the chmod, not the secret', () => {
+    const secret = 'q'.repeat(12) + 'unguessable-part';
+    const warnings = secretWarnings(configAt(secret, 0o644));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/has mode 0644: users other than its owner can read the secret; chmod 600 /);
+    expect(warnings[0]).not.toContain('unguessable');
+  });
+
+  test('32 random bytes in a file of mode 0600: no warning', () => {
+    expect(secretWarnings(configAt('7bq2Hk1x9VdL0sWm4cPz8fRt6yNj3aGe', 0o600))).toEqual([]);
+  });
+
+  test('a rejected secret is described, never echoed', () => {
+    const message = messageOf({ secret: 'hunter2-' + 'y'.repeat(limits.secretCharsMax) });
+    expect(message).toContain(`${limits.secretCharsMax + 8} characters`);
+    expect(message).not.toContain('hunter2');
   });
 });

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <memory>
 #include <vector>
 #include <string>
@@ -264,6 +265,17 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("protocolErrors", l.protocol_errors.load());
   set("resyncBytesDone", l.resync_bytes_done.load());
   set("linkFailures", l.link_failures.load());
+  set("resyncDataBytesSent", l.resync_data_bytes_sent.load());
+  set("resyncZeroBytesSent", l.resync_zero_bytes_sent.load());
+  set("resyncEqualBytes", l.resync_equal_bytes.load());
+  set("zeroBytesApplied", l.zero_bytes_applied.load());
+  set("digestBytesRead", l.digest_bytes_read.load());
+  set("verifyStartBytes", l.verify_start_bytes.load());
+  set("verifyStopBytes", l.verify_stop_bytes.load());
+  set("verifyPositionBytes", l.verify_position_bytes.load());
+  set("verifyMismatchBytes", l.verify_mismatch_bytes.load());
+  set("verifyMismatchTotalBytes", l.verify_mismatch_total_bytes.load());
+  set("verifyBytesDoneTotal", l.verify_bytes_done_total.load());
   set("eventsDropped", box->bridge->events_dropped());
   auto& bitmap = box->pipeline->bitmap();
   set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
@@ -283,6 +295,7 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   result.Set("linkAttached", Napi::Boolean::New(env, box->pipeline->link_attached()));
   result.Set("linkFailed", Napi::Boolean::New(env, box->pipeline->link_failed()));
   result.Set("resyncRunning", Napi::Boolean::New(env, box->pipeline->resync_running()));
+  result.Set("verifyRunning", Napi::Boolean::New(env, box->pipeline->verify_running()));
   return result;
 }
 
@@ -516,9 +529,41 @@ Napi::Value SetProtocol(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// resyncStart(pipeline, { csums?, repair? }): false when no source link is attached or a resync or verify runs.
 Napi::Value ResyncStart(const Napi::CallbackInfo& info) {
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
-  return Napi::Boolean::New(info.Env(), box->pipeline->start_resync());
+  nraid::ResyncOptions options;
+  if (info.Length() > 1 && info[1].IsObject()) {
+    Napi::Object o = info[1].As<Napi::Object>();
+    options.csums = o.Has("csums") && o.Get("csums").ToBoolean();
+    options.repair = o.Has("repair") && o.Get("repair").ToBoolean();
+  }
+  return Napi::Boolean::New(info.Env(), box->pipeline->start_resync(options));
+}
+
+// verifyStart(pipeline, startBytes, stopBytes): block-aligned, start <= stop <= data size (checked here too).
+Napi::Value VerifyStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "verifyStart: expected (pipeline, startBytes, stopBytes)");
+  }
+  double start = info[1].As<Napi::Number>().DoubleValue();
+  double stop = info[2].As<Napi::Number>().DoubleValue();
+  double size = static_cast<double>(box->pipeline->data_size_bytes());
+  if (!(start >= 0 && start <= stop && stop <= size) || std::fmod(start, nraid::kBlockBytes) != 0 ||
+      (std::fmod(stop, nraid::kBlockBytes) != 0 && stop != size)) {
+    throw Napi::RangeError::New(env, "verifyStart: expected 4 KiB-aligned 0 <= start <= stop <= " +
+                                         std::to_string(box->pipeline->data_size_bytes()) + ", found " +
+                                         std::to_string(start) + ".." + std::to_string(stop));
+  }
+  return Napi::Boolean::New(env, box->pipeline->start_verify(static_cast<uint64_t>(start), static_cast<uint64_t>(stop)));
+}
+
+Napi::Value VerifyStop(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  box->pipeline->stop_verify();
+  return info.Env().Undefined();
 }
 
 // The bitmap as little-endian 64-bit words, the layout of the on-disk bitmap area.
@@ -686,6 +731,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));
   exports.Set("setProtocol", Napi::Function::New(env, SetProtocol));
   exports.Set("resyncStart", Napi::Function::New(env, ResyncStart));
+  exports.Set("verifyStart", Napi::Function::New(env, VerifyStart));
+  exports.Set("verifyStop", Napi::Function::New(env, VerifyStop));
   exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
   exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
   exports.Set("generationArm", Napi::Function::New(env, GenerationArm));

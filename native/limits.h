@@ -23,7 +23,12 @@ constexpr uint32_t kFramePayloadBytesMax = kRequestBytesMax;
 // A DISCARD or ZEROES frame's length is 32 bits: longer ones go in pieces of this size.
 constexpr uint64_t kRangeFrameBytesMax = 1 * kGiB;
 
+// Checksum resync and verify compare one 64-bit digest per block (xxh64, digest.h).
+constexpr uint32_t kDigestBytes = 8;
+constexpr uint32_t kDigestReplyBytesMax = kRequestBytesMax / kBlockBytes * kDigestBytes;
+
 static_assert(kBlockBytes % kSectorBytes == 0);
+static_assert(kDigestReplyBytesMax <= kFramePayloadBytesMax, "a digest reply fits in one frame");
 static_assert(kRequestBytesMax % kBlockBytes == 0);
 static_assert(kRequestBytesMax <= kFramePayloadBytesMax, "every request fits in one frame");
 static_assert(kRangeFrameBytesMax % kBlockBytes == 0);

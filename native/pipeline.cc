@@ -369,11 +369,26 @@ void Pipeline::set_protocol(Protocol protocol) {
   if (replicator_) replicator_->set_protocol(protocol);
 }
 
-bool Pipeline::start_resync() {
+bool Pipeline::start_resync(const ResyncOptions& options) {
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
   if (!replicator_ || replicator_->failed()) return false;
-  replicator_->start_resync();
-  return true;
+  return replicator_->start_resync(options);
+}
+
+bool Pipeline::start_verify(uint64_t start_bytes, uint64_t stop_bytes) {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (!replicator_ || replicator_->failed()) return false;
+  return replicator_->start_verify(start_bytes, stop_bytes);
+}
+
+void Pipeline::stop_verify() {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (replicator_) replicator_->stop_verify();
+}
+
+bool Pipeline::verify_running() const {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  return replicator_ != nullptr && replicator_->verify_running();
 }
 
 void Pipeline::set_suspended(bool suspended) {

@@ -98,7 +98,12 @@ class Pipeline {
   bool link_attached() const;
   bool link_failed() const;
   void set_protocol(Protocol protocol);
-  bool start_resync();
+  bool start_resync(const ResyncOptions& options);
+  // Online verify of [start, stop) (Replicator::start_verify); false with no
+  // source link, or while a resync or verify runs.
+  bool start_verify(uint64_t start_bytes, uint64_t stop_bytes);
+  void stop_verify();
+  bool verify_running() const;
   // on-no-peer = suspend-io: new requests wait until resumed (the peer is back, or an operator says so).
   void set_suspended(bool suspended);
   bool suspended() const { return suspended_.load(std::memory_order_acquire); }

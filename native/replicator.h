@@ -31,6 +31,18 @@ namespace nraid {
 
 enum class Protocol : uint8_t { kA = 0, kB = 1, kC = 2 };
 
+// What a resync sends for the regions the bitmap marks (the scheduling is the resync loop's).
+struct ResyncOptions {
+  // Checksum resync: a first pass asks the target for digests of the marked
+  // regions and clears the bits of blocks found equal; the next passes send
+  // data only for what is still marked.
+  bool csums = false;
+  // Repair after a verify (no session change, the target stays as it is):
+  // the marked blocks go as ordinary WRITE frames, which the target applies
+  // without a resync state; they only bring it closer to this node.
+  bool repair = false;
+};
+
 struct ReplicatorOptions {
   Protocol protocol = Protocol::kC;
   uint64_t max_lag_bytes = kMaxLagBytesDefault;
@@ -80,8 +92,20 @@ class Replicator {
   void region_leave(uint32_t slot);
 
   // Sends every region set in the bitmap; emits "resync-done" when the bitmap is clean.
-  void start_resync();
+  // Regions that read as zeros (or are holes of a backing file) go as zero frames.
+  // False when a resync or a verify runs already.
+  bool start_resync(const ResyncOptions& options = ResyncOptions{});
   bool resync_running() const { return resync_running_.load(std::memory_order_acquire); }
+  // Online verify of [start, stop): digests of both sides, range by range, in
+  // the write stream's order (both sides digest the same point of it, so a
+  // block written meanwhile is compared as written on both, never reported);
+  // a difference sets its bits and is reported ("verify-mismatch", detail
+  // "OFFSET+LENGTH"); the end is "verify-done" (detail: the position reached).
+  // False when a resync or a verify runs already.
+  bool start_verify(uint64_t start_bytes, uint64_t stop_bytes);
+  // Stops a running verify after the ranges in flight ("verify-done" tells where).
+  void stop_verify() { verify_stop_.store(true, std::memory_order_release); }
+  bool verify_running() const { return verify_running_.load(std::memory_order_acquire); }
 
  private:
   struct Slot {
@@ -121,7 +145,18 @@ class Replicator {
   void send_queued();
   void notify_slot(uint32_t slot, uint64_t seq, int what);
   void receive_loop();
-  void resync_loop();
+  void resync_loop(ResyncOptions options);
+  void verify_loop(uint64_t start_bytes, uint64_t stop_bytes);
+  // Takes a free resync buffer (false: the link failed).
+  bool take_resync_buffer(uint32_t* buffer);
+  void return_resync_buffer(uint32_t buffer);
+  // Waits until every resync buffer is back (false: the link failed).
+  bool wait_resync_window_empty();
+  // Locks [offset, offset + length) against application writes and waits for those in flight there.
+  void resync_lock(uint64_t offset, uint64_t length);
+  void resync_unlock();
+  // The peer's OV_REPLY (its header read and checked): compared with this side's digests.
+  bool take_digest_reply(LinkStream& reader, const FrameHeader& reply);
   void advance_oldest_locked();
   bool overlaps_busy(uint64_t offset, uint64_t length);
 
@@ -158,6 +193,11 @@ class Replicator {
   std::atomic<uint64_t> resync_lock_length_{0};
 
   std::unique_ptr<uint8_t*[]> resync_buffers_;
+  // This side's digests of each resync buffer's range (kResyncChunkBytes / kBlockBytes each).
+  std::unique_ptr<uint64_t[]> resync_digests_;
+  uint64_t digest_reply_[kDigestReplyBytesMax / kDigestBytes];  // the receiver's
+  std::atomic<bool> verify_running_{false};
+  std::atomic<bool> verify_stop_{false};
   uint8_t* read_reply_buffer_ = nullptr;  // the receiver's: a reply's payload, checked before a reader sees it
   uint32_t resync_free_mask_ = 0;  // under mutex_
   std::atomic<bool> resync_running_{false};

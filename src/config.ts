@@ -38,6 +38,8 @@ export interface HooksConfig {
   afterPromote: string | null;
   beforeDemoteTimeoutMs: number;
   afterPromoteTimeoutMs: number;
+  /** Run when a verify finds blocks that differ (NRAID_OUT_OF_SYNC_RANGES, NRAID_OUT_OF_SYNC_BYTES). */
+  outOfSync: string | null;
 }
 
 export interface ResourceConfig {
@@ -68,6 +70,9 @@ export interface ResourceConfig {
   tlsCert: string | null;
   tlsKey: string | null;
   tlsCa: string | null;
+  /** Checksum resync (digests first, data only where they differ); with csumsAfterCrashOnly only after a Primary crash. */
+  csums: boolean;
+  csumsAfterCrashOnly: boolean;
   hooks: HooksConfig;
   nodes: [NodeConfig, NodeConfig];
 }
@@ -124,6 +129,13 @@ function oneOf<T extends string>(values: readonly T[]): ValueType<T> {
     },
   };
 }
+
+const flag: ValueType<boolean> = {
+  expected: 'true or false',
+  accept(raw) {
+    return typeof raw === 'boolean' ? { ok: true, value: raw } : reject();
+  },
+};
 
 function text(minChars: number, maxChars: number): ValueType<string> {
   return {
@@ -266,6 +278,10 @@ const topKeys: readonly KeySpec[] = [
   key('tls-cert', absolutePath, null),
   key('tls-key', absolutePath, null),
   key('tls-ca', absolutePath, null),
+  // Checksum resync: the target sends digests of the marked regions, this node data only where they differ.
+  key('csums', flag, false),
+  // With csums: only for the resync after a Primary crash (its activity-log area is marked, little changed).
+  key('csums-after-crash-only', flag, false),
 ];
 
 /** Certificates: all three files or none, and only with TLS on. */
@@ -292,6 +308,7 @@ const hookKeys: readonly KeySpec[] = [
   key('after-promote', absolutePath, null),
   key('before-demote-timeout-ms', integer(limits.roleHookTimeoutMsMin, limits.roleHookTimeoutMsMax), limits.roleHookTimeoutMsDefault),
   key('after-promote-timeout-ms', integer(limits.roleHookTimeoutMsMin, limits.roleHookTimeoutMsMax), limits.roleHookTimeoutMsDefault),
+  key('out-of-sync', absolutePath, null),
 ];
 
 /** The longest a role change may spend in its hooks (one of each, and each again to undo): added to the waits for it. */

@@ -28,6 +28,7 @@ import { MetadataStore } from './resource/metadata-store';
 import { PeerSession } from './resource/peer-session';
 import { Runner } from './resource/runner';
 import { EVENT_KEYS, snapshot } from './resource/status';
+import { Verifier } from './resource/verify';
 import { ResourceStatus } from './state';
 
 export { FLAG_DISCARD_MY_DATA };
@@ -78,6 +79,9 @@ export class Daemon extends EventEmitter {
   private session: PeerSession | null = null;
   private metrics: MetricsServer | null = null;
   private persistTimer: NodeJS.Timeout | null = null;
+  private verifier: Verifier | null = null;
+  /** csums and csums-after-crash-only as the config says now (adjust re-reads them). */
+  private csums = { csums: false, afterCrashOnly: false };
   private persistedOutOfSyncBytes = -1;
   private persisting = false;
   private lastStatus: ResourceStatus | null = null;
@@ -233,6 +237,18 @@ export class Daemon extends EventEmitter {
         lag: { maxLagBytes: this.config.maxLagBytes, maxLagMs: this.config.maxLagMs },
         faultPoints: faultPoints(),
         status: () => this.status(),
+        csums: () => this.csums,
+      });
+      this.csums = { csums: this.config.csums, afterCrashOnly: this.config.csumsAfterCrashOnly };
+      this.verifier = new Verifier({
+        plane,
+        state: () => runner.state,
+        dataSizeBytes: store.superblock.dataSizeBytes,
+        runDir: this.local.runDir,
+        log: this.log,
+        emit: (event) => this.emit('event', event),
+        outOfSyncHook: this.config.hooks.outOfSync,
+        hookEnv: (event) => this.hookEnv(event),
       });
       store.onGenerationAdopted = () => runner.dispatch({ type: 'generation-written', md: store.view() });
       runner.on('stepped', () => this.noteChange());
@@ -338,6 +354,9 @@ export class Daemon extends EventEmitter {
       metadataDamage: parts.store.damage,
     });
     status.daemonRestarts = this.held?.restarts() ?? null;
+    const c = parts.plane.counters();
+    status.verify = this.verifier?.progress() ?? null;
+    status.resyncSent = { dataBytes: c?.resyncDataBytesSent ?? 0, zeroBytes: c?.resyncZeroBytesSent ?? 0, equalBytes: c?.resyncEqualBytes ?? 0 };
     return status;
   }
 
@@ -411,6 +430,8 @@ export class Daemon extends EventEmitter {
       parts.runner.dispatch({ type: 'disk-failed', detail });
     } else if (type === 'resync-done') {
       parts.runner.dispatch({ type: 'resync-done', bytes: Number(detail) });
+    } else if (type === 'verify-mismatch' || type === 'verify-done') {
+      this.verifier?.onNative(type, detail);
     }
   }
 
@@ -458,6 +479,7 @@ export class Daemon extends EventEmitter {
     if (next.resource !== this.config.resource) {
       throw new StateError(`config ${this.config.path} now names resource "${next.resource}", not "${this.config.resource}"; nothing changed`);
     }
+    this.csums = { csums: next.csums, afterCrashOnly: next.csumsAfterCrashOnly };
     return this.p.runner.command({ name: 'adjust', protocol: next.protocol, onIoError: next.onIoError });
   }
 
@@ -481,6 +503,7 @@ export class Daemon extends EventEmitter {
 
   private async teardown(): Promise<void> {
     if (this.persistTimer !== null) clearInterval(this.persistTimer);
+    this.verifier?.close();
     if (this.metrics !== null) await this.metrics.close();
     const parts = this.parts;
     const diskless = parts?.runner.state.diskless === true;
@@ -525,6 +548,14 @@ export class Daemon extends EventEmitter {
     });
     this.admin.on('resume-io', () => this.command({ name: 'resume-io' }));
     this.admin.on('invalidate', () => this.command({ name: 'invalidate' }));
+    this.admin.on('verify', (args) => {
+      const verify = this.verifier!.start({ start: args.start as number | undefined, stop: args.stop as number | undefined });
+      return { ...this.status(), verify };
+    });
+    this.admin.on('resync', () => {
+      this.verifier!.repair();
+      return this.status();
+    });
     this.admin.on('disconnect', () => this.command({ name: 'disconnect' }));
     this.admin.on('adjust', () => this.adjust());
     this.admin.on('attach', () => this.attach());

@@ -40,6 +40,18 @@ export interface NativeCounters {
   checksumErrors: number;
   protocolErrors: number;
   resyncBytesDone: number;
+  /** Checksum resync, sparse sync and verify (see native/link_io.h LinkCounters). */
+  resyncDataBytesSent: number;
+  resyncZeroBytesSent: number;
+  resyncEqualBytes: number;
+  zeroBytesApplied: number;
+  digestBytesRead: number;
+  verifyStartBytes: number;
+  verifyStopBytes: number;
+  verifyPositionBytes: number;
+  verifyMismatchBytes: number;
+  verifyMismatchTotalBytes: number;
+  verifyBytesDoneTotal: number;
   linkFailures: number;
   eventsDropped: number;
   outOfSyncBytes: number;
@@ -52,6 +64,7 @@ export interface NativeCounters {
   linkAttached: boolean;
   linkFailed: boolean;
   resyncRunning: boolean;
+  verifyRunning: boolean;
   /** on-io-error = detach: the backing disk failed and is no longer used. */
   diskless: boolean;
   localIoErrors: number;
@@ -64,7 +77,7 @@ export interface NativeCounters {
  * What the data plane reports: `link-lost` (detail: the reason), `resync-done` (detail: bytes sent),
  * `disk-failed` (detail: the error; under on-io-error = detach the data plane is Diskless from then on).
  */
-export type NativeEventType = 'link-lost' | 'resync-done' | 'generation-started' | 'disk-failed';
+export type NativeEventType = 'link-lost' | 'resync-done' | 'generation-started' | 'disk-failed' | 'verify-mismatch' | 'verify-done';
 
 export interface LinkAttachOptions {
   /** source: this node sends writes and resync data; target: it applies them. */
@@ -209,8 +222,21 @@ export interface Binding {
    */
   allowResync(pipeline: PipelineHandle): void;
   setProtocol(pipeline: PipelineHandle, protocol: 'A' | 'B' | 'C'): void;
-  /** Starts sending every region set in the bitmap (source side); false without a live link. */
-  resyncStart(pipeline: PipelineHandle): boolean;
+  /**
+   * Starts sending every region set in the bitmap (source side); false without a live link, or
+   * while a resync or verify runs. `csums`: digests first, data only where they differ;
+   * `repair`: after a verify, the marked blocks as ordinary writes (no resync state on the target).
+   */
+  resyncStart(pipeline: PipelineHandle, options?: { csums?: boolean; repair?: boolean }): boolean;
+  /**
+   * Online verify of [startBytes, stopBytes) (4 KiB-aligned; RangeError otherwise): events
+   * `verify-mismatch` (detail: "OFFSET+LENGTH ...", those blocks marked out of sync) and
+   * `verify-done` (detail: the position reached). False without a live source link, or while a
+   * resync or verify runs.
+   */
+  verifyStart(pipeline: PipelineHandle, startBytes: number, stopBytes: number): boolean;
+  /** Stops a running verify after the ranges in flight; `verify-done` says where. */
+  verifyStop(pipeline: PipelineHandle): void;
   /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
   bitmapGet(pipeline: PipelineHandle): Buffer;
   bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;

@@ -79,6 +79,10 @@ export interface ResourceStatus {
   pid: number;
   /** Metadata damage found when the daemon started (empty when none): see docs/CONTRACTS.md "Metadata damage". */
   metadataDamage: MetadataDamageReport[];
+  /** The running or last online verify on this node (null: none since the daemon started). */
+  verify?: VerifyProgress | null;
+  /** What resyncs of this session sent: data bytes, bytes covered by zero frames, bytes found equal by digest. */
+  resyncSent?: { dataBytes: number; zeroBytes: number; equalBytes: number };
   /** Restarts of this resource's daemon by its holder (daemon-restart-bound-ms); null without a holder. */
   daemonRestarts?: DaemonRestarts | null;
 }
@@ -111,6 +115,22 @@ export interface ResyncProgress {
   etaSeconds: number | null;
 }
 
+export interface VerifyProgress {
+  running: boolean;
+  startBytes: number;
+  stopBytes: number;
+  /** Everything before it is compared. */
+  positionBytes: number;
+  percent: number;
+  bytesLeft: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
+  /** Found to differ (and marked out of sync) by this verify. */
+  mismatchBytes: number;
+  /** "OFFSET+LENGTH" of each differing run (the first 1000). */
+  mismatchRanges: string[];
+}
+
 /** One line per resource, in the style of DRBD's status. */
 export function statusLine(status: ResourceStatus): string {
   const parts = [
@@ -125,6 +145,10 @@ export function statusLine(status: ResourceStatus): string {
   if (status.resync) {
     const eta = status.resync.etaSeconds === null ? '?' : `${Math.ceil(status.resync.etaSeconds)}s`;
     parts.push(`sync:${status.resync.percent.toFixed(1)}% eta:${eta}`);
+  }
+  if (status.verify?.running) {
+    const eta = status.verify.etaSeconds === null ? '?' : `${Math.ceil(status.verify.etaSeconds)}s`;
+    parts.push(`verify:${status.verify.percent.toFixed(1)}% eta:${eta}`);
   }
   if (status.outOfSyncBytes > 0) parts.push(`out-of-sync:${formatBytes(status.outOfSyncBytes)}`);
   if (status.protocol === 'A' && status.lagBytes > 0) parts.push(`lag:${formatBytes(status.lagBytes)}`);

@@ -142,8 +142,14 @@ export class DataPlane {
   allowResync(): void {
     binding.allowResync(this.h);
   }
-  startResync(): boolean {
-    return binding.resyncStart(this.h);
+  startResync(options: { csums?: boolean; repair?: boolean } = {}): boolean {
+    return binding.resyncStart(this.h, options);
+  }
+  startVerify(startBytes: number, stopBytes: number): boolean {
+    return binding.verifyStart(this.h, startBytes, stopBytes);
+  }
+  stopVerify(): void {
+    binding.verifyStop(this.h);
   }
   setProtocol(protocol: 'A' | 'B' | 'C'): void {
     binding.setProtocol(this.h, protocol);

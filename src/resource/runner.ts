@@ -10,6 +10,7 @@ import { HookFailedError, InternalError, NraidError, SystemError } from '../erro
 import { runHook, runHookWithOutput } from '../hooks';
 import * as limits from '../limits';
 import { Logger } from '../log';
+import { flagBits } from '../metadata';
 import { ResourceStatus } from '../state';
 import { DataPlane } from './data-plane';
 import { Exposure } from './exposure';
@@ -37,6 +38,8 @@ export interface RunnerOwners {
   /** Names of fault points that cut the link when reached (NRAID_FAULT_POINTS; tests only). */
   faultPoints: ReadonlySet<string>;
   status: () => ResourceStatus;
+  /** Checksum resync settings (config keys csums, csums-after-crash-only), read at each resync's start. */
+  csums?: () => { csums: boolean; afterCrashOnly: boolean };
 }
 
 function asNraidError(error: unknown): NraidError {
@@ -59,6 +62,16 @@ export class Runner extends EventEmitter {
     private readonly owners: RunnerOwners,
   ) {
     super();
+  }
+
+  /** csums, unless csums-after-crash-only and neither side crashed as Primary. */
+  private resyncUsesCsums(): boolean {
+    const settings = this.owners.csums?.() ?? { csums: false, afterCrashOnly: false };
+    if (!settings.csums) return false;
+    const crashed = this.state.md.flags.crashedPrimary || ((this.state.peer?.flags ?? 0) & flagBits.crashedPrimary) !== 0;
+    const csums = !settings.afterCrashOnly || crashed;
+    this.owners.log.info('resync starts', { csums, crashedPrimary: crashed });
+    return csums;
   }
 
   dispatch(event: Event): void {
@@ -156,7 +169,7 @@ export class Runner extends EventEmitter {
       case 'start-resync': {
         const counters = plane.counters();
         if (counters !== null) this.resync = { totalBytes: counters.outOfSyncBytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesDone };
-        plane.startResync();
+        plane.startResync({ csums: this.resyncUsesCsums() });
         return;
       }
       case 'clear-bitmap':

@@ -95,7 +95,10 @@ describe('parseConfig: a valid file', () => {
       afterPromote: null,
       beforeDemoteTimeoutMs: limits.roleHookTimeoutMsDefault,
       afterPromoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+      outOfSync: null,
     });
+    expect(config.csums).toBe(false);
+    expect(config.csumsAfterCrashOnly).toBe(false);
   });
 
   test('every field of the result is defined (the schema covers the interface)', () => {
@@ -104,6 +107,7 @@ describe('parseConfig: a valid file', () => {
       'path', 'resource', 'protocol', 'secret', 'pingIntervalMs', 'pingTimeoutMs', 'connectRetryMs', 'maxLagBytes',
       'maxLagMs', 'frontendThreads', 'daemonRestartBoundMs', 'onNoPeer', 'afterSb0pri', 'metricsPort', 'hooks', 'nodes', 'onIoError',
       'tls', 'tlsCert', 'tlsKey', 'tlsCa',
+      'csums', 'csumsAfterCrashOnly',
     ];
     for (const field of fields) expect(config[field]).not.toBeUndefined();
     expect(Object.keys(config).sort()).toEqual([...fields].sort());
@@ -122,8 +126,11 @@ describe('parseConfig: a valid file', () => {
       'after-sb-0pri': 'discard-least-changes',
       'metrics-port': 9942,
       'on-io-error': 'pass-on',
+      csums: true,
+      'csums-after-crash-only': true,
       'hooks.split-brain': '/usr/lib/nraid/notify-split-brain',
       'hooks.fence-peer': '/usr/lib/nraid/fence',
+      'hooks.out-of-sync': '/usr/lib/nraid/out-of-sync',
       'nodes.alpha.run-dir': '/tmp/nraid-a',
     });
     expect(config.protocol).toBe('A');
@@ -137,6 +144,8 @@ describe('parseConfig: a valid file', () => {
     expect(config.afterSb0pri).toBe('discard-least-changes');
     expect(config.metricsPort).toBe(9942);
     expect(config.onIoError).toBe('pass-on');
+    expect(config.csums).toBe(true);
+    expect(config.csumsAfterCrashOnly).toBe(true);
     expect(config.hooks).toEqual({
       splitBrain: '/usr/lib/nraid/notify-split-brain',
       fencePeer: '/usr/lib/nraid/fence',
@@ -144,6 +153,7 @@ describe('parseConfig: a valid file', () => {
       afterPromote: null,
       beforeDemoteTimeoutMs: limits.roleHookTimeoutMsDefault,
       afterPromoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+      outOfSync: '/usr/lib/nraid/out-of-sync',
     });
     expect(config.nodes[0].runDir).toBe('/tmp/nraid-a');
   });
@@ -366,7 +376,7 @@ describe('parseConfig: top-level values', () => {
 
 describe('parseConfig: [hooks]', () => {
   test('must be a table', () => {
-    expect(messageOf({ hooks: '/bin/true' })).toContain('key "hooks" must be a table (split-brain, fence-peer, before-demote, after-promote, before-demote-timeout-ms, after-promote-timeout-ms); found "/bin/true"');
+    expect(messageOf({ hooks: '/bin/true' })).toContain('key "hooks" must be a table (split-brain, fence-peer, before-demote, after-promote, before-demote-timeout-ms, after-promote-timeout-ms, out-of-sync); found "/bin/true"');
   });
 
   test('role hooks and their timeouts (switchover hooks, issue 14)', () => {
@@ -381,7 +391,7 @@ describe('parseConfig: [hooks]', () => {
     expect(message).toContain('found 10: out of range');
   });
 
-  test.each(['split-brain', 'fence-peer', 'before-demote', 'after-promote'])('%s must be an absolute path', (key) => {
+  test.each(['split-brain', 'fence-peer', 'before-demote', 'after-promote', 'out-of-sync'])('%s must be an absolute path', (key) => {
     const message = messageOf({ [`hooks.${key}`]: 'bin/notify' });
     expect(message).toContain(`key "hooks.${key}" must be an absolute path`);
     expect(message).toContain('found "bin/notify": not absolute');

@@ -264,6 +264,11 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("checksumErrors", l.checksum_errors.load());
   set("protocolErrors", l.protocol_errors.load());
   set("resyncBytesDone", l.resync_bytes_done.load());
+  set("resyncBytesReceived", l.resync_bytes_received.load());
+  const auto& resync = box->pipeline->resync_control();
+  set("resyncPlannedRateBytes", resync.planned_rate_bytes.load());
+  result.Set("resyncThrottled", Napi::Boolean::New(env, resync.throttled.load()));
+  result.Set("resyncPaused", Napi::Boolean::New(env, resync.paused.load()));
   set("linkFailures", l.link_failures.load());
   set("resyncDataBytesSent", l.resync_data_bytes_sent.load());
   set("resyncZeroBytesSent", l.resync_zero_bytes_sent.load());
@@ -566,6 +571,44 @@ Napi::Value VerifyStop(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// resyncSet(pipeline, { planAheadMs?, fillTargetBytes?, maxRateBytes?, minRateBytes?, paused? }):
+// every value is checked against native/limits.h before any is taken, so a
+// bad one changes nothing. A running resync reads them at its next step.
+Napi::Value ResyncSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (info.Length() < 2 || !info[1].IsObject()) throw Napi::TypeError::New(env, "resyncSet: expected an options object");
+  Napi::Object options = info[1].As<Napi::Object>();
+  auto bounded = [&](const char* name, uint64_t min, uint64_t max, uint64_t current) {
+    Napi::Value value = options.Get(name);
+    if (value.IsUndefined()) return current;
+    uint64_t number = get_u64(value, name);
+    if (number < min || number > max) {
+      throw Napi::RangeError::New(env, std::string("resyncSet: ") + name + " must be between " + std::to_string(min) +
+                                           " and " + std::to_string(max) + ", not " + std::to_string(number));
+    }
+    return number;
+  };
+  nraid::ResyncControl& control = box->pipeline->resync_control();
+  uint64_t plan_ahead_ms = bounded("planAheadMs", nraid::kResyncPlanAheadMsMin, nraid::kResyncPlanAheadMsMax,
+                                   control.plan_ahead_ms.load());
+  uint64_t fill_target = bounded("fillTargetBytes", nraid::kResyncFillTargetBytesMin, nraid::kResyncFillTargetBytesMax,
+                                 control.fill_target_bytes.load());
+  uint64_t max_rate = bounded("maxRateBytes", nraid::kResyncRateBytesMin, nraid::kResyncRateBytesMax,
+                              control.max_rate_bytes.load());
+  uint64_t min_rate = bounded("minRateBytes", nraid::kResyncRateBytesMin, nraid::kResyncRateBytesMax,
+                              control.min_rate_bytes.load());
+  Napi::Value paused = options.Get("paused");
+  if (!paused.IsUndefined() && !paused.IsBoolean()) throw Napi::TypeError::New(env, "resyncSet: paused must be a boolean");
+  control.plan_ahead_ms.store(static_cast<uint32_t>(plan_ahead_ms));
+  control.fill_target_bytes.store(fill_target);
+  control.max_rate_bytes.store(max_rate);
+  control.min_rate_bytes.store(min_rate);
+  if (paused.IsBoolean()) control.paused.store(paused.As<Napi::Boolean>().Value());
+  box->pipeline->resync_settings_changed();
+  return env.Undefined();
+}
+
 // The bitmap as little-endian 64-bit words, the layout of the on-disk bitmap area.
 Napi::Value BitmapGet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -733,6 +776,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resyncStart", Napi::Function::New(env, ResyncStart));
   exports.Set("verifyStart", Napi::Function::New(env, VerifyStart));
   exports.Set("verifyStop", Napi::Function::New(env, VerifyStop));
+  exports.Set("resyncSet", Napi::Function::New(env, ResyncSet));
   exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
   exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
   exports.Set("generationArm", Napi::Function::New(env, GenerationArm));
@@ -759,6 +803,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   limits.Set("maxLagBytesDefault", static_cast<double>(nraid::kMaxLagBytesDefault));
   limits.Set("maxLagMsDefault", static_cast<double>(nraid::kMaxLagUsDefault / 1000));
   limits.Set("eventQueueMax", nraid::kEventQueueMax);
+  limits.Set("resyncPlanAheadMsMin", nraid::kResyncPlanAheadMsMin);
+  limits.Set("resyncPlanAheadMsMax", nraid::kResyncPlanAheadMsMax);
+  limits.Set("resyncPlanAheadMsDefault", nraid::kResyncPlanAheadMsDefault);
+  limits.Set("resyncFillTargetBytesMin", static_cast<double>(nraid::kResyncFillTargetBytesMin));
+  limits.Set("resyncFillTargetBytesMax", static_cast<double>(nraid::kResyncFillTargetBytesMax));
+  limits.Set("resyncFillTargetBytesDefault", static_cast<double>(nraid::kResyncFillTargetBytesDefault));
+  limits.Set("resyncRateBytesMin", static_cast<double>(nraid::kResyncRateBytesMin));
+  limits.Set("resyncRateBytesMax", static_cast<double>(nraid::kResyncRateBytesMax));
+  limits.Set("resyncMaxRateBytesDefault", static_cast<double>(nraid::kResyncMaxRateBytesDefault));
+  limits.Set("resyncMinRateBytesDefault", static_cast<double>(nraid::kResyncMinRateBytesDefault));
   limits.Set("metadataJobsMax", nraid::kMetadataJobsMax);
   exports.Set("limits", limits);
   return exports;

@@ -271,6 +271,7 @@ void Applier::receive_loop() {
         return;
       }
       counters_->bytes_received.fetch_add(header.length, std::memory_order_relaxed);
+      if (header.type == kFrameRsData) counters_->resync_bytes_received.fetch_add(header.length, std::memory_order_relaxed);
     }
     counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
     if ((header.flags & kFlagWantRecvAck) != 0 && !queue_recv_ack(header)) {

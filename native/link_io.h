@@ -48,7 +48,8 @@ struct LinkCounters {
   std::atomic<uint64_t> bytes_applied{0};
   std::atomic<uint64_t> checksum_errors{0};
   std::atomic<uint64_t> protocol_errors{0};
-  std::atomic<uint64_t> resync_bytes_done{0};
+  std::atomic<uint64_t> resync_bytes_done{0};      // source: resync data the peer has written
+  std::atomic<uint64_t> resync_bytes_received{0};  // target: resync data received (checked)
   std::atomic<uint64_t> link_failures{0};
   // Checksum resync, sparse sync and verify (source side unless noted).
   std::atomic<uint64_t> resync_data_bytes_sent{0};    // RS_DATA payload bytes

@@ -108,6 +108,10 @@ class Pipeline {
   void set_suspended(bool suspended);
   bool suspended() const { return suspended_.load(std::memory_order_acquire); }
   bool resync_running() const;
+  // The resync controller's settings (any time, with or without a link) and what it planned.
+  ResyncControl& resync_control() { return resync_control_; }
+  // Wakes a running resync to read its settings again.
+  void resync_settings_changed();
 
   // on-io-error (docs/operations.md): detach (true) or pass-on. Under detach
   // the first error of the backing disk makes this node Diskless for good
@@ -157,6 +161,7 @@ class Pipeline {
   std::atomic<uint64_t> epoch_{1};
   PipelineCounters counters_;
   LinkCounters link_counters_;
+  ResyncControl resync_control_;
   // Writers hold it shared for the whole request; attach and detach hold it exclusively.
   mutable std::shared_mutex link_mutex_;
   std::unique_ptr<Replicator> replicator_;

@@ -467,6 +467,8 @@ export async function main(argv: string[]): Promise<number> {
       case 'disconnect':
       case 'adjust':
       case 'resume-io':
+      case 'pause-sync':
+      case 'resume-sync':
       case 'attach':
       case 'detach':
       case 'invalidate': {

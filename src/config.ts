@@ -53,6 +53,11 @@ export interface ResourceConfig {
   connectRetryMs: number;
   maxLagBytes: number;
   maxLagMs: number;
+  /** The resync controller (src/limits.ts resync*): adjustable while running. */
+  resyncPlanAheadMs: number;
+  resyncFillTargetKib: number;
+  resyncMaxRateMib: number;
+  resyncMinRateMib: number;
   frontendThreads: number;
   /**
    * With a holder (> 0): a daemon that dies is started again and takes the
@@ -267,6 +272,11 @@ const topKeys: readonly KeySpec[] = [
   key('connect-retry-ms', integer(limits.connectRetryMsMin, limits.connectRetryMsMax), limits.connectRetryMsDefault),
   key('max-lag-bytes', integer(limits.maxLagBytesMin, limits.maxLagBytesMax), limits.maxLagBytesDefault),
   key('max-lag-ms', integer(limits.maxLagMsMin, limits.maxLagMsMax), limits.maxLagMsDefault),
+  key('resync-plan-ahead-ms', integer(limits.resyncPlanAheadMsMin, limits.resyncPlanAheadMsMax), limits.resyncPlanAheadMsDefault),
+  key('resync-fill-target-kib', integer(limits.resyncFillTargetKibMin, limits.resyncFillTargetKibMax), limits.resyncFillTargetKibDefault),
+  key('resync-max-rate-mib', integer(limits.resyncRateMibMin, limits.resyncRateMibMax), limits.resyncMaxRateMibDefault),
+  key('resync-min-rate-mib', integer(limits.resyncRateMibMin, limits.resyncRateMibMax), limits.resyncMinRateMibDefault,
+    (value, table) => (value <= (table.resyncMaxRateMib as number) ? null : `must not exceed resync-max-rate-mib (${String(table.resyncMaxRateMib)})`)),
   key('frontend-threads', integer(limits.frontendThreadsMin, limits.frontendThreadsMax), limits.frontendThreadsDefault),
   key('daemon-restart-bound-ms', integer(limits.daemonRestartBoundMsMin, limits.daemonRestartBoundMsMax), limits.daemonRestartBoundMsDefault),
   key<OnNoPeer>('on-no-peer', oneOf(['continue', 'suspend-io']), 'continue'),

@@ -68,6 +68,14 @@ export class MetricsServer {
     simple('nraid_diskless', '1 while the backing disk is detached after an error (on-io-error = detach).', (s) => (s.diskFailure !== null ? 1 : 0));
     simple('nraid_peer_served_reads_total', 'Reads served by the peer while Diskless.', (_s, c) => c?.peerReads ?? 0);
     simple('nraid_peer_served_writes_total', 'Writes completed by the peer alone while Diskless.', (_s, c) => c?.peerWrites ?? 0);
+    simple('nraid_resync_sent_bytes_total', 'Resync data this node sent that the peer wrote, over every run of the daemon here.', (s) => s.resyncSentBytesTotal);
+    simple('nraid_resync_received_bytes_total', 'Resync data this node received, over every run of the daemon here.', (s) => s.resyncReceivedBytesTotal);
+    simple('nraid_resync_percent', 'Progress of the running resync (source or target); 0 when none runs.', (s) => s.resync?.percent ?? 0);
+    simple('nraid_resync_left_bytes', 'Bytes the running resync has still to move; 0 when none runs.', (s) => s.resync?.bytesLeft ?? 0);
+    simple('nraid_resync_rate_bytes', 'Bytes per second of the running resync since it started; 0 when none runs.', (s) => s.resync?.rateBytesPerSec ?? 0);
+    simple('nraid_resync_eta_seconds', 'Seconds the running resync needs still at its rate; -1 when unknown or paused, 0 when none runs.', (s) => (s.resync === null ? 0 : s.resync.etaSeconds ?? -1));
+    simple('nraid_resync_paused', '1 while pause-sync holds the resync (on either node).', (s) => (s.resync?.paused ? 1 : 0));
+    simple('nraid_resync_throttled', '1 while application I/O holds the resync at resync-min-rate-mib.', (s) => (s.resync?.throttled ? 1 : 0));
     simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
     simple('nraid_daemon_restarts_total', 'Daemons started again by the holder after a crash, kill or nraid restart.', (s) => s.daemonRestarts?.count ?? 0);
     simple('nraid_daemon_restart_pause_seconds', 'Pause of the last daemon restart: from the death of one daemon until the next served.', (s) => (s.daemonRestarts?.lastPauseMs ?? 0) / 1000);

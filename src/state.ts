@@ -60,6 +60,9 @@ export interface ResourceStatus {
   protocolErrors: number;
   linkFailures: number;
   resync: ResyncProgress | null;
+  /** Resync data this node sent (and the peer wrote) / received, over every run of the daemon here. */
+  resyncSentBytesTotal: number;
+  resyncReceivedBytesTotal: number;
   lastLinkError: string | null;
   syncDecision: string | null;
   /** Detected at the last handshake and not yet resolved: see connect --discard-my-data. */
@@ -113,6 +116,12 @@ export interface ResyncProgress {
   bytesDone: number;
   rateBytesPerSec: number;
   etaSeconds: number | null;
+  /** This node sends (source) or receives (target). */
+  direction: 'source' | 'target';
+  /** pause-sync on either node holds it. */
+  paused: boolean;
+  /** Applications do I/O on the source: the resync runs at its min rate. */
+  throttled: boolean;
 }
 
 export interface VerifyProgress {
@@ -145,6 +154,7 @@ export function statusLine(status: ResourceStatus): string {
   if (status.resync) {
     const eta = status.resync.etaSeconds === null ? '?' : `${Math.ceil(status.resync.etaSeconds)}s`;
     parts.push(`sync:${status.resync.percent.toFixed(1)}% eta:${eta}`);
+    if (status.resync.paused) parts.push('sync:paused');
   }
   if (status.verify?.running) {
     const eta = status.verify.etaSeconds === null ? '?' : `${Math.ceil(status.verify.etaSeconds)}s`;

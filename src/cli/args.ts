@@ -20,6 +20,8 @@ export type Command =
   | 'status'
   | 'events'
   | 'resume-io'
+  | 'pause-sync'
+  | 'resume-sync'
   | 'verify'
   | 'resync'
   | 'invalidate'
@@ -101,6 +103,8 @@ const commands: readonly CommandSpec[] = [
   { name: 'status', summary: 'print role, disk, connection and resync progress', takesResource: true, flags: ['--json', '--watch'] },
   { name: 'events', summary: 'stream state changes and progress as they happen', takesResource: true, flags: ['--json'] },
   { name: 'resume-io', summary: 'resume I/O suspended by on-no-peer = "suspend-io"', takesResource: true, flags: [] },
+  { name: 'pause-sync', summary: 'hold the running resync (on either node) until resume-sync; the bitmap keeps what is left', takesResource: true, flags: [] },
+  { name: 'resume-sync', summary: 'let a resync paused with pause-sync on this node go on', takesResource: true, flags: [] },
   { name: 'verify', summary: 'compare both disks online (digests), report differences and mark them out of sync; resumes an interrupted verify', takesResource: true, flags: ['--start', '--stop'] },
   { name: 'resync', summary: 'repair: send the blocks marked out of sync (after a verify) to the peer, without a disconnect', takesResource: true, flags: [] },
   { name: 'invalidate', summary: 'discard this node\'s data and resync it from the peer', takesResource: true, flags: [] },

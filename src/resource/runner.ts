@@ -50,6 +50,11 @@ function asNraidError(error: unknown): NraidError {
 /** Effects that write the backing disk. */
 const DISK_EFFECTS: ReadonlySet<Effect['kind']> = new Set<Effect['kind']>(['persist', 'persist-bitmap', 'activity-log-reset', 'arm-generation']);
 
+/** A resync in `direction` is what the machine says this node does now. */
+function resyncRuns(s: MachineState, direction: 'source' | 'target'): boolean {
+  return s.session?.direction === direction && s.replication === (direction === 'source' ? 'SyncSource' : 'SyncTarget');
+}
+
 export class Runner extends EventEmitter {
   private queue: Event[] = [];
   private running = false;
@@ -109,7 +114,7 @@ export class Runner extends EventEmitter {
             this.owners.log.error(`${effect.kind} failed`, { error: (error as Error).message });
           }
         }
-        if (this.state.session?.direction !== 'source' || this.state.replication !== 'SyncSource') this.resync = null;
+        if (this.resync !== null && !resyncRuns(this.state, this.resync.direction)) this.resync = null;
         if (result.tag !== undefined) {
           const disk = { md: this.owners.store.view(), armed: this.owners.store.armedGeneration };
           this.queue.unshift({ type: 'program-done', tag: result.tag, error: failure, disk });
@@ -162,13 +167,18 @@ export class Runner extends EventEmitter {
         return store.arm(plane, effect.fresh);
       case 'disarm-generation':
         return store.disarm(plane);
-      case 'allow-resync':
+      case 'allow-resync': {
         // With no data link attached yet, the attach carries the permission instead.
-        if (plane.counters()?.linkAttached) plane.allowResync();
+        const counters = plane.counters();
+        if (counters?.linkAttached) plane.allowResync();
+        if (counters !== null && effect.bytes !== undefined) {
+          this.resync = { direction: 'target', totalBytes: effect.bytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesReceived };
+        }
         return;
+      }
       case 'start-resync': {
         const counters = plane.counters();
-        if (counters !== null) this.resync = { totalBytes: counters.outOfSyncBytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesDone };
+        if (counters !== null) this.resync = { direction: 'source', totalBytes: counters.outOfSyncBytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesDone };
         plane.startResync({ csums: this.resyncUsesCsums() });
         return;
       }

@@ -3,7 +3,7 @@ import { UsageError } from '../../src/errors';
 
 const allCommands = [
   'create-md', 'up', 'down', 'primary', 'secondary', 'switchover', 'connect', 'disconnect',
-  'adjust', 'status', 'events', 'resume-io', 'verify', 'resync', 'invalidate', 'demo', 'help',
+  'adjust', 'status', 'events', 'resume-io', 'pause-sync', 'resume-sync', 'verify', 'resync', 'invalidate', 'demo', 'help',
 ];
 const resourceCommands = allCommands.filter((c) => c !== 'demo' && c !== 'help');
 

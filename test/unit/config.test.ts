@@ -99,6 +99,10 @@ describe('parseConfig: a valid file', () => {
     });
     expect(config.csums).toBe(false);
     expect(config.csumsAfterCrashOnly).toBe(false);
+    expect(config.resyncPlanAheadMs).toBe(limits.resyncPlanAheadMsDefault);
+    expect(config.resyncFillTargetKib).toBe(limits.resyncFillTargetKibDefault);
+    expect(config.resyncMaxRateMib).toBe(limits.resyncMaxRateMibDefault);
+    expect(config.resyncMinRateMib).toBe(limits.resyncMinRateMibDefault);
   });
 
   test('every field of the result is defined (the schema covers the interface)', () => {
@@ -108,6 +112,7 @@ describe('parseConfig: a valid file', () => {
       'maxLagMs', 'frontendThreads', 'daemonRestartBoundMs', 'onNoPeer', 'afterSb0pri', 'metricsPort', 'hooks', 'nodes', 'onIoError',
       'tls', 'tlsCert', 'tlsKey', 'tlsCa',
       'csums', 'csumsAfterCrashOnly',
+      'resyncPlanAheadMs', 'resyncFillTargetKib', 'resyncMaxRateMib', 'resyncMinRateMib',
     ];
     for (const field of fields) expect(config[field]).not.toBeUndefined();
     expect(Object.keys(config).sort()).toEqual([...fields].sort());
@@ -315,14 +320,25 @@ describe('parseConfig: top-level values', () => {
     ['max-lag-ms', 'maxLagMs', limits.maxLagMsMin, limits.maxLagMsMax],
     ['frontend-threads', 'frontendThreads', limits.frontendThreadsMin, limits.frontendThreadsMax],
     ['metrics-port', 'metricsPort', limits.portMin, limits.portMax],
+    ['resync-plan-ahead-ms', 'resyncPlanAheadMs', limits.resyncPlanAheadMsMin, limits.resyncPlanAheadMsMax],
+    ['resync-fill-target-kib', 'resyncFillTargetKib', limits.resyncFillTargetKibMin, limits.resyncFillTargetKibMax],
+    ['resync-max-rate-mib', 'resyncMaxRateMib', limits.resyncRateMibMin, limits.resyncRateMibMax],
+    ['resync-min-rate-mib', 'resyncMinRateMib', limits.resyncRateMibMin, limits.resyncRateMibMax],
   ];
 
   /** Keeps ping-timeout-ms above ping-interval-ms whatever bound is tried. */
   function withTimingRoom(key: string, value: number): Record<string, unknown> {
     if (key === 'ping-interval-ms') return { [key]: value, 'ping-timeout-ms': limits.pingTimeoutMsMax };
     if (key === 'ping-timeout-ms') return { [key]: value, 'ping-interval-ms': limits.pingIntervalMsMin };
+    if (key === 'resync-min-rate-mib') return { [key]: value, 'resync-max-rate-mib': limits.resyncRateMibMax };
+    if (key === 'resync-max-rate-mib') return { [key]: value, 'resync-min-rate-mib': limits.resyncRateMibMin };
     return { [key]: value };
   }
+
+  test('resync-min-rate-mib above resync-max-rate-mib is refused, naming both', () => {
+    expect(messageOf({ 'resync-max-rate-mib': 100, 'resync-min-rate-mib': 101 })).toContain('must not exceed resync-max-rate-mib (100)');
+    expect(parse({ 'resync-max-rate-mib': 100, 'resync-min-rate-mib': 100 }).resyncMinRateMib).toBe(100);
+  });
 
   describe.each(integerKeys)('%s', (key, field, min, max) => {
     test('accepts both bounds', () => {

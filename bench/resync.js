@@ -1,18 +1,28 @@
-'use strict';
 /**
- * Resync and verify rows (issue 12, targets of Deliver 5 and 6), ratios
- * against baselines measured in the same run, two nodes on 127.0.0.1, each
- * disk a sparse file used directly as the backing disk (so its holes show
- * through SEEK_DATA):
+ * Resync and verify rows (issue 12, Targets), ratios against baselines
+ * measured in the same run, two nodes on 127.0.0.1, each disk a sparse file
+ * used directly as the backing disk (so its holes show through SEEK_DATA):
  *
- *   sparse-sync   initial sync of a SIZE device holding DATA bytes (random,
- *                 at the start) / full-byte sync of the same SIZE full of
- *                 data (target <= 0.15 at 4 GiB / 256 MiB)
+ *   full-sync     full-byte initial sync of a SIZE device full of data /
+ *                 a dd copy between the same two backing files (1 MiB,
+ *                 direct I/O both sides) (target >= 0.95, rate ratio)
  *   verify        `nraid verify` of the full device after that full sync /
  *                 reading both backing files in parallel (dd, 1 MiB, direct)
- *                 (target >= 0.8)
+ *                 (target >= 0.8, rate ratio)
+ *   sparse-sync   initial sync of a SIZE device holding DATA bytes (random,
+ *                 at the start) / the full-byte sync (target <= 0.15, time)
+ *   p99-resync    the application's 4 KiB QD1 write p99 (fio) while a
+ *                 resync of DIRTY bytes runs at default settings / the same
+ *                 with no resync (target <= 2), and the resync's rate then
+ *                 (target >= resync-min-rate-mib)
+ *   rss-1t        the Primary daemon's peak RSS while it syncs a 1 TiB
+ *                 sparse backing file (target <= 100 MiB)
+ *   rejoin        after kill -9 of a Primary that wrote HOT bytes last (and
+ *                 the whole device long before), what its restart marks out
+ *                 of sync / the device size (target: the hot extents, not
+ *                 the whole device)
  *
- *   node bench/resync.js [--size 4G] [--data 256M]
+ *   node bench/resync.js [--size 4G] [--data 256M] [--dirty 1G] [--rss-size 1T] [--rejoin-size 4G] [--fio-seconds 10]
  *
  * Everything is made under one temp dir and undone at the end (nraid down,
  * files removed), also on failure and Ctrl-C.
@@ -107,54 +117,189 @@ async function timedSync(p) {
   return { seconds: Number(process.hrtime.bigint() - started) / 1e9, sent: s.resyncSent };
 }
 
-async function main() {
-  const sizeBytes = parseSize(option('--size', '4G'));
-  const dataBytes = parseSize(option('--data', '256M'));
+function seconds(started) {
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+async function dd(args) {
+  await runCommand('dd', [...args, 'status=none'], { timeoutMs: 3_600_000, check: true });
+}
+
+/** fio 4 KiB QD1 random writes (direct) on `device` for `runtimeSeconds`: the write clat p99 in ms. */
+async function fioP99(device, runtimeSeconds, sizeBytes) {
+  const { stdout } = await runCommand('fio', ['--name=p99', `--filename=${device}`, '--rw=randwrite', '--bs=4k', '--iodepth=1', '--ioengine=psync', '--direct=1',
+    '--time_based', `--runtime=${runtimeSeconds}`, `--size=${sizeBytes}`, '--output-format=json'], { timeoutMs: (runtimeSeconds + 120) * 1000, check: true });
+  const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
+  return { p99Ms: job.write.clat_ns.percentile['99.000000'] / 1e6, iops: job.write.iops };
+}
+
+function rssBytes(pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m === null ? 0 : Number(m[1]) * 1024;
+}
+
+async function established(configPath) {
+  const st = await status(configPath, 'alpha');
+  return st.replication === 'Established' && st.peerDisk === 'UpToDate' && st.outOfSyncBytes === 0 ? st : null;
+}
+
+/** The rows; `log` gets progress lines. */
+async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, rejoinSizeBytes, fioSeconds, log: say = log }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nraid-bench-resync-'));
   cleanup.defer(`remove ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
   const rows = [];
+  const row = (r) => {
+    rows.push(r);
+    say(`${r.row}: ${r.value} vs ${r.baseline} ${r.baselineValue}: ${r.ratio.toFixed(3)} (target ${r.target})${r.note ? `; ${r.note}` : ''}`);
+  };
+  const step = async (name, fn) => {
+    try {
+      await fn();
+    } catch (error) {
+      warn(`${name} FAILED: ${error.message}`);
+      rows.push({ row: name, error: error.message });
+    }
+  };
   try {
-    log(`full-byte sync: ${sizeBytes} bytes, all data`);
-    const full = await pair(dir, 'full', sizeBytes, sizeBytes);
-    const fullSync = await timedSync(full);
-    log(`full-byte sync: ${fullSync.seconds.toFixed(2)} s (${JSON.stringify(fullSync.sent)})`);
-
-    // Verify of the full device against reading both backing files in parallel.
-    const dataSize = (await status(full.configPath, 'alpha')).dataSizeBytes;
-    const readStarted = process.hrtime.bigint();
-    await Promise.all(full.nodes.map((n) => runCommand('dd', [`if=${n.disk}`, 'of=/dev/null', 'bs=1M', 'iflag=direct', `count=${Math.floor(dataSize / MiB)}`, 'status=none'], { timeoutMs: 1_800_000, check: true })));
-    const readSeconds = Number(process.hrtime.bigint() - readStarted) / 1e9;
-    const verifyStarted = process.hrtime.bigint();
-    await nraid(['verify', '-c', full.configPath, '-n', 'alpha']);
-    const v = await until('verify', async () => {
-      const st = await status(full.configPath, 'alpha');
-      return st.verify && !st.verify.running ? st.verify : null;
+    let fullSync = null;
+    await step('full-sync', async () => {
+      say(`full-byte sync: ${sizeBytes} bytes, all data`);
+      const full = await pair(dir, 'full', sizeBytes, sizeBytes);
+      fullSync = await timedSync(full);
+      const dataSize = (await status(full.configPath, 'alpha')).dataSizeBytes;
+      const count = Math.floor(dataSize / MiB);
+      // Verify of the full device against reading both backing files in parallel.
+      const readStarted = process.hrtime.bigint();
+      await Promise.all(full.nodes.map((n) => dd([`if=${n.disk}`, 'of=/dev/null', 'bs=1M', 'iflag=direct', `count=${count}`])));
+      const readSeconds = seconds(readStarted);
+      const verifyStarted = process.hrtime.bigint();
+      await nraid(['verify', '-c', full.configPath, '-n', 'alpha']);
+      const v = await until('verify', async () => {
+        const st = await status(full.configPath, 'alpha');
+        return st.verify && !st.verify.running ? st.verify : null;
+      });
+      const verifySeconds = seconds(verifyStarted);
+      if (v.mismatchBytes !== 0) throw new Error(`verify after a full sync found ${v.mismatchBytes} bytes differing`);
+      // dd between the same two backing files (the peer's data area is overwritten with what it holds already).
+      const ddStarted = process.hrtime.bigint();
+      await dd([`if=${full.nodes[0].disk}`, `of=${full.nodes[1].disk}`, 'bs=1M', 'iflag=direct', 'oflag=direct', 'conv=notrunc', `count=${count}`]);
+      const ddSeconds = seconds(ddStarted);
+      row({ row: 'full-sync', value: `${fullSync.seconds.toFixed(2)} s`, baseline: 'dd copy', baselineValue: `${ddSeconds.toFixed(2)} s`, ratio: ddSeconds / fullSync.seconds, target: '>= 0.95 (rate ratio)' });
+      row({ row: 'verify', value: `${verifySeconds.toFixed(2)} s`, baseline: 'read both disks in parallel', baselineValue: `${readSeconds.toFixed(2)} s`, ratio: readSeconds / verifySeconds, target: '>= 0.8 (rate ratio)' });
+      for (const n of full.nodes) await nraid(['down', '-c', full.configPath, '-n', n.name]);
+      for (const n of full.nodes) fs.rmSync(n.disk, { force: true });
     });
-    const verifySeconds = Number(process.hrtime.bigint() - verifyStarted) / 1e9;
-    if (v.mismatchBytes !== 0) throw new Error(`verify after a full sync found ${v.mismatchBytes} bytes differing`);
-    rows.push({ row: 'verify', seconds: verifySeconds, baseline: 'read both disks in parallel', baselineSeconds: readSeconds, ratio: readSeconds / verifySeconds, target: '>= 0.8 (rate ratio)' });
 
-    log(`sparse sync: ${sizeBytes} bytes, ${dataBytes} of data`);
-    const sparse = await pair(dir, 'sparse', sizeBytes, dataBytes);
-    const sparseSync = await timedSync(sparse);
-    rows.push({ row: 'sparse-sync', seconds: sparseSync.seconds, sent: sparseSync.sent, baseline: 'full-byte sync', baselineSeconds: fullSync.seconds, ratio: sparseSync.seconds / fullSync.seconds, target: '<= 0.15 (time ratio)' });
+    await step('sparse-sync', async () => {
+      say(`sparse sync: ${sizeBytes} bytes, ${dataBytes} of data`);
+      const sparse = await pair(dir, 'sparse', sizeBytes, dataBytes);
+      const sparseSync = await timedSync(sparse);
+      if (fullSync !== null) {
+        row({ row: 'sparse-sync', value: `${sparseSync.seconds.toFixed(2)} s`, baseline: 'full-byte sync', baselineValue: `${fullSync.seconds.toFixed(2)} s`, ratio: sparseSync.seconds / fullSync.seconds, target: '<= 0.15 (time ratio)', note: `sent ${JSON.stringify(sparseSync.sent)}` });
+      }
+
+      // p99 of the application's writes with and without a resync running (alpha Primary, default settings).
+      const device = sparse.nodes[0].device;
+      const fioBytes = Math.min(dirtyBytes, 1024 * MiB);
+      const quiet = await fioP99(device, fioSeconds, fioBytes);
+      await nraid(['disconnect', '-c', sparse.configPath, '-n', 'beta']);
+      await until('disconnected', async () => (await status(sparse.configPath, 'alpha')).connection !== 'Connected', 60_000);
+      await dd(['if=/dev/urandom', `of=${device}`, 'bs=1M', 'oflag=direct', `seek=${Math.floor(dataBytes / MiB)}`, `count=${Math.floor(dirtyBytes / MiB)}`]);
+      await nraid(['connect', '-c', sparse.configPath, '-n', 'beta']);
+      const syncing = await until('resync running', async () => {
+        const st = await status(sparse.configPath, 'alpha');
+        return st.replication === 'SyncSource' ? st : null;
+      }, 60_000);
+      const before = syncing.outOfSyncBytes;
+      const started = process.hrtime.bigint();
+      const busy = await fioP99(device, fioSeconds, fioBytes);
+      const busySeconds = seconds(started);
+      const after = await status(sparse.configPath, 'alpha');
+      const rateMib = (before - after.outOfSyncBytes) / MiB / busySeconds;
+      const stillSyncing = after.replication === 'SyncSource';
+      row({ row: 'p99-resync', value: `${busy.p99Ms.toFixed(2)} ms`, baseline: 'no resync', baselineValue: `${quiet.p99Ms.toFixed(2)} ms`, ratio: busy.p99Ms / quiet.p99Ms, target: '<= 2',
+        note: `resync ${rateMib.toFixed(1)} MiB/s meanwhile (min rate 16)${stillSyncing ? '' : ', it ended before fio did'}; iops ${quiet.iops.toFixed(0)} -> ${busy.iops.toFixed(0)}` });
+      await until('resynced', () => established(sparse.configPath));
+      for (const n of sparse.nodes) await nraid(['down', '-c', sparse.configPath, '-n', n.name]);
+      for (const n of sparse.nodes) fs.rmSync(n.disk, { force: true });
+    });
+
+    await step('rss-1t', async () => {
+      say(`RSS: a ${rssSizeBytes}-byte sparse backing file, Primary, syncing`);
+      const big = await pair(dir, 'rss', rssSizeBytes, 0);
+      const pid = (await status(big.configPath, 'alpha')).pid;
+      let peak = rssBytes(pid);
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          peak = Math.max(peak, rssBytes(pid));
+          await sleep(100);
+        }
+      })();
+      const sync = await timedSync(big).finally(() => (sampling = false));
+      await sampler;
+      peak = Math.max(peak, rssBytes(pid));
+      row({ row: 'rss-1t', value: `${(peak / MiB).toFixed(1)} MiB`, baseline: 'target', baselineValue: '100 MiB', ratio: peak / (100 * MiB), target: '<= 1', note: `sync of ${rssSizeBytes} bytes took ${sync.seconds.toFixed(1)} s (${JSON.stringify(sync.sent)})` });
+      for (const n of big.nodes) await nraid(['down', '-c', big.configPath, '-n', n.name]);
+      for (const n of big.nodes) fs.rmSync(n.disk, { force: true });
+    });
+
+    await step('rejoin', async () => {
+      const hotBytes = 64 * MiB;
+      say(`rejoin: a ${rejoinSizeBytes}-byte device, written whole, then ${hotBytes} hot; kill -9 of the Primary`);
+      const p = await pair(dir, 'rejoin', rejoinSizeBytes, 0);
+      await timedSync(p);
+      const device = p.nodes[0].device;
+      // The whole device written long before the crash (replicated, acknowledged), then a hot region last.
+      await dd(['if=/dev/zero', `of=${device}`, 'bs=1M', 'oflag=direct', `count=${Math.floor(rejoinSizeBytes / MiB) - 16}`]);
+      await sleep(2000);
+      await dd(['if=/dev/urandom', `of=${device}`, 'bs=1M', 'oflag=direct', `seek=${Math.floor(rejoinSizeBytes / MiB / 2)}`, `count=${hotBytes / MiB}`]);
+      const pid = (await status(p.configPath, 'alpha')).pid;
+      process.kill(pid, 'SIGKILL');
+      await until('killed', async () => !fs.existsSync(`/proc/${pid}`), 30_000);
+      await nraid(['up', '-c', p.configPath, '-n', 'alpha']);
+      let marked = 0;
+      await until('rejoined', async () => {
+        const [a, b] = await Promise.all([status(p.configPath, 'alpha'), status(p.configPath, 'beta')]);
+        marked = Math.max(marked, a.outOfSyncBytes, b.outOfSyncBytes);
+        return a.connection === 'Connected' && a.outOfSyncBytes === 0 && b.outOfSyncBytes === 0 && a.disk === 'UpToDate' && b.disk === 'UpToDate';
+      }, 600_000);
+      const dataSize = (await status(p.configPath, 'alpha')).dataSizeBytes;
+      row({ row: 'rejoin', value: `${(marked / MiB).toFixed(0)} MiB marked`, baseline: 'device', baselineValue: `${(dataSize / MiB).toFixed(0)} MiB`, ratio: marked / dataSize, target: `the hot extents (${hotBytes / MiB} MiB written last, ratio ${(hotBytes / dataSize).toFixed(3)}), not the whole device` });
+      for (const n of p.nodes) await nraid(['down', '-c', p.configPath, '-n', n.name]);
+    });
   } finally {
     cleanup.unwindAll();
   }
-  for (const r of rows) {
-    log(`${r.row}: ${r.seconds.toFixed(2)} s vs ${r.baseline} ${r.baselineSeconds.toFixed(2)} s: ${r.ratio.toFixed(3)} (target ${r.target})${r.sent ? ` sent ${JSON.stringify(r.sent)}` : ''}`);
-  }
-  const out = path.join(__dirname, 'results', `resync-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(out, JSON.stringify({ sizeBytes, dataBytes, rows, load: os.loadavg() }, null, 2) + '\n');
-  log(`results: ${out}`);
+  return rows;
 }
 
-process.on('SIGINT', () => {
-  cleanup.unwindAll();
-  process.exit(130);
-});
-main().catch((error) => {
-  warn(error.stack ?? String(error));
-  cleanup.unwindAll();
-  process.exit(1);
-});
+async function main() {
+  const options = {
+    sizeBytes: parseSize(option('--size', '4G')),
+    dataBytes: parseSize(option('--data', '256M')),
+    dirtyBytes: parseSize(option('--dirty', '1G')),
+    rssSizeBytes: parseSize(option('--rss-size', '1T')),
+    rejoinSizeBytes: parseSize(option('--rejoin-size', '4G')),
+    fioSeconds: Number(option('--fio-seconds', '10')),
+  };
+  const rows = await runResyncBench(options);
+  const out = path.join(__dirname, 'results', `resync-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(out, JSON.stringify({ ...options, rows, load: os.loadavg() }, null, 2) + '\n');
+  log(`results: ${out}`);
+  if (rows.some((r) => r.error)) process.exitCode = 1;
+}
+
+module.exports = { runResyncBench };
+
+if (require.main === module) {
+  process.on('SIGINT', () => {
+    cleanup.unwindAll();
+    process.exit(130);
+  });
+  main().catch((error) => {
+    warn(error.stack ?? String(error));
+    cleanup.unwindAll();
+    process.exit(1);
+  });
+}

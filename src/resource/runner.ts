@@ -18,7 +18,7 @@ import { Command, Effect, Event, MachineState, peerServes, step } from './machin
 import { RoleHookPurpose } from './machine-core';
 import { MetadataStore, mintUuid } from './metadata-store';
 import { PeerSession } from './peer-session';
-import { ResyncClock } from './status';
+import { ResyncClock, resyncTargetBytes } from './status';
 
 export interface RunnerOwners {
   plane: DataPlane;
@@ -172,7 +172,7 @@ export class Runner extends EventEmitter {
         const counters = plane.counters();
         if (counters?.linkAttached) plane.allowResync();
         if (counters !== null && effect.bytes !== undefined) {
-          this.resync = { direction: 'target', totalBytes: effect.bytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesReceived };
+          this.resync = { direction: 'target', totalBytes: effect.bytes, startedAtMs: Date.now(), doneBaseBytes: resyncTargetBytes(counters) };
         }
         return;
       }

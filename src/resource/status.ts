@@ -10,7 +10,7 @@ import { DamageReport } from './metadata-damage';
 import { ResyncTotals } from './resync-control';
 
 export interface ResyncClock {
-  /** source: counts resyncBytesDone (written by the peer); target: resyncBytesReceived. */
+  /** source: counts resyncBytesDone (written by the peer); target: resyncTargetBytes (data and zero frames received). */
   direction: 'source' | 'target';
   totalBytes: number;
   startedAtMs: number;
@@ -39,11 +39,16 @@ function hex(uuid: bigint): string {
   return uuid.toString(16).padStart(16, '0');
 }
 
+/** What a sync target has of its resync: data received and ranges zeroed by zero frames. */
+export function resyncTargetBytes(c: NativeCounters): number {
+  return c.resyncBytesReceived + c.zeroBytesApplied;
+}
+
 function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
   const c = f.counters;
   if (f.resync === null || c === null || f.state.session?.direction !== f.resync.direction) return null;
   const source = f.resync.direction === 'source';
-  const done = Math.max(0, (source ? c.resyncBytesDone : c.resyncBytesReceived) - f.resync.doneBaseBytes);
+  const done = Math.max(0, (source ? c.resyncBytesDone : resyncTargetBytes(c)) - f.resync.doneBaseBytes);
   // The source's bitmap is what is left; the target knows the total the source announced.
   const left = source ? c.outOfSyncBytes : Math.max(0, f.resync.totalBytes - done);
   const elapsedS = Math.max(0.001, (f.nowMs - f.resync.startedAtMs) / 1000);

@@ -10,8 +10,9 @@
  *    marks them out of sync (event, status, metrics), and `nraid resync`
  *    makes both data areas identical without a disconnect;
  *  - verify while fio writes to the Primary's device: no false difference;
- *  - csums = true, a bitmap marking 256 MiB of which 1 % really differs:
- *    RS_DATA bytes sent stay under 2 % of 256 MiB, both data areas end equal;
+ *  - csums = true, a bitmap marking 256 MiB (64 MiB in the default suite) of
+ *    which 1 % really differs: RS_DATA bytes sent stay under 2 % of it, both
+ *    data areas end equal;
  *  - bad input: verify on a Secondary with no peer, verify on the receiving
  *    side, --start past the end, resync with nothing marked: clear errors,
  *    nothing changed.
@@ -26,8 +27,9 @@ import { cliError, connectedUpToDate, quiesce, withDaemonLogs } from '../harness
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const BLOCK = 4 * KiB;
-const DISK_BYTES = 272 * MiB;
-const MARKED_BYTES = 256 * MiB;
+// The issue's 256 MiB with NRAID_TEST_RESYNC_FULL=1 (npm run test:resync); 64 MiB in the default suite.
+const MARKED_BYTES = (process.env.NRAID_TEST_RESYNC_FULL === '1' ? 256 : 64) * MiB;
+const DISK_BYTES = MARKED_BYTES + 16 * MiB;
 const NODES: NodeName[] = ['alpha', 'beta'];
 const FAST = { 'ping-interval-ms': 500, 'ping-timeout-ms': 5000, 'connect-retry-ms': 100 };
 
@@ -162,7 +164,7 @@ describeIntegration('checksum resync, online verify and repair, --assume-clean',
     expect((await quiesce(r)).outOfSyncBytes).toBe(0);
   }, 120_000);
 
-  test('csums: 256 MiB marked, 1 % differs: at most 2 % of it sent as data', () => withDaemonLogs(r, async () => {
+  test(`csums: ${MARKED_BYTES / MiB} MiB marked, 1 % differs: at most 2 % of it sent as data`, () => withDaemonLogs(r, async () => {
     const data = crypto.randomBytes(MARKED_BYTES);
     await writeDirect(r.nodes.alpha.device, 0, data, { timeoutMs: 240_000 });
     await quiesce(r, 120_000);
@@ -174,7 +176,7 @@ describeIntegration('checksum resync, online verify and repair, --assume-clean',
     expect(cliError(lonely).code).toBe('NRAID_ERR_STATE');
     expect(cliError(lonely).message).toMatch(/not connected/);
 
-    // The same bytes again, 1 % of the blocks changed: every bit of 256 MiB is set.
+    // The same bytes again, 1 % of the blocks changed: every bit of the marked range is set.
     const changed = randomBlocks(Math.round((MARKED_BYTES / BLOCK) * 0.01), MARKED_BYTES);
     for (const b of changed) crypto.randomFillSync(data, b * BLOCK, BLOCK);
     await writeDirect(r.nodes.alpha.device, 0, data, { timeoutMs: 240_000 });

@@ -17,12 +17,12 @@
  *                 (target >= resync-min-rate-mib)
  *   rss-1t        the Primary daemon's peak RSS while it syncs a 1 TiB
  *                 sparse backing file (target <= 100 MiB)
- *   rejoin        after kill -9 of a Primary that wrote HOT bytes last (and
- *                 the whole device long before), what its restart marks out
+ *   rejoin        after kill -9 of a Primary that wrote 64 MiB last (and
+ *                 8 MiB in 16 places 2 s before), what its restart marks out
  *                 of sync / the device size (target: the hot extents, not
  *                 the whole device)
  *
- *   node bench/resync.js [--size 4G] [--data 256M] [--dirty 1G] [--rss-size 1T] [--rejoin-size 4G] [--fio-seconds 10]
+ *   node bench/resync.js [--size 4G] [--data 256M] [--dirty 1G] [--rss-size 1T] [--rejoin-size 4G] [--fio-seconds 10] [--skip rss-1t,rejoin]
  *
  * Everything is made under one temp dir and undone at the end (nraid down,
  * files removed), also on failure and Ctrl-C.
@@ -53,8 +53,15 @@ async function nraid(args) {
   return runCommand(process.execPath, [BIN, ...args], { cwd: REPO, timeoutMs: 120_000, check: true });
 }
 
+// Status over the admin socket (dist/, as bin/nraid runs it): a CLI process per poll costs seconds on a
+// loaded machine, which would count in every timed row.
+const { adminCall } = require('../dist/src/admin');
+const runDirs = new Map(); // config path -> node -> run dir
+
 async function status(configPath, node) {
-  return JSON.parse((await nraid(['status', '-c', configPath, '-n', node, '--json'])).stdout);
+  const runDir = runDirs.get(configPath)?.[node];
+  if (runDir === undefined) return JSON.parse((await nraid(['status', '-c', configPath, '-n', node, '--json'])).stdout);
+  return adminCall(path.join(runDir, 'admin.sock'), 'status', {}, undefined, 30_000);
 }
 
 async function until(what, predicate, timeoutMs = 1_800_000) {
@@ -97,6 +104,7 @@ async function pair(dir, tag, sizeBytes, dataBytes) {
   fillData(nodes[0].disk, dataBytes);
   const configPath = path.join(dir, `${resource}.toml`);
   fs.writeFileSync(configPath, configText({ resource, protocol: 'C', secret: crypto.randomBytes(16).toString('hex'), nodes }), { mode: 0o600 });
+  runDirs.set(configPath, Object.fromEntries(nodes.map((n) => [n.name, n.runDir])));
   cleanup.defer(`sweep ${resource}`, () => sweepSync({ dir, configPath, devices: nodes.map((n) => n.device) }));
   for (const n of nodes) await nraid(['create-md', '--force', '-c', configPath, '-n', n.name]);
   for (const n of nodes) {
@@ -109,7 +117,8 @@ async function pair(dir, tag, sizeBytes, dataBytes) {
 
 async function timedSync(p) {
   const started = process.hrtime.bigint();
-  await nraid(['primary', '--force', '-c', p.configPath, '-n', 'alpha']);
+  // Over the admin socket: the CLI's own start (seconds under load) is not the sync's time.
+  await adminCall(path.join(p.nodes[0].runDir, 'admin.sock'), 'primary', { force: true }, undefined, 60_000);
   const s = await until('sync', async () => {
     const st = await status(p.configPath, 'alpha');
     return st.replication === 'Established' && st.peerDisk === 'UpToDate' && st.outOfSyncBytes === 0 ? st : null;
@@ -144,7 +153,7 @@ async function established(configPath) {
 }
 
 /** The rows; `log` gets progress lines. */
-async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, rejoinSizeBytes, fioSeconds, log: say = log }) {
+async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, rejoinSizeBytes, fioSeconds, skip = [], log: say = log }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nraid-bench-resync-'));
   cleanup.defer(`remove ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
   const rows = [];
@@ -153,6 +162,7 @@ async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, 
     say(`${r.row}: ${r.value} vs ${r.baseline} ${r.baselineValue}: ${r.ratio.toFixed(3)} (target ${r.target})${r.note ? `; ${r.note}` : ''}`);
   };
   const step = async (name, fn) => {
+    if (skip.includes(name)) return;
     try {
       await fn();
     } catch (error) {
@@ -246,12 +256,14 @@ async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, 
 
     await step('rejoin', async () => {
       const hotBytes = 64 * MiB;
-      say(`rejoin: a ${rejoinSizeBytes}-byte device, written whole, then ${hotBytes} hot; kill -9 of the Primary`);
+      say(`rejoin: a ${rejoinSizeBytes}-byte device, 8 MiB written in each sixteenth of its first half, then ${hotBytes} hot; kill -9 of the Primary`);
       const p = await pair(dir, 'rejoin', rejoinSizeBytes, 0);
       await timedSync(p);
       const device = p.nodes[0].device;
-      // The whole device written long before the crash (replicated, acknowledged), then a hot region last.
-      await dd(['if=/dev/zero', `of=${device}`, 'bs=1M', 'oflag=direct', `count=${Math.floor(rejoinSizeBytes / MiB) - 16}`]);
+      // Writes spread over the device long before the crash (replicated, acknowledged), then a hot region last.
+      for (let at = 0; at + 8 * MiB <= rejoinSizeBytes / 2; at += rejoinSizeBytes / 32) {
+        await dd(['if=/dev/urandom', `of=${device}`, 'bs=1M', 'oflag=direct', `seek=${at / MiB}`, 'count=8']);
+      }
       await sleep(2000);
       await dd(['if=/dev/urandom', `of=${device}`, 'bs=1M', 'oflag=direct', `seek=${Math.floor(rejoinSizeBytes / MiB / 2)}`, `count=${hotBytes / MiB}`]);
       const pid = (await status(p.configPath, 'alpha')).pid;
@@ -282,6 +294,8 @@ async function main() {
     rssSizeBytes: parseSize(option('--rss-size', '1T')),
     rejoinSizeBytes: parseSize(option('--rejoin-size', '4G')),
     fioSeconds: Number(option('--fio-seconds', '10')),
+    // Steps to leave out: full-sync (also verify; sparse-sync then has no baseline), sparse-sync (also p99-resync), rss-1t, rejoin.
+    skip: option('--skip', '').split(',').filter(Boolean),
   };
   const rows = await runResyncBench(options);
   const out = path.join(__dirname, 'results', `resync-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

@@ -76,6 +76,11 @@ export class MetricsServer {
     simple('nraid_resync_eta_seconds', 'Seconds the running resync needs still at its rate; -1 when unknown or paused, 0 when none runs.', (s) => (s.resync === null ? 0 : s.resync.etaSeconds ?? -1));
     simple('nraid_resync_paused', '1 while pause-sync holds the resync (on either node).', (s) => (s.resync?.paused ? 1 : 0));
     simple('nraid_resync_throttled', '1 while application I/O holds the resync at resync-min-rate-mib.', (s) => (s.resync?.throttled ? 1 : 0));
+    simple('nraid_verify_running', '1 while an online verify runs (nraid verify).', (s) => (s.verify?.running ? 1 : 0));
+    simple('nraid_verify_percent', 'Progress of the running or last online verify; 0 when none ran.', (s) => s.verify?.percent ?? 0);
+    simple('nraid_verify_mismatch_bytes', 'Bytes the running or last online verify found differing (marked out of sync).', (s) => s.verify?.mismatchBytes ?? 0);
+    simple('nraid_resync_zero_bytes', 'Bytes the resyncs of this daemon covered with zero frames instead of data (sparse-aware sync).', (s) => s.resyncSent?.zeroBytes ?? 0);
+    simple('nraid_resync_equal_bytes', 'Marked bytes the checksum resyncs of this daemon found equal by digest and did not send.', (s) => s.resyncSent?.equalBytes ?? 0);
     simple('nraid_io_suspended', '1 while writes are suspended (on-no-peer, fence-peer).', (s) => (s.ioSuspended ? 1 : 0));
     simple('nraid_daemon_restarts_total', 'Daemons started again by the holder after a crash, kill or nraid restart.', (s) => s.daemonRestarts?.count ?? 0);
     simple('nraid_daemon_restart_pause_seconds', 'Pause of the last daemon restart: from the death of one daemon until the next served.', (s) => (s.daemonRestarts?.lastPauseMs ?? 0) / 1000);

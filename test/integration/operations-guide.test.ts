@@ -294,13 +294,12 @@ describe('operations guide: its commands are commands the CLI knows', () => {
     expect(mentioned.filter((c) => !known.has(c))).toEqual([]);
   });
 
-  test('every command line of the examples parses, names r0, and is not one the CLI refuses as unavailable', () => {
+  test('every command line of the examples parses and names r0', () => {
     const lines = guideCommandLines();
     expect(lines.length).toBeGreaterThan(15);
     for (const { text: line } of lines) {
       const parsed = parseArgs(line.split(/\s+/).slice(1));
       expect({ line, resource: parsed.resource }).toEqual({ line, resource: 'r0' });
-      expect({ line, command: parsed.command }).not.toEqual({ line, command: 'verify' });
     }
   });
 });
@@ -345,7 +344,8 @@ describeIntegration('operations guide workflows', NEEDS, () => {
         await events.waitFor((l) => l.some((x) => x.includes('"disk":"UpToDate"')), 10_000);
         const ev = events.json();
         expect(ev[0]).toMatchObject({ type: 'exists', resource: r.name, node: 'beta', peer: 'alpha', role: 'Secondary', disk: 'Inconsistent', connection: 'Connected' });
-        const changes = ev.slice(1);
+        // The sync target reports its progress too (resync-progress, about once a second, issue 12).
+        const changes = ev.slice(1).filter((e) => e.type !== 'resync-progress');
         expect(changes.every((e) => e.type === 'change' && e.resource === r.name && e.node === 'beta')).toBe(true);
         expect(changes).toContainEqual(expect.objectContaining({ peerRole: 'Primary' }));
         expect(changes).toContainEqual(expect.objectContaining({ replication: 'SyncTarget' }));

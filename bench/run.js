@@ -15,6 +15,7 @@ const path = require('node:path');
 const { runFailoverBench } = require('./failover');
 const { runPostgresBench } = require('./postgres');
 const { runDaemonRestartBench } = require('./daemon-restart');
+const { runResyncBench } = require('./resync');
 const { runMicro } = require('./micro');
 const { TIMING_FULL, TIMING_QUICK, WORKLOADS, runFio } = require('./e2e/fio');
 const { BASELINE_ROW, DEFAULT_ROWS, STACKS, stackById } = require('./e2e/stacks');
@@ -48,6 +49,8 @@ const USAGE = `usage: node bench/run.js [options]
   --no-e2e           skip the fio rows and the failover timings (no root needed)
   --no-failover      skip the switchover and forced-promotion timings
   --no-postgres      skip the PostgreSQL switchover and forced-failover timings (bench/postgres.js)
+  --no-resync        skip the resync and verify rows (bench/resync.js: full sync vs dd, sparse sync,
+                     p99 under resync, verify vs parallel read, RSS on 1 TiB, rejoin after a crash)
   --strict           exit 1 when any row fails (default: only when the baseline row fails)
   -h, --help         this text`;
 
@@ -67,7 +70,7 @@ function parseWhole(name, text, min, max) {
 }
 
 function parseArgs(argv) {
-  const options = { quick: false, rows: DEFAULT_ROWS, sizeBytes: SIZE_BYTES_DEFAULT, dir: os.tmpdir(), micro: true, e2e: true, failover: true, postgres: true, strict: false, runtime: null, ramp: null, repeat: 1 };
+  const options = { quick: false, rows: DEFAULT_ROWS, sizeBytes: SIZE_BYTES_DEFAULT, dir: os.tmpdir(), micro: true, e2e: true, failover: true, postgres: true, resync: true, strict: false, runtime: null, ramp: null, repeat: 1 };
   for (let i = 0; i < argv.length; i++) {
     const [flag, inline] = argv[i].startsWith('--') && argv[i].includes('=') ? argv[i].split(/=(.*)/s, 2) : [argv[i], undefined];
     const value = () => {
@@ -87,6 +90,7 @@ function parseArgs(argv) {
       case '--no-e2e': options.e2e = false; break;
       case '--no-failover': options.failover = false; break;
       case '--no-postgres': options.postgres = false; break;
+      case '--no-resync': options.resync = false; break;
       case '--strict': options.strict = true; break;
       case '-h': case '--help': options.help = true; break;
       default: throw new Error(`unknown option "${argv[i]}"\n\n${USAGE}`);
@@ -323,6 +327,21 @@ async function main() {
       } catch (error) {
         console.error(`[bench] daemon restart FAILED: ${error.message}`);
         report.daemonRestart = { error: error.message };
+        if (options.strict) exitCode = 1;
+      }
+    }
+    if (options.resync) {
+      console.log('\n== resync and verify (two nodes on loopback, sparse backing files; bench/resync.js)');
+      try {
+        const G = 1024 ** 3;
+        const M = 1024 ** 2;
+        report.resync = await runResyncBench(options.quick
+          ? { sizeBytes: 512 * M, dataBytes: 32 * M, dirtyBytes: 128 * M, rssSizeBytes: 64 * G, rejoinSizeBytes: 1 * G, fioSeconds: 3, log: (line) => console.log(line) }
+          : { sizeBytes: 4 * G, dataBytes: 256 * M, dirtyBytes: 1 * G, rssSizeBytes: 1024 * G, rejoinSizeBytes: 4 * G, fioSeconds: 10, log: (line) => console.log(line) });
+        if (options.strict && report.resync.some((r) => r.error)) exitCode = 1;
+      } catch (error) {
+        console.error(`[bench] resync FAILED: ${error.message}`);
+        report.resync = { error: error.message };
         if (options.strict) exitCode = 1;
       }
     }

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <memory>
 #include <vector>
 #include <string>
@@ -266,7 +267,23 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("checksumErrors", l.checksum_errors.load());
   set("protocolErrors", l.protocol_errors.load());
   set("resyncBytesDone", l.resync_bytes_done.load());
+  set("resyncBytesReceived", l.resync_bytes_received.load());
+  const auto& resync = box->pipeline->resync_control();
+  set("resyncPlannedRateBytes", resync.planned_rate_bytes.load());
+  result.Set("resyncThrottled", Napi::Boolean::New(env, resync.throttled.load()));
+  result.Set("resyncPaused", Napi::Boolean::New(env, resync.paused.load()));
   set("linkFailures", l.link_failures.load());
+  set("resyncDataBytesSent", l.resync_data_bytes_sent.load());
+  set("resyncZeroBytesSent", l.resync_zero_bytes_sent.load());
+  set("resyncEqualBytes", l.resync_equal_bytes.load());
+  set("zeroBytesApplied", l.zero_bytes_applied.load());
+  set("digestBytesRead", l.digest_bytes_read.load());
+  set("verifyStartBytes", l.verify_start_bytes.load());
+  set("verifyStopBytes", l.verify_stop_bytes.load());
+  set("verifyPositionBytes", l.verify_position_bytes.load());
+  set("verifyMismatchBytes", l.verify_mismatch_bytes.load());
+  set("verifyMismatchTotalBytes", l.verify_mismatch_total_bytes.load());
+  set("verifyBytesDoneTotal", l.verify_bytes_done_total.load());
   set("eventsDropped", box->bridge->events_dropped());
   auto& bitmap = box->pipeline->bitmap();
   set("outOfSyncBytes", std::min(bitmap.count_set() * bitmap.granularity_bytes(), box->pipeline->data_size_bytes()));
@@ -286,6 +303,7 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   result.Set("linkAttached", Napi::Boolean::New(env, box->pipeline->link_attached()));
   result.Set("linkFailed", Napi::Boolean::New(env, box->pipeline->link_failed()));
   result.Set("resyncRunning", Napi::Boolean::New(env, box->pipeline->resync_running()));
+  result.Set("verifyRunning", Napi::Boolean::New(env, box->pipeline->verify_running()));
   return result;
 }
 
@@ -531,9 +549,79 @@ Napi::Value SetProtocol(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// resyncStart(pipeline, { csums?, repair? }): false when no source link is attached or a resync or verify runs.
 Napi::Value ResyncStart(const Napi::CallbackInfo& info) {
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
-  return Napi::Boolean::New(info.Env(), box->pipeline->start_resync());
+  nraid::ResyncOptions options;
+  if (info.Length() > 1 && info[1].IsObject()) {
+    Napi::Object o = info[1].As<Napi::Object>();
+    options.csums = o.Has("csums") && o.Get("csums").ToBoolean();
+    options.repair = o.Has("repair") && o.Get("repair").ToBoolean();
+  }
+  return Napi::Boolean::New(info.Env(), box->pipeline->start_resync(options));
+}
+
+// verifyStart(pipeline, startBytes, stopBytes): block-aligned, start <= stop <= data size (checked here too).
+Napi::Value VerifyStart(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (info.Length() < 3 || !info[1].IsNumber() || !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "verifyStart: expected (pipeline, startBytes, stopBytes)");
+  }
+  double start = info[1].As<Napi::Number>().DoubleValue();
+  double stop = info[2].As<Napi::Number>().DoubleValue();
+  double size = static_cast<double>(box->pipeline->data_size_bytes());
+  if (!(start >= 0 && start <= stop && stop <= size) || std::fmod(start, nraid::kBlockBytes) != 0 ||
+      (std::fmod(stop, nraid::kBlockBytes) != 0 && stop != size)) {
+    throw Napi::RangeError::New(env, "verifyStart: expected 4 KiB-aligned 0 <= start <= stop <= " +
+                                         std::to_string(box->pipeline->data_size_bytes()) + ", found " +
+                                         std::to_string(start) + ".." + std::to_string(stop));
+  }
+  return Napi::Boolean::New(env, box->pipeline->start_verify(static_cast<uint64_t>(start), static_cast<uint64_t>(stop)));
+}
+
+Napi::Value VerifyStop(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  box->pipeline->stop_verify();
+  return info.Env().Undefined();
+}
+
+// resyncSet(pipeline, { planAheadMs?, fillTargetBytes?, maxRateBytes?, minRateBytes?, paused? }):
+// every value is checked against native/limits.h before any is taken, so a
+// bad one changes nothing. A running resync reads them at its next step.
+Napi::Value ResyncSet(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  if (info.Length() < 2 || !info[1].IsObject()) throw Napi::TypeError::New(env, "resyncSet: expected an options object");
+  Napi::Object options = info[1].As<Napi::Object>();
+  auto bounded = [&](const char* name, uint64_t min, uint64_t max, uint64_t current) {
+    Napi::Value value = options.Get(name);
+    if (value.IsUndefined()) return current;
+    uint64_t number = get_u64(value, name);
+    if (number < min || number > max) {
+      throw Napi::RangeError::New(env, std::string("resyncSet: ") + name + " must be between " + std::to_string(min) +
+                                           " and " + std::to_string(max) + ", not " + std::to_string(number));
+    }
+    return number;
+  };
+  nraid::ResyncControl& control = box->pipeline->resync_control();
+  uint64_t plan_ahead_ms = bounded("planAheadMs", nraid::kResyncPlanAheadMsMin, nraid::kResyncPlanAheadMsMax,
+                                   control.plan_ahead_ms.load());
+  uint64_t fill_target = bounded("fillTargetBytes", nraid::kResyncFillTargetBytesMin, nraid::kResyncFillTargetBytesMax,
+                                 control.fill_target_bytes.load());
+  uint64_t max_rate = bounded("maxRateBytes", nraid::kResyncRateBytesMin, nraid::kResyncRateBytesMax,
+                              control.max_rate_bytes.load());
+  uint64_t min_rate = bounded("minRateBytes", nraid::kResyncRateBytesMin, nraid::kResyncRateBytesMax,
+                              control.min_rate_bytes.load());
+  Napi::Value paused = options.Get("paused");
+  if (!paused.IsUndefined() && !paused.IsBoolean()) throw Napi::TypeError::New(env, "resyncSet: paused must be a boolean");
+  control.plan_ahead_ms.store(static_cast<uint32_t>(plan_ahead_ms));
+  control.fill_target_bytes.store(fill_target);
+  control.max_rate_bytes.store(max_rate);
+  control.min_rate_bytes.store(min_rate);
+  if (paused.IsBoolean()) control.paused.store(paused.As<Napi::Boolean>().Value());
+  box->pipeline->resync_settings_changed();
+  return env.Undefined();
 }
 
 // The bitmap as little-endian 64-bit words, the layout of the on-disk bitmap area.
@@ -751,6 +839,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("linkDetach", Napi::Function::New(env, LinkDetach));
   exports.Set("setProtocol", Napi::Function::New(env, SetProtocol));
   exports.Set("resyncStart", Napi::Function::New(env, ResyncStart));
+  exports.Set("verifyStart", Napi::Function::New(env, VerifyStart));
+  exports.Set("verifyStop", Napi::Function::New(env, VerifyStop));
+  exports.Set("resyncSet", Napi::Function::New(env, ResyncSet));
   exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
   exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
   exports.Set("generationArm", Napi::Function::New(env, GenerationArm));
@@ -777,6 +868,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   limits.Set("maxLagBytesDefault", static_cast<double>(nraid::kMaxLagBytesDefault));
   limits.Set("maxLagMsDefault", static_cast<double>(nraid::kMaxLagUsDefault / 1000));
   limits.Set("eventQueueMax", nraid::kEventQueueMax);
+  limits.Set("resyncPlanAheadMsMin", nraid::kResyncPlanAheadMsMin);
+  limits.Set("resyncPlanAheadMsMax", nraid::kResyncPlanAheadMsMax);
+  limits.Set("resyncPlanAheadMsDefault", nraid::kResyncPlanAheadMsDefault);
+  limits.Set("resyncFillTargetBytesMin", static_cast<double>(nraid::kResyncFillTargetBytesMin));
+  limits.Set("resyncFillTargetBytesMax", static_cast<double>(nraid::kResyncFillTargetBytesMax));
+  limits.Set("resyncFillTargetBytesDefault", static_cast<double>(nraid::kResyncFillTargetBytesDefault));
+  limits.Set("resyncRateBytesMin", static_cast<double>(nraid::kResyncRateBytesMin));
+  limits.Set("resyncRateBytesMax", static_cast<double>(nraid::kResyncRateBytesMax));
+  limits.Set("resyncMaxRateBytesDefault", static_cast<double>(nraid::kResyncMaxRateBytesDefault));
+  limits.Set("resyncMinRateBytesDefault", static_cast<double>(nraid::kResyncMinRateBytesDefault));
   limits.Set("metadataJobsMax", nraid::kMetadataJobsMax);
   exports.Set("limits", limits);
   return exports;

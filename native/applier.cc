@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "digest.h"
 #include "nraid_assert.h"
 
 namespace nraid {
@@ -183,7 +184,8 @@ void Applier::receive_loop() {
       return;
     }
     bool ordered = header.type == kFrameWrite || header.type == kFrameDiscard || header.type == kFrameZeroes ||
-                   header.type == kFrameBarrier || header.type == kFrameRsData || header.type == kFrameReadRequest;
+                   header.type == kFrameBarrier || header.type == kFrameRsData || header.type == kFrameReadRequest ||
+                   header.type == kFrameOvRequest;
     if (!ordered) {
       counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
       fail("frame rejected: type " + std::to_string(header.type) + " is not expected from the source");
@@ -195,7 +197,9 @@ void Applier::receive_loop() {
       return;
     }
     expected_seq++;
-    if (header.type == kFrameRsData && !resync_allowed_.load(std::memory_order_acquire)) {
+    // A resync's zero frame (a region that reads as zeros on the source) is resync data too.
+    const bool resync_data = header.type == kFrameRsData || (header.type == kFrameZeroes && (header.flags & kFlagResync) != 0);
+    if (resync_data && !resync_allowed_.load(std::memory_order_acquire)) {
       counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
       fail("frame rejected: resync data arrived before the target recorded its resync state");
       return;
@@ -203,6 +207,10 @@ void Applier::receive_loop() {
 
     if (header.type == kFrameReadRequest) {
       if (!flush_recv_acks() || !serve_read(header)) return;
+      continue;
+    }
+    if (header.type == kFrameOvRequest) {
+      if (!flush_recv_acks() || !serve_digests(header)) return;
       continue;
     }
 
@@ -263,6 +271,7 @@ void Applier::receive_loop() {
         return;
       }
       counters_->bytes_received.fetch_add(header.length, std::memory_order_relaxed);
+      if (header.type == kFrameRsData) counters_->resync_bytes_received.fetch_add(header.length, std::memory_order_relaxed);
     }
     counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
     if ((header.flags & kFlagWantRecvAck) != 0 && !queue_recv_ack(header)) {
@@ -321,6 +330,39 @@ void Applier::disk_failed(const char* what, int rc) {
   fail(std::string(what) + strerror(-rc));
 }
 
+bool Applier::serve_digests(const FrameHeader& request) {
+  counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
+  {
+    // As for a read: every earlier write to these blocks is on the disk first,
+    // so both sides digest the same point of the write stream.
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [&] { return failed() || !overlaps_active_locked(request.offset, request.length); });
+  }
+  if (failed()) return false;
+  int rc = request.length == 0 ? 0 : disk_->read(read_buffer_, request.length, request.offset);
+  if (rc != 0) {
+    disk_failed("read of the target's disk for digests failed: ", rc);
+    return false;
+  }
+  FrameHeader reply{};
+  reply.type = kFrameOvReply;
+  reply.flags = request.flags & kFlagResync;
+  reply.seq = request.seq;
+  reply.epoch = request.epoch;
+  reply.offset = request.offset;
+  reply.request_id = request.request_id;
+  reply.length = request.length / kBlockBytes * kDigestBytes;
+  block_digests(read_buffer_, request.length, kBlockBytes, digests_);
+  frame_seal(&reply, digests_);
+  counters_->digest_bytes_read.fetch_add(request.length, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  if (write_frame(*stream_, reply, digests_) != 0) {
+    fail("data link send: digest reply");
+    return false;
+  }
+  return true;
+}
+
 bool Applier::serve_read(const FrameHeader& request) {
   counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
   {
@@ -361,7 +403,11 @@ void Applier::apply_inline(uint32_t active) {
       case kFrameWrite:
       case kFrameRsData: rc = disk_->write(buffers_[a.buffer], h.length, h.offset); break;
       case kFrameDiscard: rc = disk_->discard(h.offset, h.length); break;
-      case kFrameZeroes: rc = disk_->zero_out(h.offset, h.length); break;
+      // A resync's zeros leave a file sparse (punch hole), or BLKZEROOUT on a block device.
+      case kFrameZeroes:
+        rc = (h.flags & kFlagResync) != 0 ? disk_->zero_out_sparse(h.offset, h.length) : disk_->zero_out(h.offset, h.length);
+        if (rc == 0 && (h.flags & kFlagResync) != 0) counters_->zero_bytes_applied.fetch_add(h.length, std::memory_order_relaxed);
+        break;
       default: NRAID_UNREACHABLE("a frame type the receiver never applies inline");
     }
     if (rc != 0) {

@@ -66,6 +66,8 @@ class Applier {
   bool overlaps_active_locked(uint64_t offset, uint64_t length) const;
   // A Diskless Primary's READ_REQUEST: after the overlapping writes before it, read here and reply.
   bool serve_read(const FrameHeader& request);
+  // OV_REQUEST: after the overlapping writes before it, read here and reply with one digest per block.
+  bool serve_digests(const FrameHeader& request);
 
   LocalDisk* disk_;
   const uint64_t data_size_bytes_;
@@ -82,7 +84,8 @@ class Applier {
   std::mutex mutex_;       // buffers, active set
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
   std::vector<uint8_t*> buffers_;
-  uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY
+  uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY and OV_REPLY
+  uint64_t digests_[kDigestReplyBytesMax / kDigestBytes];  // the receiver's, for OV_REPLY
   std::vector<uint32_t> free_buffers_;
   std::vector<Active> active_;
   uint32_t active_count_ = 0;

@@ -25,6 +25,11 @@ enum FrameType : uint16_t {
   kFrameRsData = 8,
   kFrameRsRequest = 9,
   kFrameRsIsInSync = 10,
+  // Digests (checksum resync, online verify): OV_REQUEST names a range of at
+  // most one request; the target reads it after every earlier frame that
+  // overlaps it and answers with OV_REPLY, whose payload is one 64-bit digest
+  // (digest.h) per 4 KiB block. kFlagResync on the request: a checksum
+  // resync's, echoed in the reply.
   kFrameOvRequest = 11,
   kFrameOvReply = 12,
   kFrameHello = 13,  // first frame each way: both sides' data planes are attached
@@ -91,9 +96,19 @@ inline FrameCheck frame_check_header(const FrameHeader& header, uint64_t data_si
   if (header.type == 0 || header.type > kFrameTypeMax) return FrameCheck::kBadType;
   if (frame_has_payload(header.type) && header.length > kFramePayloadBytesMax) return FrameCheck::kBadLength;
   bool ranged = header.type == kFrameWrite || header.type == kFrameRsData || header.type == kFrameDiscard ||
-                header.type == kFrameZeroes || header.type == kFrameReadRequest || header.type == kFrameReadReply;
-  // A read request names at most one request's worth: the reply must fit in one frame.
-  if (header.type == kFrameReadRequest && header.length > kRequestBytesMax) return FrameCheck::kBadLength;
+                header.type == kFrameZeroes || header.type == kFrameReadRequest || header.type == kFrameReadReply ||
+                header.type == kFrameOvRequest;
+  // A read or digest request names at most one request's worth: the reply must fit in one frame.
+  if ((header.type == kFrameReadRequest || header.type == kFrameOvRequest) && header.length > kRequestBytesMax) {
+    return FrameCheck::kBadLength;
+  }
+  // A digest reply carries one digest per block of at most one request.
+  if (header.type == kFrameOvReply &&
+      (header.length > kDigestReplyBytesMax || header.length % kDigestBytes != 0 || header.offset % kBlockBytes != 0 ||
+       header.offset > data_size_bytes ||
+       header.length / kDigestBytes * kBlockBytes > data_size_bytes - header.offset)) {
+    return FrameCheck::kBadLength;
+  }
   if (ranged && (header.offset > data_size_bytes || header.length > data_size_bytes - header.offset)) {
     return FrameCheck::kOutOfBounds;
   }

@@ -23,7 +23,12 @@ constexpr uint32_t kFramePayloadBytesMax = kRequestBytesMax;
 // A DISCARD or ZEROES frame's length is 32 bits: longer ones go in pieces of this size.
 constexpr uint64_t kRangeFrameBytesMax = 1 * kGiB;
 
+// Checksum resync and verify compare one 64-bit digest per block (xxh64, digest.h).
+constexpr uint32_t kDigestBytes = 8;
+constexpr uint32_t kDigestReplyBytesMax = kRequestBytesMax / kBlockBytes * kDigestBytes;
+
 static_assert(kBlockBytes % kSectorBytes == 0);
+static_assert(kDigestReplyBytesMax <= kFramePayloadBytesMax, "a digest reply fits in one frame");
 static_assert(kRequestBytesMax % kBlockBytes == 0);
 static_assert(kRequestBytesMax <= kFramePayloadBytesMax, "every request fits in one frame");
 static_assert(kRangeFrameBytesMax % kBlockBytes == 0);
@@ -112,6 +117,23 @@ constexpr uint32_t kTlsHandshakeTimeoutMs = 10'000;
 // The pre-shared key the control plane derives from the secret (src/link/tls.ts).
 constexpr size_t kTlsPskBytes = 32;
 
+// Resync rate controller (replicator.cc, resync_loop): every tick it plans the
+// next one from the settings (src/limits.ts resync*; config resync-*).
+constexpr uint64_t kResyncTickUs = 100'000;
+constexpr uint32_t kResyncPlanAheadMsMin = 100;
+constexpr uint32_t kResyncPlanAheadMsMax = 10'000;
+constexpr uint32_t kResyncPlanAheadMsDefault = 1'000;
+constexpr uint64_t kResyncFillTargetBytesMin = 64 * kKiB;
+constexpr uint64_t kResyncFillTargetBytesMax = static_cast<uint64_t>(kResyncWindowChunks) * kResyncChunkBytes;
+constexpr uint64_t kResyncFillTargetBytesDefault = kResyncFillTargetBytesMax;
+constexpr uint64_t kResyncRateBytesMin = 1 * kMiB;          // per second
+constexpr uint64_t kResyncRateBytesMax = 100'000 * kMiB;    // per second
+constexpr uint64_t kResyncMaxRateBytesDefault = 4'096 * kMiB;
+constexpr uint64_t kResyncMinRateBytesDefault = 16 * kMiB;
+// While applications do I/O, one resync frame carries at most this much:
+// an application write queued behind it on either disk waits less.
+constexpr uint32_t kResyncThrottledChunkBytes = 128 * kKiB;
+
 static_assert(kUnackedEntries >= kSlotsMax + kResyncWindowChunks,
               "every writer and the resync window can have a frame in flight at once");
 static_assert(2 * kFramesPerWrite <= 1024, "one writev() stays under IOV_MAX");
@@ -122,6 +144,15 @@ static_assert(kTlsCipherChunkBytes <= kSocketReadBufferBytes, "one chunk's recor
 static_assert(kResyncChunkBytes % kBitmapGranularityBytesMax == 0, "a resync chunk is whole bitmap bits");
 static_assert(kResyncWindowChunks >= 1 && kResyncWindowChunks <= 32, "the free mask of resync buffers is 32 bits");
 static_assert(kMaxLagBytesDefault >= kRequestBytesMax, "protocol A can hold at least one request in flight");
+static_assert(kResyncPlanAheadMsMin * 1000 >= kResyncTickUs, "the plan covers at least one tick");
+static_assert(kResyncFillTargetBytesMin <= kResyncFillTargetBytesDefault && kResyncFillTargetBytesDefault <= kResyncFillTargetBytesMax);
+static_assert(kResyncFillTargetBytesMax <= static_cast<uint64_t>(kResyncWindowChunks) * kResyncChunkBytes,
+              "what the controller keeps in flight fits in the resync buffers");
+static_assert(kResyncRateBytesMin <= kResyncMinRateBytesDefault && kResyncMinRateBytesDefault <= kResyncMaxRateBytesDefault &&
+              kResyncMaxRateBytesDefault <= kResyncRateBytesMax);
+static_assert(kResyncRateBytesMax / kMiB * kResyncPlanAheadMsMax < UINT64_MAX / kMiB, "a plan's bytes fit in 64 bits");
+static_assert(kResyncThrottledChunkBytes % kBitmapGranularityBytesMax == 0 || kBitmapGranularityBytesMax % kResyncThrottledChunkBytes == 0);
+static_assert(kResyncThrottledChunkBytes <= kResyncChunkBytes && kResyncThrottledChunkBytes >= kBitmapGranularityBytesMin);
 
 // ---- apply (target side) ----
 

@@ -48,8 +48,21 @@ struct LinkCounters {
   std::atomic<uint64_t> bytes_applied{0};
   std::atomic<uint64_t> checksum_errors{0};
   std::atomic<uint64_t> protocol_errors{0};
-  std::atomic<uint64_t> resync_bytes_done{0};
+  std::atomic<uint64_t> resync_bytes_done{0};      // source: resync data the peer has written
+  std::atomic<uint64_t> resync_bytes_received{0};  // target: resync data received (checked)
   std::atomic<uint64_t> link_failures{0};
+  // Checksum resync, sparse sync and verify (source side unless noted).
+  std::atomic<uint64_t> resync_data_bytes_sent{0};    // RS_DATA payload bytes
+  std::atomic<uint64_t> resync_zero_bytes_sent{0};    // covered by zero frames instead of bytes
+  std::atomic<uint64_t> resync_equal_bytes{0};        // marked, found equal by digest, not sent
+  std::atomic<uint64_t> zero_bytes_applied{0};        // target: a resync's zero frames written
+  std::atomic<uint64_t> digest_bytes_read{0};         // target: bytes read to answer digest requests
+  std::atomic<uint64_t> verify_start_bytes{0};
+  std::atomic<uint64_t> verify_stop_bytes{0};
+  std::atomic<uint64_t> verify_position_bytes{0};     // everything before it is compared
+  std::atomic<uint64_t> verify_mismatch_bytes{0};     // this verify's differences, marked out of sync
+  std::atomic<uint64_t> verify_mismatch_total_bytes{0};
+  std::atomic<uint64_t> verify_bytes_done_total{0};
 };
 
 // CLOCK_MONOTONIC, the clock of std::chrono::steady_clock on Linux.

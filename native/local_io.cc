@@ -13,6 +13,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "nraid_assert.h"
 
 namespace nraid {
@@ -138,6 +140,21 @@ int LocalDisk::zero_out(uint64_t offset_bytes, uint64_t length_bytes) {
   int rc = ::fallocate(fd_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset_bytes),
                        static_cast<off_t>(length_bytes));
   return rc == 0 ? 0 : -errno;
+}
+
+int LocalDisk::zero_out_sparse(uint64_t offset_bytes, uint64_t length_bytes) {
+  if (length_bytes == 0 || is_block_device_) return zero_out(offset_bytes, length_bytes);
+  int rc = ::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset_bytes),
+                       static_cast<off_t>(length_bytes));
+  // A file system without hole punching still zeroes the range.
+  return rc == 0 ? 0 : (errno == EOPNOTSUPP ? zero_out(offset_bytes, length_bytes) : -errno);
+}
+
+uint64_t LocalDisk::next_data(uint64_t offset_bytes, uint64_t limit_bytes) const {
+  if (is_block_device_ || offset_bytes >= limit_bytes) return offset_bytes;
+  off_t data = ::lseek(fd_, static_cast<off_t>(offset_bytes), SEEK_DATA);
+  if (data < 0) return errno == ENXIO ? limit_bytes : offset_bytes;  // ENXIO: no data up to the end of the file
+  return std::min(static_cast<uint64_t>(data), limit_bytes);
 }
 
 void AsyncWrites::close() {

@@ -25,6 +25,14 @@ class LocalDisk {
   // zero_out guarantees zeroes everywhere.
   int discard(uint64_t offset_bytes, uint64_t length_bytes);
   int zero_out(uint64_t offset_bytes, uint64_t length_bytes);
+  // Zeros that leave a file sparse (punch hole: reads as zeros, no blocks);
+  // on a block device, zero_out (BLKZEROOUT).
+  int zero_out_sparse(uint64_t offset_bytes, uint64_t length_bytes);
+  // Where the next data may be at or after `offset_bytes` (SEEK_DATA): for a
+  // backing file with a hole at `offset_bytes`, the hole's end (or
+  // `limit_bytes` when no data follows); otherwise `offset_bytes` (a block
+  // device, or data there: read it to know). At most `limit_bytes`.
+  uint64_t next_data(uint64_t offset_bytes, uint64_t limit_bytes) const;
 
   const std::string& path() const { return path_; }
   uint64_t size_bytes() const { return size_bytes_; }

@@ -187,6 +187,7 @@ int Pipeline::write(uint32_t slot, const uint8_t* data, uint32_t length_bytes, u
   if (!in_bounds(offset_bytes, length_bytes)) return -ENOSPC;
   InFlight in_flight(counters_.requests_in_flight);
   uint64_t start_us = monotonic_us();
+  resync_control_.app_requests.fetch_add(1, std::memory_order_relaxed);
   int rc = replicate(slot, kFrameWrite, data, length_bytes, offset_bytes,
                      [&] { return disk_->write(data, length_bytes, offset_bytes); });
   counters_.writes.fetch_add(1, std::memory_order_relaxed);
@@ -204,6 +205,7 @@ int Pipeline::read(uint32_t slot, uint8_t* data, uint32_t length_bytes, uint64_t
   NRAID_ASSERT(slot < kSlotsMax);
   if (!in_bounds(offset_bytes, length_bytes)) return -EINVAL;
   InFlight in_flight(counters_.requests_in_flight);
+  resync_control_.app_requests.fetch_add(1, std::memory_order_relaxed);
   int rc = 0;
   bool diskless = diskless_.load(std::memory_order_acquire);
   if (!diskless) {
@@ -282,6 +284,7 @@ int Pipeline::discard(uint32_t slot, uint64_t offset_bytes, uint64_t length_byte
   if (!in_bounds(offset_bytes, length_bytes)) return -EINVAL;
   InFlight in_flight(counters_.requests_in_flight);
   counters_.discards.fetch_add(1, std::memory_order_relaxed);
+  resync_control_.app_requests.fetch_add(1, std::memory_order_relaxed);
   counters_.discard_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
   int rc = 0;
   // A frame's length is 32 bits: long discards go in pieces.
@@ -298,6 +301,7 @@ int Pipeline::zero_out(uint32_t slot, uint64_t offset_bytes, uint64_t length_byt
   if (!in_bounds(offset_bytes, length_bytes)) return -EINVAL;
   InFlight in_flight(counters_.requests_in_flight);
   counters_.zeroes.fetch_add(1, std::memory_order_relaxed);
+  resync_control_.app_requests.fetch_add(1, std::memory_order_relaxed);
   counters_.zero_bytes.fetch_add(length_bytes, std::memory_order_relaxed);
   int rc = 0;
   for (uint64_t done = 0; done < length_bytes && rc == 0;) {
@@ -312,7 +316,8 @@ int Pipeline::zero_out(uint32_t slot, uint64_t offset_bytes, uint64_t length_byt
 void Pipeline::attach_source(int fd, const ReplicatorOptions& options) {
   detach("replaced");
   auto replicator =
-      std::make_unique<Replicator>(disk_, &bitmap_, &activity_log_, data_size_bytes_, &link_counters_, sink_);
+      std::make_unique<Replicator>(disk_, &bitmap_, &activity_log_, data_size_bytes_, &link_counters_,
+                                   &resync_control_, sink_);
   replicator->start(fd, options);
   std::unique_lock<std::shared_mutex> lock(link_mutex_);
   replicator_ = std::move(replicator);
@@ -369,11 +374,26 @@ void Pipeline::set_protocol(Protocol protocol) {
   if (replicator_) replicator_->set_protocol(protocol);
 }
 
-bool Pipeline::start_resync() {
+bool Pipeline::start_resync(const ResyncOptions& options) {
   std::shared_lock<std::shared_mutex> lock(link_mutex_);
   if (!replicator_ || replicator_->failed()) return false;
-  replicator_->start_resync();
-  return true;
+  return replicator_->start_resync(options);
+}
+
+bool Pipeline::start_verify(uint64_t start_bytes, uint64_t stop_bytes) {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (!replicator_ || replicator_->failed()) return false;
+  return replicator_->start_verify(start_bytes, stop_bytes);
+}
+
+void Pipeline::stop_verify() {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (replicator_) replicator_->stop_verify();
+}
+
+bool Pipeline::verify_running() const {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  return replicator_ != nullptr && replicator_->verify_running();
 }
 
 void Pipeline::set_suspended(bool suspended) {
@@ -387,6 +407,11 @@ void Pipeline::wait_while_suspended() {
   counters_.suspended_waits.fetch_add(1, std::memory_order_relaxed);
   std::unique_lock<std::mutex> lock(suspend_mutex_);
   suspend_cv_.wait(lock, [&] { return !suspended_.load(std::memory_order_acquire); });
+}
+
+void Pipeline::resync_settings_changed() {
+  std::shared_lock<std::shared_mutex> lock(link_mutex_);
+  if (replicator_) replicator_->resync_settings_changed();
 }
 
 bool Pipeline::resync_running() const {

@@ -98,11 +98,20 @@ class Pipeline {
   bool link_attached() const;
   bool link_failed() const;
   void set_protocol(Protocol protocol);
-  bool start_resync();
+  bool start_resync(const ResyncOptions& options);
+  // Online verify of [start, stop) (Replicator::start_verify); false with no
+  // source link, or while a resync or verify runs.
+  bool start_verify(uint64_t start_bytes, uint64_t stop_bytes);
+  void stop_verify();
+  bool verify_running() const;
   // on-no-peer = suspend-io: new requests wait until resumed (the peer is back, or an operator says so).
   void set_suspended(bool suspended);
   bool suspended() const { return suspended_.load(std::memory_order_acquire); }
   bool resync_running() const;
+  // The resync controller's settings (any time, with or without a link) and what it planned.
+  ResyncControl& resync_control() { return resync_control_; }
+  // Wakes a running resync to read its settings again.
+  void resync_settings_changed();
 
   // on-io-error (docs/operations.md): detach (true) or pass-on. Under detach
   // the first error of the backing disk makes this node Diskless for good
@@ -152,6 +161,7 @@ class Pipeline {
   std::atomic<uint64_t> epoch_{1};
   PipelineCounters counters_;
   LinkCounters link_counters_;
+  ResyncControl resync_control_;
   // Writers hold it shared for the whole request; attach and detach hold it exclusively.
   mutable std::shared_mutex link_mutex_;
   std::unique_ptr<Replicator> replicator_;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "digest.h"
 #include "nraid_assert.h"
 
 namespace nraid {
@@ -23,7 +24,7 @@ bool ranges_overlap(uint64_t a_offset, uint64_t a_length, uint64_t b_offset, uin
 }  // namespace
 
 Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_log, uint64_t data_size_bytes,
-                       LinkCounters* counters, EventSink sink)
+                       LinkCounters* counters, ResyncControl* resync, EventSink sink)
     : disk_(disk),
       bitmap_(bitmap),
       activity_log_(activity_log),
@@ -32,7 +33,10 @@ Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_lo
       sink_(std::move(sink)),
       unacked_(new Unacked[kUnackedEntries]),
       slots_(new Slot[kSlotsMax]),
-      resync_buffers_(new uint8_t*[kResyncWindowChunks]) {
+      resync_buffers_(new uint8_t*[kResyncWindowChunks]),
+      resync_digests_(new uint64_t[kResyncWindowChunks * (kResyncChunkBytes / kBlockBytes)]),
+      resync_control_(resync) {
+  NRAID_ASSERT(resync_control_ != nullptr);
   for (uint32_t i = 0; i < kResyncWindowChunks; i++) {
     void* buffer = nullptr;
     if (posix_memalign(&buffer, kBlockBytes, kResyncChunkBytes) != 0) abort();
@@ -94,7 +98,9 @@ void Replicator::fail(const std::string& reason) {
     for (uint32_t i = 0; i < kUnackedEntries; i++) {
       Unacked& entry = unacked_[i];
       if (!entry.in_use) continue;
-      if (entry.type != kFrameBarrier && entry.type != kFrameReadRequest && entry.length > 0) {
+      // A digest request changes nothing on the peer (a checksum resync's regions are still marked).
+      if (entry.type != kFrameBarrier && entry.type != kFrameReadRequest && entry.type != kFrameOvRequest &&
+          entry.length > 0) {
         bitmap_->set_range(entry.offset, entry.length);
         marked++;
       }
@@ -440,7 +446,7 @@ void Replicator::receive_loop() {
             if (entry.resync) {
               bitmap_->clear_range(entry.offset, entry.length);
               counters_->resync_bytes_done.fetch_add(entry.length, std::memory_order_relaxed);
-              resync_free_mask_ |= 1u << entry.buffer;
+              release_resync_buffer_locked(entry.buffer);
             }
             advance_oldest_locked();
             space_cv_.notify_all();
@@ -456,6 +462,9 @@ void Replicator::receive_loop() {
       }
       case kFrameReadReply:
         if (!take_read_reply(reader, ack)) return;
+        continue;
+      case kFrameOvReply:
+        if (!take_digest_reply(reader, ack)) return;
         continue;
       case kFrameBarrierAck: {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -516,29 +525,274 @@ void Replicator::region_leave(uint32_t slot) {
   }
 }
 
-void Replicator::start_resync() {
-  if (resync_running_.exchange(true)) return;
-  if (resyncer_.joinable()) resyncer_.join();
-  resyncer_ = std::thread([this] {
-    name_thread("nraid-resync");
-    resync_loop();
-  });
+bool Replicator::take_digest_reply(LinkStream& reader, const FrameHeader& reply) {
+  int rc = reader.read(digest_reply_, reply.length);
+  if (rc != 0) {
+    fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
+    return false;
+  }
+  if (crc32c(0, digest_reply_, reply.length) != reply.payload_crc) {
+    counters_->checksum_errors.fetch_add(1, std::memory_order_relaxed);
+    fail("frame rejected: OV_REPLY payload checksum mismatch at offset " + std::to_string(reply.offset));
+    return false;
+  }
+  const uint64_t granularity = bitmap_->granularity_bytes();
+  std::string mismatches;  // "OFFSET+LENGTH" runs, space-separated
+  bool known;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Unacked& entry = unacked_[reply.seq % kUnackedEntries];
+    known = entry.in_use && entry.seq == reply.seq && entry.type == kFrameOvRequest &&
+                 entry.offset == reply.offset && entry.length / kBlockBytes * kDigestBytes == reply.length &&
+                 (reply.flags & kFlagResync) == (entry.resync ? kFlagResync : 0);
+    if (known) {
+      const uint64_t* local = &resync_digests_[uint64_t{entry.buffer} * (kResyncChunkBytes / kBlockBytes)];
+      const uint32_t blocks = entry.length / kBlockBytes;
+      uint64_t run_start = 0;
+      uint32_t i = 0;
+      while (i < blocks) {
+        bool equal = local[i] == digest_reply_[i];
+        uint32_t j = i + 1;
+        while (j < blocks && (local[j] == digest_reply_[j]) == equal) j++;
+        run_start = entry.offset + uint64_t{i} * kBlockBytes;
+        uint64_t run_bytes = uint64_t{j - i} * kBlockBytes;
+        if (entry.resync && equal) {
+          // Only bits whose every block is equal are cleared.
+          uint64_t first = (run_start + granularity - 1) / granularity * granularity;
+          uint64_t end = (run_start + run_bytes) / granularity * granularity;
+          if (run_start + run_bytes == data_size_bytes_) end = data_size_bytes_;
+          if (end > first) {
+            bitmap_->clear_range(first, end - first);
+            counters_->resync_equal_bytes.fetch_add(end - first, std::memory_order_relaxed);
+            counters_->resync_bytes_done.fetch_add(end - first, std::memory_order_relaxed);
+          }
+        } else if (!entry.resync && !equal) {
+          bitmap_->set_range(run_start, run_bytes);
+          counters_->verify_mismatch_bytes.fetch_add(run_bytes, std::memory_order_relaxed);
+          counters_->verify_mismatch_total_bytes.fetch_add(run_bytes, std::memory_order_relaxed);
+          if (!mismatches.empty()) mismatches += ' ';
+          mismatches += std::to_string(run_start) + "+" + std::to_string(run_bytes);
+        }
+        i = j;
+      }
+      if (!entry.resync) {
+        // Replies come in request order: everything before this range is compared.
+        counters_->verify_position_bytes.store(entry.offset + entry.length, std::memory_order_relaxed);
+        counters_->verify_bytes_done_total.fetch_add(entry.length, std::memory_order_relaxed);
+      }
+      entry.in_use = false;
+      counters_->frames_in_flight.fetch_sub(1, std::memory_order_relaxed);
+      release_resync_buffer_locked(entry.buffer);
+      advance_oldest_locked();
+      space_cv_.notify_all();
+    }
+  }
+  if (!known) {
+    counters_->protocol_errors.fetch_add(1, std::memory_order_relaxed);
+    fail("protocol error on the data link: an OV_REPLY for no digest request");
+    return false;
+  }
+  if (!mismatches.empty()) sink_("verify-mismatch", mismatches);
+  return true;
 }
 
-void Replicator::resync_loop() {
+void Replicator::release_resync_buffer_locked(uint32_t buffer) {
+  NRAID_ASSERT(buffer < kResyncWindowChunks && (resync_free_mask_ & (1u << buffer)) == 0);
+  NRAID_ASSERT(resync_in_flight_bytes_ >= resync_buffer_bytes_[buffer]);
+  resync_in_flight_bytes_ -= resync_buffer_bytes_[buffer];
+  resync_buffer_bytes_[buffer] = 0;
+  resync_free_mask_ |= 1u << buffer;
+}
+
+void Replicator::return_resync_buffer(uint32_t buffer) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  release_resync_buffer_locked(buffer);
+  space_cv_.notify_all();
+}
+
+bool Replicator::wait_resync_window_empty() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  const uint32_t all = kResyncWindowChunks == 32 ? ~0u : (1u << kResyncWindowChunks) - 1;
+  space_cv_.wait(lock, [&] { return failed() || resync_free_mask_ == all; });
+  return !failed();
+}
+
+void Replicator::resync_lock(uint64_t offset, uint64_t length) {
+  resync_lock_offset_.store(offset, std::memory_order_seq_cst);
+  resync_lock_length_.store(length, std::memory_order_seq_cst);
+  std::unique_lock<std::mutex> lock(region_mutex_);
+  region_cv_.wait(lock, [&] { return failed() || !overlaps_busy(offset, length); });
+}
+
+void Replicator::resync_unlock() {
+  resync_lock_length_.store(0, std::memory_order_seq_cst);
+  std::lock_guard<std::mutex> lock(region_mutex_);
+  region_cv_.notify_all();
+}
+
+bool Replicator::start_resync(const ResyncOptions& options) {
+  if (verify_running_.load(std::memory_order_acquire)) return false;
+  if (resync_running_.exchange(true)) return false;
+  if (resyncer_.joinable()) resyncer_.join();
+  resyncer_ = std::thread([this, options] {
+    name_thread("nraid-resync");
+    resync_loop(options);
+  });
+  return true;
+}
+
+bool Replicator::start_verify(uint64_t start_bytes, uint64_t stop_bytes) {
+  NRAID_ASSERT(start_bytes % kBlockBytes == 0 && start_bytes <= stop_bytes && stop_bytes <= data_size_bytes_);
+  if (resync_running_.load(std::memory_order_acquire)) return false;
+  if (verify_running_.exchange(true)) return false;
+  if (resyncer_.joinable()) resyncer_.join();
+  verify_stop_.store(false, std::memory_order_release);
+  counters_->verify_start_bytes.store(start_bytes, std::memory_order_relaxed);
+  counters_->verify_stop_bytes.store(stop_bytes, std::memory_order_relaxed);
+  counters_->verify_position_bytes.store(start_bytes, std::memory_order_relaxed);
+  counters_->verify_mismatch_bytes.store(0, std::memory_order_relaxed);
+  resyncer_ = std::thread([this, start_bytes, stop_bytes] {
+    name_thread("nraid-verify");
+    verify_loop(start_bytes, stop_bytes);
+  });
+  return true;
+}
+
+void Replicator::resync_settings_changed() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  space_cv_.notify_all();
+}
+
+bool Replicator::wait_resync_room(uint64_t length, uint64_t fill_target_bytes, uint64_t deadline_us, uint32_t* buffer) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  // One chunk may always go: a fill target below the chunk size does not stop the resync.
+  bool ready = wait_until_us(space_cv_, lock, deadline_us, [&] {
+    return failed() || (resync_free_mask_ != 0 &&
+                        (resync_in_flight_bytes_ == 0 || resync_in_flight_bytes_ + length <= fill_target_bytes));
+  });
+  if (!ready || failed()) return false;
+  *buffer = static_cast<uint32_t>(__builtin_ctz(resync_free_mask_));
+  resync_free_mask_ &= ~(1u << *buffer);
+  resync_buffer_bytes_[*buffer] = length;
+  resync_in_flight_bytes_ += length;
+  return true;
+}
+
+// The rate controller (DESIGN.md §8), after DRBD's drbd_rs_controller in
+// what it is asked to do, not in how: DRBD plans each 100 ms tick from what
+// the peer answered in the last one, which needs many ticks to reach the
+// speed of a fast link. Here each step plans from the settings:
+//   - a budget of bytes accrues at the planned rate (max-rate; min-rate
+//     while applications do I/O, re-planned every tick; none while paused)
+//     and holds at most a plan-ahead window's worth (rate x plan-ahead), so
+//     a pause in sending does not turn into a burst later;
+//   - at most fill-target bytes are in flight (read, sent, not yet written
+//     by the peer); the window is what keeps a fast link busy;
+//   - while applications do I/O, requests are small (kResyncThrottledChunkBytes)
+//     and paced by the budget, so an application write waits behind little.
+// Application I/O is any read or write started since the last step; a tick
+// (kResyncTickUs) without any lifts the throttle. Resync data, zero frames,
+// a checksum resync's digest requests and a verify's all take from the same
+// budget and window: each request counts the bytes both disks read for it
+// (a zero frame its first chunk).
+void Replicator::pace_start(Pace* pace) {
+  pace->last_us = monotonic_us();
+  pace->app_seen = resync_control_->app_requests.load(std::memory_order_relaxed);
+  pace->app_seen_us = 0;
+  pace->budget_bytes = 0;
+}
+
+uint64_t Replicator::pace_step(Pace* pace) {
+  ResyncControl& control = *resync_control_;
+  const uint64_t now = monotonic_us();
+  const uint64_t app = control.app_requests.load(std::memory_order_relaxed);
+  if (app != pace->app_seen) {
+    pace->app_seen = app;
+    pace->app_seen_us = now;
+  }
+  const bool busy = pace->app_seen_us != 0 && now - pace->app_seen_us < kResyncTickUs;
+  const bool paused = control.paused.load(std::memory_order_acquire);
+  const uint64_t max_rate = control.max_rate_bytes.load(std::memory_order_relaxed);
+  const uint64_t rate = paused ? 0 : busy ? std::min(control.min_rate_bytes.load(std::memory_order_relaxed), max_rate) : max_rate;
+  const uint64_t plan_ahead_ms = control.plan_ahead_ms.load(std::memory_order_relaxed);
+  const uint64_t chunk_max = busy ? kResyncThrottledChunkBytes : kResyncChunkBytes;
+  control.planned_rate_bytes.store(rate, std::memory_order_relaxed);
+  control.throttled.store(busy && !paused, std::memory_order_relaxed);
+  // rate <= kResyncRateBytesMax and elapsed <= 1 s: the product fits in 64 bits.
+  const uint64_t elapsed_us = std::min<uint64_t>(now - pace->last_us, 1'000'000);
+  pace->last_us = now;
+  const int64_t ceiling = static_cast<int64_t>(std::max<uint64_t>(busy ? chunk_max : rate / 1000 * plan_ahead_ms, 1));
+  pace->budget_bytes = std::min(pace->budget_bytes + static_cast<int64_t>(rate * elapsed_us / 1'000'000), ceiling);
+  if (paused) pace->budget_bytes = std::min<int64_t>(pace->budget_bytes, 0);  // not one more request
+  if (pace->budget_bytes <= 0) {
+    // Until the budget covers a byte again, or the next tick re-plans (a resume, new settings).
+    const uint64_t wait_us =
+        rate == 0 ? kResyncTickUs
+                  : std::min<uint64_t>(kResyncTickUs, (static_cast<uint64_t>(-pace->budget_bytes) + 1) * 1'000'000 / rate + 1);
+    std::unique_lock<std::mutex> lock(mutex_);
+    wait_until_us(space_cv_, lock, now + wait_us,
+                  [&] { return failed() || control.paused.load(std::memory_order_acquire) != paused; });
+    return 0;
+  }
+  pace->fill_target_bytes = control.fill_target_bytes.load(std::memory_order_relaxed);
+  pace->now_us = now;
+  return std::min<uint64_t>(chunk_max, static_cast<uint64_t>(pace->budget_bytes));
+}
+
+void Replicator::verify_loop(uint64_t start_bytes, uint64_t stop_bytes) {
+  Pace pace;
+  pace_start(&pace);
+  uint64_t offset = start_bytes;
+  while (!failed() && !verify_stop_.load(std::memory_order_acquire) && offset < stop_bytes) {
+    const uint64_t want = pace_step(&pace);
+    if (want == 0) continue;
+    const auto length = static_cast<uint32_t>(
+        std::min<uint64_t>({(want + kBlockBytes - 1) / kBlockBytes * kBlockBytes, kResyncChunkBytes, stop_bytes - offset}));
+    uint32_t buffer;
+    if (!wait_resync_room(length, pace.fill_target_bytes, pace.now_us + kResyncTickUs, &buffer)) continue;  // re-plan, or stop
+    pace.budget_bytes -= static_cast<int64_t>(length);
+    // Read and request under the region lock: no application write falls between this
+    // side's read and the request's place in the stream, so both digest the same writes.
+    resync_lock(offset, length);
+    int rc = failed() ? -ECANCELED : disk_->read(resync_buffers_[buffer], length, offset);
+    if (rc == 0) {
+      block_digests(resync_buffers_[buffer], length, kBlockBytes,
+                    &resync_digests_[uint64_t{buffer} * (kResyncChunkBytes / kBlockBytes)]);
+    }
+    bool queued = rc == 0 && enqueue(kResyncSlot, kFrameOvRequest, 0, nullptr, length, offset, buffer, 0, false) == 0;
+    resync_unlock();
+    if (!queued) {
+      return_resync_buffer(buffer);
+      if (rc != 0 && rc != -ECANCELED) fail(std::string("verify read of the local disk failed: ") + strerror(-rc));
+      break;
+    }
+    offset += length;
+  }
+  wait_resync_window_empty();
+  resync_control_->throttled.store(false, std::memory_order_relaxed);
+  verify_running_.store(false, std::memory_order_release);
+  // Where it stopped: a verify started again from here resumes it.
+  sink_("verify-done", std::to_string(counters_->verify_position_bytes.load(std::memory_order_relaxed)));
+}
+
+void Replicator::resync_loop(ResyncOptions options) {
   const uint64_t granularity = bitmap_->granularity_bytes();
   const uint64_t bits_per_chunk = kResyncChunkBytes / granularity;
+  // A checksum resync's first pass asks for digests; later passes send what is still marked.
+  bool digest_pass = options.csums;
+  Pace pace;
+  pace_start(&pace);
   uint64_t bit = 0;
   while (!failed()) {
+    const uint64_t want = pace_step(&pace);
+    if (want == 0) continue;
     bit = bitmap_->find_next_set(bit);
     if (bit >= bitmap_->bits()) {
       // Wait for what is in flight; its acks clear bits. Then one more pass from the start.
-      std::unique_lock<std::mutex> lock(mutex_);
-      uint32_t all = kResyncWindowChunks == 32 ? ~0u : (1u << kResyncWindowChunks) - 1;
-      space_cv_.wait(lock, [&] { return failed() || resync_free_mask_ == all; });
-      lock.unlock();
-      if (failed()) break;
+      if (!wait_resync_window_empty()) break;
+      digest_pass = false;
       if (bitmap_->count_set() == 0) {
+        resync_control_->throttled.store(false, std::memory_order_relaxed);
         resync_running_.store(false, std::memory_order_release);
         sink_("resync-done", std::to_string(counters_->resync_bytes_done.load()));
         return;
@@ -546,44 +800,65 @@ void Replicator::resync_loop() {
       bit = 0;
       continue;
     }
+    const uint64_t bits_max = std::max<uint64_t>(1, (want + granularity - 1) / granularity);
     uint64_t run = 1;
-    while (run < bits_per_chunk && bitmap_->test(bit + run) && (bit + run) % bits_per_chunk != 0) run++;
+    while (run < bits_max && bitmap_->test(bit + run) && (bit + run) % bits_per_chunk != 0) run++;
     uint64_t offset = bit * granularity;
     uint64_t length = run * granularity;
     if (offset + length > data_size_bytes_) length = data_size_bytes_ - offset;
     uint32_t buffer;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      space_cv_.wait(lock, [&] { return failed() || resync_free_mask_ != 0; });
-      if (failed()) break;
-      buffer = static_cast<uint32_t>(__builtin_ctz(resync_free_mask_));
-      resync_free_mask_ &= ~(1u << buffer);
-    }
-    // Lock the region against application writes, and wait for those in flight there.
-    resync_lock_offset_.store(offset, std::memory_order_seq_cst);
-    resync_lock_length_.store(length, std::memory_order_seq_cst);
-    {
-      std::unique_lock<std::mutex> lock(region_mutex_);
-      region_cv_.wait(lock, [&] { return failed() || !overlaps_busy(offset, length); });
-    }
-    int rc = failed() ? -ECANCELED : disk_->read(resync_buffers_[buffer], length, offset);
-    bool queued = rc == 0 && enqueue(kResyncSlot, kFrameRsData, kFlagWantWriteAck | kFlagResync, resync_buffers_[buffer],
-                                     static_cast<uint32_t>(length), offset, buffer, 0) == 0;
-    resync_lock_length_.store(0, std::memory_order_seq_cst);
-    {
-      std::lock_guard<std::mutex> lock(region_mutex_);
-      region_cv_.notify_all();
-    }
-    if (!queued) {
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        resync_free_mask_ |= 1u << buffer;
+    // The window counts what this request reads (a zero frame: at most this first chunk).
+    if (!wait_resync_room(length, pace.fill_target_bytes, pace.now_us + kResyncTickUs, &buffer)) continue;  // re-plan, or stop
+    pace.budget_bytes -= static_cast<int64_t>(length);
+    // A hole of a backing file needs no read: one zero frame, as far as the hole and
+    // the marked bits go (a range frame's bound at most). Checked again under the lock.
+    bool zeros = false;
+    if (!digest_pass && !options.repair && disk_->next_data(offset, data_size_bytes_) >= offset + length) {
+      uint64_t limit = std::min(disk_->next_data(offset, data_size_bytes_), offset + kRangeFrameBytesMax);
+      uint64_t end_bit = bit + run;
+      while (end_bit < bitmap_->bits() && bitmap_->test(end_bit) &&
+             std::min((end_bit + 1) * granularity, data_size_bytes_) <= limit) {
+        end_bit++;
       }
+      uint64_t hole_length = std::min(end_bit * granularity, data_size_bytes_) - offset;
+      resync_lock(offset, hole_length);
+      if (disk_->next_data(offset, data_size_bytes_) >= offset + hole_length) {
+        zeros = true;
+        run = end_bit - bit;
+        length = hole_length;
+      }
+      // Written meanwhile: read the first chunk as usual (the larger lock is harmless).
+    } else {
+      // Lock the region against application writes, and wait for those in flight there.
+      resync_lock(offset, length);
+    }
+    int rc = failed() ? -ECANCELED : zeros ? 0 : disk_->read(resync_buffers_[buffer], length, offset);
+    uint16_t type = options.repair ? kFrameWrite : kFrameRsData;
+    if (rc == 0 && digest_pass) {
+      block_digests(resync_buffers_[buffer], static_cast<uint32_t>(length), kBlockBytes,
+                    &resync_digests_[uint64_t{buffer} * (kResyncChunkBytes / kBlockBytes)]);
+      type = kFrameOvRequest;
+    } else if (rc == 0 && !zeros && !options.repair && all_zero(resync_buffers_[buffer], static_cast<uint32_t>(length))) {
+      zeros = true;
+    }
+    if (zeros) type = kFrameZeroes;
+    const uint16_t flags = type == kFrameOvRequest ? kFlagResync : kFlagWantWriteAck | kFlagResync;
+    bool queued = rc == 0 && enqueue(kResyncSlot, type, flags, zeros || type == kFrameOvRequest ? nullptr : resync_buffers_[buffer],
+                                     static_cast<uint32_t>(length), offset, buffer, 0, false) == 0;
+    resync_unlock();
+    if (!queued) {
+      return_resync_buffer(buffer);
       if (rc != 0 && rc != -ECANCELED) fail(std::string("resync read of the local disk failed: ") + strerror(-rc));
       break;
     }
+    if (type == kFrameZeroes) {
+      counters_->resync_zero_bytes_sent.fetch_add(length, std::memory_order_relaxed);
+    } else if (type != kFrameOvRequest) {
+      counters_->resync_data_bytes_sent.fetch_add(length, std::memory_order_relaxed);
+    }
     bit += run;
   }
+  resync_control_->throttled.store(false, std::memory_order_relaxed);
   resync_running_.store(false, std::memory_order_release);
 }
 

@@ -31,6 +31,35 @@ namespace nraid {
 
 enum class Protocol : uint8_t { kA = 0, kB = 1, kC = 2 };
 
+// What a resync sends for the regions the bitmap marks (the scheduling is the resync loop's).
+struct ResyncOptions {
+  // Checksum resync: a first pass asks the target for digests of the marked
+  // regions and clears the bits of blocks found equal; the next passes send
+  // data only for what is still marked.
+  bool csums = false;
+  // Repair after a verify (no session change, the target stays as it is):
+  // the marked blocks go as ordinary WRITE frames, which the target applies
+  // without a resync state; they only bring it closer to this node.
+  bool repair = false;
+};
+
+// The resync controller's settings, and the application requests it watches.
+// The pipeline owns it (it outlives every link); JavaScript changes the
+// settings at any time (nraid adjust, pause-sync), the resync thread reads
+// them at every step.
+struct ResyncControl {
+  std::atomic<uint32_t> plan_ahead_ms{kResyncPlanAheadMsDefault};
+  std::atomic<uint64_t> fill_target_bytes{kResyncFillTargetBytesDefault};
+  std::atomic<uint64_t> max_rate_bytes{kResyncMaxRateBytesDefault};  // per second
+  std::atomic<uint64_t> min_rate_bytes{kResyncMinRateBytesDefault};  // per second
+  std::atomic<bool> paused{false};
+  // Application reads and writes started (the pipeline counts them).
+  std::atomic<uint64_t> app_requests{0};
+  // What the controller planned last (status): the rate, and whether applications held it down.
+  std::atomic<uint64_t> planned_rate_bytes{0};
+  std::atomic<bool> throttled{false};
+};
+
 struct ReplicatorOptions {
   Protocol protocol = Protocol::kC;
   uint64_t max_lag_bytes = kMaxLagBytesDefault;
@@ -42,8 +71,9 @@ struct ReplicatorOptions {
 class Replicator {
  public:
   // `activity_log` may be null; pins of replicated writes are released when the peer has written them.
+  // `resync` outlives the replicator.
   Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_log, uint64_t data_size_bytes,
-             LinkCounters* counters, EventSink sink);
+             LinkCounters* counters, ResyncControl* resync, EventSink sink);
   ~Replicator();
   Replicator(const Replicator&) = delete;
   Replicator& operator=(const Replicator&) = delete;
@@ -79,9 +109,24 @@ class Replicator {
   void region_enter(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
   void region_leave(uint32_t slot);
 
-  // Sends every region set in the bitmap; emits "resync-done" when the bitmap is clean.
-  void start_resync();
+  // Sends every region set in the bitmap, at the pace the controller plans
+  // (ResyncControl); emits "resync-done" when the bitmap is clean.
+  // Regions that read as zeros (or are holes of a backing file) go as zero frames.
+  // False when a resync or a verify runs already.
+  bool start_resync(const ResyncOptions& options = ResyncOptions{});
+  // Wakes the resync thread to read its settings again (resumed, adjusted).
+  void resync_settings_changed();
   bool resync_running() const { return resync_running_.load(std::memory_order_acquire); }
+  // Online verify of [start, stop): digests of both sides, range by range, in
+  // the write stream's order (both sides digest the same point of it, so a
+  // block written meanwhile is compared as written on both, never reported);
+  // a difference sets its bits and is reported ("verify-mismatch", detail
+  // "OFFSET+LENGTH"); the end is "verify-done" (detail: the position reached).
+  // False when a resync or a verify runs already.
+  bool start_verify(uint64_t start_bytes, uint64_t stop_bytes);
+  // Stops a running verify after the ranges in flight ("verify-done" tells where).
+  void stop_verify() { verify_stop_.store(true, std::memory_order_release); }
+  bool verify_running() const { return verify_running_.load(std::memory_order_acquire); }
 
  private:
   struct Slot {
@@ -121,7 +166,35 @@ class Replicator {
   void send_queued();
   void notify_slot(uint32_t slot, uint64_t seq, int what);
   void receive_loop();
-  void resync_loop();
+  void resync_loop(ResyncOptions options);
+  void verify_loop(uint64_t start_bytes, uint64_t stop_bytes);
+  // Gives back a taken resync buffer whose request was never queued.
+  void return_resync_buffer(uint32_t buffer);
+  // A resync buffer's request answered (or never sent): its bytes leave the window.
+  void release_resync_buffer_locked(uint32_t buffer);
+  // Waits until every resync buffer is back (false: the link failed).
+  bool wait_resync_window_empty();
+  // Locks [offset, offset + length) against application writes and waits for those in flight there.
+  void resync_lock(uint64_t offset, uint64_t length);
+  void resync_unlock();
+  // The peer's OV_REPLY (its header read and checked): compared with this side's digests.
+  bool take_digest_reply(LinkStream& reader, const FrameHeader& reply);
+  // One step of the rate controller (ResyncControl) for a resync or a verify:
+  // the most bytes the next request may cover, with the fill target to wait
+  // for; 0 when the budget is spent (it waited for it, or for new settings,
+  // at most a tick: plan again).
+  struct Pace {
+    uint64_t last_us = 0;
+    uint64_t app_seen = 0;
+    uint64_t app_seen_us = 0;  // when application I/O was last seen (0: not since the start)
+    int64_t budget_bytes = 0;
+    uint64_t fill_target_bytes = 0;
+    uint64_t now_us = 0;
+  };
+  void pace_start(Pace* pace);
+  uint64_t pace_step(Pace* pace);
+  // Waits for the resync window and a free buffer (true), or until `deadline_us` or a failure (false).
+  bool wait_resync_room(uint64_t length, uint64_t fill_target_bytes, uint64_t deadline_us, uint32_t* buffer);
   void advance_oldest_locked();
   bool overlaps_busy(uint64_t offset, uint64_t length);
 
@@ -158,8 +231,18 @@ class Replicator {
   std::atomic<uint64_t> resync_lock_length_{0};
 
   std::unique_ptr<uint8_t*[]> resync_buffers_;
+  // This side's digests of each resync buffer's range (kResyncChunkBytes / kBlockBytes each).
+  std::unique_ptr<uint64_t[]> resync_digests_;
+  uint64_t digest_reply_[kDigestReplyBytesMax / kDigestBytes];  // the receiver's
+  std::atomic<bool> verify_running_{false};
+  std::atomic<bool> verify_stop_{false};
   uint8_t* read_reply_buffer_ = nullptr;  // the receiver's: a reply's payload, checked before a reader sees it
   uint32_t resync_free_mask_ = 0;  // under mutex_
+  // What each taken resync buffer counts in resync_in_flight_bytes_ (a zero frame or a
+  // digest request counts its first chunk, whatever range it covers); under mutex_.
+  uint64_t resync_buffer_bytes_[kResyncWindowChunks] = {};
+  uint64_t resync_in_flight_bytes_ = 0;  // under mutex_: resync data queued or sent, not yet written by the peer
+  ResyncControl* resync_control_;
   std::atomic<bool> resync_running_{false};
   std::atomic<bool> stopping_{false};
 

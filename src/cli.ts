@@ -114,6 +114,17 @@ function warnAboutSecret(ctx: Context): void {
   for (const line of secretWarnings(ctx.config)) process.stderr.write(`warning: ${line}\n`);
 }
 
+/** verify --start/--stop: bytes, or with a K, M, G or T suffix (powers of 1024). */
+function parseOffset(value: string | undefined, option: string): number | undefined {
+  if (value === undefined) return undefined;
+  const match = /^(\d+)([KMGT]?)(i?B)?$/i.exec(value.trim());
+  if (match === null) throw new UsageError(`verify ${option} "${value}": expected a byte offset such as 1073741824 or 1G; nothing started`);
+  const scale = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[match[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  const bytes = Number(match[1]) * scale;
+  if (!Number.isSafeInteger(bytes)) throw new UsageError(`verify ${option} "${value}" is too large; nothing started`);
+  return bytes;
+}
+
 async function createMd(ctx: Context): Promise<void> {
   requireRoot('create-md');
   if ((await daemonAnswers(ctx.local)) !== null) {
@@ -123,8 +134,11 @@ async function createMd(ctx: Context): Promise<void> {
   const [{ BackingDisk }, { createMetadata }] = await Promise.all([import('./disk'), import('./metadata')]);
   const disk = BackingDisk.open(ctx.local.disk, { configKey: `nodes.${ctx.local.name}.disk in ${ctx.config.path}` });
   try {
-    const sb = createMetadata(disk, { resource: ctx.config.resource, node: ctx.local.name, force: ctx.args.force });
+    const sb = createMetadata(disk, { resource: ctx.config.resource, node: ctx.local.name, force: ctx.args.force, assumeClean: ctx.args.assumeClean === true });
     out(`created nraid metadata on ${disk.path} for ${ctx.config.resource} (node ${ctx.local.name}): ${sb.dataSizeBytes} bytes of data`);
+    if (ctx.args.assumeClean === true) {
+      out('--assume-clean: UpToDate without an initial sync; run it on the peer too, and nraid verify once connected to find any real difference');
+    }
   } finally {
     disk.close();
   }
@@ -492,11 +506,25 @@ export async function main(argv: string[]): Promise<number> {
       case 'disconnect':
       case 'adjust':
       case 'resume-io':
+      case 'pause-sync':
+      case 'resume-sync':
       case 'attach':
       case 'detach':
       case 'invalidate': {
         requireRoot(args.command);
         const result = (await callDaemon(ctx, args.command, { discardMyData: args.discardMyData })) as ResourceStatus;
+        out(statusLine(result));
+        break;
+      }
+      case 'verify': {
+        const result = (await callDaemon(ctx, 'verify', { start: parseOffset(args.start, '--start'), stop: parseOffset(args.stop, '--stop') })) as ResourceStatus;
+        out(statusLine(result));
+        const v = result.verify;
+        if (v) out(`verify: ${v.startBytes}..${v.stopBytes} started; nraid status shows its progress, nraid events the differences`);
+        break;
+      }
+      case 'resync': {
+        const result = (await callDaemon(ctx, 'resync', {})) as ResourceStatus;
         out(statusLine(result));
         break;
       }

@@ -38,6 +38,8 @@ export interface HooksConfig {
   afterPromote: string | null;
   beforeDemoteTimeoutMs: number;
   afterPromoteTimeoutMs: number;
+  /** Run when a verify finds blocks that differ (NRAID_OUT_OF_SYNC_RANGES, NRAID_OUT_OF_SYNC_BYTES). */
+  outOfSync: string | null;
 }
 
 export interface ResourceConfig {
@@ -51,6 +53,11 @@ export interface ResourceConfig {
   connectRetryMs: number;
   maxLagBytes: number;
   maxLagMs: number;
+  /** The resync controller (src/limits.ts resync*): adjustable while running. */
+  resyncPlanAheadMs: number;
+  resyncFillTargetKib: number;
+  resyncMaxRateMib: number;
+  resyncMinRateMib: number;
   frontendThreads: number;
   /**
    * With a holder (> 0): a daemon that dies is started again and takes the
@@ -68,6 +75,9 @@ export interface ResourceConfig {
   tlsCert: string | null;
   tlsKey: string | null;
   tlsCa: string | null;
+  /** Checksum resync (digests first, data only where they differ); with csumsAfterCrashOnly only after a Primary crash. */
+  csums: boolean;
+  csumsAfterCrashOnly: boolean;
   hooks: HooksConfig;
   nodes: [NodeConfig, NodeConfig];
 }
@@ -124,6 +134,13 @@ function oneOf<T extends string>(values: readonly T[]): ValueType<T> {
     },
   };
 }
+
+const flag: ValueType<boolean> = {
+  expected: 'true or false',
+  accept(raw) {
+    return typeof raw === 'boolean' ? { ok: true, value: raw } : reject();
+  },
+};
 
 function text(minChars: number, maxChars: number): ValueType<string> {
   return {
@@ -255,6 +272,11 @@ const topKeys: readonly KeySpec[] = [
   key('connect-retry-ms', integer(limits.connectRetryMsMin, limits.connectRetryMsMax), limits.connectRetryMsDefault),
   key('max-lag-bytes', integer(limits.maxLagBytesMin, limits.maxLagBytesMax), limits.maxLagBytesDefault),
   key('max-lag-ms', integer(limits.maxLagMsMin, limits.maxLagMsMax), limits.maxLagMsDefault),
+  key('resync-plan-ahead-ms', integer(limits.resyncPlanAheadMsMin, limits.resyncPlanAheadMsMax), limits.resyncPlanAheadMsDefault),
+  key('resync-fill-target-kib', integer(limits.resyncFillTargetKibMin, limits.resyncFillTargetKibMax), limits.resyncFillTargetKibDefault),
+  key('resync-max-rate-mib', integer(limits.resyncRateMibMin, limits.resyncRateMibMax), limits.resyncMaxRateMibDefault),
+  key('resync-min-rate-mib', integer(limits.resyncRateMibMin, limits.resyncRateMibMax), limits.resyncMinRateMibDefault,
+    (value, table) => (value <= (table.resyncMaxRateMib as number) ? null : `must not exceed resync-max-rate-mib (${String(table.resyncMaxRateMib)})`)),
   key('frontend-threads', integer(limits.frontendThreadsMin, limits.frontendThreadsMax), limits.frontendThreadsDefault),
   key('daemon-restart-bound-ms', integer(limits.daemonRestartBoundMsMin, limits.daemonRestartBoundMsMax), limits.daemonRestartBoundMsDefault),
   key<OnNoPeer>('on-no-peer', oneOf(['continue', 'suspend-io']), 'continue'),
@@ -266,6 +288,10 @@ const topKeys: readonly KeySpec[] = [
   key('tls-cert', absolutePath, null),
   key('tls-key', absolutePath, null),
   key('tls-ca', absolutePath, null),
+  // Checksum resync: the target sends digests of the marked regions, this node data only where they differ.
+  key('csums', flag, false),
+  // With csums: only for the resync after a Primary crash (its activity-log area is marked, little changed).
+  key('csums-after-crash-only', flag, false),
 ];
 
 /** Certificates: all three files or none, and only with TLS on. */
@@ -292,6 +318,7 @@ const hookKeys: readonly KeySpec[] = [
   key('after-promote', absolutePath, null),
   key('before-demote-timeout-ms', integer(limits.roleHookTimeoutMsMin, limits.roleHookTimeoutMsMax), limits.roleHookTimeoutMsDefault),
   key('after-promote-timeout-ms', integer(limits.roleHookTimeoutMsMin, limits.roleHookTimeoutMsMax), limits.roleHookTimeoutMsDefault),
+  key('out-of-sync', absolutePath, null),
 ];
 
 /** The longest a role change may spend in its hooks (one of each, and each again to undo): added to the waits for it. */

@@ -26,8 +26,10 @@ import { Exposure } from './resource/exposure';
 import { Command, FLAG_DISCARD_MY_DATA, diskState, flagWord, initialState } from './resource/machine';
 import { MetadataStore } from './resource/metadata-store';
 import { PeerSession } from './resource/peer-session';
+import { RESYNC_PAUSE_FEATURE, ResyncControl } from './resource/resync-control';
 import { Runner } from './resource/runner';
 import { EVENT_KEYS, snapshot } from './resource/status';
+import { Verifier } from './resource/verify';
 import { ResourceStatus } from './state';
 
 export { FLAG_DISCARD_MY_DATA };
@@ -62,6 +64,7 @@ interface Attached {
   store: MetadataStore;
   exposure: Exposure;
   runner: Runner;
+  resync: ResyncControl;
 }
 
 export class Daemon extends EventEmitter {
@@ -76,8 +79,13 @@ export class Daemon extends EventEmitter {
   private session: PeerSession | null = null;
   private metrics: MetricsServer | null = null;
   private persistTimer: NodeJS.Timeout | null = null;
+  private verifier: Verifier | null = null;
+  /** csums and csums-after-crash-only as the config says now (adjust re-reads them). */
+  private csums = { csums: false, afterCrashOnly: false };
   private persistedOutOfSyncBytes = -1;
   private persisting = false;
+  private persistedAtMs = 0;
+  private progressAtMs = 0;
   private lastStatus: ResourceStatus | null = null;
   private stopping = false;
   private readonly stopped: Promise<void>;
@@ -119,7 +127,7 @@ export class Daemon extends EventEmitter {
     }
     this.log.info('up', { disk: this.local.disk, dataSizeBytes: this.p.store.superblock.dataSizeBytes, diskState: diskState(this.p.runner.state) });
     this.persistedOutOfSyncBytes = this.p.plane.outOfSyncBytes();
-    this.persistTimer = setInterval(() => this.persistBitmapIfChanged(), limits.bitmapPersistIntervalMs);
+    this.persistTimer = setInterval(() => this.persistTick(), limits.resyncPersistIntervalMs);
     this.persistTimer.unref();
     if (this.config.metricsPort !== null) await this.startMetrics();
     this.held?.mark('admin');
@@ -242,13 +250,27 @@ export class Daemon extends EventEmitter {
         lag: { maxLagBytes: this.config.maxLagBytes, maxLagMs: this.config.maxLagMs },
         faultPoints: faultPoints(),
         status: () => this.status(),
+        csums: () => this.csums,
+      });
+      this.csums = { csums: this.config.csums, afterCrashOnly: this.config.csumsAfterCrashOnly };
+      this.verifier = new Verifier({
+        plane,
+        state: () => runner.state,
+        dataSizeBytes: store.superblock.dataSizeBytes,
+        runDir: this.local.runDir,
+        log: this.log,
+        emit: (event) => this.emit('event', event),
+        outOfSyncHook: this.config.hooks.outOfSync,
+        hookEnv: (event) => this.hookEnv(event),
       });
       store.onGenerationAdopted = () => runner.dispatch({ type: 'generation-written', md: store.view() });
       runner.on('stepped', () => this.noteChange());
       runner.on('change', (changed: Record<string, unknown>) => this.emit('change', changed));
       runner.on('event', (event: Record<string, unknown>) => this.emit('event', event));
       plane.setOnIoError(this.config.onIoError);
-      this.parts = { disk, plane, store, exposure, runner };
+      const resync = new ResyncControl(plane, this.config.resource, this.local.runDir, (level, message, fields) => this.log[level](message, fields));
+      resync.configure(this.config);
+      this.parts = { disk, plane, store, exposure, runner, resync };
     } catch (error) {
       this.parts = null;
       plane?.destroy();
@@ -339,6 +361,8 @@ export class Daemon extends EventEmitter {
       counters: parts.plane.counters(),
       superblock: parts.store.superblock,
       resync: parts.runner.resync,
+      resyncTotals: parts.resync.totals(parts.plane.counters()),
+      resyncPaused: parts.resync.paused,
       device: this.local.device,
       backingDisk: this.local.disk,
       exposed: parts.exposure.exposed,
@@ -347,6 +371,9 @@ export class Daemon extends EventEmitter {
       metadataDamage: parts.store.damage,
     });
     status.daemonRestarts = this.held?.restarts() ?? null;
+    const c = parts.plane.counters();
+    status.verify = this.verifier?.progress() ?? null;
+    status.resyncSent = { dataBytes: c?.resyncDataBytesSent ?? 0, zeroBytes: c?.resyncZeroBytesSent ?? 0, equalBytes: c?.resyncEqualBytes ?? 0 };
     return status;
   }
 
@@ -402,8 +429,14 @@ export class Daemon extends EventEmitter {
       holder: () => this.p.exposure.holder(),
       roleHookBudgetMs: roleHookBudgetMs(this.config.hooks),
       onAdjust: () => void this.adjust().catch((error: Error) => this.log.warn('adjust from the peer failed', { error: error.message })),
+      onResyncPause: (paused) => this.resyncPauseChanged(() => this.parts?.resync.setPausedByPeer(paused)),
       log: (level, message, fields) => this.log[level](message, fields),
     });
+    // The operator's pause outlives a session: a new one hears of it; the peer's ends with its session.
+    link.on('connected', (info) => {
+      if (this.parts?.resync.pausedHere && info.features.includes(RESYNC_PAUSE_FEATURE)) link.notice('resyncPause', { paused: true });
+    });
+    link.on('disconnected', () => this.resyncPauseChanged(() => this.parts?.resync.setPausedByPeer(false)));
     await link.start();
     link.connect();
   }
@@ -420,6 +453,8 @@ export class Daemon extends EventEmitter {
       parts.runner.dispatch({ type: 'disk-failed', detail });
     } else if (type === 'resync-done') {
       parts.runner.dispatch({ type: 'resync-done', bytes: Number(detail) });
+    } else if (type === 'verify-mismatch' || type === 'verify-done') {
+      this.verifier?.onNative(type, detail);
     }
   }
 
@@ -443,6 +478,46 @@ export class Daemon extends EventEmitter {
    * write behind it). Nothing depends on these writes being durable at once:
    * the activity log covers every extent whose bits are not on disk yet.
    */
+  private persistTick(): void {
+    const parts = this.parts;
+    if (parts === null || this.stopping) return;
+    const now = Date.now();
+    const resyncing = parts.runner.resync !== null;
+    // While a resync runs the bitmap's cleared bits go to disk often: a restart resends little.
+    if (resyncing || now - this.persistedAtMs >= limits.bitmapPersistIntervalMs) {
+      this.persistedAtMs = now;
+      this.persistBitmapIfChanged();
+      parts.resync.save(parts.plane.counters());
+    }
+    // Progress, for `nraid events`, about once a second while a resync runs.
+    if (resyncing && now - this.progressAtMs >= limits.resyncProgressEventIntervalMs) {
+      this.progressAtMs = now;
+      const resync = this.status().resync;
+      if (resync !== null) this.emit('event', { type: 'resync-progress', resource: this.config.resource, node: this.local.name, ...resync });
+    }
+  }
+
+  /** pause-sync / resume-sync here, or the peer's: the change is an event. */
+  private resyncPauseChanged(change: () => void): void {
+    const before = this.parts?.resync.paused;
+    change();
+    const after = this.parts?.resync.paused;
+    if (after !== undefined && after !== before) this.emit('change', { resyncPaused: after });
+  }
+
+  private pauseSync(paused: boolean): ResourceStatus {
+    const parts = this.p;
+    const replication = this.status().replication;
+    const features = this.session?.features ?? [];
+    const link = this.link;
+    this.resyncPauseChanged(() =>
+      parts.resync.setPausedHere(paused, replication, link !== null && features.includes(RESYNC_PAUSE_FEATURE), (value) => {
+        link?.notice('resyncPause', { paused: value });
+      }),
+    );
+    return this.status();
+  }
+
   private persistBitmapIfChanged(): void {
     const parts = this.parts;
     if (parts === null || this.persisting || this.stopping) return;
@@ -467,6 +542,9 @@ export class Daemon extends EventEmitter {
     if (next.resource !== this.config.resource) {
       throw new StateError(`config ${this.config.path} now names resource "${next.resource}", not "${this.config.resource}"; nothing changed`);
     }
+    // The resync settings first: a value the data plane refuses changes nothing.
+    this.p.resync.configure(next);
+    this.csums = { csums: next.csums, afterCrashOnly: next.csumsAfterCrashOnly };
     return this.p.runner.command({ name: 'adjust', protocol: next.protocol, onIoError: next.onIoError });
   }
 
@@ -490,6 +568,7 @@ export class Daemon extends EventEmitter {
 
   private async teardown(): Promise<void> {
     if (this.persistTimer !== null) clearInterval(this.persistTimer);
+    this.verifier?.close();
     if (this.metrics !== null) await this.metrics.close();
     const parts = this.parts;
     const diskless = parts?.runner.state.diskless === true;
@@ -507,6 +586,7 @@ export class Daemon extends EventEmitter {
     this.session = null;
     if (parts !== null) {
       parts.plane.detach('down');
+      parts.resync.save(parts.plane.counters());
       if (!diskless) {
         await parts.plane.persistBitmap(true);
         await parts.plane.flush();
@@ -534,8 +614,18 @@ export class Daemon extends EventEmitter {
     });
     this.admin.on('resume-io', () => this.command({ name: 'resume-io' }));
     this.admin.on('invalidate', () => this.command({ name: 'invalidate' }));
+    this.admin.on('verify', (args) => {
+      const verify = this.verifier!.start({ start: args.start as number | undefined, stop: args.stop as number | undefined });
+      return { ...this.status(), verify };
+    });
+    this.admin.on('resync', () => {
+      this.verifier!.repair();
+      return this.status();
+    });
     this.admin.on('disconnect', () => this.command({ name: 'disconnect' }));
     this.admin.on('adjust', () => this.adjust());
+    this.admin.on('pause-sync', () => this.pauseSync(true));
+    this.admin.on('resume-sync', () => this.pauseSync(false));
     this.admin.on('attach', () => this.attach());
     this.admin.on('detach', () => this.command({ name: 'detach' }));
     this.admin.on('events', (args, stream) => this.streamEvents(stream));

@@ -114,6 +114,25 @@ export const daemonRestartRetryMs = 200;
 export const daemonHandoverWaitMs = 10_000;
 /** After the bound, how long the holder waits for the openers of the failed device to close it before it leaves it to autoclear. */
 export const holderReleaseWaitMs = 2000;
+/**
+ * The resync rate controller (mirrors native/limits.h kResync*; config keys
+ * resync-plan-ahead-ms, resync-fill-target-kib, resync-max-rate-mib,
+ * resync-min-rate-mib). The fill target is the whole resync window
+ * (8 x 1 MiB, the fixed window measured at 0.9-1.0 x a dd copy in issue 12);
+ * max rate is above any link here, so only the link limits an idle resync;
+ * min rate is what a resync keeps while applications do I/O (not yet
+ * measured against the application's p99: see the bench rows to come).
+ */
+export const resyncPlanAheadMsMin = 100;
+export const resyncPlanAheadMsDefault = 1_000;
+export const resyncPlanAheadMsMax = 10_000;
+export const resyncFillTargetKibMin = 64;
+export const resyncFillTargetKibDefault = 8_192;
+export const resyncFillTargetKibMax = 8_192;
+export const resyncRateMibMin = 1;
+export const resyncRateMibMax = 100_000;
+export const resyncMaxRateMibDefault = 4_096;
+export const resyncMinRateMibDefault = 16;
 
 // --- Messages ----------------------------------------------------------------
 
@@ -132,6 +151,10 @@ export const switchoverTimeoutMs = 30_000;
 export const bitmapRequestTimeoutMs = 30_000;
 /** How often the dirty bitmap is written back (without a flush) while it changes. */
 export const bitmapPersistIntervalMs = 2_000;
+/** While a resync runs, the bitmap's cleared bits are written back this often (a restart resends at most this much of it). */
+export const resyncPersistIntervalMs = 100;
+/** `nraid events`: a resync-progress event this often while a resync runs. */
+export const resyncProgressEventIntervalMs = 1_000;
 /** How long a node that found a split brain waits for the peer to ask for its facts. */
 export const splitBrainFactsTimeoutMs = 2_000;
 
@@ -217,6 +240,9 @@ check(maxLagBytesMin <= maxLagBytesDefault && maxLagBytesDefault <= maxLagBytesM
 check(maxLagBytesMin >= requestBytesMax, 'protocol A can hold at least one request in flight');
 check(Number.isSafeInteger(maxLagBytesMax), 'max lag bytes is a safe integer');
 check(maxLagMsMin <= maxLagMsDefault && maxLagMsDefault <= maxLagMsMax, 'max lag ms default in bounds');
+check(resyncPlanAheadMsMin <= resyncPlanAheadMsDefault && resyncPlanAheadMsDefault <= resyncPlanAheadMsMax, 'resync plan-ahead default in bounds');
+check(resyncFillTargetKibMin <= resyncFillTargetKibDefault && resyncFillTargetKibDefault <= resyncFillTargetKibMax, 'resync fill target default in bounds');
+check(resyncRateMibMin <= resyncMinRateMibDefault && resyncMinRateMibDefault <= resyncMaxRateMibDefault && resyncMaxRateMibDefault <= resyncRateMibMax, 'resync rate defaults in bounds');
 check(portMin === 1 && portMax === 65535, 'TCP ports');
 check(secretCharsMin <= secretCharsMax, 'secret length bounds');
 check(controlMessageBytesMax >= requestBytesMax, 'a control message can carry a request-sized chunk');

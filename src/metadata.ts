@@ -17,6 +17,7 @@
  * damaged (anything else); src/resource/metadata-damage.ts decides what a
  * node may believe after that, and docs/CONTRACTS.md says why.
  */
+import crypto from 'node:crypto';
 import { DiskError, DiskHasDataError, InternalError, MetadataError } from './errors';
 import * as limits from './limits';
 import { crc32c } from './native';
@@ -627,6 +628,23 @@ export interface CreateOptions {
   node: string;
   force: boolean;
   bitmapGranularityBytes?: number;
+  /**
+   * --assume-clean, on both nodes of a brand-new pair: UpToDate at once, with
+   * the same generation on both (assumeCleanUuid), so no initial sync runs.
+   */
+  assumeClean?: boolean;
+}
+
+/**
+ * The generation both nodes of a new pair start with after create-md
+ * --assume-clean: derived from what both share (the resource's name and data
+ * size), since they are not connected when it is written. Above 0xffff like a
+ * minted one; a new Primary generation replaces it on the first write apart.
+ */
+export function assumeCleanUuid(resource: string, dataSizeBytes: number): bigint {
+  const digest = crypto.createHash('sha256').update(`nraid assume-clean\0${resource}\0${dataSizeBytes}`).digest();
+  const uuid = digest.readBigUInt64LE(0);
+  return uuid > 0xffffn ? uuid : uuid | 0x10000n;
 }
 
 const noFlags: SuperblockFlags = {
@@ -698,7 +716,7 @@ export function createMetadata(disk: DiskIO, opts: CreateOptions): Superblock {
   const sequence = slots.reduce((max, s) => Math.max(max, s.superblock?.sequence ?? 0), 0) + 1;
   const superblock: Superblock = {
     layoutVersion,
-    flags: { ...noFlags },
+    flags: opts.assumeClean === true ? { ...noFlags, consistent: true, wasUpToDate: true } : { ...noFlags },
     sequence,
     dataSizeBytes: layout.dataSizeBytes,
     backingSizeBytes: layout.backingSizeBytes,
@@ -708,7 +726,11 @@ export function createMetadata(disk: DiskIO, opts: CreateOptions): Superblock {
     bitmapSizeBytes: layout.bitmapSizeBytes,
     activityLogOffsetBytes: layout.activityLogOffsetBytes,
     activityLogSizeBytes: layout.activityLogSizeBytes,
-    uuids: { current: UUID_JUST_CREATED, bitmap: 0n, history: [0n, 0n] },
+    uuids: {
+      current: opts.assumeClean === true ? assumeCleanUuid(opts.resource, layout.dataSizeBytes) : UUID_JUST_CREATED,
+      bitmap: 0n,
+      history: [0n, 0n],
+    },
     resource: opts.resource,
     node: opts.node,
     createdAtMs: Date.now(),

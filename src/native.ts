@@ -39,7 +39,27 @@ export interface NativeCounters {
   bytesApplied: number;
   checksumErrors: number;
   protocolErrors: number;
+  /** Source: resync data the peer has written. */
   resyncBytesDone: number;
+  /** Checksum resync, sparse sync and verify (see native/link_io.h LinkCounters). */
+  resyncDataBytesSent: number;
+  resyncZeroBytesSent: number;
+  resyncEqualBytes: number;
+  zeroBytesApplied: number;
+  digestBytesRead: number;
+  verifyStartBytes: number;
+  verifyStopBytes: number;
+  verifyPositionBytes: number;
+  verifyMismatchBytes: number;
+  verifyMismatchTotalBytes: number;
+  verifyBytesDoneTotal: number;
+  /** Target: resync data received. */
+  resyncBytesReceived: number;
+  /** The rate the resync controller planned last (bytes per second; 0 when paused). */
+  resyncPlannedRateBytes: number;
+  /** Applications did I/O: the resync is held at its min rate. */
+  resyncThrottled: boolean;
+  resyncPaused: boolean;
   linkFailures: number;
   eventsDropped: number;
   outOfSyncBytes: number;
@@ -52,6 +72,7 @@ export interface NativeCounters {
   linkAttached: boolean;
   linkFailed: boolean;
   resyncRunning: boolean;
+  verifyRunning: boolean;
   /** on-io-error = detach: the backing disk failed and is no longer used. */
   diskless: boolean;
   localIoErrors: number;
@@ -60,11 +81,21 @@ export interface NativeCounters {
   peerWrites: number;
 }
 
+/** The resync controller's settings (native ResyncControl); each one left out keeps its value. */
+export interface ResyncSettings {
+  planAheadMs?: number;
+  fillTargetBytes?: number;
+  maxRateBytes?: number;
+  minRateBytes?: number;
+  paused?: boolean;
+}
+
 /**
  * What the data plane reports: `link-lost` (detail: the reason), `resync-done` (detail: bytes sent),
- * `disk-failed` (detail: the error; under on-io-error = detach the data plane is Diskless from then on).
+ * `disk-failed` (detail: the error; under on-io-error = detach the data plane is Diskless from then on),
+ * `verify-mismatch` (detail: "OFFSET+LENGTH ...") and `verify-done` (detail: the position reached).
  */
-export type NativeEventType = 'link-lost' | 'resync-done' | 'generation-started' | 'disk-failed';
+export type NativeEventType = 'link-lost' | 'resync-done' | 'generation-started' | 'disk-failed' | 'verify-mismatch' | 'verify-done';
 
 export interface LinkAttachOptions {
   /** source: this node sends writes and resync data; target: it applies them. */
@@ -147,6 +178,17 @@ export interface Binding {
     eventQueueMax: number;
     /** Metadata jobs (superblockWrite ... drain) outstanding per pipeline; one more rejects EAGAIN. */
     metadataJobsMax: number;
+    /** The resync controller's bounds and defaults (src/limits.ts resync*, in config units there). */
+    resyncPlanAheadMsMin: number;
+    resyncPlanAheadMsMax: number;
+    resyncPlanAheadMsDefault: number;
+    resyncFillTargetBytesMin: number;
+    resyncFillTargetBytesMax: number;
+    resyncFillTargetBytesDefault: number;
+    resyncRateBytesMin: number;
+    resyncRateBytesMax: number;
+    resyncMaxRateBytesDefault: number;
+    resyncMinRateBytesDefault: number;
   };
 
   diskOpen(path: string, readOnly: boolean): DiskHandle;
@@ -209,8 +251,27 @@ export interface Binding {
    */
   allowResync(pipeline: PipelineHandle): void;
   setProtocol(pipeline: PipelineHandle, protocol: 'A' | 'B' | 'C'): void;
-  /** Starts sending every region set in the bitmap (source side); false without a live link. */
-  resyncStart(pipeline: PipelineHandle): boolean;
+  /**
+   * Starts sending every region set in the bitmap (source side); false without a live link, or
+   * while a resync or verify runs. `csums`: digests first, data only where they differ;
+   * `repair`: after a verify, the marked blocks as ordinary writes (no resync state on the target).
+   */
+  resyncStart(pipeline: PipelineHandle, options?: { csums?: boolean; repair?: boolean }): boolean;
+  /**
+   * Online verify of [startBytes, stopBytes) (4 KiB-aligned; RangeError otherwise): events
+   * `verify-mismatch` (detail: "OFFSET+LENGTH ...", those blocks marked out of sync) and
+   * `verify-done` (detail: the position reached). False without a live source link, or while a
+   * resync or verify runs.
+   */
+  verifyStart(pipeline: PipelineHandle, startBytes: number, stopBytes: number): boolean;
+  /** Stops a running verify after the ranges in flight; `verify-done` says where. */
+  verifyStop(pipeline: PipelineHandle): void;
+  /**
+   * The resync controller's settings and pause, with or without a link (a
+   * running resync takes them at its next step). Throws RangeError on a value
+   * outside native/limits.h; then nothing changed.
+   */
+  resyncSet(pipeline: PipelineHandle, settings: ResyncSettings): void;
   /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
   bitmapGet(pipeline: PipelineHandle): Buffer;
   bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;

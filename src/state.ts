@@ -60,6 +60,9 @@ export interface ResourceStatus {
   protocolErrors: number;
   linkFailures: number;
   resync: ResyncProgress | null;
+  /** Resync data this node sent (and the peer wrote) / received, over every run of the daemon here. */
+  resyncSentBytesTotal: number;
+  resyncReceivedBytesTotal: number;
   lastLinkError: string | null;
   syncDecision: string | null;
   /** Detected at the last handshake and not yet resolved: see connect --discard-my-data. */
@@ -79,6 +82,10 @@ export interface ResourceStatus {
   pid: number;
   /** Metadata damage found when the daemon started (empty when none): see docs/CONTRACTS.md "Metadata damage". */
   metadataDamage: MetadataDamageReport[];
+  /** The running or last online verify on this node (null: none since the daemon started). */
+  verify?: VerifyProgress | null;
+  /** What resyncs of this session sent: data bytes, bytes covered by zero frames, bytes found equal by digest. */
+  resyncSent?: { dataBytes: number; zeroBytes: number; equalBytes: number };
   /** Restarts of this resource's daemon by its holder (daemon-restart-bound-ms); null without a holder. */
   daemonRestarts?: DaemonRestarts | null;
 }
@@ -109,6 +116,28 @@ export interface ResyncProgress {
   bytesDone: number;
   rateBytesPerSec: number;
   etaSeconds: number | null;
+  /** This node sends (source) or receives (target). */
+  direction: 'source' | 'target';
+  /** pause-sync on either node holds it. */
+  paused: boolean;
+  /** Applications do I/O on the source: the resync runs at its min rate. */
+  throttled: boolean;
+}
+
+export interface VerifyProgress {
+  running: boolean;
+  startBytes: number;
+  stopBytes: number;
+  /** Everything before it is compared. */
+  positionBytes: number;
+  percent: number;
+  bytesLeft: number;
+  rateBytesPerSec: number;
+  etaSeconds: number | null;
+  /** Found to differ (and marked out of sync) by this verify. */
+  mismatchBytes: number;
+  /** "OFFSET+LENGTH" of each differing run (the first 1000). */
+  mismatchRanges: string[];
 }
 
 /** One line per resource, in the style of DRBD's status. */
@@ -125,6 +154,11 @@ export function statusLine(status: ResourceStatus): string {
   if (status.resync) {
     const eta = status.resync.etaSeconds === null ? '?' : `${Math.ceil(status.resync.etaSeconds)}s`;
     parts.push(`sync:${status.resync.percent.toFixed(1)}% eta:${eta}`);
+    if (status.resync.paused) parts.push('sync:paused');
+  }
+  if (status.verify?.running) {
+    const eta = status.verify.etaSeconds === null ? '?' : `${Math.ceil(status.verify.etaSeconds)}s`;
+    parts.push(`verify:${status.verify.percent.toFixed(1)}% eta:${eta}`);
   }
   if (status.outOfSyncBytes > 0) parts.push(`out-of-sync:${formatBytes(status.outOfSyncBytes)}`);
   if (status.protocol === 'A' && status.lagBytes > 0) parts.push(`lag:${formatBytes(status.lagBytes)}`);

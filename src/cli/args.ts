@@ -20,7 +20,10 @@ export type Command =
   | 'status'
   | 'events'
   | 'resume-io'
+  | 'pause-sync'
+  | 'resume-sync'
   | 'verify'
+  | 'resync'
   | 'invalidate'
   | 'demo'
   | 'help'
@@ -41,12 +44,17 @@ export interface ParsedArgs {
   discardMyData: boolean;
   /** restore-md --file: the dump to write back. */
   file?: string;
+  /** verify --start/--stop: byte offsets as given. */
+  start?: string;
+  stop?: string;
+  /** create-md --assume-clean: both nodes of a new pair start UpToDate, no initial sync (set only when given). */
+  assumeClean?: boolean;
   /** -h/--help, or `nraid help [command]` (then `command` is the one asked about). */
   help: boolean;
 }
 
-type BooleanField = 'force' | 'foreground' | 'json' | 'watch' | 'discardMyData' | 'help';
-type ValueField = 'configPath' | 'nodeName' | 'file';
+type BooleanField = 'force' | 'foreground' | 'json' | 'watch' | 'discardMyData' | 'help' | 'assumeClean';
+type ValueField = 'configPath' | 'nodeName' | 'file' | 'start' | 'stop';
 
 interface OptionSpec {
   long: string;
@@ -66,6 +74,9 @@ const options: readonly OptionSpec[] = [
   { long: '--watch', field: 'watch', summary: 'status: keep printing, with progress bars during resync and verify' },
   { long: '--discard-my-data', field: 'discardMyData', summary: 'connect: after a split brain, let the peer overwrite this node' },
   { long: '--file', valueName: 'FILE', field: 'file', summary: 'restore-md: the dump to write back (from dump-md --json)' },
+  { long: '--start', valueName: 'OFFSET', field: 'start', summary: 'verify: the first byte to compare (default: where an interrupted verify stopped, else 0)' },
+  { long: '--stop', valueName: 'OFFSET', field: 'stop', summary: 'verify: compare up to this byte (default: the end)' },
+  { long: '--assume-clean', field: 'assumeClean', summary: 'create-md: on both nodes of a brand-new pair, start UpToDate with the same generation (no initial sync)' },
   { long: '--help', short: '-h', field: 'help', summary: 'show help' },
 ];
 
@@ -79,7 +90,7 @@ interface CommandSpec {
 }
 
 const commands: readonly CommandSpec[] = [
-  { name: 'create-md', summary: 'write fresh nraid metadata at the end of this node\'s backing disk', takesResource: true, flags: ['--force'] },
+  { name: 'create-md', summary: 'write fresh nraid metadata at the end of this node\'s backing disk', takesResource: true, flags: ['--force', '--assume-clean'] },
   { name: 'up', summary: 'start the resource\'s daemon on this node and connect to the peer', takesResource: true, flags: ['--foreground'] },
   { name: 'down', summary: 'remove the device and stop the daemon on this node', takesResource: true, flags: [] },
   { name: 'restart', summary: 'replace the running daemon with the installed version; the device stays mounted (needs daemon-restart-bound-ms)', takesResource: true, flags: [] },
@@ -92,7 +103,10 @@ const commands: readonly CommandSpec[] = [
   { name: 'status', summary: 'print role, disk, connection and resync progress', takesResource: true, flags: ['--json', '--watch'] },
   { name: 'events', summary: 'stream state changes and progress as they happen', takesResource: true, flags: ['--json'] },
   { name: 'resume-io', summary: 'resume I/O suspended by on-no-peer = "suspend-io"', takesResource: true, flags: [] },
-  { name: 'verify', summary: 'compare both disks online and mark differences out of sync (not available yet: comes with the resync work)', takesResource: true, flags: [] },
+  { name: 'pause-sync', summary: 'hold the running resync (on either node) until resume-sync; the bitmap keeps what is left', takesResource: true, flags: [] },
+  { name: 'resume-sync', summary: 'let a resync paused with pause-sync on this node go on', takesResource: true, flags: [] },
+  { name: 'verify', summary: 'compare both disks online (digests), report differences and mark them out of sync; resumes an interrupted verify', takesResource: true, flags: ['--start', '--stop'] },
+  { name: 'resync', summary: 'repair: send the blocks marked out of sync (after a verify) to the peer, without a disconnect', takesResource: true, flags: [] },
   { name: 'invalidate', summary: 'discard this node\'s data and resync it from the peer', takesResource: true, flags: [] },
   { name: 'demo', summary: 'run a two-node mirror on this machine with loop devices and show it working', takesResource: false, flags: [] },
   { name: 'help', summary: 'show this help, or one command\'s', takesResource: false, flags: [] },

@@ -94,6 +94,8 @@ export interface ControlNotices {
   promoteAbort: { requestId: bigint };
   /** The sender just became Primary and ends the session to reconnect as the data link's source. */
   turnaround: Record<string, never>;
+  /** The sender's operator paused (or resumed) the resync: pause-sync / resume-sync. Only in sessions with the feature "resync-pause". */
+  resyncPause: { paused: boolean };
 }
 export type ControlNoticeKind = keyof ControlNotices;
 /** The fields of a body; an empty body (Record<string, never>) adds none, so that `kind` stays usable. */

@@ -130,6 +130,10 @@ const NOTICE_CODECS: { [K in ControlNoticeKind]: Codec<ControlNotices[K]> } = {
   promoteCommit: REQUEST_ID,
   promoteAbort: REQUEST_ID,
   turnaround: EMPTY,
+  resyncPause: {
+    toWire: (body) => ({ paused: Boolean(body.paused) }),
+    fromWire: (wire) => ({ paused: Boolean(wire.paused) }),
+  },
 };
 
 /** Every request kind, in the order of control.proto. */

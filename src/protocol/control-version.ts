@@ -40,6 +40,7 @@ export function parseProtocolVersion(text: string): ProtocolVersion {
 
 /**
  * Features this build offers in its Hello; a session uses the intersection of
- * both lists. Add a name here when the code behind it lands; none has yet.
+ * both lists. Add a name here when the code behind it lands.
+ *   resync-pause: the ResyncPause notice (pause-sync / resume-sync on either node).
  */
-export const CONTROL_FEATURES: readonly string[] = [];
+export const CONTROL_FEATURES: readonly string[] = ['resync-pause'];

@@ -5,7 +5,7 @@
  * pipeline's thread-safe function, so the event loop never blocks on it.
  */
 import { SystemError, isErrnoException, systemError as errnoError, toNraidError } from '../errors';
-import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, binding } from '../native';
+import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, ResyncSettings, binding } from '../native';
 import { newestTransaction } from '../activity-log';
 import { BackingDisk } from '../disk';
 import type { NativeTls } from '../link/tls';
@@ -142,8 +142,17 @@ export class DataPlane {
   allowResync(): void {
     binding.allowResync(this.h);
   }
-  startResync(): boolean {
-    return binding.resyncStart(this.h);
+  startResync(options: { csums?: boolean; repair?: boolean } = {}): boolean {
+    return binding.resyncStart(this.h, options);
+  }
+  startVerify(startBytes: number, stopBytes: number): boolean {
+    return binding.verifyStart(this.h, startBytes, stopBytes);
+  }
+  stopVerify(): void {
+    binding.verifyStop(this.h);
+  }
+  setResync(settings: ResyncSettings): void {
+    binding.resyncSet(this.h, settings);
   }
   setProtocol(protocol: 'A' | 'B' | 'C'): void {
     binding.setProtocol(this.h, protocol);

@@ -217,7 +217,7 @@ export type Effect =
   | { kind: 'open-data'; sessionId: number }
   | { kind: 'attach-data'; sessionId: number; socketId: number; direction: 'source' | 'target'; sendHelloFirst: boolean; resyncAllowed: boolean }
   | { kind: 'discard-socket'; socketId: number }
-  | { kind: 'allow-resync' }
+  | { kind: 'allow-resync'; bytes?: number }
   | { kind: 'start-resync' }
   | { kind: 'clear-bitmap' }
   /** Every bit set: the peer's disk (gone) misses everything. */

@@ -178,7 +178,7 @@ function peerRequest(s: MachineState, fx: Effect[], token: number, request: Peer
       // Durable before data: the source's bitmap is on its disk; take its generation, then let data in.
       persist(s, fx, { kind: 'target-joins', current: request.current, history: request.history });
       s.session = { ...s.session, resyncAllowed: true };
-      fx.push({ kind: 'allow-resync' }, { kind: 'log', level: 'info', message: 'resync started as target', fields: { bytes: Number(request.bytes) } });
+      fx.push({ kind: 'allow-resync', bytes: Number(request.bytes) }, { kind: 'log', level: 'info', message: 'resync started as target', fields: { bytes: Number(request.bytes) } });
       fx.push({ kind: 'send-state' });
       return respond({ ok: true });
     }

@@ -27,6 +27,8 @@ export interface PeerSessionOptions {
   onAdjust: () => void;
   /** How long the role hooks of a switchover may take on both nodes (config.roleHookBudgetMs): added to its waits. */
   roleHookBudgetMs?: number;
+  /** The peer's operator paused (true) or resumed the resync. */
+  onResyncPause?: (paused: boolean) => void;
   log: (level: 'info' | 'warn' | 'error', message: string, fields?: Record<string, unknown>) => void;
   /** TLS on the data link (src/link/tls.ts nativeTls); null or left out: the clear. */
   dataLinkTls?: NativeTls | null;
@@ -45,6 +47,8 @@ export class PeerSession {
   private readonly plane: DataPlane;
   private readonly dispatch: Dispatch;
   private nextSocketId = 1;
+  /** The features of the current session (both Hellos offered them). */
+  features: readonly string[] = [];
   private readonly sockets = new Map<number, net.Socket>();
   private nextToken = 1;
   private readonly answers = new Map<number, { resolve: (body: unknown) => void; reject: (error: Error) => void }>();
@@ -69,7 +73,13 @@ export class PeerSession {
       if (event.trusted) this.dispatch({ type: 'link-refused', reason: event.reason });
     });
     link.on('dataSocket', (socket, info) => this.dispatch({ type: 'data-socket', sessionId: info.id, socketId: this.park(socket) }));
+    link.on('connected', (info) => (this.features = info.features));
     link.on('notice', (notice) => {
+      // The operator's pause is the daemon's (resync-control.ts), not the machine's.
+      if (notice.kind === 'resyncPause') {
+        this.options.onResyncPause?.(notice.paused);
+        return;
+      }
       if (notice.kind === 'adjust') this.options.onAdjust();
       this.dispatch({ type: 'peer-notice', notice });
     });

@@ -10,6 +10,7 @@ import { HookFailedError, InternalError, NraidError, SystemError } from '../erro
 import { runHook, runHookWithOutput } from '../hooks';
 import * as limits from '../limits';
 import { Logger } from '../log';
+import { flagBits } from '../metadata';
 import { ResourceStatus } from '../state';
 import { DataPlane } from './data-plane';
 import { Exposure } from './exposure';
@@ -17,7 +18,7 @@ import { Command, Effect, Event, MachineState, peerServes, step } from './machin
 import { RoleHookPurpose } from './machine-core';
 import { MetadataStore, mintUuid } from './metadata-store';
 import { PeerSession } from './peer-session';
-import { ResyncClock } from './status';
+import { ResyncClock, resyncTargetBytes } from './status';
 
 export interface RunnerOwners {
   plane: DataPlane;
@@ -37,6 +38,8 @@ export interface RunnerOwners {
   /** Names of fault points that cut the link when reached (NRAID_FAULT_POINTS; tests only). */
   faultPoints: ReadonlySet<string>;
   status: () => ResourceStatus;
+  /** Checksum resync settings (config keys csums, csums-after-crash-only), read at each resync's start. */
+  csums?: () => { csums: boolean; afterCrashOnly: boolean };
 }
 
 function asNraidError(error: unknown): NraidError {
@@ -46,6 +49,11 @@ function asNraidError(error: unknown): NraidError {
 
 /** Effects that write the backing disk. */
 const DISK_EFFECTS: ReadonlySet<Effect['kind']> = new Set<Effect['kind']>(['persist', 'persist-bitmap', 'activity-log-reset', 'arm-generation']);
+
+/** A resync in `direction` is what the machine says this node does now. */
+function resyncRuns(s: MachineState, direction: 'source' | 'target'): boolean {
+  return s.session?.direction === direction && s.replication === (direction === 'source' ? 'SyncSource' : 'SyncTarget');
+}
 
 export class Runner extends EventEmitter {
   private queue: Event[] = [];
@@ -59,6 +67,16 @@ export class Runner extends EventEmitter {
     private readonly owners: RunnerOwners,
   ) {
     super();
+  }
+
+  /** csums, unless csums-after-crash-only and neither side crashed as Primary. */
+  private resyncUsesCsums(): boolean {
+    const settings = this.owners.csums?.() ?? { csums: false, afterCrashOnly: false };
+    if (!settings.csums) return false;
+    const crashed = this.state.md.flags.crashedPrimary || ((this.state.peer?.flags ?? 0) & flagBits.crashedPrimary) !== 0;
+    const csums = !settings.afterCrashOnly || crashed;
+    this.owners.log.info('resync starts', { csums, crashedPrimary: crashed });
+    return csums;
   }
 
   dispatch(event: Event): void {
@@ -96,7 +114,7 @@ export class Runner extends EventEmitter {
             this.owners.log.error(`${effect.kind} failed`, { error: (error as Error).message });
           }
         }
-        if (this.state.session?.direction !== 'source' || this.state.replication !== 'SyncSource') this.resync = null;
+        if (this.resync !== null && !resyncRuns(this.state, this.resync.direction)) this.resync = null;
         if (result.tag !== undefined) {
           const disk = { md: this.owners.store.view(), armed: this.owners.store.armedGeneration };
           this.queue.unshift({ type: 'program-done', tag: result.tag, error: failure, disk });
@@ -149,14 +167,19 @@ export class Runner extends EventEmitter {
         return store.arm(plane, effect.fresh);
       case 'disarm-generation':
         return store.disarm(plane);
-      case 'allow-resync':
+      case 'allow-resync': {
         // With no data link attached yet, the attach carries the permission instead.
-        if (plane.counters()?.linkAttached) plane.allowResync();
+        const counters = plane.counters();
+        if (counters?.linkAttached) plane.allowResync();
+        if (counters !== null && effect.bytes !== undefined) {
+          this.resync = { direction: 'target', totalBytes: effect.bytes, startedAtMs: Date.now(), doneBaseBytes: resyncTargetBytes(counters) };
+        }
         return;
+      }
       case 'start-resync': {
         const counters = plane.counters();
-        if (counters !== null) this.resync = { totalBytes: counters.outOfSyncBytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesDone };
-        plane.startResync();
+        if (counters !== null) this.resync = { direction: 'source', totalBytes: counters.outOfSyncBytes, startedAtMs: Date.now(), doneBaseBytes: counters.resyncBytesDone };
+        plane.startResync({ csums: this.resyncUsesCsums() });
         return;
       }
       case 'clear-bitmap':

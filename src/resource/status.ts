@@ -7,8 +7,11 @@ import { Superblock } from '../metadata';
 import { ResourceStatus } from '../state';
 import { MachineState, diskState, peerServes } from './machine';
 import { DamageReport } from './metadata-damage';
+import { ResyncTotals } from './resync-control';
 
 export interface ResyncClock {
+  /** source: counts resyncBytesDone (written by the peer); target: resyncTargetBytes (data and zero frames received). */
+  direction: 'source' | 'target';
   totalBytes: number;
   startedAtMs: number;
   doneBaseBytes: number;
@@ -24,6 +27,10 @@ export interface StatusFacts {
   exposed: boolean;
   loopDevice: string | null;
   nowMs: number;
+  /** Resync bytes over every run of the daemon (src/resource/resync-control.ts); absent: this run's. */
+  resyncTotals?: ResyncTotals;
+  /** pause-sync on either node; absent: not paused. */
+  resyncPaused?: boolean;
   /** Found at start by the metadata store (empty when none); absent: none. */
   metadataDamage?: readonly DamageReport[];
 }
@@ -32,11 +39,18 @@ function hex(uuid: bigint): string {
   return uuid.toString(16).padStart(16, '0');
 }
 
+/** What a sync target has of its resync: data received and ranges zeroed by zero frames. */
+export function resyncTargetBytes(c: NativeCounters): number {
+  return c.resyncBytesReceived + c.zeroBytesApplied;
+}
+
 function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
   const c = f.counters;
-  if (f.resync === null || c === null || f.state.session?.direction !== 'source') return null;
-  const done = Math.max(0, c.resyncBytesDone - f.resync.doneBaseBytes);
-  const left = c.outOfSyncBytes;
+  if (f.resync === null || c === null || f.state.session?.direction !== f.resync.direction) return null;
+  const source = f.resync.direction === 'source';
+  const done = Math.max(0, (source ? c.resyncBytesDone : resyncTargetBytes(c)) - f.resync.doneBaseBytes);
+  // The source's bitmap is what is left; the target knows the total the source announced.
+  const left = source ? c.outOfSyncBytes : Math.max(0, f.resync.totalBytes - done);
   const elapsedS = Math.max(0.001, (f.nowMs - f.resync.startedAtMs) / 1000);
   const rate = done / elapsedS;
   const total = Math.max(f.resync.totalBytes, done + left);
@@ -45,7 +59,10 @@ function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
     bytesLeft: left,
     bytesDone: done,
     rateBytesPerSec: Math.round(rate),
-    etaSeconds: rate > 0 ? left / rate : null,
+    etaSeconds: rate > 0 && f.resyncPaused !== true ? left / rate : null,
+    direction: f.resync.direction,
+    paused: f.resyncPaused === true,
+    throttled: c.resyncThrottled,
   };
 }
 
@@ -97,6 +114,8 @@ export function snapshot(f: StatusFacts): ResourceStatus {
     protocolErrors: c?.protocolErrors ?? 0,
     linkFailures: c?.linkFailures ?? 0,
     resync: resyncProgress(f),
+    resyncSentBytesTotal: f.resyncTotals?.sentBytes ?? c?.resyncBytesDone ?? 0,
+    resyncReceivedBytesTotal: f.resyncTotals?.receivedBytes ?? c?.resyncBytesReceived ?? 0,
     lastLinkError: s.lastLinkError,
     syncDecision: s.decision?.kind ?? null,
     splitBrain: s.splitBrain,

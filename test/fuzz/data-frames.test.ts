@@ -76,10 +76,16 @@ const HEADER_BYTES = FRAME.headerBytes;
 const O = Object.fromEntries(FRAME.fields.map((f) => [f.name, f.offset])) as Record<string, number>;
 const HEADER_CRC_AT = fieldOffset(FRAME, 'headerCrc');
 const PAYLOAD_TYPES = new Set(FRAME.typesWithPayload.map((name) => T[name]));
-/** READ_REQUEST and READ_REPLY: a Diskless Primary reads through its peer (on-io-error = detach). */
-const RANGED_TYPES = new Set([T.WRITE, T.RS_DATA, T.DISCARD, T.ZEROES, T.READ_REQUEST, T.READ_REPLY]);
+/**
+ * READ_REQUEST and READ_REPLY: a Diskless Primary reads through its peer (on-io-error = detach).
+ * OV_REQUEST: a digest request (checksum resync, verify), answered by OV_REPLY.
+ */
+const RANGED_TYPES = new Set([T.WRITE, T.RS_DATA, T.DISCARD, T.ZEROES, T.READ_REQUEST, T.READ_REPLY, T.OV_REQUEST]);
 /** What the target takes from the source, in sequence. */
-const ORDERED_TYPES = new Set([T.WRITE, T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA, T.READ_REQUEST]);
+const ORDERED_TYPES = new Set([T.WRITE, T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA, T.READ_REQUEST, T.OV_REQUEST]);
+/** OV_REPLY: one 8-byte digest per 4 KiB block of at most one request (native/limits.h kDigestReplyBytesMax). */
+const DIGEST_BYTES = 8;
+const DIGEST_REPLY_BYTES_MAX = (FRAME.payloadBytesMax / BLOCK) * DIGEST_BYTES;
 /** The header's fields as mutation targets (the crc last: set, it is never sealed over). */
 const HEADER_FIELDS = FRAME.fields.map((f) => ({ offset: f.offset, bytes: f.bytes as 2 | 4 | 8 }));
 
@@ -201,9 +207,17 @@ function checkHeader(h: Header, raw: Buffer, dataSizeBytes: number): Reason | nu
   if (binding.crc32c(raw.subarray(0, HEADER_CRC_AT)) !== h.headerCrc) return 'headerCrc';
   if (h.type === 0 || h.type > FRAME.typeMax) return 'type';
   if (PAYLOAD_TYPES.has(h.type) && h.length > FRAME.payloadBytesMax) return 'length';
-  if (h.type === T.READ_REQUEST && h.length > FRAME.payloadBytesMax) return 'length'; // the reply must fit one frame
+  // The reply must fit one frame.
+  if ((h.type === T.READ_REQUEST || h.type === T.OV_REQUEST) && h.length > FRAME.payloadBytesMax) return 'length';
   const ranged = RANGED_TYPES.has(h.type);
   const size = BigInt(dataSizeBytes);
+  if (
+    h.type === T.OV_REPLY &&
+    (h.length > DIGEST_REPLY_BYTES_MAX || h.length % DIGEST_BYTES !== 0 || h.offset % BigInt(BLOCK) !== 0n || h.offset > size ||
+      BigInt((h.length / DIGEST_BYTES) * BLOCK) > size - h.offset)
+  ) {
+    return 'length';
+  }
   if (ranged && (h.offset > size || BigInt(h.length) > size - h.offset)) return 'range';
   if (ranged && (h.offset % BigInt(BLOCK) !== 0n || h.length % BLOCK !== 0)) return 'misaligned';
   return null;
@@ -224,7 +238,9 @@ function modelTarget(stream: Buffer, dataSizeBytes: number, resyncAllowed: boole
     if (!ORDERED_TYPES.has(h.type)) return { applied, end: 'unexpectedType', nextSeq: expected };
     if (h.seq !== expected) return { applied, end: 'sequence', nextSeq: expected };
     expected++;
-    if (h.type === T.RS_DATA && !resyncAllowed) return { applied, end: 'resync', nextSeq: expected };
+    // A resync's zero frame (ZEROES with the resync flag) is resync data too.
+    const resyncData = h.type === T.RS_DATA || (h.type === T.ZEROES && (h.flags & FRAME.flags.RESYNC) !== 0);
+    if (resyncData && !resyncAllowed) return { applied, end: 'resync', nextSeq: expected };
     let payload: Buffer | null = null;
     if (PAYLOAD_TYPES.has(h.type)) {
       if (stream.length - at < h.length) return { applied, end: 'eof', nextSeq: expected };
@@ -256,6 +272,10 @@ function expectedAcks(applied: readonly Applied[]): string[] {
       acks.push(`${T.READ_REPLY}:${a.seq}`);
       continue;
     }
+    if (a.type === T.OV_REQUEST) {
+      acks.push(`${T.OV_REPLY}:${a.seq}`);
+      continue;
+    }
     if ((a.flags & FRAME.flags.WANT_RECV_ACK) !== 0) acks.push(`${T.ACK_RECV}:${a.seq}`);
     acks.push(`${T.ACK_WRITE}:${a.seq}`);
   }
@@ -281,7 +301,7 @@ function caseArb(dataBlocks: number): fc.Arbitrary<CaseInput> {
   const specArb: fc.Arbitrary<FrameSpec> = fc.record({
     type: fc.oneof(
       { weight: 6, arbitrary: fc.constant(T.WRITE) },
-      { weight: 1, arbitrary: fc.constantFrom(T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA, T.READ_REQUEST) },
+      { weight: 1, arbitrary: fc.constantFrom(T.DISCARD, T.ZEROES, T.BARRIER, T.RS_DATA, T.READ_REQUEST, T.OV_REQUEST) },
       { weight: 1, arbitrary: fc.oneof(fc.integer({ min: 0, max: FRAME.typeMax + 1 }), fc.integer({ min: 0, max: 0xffff })) },
     ),
     flags: fc.oneof({ weight: 4, arbitrary: fc.constantFrom(2, 3, 6, 7) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffff }) }),
@@ -521,8 +541,9 @@ class AckReader {
       this.buffered = Buffer.concat([this.buffered, chunk]);
       while (this.buffered.length >= HEADER_BYTES) {
         const h = decodeHeader(this.buffered.subarray(0, HEADER_BYTES));
-        // A READ_REPLY carries the data read (unless it says READ_ERROR).
-        const payloadBytes = h.type === T.READ_REPLY && (h.flags & FRAME.flags.READ_ERROR) === 0 ? h.length : 0;
+        // A READ_REPLY carries the data read (unless it says READ_ERROR), an OV_REPLY the digests.
+        const payloadBytes =
+          (h.type === T.READ_REPLY && (h.flags & FRAME.flags.READ_ERROR) === 0) || h.type === T.OV_REPLY ? h.length : 0;
         if (this.buffered.length < HEADER_BYTES + payloadBytes) break;
         this.acks.push(h);
         if (payloadBytes > 0) this.replies.push({ header: h, payload: Buffer.from(this.buffered.subarray(HEADER_BYTES, HEADER_BYTES + payloadBytes)) });

@@ -3,7 +3,7 @@ import { UsageError } from '../../src/errors';
 
 const allCommands = [
   'create-md', 'up', 'down', 'primary', 'secondary', 'switchover', 'connect', 'disconnect',
-  'adjust', 'status', 'events', 'resume-io', 'verify', 'invalidate', 'demo', 'help',
+  'adjust', 'status', 'events', 'resume-io', 'pause-sync', 'resume-sync', 'verify', 'resync', 'invalidate', 'demo', 'help',
 ];
 const resourceCommands = allCommands.filter((c) => c !== 'demo' && c !== 'help');
 
@@ -24,6 +24,22 @@ const fieldOf: Record<string, keyof ParsedArgs> = {
   '--watch': 'watch',
   '--discard-my-data': 'discardMyData',
 };
+
+describe('parseArgs: resync and verify', () => {
+  test('create-md --assume-clean sets assumeClean; other commands refuse it', () => {
+    expect(parseArgs(['create-md', 'r0', '--assume-clean']).assumeClean).toBe(true);
+    expect(parseArgs(['create-md', 'r0']).assumeClean).toBeUndefined();
+    expect(usageErrorOf(['up', 'r0', '--assume-clean']).message).toContain('nraid up does not take --assume-clean');
+  });
+
+  test('verify takes --start and --stop as given; resync takes neither', () => {
+    const parsed = parseArgs(['verify', 'r0', '--start', '4096', '--stop=1G']);
+    expect(parsed.command).toBe('verify');
+    expect(parsed.start).toBe('4096');
+    expect(parsed.stop).toBe('1G');
+    expect(usageErrorOf(['resync', 'r0', '--start', '0']).message).toContain('nraid resync does not take --start');
+  });
+});
 
 function usageErrorOf(argv: string[]): UsageError {
   try {
@@ -177,7 +193,7 @@ describe('parseArgs: flags per command', () => {
   test('an unknown option suggests the near one and lists them all', () => {
     const message = usageErrorOf(['primary', '--forse']).message;
     expect(message).toContain('unknown option "--forse"; did you mean "--force"?');
-    expect(message).toContain('-c/--config FILE, -n/--node NAME, --force, --foreground, --json, --watch, --discard-my-data, --file FILE, -h/--help');
+    expect(message).toContain('-c/--config FILE, -n/--node NAME, --force, --foreground, --json, --watch, --discard-my-data, --file FILE, --start OFFSET, --stop OFFSET, --assume-clean, -h/--help');
   });
 
   test('a long option written with one dash is unknown', () => {

@@ -96,7 +96,14 @@ describe('parseConfig: a valid file', () => {
       afterPromote: null,
       beforeDemoteTimeoutMs: limits.roleHookTimeoutMsDefault,
       afterPromoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+      outOfSync: null,
     });
+    expect(config.csums).toBe(false);
+    expect(config.csumsAfterCrashOnly).toBe(false);
+    expect(config.resyncPlanAheadMs).toBe(limits.resyncPlanAheadMsDefault);
+    expect(config.resyncFillTargetKib).toBe(limits.resyncFillTargetKibDefault);
+    expect(config.resyncMaxRateMib).toBe(limits.resyncMaxRateMibDefault);
+    expect(config.resyncMinRateMib).toBe(limits.resyncMinRateMibDefault);
   });
 
   test('every field of the result is defined (the schema covers the interface)', () => {
@@ -105,6 +112,8 @@ describe('parseConfig: a valid file', () => {
       'path', 'resource', 'protocol', 'secret', 'pingIntervalMs', 'pingTimeoutMs', 'connectRetryMs', 'maxLagBytes',
       'maxLagMs', 'frontendThreads', 'daemonRestartBoundMs', 'onNoPeer', 'afterSb0pri', 'metricsPort', 'hooks', 'nodes', 'onIoError',
       'tls', 'tlsCert', 'tlsKey', 'tlsCa',
+      'csums', 'csumsAfterCrashOnly',
+      'resyncPlanAheadMs', 'resyncFillTargetKib', 'resyncMaxRateMib', 'resyncMinRateMib',
     ];
     for (const field of fields) expect(config[field]).not.toBeUndefined();
     expect(Object.keys(config).sort()).toEqual([...fields].sort());
@@ -123,8 +132,11 @@ describe('parseConfig: a valid file', () => {
       'after-sb-0pri': 'discard-least-changes',
       'metrics-port': 9942,
       'on-io-error': 'pass-on',
+      csums: true,
+      'csums-after-crash-only': true,
       'hooks.split-brain': '/usr/lib/nraid/notify-split-brain',
       'hooks.fence-peer': '/usr/lib/nraid/fence',
+      'hooks.out-of-sync': '/usr/lib/nraid/out-of-sync',
       'nodes.alpha.run-dir': '/tmp/nraid-a',
     });
     expect(config.protocol).toBe('A');
@@ -138,6 +150,8 @@ describe('parseConfig: a valid file', () => {
     expect(config.afterSb0pri).toBe('discard-least-changes');
     expect(config.metricsPort).toBe(9942);
     expect(config.onIoError).toBe('pass-on');
+    expect(config.csums).toBe(true);
+    expect(config.csumsAfterCrashOnly).toBe(true);
     expect(config.hooks).toEqual({
       splitBrain: '/usr/lib/nraid/notify-split-brain',
       fencePeer: '/usr/lib/nraid/fence',
@@ -145,6 +159,7 @@ describe('parseConfig: a valid file', () => {
       afterPromote: null,
       beforeDemoteTimeoutMs: limits.roleHookTimeoutMsDefault,
       afterPromoteTimeoutMs: limits.roleHookTimeoutMsDefault,
+      outOfSync: '/usr/lib/nraid/out-of-sync',
     });
     expect(config.nodes[0].runDir).toBe('/tmp/nraid-a');
   });
@@ -306,14 +321,25 @@ describe('parseConfig: top-level values', () => {
     ['max-lag-ms', 'maxLagMs', limits.maxLagMsMin, limits.maxLagMsMax],
     ['frontend-threads', 'frontendThreads', limits.frontendThreadsMin, limits.frontendThreadsMax],
     ['metrics-port', 'metricsPort', limits.portMin, limits.portMax],
+    ['resync-plan-ahead-ms', 'resyncPlanAheadMs', limits.resyncPlanAheadMsMin, limits.resyncPlanAheadMsMax],
+    ['resync-fill-target-kib', 'resyncFillTargetKib', limits.resyncFillTargetKibMin, limits.resyncFillTargetKibMax],
+    ['resync-max-rate-mib', 'resyncMaxRateMib', limits.resyncRateMibMin, limits.resyncRateMibMax],
+    ['resync-min-rate-mib', 'resyncMinRateMib', limits.resyncRateMibMin, limits.resyncRateMibMax],
   ];
 
   /** Keeps ping-timeout-ms above ping-interval-ms whatever bound is tried. */
   function withTimingRoom(key: string, value: number): Record<string, unknown> {
     if (key === 'ping-interval-ms') return { [key]: value, 'ping-timeout-ms': limits.pingTimeoutMsMax };
     if (key === 'ping-timeout-ms') return { [key]: value, 'ping-interval-ms': limits.pingIntervalMsMin };
+    if (key === 'resync-min-rate-mib') return { [key]: value, 'resync-max-rate-mib': limits.resyncRateMibMax };
+    if (key === 'resync-max-rate-mib') return { [key]: value, 'resync-min-rate-mib': limits.resyncRateMibMin };
     return { [key]: value };
   }
+
+  test('resync-min-rate-mib above resync-max-rate-mib is refused, naming both', () => {
+    expect(messageOf({ 'resync-max-rate-mib': 100, 'resync-min-rate-mib': 101 })).toContain('must not exceed resync-max-rate-mib (100)');
+    expect(parse({ 'resync-max-rate-mib': 100, 'resync-min-rate-mib': 100 }).resyncMinRateMib).toBe(100);
+  });
 
   describe.each(integerKeys)('%s', (key, field, min, max) => {
     test('accepts both bounds', () => {
@@ -367,7 +393,7 @@ describe('parseConfig: top-level values', () => {
 
 describe('parseConfig: [hooks]', () => {
   test('must be a table', () => {
-    expect(messageOf({ hooks: '/bin/true' })).toContain('key "hooks" must be a table (split-brain, fence-peer, before-demote, after-promote, before-demote-timeout-ms, after-promote-timeout-ms); found "/bin/true"');
+    expect(messageOf({ hooks: '/bin/true' })).toContain('key "hooks" must be a table (split-brain, fence-peer, before-demote, after-promote, before-demote-timeout-ms, after-promote-timeout-ms, out-of-sync); found "/bin/true"');
   });
 
   test('role hooks and their timeouts (switchover hooks, issue 14)', () => {
@@ -382,7 +408,7 @@ describe('parseConfig: [hooks]', () => {
     expect(message).toContain('found 10: out of range');
   });
 
-  test.each(['split-brain', 'fence-peer', 'before-demote', 'after-promote'])('%s must be an absolute path', (key) => {
+  test.each(['split-brain', 'fence-peer', 'before-demote', 'after-promote', 'out-of-sync'])('%s must be an absolute path', (key) => {
     const message = messageOf({ [`hooks.${key}`]: 'bin/notify' });
     expect(message).toContain(`key "hooks.${key}" must be an absolute path`);
     expect(message).toContain('found "bin/notify": not absolute');

@@ -81,6 +81,7 @@ const typedSamples: ControlMessage[] = [
   { type: 'notice', body: { kind: 'promoteCommit', requestId: UINT64_MAX } },
   { type: 'notice', body: { kind: 'promoteAbort', requestId: 0n } },
   { type: 'notice', body: { kind: 'turnaround' } },
+  { type: 'notice', body: { kind: 'resyncPause', paused: true } },
 ];
 
 const samples: ControlMessage[] = [

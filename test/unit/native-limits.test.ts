@@ -24,6 +24,21 @@ describe('src/limits.ts mirrors native/limits.h', () => {
     });
   });
 
+  test('the resync controller bounds and defaults (config units here, bytes there)', () => {
+    expect(binding.limits).toMatchObject({
+      resyncPlanAheadMsMin: limits.resyncPlanAheadMsMin,
+      resyncPlanAheadMsMax: limits.resyncPlanAheadMsMax,
+      resyncPlanAheadMsDefault: limits.resyncPlanAheadMsDefault,
+      resyncFillTargetBytesMin: limits.resyncFillTargetKibMin * 1024,
+      resyncFillTargetBytesMax: limits.resyncFillTargetKibMax * 1024,
+      resyncFillTargetBytesDefault: limits.resyncFillTargetKibDefault * 1024,
+      resyncRateBytesMin: limits.resyncRateMibMin * 1024 * 1024,
+      resyncRateBytesMax: limits.resyncRateMibMax * 1024 * 1024,
+      resyncMaxRateBytesDefault: limits.resyncMaxRateMibDefault * 1024 * 1024,
+      resyncMinRateBytesDefault: limits.resyncMinRateMibDefault * 1024 * 1024,
+    });
+  });
+
   test('the boundary bounds are positive integers in a sane range', () => {
     expect(Number.isSafeInteger(binding.limits.metadataJobsMax) && binding.limits.metadataJobsMax >= 8).toBe(true);
     expect(Number.isSafeInteger(binding.limits.eventQueueMax) && binding.limits.eventQueueMax >= 16).toBe(true);

@@ -115,7 +115,7 @@ export const daemonHandoverWaitMs = 10_000;
 /** After the bound, how long the holder waits for the openers of the failed device to close it before it leaves it to autoclear. */
 export const holderReleaseWaitMs = 2000;
 /**
- * The resync rate controller (mirrors native/limits.h kResync*; config keys
+ * The resync rate controller (the same bounds as native/limits.h's kResync* constants; config keys
  * resync-plan-ahead-ms, resync-fill-target-kib, resync-max-rate-mib,
  * resync-min-rate-mib). The fill target is the whole resync window
  * (8 x 1 MiB, the fixed window measured at 0.9-1.0 x a dd copy in issue 12);

@@ -82,9 +82,12 @@ const responseArb: fc.Arbitrary<Response> = fc.oneof(
   }),
 ) as fc.Arbitrary<Response>;
 
+/** Notices with a body; every other kind is just its kind. */
+const NOTICES_WITH_BODY = new Set(['promoteCommit', 'promoteAbort', 'resyncPause']);
 const noticeArb: fc.Arbitrary<Notice> = fc.oneof(
-  fc.constantFrom(...CONTROL_NOTICE_KINDS.filter((k) => k !== 'promoteCommit' && k !== 'promoteAbort').map((kind) => ({ kind }))),
+  fc.constantFrom(...CONTROL_NOTICE_KINDS.filter((k) => !NOTICES_WITH_BODY.has(k)).map((kind) => ({ kind }))),
   fc.record({ kind: fc.constantFrom('promoteCommit' as const, 'promoteAbort' as const), requestId: u64 }),
+  fc.record({ kind: fc.constant('resyncPause' as const), paused: fc.boolean() }),
 ) as fc.Arbitrary<Notice>;
 
 const messageArb: fc.Arbitrary<ControlMessage> = fc.oneof(

@@ -18,7 +18,7 @@ export function stripComments(source: string): string {
 /**
  * Evaluates a constant expression of the headers: integer literals (hex,
  * suffixes u/l/ull), names defined before, + - * / % << >> | & and
- * parentheses. Throws on anything else.
+ * parentheses, static_cast to an integer type. Throws on anything else.
  */
 export function evaluateConstant(expression: string, known: ReadonlyMap<string, number>): number {
   const replaced = expression
@@ -26,6 +26,8 @@ export function evaluateConstant(expression: string, known: ReadonlyMap<string, 
     // C++14 digit separators: 2'000'000
     .replace(/(?<=[0-9a-fA-F])'(?=[0-9a-fA-F])/g, '')
     .replace(/\b(0[xX][0-9a-fA-F]+|[0-9]+)(?:[uU]?[lL]{0,2}|[lL]{1,2}[uU]?)\b/g, '$1')
+    // A widening cast (static_cast<uint64_t>(x)) keeps x's value: the BigInt evaluation below never wraps.
+    .replace(/\bstatic_cast<\s*(?:std::)?(?:u?int(?:8|16|32|64)_t|size_t)\s*>/g, '')
     .replace(/\b[A-Za-z_][A-Za-z0-9_]*\b/g, (name) => {
       if (/^0[xX]/.test(name)) return name;
       const value = known.get(name);

@@ -9,6 +9,8 @@
  * NRAID_ERR_PROMOTION_CONFLICT or NRAID_ERR_STATE; when both lose, `primary`
  * on one node alone succeeds. The winner is demoted between rounds.
  */
+import * as fs from 'fs';
+import * as path from 'path';
 import { makeResource, nraid, NodeName, NraidResult, NraidStatus, TestResource } from '../harness/cluster';
 import { describeIntegration } from '../harness/prereq';
 import { adminSocketOf, RoleWatch } from '../harness/role-watch';
@@ -86,6 +88,14 @@ describeIntegration('roles: simultaneous promotion', ['root', 'fuse', 'loop', 'n
           out.problems.push(`${n}'s primary failed with ${out.errors[n]} (expected one of ${LOSER_CODES.join(', ')}): ${res[n].stderr.trim() || res[n].stdout.trim()}`);
         }
         if (code !== 0 && st[n].role === 'Primary') out.problems.push(`${n}'s primary failed but ${n} is Primary`);
+      }
+      if (out.problems.length > 0) {
+        // What each daemon did in this round, for the report (its log's last role and session lines).
+        for (const n of ['alpha', 'beta'] as const) {
+          const log = fs.existsSync(path.join(r.nodes[n].runDir, 'daemon.log')) ? fs.readFileSync(path.join(r.nodes[n].runDir, 'daemon.log'), 'utf8') : '';
+          const lines = log.split('\n').filter((line) => /promot|session|peer|primary|vote|hold|disconnect|connected/i.test(line));
+          out.problems.push(`${n}'s log:\n      ${lines.slice(-25).map((line) => line.slice(0, 300)).join('\n      ')}`);
+        }
       }
       const primaries = (['alpha', 'beta'] as const).filter((n) => st[n].role === 'Primary');
       if (primaries.length === 1) out.winner = primaries[0];

@@ -69,6 +69,8 @@ describe('the frame layout parsed from native/frame.h', () => {
     expect(evaluateConstant('1u << 40', known)).toBe(2 ** 40);
     expect(evaluateConstant('0x3144524E', known)).toBe(0x3144524e);
     expect(evaluateConstant('kA + 1', known)).toBe(4097);
+    expect(evaluateConstant('static_cast<uint64_t>(kA) * 1048576', known)).toBe(4096 * 1048576);
+    expect(() => evaluateConstant('static_cast<float>(kA)', known)).toThrow('unknown name static_cast');
     expect(() => evaluateConstant('kB', known)).toThrow('unknown name kB');
     expect(() => evaluateConstant('1; 2', known)).toThrow('expected integers and operators');
   });

@@ -221,6 +221,13 @@ function reportSplitBrain(s: MachineState, fx: Effect[], reason: string): void {
 
 export function sessionDown(s: MachineState, fx: Effect[], reason: string, input: Input): Step {
   fx.push({ kind: 'log', level: 'warn', message: 'peer disconnected', fields: { reason } });
+  if (s.hold !== null && s.role === 'Secondary') {
+    // This node promised the peer not to promote itself, and neither promoteCommit nor
+    // promoteAbort came: the peer may be Primary now. A new Primary turns the session around by
+    // closing it, and that close can arrive before its turnaround notice: without this, a
+    // `primary` here a moment later (no peer, so no vote) made two Primaries.
+    s.peerLeftAsPrimary = true;
+  }
   if (s.peerLeftAsPrimary) {
     // The peer became Primary and turns the data link around by reconnecting: it is alive and
     // Primary, and a promotion here without the vote could make two Primaries. Bounded.

@@ -664,6 +664,28 @@ test('race: the peer turned the session around after its promotion: no promotion
   expect(crashed.last.tag).toBe('promote');
 });
 
+test('race: the session ends while this node holds its vote for the peer\'s promotion (no commit, no abort, no turnaround yet): no promotion here until reconnected (or --force)', () => {
+  // Found by roles-concurrent-promotion: the new Primary closes the session to turn it around, and
+  // that close arrived before its turnaround notice; this node's own `primary` then promoted without a vote.
+  const s = established('alpha', 'Secondary', { role: 'Secondary' });
+  const held = run(s, [{ type: 'peer-request', token: 7, request: { kind: 'promotePrepare', requestId: 5n, current: s.md.uuids.current } }]);
+  expect(held.state.hold).toBe(5n);
+  const down = run(held.state, [{ type: 'session-down', reason: 'data link lost: data link closed by the peer' }, { type: 'connection', state: 'Connecting' }]);
+  expect(kinds(down.effects)).toContain('arm-peer-grace');
+  const refused = run(down.state, [{ type: 'command', id: 1, command: { name: 'primary', force: false } }]);
+  expect(replies(refused.effects)[0].error).toBeInstanceOf(PromotionConflictError);
+  const forced = run(down.state, [{ type: 'command', id: 1, command: { name: 'primary', force: true } }]);
+  expect(forced.last.tag).toBe('promote');
+  // The vote withdrawn (promoteAbort) before the session ended: nothing is held, promotion is allowed.
+  const aborted = run(held.state, [
+    { type: 'peer-notice', notice: { kind: 'promoteAbort', requestId: 5n } },
+    { type: 'session-down', reason: 'ping timeout' },
+    { type: 'connection', state: 'Connecting' },
+    { type: 'command', id: 1, command: { name: 'primary', force: false } },
+  ]);
+  expect(aborted.last.tag).toBe('promote');
+});
+
 describe('on-io-error (a failing backing disk)', () => {
   const emitted = (effects: Effect[]) => effects.filter((e): e is Extract<Effect, { kind: 'emit' }> => e.kind === 'emit').map((e) => e.event);
 

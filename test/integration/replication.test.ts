@@ -2,8 +2,8 @@
  * Replication between two daemons on this machine (DESIGN.md §3, §4, §7, §10;
  * replication issue, acceptance list parts 1 and 4):
  *
- *  - for each protocol A, B and C: 128 MiB of random O_DIRECT writes through (256 MiB
- *    until the fault campaign's tests needed the suite's time)
+ *  - for each protocol A, B and C: 64 MiB of random O_DIRECT writes through (256 MiB
+ *    until the fault campaign's tests needed the suite's time, 128 MiB until the resync wave's)
  *    the Primary's device, flushes in between; afterwards both backing data
  *    areas hash the same and the Secondary's holds exactly what was written.
  *    Counters on the way: bytesSent/bytesAcked rise and end equal to the bytes
@@ -129,7 +129,7 @@ describeIntegration('replication between two daemons', ['root', 'fuse', 'loop', 
   test.each(['A', 'B', 'C'] as const)(
     'protocol %s: 128 MiB of random O_DIRECT writes with flushes arrive intact; bytesSent/bytesAcked rise and match',
     async (protocol) => {
-      const r = await makeResource({ nodes: 2, sizeBytes: 192 * MiB, protocol, extra: FAST });
+      const r = await makeResource({ nodes: 2, sizeBytes: 96 * MiB, protocol, extra: FAST });
       try {
         await bringUp(r);
         const a0 = await r.status('alpha');
@@ -146,7 +146,7 @@ describeIntegration('replication between two daemons', ['root', 'fuse', 'loop', 
         const writer = await RandomWriter.create({ device, sizeBytes: dataSizeBytes, concurrency: 4 });
         try {
           const samples: NraidStatus[] = [a0];
-          const w = await writeWithFlushes(writer, device, 128 * MiB, 32, async () => {
+          const w = await writeWithFlushes(writer, device, 64 * MiB, 32, async () => {
             samples.push(await r.status('alpha'));
           });
           const a1 = await quiesce(r);

@@ -20,6 +20,7 @@
  * same hooks and writer as test/integration/postgres-failover.test.ts.
  * Standalone: `node bench/postgres.js [--rounds N]` (root, PostgreSQL installed).
  */
+const fs = require('node:fs');
 const path = require('node:path');
 
 const DIST = path.resolve(__dirname, '..', 'dist', 'test', 'harness');
@@ -32,7 +33,7 @@ function median(values) {
 
 async function runPostgresBench({ rounds = 3, log = console.log } = {}) {
   const { freePorts, makeResource } = require(path.join(DIST, 'cluster'));
-  const { bringUpPair, connectedUpToDate, otherNode, processAlive, until } = require(path.join(DIST, 'helpers'));
+  const { bringUpPair, connectedUpToDate, otherNode, until } = require(path.join(DIST, 'helpers'));
   const pg = require(path.join(DIST, 'postgres'));
   const { cleanupAll } = require(path.join(DIST, 'cleanup'));
   const { postgresBinDir } = require(path.join(DIST, 'prereq'));
@@ -82,13 +83,19 @@ async function runPostgresBench({ rounds = 3, log = console.log } = {}) {
       const killed = pg.killPostgres(pg.postmasterPid(site, victim));
       process.kill(daemonPid, 'SIGKILL');
       await r.waitFor(survivor, (s) => s.connection !== 'Connected', 10_000);
+      // One machine for both nodes: the killed postmaster (its lock file's pid, its shared memory)
+      // must be gone before PostgreSQL starts on the survivor, as on another server it would be.
+      await until('killed processes gone (reaped: PostgreSQL takes a zombie postmaster for a live one)', () => [...killed, daemonPid].every((p) => !fs.existsSync(`/proc/${p}`)), 30_000);
       t0 = Date.now();
       const promote = await r.run(survivor, 'primary', ['--force'], { timeoutMs: 120_000 });
-      if (promote.code !== 0) throw new Error(`primary --force on ${survivor}: ${promote.stderr.trim()}`);
+      if (promote.code !== 0) {
+        const pgLog = path.join(site.dir, 'logs', `postgres-${survivor}.log`);
+        const tail = fs.existsSync(pgLog) ? fs.readFileSync(pgLog, 'utf8').slice(-1500) : '(no log)';
+        throw new Error(`primary --force on ${survivor}: ${promote.stderr.trim()}; PostgreSQL's log ends: ${tail}`);
+      }
       result.promoteCommandMs.push(Date.now() - t0);
       result.forcedFailoverMs.push((await writer.waitCommitAfterMove(killedAt, 60_000)).atMs - t0);
       result.rowsLost += (await pg.missingCommitted(writer, port)).missing.length;
-      await until('killed processes gone', () => [...killed, daemonPid].every((p) => !processAlive(p)), 30_000);
       await pg.unmountStale(site, victim);
       await r.runOk(victim, 'up');
       await Promise.all([r.waitFor(survivor, connectedUpToDate, 60_000), r.waitFor(victim, connectedUpToDate, 60_000)]);

@@ -13,6 +13,7 @@
  * 18-25 s; teardown 7 s), over the suite's 60 s budget for it. Where the suite has
  * the room, describeIntegration instead of describeOptIn puts it there.
  */
+import * as fs from 'fs';
 import { freePorts, makeResource, TestResource } from '../harness/cluster';
 import { bringUpPair, connectedUpToDate, sleep, until, withDaemonLogs } from '../harness/helpers';
 import { CommitWriter, initDatabase, killPostgres, makePgSite, missingCommitted, PgSite, postmasterPid, unmountStale } from '../harness/postgres';
@@ -75,9 +76,11 @@ describeOptIn('NRAID_TEST_POSTGRES_SHORT', 'it takes 80 s on a loaded machine', 
     const pgPid = postmasterPid(site, 'beta');
     expect({ postgresOnBeta: pgPid !== null }).toEqual({ postgresOnBeta: true });
     const killedAt = Date.now();
-    killPostgres(pgPid!);
+    const killed = killPostgres(pgPid!);
     process.kill(daemonPid, 'SIGKILL');
     await r.waitFor('alpha', (s) => s.connection !== 'Connected', 10_000);
+    // One machine for both nodes: the killed postmaster must be gone before PostgreSQL starts on alpha.
+    await until('killed processes gone (reaped: PostgreSQL takes a zombie postmaster for a live one)', () => [...killed, daemonPid].every((p) => !fs.existsSync(`/proc/${p}`)), 30_000);
     const promotedAt = Date.now();
     const promote = await withDaemonLogs(r, () => r.run('alpha', 'primary', ['--force'], { timeoutMs: 60_000 }));
     if (promote.code !== 0) throw new Error(`primary --force exited ${promote.code}: ${promote.stderr}`);

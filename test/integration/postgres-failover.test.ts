@@ -17,7 +17,7 @@
  */
 import * as fs from 'fs';
 import { freePorts, makeResource, NodeName, TestResource } from '../harness/cluster';
-import { bringUpPair, cliError, connectedUpToDate, otherNode, processAlive, sleep, until, withDaemonLogs } from '../harness/helpers';
+import { bringUpPair, cliError, connectedUpToDate, otherNode, sleep, until, withDaemonLogs } from '../harness/helpers';
 import { CommitWriter, initDatabase, killPostgres, makePgSite, missingCommitted, PgSite, postmasterPid, unmountStale } from '../harness/postgres';
 import { describeOptIn } from '../harness/prereq';
 
@@ -148,6 +148,9 @@ describeOptIn('NRAID_TEST_POSTGRES', 'it takes 3-6 minutes', 'PostgreSQL on nrai
       process.kill(daemonPid, 'SIGKILL');
       const loggedAtKill = writer.committed.length;
       await r.waitFor(survivor, (s) => s.connection !== 'Connected', 10_000);
+      // Both nodes share one machine here: the killed postmaster must be gone (its lock file's pid,
+      // its shared memory) before PostgreSQL starts on the survivor, as it would be on another server.
+      await until(`${ctx}: killed processes gone (reaped: PostgreSQL takes a zombie postmaster for a live one)`, () => [...killed, daemonPid].every((p) => !fs.existsSync(`/proc/${p}`)), 30_000);
       const t0 = Date.now();
       const promote = await withDaemonLogs(r, () => r.run(survivor, 'primary', ['--force'], { timeoutMs: 120_000 }));
       if (promote.code !== 0) throw new Error(`${ctx}: primary --force exited ${promote.code}: ${promote.stderr}`);
@@ -158,7 +161,6 @@ describeOptIn('NRAID_TEST_POSTGRES', 'it takes 3-6 minutes', 'PostgreSQL on nrai
       timings.push(`  ${ctx}: primary --force ${promoteMs} ms (with fsck, mount, PostgreSQL recovery), first commit ${first.atMs - t0} ms after it (target ${FAILOVER_TARGET_MS} ms), lost 0 of ${loggedAtKill}`);
 
       // The killed node: its dead mount goes, it comes back as the sync target.
-      await until(`${ctx}: killed processes gone`, () => [...killed, daemonPid].every((p) => !processAlive(p)), 30_000);
       await unmountStale(site, victim);
       await r.runOk(victim, 'up');
       const [s, v] = await Promise.all([r.waitFor(survivor, connectedUpToDate, 60_000), r.waitFor(victim, connectedUpToDate, 60_000)]);

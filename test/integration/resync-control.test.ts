@@ -14,6 +14,7 @@
  * it on 64 MiB disks at 4 MiB/s (every size a quarter); NRAID_TEST_RESYNC_FULL=1
  * (npm run test:resync) on 256 MiB disks at 16 MiB/s, two racing rounds.
  */
+import type { ResyncProgress } from '../../src/state';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -35,17 +36,7 @@ const SLOW_MIB = 16 * SCALE;
 const FAST_MIB = 4096;
 const LINK = { 'connect-retry-ms': 100, 'ping-interval-ms': 200, 'ping-timeout-ms': 2000, 'resync-max-rate-mib': SLOW_MIB, 'resync-min-rate-mib': SLOW_MIB };
 
-interface Progress {
-  percent: number;
-  bytesLeft: number;
-  bytesDone: number;
-  rateBytesPerSec: number;
-  etaSeconds: number | null;
-  direction: 'source' | 'target';
-  paused: boolean;
-  throttled: boolean;
-}
-const progress = (s: NraidStatus): Progress | null => (s.resync as Progress | null) ?? null;
+const progress = (s: NraidStatus): ResyncProgress | null => (s.resync as ResyncProgress | null) ?? null;
 const established = (s: NraidStatus): boolean =>
   s.connection === 'Connected' && s.replication === 'Established' && s.disk === 'UpToDate' && s.peerDisk === 'UpToDate' && s.outOfSyncBytes === 0;
 

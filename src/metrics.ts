@@ -2,7 +2,10 @@
  * Prometheus metrics (prom-client), off unless `metrics-port` is set: roles,
  * states, out-of-sync bytes, write counters and the data plane's write
  * latency histogram. Values are read from the status and the native counters
- * at scrape time, in one call each.
+ * at scrape time, in one call each. prom-client's default process metrics
+ * (process_resident_memory_bytes, nodejs_heap_size_used_bytes, open file
+ * descriptors, event-loop lag, ...) are served beside them: an operator
+ * watching a daemon's memory needs the V8 heap apart from the rest.
  */
 import http from 'node:http';
 import client from 'prom-client';
@@ -25,6 +28,7 @@ export class MetricsServer {
     private readonly refusedConnections: () => Record<string, number> | null = () => null,
   ) {
     const labels = ['resource', 'node'];
+    client.collectDefaultMetrics({ register: this.registry });
     const state = (name: string, help: string, field: 'disk' | 'connection' | 'replication', values: string[]) =>
       new client.Gauge({
         name,

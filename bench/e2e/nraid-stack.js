@@ -71,7 +71,7 @@ function tomlString(value) {
   return JSON.stringify(value);
 }
 
-function configText({ resource, protocol, secret, nodes, tls = true }) {
+function configText({ resource, protocol, secret, nodes, tls = true, restartBoundMs = 0 }) {
   const lines = [
     '# written by bench/e2e/nraid-stack.js for one benchmark row',
     `resource = ${tomlString(resource)}`,
@@ -79,6 +79,7 @@ function configText({ resource, protocol, secret, nodes, tls = true }) {
     `secret = ${tomlString(secret)}`,
     `tls = ${tls ? 'true' : 'false'}`,
   ];
+  if (restartBoundMs > 0) lines.push(`daemon-restart-bound-ms = ${restartBoundMs}`);
   for (const node of nodes) {
     lines.push(
       '',
@@ -225,12 +226,15 @@ function startAttack(ctx, port, resource, notes) {
  *   nodes: the nodes that get a disk and a daemon; the first one becomes primary.
  *   compareTo: the row whose values this one's targets are ratios of (report.js).
  */
-function nraidStack({ id, title, nodes, protocol = 'C', tls = true, attack = false, compareTo = null }) {
+/** A holder's bound in the held rows (issue 13): the default config has no holder. */
+const HELD_RESTART_BOUND_MS = 5000;
+
+function nraidStack({ id, title, nodes, protocol = 'C', tls = true, attack = false, held = false, compareTo = null }) {
   return {
     id,
     title,
     compareTo,
-    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}, ${tls ? 'TLS 1.3 (PSK)' : 'no TLS'}` : ''}, disks = loop dio over sparse files${attack ? '; 1,000 hostile connections to beta\'s port per fio job (bench/e2e/link-attack.js)' : ''}`,
+    description: `nraid via bin/nraid: ${nodes.join(' + ')}${nodes.length > 1 ? `, protocol ${protocol}, ${tls ? 'TLS 1.3 (PSK)' : 'no TLS'}` : ''}, disks = loop dio over sparse files${held ? `; a holder keeps the FUSE connection (daemon-restart-bound-ms = ${HELD_RESTART_BOUND_MS})` : ''}${attack ? '; 1,000 hostile connections to beta\'s port per fio job (bench/e2e/link-attack.js)' : ''}`,
     async setup(ctx) {
       const cli = nraidCli(ctx);
       if (!fs.existsSync(cli.bin)) throw new Error(`${cli.bin} does not exist (is the CLI written and built?)`);
@@ -258,7 +262,7 @@ function nraidStack({ id, title, nodes, protocol = 'C', tls = true, attack = fal
         });
       }
       const configPath = path.join(ctx.dir, `${resource}.toml`);
-      fs.writeFileSync(configPath, configText({ resource, protocol, secret: crypto.randomBytes(16).toString('hex'), nodes: configNodes, tls }), { mode: 0o600 });
+      fs.writeFileSync(configPath, configText({ resource, protocol, secret: crypto.randomBytes(16).toString('hex'), nodes: configNodes, tls, restartBoundMs: held ? HELD_RESTART_BOUND_MS : 0 }), { mode: 0o600 });
       log(`config ${configPath}: resource ${resource}, ${configNodes.map((n) => `${n.name} ${n.address} disk ${n.disk}`).join('; ')}`);
 
       // Registered first, so it runs after every `down` below.
@@ -289,7 +293,7 @@ function nraidStack({ id, title, nodes, protocol = 'C', tls = true, attack = fal
           warn(`nraid status failed (row continues): ${error.message}`);
         }
       }
-      const notes = { resource, protocol, tls, nodes, configPath, status: state };
+      const notes = { resource, protocol, tls, held, nodes, configPath, status: state };
       if (attack) {
         const beta = configNodes.find((n) => n.name === 'beta');
         startAttack(ctx, Number(beta.address.split(':').pop()), resource, notes);

@@ -156,6 +156,10 @@ const STACKS = [
   // TLS is on in these rows (the default); nraid-C-notls is its baseline (issue 11 targets:
   // nraid-C / nraid-C-notls >= 0.85 for 4k QD32 IOPS and 1M MB/s, p50 QD1 <= 1.15).
   nraidStack({ id: 'nraid-C', title: 'nraid 2 nodes prot C', nodes: ['alpha', 'beta'], protocol: 'C', compareTo: 'nraid-C-notls' }),
+  // Issue 13: a holder adds nothing to the write path (it is idle per request): these rows against the same
+  // stacks without one, in the same run.
+  nraidStack({ id: 'nraid-held', title: 'nraid 1 node, holder', nodes: ['alpha'], held: true, compareTo: 'nraid' }),
+  nraidStack({ id: 'nraid-C-held', title: 'nraid 2 nodes prot C, holder', nodes: ['alpha', 'beta'], protocol: 'C', held: true, compareTo: 'nraid-C' }),
   nraidStack({ id: 'nraid-C-notls', title: 'nraid 2 nodes prot C, no TLS', nodes: ['alpha', 'beta'], protocol: 'C', tls: false }),
   // Issue 11: replication while 1,000 hostile connections per fio job hit beta's port
   // (target: within 10 % of nraid-C, i.e. ratios >= 0.9, latency <= 1.1).
@@ -164,7 +168,7 @@ const STACKS = [
 
 /** The row every ratio is taken against. */
 const BASELINE_ROW = 'raw';
-const DEFAULT_ROWS = ['raw', 'nbd', 'floor', 'nraid', 'nraid-A', 'nraid-B', 'nraid-C', 'nraid-C-notls', 'nraid-C-attacked'];
+const DEFAULT_ROWS = ['raw', 'nbd', 'floor', 'nraid', 'nraid-held', 'nraid-A', 'nraid-B', 'nraid-C', 'nraid-C-held', 'nraid-C-notls', 'nraid-C-attacked'];
 
 function stackById(id) {
   return STACKS.find((s) => s.id === id) || null;

@@ -10,7 +10,9 @@
  * again ends with EIO to the application after the bound, the device
  * released, nothing hung.
  *
- * NRAID_TEST_RESTARTS (default 3) sets the kills per run; 20 for the full count.
+ * NRAID_TEST_RESTARTS (default 3) sets the kills per run (of the Primary under
+ * fio, of the Primary under ext4, of the Secondary); 20 for the issue's count.
+ * `nraid restart` runs 10 times under fio (the issue's upgrade test).
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
@@ -24,6 +26,8 @@ import { describeIntegration, describeOptIn } from '../harness/prereq';
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
 const RESTARTS = Number(process.env.NRAID_TEST_RESTARTS ?? 3);
+/** `nraid restart` under fio: the issue's "upgrade under load" count. */
+const UPGRADES = 10;
 /** Generous: on the shared 2-core machine at a load of 30-40, starting node and the daemon took 5-9 s (10 s ran out once). */
 const BOUND_MS = 30_000;
 const KERNEL_RESEND = [6, 9];
@@ -123,6 +127,7 @@ async function underFio(r: TestResource, tag: string, events: () => Promise<numb
 /** Files written and fsynced on ext4 over the device; a name goes in `acked` only after its fsync returned. */
 class FsyncWriter {
   readonly acked = new Map<string, number>();
+  fsyncs = 0;
   failure: Error | null = null;
   private stopped = false;
   private loop: Promise<void> = Promise.resolve();
@@ -140,6 +145,7 @@ class FsyncWriter {
           await handle.sync();
           await handle.close();
           this.acked.set(name, i & 0xff);
+          this.fsyncs++;
         } catch (error) {
           this.failure = error as Error;
           return;
@@ -201,7 +207,7 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
     await r?.cleanup();
   });
 
-  test(`Primary killed -9 ${RESTARTS} times, nraid restart twice, the Secondary killed once, under fio --verify=crc32c; then ext4 across a kill: no error, disks identical`, async () => {
+  test(`Primary killed -9 ${RESTARTS} times, nraid restart ${UPGRADES} times, the Secondary killed ${RESTARTS} times (its resync covers only the pause), under fio --verify=crc32c; then ext4 across ${RESTARTS} kills: no error, disks identical`, async () => {
     if (process.env.CI === 'true' && !kernelAtLeast(KERNEL_RESEND)) throw new Error('this kernel lacks FUSE_NOTIFY_RESEND (Linux >= 6.9): the restarted daemon cannot take the device back');
     r = await makeResource({ nodes: 2, sizeBytes: SIZE, protocol: 'C', extra: { 'daemon-restart-bound-ms': BOUND_MS, 'connect-retry-ms': 100 } });
     await withDaemonLogs(r, async () => {
@@ -219,11 +225,30 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
       const kills = restartLines(r, 'alpha');
       expect(kills.map((line) => line.cause)).toEqual(Array(RESTARTS).fill('killed by SIGKILL'));
       expect(kills.filter((line) => 'wake' in line.phasesMs).length).toBeGreaterThan(0);
-      await underFio(r, 'nraid restart', async () => [await restartAndWait(r), await restartAndWait(r)]);
+      await underFio(r, 'nraid restart', async () => {
+        const pauses: number[] = [];
+        for (let i = 0; i < UPGRADES; i++) pauses.push(await restartAndWait(r));
+        return pauses;
+      });
+      // The Secondary killed: the Primary's writes go on (they pause at most for the link's loss), the link
+      // comes back, and the resync after it covers only what the Primary wrote meanwhile: no more bytes than
+      // the Primary wrote from the kill until it was Connected again, plus fio's queue (8 x 4 KiB) in flight
+      // at the kill, counted before it.
       await underFio(r, 'kill -9 Secondary', async () => {
-        const pause = await killAndWait(r, 'beta');
-        await r.waitFor('alpha', (s) => s.connection === 'Connected', 30_000);
-        return [pause];
+        const pauses: number[] = [];
+        for (let i = 0; i < RESTARTS; i++) {
+          const a0 = await statusOf(r, 'alpha');
+          const pause = await killAndWait(r, 'beta');
+          const a1 = await r.waitFor('alpha', (s) => s.connection === 'Connected', 30_000);
+          const a2 = await r.waitFor('alpha', (s) => s.replication === 'Established' && s.peerDisk === 'UpToDate', 30_000);
+          const resyncBytes = (a2.resyncSentBytesTotal as number) - (a0.resyncSentBytesTotal as number);
+          const writtenBytes = (a1.writeBytes as number) - (a0.writeBytes as number) + 8 * 4096;
+          console.log(`kill -9 Secondary: resync ${resyncBytes} bytes, the Primary wrote at most ${writtenBytes} bytes from the kill until Connected (with fio's queue)`);
+          expect({ resyncBytes, withinPause: resyncBytes <= writtenBytes }).toEqual({ resyncBytes, withinPause: true });
+          pauses.push(pause);
+          await sleep(500);
+        }
+        return pauses;
       });
 
       // ext4 with files written and fsynced across a kill -9 of the Primary's daemon.
@@ -235,10 +260,13 @@ describeOptIn('NRAID_TEST_DAEMON_RESTART', 'about 5 min on a loaded 2-core machi
       try {
         writer.start();
         await sleep(1000);
-        const pause = await killAndWait(r, 'alpha');
-        await sleep(1000);
+        const pauses: number[] = [];
+        for (let i = 0; i < RESTARTS && writer.failure === null; i++) {
+          pauses.push(await killAndWait(r, 'alpha'));
+          await sleep(1000);
+        }
         await writer.stop();
-        console.log(`ext4: pause ${pause} ms, ${writer.acked.size} files fsynced`);
+        console.log(`ext4: pauses ${pauses.join(', ')} ms, ${writer.fsyncs} fsyncs of ${writer.acked.size} files`);
         expect(writer.failure).toBeNull();
         writer.check();
       } finally {

@@ -22,7 +22,11 @@
  *                 of sync / the device size (target: the hot extents, not
  *                 the whole device)
  *
- *   node bench/resync.js [--size 4G] [--data 256M] [--dirty 1G] [--rss-size 1T] [--rejoin-size 4G] [--fio-seconds 10] [--skip rss-1t,rejoin]
+ *   node bench/resync.js [--size 4G] [--data 256M] [--dirty 1G] [--rss-size 1T] [--rejoin-size 4G] [--fio-seconds 10] [--skip rss-1t,rejoin] [--tls off]
+ *
+ * `--tls off` runs every row with `tls = false` (the default config has TLS on,
+ * and the targets mean it): on one 2-core machine both nodes' encryption and
+ * decryption share the cores with both disks' I/O, which a dd copy does not pay.
  *
  * Everything is made under one temp dir and undone at the end (nraid down,
  * files removed), also on failure and Ctrl-C.
@@ -90,6 +94,8 @@ function fillData(file, bytes) {
 }
 
 /** Two nodes over sparse files of `sizeBytes`, alpha's holding `dataBytes` of data; returns once alpha is Primary (the sync starts). */
+let tlsOn = true;
+
 async function pair(dir, tag, sizeBytes, dataBytes) {
   const resource = `rb${process.pid}${tag}`;
   const ports = await freePorts(2);
@@ -103,7 +109,7 @@ async function pair(dir, tag, sizeBytes, dataBytes) {
   });
   fillData(nodes[0].disk, dataBytes);
   const configPath = path.join(dir, `${resource}.toml`);
-  fs.writeFileSync(configPath, configText({ resource, protocol: 'C', secret: crypto.randomBytes(16).toString('hex'), nodes }), { mode: 0o600 });
+  fs.writeFileSync(configPath, configText({ resource, protocol: 'C', secret: crypto.randomBytes(16).toString('hex'), nodes, tls: tlsOn }), { mode: 0o600 });
   runDirs.set(configPath, Object.fromEntries(nodes.map((n) => [n.name, n.runDir])));
   cleanup.defer(`sweep ${resource}`, () => sweepSync({ dir, configPath, devices: nodes.map((n) => n.device) }));
   for (const n of nodes) await nraid(['create-md', '--force', '-c', configPath, '-n', n.name]);
@@ -153,13 +159,14 @@ async function established(configPath) {
 }
 
 /** The rows; `log` gets progress lines. */
-async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, rejoinSizeBytes, fioSeconds, skip = [], log: say = log }) {
+async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, rejoinSizeBytes, fioSeconds, skip = [], tls = true, log: say = log }) {
+  tlsOn = tls;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nraid-bench-resync-'));
   cleanup.defer(`remove ${dir}`, () => fs.rmSync(dir, { recursive: true, force: true }));
   const rows = [];
   const row = (r) => {
-    rows.push(r);
-    say(`${r.row}: ${r.value} vs ${r.baseline} ${r.baselineValue}: ${r.ratio.toFixed(3)} (target ${r.target})${r.note ? `; ${r.note}` : ''}`);
+    rows.push({ ...r, tls: tlsOn });
+    say(`${r.row}${tlsOn ? '' : ' (tls off)'}: ${r.value} vs ${r.baseline} ${r.baselineValue}: ${r.ratio.toFixed(3)} (target ${r.target})${r.note ? `; ${r.note}` : ''}`);
   };
   const step = async (name, fn) => {
     if (skip.includes(name)) return;
@@ -296,6 +303,7 @@ async function main() {
     fioSeconds: Number(option('--fio-seconds', '10')),
     // Steps to leave out: full-sync (also verify; sparse-sync then has no baseline), sparse-sync (also p99-resync), rss-1t, rejoin.
     skip: option('--skip', '').split(',').filter(Boolean),
+    tls: option('--tls', 'on') !== 'off',
   };
   const rows = await runResyncBench(options);
   const out = path.join(__dirname, 'results', `resync-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);

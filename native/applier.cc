@@ -32,6 +32,7 @@ Applier::Applier(LocalDisk* disk, uint64_t data_size_bytes, LinkCounters* counte
     free_buffers_.push_back(i);
   }
   active_.resize(kActiveMax);
+  reply_digests_.reset(new uint64_t[uint64_t{kApplyBuffers} * (kDigestReplyBytesMax / kDigestBytes)]);
   void* buffer = nullptr;
   if (posix_memalign(&buffer, kBlockBytes, kRequestBytesMax) != 0) abort();
   read_buffer_ = static_cast<uint8_t*>(buffer);
@@ -50,10 +51,10 @@ void Applier::start(int fd, bool send_hello_first, const TlsOptions& tls) {
   send_hello_first_ = send_hello_first;
   tls_ = tls;
   prepare_socket(fd_);
-  int rc = writes_.open(kActiveMax + 1);
+  int rc = io_.open(kActiveMax + 1);
   wake_fd_ = rc == 0 ? eventfd(0, EFD_CLOEXEC) : -1;
   if (rc == 0 && wake_fd_ < 0) rc = -errno;
-  if (rc == 0) rc = writes_.submit_poll(wake_fd_, kWakeTag);
+  if (rc == 0) rc = io_.submit_poll(wake_fd_, kWakeTag);
   if (rc != 0) {
     // The receiver is not started either: the link fails before any frame is read.
     fail(std::string("cannot set up asynchronous writes to the target's disk: ") + strerror(-rc) +
@@ -80,7 +81,7 @@ void Applier::stop(const std::string& reason) {
     if (::write(wake_fd_, &one, sizeof(one)) != sizeof(one)) abort();  // an eventfd write cannot fail here
     reaper_.join();
   }
-  writes_.close();  // waits for any write still in flight: only then may its buffer go
+  io_.close();  // waits for any write still in flight: only then may its buffer go
   if (wake_fd_ >= 0) {
     ::close(wake_fd_);
     wake_fd_ = -1;
@@ -114,6 +115,20 @@ FrameHeader make_ack(uint16_t type, const FrameHeader& about) {
   ack.request_id = about.request_id;
   frame_seal(&ack, nullptr);
   return ack;
+}
+
+// OV_REPLY to `request`: one digest per block, `digests` (request.length / kBlockBytes of them).
+FrameHeader make_digest_reply(const FrameHeader& request, const uint64_t* digests) {
+  FrameHeader reply{};
+  reply.type = kFrameOvReply;
+  reply.flags = request.flags & kFlagResync;
+  reply.seq = request.seq;
+  reply.epoch = request.epoch;
+  reply.offset = request.offset;
+  reply.request_id = request.request_id;
+  reply.length = request.length / kBlockBytes * kDigestBytes;
+  frame_seal(&reply, digests);
+  return reply;
 }
 
 }  // namespace
@@ -306,18 +321,18 @@ void Applier::receive_loop() {
     // has arrived, which saves the reaper's wake-up at low queue depth.
     bool apply_here = buffer == kNoBuffer ||
                       (header.length <= kInlineApplyBytesMax && active_count_ == 1 && reader.buffered() == 0);
-    if (!apply_here) writes_in_flight_++;
+    if (!apply_here) io_in_flight_++;
     lock.unlock();
     if (apply_here) {
       flush_recv_acks();  // on a failure apply_inline applies nothing
       apply_inline(active);
       continue;
     }
-    rc = writes_.submit_write(disk_, buffers_[buffer], header.length, header.offset, active);
+    rc = io_.submit_write(disk_, buffers_[buffer], header.length, header.offset, active);
     if (rc != 0) {
       disk_failed("write to the target\'s disk failed: ", rc);
       std::lock_guard<std::mutex> relock(mutex_);
-      writes_in_flight_--;
+      io_in_flight_--;
       release_locked(active);
       return;
     }
@@ -332,31 +347,41 @@ void Applier::disk_failed(const char* what, int rc) {
 
 bool Applier::serve_digests(const FrameHeader& request) {
   counters_->frames_received.fetch_add(1, std::memory_order_relaxed);
+  if (request.length == 0) return send_digest_reply(request, nullptr);
+  // Read as a write is applied: asynchronously, into a payload buffer, as an entry of the active
+  // set. Every earlier write to these blocks is on the disk first, and every later one waits for
+  // this read, so both sides digest the same point of the write stream. The reaper digests and replies.
+  uint32_t buffer;
+  uint32_t active = 0;
   {
-    // As for a read: every earlier write to these blocks is on the disk first,
-    // so both sides digest the same point of the write stream.
     std::unique_lock<std::mutex> lock(mutex_);
-    done_cv_.wait(lock, [&] { return failed() || !overlaps_active_locked(request.offset, request.length); });
+    done_cv_.wait(lock, [&] {
+      return failed() || (!free_buffers_.empty() && active_count_ < kActiveMax &&
+                          !overlaps_active_locked(request.offset, request.length));
+    });
+    if (failed()) return false;
+    buffer = free_buffers_.back();
+    free_buffers_.pop_back();
+    while (active_[active].in_use) active++;
+    active_[active] = Active{true, request, buffer};
+    active_count_++;
+    io_in_flight_++;
   }
-  if (failed()) return false;
-  int rc = request.length == 0 ? 0 : disk_->read(read_buffer_, request.length, request.offset);
+  int rc = io_.submit_read(disk_, buffers_[buffer], request.length, request.offset, active);
   if (rc != 0) {
     disk_failed("read of the target's disk for digests failed: ", rc);
+    std::lock_guard<std::mutex> lock(mutex_);
+    io_in_flight_--;
+    release_locked(active);
     return false;
   }
-  FrameHeader reply{};
-  reply.type = kFrameOvReply;
-  reply.flags = request.flags & kFlagResync;
-  reply.seq = request.seq;
-  reply.epoch = request.epoch;
-  reply.offset = request.offset;
-  reply.request_id = request.request_id;
-  reply.length = request.length / kBlockBytes * kDigestBytes;
-  block_digests(read_buffer_, request.length, kBlockBytes, digests_);
-  frame_seal(&reply, digests_);
-  counters_->digest_bytes_read.fetch_add(request.length, std::memory_order_relaxed);
+  return true;
+}
+
+bool Applier::send_digest_reply(const FrameHeader& request, const uint64_t* digests) {
+  FrameHeader reply = make_digest_reply(request, digests);
   std::lock_guard<std::mutex> lock(send_mutex_);
-  if (write_frame(*stream_, reply, digests_) != 0) {
+  if (write_frame(*stream_, reply, digests) != 0) {
     fail("data link send: digest reply");
     return false;
   }
@@ -421,20 +446,22 @@ void Applier::apply_inline(uint32_t active) {
   release_locked(active);
 }
 
-// Takes completions in batches; their write acks leave in one write, then
-// their entries and buffers are released.
+// Takes completions in batches; their write acks and digest replies leave in
+// one write, then their entries and buffers are released.
 void Applier::reap_loop() {
   constexpr uint32_t kBatch = kReapMax;
-  AsyncWrites::Completion done[kBatch];
+  AsyncIo::Completion done[kBatch];
   Active taken[kBatch];
   FrameHeader acks[kBatch];
+  FrameHeader replies[kBatch];
+  iovec iov[1 + 2 * kBatch];
   bool stop_asked = false;
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (stop_asked && writes_in_flight_ == 0) return;
+      if (stop_asked && io_in_flight_ == 0) return;
     }
-    int count = writes_.reap(done, kBatch);
+    int count = io_.reap(done, kBatch);
     if (count < 0) {
       fail(std::string("waiting for writes to the target's disk: ") + strerror(-count));
       return;  // stop() closes the AIO context, which waits for what is still in flight
@@ -447,43 +474,64 @@ void Applier::reap_loop() {
       }
     }
     uint32_t acks_count = 0;
+    uint32_t iov_count = 1;  // iov[0]: the acks
     int error = 0;  // the first failed write of the batch; the others' acks still go out first
+    bool read_error = false;  // whether that was a digest read
     for (int i = 0; i < count; i++) {
       if (done[i].tag == kWakeTag) {
         stop_asked = true;
         continue;
       }
       const FrameHeader& h = taken[i].header;
+      const bool digests = h.type == kFrameOvRequest;
+      uint8_t* data = buffers_[taken[i].buffer];
       const int64_t result = done[i].result;
       int rc = result < 0 ? static_cast<int>(result) : 0;
       if (result >= 0 && static_cast<uint64_t>(result) < h.length) {
-        // A short write (not seen on block devices): the rest, here and now, if it is aligned as O_DIRECT needs.
-        const auto written = static_cast<uint64_t>(result);
-        rc = written % disk_->logical_block_bytes() != 0
-                 ? -EIO
-                 : disk_->write(buffers_[taken[i].buffer] + written, h.length - written, h.offset + written);
+        // A short read or write (not seen on block devices): the rest, here and now, if it is aligned as O_DIRECT needs.
+        const auto moved = static_cast<uint64_t>(result);
+        rc = moved % disk_->logical_block_bytes() != 0 ? -EIO
+             : digests ? disk_->read(data + moved, h.length - moved, h.offset + moved)
+                       : disk_->write(data + moved, h.length - moved, h.offset + moved);
       }
       if (rc != 0) {
-        if (error == 0) error = rc;
+        if (error == 0) {
+          error = rc;
+          read_error = digests;
+        }
+      } else if (digests) {
+        uint64_t* out = &reply_digests_[uint64_t{taken[i].buffer} * (kDigestReplyBytesMax / kDigestBytes)];
+        block_digests(data, h.length, kBlockBytes, out);
+        counters_->digest_bytes_read.fetch_add(h.length, std::memory_order_relaxed);
+        FrameHeader& reply = replies[iov_count / 2];
+        reply = make_digest_reply(h, out);
+        iov[iov_count++] = {&reply, sizeof(reply)};
+        iov[iov_count++] = {out, reply.length};
       } else {
         counters_->bytes_applied.fetch_add(h.length, std::memory_order_relaxed);
         acks[acks_count++] = make_ack(kFrameAckWrite, h);
       }
     }
-    if (acks_count > 0 && !failed()) {
-      iovec iov{acks, acks_count * sizeof(FrameHeader)};
-      int rc;
-      {
-        std::lock_guard<std::mutex> lock(send_mutex_);
-        rc = stream_->writev(&iov, 1);
+    iov[0] = {acks, acks_count * sizeof(FrameHeader)};
+    if (iov_count > 1 || acks_count > 0) {
+      if (!failed()) {
+        int rc;
+        {
+          std::lock_guard<std::mutex> lock(send_mutex_);
+          rc = acks_count > 0 ? stream_->writev(iov, static_cast<int>(iov_count))
+                              : stream_->writev(iov + 1, static_cast<int>(iov_count - 1));
+        }
+        if (rc != 0) fail("data link send: write ack");
       }
-      if (rc != 0) fail("data link send: write ack");
     }
-    if (error != 0) disk_failed("write to the target\'s disk failed: ", error);
+    if (error != 0) {
+      disk_failed(read_error ? "read of the target's disk for digests failed: " : "write to the target\'s disk failed: ",
+                  error);
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     for (int i = 0; i < count; i++) {
       if (done[i].tag == kWakeTag) continue;
-      writes_in_flight_--;
+      io_in_flight_--;
       release_locked(static_cast<uint32_t>(done[i].tag));
     }
   }

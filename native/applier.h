@@ -66,8 +66,10 @@ class Applier {
   bool overlaps_active_locked(uint64_t offset, uint64_t length) const;
   // A Diskless Primary's READ_REQUEST: after the overlapping writes before it, read here and reply.
   bool serve_read(const FrameHeader& request);
-  // OV_REQUEST: after the overlapping writes before it, read here and reply with one digest per block.
+  // OV_REQUEST: after the overlapping writes before it, read here (asynchronously; the reaper
+  // replies with one digest per block).
   bool serve_digests(const FrameHeader& request);
+  bool send_digest_reply(const FrameHeader& request, const uint64_t* digests);
 
   LocalDisk* disk_;
   const uint64_t data_size_bytes_;
@@ -85,12 +87,13 @@ class Applier {
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
   std::vector<uint8_t*> buffers_;
   uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY and OV_REPLY
-  uint64_t digests_[kDigestReplyBytesMax / kDigestBytes];  // the receiver's, for OV_REPLY
+  // The reaper's digests for OV_REPLY, one reply's worth per payload buffer (the one read).
+  std::unique_ptr<uint64_t[]> reply_digests_;
   std::vector<uint32_t> free_buffers_;
   std::vector<Active> active_;
   uint32_t active_count_ = 0;
-  uint32_t writes_in_flight_ = 0;  // submitted and not reaped
-  AsyncWrites writes_;
+  uint32_t io_in_flight_ = 0;  // submitted and not reaped (writes, and reads for digests)
+  AsyncIo io_;
   int wake_fd_ = -1;  // an eventfd: stop() wakes the reaper through it
   std::atomic<bool> resync_allowed_{false};
   std::atomic<bool> failed_{false};

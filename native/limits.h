@@ -92,6 +92,13 @@ constexpr uint32_t kFramesPerWrite = 64;
 // Resync: chunks read from disk and in flight to the peer (a bit each in a 32-bit mask).
 constexpr uint32_t kResyncChunkBytes = kRequestBytesMax;
 constexpr uint32_t kResyncWindowChunks = 8;
+// Resync and verify reads issued ahead of the one being sent (native AIO, each
+// into its own resync buffer, its region locked until its frame is queued),
+// so the disk reads while the link sends; while applications do I/O, none.
+constexpr uint32_t kResyncReadsAheadMax = 4;
+// A read ahead starts at most this far past the oldest one not yet queued: the
+// region locks held meanwhile stay near each other (sparse bitmaps read one at a time).
+constexpr uint64_t kResyncReadAheadSpanBytes = 16 * kMiB;
 // Protocol A's defaults for how far the peer may fall behind (src/limits.ts maxLagBytesDefault, maxLagMsDefault).
 constexpr uint64_t kMaxLagBytesDefault = 64 * kMiB;
 constexpr uint64_t kMaxLagUsDefault = 2'000'000;
@@ -143,6 +150,8 @@ static_assert(kTlsRecordCipherBytesMax + 5 <= kSocketReadBufferBytes / 2, "a who
 static_assert(kTlsCipherChunkBytes <= kSocketReadBufferBytes, "one chunk's records fit in one socket read buffer");
 static_assert(kResyncChunkBytes % kBitmapGranularityBytesMax == 0, "a resync chunk is whole bitmap bits");
 static_assert(kResyncWindowChunks >= 1 && kResyncWindowChunks <= 32, "the free mask of resync buffers is 32 bits");
+static_assert(kResyncReadsAheadMax >= 1 && kResyncReadsAheadMax <= kResyncWindowChunks, "each read ahead holds a resync buffer");
+static_assert(kResyncReadAheadSpanBytes >= kResyncReadsAheadMax * kResyncChunkBytes, "contiguous reads ahead fit in the span");
 static_assert(kMaxLagBytesDefault >= kRequestBytesMax, "protocol A can hold at least one request in flight");
 static_assert(kResyncPlanAheadMsMin * 1000 >= kResyncTickUs, "the plan covers at least one tick");
 static_assert(kResyncFillTargetBytesMin <= kResyncFillTargetBytesDefault && kResyncFillTargetBytesDefault <= kResyncFillTargetBytesMax);

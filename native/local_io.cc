@@ -157,12 +157,12 @@ uint64_t LocalDisk::next_data(uint64_t offset_bytes, uint64_t limit_bytes) const
   return std::min(static_cast<uint64_t>(data), limit_bytes);
 }
 
-void AsyncWrites::close() {
+void AsyncIo::close() {
   if (context_ != 0) syscall(SYS_io_destroy, context_);
   context_ = 0;
 }
 
-int AsyncWrites::open(uint32_t depth) {
+int AsyncIo::open(uint32_t depth) {
   aio_context_t context = 0;
   if (syscall(SYS_io_setup, depth, &context) != 0) return -errno;
   context_ = context;
@@ -183,13 +183,13 @@ int submit_one(unsigned long context, iocb* request) {
 
 }  // namespace
 
-int AsyncWrites::submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes,
-                              uint64_t tag) {
+int AsyncIo::submit(const LocalDisk* disk, uint16_t opcode, const void* data, uint64_t length_bytes,
+                    uint64_t offset_bytes, uint64_t tag) {
   NRAID_ASSERT(reinterpret_cast<uintptr_t>(data) % disk->logical_block_bytes() == 0);
   NRAID_ASSERT(length_bytes % disk->logical_block_bytes() == 0 && offset_bytes % disk->logical_block_bytes() == 0);
   iocb request{};  // the kernel copies it during io_submit
   request.aio_data = tag;
-  request.aio_lio_opcode = IOCB_CMD_PWRITE;
+  request.aio_lio_opcode = opcode;
   request.aio_fildes = static_cast<uint32_t>(disk->fd());
   request.aio_buf = reinterpret_cast<uint64_t>(data);
   request.aio_nbytes = length_bytes;
@@ -197,7 +197,17 @@ int AsyncWrites::submit_write(const LocalDisk* disk, const void* data, uint64_t 
   return submit_one(context_, &request);
 }
 
-int AsyncWrites::submit_poll(int fd, uint64_t tag) {
+int AsyncIo::submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes,
+                          uint64_t tag) {
+  return submit(disk, IOCB_CMD_PWRITE, data, length_bytes, offset_bytes, tag);
+}
+
+int AsyncIo::submit_read(const LocalDisk* disk, void* data, uint64_t length_bytes, uint64_t offset_bytes,
+                         uint64_t tag) {
+  return submit(disk, IOCB_CMD_PREAD, data, length_bytes, offset_bytes, tag);
+}
+
+int AsyncIo::submit_poll(int fd, uint64_t tag) {
   iocb request{};
   request.aio_data = tag;
   request.aio_lio_opcode = IOCB_CMD_POLL;
@@ -206,7 +216,7 @@ int AsyncWrites::submit_poll(int fd, uint64_t tag) {
   return submit_one(context_, &request);
 }
 
-int AsyncWrites::reap(Completion* out, uint32_t max) {
+int AsyncIo::reap(Completion* out, uint32_t max) {
   io_event events[kReapMax];
   if (max > kReapMax) max = kReapMax;
   for (;;) {

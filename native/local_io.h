@@ -49,20 +49,20 @@ class LocalDisk {
   uint32_t logical_block_bytes_ = 512;
 };
 
-// Writes that complete later, through Linux native AIO: with O_DIRECT the
-// submitting thread does not wait for the device, and one thread reaps many
-// completions per wake-up. A tag names each request in its completion.
-class AsyncWrites {
+// Reads and writes that complete later, through Linux native AIO: with
+// O_DIRECT the submitting thread does not wait for the device, and one thread
+// reaps many completions per wake-up. A tag names each request in its completion.
+class AsyncIo {
  public:
   struct Completion {
     uint64_t tag;
-    int64_t result;  // bytes written, or a negative errno
+    int64_t result;  // bytes read or written, or a negative errno
   };
 
-  AsyncWrites() = default;
-  ~AsyncWrites() { close(); }
-  AsyncWrites(const AsyncWrites&) = delete;
-  AsyncWrites& operator=(const AsyncWrites&) = delete;
+  AsyncIo() = default;
+  ~AsyncIo() { close(); }
+  AsyncIo(const AsyncIo&) = delete;
+  AsyncIo& operator=(const AsyncIo&) = delete;
 
   // Room for `depth` requests in flight; returns 0 or a negative errno.
   int open(uint32_t depth);
@@ -70,6 +70,7 @@ class AsyncWrites {
   void close();
   // Each returns 0 or a negative errno; the buffer must stay untouched until the completion.
   int submit_write(const LocalDisk* disk, const void* data, uint64_t length_bytes, uint64_t offset_bytes, uint64_t tag);
+  int submit_read(const LocalDisk* disk, void* data, uint64_t length_bytes, uint64_t offset_bytes, uint64_t tag);
   // A completion with `tag` arrives once `fd` (an eventfd) becomes readable: a way to wake the reaper.
   int submit_poll(int fd, uint64_t tag);
   // Waits for at least one completion; returns how many it stored (at most `max`
@@ -77,6 +78,8 @@ class AsyncWrites {
   int reap(Completion* out, uint32_t max);
 
  private:
+  int submit(const LocalDisk* disk, uint16_t opcode, const void* data, uint64_t length_bytes, uint64_t offset_bytes,
+             uint64_t tag);
   unsigned long context_ = 0;  // aio_context_t
 };
 

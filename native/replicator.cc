@@ -46,6 +46,8 @@ Replicator::Replicator(LocalDisk* disk, Bitmap* bitmap, ActivityLog* activity_lo
   void* buffer = nullptr;
   if (posix_memalign(&buffer, kBlockBytes, kRequestBytesMax) != 0) abort();
   read_reply_buffer_ = static_cast<uint8_t*>(buffer);
+  // Without a context (the system's fs.aio-max-nr used up) resync and verify read one chunk at a time.
+  reads_open_ = reads_.open(kResyncWindowChunks) == 0;
 }
 
 Replicator::~Replicator() {
@@ -497,29 +499,34 @@ bool Replicator::overlaps_busy(uint64_t offset, uint64_t length) {
   return false;
 }
 
+bool Replicator::overlaps_resync_lock(uint64_t offset, uint64_t length) {
+  if (resync_locks_held_.load(std::memory_order_seq_cst) == 0) return false;
+  for (uint32_t i = 0; i < kResyncWindowChunks; i++) {
+    const uint64_t lock_length = resync_lock_length_[i].load(std::memory_order_seq_cst);
+    if (lock_length > 0 && ranges_overlap(offset, length, resync_lock_offset_[i].load(std::memory_order_seq_cst), lock_length)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void Replicator::region_enter(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes) {
   Slot& s = slots_[slot];
   for (;;) {
     s.busy_offset.store(offset_bytes, std::memory_order_seq_cst);
     s.busy_length.store(length_bytes, std::memory_order_seq_cst);
-    if (!ranges_overlap(offset_bytes, length_bytes, resync_lock_offset_.load(std::memory_order_seq_cst),
-                        resync_lock_length_.load(std::memory_order_seq_cst))) {
-      return;
-    }
+    if (!overlaps_resync_lock(offset_bytes, length_bytes)) return;
     // The resync engine is reading these blocks: let it enqueue them first, so that this write follows.
     s.busy_length.store(0, std::memory_order_seq_cst);
     std::unique_lock<std::mutex> lock(region_mutex_);
     region_cv_.notify_all();
-    region_cv_.wait(lock, [&] {
-      return failed() || !ranges_overlap(offset_bytes, length_bytes, resync_lock_offset_.load(std::memory_order_seq_cst),
-                                         resync_lock_length_.load(std::memory_order_seq_cst));
-    });
+    region_cv_.wait(lock, [&] { return failed() || !overlaps_resync_lock(offset_bytes, length_bytes); });
   }
 }
 
 void Replicator::region_leave(uint32_t slot) {
   slots_[slot].busy_length.store(0, std::memory_order_seq_cst);
-  if (resync_lock_length_.load(std::memory_order_seq_cst) > 0) {
+  if (resync_locks_held_.load(std::memory_order_seq_cst) > 0) {
     std::lock_guard<std::mutex> lock(region_mutex_);
     region_cv_.notify_all();
   }
@@ -575,14 +582,20 @@ bool Replicator::take_digest_reply(LinkStream& reader, const FrameHeader& reply)
         }
         i = j;
       }
-      if (!entry.resync) {
-        // Replies come in request order: everything before this range is compared.
-        counters_->verify_position_bytes.store(entry.offset + entry.length, std::memory_order_relaxed);
-        counters_->verify_bytes_done_total.fetch_add(entry.length, std::memory_order_relaxed);
-      }
       entry.in_use = false;
       counters_->frames_in_flight.fetch_sub(1, std::memory_order_relaxed);
       release_resync_buffer_locked(entry.buffer);
+      if (!entry.resync) {
+        // The target may answer out of order (its reads complete so): everything before the
+        // lowest range still taken (asked, or read ahead), or else before the furthest answered, is compared.
+        verify_replied_end_bytes_ = std::max(verify_replied_end_bytes_, entry.offset + entry.length);
+        uint64_t position = verify_replied_end_bytes_;
+        for (uint32_t b = 0; b < kResyncWindowChunks; b++) {
+          if ((resync_free_mask_ & (1u << b)) == 0) position = std::min(position, resync_buffer_offset_[b]);
+        }
+        counters_->verify_position_bytes.store(position, std::memory_order_relaxed);
+        counters_->verify_bytes_done_total.fetch_add(entry.length, std::memory_order_relaxed);
+      }
       advance_oldest_locked();
       space_cv_.notify_all();
     }
@@ -617,17 +630,90 @@ bool Replicator::wait_resync_window_empty() {
   return !failed();
 }
 
-void Replicator::resync_lock(uint64_t offset, uint64_t length) {
-  resync_lock_offset_.store(offset, std::memory_order_seq_cst);
-  resync_lock_length_.store(length, std::memory_order_seq_cst);
+void Replicator::resync_lock(uint32_t buffer, uint64_t offset, uint64_t length) {
+  NRAID_ASSERT(buffer < kResyncWindowChunks && length > 0);
+  NRAID_ASSERT(resync_lock_length_[buffer].load(std::memory_order_relaxed) == 0);
+  // Set, then check the writers (each writer sets its busy range, then checks the locks): one of
+  // the two sees the other. A writer that read a half-set lock is still seen here, and waited for.
+  resync_locks_held_.fetch_add(1, std::memory_order_seq_cst);
+  resync_lock_offset_[buffer].store(offset, std::memory_order_seq_cst);
+  resync_lock_length_[buffer].store(length, std::memory_order_seq_cst);
   std::unique_lock<std::mutex> lock(region_mutex_);
   region_cv_.wait(lock, [&] { return failed() || !overlaps_busy(offset, length); });
 }
 
-void Replicator::resync_unlock() {
-  resync_lock_length_.store(0, std::memory_order_seq_cst);
+void Replicator::resync_unlock(uint32_t buffer) {
+  NRAID_ASSERT(buffer < kResyncWindowChunks && resync_lock_length_[buffer].load(std::memory_order_relaxed) > 0);
+  resync_lock_length_[buffer].store(0, std::memory_order_seq_cst);
+  resync_locks_held_.fetch_sub(1, std::memory_order_seq_cst);
   std::lock_guard<std::mutex> lock(region_mutex_);
   region_cv_.notify_all();
+}
+
+void Replicator::ahead_issue(uint32_t buffer) {
+  NRAID_ASSERT(ahead_count_ < kResyncWindowChunks);
+  Ahead& a = ahead_[buffer];
+  NRAID_ASSERT(resync_lock_length_[buffer].load(std::memory_order_relaxed) >= a.length);
+  a.reading = false;
+  a.rc = failed() ? -ECANCELED : 0;
+  if (a.rc == 0 && a.type != kFrameZeroes) {
+    uint8_t* data = resync_buffers_[buffer];
+    if (!reads_open_ || reads_.submit_read(disk_, data, a.length, a.offset, buffer) != 0) {
+      a.rc = disk_->read(data, a.length, a.offset);  // no room for it in the kernel: here and now
+    } else {
+      a.reading = true;
+      ahead_reading_++;
+    }
+  }
+  ahead_order_[(ahead_first_ + ahead_count_) % kResyncWindowChunks] = buffer;
+  ahead_count_++;
+}
+
+void Replicator::ahead_reap() {
+  NRAID_ASSERT(ahead_reading_ > 0);
+  AsyncIo::Completion done[kResyncWindowChunks];
+  int count = reads_.reap(done, kResyncWindowChunks);
+  // io_getevents fails only on a bad context or buffer: a broken invariant.
+  NRAID_ASSERT(count > 0);
+  for (int i = 0; i < count; i++) {
+    NRAID_ASSERT(done[i].tag < kResyncWindowChunks && ahead_[done[i].tag].reading);
+    Ahead& a = ahead_[done[i].tag];
+    a.reading = false;
+    ahead_reading_--;
+    const int64_t result = done[i].result;
+    if (result < 0) {
+      a.rc = static_cast<int>(result);
+    } else if (static_cast<uint64_t>(result) < a.length) {
+      // A short read (not seen on block devices): the rest, here and now.
+      const auto got = static_cast<uint64_t>(result);
+      a.rc = got % disk_->logical_block_bytes() != 0
+                 ? -EIO
+                 : disk_->read(resync_buffers_[done[i].tag] + got, a.length - got, a.offset + got);
+    }
+  }
+}
+
+uint32_t Replicator::ahead_wait_oldest() {
+  NRAID_ASSERT(ahead_count_ > 0);
+  const uint32_t buffer = ahead_order_[ahead_first_];
+  while (ahead_[buffer].reading) ahead_reap();
+  return buffer;
+}
+
+void Replicator::ahead_pop() {
+  NRAID_ASSERT(ahead_count_ > 0);
+  resync_unlock(ahead_order_[ahead_first_]);
+  ahead_first_ = (ahead_first_ + 1) % kResyncWindowChunks;
+  ahead_count_--;
+}
+
+void Replicator::ahead_drain() {
+  while (ahead_reading_ > 0) ahead_reap();
+  while (ahead_count_ > 0) {
+    const uint32_t buffer = ahead_order_[ahead_first_];
+    ahead_pop();
+    return_resync_buffer(buffer);
+  }
 }
 
 bool Replicator::start_resync(const ResyncOptions& options) {
@@ -663,7 +749,8 @@ void Replicator::resync_settings_changed() {
   space_cv_.notify_all();
 }
 
-bool Replicator::wait_resync_room(uint64_t length, uint64_t fill_target_bytes, uint64_t deadline_us, uint32_t* buffer) {
+bool Replicator::wait_resync_room(uint64_t offset, uint64_t length, uint64_t fill_target_bytes, uint64_t deadline_us,
+                                  uint32_t* buffer) {
   std::unique_lock<std::mutex> lock(mutex_);
   // One chunk may always go: a fill target below the chunk size does not stop the resync.
   bool ready = wait_until_us(space_cv_, lock, deadline_us, [&] {
@@ -674,6 +761,7 @@ bool Replicator::wait_resync_room(uint64_t length, uint64_t fill_target_bytes, u
   *buffer = static_cast<uint32_t>(__builtin_ctz(resync_free_mask_));
   resync_free_mask_ &= ~(1u << *buffer);
   resync_buffer_bytes_[*buffer] = length;
+  resync_buffer_offset_[*buffer] = offset;
   resync_in_flight_bytes_ += length;
   return true;
 }
@@ -691,7 +779,10 @@ bool Replicator::wait_resync_room(uint64_t length, uint64_t fill_target_bytes, u
 //   - while applications do I/O, requests are small (kResyncThrottledChunkBytes)
 //     and paced by the budget, so an application write waits behind little.
 // Application I/O is any read or write started since the last step; a tick
-// (kResyncTickUs) without any lifts the throttle. Resync data, zero frames,
+// (kResyncTickUs) without any lifts the throttle. Without application I/O,
+// up to kResyncReadsAheadMax requests are read ahead of the one being sent
+// (within the budget and the window like any other), so the disk reads while
+// the link sends; with it, one at a time. Resync data, zero frames,
 // a checksum resync's digest requests and a verify's all take from the same
 // budget and window: each request counts the bytes both disks read for it
 // (a zero frame its first chunk).
@@ -702,7 +793,7 @@ void Replicator::pace_start(Pace* pace) {
   pace->budget_bytes = 0;
 }
 
-uint64_t Replicator::pace_step(Pace* pace) {
+uint64_t Replicator::pace_step(Pace* pace, bool may_wait) {
   ResyncControl& control = *resync_control_;
   const uint64_t now = monotonic_us();
   const uint64_t app = control.app_requests.load(std::memory_order_relaxed);
@@ -718,6 +809,7 @@ uint64_t Replicator::pace_step(Pace* pace) {
   const uint64_t chunk_max = busy ? kResyncThrottledChunkBytes : kResyncChunkBytes;
   control.planned_rate_bytes.store(rate, std::memory_order_relaxed);
   control.throttled.store(busy && !paused, std::memory_order_relaxed);
+  pace->busy = busy || paused;
   // rate <= kResyncRateBytesMax and elapsed <= 1 s: the product fits in 64 bits.
   const uint64_t elapsed_us = std::min<uint64_t>(now - pace->last_us, 1'000'000);
   pace->last_us = now;
@@ -725,6 +817,7 @@ uint64_t Replicator::pace_step(Pace* pace) {
   pace->budget_bytes = std::min(pace->budget_bytes + static_cast<int64_t>(rate * elapsed_us / 1'000'000), ceiling);
   if (paused) pace->budget_bytes = std::min<int64_t>(pace->budget_bytes, 0);  // not one more request
   if (pace->budget_bytes <= 0) {
+    if (!may_wait) return 0;
     // Until the budget covers a byte again, or the next tick re-plans (a resume, new settings).
     const uint64_t wait_us =
         rate == 0 ? kResyncTickUs
@@ -740,34 +833,54 @@ uint64_t Replicator::pace_step(Pace* pace) {
 }
 
 void Replicator::verify_loop(uint64_t start_bytes, uint64_t stop_bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    verify_replied_end_bytes_ = start_bytes;
+  }
   Pace pace;
   pace_start(&pace);
   uint64_t offset = start_bytes;
-  while (!failed() && !verify_stop_.load(std::memory_order_acquire) && offset < stop_bytes) {
-    const uint64_t want = pace_step(&pace);
-    if (want == 0) continue;
-    const auto length = static_cast<uint32_t>(
-        std::min<uint64_t>({(want + kBlockBytes - 1) / kBlockBytes * kBlockBytes, kResyncChunkBytes, stop_bytes - offset}));
-    uint32_t buffer;
-    if (!wait_resync_room(length, pace.fill_target_bytes, pace.now_us + kResyncTickUs, &buffer)) continue;  // re-plan, or stop
-    pace.budget_bytes -= static_cast<int64_t>(length);
-    // Read and request under the region lock: no application write falls between this
-    // side's read and the request's place in the stream, so both digest the same writes.
-    resync_lock(offset, length);
-    int rc = failed() ? -ECANCELED : disk_->read(resync_buffers_[buffer], length, offset);
+  while (!failed() && !verify_stop_.load(std::memory_order_acquire)) {
+    const bool ahead = ahead_count_ > 0;
+    // The next range: read ahead of those not yet queued only while applications are quiet,
+    // and then without waiting for budget or room (the oldest one goes on meanwhile).
+    if (offset < stop_bytes && (!ahead || (ahead_count_ < kResyncReadsAheadMax && !pace.busy))) {
+      const uint64_t want = pace_step(&pace, !ahead);
+      uint32_t buffer;
+      if (want > 0) {
+        const auto length = static_cast<uint32_t>(std::min<uint64_t>(
+            {(want + kBlockBytes - 1) / kBlockBytes * kBlockBytes, kResyncChunkBytes, stop_bytes - offset}));
+        if (wait_resync_room(offset, length, pace.fill_target_bytes, ahead ? 0 : pace.now_us + kResyncTickUs, &buffer)) {
+          pace.budget_bytes -= static_cast<int64_t>(length);
+          // Read and request under the region lock: no application write falls between this
+          // side's read and the request's place in the stream, so both digest the same writes.
+          ahead_[buffer] = Ahead{offset, length, 0, kFrameOvRequest, false, 0};
+          resync_lock(buffer, offset, length);
+          ahead_issue(buffer);
+          offset += length;
+          continue;
+        }
+      }
+      if (!ahead) continue;  // re-plan, or stop
+    }
+    if (!ahead) break;  // every range is queued
+    const uint32_t buffer = ahead_wait_oldest();
+    const Ahead& a = ahead_[buffer];
+    int rc = a.rc;
     if (rc == 0) {
-      block_digests(resync_buffers_[buffer], length, kBlockBytes,
+      block_digests(resync_buffers_[buffer], static_cast<uint32_t>(a.length), kBlockBytes,
                     &resync_digests_[uint64_t{buffer} * (kResyncChunkBytes / kBlockBytes)]);
     }
-    bool queued = rc == 0 && enqueue(kResyncSlot, kFrameOvRequest, 0, nullptr, length, offset, buffer, 0, false) == 0;
-    resync_unlock();
+    bool queued = rc == 0 && enqueue(kResyncSlot, kFrameOvRequest, 0, nullptr, static_cast<uint32_t>(a.length), a.offset,
+                                     buffer, 0, false) == 0;
+    ahead_pop();
     if (!queued) {
       return_resync_buffer(buffer);
       if (rc != 0 && rc != -ECANCELED) fail(std::string("verify read of the local disk failed: ") + strerror(-rc));
       break;
     }
-    offset += length;
   }
+  ahead_drain();
   wait_resync_window_empty();
   resync_control_->throttled.store(false, std::memory_order_relaxed);
   verify_running_.store(false, std::memory_order_release);
@@ -784,68 +897,87 @@ void Replicator::resync_loop(ResyncOptions options) {
   pace_start(&pace);
   uint64_t bit = 0;
   while (!failed()) {
-    const uint64_t want = pace_step(&pace);
-    if (want == 0) continue;
-    bit = bitmap_->find_next_set(bit);
-    if (bit >= bitmap_->bits()) {
-      // Wait for what is in flight; its acks clear bits. Then one more pass from the start.
-      if (!wait_resync_window_empty()) break;
-      digest_pass = false;
-      if (bitmap_->count_set() == 0) {
-        resync_control_->throttled.store(false, std::memory_order_relaxed);
-        resync_running_.store(false, std::memory_order_release);
-        sink_("resync-done", std::to_string(counters_->resync_bytes_done.load()));
-        return;
+    const bool ahead = ahead_count_ > 0;
+    // The next request: read ahead of those not yet queued only while applications are quiet,
+    // near the oldest one, and then without waiting for budget or room (the oldest goes on meanwhile).
+    if (!ahead || (ahead_count_ < kResyncReadsAheadMax && !pace.busy)) {
+      const uint64_t want = pace_step(&pace, !ahead);
+      if (want == 0 && !ahead) continue;
+      if (want > 0) bit = bitmap_->find_next_set(bit);
+      if (want > 0 && bit >= bitmap_->bits() && !ahead) {
+        // Wait for what is in flight; its acks clear bits. Then one more pass from the start.
+        if (!wait_resync_window_empty()) break;
+        digest_pass = false;
+        if (bitmap_->count_set() == 0) {
+          resync_control_->throttled.store(false, std::memory_order_relaxed);
+          resync_running_.store(false, std::memory_order_release);
+          sink_("resync-done", std::to_string(counters_->resync_bytes_done.load()));
+          return;
+        }
+        bit = 0;
+        continue;
       }
-      bit = 0;
-      continue;
+      const uint64_t oldest_offset = ahead ? ahead_[ahead_order_[ahead_first_]].offset : 0;
+      if (want > 0 && bit < bitmap_->bits() && (!ahead || bit * granularity < oldest_offset + kResyncReadAheadSpanBytes)) {
+        const uint64_t bits_max = std::max<uint64_t>(1, (want + granularity - 1) / granularity);
+        uint64_t run = 1;
+        while (run < bits_max && bitmap_->test(bit + run) && (bit + run) % bits_per_chunk != 0) run++;
+        uint64_t offset = bit * granularity;
+        uint64_t length = run * granularity;
+        if (offset + length > data_size_bytes_) length = data_size_bytes_ - offset;
+        uint32_t buffer;
+        // The window counts what this request reads (a zero frame: at most this first chunk).
+        if (wait_resync_room(offset, length, pace.fill_target_bytes, ahead ? 0 : pace.now_us + kResyncTickUs, &buffer)) {
+          pace.budget_bytes -= static_cast<int64_t>(length);
+          const uint16_t type = digest_pass ? kFrameOvRequest : options.repair ? kFrameWrite : kFrameRsData;
+          ahead_[buffer] = Ahead{offset, length, run, type, false, 0};
+          // A hole of a backing file needs no read: one zero frame, as far as the hole and
+          // the marked bits go (a range frame's bound at most). Checked again under the lock.
+          if (!digest_pass && !options.repair && disk_->next_data(offset, data_size_bytes_) >= offset + length) {
+            uint64_t limit = std::min(disk_->next_data(offset, data_size_bytes_), offset + kRangeFrameBytesMax);
+            uint64_t end_bit = bit + run;
+            while (end_bit < bitmap_->bits() && bitmap_->test(end_bit) &&
+                   std::min((end_bit + 1) * granularity, data_size_bytes_) <= limit) {
+              end_bit++;
+            }
+            const uint64_t hole_length = std::min(end_bit * granularity, data_size_bytes_) - offset;
+            resync_lock(buffer, offset, hole_length);
+            if (disk_->next_data(offset, data_size_bytes_) >= offset + hole_length) {
+              ahead_[buffer].type = kFrameZeroes;
+              ahead_[buffer].bits = end_bit - bit;
+              ahead_[buffer].length = hole_length;
+            }
+            // Written meanwhile: read the first chunk as usual (the larger lock is harmless).
+          } else {
+            // Lock the region against application writes, and wait for those in flight there.
+            resync_lock(buffer, offset, length);
+          }
+          ahead_issue(buffer);
+          bit += ahead_[buffer].bits;
+          continue;
+        }
+        if (!ahead) continue;  // re-plan, or stop
+      }
+      if (!ahead) continue;
     }
-    const uint64_t bits_max = std::max<uint64_t>(1, (want + granularity - 1) / granularity);
-    uint64_t run = 1;
-    while (run < bits_max && bitmap_->test(bit + run) && (bit + run) % bits_per_chunk != 0) run++;
-    uint64_t offset = bit * granularity;
-    uint64_t length = run * granularity;
-    if (offset + length > data_size_bytes_) length = data_size_bytes_ - offset;
-    uint32_t buffer;
-    // The window counts what this request reads (a zero frame: at most this first chunk).
-    if (!wait_resync_room(length, pace.fill_target_bytes, pace.now_us + kResyncTickUs, &buffer)) continue;  // re-plan, or stop
-    pace.budget_bytes -= static_cast<int64_t>(length);
-    // A hole of a backing file needs no read: one zero frame, as far as the hole and
-    // the marked bits go (a range frame's bound at most). Checked again under the lock.
-    bool zeros = false;
-    if (!digest_pass && !options.repair && disk_->next_data(offset, data_size_bytes_) >= offset + length) {
-      uint64_t limit = std::min(disk_->next_data(offset, data_size_bytes_), offset + kRangeFrameBytesMax);
-      uint64_t end_bit = bit + run;
-      while (end_bit < bitmap_->bits() && bitmap_->test(end_bit) &&
-             std::min((end_bit + 1) * granularity, data_size_bytes_) <= limit) {
-        end_bit++;
-      }
-      uint64_t hole_length = std::min(end_bit * granularity, data_size_bytes_) - offset;
-      resync_lock(offset, hole_length);
-      if (disk_->next_data(offset, data_size_bytes_) >= offset + hole_length) {
-        zeros = true;
-        run = end_bit - bit;
-        length = hole_length;
-      }
-      // Written meanwhile: read the first chunk as usual (the larger lock is harmless).
-    } else {
-      // Lock the region against application writes, and wait for those in flight there.
-      resync_lock(offset, length);
-    }
-    int rc = failed() ? -ECANCELED : zeros ? 0 : disk_->read(resync_buffers_[buffer], length, offset);
-    uint16_t type = options.repair ? kFrameWrite : kFrameRsData;
-    if (rc == 0 && digest_pass) {
+    // The oldest request: its read done, it goes to the send queue (this thread sends it, unless another sends).
+    const uint32_t buffer = ahead_wait_oldest();
+    const Ahead& a = ahead_[buffer];
+    const int rc = a.rc;
+    const uint64_t offset = a.offset;
+    const uint64_t length = a.length;
+    uint16_t type = a.type;
+    if (rc == 0 && type == kFrameOvRequest) {
       block_digests(resync_buffers_[buffer], static_cast<uint32_t>(length), kBlockBytes,
                     &resync_digests_[uint64_t{buffer} * (kResyncChunkBytes / kBlockBytes)]);
-      type = kFrameOvRequest;
-    } else if (rc == 0 && !zeros && !options.repair && all_zero(resync_buffers_[buffer], static_cast<uint32_t>(length))) {
-      zeros = true;
+    } else if (rc == 0 && type == kFrameRsData && all_zero(resync_buffers_[buffer], static_cast<uint32_t>(length))) {
+      type = kFrameZeroes;
     }
-    if (zeros) type = kFrameZeroes;
     const uint16_t flags = type == kFrameOvRequest ? kFlagResync : kFlagWantWriteAck | kFlagResync;
-    bool queued = rc == 0 && enqueue(kResyncSlot, type, flags, zeros || type == kFrameOvRequest ? nullptr : resync_buffers_[buffer],
+    const bool payload = type == kFrameRsData || type == kFrameWrite;
+    bool queued = rc == 0 && enqueue(kResyncSlot, type, flags, payload ? resync_buffers_[buffer] : nullptr,
                                      static_cast<uint32_t>(length), offset, buffer, 0, false) == 0;
-    resync_unlock();
+    ahead_pop();
     if (!queued) {
       return_resync_buffer(buffer);
       if (rc != 0 && rc != -ECANCELED) fail(std::string("resync read of the local disk failed: ") + strerror(-rc));
@@ -856,8 +988,8 @@ void Replicator::resync_loop(ResyncOptions options) {
     } else if (type != kFrameOvRequest) {
       counters_->resync_data_bytes_sent.fetch_add(length, std::memory_order_relaxed);
     }
-    bit += run;
   }
+  ahead_drain();
   resync_control_->throttled.store(false, std::memory_order_relaxed);
   resync_running_.store(false, std::memory_order_release);
 }

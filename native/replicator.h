@@ -105,7 +105,9 @@ class Replicator {
   // Waits until no frame is unacknowledged and nothing lags: 0, -ENOTCONN, -ETIMEDOUT.
   int wait_idle(uint64_t deadline_us);
 
-  // Region locks between application writes and resync reads of the same blocks.
+  // Region locks between application writes and resync reads of the same blocks:
+  // a writer entering a region that a resync or verify read holds waits until
+  // that read's frame is queued (so the write's frame follows it).
   void region_enter(uint32_t slot, uint64_t offset_bytes, uint64_t length_bytes);
   void region_leave(uint32_t slot);
 
@@ -174,9 +176,32 @@ class Replicator {
   void release_resync_buffer_locked(uint32_t buffer);
   // Waits until every resync buffer is back (false: the link failed).
   bool wait_resync_window_empty();
-  // Locks [offset, offset + length) against application writes and waits for those in flight there.
-  void resync_lock(uint64_t offset, uint64_t length);
-  void resync_unlock();
+  // Locks [offset, offset + length) for resync buffer `buffer`'s read against application
+  // writes, and waits for those in flight there.
+  void resync_lock(uint32_t buffer, uint64_t offset, uint64_t length);
+  void resync_unlock(uint32_t buffer);
+  bool overlaps_resync_lock(uint64_t offset, uint64_t length);
+  // Reads ahead (the resync thread's own): a resync or verify request from its
+  // planning to its place in the send queue, in a FIFO of resync buffers. Its
+  // region is locked from before its read until its frame is queued.
+  struct Ahead {
+    uint64_t offset = 0;
+    uint64_t length = 0;
+    uint64_t bits = 0;   // bitmap bits it covers (resync)
+    uint16_t type = 0;   // the frame it becomes (a resync's data may still turn out to be zeros)
+    bool reading = false;  // an asynchronous read is in flight
+    int rc = 0;          // the read's result: 0 or a negative errno
+  };
+  // Starts the read of ahead_[buffer] (none for a zero frame), its region locked, and appends it.
+  void ahead_issue(uint32_t buffer);
+  // Waits for the oldest request's read: its buffer.
+  uint32_t ahead_wait_oldest();
+  // The oldest request is queued (or dropped): its region unlocked, its entry gone.
+  void ahead_pop();
+  // Waits for every read in flight, unlocks and gives back the buffers of requests never queued.
+  void ahead_drain();
+  // Takes completed reads (waits for one at least).
+  void ahead_reap();
   // The peer's OV_REPLY (its header read and checked): compared with this side's digests.
   bool take_digest_reply(LinkStream& reader, const FrameHeader& reply);
   // One step of the rate controller (ResyncControl) for a resync or a verify:
@@ -190,11 +215,15 @@ class Replicator {
     int64_t budget_bytes = 0;
     uint64_t fill_target_bytes = 0;
     uint64_t now_us = 0;
+    bool busy = false;  // applications did I/O in the last tick: no reads ahead
   };
   void pace_start(Pace* pace);
-  uint64_t pace_step(Pace* pace);
+  // `may_wait`: false while requests are ahead (they go on instead of waiting for budget).
+  uint64_t pace_step(Pace* pace, bool may_wait = true);
   // Waits for the resync window and a free buffer (true), or until `deadline_us` or a failure (false).
-  bool wait_resync_room(uint64_t length, uint64_t fill_target_bytes, uint64_t deadline_us, uint32_t* buffer);
+  // `offset`: where the request starts (a verify's position counts from the lowest one taken).
+  bool wait_resync_room(uint64_t offset, uint64_t length, uint64_t fill_target_bytes, uint64_t deadline_us,
+                        uint32_t* buffer);
   void advance_oldest_locked();
   bool overlaps_busy(uint64_t offset, uint64_t length);
 
@@ -227,8 +256,19 @@ class Replicator {
 
   std::mutex region_mutex_;
   std::condition_variable region_cv_;
-  std::atomic<uint64_t> resync_lock_offset_{0};
-  std::atomic<uint64_t> resync_lock_length_{0};
+  // One region lock per resync buffer (length 0: none). Each is set (offset, then length) only
+  // before the resync thread checks the writers in flight, and cleared by its length alone.
+  std::atomic<uint64_t> resync_lock_offset_[kResyncWindowChunks] = {};
+  std::atomic<uint64_t> resync_lock_length_[kResyncWindowChunks] = {};
+  std::atomic<uint32_t> resync_locks_held_{0};  // a writer's fast path skips the scan when 0
+
+  Ahead ahead_[kResyncWindowChunks];             // by buffer
+  uint32_t ahead_order_[kResyncWindowChunks] = {};  // ring of buffers, oldest first
+  uint32_t ahead_first_ = 0;
+  uint32_t ahead_count_ = 0;
+  uint32_t ahead_reading_ = 0;  // asynchronous reads in flight
+  AsyncIo reads_;               // the resync thread's reads ahead
+  bool reads_open_ = false;     // else every read is synchronous (no AIO context could be had)
 
   std::unique_ptr<uint8_t*[]> resync_buffers_;
   // This side's digests of each resync buffer's range (kResyncChunkBytes / kBlockBytes each).
@@ -241,6 +281,8 @@ class Replicator {
   // What each taken resync buffer counts in resync_in_flight_bytes_ (a zero frame or a
   // digest request counts its first chunk, whatever range it covers); under mutex_.
   uint64_t resync_buffer_bytes_[kResyncWindowChunks] = {};
+  uint64_t resync_buffer_offset_[kResyncWindowChunks] = {};  // under mutex_: where each taken buffer's request starts
+  uint64_t verify_replied_end_bytes_ = 0;  // under mutex_: the end of the furthest range compared
   uint64_t resync_in_flight_bytes_ = 0;  // under mutex_: resync data queued or sent, not yet written by the peer
   ResyncControl* resync_control_;
   std::atomic<bool> resync_running_{false};

@@ -94,7 +94,7 @@ constexpr uint32_t kResyncChunkBytes = kRequestBytesMax;
 constexpr uint32_t kResyncWindowChunks = 8;
 // Resync and verify reads issued ahead of the one being sent (native AIO, each
 // into its own resync buffer, its region locked until its frame is queued),
-// so the disk reads while the link sends; while applications do I/O, none.
+// so the disk reads while the link sends; while applications hold the rate down, none.
 constexpr uint32_t kResyncReadsAheadMax = 4;
 // A read ahead starts at most this far past the oldest one not yet queued: the
 // region locks held meanwhile stay near each other (sparse bitmaps read one at a time).

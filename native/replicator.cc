@@ -779,10 +779,11 @@ bool Replicator::wait_resync_room(uint64_t offset, uint64_t length, uint64_t fil
 //   - while applications do I/O, requests are small (kResyncThrottledChunkBytes)
 //     and paced by the budget, so an application write waits behind little.
 // Application I/O is any read or write started since the last step; a tick
-// (kResyncTickUs) without any lifts the throttle. Without application I/O,
-// up to kResyncReadsAheadMax requests are read ahead of the one being sent
-// (within the budget and the window like any other), so the disk reads while
-// the link sends; with it, one at a time. Resync data, zero frames,
+// (kResyncTickUs) without any lifts the throttle. While the rate is not held
+// below max-rate (by applications, or a pause), up to kResyncReadsAheadMax
+// requests are read ahead of the one being sent (within the budget and the
+// window like any other), so the disk reads while the link sends; while it
+// is, one at a time. Resync data, zero frames,
 // a checksum resync's digest requests and a verify's all take from the same
 // budget and window: each request counts the bytes both disks read for it
 // (a zero frame its first chunk).
@@ -809,7 +810,7 @@ uint64_t Replicator::pace_step(Pace* pace, bool may_wait) {
   const uint64_t chunk_max = busy ? kResyncThrottledChunkBytes : kResyncChunkBytes;
   control.planned_rate_bytes.store(rate, std::memory_order_relaxed);
   control.throttled.store(busy && !paused, std::memory_order_relaxed);
-  pace->busy = busy || paused;
+  pace->held = paused || rate < max_rate;
   // rate <= kResyncRateBytesMax and elapsed <= 1 s: the product fits in 64 bits.
   const uint64_t elapsed_us = std::min<uint64_t>(now - pace->last_us, 1'000'000);
   pace->last_us = now;
@@ -842,9 +843,9 @@ void Replicator::verify_loop(uint64_t start_bytes, uint64_t stop_bytes) {
   uint64_t offset = start_bytes;
   while (!failed() && !verify_stop_.load(std::memory_order_acquire)) {
     const bool ahead = ahead_count_ > 0;
-    // The next range: read ahead of those not yet queued only while applications are quiet,
+    // The next range: read ahead of those not yet queued only while the rate is not held down,
     // and then without waiting for budget or room (the oldest one goes on meanwhile).
-    if (offset < stop_bytes && (!ahead || (ahead_count_ < kResyncReadsAheadMax && !pace.busy))) {
+    if (offset < stop_bytes && (!ahead || (ahead_count_ < kResyncReadsAheadMax && !pace.held))) {
       const uint64_t want = pace_step(&pace, !ahead);
       uint32_t buffer;
       if (want > 0) {
@@ -898,9 +899,9 @@ void Replicator::resync_loop(ResyncOptions options) {
   uint64_t bit = 0;
   while (!failed()) {
     const bool ahead = ahead_count_ > 0;
-    // The next request: read ahead of those not yet queued only while applications are quiet,
+    // The next request: read ahead of those not yet queued only while the rate is not held down,
     // near the oldest one, and then without waiting for budget or room (the oldest goes on meanwhile).
-    if (!ahead || (ahead_count_ < kResyncReadsAheadMax && !pace.busy)) {
+    if (!ahead || (ahead_count_ < kResyncReadsAheadMax && !pace.held)) {
       const uint64_t want = pace_step(&pace, !ahead);
       if (want == 0 && !ahead) continue;
       if (want > 0) bit = bitmap_->find_next_set(bit);

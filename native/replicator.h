@@ -215,7 +215,7 @@ class Replicator {
     int64_t budget_bytes = 0;
     uint64_t fill_target_bytes = 0;
     uint64_t now_us = 0;
-    bool busy = false;  // applications did I/O in the last tick: no reads ahead
+    bool held = false;  // the rate is held below max-rate (applications, a pause): no reads ahead
   };
   void pace_start(Pace* pace);
   // `may_wait`: false while requests are ahead (they go on instead of waiting for budget).

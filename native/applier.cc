@@ -49,6 +49,7 @@ void Applier::start(int fd, bool send_hello_first, const TlsOptions& tls) {
   stream_ = std::make_unique<LinkStream>(fd_);
   send_hello_first_ = send_hello_first;
   tls_ = tls;
+  payload_check_ = payload_check_for(tls.enabled);
   prepare_socket(fd_);
   int rc = writes_.open(kActiveMax + 1);
   wake_fd_ = rc == 0 ? eventfd(0, EFD_CLOEXEC) : -1;
@@ -112,7 +113,7 @@ FrameHeader make_ack(uint16_t type, const FrameHeader& about) {
   ack.seq = about.seq;
   ack.epoch = about.epoch;
   ack.request_id = about.request_id;
-  frame_seal(&ack, nullptr);
+  frame_seal(&ack);
   return ack;
 }
 
@@ -255,7 +256,7 @@ void Applier::receive_loop() {
         return;
       }
       rc = reader.read(buffers_[buffer], header.length);
-      bool intact = rc == 0 && crc32c(0, buffers_[buffer], header.length) == header.payload_crc;
+      bool intact = rc == 0 && payload_intact(payload_check_, header, buffers_[buffer]);
       if (!intact) {
         {
           std::lock_guard<std::mutex> lock(mutex_);
@@ -353,7 +354,7 @@ bool Applier::serve_digests(const FrameHeader& request) {
   reply.request_id = request.request_id;
   reply.length = request.length / kBlockBytes * kDigestBytes;
   block_digests(read_buffer_, request.length, kBlockBytes, digests_);
-  frame_seal(&reply, digests_);
+  frame_seal(&reply, digests_, payload_check_);
   counters_->digest_bytes_read.fetch_add(request.length, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(send_mutex_);
   if (write_frame(*stream_, reply, digests_) != 0) {
@@ -385,7 +386,7 @@ bool Applier::serve_read(const FrameHeader& request) {
     reply.flags = kFlagReadError;
     sink_("disk-failed", std::string("read for the peer failed: ") + strerror(-rc));
   }
-  frame_seal(&reply, read_buffer_);
+  frame_seal(&reply, read_buffer_, payload_check_);
   std::lock_guard<std::mutex> lock(send_mutex_);
   if (write_frame(*stream_, reply, rc == 0 ? read_buffer_ : nullptr) != 0) {
     fail("data link send: read reply");

@@ -77,6 +77,7 @@ class Applier {
   std::unique_ptr<LinkStream> stream_;  // over fd_, made by start()
   bool send_hello_first_ = false;
   TlsOptions tls_;
+  PayloadCheck payload_check_ = PayloadCheck::kCrc32c;  // of tls_
 
   std::mutex send_mutex_;  // acks come from several threads
   FrameHeader recv_acks_[kRecvAcksMax];  // the receiver's own

@@ -50,6 +50,7 @@ void Applier::start(int fd, bool send_hello_first, const TlsOptions& tls) {
   stream_ = std::make_unique<LinkStream>(fd_);
   send_hello_first_ = send_hello_first;
   tls_ = tls;
+  payload_check_ = payload_check_for(tls.enabled);
   prepare_socket(fd_);
   int rc = io_.open(kActiveMax + 1);
   wake_fd_ = rc == 0 ? eventfd(0, EFD_CLOEXEC) : -1;
@@ -113,12 +114,12 @@ FrameHeader make_ack(uint16_t type, const FrameHeader& about) {
   ack.seq = about.seq;
   ack.epoch = about.epoch;
   ack.request_id = about.request_id;
-  frame_seal(&ack, nullptr);
+  frame_seal(&ack);
   return ack;
 }
 
 // OV_REPLY to `request`: one digest per block, `digests` (request.length / kBlockBytes of them).
-FrameHeader make_digest_reply(const FrameHeader& request, const uint64_t* digests) {
+FrameHeader make_digest_reply(const FrameHeader& request, const uint64_t* digests, PayloadCheck check) {
   FrameHeader reply{};
   reply.type = kFrameOvReply;
   reply.flags = request.flags & kFlagResync;
@@ -127,7 +128,7 @@ FrameHeader make_digest_reply(const FrameHeader& request, const uint64_t* digest
   reply.offset = request.offset;
   reply.request_id = request.request_id;
   reply.length = request.length / kBlockBytes * kDigestBytes;
-  frame_seal(&reply, digests);
+  frame_seal(&reply, digests, check);
   return reply;
 }
 
@@ -270,7 +271,7 @@ void Applier::receive_loop() {
         return;
       }
       rc = reader.read(buffers_[buffer], header.length);
-      bool intact = rc == 0 && crc32c(0, buffers_[buffer], header.length) == header.payload_crc;
+      bool intact = rc == 0 && payload_intact(payload_check_, header, buffers_[buffer]);
       if (!intact) {
         {
           std::lock_guard<std::mutex> lock(mutex_);
@@ -379,7 +380,7 @@ bool Applier::serve_digests(const FrameHeader& request) {
 }
 
 bool Applier::send_digest_reply(const FrameHeader& request, const uint64_t* digests) {
-  FrameHeader reply = make_digest_reply(request, digests);
+  FrameHeader reply = make_digest_reply(request, digests, payload_check_);
   std::lock_guard<std::mutex> lock(send_mutex_);
   if (write_frame(*stream_, reply, digests) != 0) {
     fail("data link send: digest reply");
@@ -410,7 +411,7 @@ bool Applier::serve_read(const FrameHeader& request) {
     reply.flags = kFlagReadError;
     sink_("disk-failed", std::string("read for the peer failed: ") + strerror(-rc));
   }
-  frame_seal(&reply, read_buffer_);
+  frame_seal(&reply, read_buffer_, payload_check_);
   std::lock_guard<std::mutex> lock(send_mutex_);
   if (write_frame(*stream_, reply, rc == 0 ? read_buffer_ : nullptr) != 0) {
     fail("data link send: read reply");
@@ -504,7 +505,7 @@ void Applier::reap_loop() {
         block_digests(data, h.length, kBlockBytes, out);
         counters_->digest_bytes_read.fetch_add(h.length, std::memory_order_relaxed);
         FrameHeader& reply = replies[iov_count / 2];
-        reply = make_digest_reply(h, out);
+        reply = make_digest_reply(h, out, payload_check_);
         iov[iov_count++] = {&reply, sizeof(reply)};
         iov[iov_count++] = {out, reply.length};
       } else {

@@ -79,6 +79,7 @@ class Applier {
   std::unique_ptr<LinkStream> stream_;  // over fd_, made by start()
   bool send_hello_first_ = false;
   TlsOptions tls_;
+  PayloadCheck payload_check_ = PayloadCheck::kCrc32c;  // of tls_
 
   std::mutex send_mutex_;  // acks come from several threads
   FrameHeader recv_acks_[kRecvAcksMax];  // the receiver's own
@@ -86,7 +87,7 @@ class Applier {
   std::mutex mutex_;       // buffers, active set
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
   std::vector<uint8_t*> buffers_;
-  uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY and OV_REPLY
+  uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY
   // The reaper's digests for OV_REPLY, one reply's worth per payload buffer (the one read).
   std::unique_ptr<uint64_t[]> reply_digests_;
   std::vector<uint32_t> free_buffers_;

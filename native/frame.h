@@ -7,6 +7,7 @@
 
 #include "crc32c.h"
 #include "limits.h"
+#include "nraid_assert.h"
 
 namespace nraid {
 
@@ -68,10 +69,35 @@ inline bool frame_has_payload(uint16_t type) {
   return type == kFrameWrite || type == kFrameRsData || type == kFrameOvReply || type == kFrameReadReply;
 }
 
-inline void frame_seal(FrameHeader* header, const void* payload) {
+// How a link proves a payload intact. Plain TCP: the frame's crc32c. TLS: the
+// AEAD tag of the records that carry it, keyed by the handshake, over every
+// byte; a crc32c there would only repeat that proof (unkeyed, weaker) at the
+// cost of one more pass over every payload on each side, so it is 0 and not
+// checked. Headers keep their crc32c on both kinds of link: it is checked
+// before any length in them is trusted.
+enum class PayloadCheck { kCrc32c, kAead };
+
+inline PayloadCheck payload_check_for(bool tls) { return tls ? PayloadCheck::kAead : PayloadCheck::kCrc32c; }
+
+inline uint32_t payload_crc(PayloadCheck check, uint16_t type, const void* payload, uint32_t length) {
+  return check == PayloadCheck::kCrc32c && frame_has_payload(type) ? crc32c(0, payload, length) : 0;
+}
+
+// The payload of `header`, read whole into `payload`: is it what the sender sent?
+inline bool payload_intact(PayloadCheck check, const FrameHeader& header, const void* payload) {
+  return check == PayloadCheck::kAead || crc32c(0, payload, header.length) == header.payload_crc;
+}
+
+inline void frame_seal(FrameHeader* header, const void* payload, PayloadCheck check) {
   header->magic = kFrameMagic;
-  header->payload_crc = frame_has_payload(header->type) ? crc32c(0, payload, header->length) : 0;
+  header->payload_crc = payload_crc(check, header->type, payload, header->length);
   header->header_crc = crc32c(0, header, offsetof(FrameHeader, header_crc));
+}
+
+// A frame with no payload (acks, HELLO, requests) is sealed alike on both kinds of link.
+inline void frame_seal(FrameHeader* header) {
+  NRAID_ASSERT(!frame_has_payload(header->type) || header->length == 0);
+  frame_seal(header, nullptr, PayloadCheck::kCrc32c);
 }
 
 enum class FrameCheck { kOk, kBadMagic, kBadHeaderCrc, kBadType, kBadLength, kOutOfBounds, kMisaligned };

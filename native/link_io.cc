@@ -93,7 +93,7 @@ void prepare_socket(int fd) {
 int exchange_hello(LinkStream& stream, bool send_first, LinkCounters* counters, std::string* error) {
   FrameHeader hello{};
   hello.type = kFrameHello;
-  frame_seal(&hello, nullptr);
+  frame_seal(&hello);
   if (send_first) {
     int rc = write_frame(stream, hello, nullptr);
     if (rc != 0) {

@@ -60,6 +60,7 @@ void Replicator::start(int fd, const ReplicatorOptions& options) {
   NRAID_ASSERT(fd_ < 0);
   fd_ = fd;
   options_ = options;
+  payload_check_.store(payload_check_for(options.tls.enabled), std::memory_order_release);
   stream_ = std::make_unique<LinkStream>(fd_);
   protocol_.store(options.protocol, std::memory_order_release);
   prepare_socket(fd_);
@@ -140,8 +141,9 @@ int Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint
   header.offset = offset;
   header.length = length;
   header.request_id = slot;
-  // The payload checksum is the expensive part: outside every lock.
-  header.payload_crc = frame_has_payload(type) ? crc32c(0, data, length) : 0;
+  // The payload checksum (plain TCP only) is the expensive part: outside every lock.
+  const PayloadCheck check = payload_check_.load(std::memory_order_acquire);
+  header.payload_crc = payload_crc(check, type, data, length);
   bool become_sender;
   {
     std::unique_lock<std::mutex> lock(mutex_);
@@ -162,6 +164,9 @@ int Replicator::enqueue(uint32_t slot, uint16_t type, uint16_t flags, const uint
       return -ETIMEDOUT;
     }
     if (failed_.load(std::memory_order_acquire)) return -ENOTCONN;
+    // A link started since (with the other kind of protection) gets the checksum it expects.
+    const PayloadCheck now_check = payload_check_.load(std::memory_order_acquire);
+    if (now_check != check) header.payload_crc = payload_crc(now_check, type, data, length);
     uint64_t seq = next_seq_++;
     header.seq = seq;
     header.epoch = epoch_;
@@ -298,7 +303,7 @@ bool Replicator::take_read_reply(LinkStream& reader, const FrameHeader& reply) {
       fail(receive_failure(rc, counters_));
       return false;
     }
-    if (crc32c(0, read_reply_buffer_, reply.length) != reply.payload_crc) {
+    if (!payload_intact(payload_check_.load(std::memory_order_relaxed), reply, read_reply_buffer_)) {
       counters_->checksum_errors.fetch_add(1, std::memory_order_relaxed);
       fail("frame rejected: READ_REPLY payload checksum mismatch at offset " + std::to_string(reply.offset));
       return false;
@@ -538,7 +543,7 @@ bool Replicator::take_digest_reply(LinkStream& reader, const FrameHeader& reply)
     fail(rc == -EPIPE ? "data link closed by the peer" : std::string("data link receive: ") + strerror(-rc));
     return false;
   }
-  if (crc32c(0, digest_reply_, reply.length) != reply.payload_crc) {
+  if (!payload_intact(payload_check_.load(std::memory_order_relaxed), reply, digest_reply_)) {
     counters_->checksum_errors.fetch_add(1, std::memory_order_relaxed);
     fail("frame rejected: OV_REPLY payload checksum mismatch at offset " + std::to_string(reply.offset));
     return false;

@@ -236,6 +236,8 @@ class Replicator {
   int fd_ = -1;
   std::unique_ptr<LinkStream> stream_;  // over fd_, made by start()
   ReplicatorOptions options_;
+  // Of options_.tls, read by writers outside every lock (frame.h: PayloadCheck).
+  std::atomic<PayloadCheck> payload_check_{PayloadCheck::kCrc32c};
   std::atomic<Protocol> protocol_{Protocol::kC};
 
   std::mutex mutex_;  // unacked table, sequence, epoch, send queue

@@ -655,7 +655,7 @@ void Replicator::resync_unlock(uint32_t buffer) {
   region_cv_.notify_all();
 }
 
-void Replicator::ahead_issue(uint32_t buffer) {
+void Replicator::ahead_issue(uint32_t buffer, bool ahead) {
   NRAID_ASSERT(ahead_count_ < kResyncWindowChunks);
   Ahead& a = ahead_[buffer];
   NRAID_ASSERT(resync_lock_length_[buffer].load(std::memory_order_relaxed) >= a.length);
@@ -663,8 +663,9 @@ void Replicator::ahead_issue(uint32_t buffer) {
   a.rc = failed() ? -ECANCELED : 0;
   if (a.rc == 0 && a.type != kFrameZeroes) {
     uint8_t* data = resync_buffers_[buffer];
-    if (!reads_open_ || reads_.submit_read(disk_, data, a.length, a.offset, buffer) != 0) {
-      a.rc = disk_->read(data, a.length, a.offset);  // no room for it in the kernel: here and now
+    // One at a time (the rate held down), or no room for it in the kernel: here and now.
+    if (!ahead || !reads_open_ || reads_.submit_read(disk_, data, a.length, a.offset, buffer) != 0) {
+      a.rc = disk_->read(data, a.length, a.offset);
     } else {
       a.reading = true;
       ahead_reading_++;
@@ -862,7 +863,7 @@ void Replicator::verify_loop(uint64_t start_bytes, uint64_t stop_bytes) {
           // side's read and the request's place in the stream, so both digest the same writes.
           ahead_[buffer] = Ahead{offset, length, 0, kFrameOvRequest, false, 0};
           resync_lock(buffer, offset, length);
-          ahead_issue(buffer);
+          ahead_issue(buffer, !pace.held);
           offset += length;
           continue;
         }
@@ -958,7 +959,7 @@ void Replicator::resync_loop(ResyncOptions options) {
             // Lock the region against application writes, and wait for those in flight there.
             resync_lock(buffer, offset, length);
           }
-          ahead_issue(buffer);
+          ahead_issue(buffer, !pace.held);
           bit += ahead_[buffer].bits;
           continue;
         }

@@ -193,7 +193,8 @@ class Replicator {
     int rc = 0;          // the read's result: 0 or a negative errno
   };
   // Starts the read of ahead_[buffer] (none for a zero frame), its region locked, and appends it.
-  void ahead_issue(uint32_t buffer);
+  // `ahead`: asynchronously (more may follow before it is queued); else read here and now.
+  void ahead_issue(uint32_t buffer, bool ahead);
   // Waits for the oldest request's read: its buffer.
   uint32_t ahead_wait_oldest();
   // The oldest request is queued (or dropped): its region unlocked, its entry gone.

@@ -89,8 +89,8 @@ class ActivityLog {
   uint64_t sequence_ = 0;           // under mutex_
   uint8_t* buffer_ = nullptr;       // one bitmap block, aligned: under mutex_
   uint8_t* tx_buffer_ = nullptr;    // one transaction, aligned: the committer's
-  // What each on-disk bitmap block holds, as far as we wrote it: under mutex_.
-  std::vector<uint64_t> written_;
+  // Every on-disk bitmap block was written once by write_bitmap (which writes all
+  // of them the first time); after that the bitmap's change bits say which to write.
   bool written_known_ = false;
 };
 

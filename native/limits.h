@@ -72,10 +72,14 @@ constexpr uint32_t kActivityHeaderBytes = 32;
 constexpr uint32_t kActivityExtentsMax = 1000;  // 4 GiB of hot data at 4 MiB extents
 constexpr uint32_t kActivityMagic = 0x4C41524E;  // "NRAL"
 constexpr uint32_t kActivityLayoutVersion = 1;
+// The on-disk bitmap is read at start-up this much at a time, into one buffer
+// (addon.cc BitmapLoad): never whole, which is 32 MiB per TiB of data.
+constexpr uint64_t kBitmapLoadChunkBytes = 1 * kMiB;
 
 static_assert(kBitmapGranularityBytesMin % kBlockBytes == 0, "a bitmap bit covers whole blocks");
 static_assert(kBitmapGranularityBytesMin <= kBitmapGranularityBytesMax);
 static_assert(kActivityExtentBytes % kRequestBytesMax == 0);
+static_assert(kBitmapLoadChunkBytes % kBlockBytes == 0, "the bitmap is read in whole disk blocks");
 static_assert(kActivityExtentBytes % kBitmapGranularityBytesMax == 0, "an activity extent is whole bitmap bits");
 static_assert(kActivityHeaderBytes + kActivityExtentsMax * 4 <= kActivityTransactionBytes - 4,
               "header, extent numbers and the crc fit in one transaction");

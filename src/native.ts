@@ -272,9 +272,32 @@ export interface Binding {
    * outside native/limits.h; then nothing changed.
    */
   resyncSet(pipeline: PipelineHandle, settings: ResyncSettings): void;
-  /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
-  bitmapGet(pipeline: PipelineHandle): Buffer;
-  bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;
+  /**
+   * Bytes [offsetBytes, offsetBytes + lengthBytes) of the dirty bitmap as
+   * little-endian u64 words (the on-disk layout), by default all of it. Take
+   * it in chunks: the whole bitmap is 32 MiB per TiB of data. Throws
+   * RangeError unless both are whole words within the bitmap. With `into`,
+   * the words go there (from its start) and `into` is returned.
+   */
+  bitmapGet(pipeline: PipelineHandle, offsetBytes?: number, lengthBytes?: number): Buffer;
+  bitmapGet<T extends Uint8Array>(pipeline: PipelineHandle, offsetBytes: number, lengthBytes: number, into: T): T;
+  /**
+   * Replaces the bitmap with the on-disk one at `offsetBytes` of `disk`, read
+   * in chunks into one native buffer (no whole copy anywhere). Throws on a
+   * read error (then the bitmap holds what was read so far).
+   */
+  bitmapLoad(pipeline: PipelineHandle, disk: DiskHandle, offsetBytes: number): void;
+  /** The dirty bitmap's size in bytes (whole u64 words). */
+  bitmapSizeBytes(pipeline: PipelineHandle): number;
+  /**
+   * replace/merge: `words` written or OR-ed in place at `offsetBytes` of the
+   * bitmap (whole words); without an offset `words` is the whole bitmap (or
+   * longer: the on-disk area). all: every bit set. clear: none.
+   */
+  bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge', words: Uint8Array, offsetBytes?: number): void;
+  bitmapSet(pipeline: PipelineHandle, mode: 'all' | 'clear'): void;
+  /** range: the bits covering data bytes [offsetBytes, offsetBytes + lengthBytes) set. */
+  bitmapSet(pipeline: PipelineHandle, mode: 'range', offsetBytes: number, lengthBytes: number): void;
   /**
    * A new generation starts on the first write without a peer: the data plane
    * writes this superblock image at `offsetBytes` (durably) just before it.

@@ -2,6 +2,7 @@
 // a handful of control calls on opaque handles. JavaScript validates options;
 // here they are copied into plain structs; the data plane threads never touch
 // a JavaScript value.
+#include <malloc.h>
 #include <napi.h>
 #include <stdlib.h>
 #include <fcntl.h>
@@ -251,6 +252,7 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("sequence", box->pipeline->sequence());
   set("epoch", box->pipeline->epoch());
   set("frontendUnknownRequests", box->frontend ? box->frontend->requests_unknown() : 0);
+  set("frontendTrims", box->frontend ? box->frontend->trims() : 0);
   set("replicatedWrites", c.replicated_writes.load());
   set("dirtyWrites", c.dirty_writes.load());
   const auto& l = box->pipeline->link_counters();
@@ -888,6 +890,7 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  mallopt(M_ARENA_MAX, nraid::kMallocArenasMax);
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
   exports.Set("crc32cHardware", Napi::Boolean::New(env, nraid::crc32c_hardware()));
   exports.Set("diskOpen", Napi::Function::New(env, DiskOpen));

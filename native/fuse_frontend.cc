@@ -16,6 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstddef>
 #include <mutex>
 #include <vector>
@@ -43,7 +44,8 @@ constexpr size_t kWorkerBufferBytes = kFuseBufferBytes + kBufferSlackBytes;
 constexpr size_t kReadSizeBytes = kWorkerBufferBytes - kReadOffsetBytes;
 // One worker's part of the arena: its request buffer, then its stack.
 constexpr size_t kArenaSlotBytes = kWorkerBufferBytes + kFrontendStackBytes;
-// The arena is aligned and sized in transparent huge pages.
+// The arena is aligned and sized in 2 MiB (one mapping, few VMAs); its pages are small
+// (MADV_NOHUGEPAGE): a touch makes 4 KiB resident, not 2 MiB.
 constexpr size_t kHugePageBytes = 2 * kMiB;
 constexpr uint32_t kOurMinorVersion = 38;
 constexpr uint64_t kRootNodeId = FUSE_ROOT_ID;
@@ -54,8 +56,8 @@ static_assert(kWorkerBufferBytes % kBlockBytes == 0 && kArenaSlotBytes % kBlockB
 static_assert(sizeof(fuse_out_header) <= kFuseHeaderRoomBytes);
 static_assert(kReadSizeBytes >= kWriteHeaderBytes + kRequestBytesMax, "the kernel refuses a read() shorter than this");
 
-// The arena kept for the next frontend of this process: prepared at daemon start
-// (prepare_memory) or left by an earlier frontend, every page already touched.
+// The arena kept for the next frontend of this process: mapped at daemon start
+// (prepare_memory) or left by an earlier frontend (its pages given back).
 // Never destroyed: the preparing thread is detached and may still run when the process exits.
 struct Arena {
   uint8_t* base = nullptr;
@@ -68,9 +70,11 @@ size_t arena_bytes_for(uint32_t threads) {
   return (kArenaSlotBytes * threads + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
 }
 
-// Every buffer and stack in one mapping advised for transparent huge pages, every page touched:
-// populating 48 threads' 60 MiB in 4 KiB faults took 0.3 s of CPU on a virtual machine (2 MiB
-// pages: 0.05 s), and that time is the pause of a restarted daemon or a promotion before it serves.
+// Every buffer and stack in one mapping, nothing touched: a page becomes resident (and, with
+// lock-memory, locked: mlock2 MLOCK_ONFAULT in start()) when a thread first uses it. Populating
+// all of it up front cost 60 MiB resident at 48 threads whether or not they ever served (issue
+// 12: 1 TiB at <= 100 MiB); first touches now cost a fault per 4 KiB page, once per thread
+// (and again after an idle trim), on the request that touches it.
 bool map_arena(size_t bytes, Arena* arena, std::string* error) {
   void* mapped = ::mmap(nullptr, bytes + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) {
@@ -85,8 +89,7 @@ bool map_arena(size_t bytes, Arena* arena, std::string* error) {
   ::munmap(reinterpret_cast<void*>(aligned + bytes), tail_bytes);
   arena->base = reinterpret_cast<uint8_t*>(aligned);
   arena->bytes = bytes;
-  ::madvise(arena->base, bytes, MADV_HUGEPAGE);  // advice: without THP it still works, slower
-  memset(arena->base, 0, bytes);                 // touch every page now, not on the write path
+  ::madvise(arena->base, bytes, MADV_NOHUGEPAGE);  // advice: small pages, resident as touched
   return true;
 }
 
@@ -142,7 +145,7 @@ bool FuseFrontend::start(std::string* error) {
   }
   workers_ = std::vector<Worker>(options_.threads);
   {
-    // The prepared (or an earlier frontend's) arena if it is large enough: its pages are resident.
+    // The prepared (or an earlier frontend's) arena if it is large enough.
     std::lock_guard<std::mutex> lock(g_arena_mutex);
     size_t needed = arena_bytes_for(options_.threads);
     Arena arena;
@@ -156,9 +159,10 @@ bool FuseFrontend::start(std::string* error) {
     arena_ = arena.base;
     arena_bytes_ = arena.bytes;
   }
-  // Keep what the serving threads touch resident: their buffers and stacks (already touched).
-  // (mlockall would also pin V8's heap, which V8 cannot tear down then.)
-  if (options_.lock_memory && mlock(arena_, arena_bytes_) != 0) {
+  // Keep what the serving threads touch resident: their buffers and stacks, locked as they are
+  // touched (MLOCK_ONFAULT: nothing populated now). (mlockall would also pin V8's heap, which V8
+  // cannot tear down then.)
+  if (options_.lock_memory && mlock2(arena_, arena_bytes_, MLOCK_ONFAULT) != 0) {
     *error = std::string("mlock of the frontend's buffers: ") + strerror(errno);
     stop();
     return false;
@@ -202,6 +206,7 @@ bool FuseFrontend::start(std::string* error) {
     }
     worker.started = true;
   }
+  trimmer_ = std::thread([this] { run_trimmer(); });
   if (options_.adopt) {
     // Every request the previous daemon read and never answered goes back to the queue (unique
     // marked FUSE_UNIQUE_RESEND); the threads above serve them like new ones. A write applied
@@ -240,6 +245,12 @@ void FuseFrontend::release() {
 
 void FuseFrontend::stop() {
   stopping_.store(true, std::memory_order_release);
+  {
+    // No trim signal after this: the threads it would signal are joined below.
+    std::lock_guard<std::mutex> lock(trimmer_mutex_);
+    trimmer_cv_.notify_all();
+  }
+  if (trimmer_.joinable()) trimmer_.join();
   if (mounted_) {
     // Unmounting ends the FUSE connection once nobody holds the file: the
     // control plane detaches the loop device first. If something still holds
@@ -272,6 +283,7 @@ void FuseFrontend::stop() {
     // a spare one is kept already: one arena per process at most besides the serving one.
     std::lock_guard<std::mutex> lock(g_arena_mutex);
     munlock(arena_, arena_bytes_);
+    ::madvise(arena_, arena_bytes_, MADV_DONTNEED);  // every thread is joined: nothing in it is in use
     if (g_spare_arena.base == nullptr) {
       g_spare_arena = Arena{arena_, arena_bytes_};
     } else {
@@ -302,14 +314,70 @@ void* FuseFrontend::run_worker(void* arg) {
 
 void FuseFrontend::serve(Worker* worker) {
   uint8_t* request = worker->buffer + kReadOffsetBytes;
+  uint64_t served = 0;  // this thread's count; worker->served is its published copy
   while (!stopping_.load(std::memory_order_acquire)) {
+    if (worker->trim.load(std::memory_order_acquire)) trim(worker);
+    worker->in_read.store(true, std::memory_order_release);
     ssize_t n = ::read(fd_, request, kReadSizeBytes);
+    worker->in_read.store(false, std::memory_order_relaxed);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == ENOENT) continue;  // ENOENT: request was interrupted
       break;  // ENODEV: unmounted or aborted
     }
+    worker->resident.store(true, std::memory_order_relaxed);  // the request touched the buffer
     if (static_cast<size_t>(n) < sizeof(fuse_in_header)) continue;
     handle(worker->slot, request, static_cast<size_t>(n), worker->buffer);
+    worker->served.store(++served, std::memory_order_relaxed);
+  }
+}
+
+// On the worker's own thread, between requests (so nothing in its buffer is in use): its buffer's
+// pages and the unused part of its stack go back to the kernel; they come back, zero-filled and
+// locked, when touched again. Locked pages cannot be dropped: unlock, drop, lock on fault again.
+void FuseFrontend::trim(Worker* worker) {
+  worker->trim.store(false, std::memory_order_relaxed);
+  if (!worker->resident.load(std::memory_order_relaxed)) return;
+  uint8_t* slot = worker->buffer;
+  if (options_.lock_memory) munlock(slot, kArenaSlotBytes);
+  ::madvise(worker->buffer, kWorkerBufferBytes, MADV_DONTNEED);
+  // The stack grows down from its top: drop what lies below this frame, less a margin.
+  auto here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+  auto stack = reinterpret_cast<uintptr_t>(worker->stack);
+  if (here > stack + kFrontendStackKeptBytes) {
+    uintptr_t end = (here - kFrontendStackKeptBytes) / kBlockBytes * kBlockBytes;
+    if (end > stack) ::madvise(worker->stack, end - stack, MADV_DONTNEED);
+  }
+  if (options_.lock_memory) mlock2(slot, kArenaSlotBytes, MLOCK_ONFAULT);
+  worker->resident.store(false, std::memory_order_relaxed);
+  trims_.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Every kFrontendIdleCheckMs: a thread waiting in read() that served nothing since
+// kFrontendIdleTrimMs, with pages to give back, is asked to trim itself (a flag, then SIGURG to
+// take it out of read(); a request it reads meanwhile is served first, the trim after).
+void FuseFrontend::run_trimmer() {
+  name_thread("nraid-fuse-trim");
+  const uint32_t idle_checks = kFrontendIdleTrimMs / kFrontendIdleCheckMs;
+  std::vector<uint64_t> seen(workers_.size(), 0);
+  std::vector<uint32_t> quiet(workers_.size(), 0);
+  std::unique_lock<std::mutex> lock(trimmer_mutex_);
+  while (!stopping_.load(std::memory_order_acquire)) {
+    trimmer_cv_.wait_for(lock, std::chrono::milliseconds(kFrontendIdleCheckMs));
+    if (stopping_.load(std::memory_order_acquire)) break;
+    for (size_t i = 0; i < workers_.size(); i++) {
+      Worker& worker = workers_[i];
+      uint64_t served = worker.served.load(std::memory_order_relaxed);
+      if (served != seen[i]) {
+        seen[i] = served;
+        quiet[i] = 0;
+        continue;
+      }
+      if (!worker.resident.load(std::memory_order_relaxed) || ++quiet[i] < idle_checks) continue;
+      quiet[i] = 0;
+      if (!worker.in_read.load(std::memory_order_acquire)) continue;  // busy with a long request
+      worker.trim.store(true, std::memory_order_release);
+      pthread_kill(worker.thread, SIGURG);
+    }
   }
 }
 

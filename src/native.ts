@@ -22,6 +22,8 @@ export interface NativeCounters {
   sequence: number;
   epoch: number;
   frontendUnknownRequests: number;
+  /** Times an idle frontend thread gave its buffer's and stack's pages back. */
+  frontendTrims: number;
   replicatedWrites: number;
   /** Writes done with no peer: their regions are set in the bitmap. */
   dirtyWrites: number;

@@ -19,17 +19,13 @@ ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_byt
       layout_(layout),
       extents_((data_size_bytes + layout.extent_bytes - 1) / layout.extent_bytes),
       slots_(static_cast<uint32_t>(layout.area_size_bytes / kActivityTransactionBytes)),
-      pins_(new std::atomic<uint32_t>[extents_]),
-      last_used_(new std::atomic<uint32_t>[extents_]),
-      hot_bits_(new std::atomic<uint64_t>[(extents_ + 63) / 64]) {
+      pins_(extents_),
+      last_used_(extents_),
+      hot_bits_((extents_ + 63) / 64) {
   NRAID_ASSERT(slots_ > 0);
   sequence_ = layout_.sequence_start;
   NRAID_ASSERT(layout_.extent_bytes % kBlockBytes == 0);
-  for (uint64_t i = 0; i < extents_; i++) {
-    pins_[i].store(0, std::memory_order_relaxed);
-    last_used_[i].store(0, std::memory_order_relaxed);
-  }
-  for (uint64_t i = 0; i < (extents_ + 63) / 64; i++) hot_bits_[i].store(0, std::memory_order_relaxed);
+  // pins_, last_used_ and hot_bits_ start as zeros, resident only where extents are used.
   void* buffer = nullptr;
   if (posix_memalign(&buffer, kBlockBytes, kActivityTransactionBytes) != 0) abort();
   buffer_ = static_cast<uint8_t*>(buffer);

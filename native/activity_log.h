@@ -15,6 +15,7 @@
 
 #include "bitmap.h"
 #include "local_io.h"
+#include "zeroed_array.h"
 
 namespace nraid {
 
@@ -75,9 +76,9 @@ class ActivityLog {
   const ActivityLogLayout layout_;
   const uint64_t extents_;
   const uint32_t slots_;
-  std::unique_ptr<std::atomic<uint32_t>[]> pins_;
-  std::unique_ptr<std::atomic<uint32_t>[]> last_used_;
-  std::unique_ptr<std::atomic<uint64_t>[]> hot_bits_;
+  ZeroedArray<std::atomic<uint32_t>> pins_;
+  ZeroedArray<std::atomic<uint32_t>> last_used_;
+  ZeroedArray<std::atomic<uint64_t>> hot_bits_;
   std::atomic<uint32_t> clock_{0};
   std::atomic<uint64_t> transactions_{0};
   std::mutex mutex_;

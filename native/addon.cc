@@ -253,6 +253,7 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("epoch", box->pipeline->epoch());
   set("frontendUnknownRequests", box->frontend ? box->frontend->requests_unknown() : 0);
   set("frontendTrims", box->frontend ? box->frontend->trims() : 0);
+  set("frontendHugeSwitches", box->frontend ? box->frontend->huge_switches() : 0);
   set("replicatedWrites", c.replicated_writes.load());
   set("dirtyWrites", c.dirty_writes.load());
   const auto& l = box->pipeline->link_counters();

@@ -1,24 +1,10 @@
 #include "bitmap.h"
 
-#include <errno.h>
 #include <string.h>
-#include <sys/mman.h>
-
-#include <cstdio>
-#include <cstdlib>
 
 #include "nraid_assert.h"
 
 namespace nraid {
-
-static_assert(sizeof(std::atomic<uint64_t>) == 8 && std::atomic<uint64_t>::is_always_lock_free,
-              "the bitmap's words are plain 64-bit words in a zero-filled mapping");
-
-namespace {
-
-uint64_t round_up(uint64_t value, uint64_t unit) { return (value + unit - 1) / unit * unit; }
-
-}  // namespace
 
 Bitmap::Bitmap(uint64_t data_size_bytes, uint32_t granularity_bytes)
     : data_size_bytes_(data_size_bytes),
@@ -26,22 +12,12 @@ Bitmap::Bitmap(uint64_t data_size_bytes, uint32_t granularity_bytes)
       bits_((data_size_bytes + granularity_bytes - 1) / granularity_bytes),
       words_((bits_ + 63) / 64),
       blocks_((words_ + kWordsPerBlock - 1) / kWordsPerBlock),
-      mapped_bytes_(round_up(words_ * 8 > 0 ? words_ * 8 : 8, kBlockBytes)),
-      changed_(new std::atomic<uint64_t>[(blocks_ + 63) / 64 + 1]) {
+      data_(words_),
+      changed_((blocks_ + 63) / 64) {
+  // Zero-filled by the kernel, and resident only where a bit was ever set: no pass over the
+  // words here (that would make all of them resident).
   NRAID_ASSERT(granularity_bytes > 0 && (granularity_bytes & (granularity_bytes - 1)) == 0);
-  // Zero-filled by the kernel, and resident only where a bit was ever set: no
-  // pass over the words here (that would make all of them resident).
-  void* mapped = ::mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mapped == MAP_FAILED) {
-    fprintf(stderr, "nraid: cannot map a dirty bitmap of %llu bytes: %s\n", static_cast<unsigned long long>(mapped_bytes_),
-            strerror(errno));
-    abort();
-  }
-  data_ = static_cast<std::atomic<uint64_t>*>(mapped);
-  for (uint64_t i = 0; i < (blocks_ + 63) / 64 + 1; i++) changed_[i].store(0, std::memory_order_relaxed);
 }
-
-Bitmap::~Bitmap() { ::munmap(data_, mapped_bytes_); }
 
 void Bitmap::note_changed_word(uint64_t word) {
   uint64_t block = word / kWordsPerBlock;

@@ -10,9 +10,9 @@
 // of what it wrote last.
 #include <atomic>
 #include <cstdint>
-#include <memory>
 
 #include "limits.h"
+#include "zeroed_array.h"
 
 namespace nraid {
 
@@ -21,7 +21,6 @@ class Bitmap {
   static constexpr uint64_t kWordsPerBlock = kBlockBytes / 8;
 
   Bitmap(uint64_t data_size_bytes, uint32_t granularity_bytes);
-  ~Bitmap();
   Bitmap(const Bitmap&) = delete;
   Bitmap& operator=(const Bitmap&) = delete;
 
@@ -60,9 +59,8 @@ class Bitmap {
   const uint64_t bits_;
   const uint64_t words_;
   const uint64_t blocks_;
-  const uint64_t mapped_bytes_;
-  std::atomic<uint64_t>* data_;
-  std::unique_ptr<std::atomic<uint64_t>[]> changed_;
+  ZeroedArray<std::atomic<uint64_t>> data_;
+  ZeroedArray<std::atomic<uint64_t>> changed_;
 };
 
 }  // namespace nraid

@@ -59,6 +59,8 @@ class FuseFrontend {
   uint64_t requests_unknown() const { return requests_unknown_.load(std::memory_order_relaxed); }
   // Idle threads' buffers and stacks given back so far (run_trimmer).
   uint64_t trims() const { return trims_.load(std::memory_order_relaxed); }
+  // Times the buffers turned to huge pages after large requests (run_trimmer).
+  uint64_t huge_switches() const { return huge_switches_.load(std::memory_order_relaxed); }
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
   // The descriptor we serve (for the holder to take a duplicate of); -1 when stopped.
   int fd() const { return fd_; }
@@ -82,6 +84,10 @@ class FuseFrontend {
   static void* run_worker(void* arg);
   void serve(Worker* worker);
   void trim(Worker* worker);
+  // On the serving path: one load, and a store only the first time in a check period.
+  void note_large_request() {
+    if (!large_request_seen_.load(std::memory_order_relaxed)) large_request_seen_.store(true, std::memory_order_relaxed);
+  }
   void run_trimmer();
   void handle(uint32_t slot, uint8_t* request, size_t request_bytes, uint8_t* buffer);
   void reply(uint64_t unique, int error, const void* body, size_t body_bytes);
@@ -92,13 +98,16 @@ class FuseFrontend {
   int fd_ = -1;
   bool mounted_ = false;
   std::vector<Worker> workers_;
-  // Every worker's buffer and stack: one mapping, 2 MiB aligned, resident (and locked) as touched.
+  // Every worker's buffer, then every worker's stack: one mapping, 2 MiB aligned, resident (and
+  // locked) as touched.
   uint8_t* arena_ = nullptr;
   size_t arena_bytes_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> initialized_{false};
   std::atomic<uint64_t> requests_unknown_{0};
   std::atomic<uint64_t> trims_{0};
+  std::atomic<uint64_t> huge_switches_{0};
+  std::atomic<bool> large_request_seen_{false};
   std::thread trimmer_;
   std::mutex trimmer_mutex_;
   std::condition_variable trimmer_cv_;

@@ -24,6 +24,8 @@ export interface NativeCounters {
   frontendUnknownRequests: number;
   /** Times an idle frontend thread gave its buffer's and stack's pages back. */
   frontendTrims: number;
+  /** Times the frontend's buffers turned to huge pages after large requests (back to small ones when idle). */
+  frontendHugeSwitches: number;
   replicatedWrites: number;
   /** Writes done with no peer: their regions are set in the bitmap. */
   dirtyWrites: number;
@@ -140,7 +142,7 @@ export interface FrontendOptions {
   /** Shown as the source in /proc/mounts, so a stale mount can be recognised. */
   source: string;
   threads: number;
-  /** mlock of buffers and stacks, PR_SET_IO_FLUSHER: a block server must not wait on reclaim. */
+  /** mlock (as touched: MLOCK_ONFAULT) of buffers and stacks, PR_SET_IO_FLUSHER: a block server must not wait on reclaim. */
   lockMemory: boolean;
   /** A /dev/fuse descriptor the holder keeps open (inherited); unset: open a new one. */
   fuseFd?: number;
@@ -344,10 +346,12 @@ export interface Binding {
   /** Returns the /dev/fuse descriptor it serves (the holder takes a duplicate of it). */
   frontendStart(pipeline: PipelineHandle, options: FrontendOptions): number;
   /**
-   * Allocates and touches the buffers and stacks of `threads` frontend
+   * Maps (without touching) the buffers and stacks of `threads` frontend
    * workers on a native thread of its own, for the next frontendStart of this
-   * process (they are kept across frontends): a promotion then does not first
-   * touch ~60 MiB of fresh memory (0.6-2.4 s on a loaded VM). Returns at once.
+   * process (kept across frontends). Their pages become resident, and locked
+   * with lockMemory, only as the threads touch them, and a thread idle for
+   * 10 s gives them back (issue 12: 62 MiB at 48 threads was resident and
+   * locked whether or not a thread ever served). Returns at once.
    */
   frontendPrepare(threads: number): void;
   frontendStop(pipeline: PipelineHandle): void;

@@ -190,7 +190,7 @@ export class DataPlane {
   startFrontend(options: FrontendOptions): number {
     return binding.frontendStart(this.h, options);
   }
-  /** The frontend's memory, made ready in the background for the first promotion (see Binding.frontendPrepare). */
+  /** The frontend's memory, mapped in the background for the first promotion (see Binding.frontendPrepare). */
   prepareFrontend(threads: number): void {
     binding.frontendPrepare(threads);
   }

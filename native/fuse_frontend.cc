@@ -51,15 +51,12 @@ constexpr size_t kReadSizeBytes = kWorkerBufferBytes - kReadOffsetBytes;
 // writes through 4 KiB pages ran at 0.55x the rate through 2 MiB pages, bench row nraid);
 // back to small pages when every thread has idled.
 constexpr size_t kHugePageBytes = 2 * kMiB;
-// A request this large (payload) turns the buffers to huge pages.
-constexpr uint32_t kHugeRequestBytes = 256 * kKiB;
 constexpr uint32_t kOurMinorVersion = 38;
 constexpr uint64_t kRootNodeId = FUSE_ROOT_ID;
 constexpr uint64_t kAttrValidSeconds = 1;
 
 static_assert(kWriteHeaderBytes == 80);
 static_assert(kWorkerBufferBytes % kBlockBytes == 0 && kFrontendStackBytes % kBlockBytes == 0, "buffers and stacks stay block-aligned in the arena");
-static_assert(kHugeRequestBytes <= kRequestBytesMax);
 static_assert(sizeof(fuse_out_header) <= kFuseHeaderRoomBytes);
 static_assert(kReadSizeBytes >= kWriteHeaderBytes + kRequestBytesMax, "the kernel refuses a read() shorter than this");
 
@@ -481,7 +478,7 @@ void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes,
       }
       uint8_t* data = buffer + kFuseHeaderRoomBytes;
       NRAID_ASSERT(request + kWriteHeaderBytes == data);
-      if (write_in->size >= kHugeRequestBytes) note_large_request();
+      if (write_in->size >= kFrontendHugeRequestBytes) note_large_request();
       int rc = pipeline_->write(slot, data, write_in->size, write_in->offset);
       fuse_write_out out{};
       out.size = write_in->size;
@@ -496,7 +493,7 @@ void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes,
       if (offset >= size_bytes) length = 0;
       else if (length > size_bytes - offset) length = static_cast<uint32_t>(size_bytes - offset);
       uint8_t* data = buffer + kFuseHeaderRoomBytes;
-      if (length >= kHugeRequestBytes) note_large_request();
+      if (length >= kFrontendHugeRequestBytes) note_large_request();
       int rc = length == 0 ? 0 : pipeline_->read(slot, data, length, offset);
       if (rc != 0) {
         reply(in->unique, rc, nullptr, 0);

@@ -56,6 +56,9 @@ constexpr uint32_t kFrontendIdleCheckMs = 1'000;
 constexpr uint32_t kFrontendIdleTrimMs = 10'000;
 // What a trim leaves of a stack below the trimming frame (its own calls and a signal's frame).
 constexpr size_t kFrontendStackKeptBytes = 16 * kKiB;
+// A request with this much payload turns the frontend's buffers to huge pages (1 MiB writes
+// through 4 KiB pages ran at 0.55-0.6x; small requests showed no difference).
+constexpr uint32_t kFrontendHugeRequestBytes = 256 * kKiB;
 // FUSE asks for the kernel's background queue: bounds async direct I/O in flight.
 constexpr uint16_t kFuseMaxBackground = 256;
 constexpr uint16_t kFuseCongestionThreshold = 192;
@@ -68,6 +71,7 @@ static_assert(kFuseCongestionThreshold < kFuseMaxBackground);
 static_assert(kFrontendStackBytes % kBlockBytes == 0);
 static_assert(kFrontendIdleTrimMs >= 2 * kFrontendIdleCheckMs, "idle means several checks without a request");
 static_assert(kFrontendStackKeptBytes % kBlockBytes == 0 && kFrontendStackKeptBytes < kFrontendStackBytes);
+static_assert(kFrontendHugeRequestBytes <= kRequestBytesMax);
 
 // ---- dirty bitmap and activity log ----
 

@@ -19,17 +19,13 @@ ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_byt
       layout_(layout),
       extents_((data_size_bytes + layout.extent_bytes - 1) / layout.extent_bytes),
       slots_(static_cast<uint32_t>(layout.area_size_bytes / kActivityTransactionBytes)),
-      pins_(new std::atomic<uint32_t>[extents_]),
-      last_used_(new std::atomic<uint32_t>[extents_]),
-      hot_bits_(new std::atomic<uint64_t>[(extents_ + 63) / 64]) {
+      pins_(extents_),
+      last_used_(extents_),
+      hot_bits_((extents_ + 63) / 64) {
   NRAID_ASSERT(slots_ > 0);
   sequence_ = layout_.sequence_start;
   NRAID_ASSERT(layout_.extent_bytes % kBlockBytes == 0);
-  for (uint64_t i = 0; i < extents_; i++) {
-    pins_[i].store(0, std::memory_order_relaxed);
-    last_used_[i].store(0, std::memory_order_relaxed);
-  }
-  for (uint64_t i = 0; i < (extents_ + 63) / 64; i++) hot_bits_[i].store(0, std::memory_order_relaxed);
+  // pins_, last_used_ and hot_bits_ start as zeros, resident only where extents are used.
   void* buffer = nullptr;
   if (posix_memalign(&buffer, kBlockBytes, kActivityTransactionBytes) != 0) abort();
   buffer_ = static_cast<uint8_t*>(buffer);
@@ -38,7 +34,6 @@ ActivityLog::ActivityLog(LocalDisk* disk, Bitmap* bitmap, uint64_t data_size_byt
   hot_list_.reserve(kActivityExtentsMax);
   eviction_order_.reserve(kActivityExtentsMax);
   pending_.reserve(kActivityExtentsMax);
-  written_.assign((bitmap_->words() + kBlockBytes / 8 - 1) / (kBlockBytes / 8) * (kBlockBytes / 8), 0);
 }
 
 ActivityLog::~ActivityLog() {
@@ -97,24 +92,32 @@ int ActivityLog::write_bitmap_block_locked(uint64_t extent) {
 }
 
 int ActivityLog::write_bitmap_block_at_locked(uint64_t block, bool only_if_changed) {
-  constexpr uint64_t kWordsPerBlock = kBlockBytes / 8;
+  constexpr uint64_t kWordsPerBlock = Bitmap::kWordsPerBlock;
   uint64_t first_word = block * kWordsPerBlock;
   uint64_t words = std::min<uint64_t>(kWordsPerBlock, bitmap_->words() - first_word);
+  // Taken before the snapshot: a word that changes after this point marks the block again,
+  // so the next write-back carries it even when this snapshot missed it.
+  bool changed = bitmap_->take_changed(block);
+  // A look costs less than a write, and most blocks did not change.
+  if (only_if_changed && written_known_ && !changed) return 0;
+  if (detached()) {  // an eviction of a detached disk: the bits stay in memory only
+    if (changed) bitmap_->mark_changed(block);
+    return 0;
+  }
   memset(buffer_, 0, kBlockBytes);
   bitmap_->snapshot_range(first_word, words, reinterpret_cast<uint64_t*>(buffer_));
-  // A look costs less than a write, and most blocks did not change.
-  if (only_if_changed && written_known_ && memcmp(buffer_, &written_[first_word], kBlockBytes) == 0) return 0;
-  if (detached()) return 0;  // an eviction of a detached disk: the bits stay in memory only
   int rc = disk_->write(buffer_, kBlockBytes, layout_.bitmap_offset_bytes + block * kBlockBytes);
-  if (rc != 0) return rc;
-  memcpy(&written_[first_word], buffer_, kBlockBytes);
+  if (rc != 0) {
+    bitmap_->mark_changed(block);  // still to be written
+    return rc;
+  }
   return 1;
 }
 
 int64_t ActivityLog::write_bitmap(bool flush) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (detached()) return 0;
-  uint64_t blocks = written_.size() / (kBlockBytes / 8);
+  uint64_t blocks = bitmap_->blocks();
   int64_t written_bytes = 0;
   for (uint64_t block = 0; block < blocks; block++) {
     int rc = write_bitmap_block_at_locked(block, true);

@@ -15,6 +15,7 @@
 
 #include "bitmap.h"
 #include "local_io.h"
+#include "zeroed_array.h"
 
 namespace nraid {
 
@@ -75,9 +76,9 @@ class ActivityLog {
   const ActivityLogLayout layout_;
   const uint64_t extents_;
   const uint32_t slots_;
-  std::unique_ptr<std::atomic<uint32_t>[]> pins_;
-  std::unique_ptr<std::atomic<uint32_t>[]> last_used_;
-  std::unique_ptr<std::atomic<uint64_t>[]> hot_bits_;
+  ZeroedArray<std::atomic<uint32_t>> pins_;
+  ZeroedArray<std::atomic<uint32_t>> last_used_;
+  ZeroedArray<std::atomic<uint64_t>> hot_bits_;
   std::atomic<uint32_t> clock_{0};
   std::atomic<uint64_t> transactions_{0};
   std::mutex mutex_;
@@ -89,8 +90,8 @@ class ActivityLog {
   uint64_t sequence_ = 0;           // under mutex_
   uint8_t* buffer_ = nullptr;       // one bitmap block, aligned: under mutex_
   uint8_t* tx_buffer_ = nullptr;    // one transaction, aligned: the committer's
-  // What each on-disk bitmap block holds, as far as we wrote it: under mutex_.
-  std::vector<uint64_t> written_;
+  // Every on-disk bitmap block was written once by write_bitmap (which writes all
+  // of them the first time); after that the bitmap's change bits say which to write.
   bool written_known_ = false;
 };
 

@@ -2,6 +2,7 @@
 // a handful of control calls on opaque handles. JavaScript validates options;
 // here they are copied into plain structs; the data plane threads never touch
 // a JavaScript value.
+#include <malloc.h>
 #include <napi.h>
 #include <stdlib.h>
 #include <fcntl.h>
@@ -251,6 +252,8 @@ Napi::Value PipelineCounters(const Napi::CallbackInfo& info) {
   set("sequence", box->pipeline->sequence());
   set("epoch", box->pipeline->epoch());
   set("frontendUnknownRequests", box->frontend ? box->frontend->requests_unknown() : 0);
+  set("frontendTrims", box->frontend ? box->frontend->trims() : 0);
+  set("frontendHugeSwitches", box->frontend ? box->frontend->huge_switches() : 0);
   set("replicatedWrites", c.replicated_writes.load());
   set("dirtyWrites", c.dirty_writes.load());
   const auto& l = box->pipeline->link_counters();
@@ -624,17 +627,71 @@ Napi::Value ResyncSet(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// The bitmap as little-endian 64-bit words, the layout of the on-disk bitmap area.
+// Words [offsetBytes, offsetBytes + lengthBytes) of the bitmap (both multiples of 8; by default
+// all of it) as little-endian 64-bit words, the layout of the on-disk bitmap area. Callers take
+// it a chunk at a time: a whole bitmap is 32 MiB per TiB of data.
 Napi::Value BitmapGet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
   auto& bitmap = box->pipeline->bitmap();
-  auto buffer = Napi::Buffer<uint8_t>::New(env, bitmap.words() * 8);
-  bitmap.snapshot(reinterpret_cast<uint64_t*>(buffer.Data()));
+  const uint64_t size_bytes = bitmap.words() * 8;
+  uint64_t offset = info.Length() > 1 && !info[1].IsUndefined() ? get_u64(info[1], "offsetBytes") : 0;
+  uint64_t length = info.Length() > 2 && !info[2].IsUndefined() ? get_u64(info[2], "lengthBytes") : size_bytes - std::min(offset, size_bytes);
+  if (offset % 8 != 0 || length % 8 != 0 || offset > size_bytes || length > size_bytes - offset) {
+    throw Napi::RangeError::New(env, "bitmapGet: expected whole words within the bitmap's " + std::to_string(size_bytes) +
+                                         " bytes, found offset " + std::to_string(offset) + " and length " + std::to_string(length));
+  }
+  if (info.Length() > 3 && !info[3].IsUndefined()) {
+    // Into the caller's array (reused chunk after chunk: no garbage per chunk).
+    if (!info[3].IsTypedArray()) throw Napi::TypeError::New(env, "bitmapGet: expected a Uint8Array to read into");
+    auto into = info[3].As<Napi::Uint8Array>();
+    if (into.ByteLength() < length) {
+      throw Napi::RangeError::New(env, "bitmapGet: expected room for " + std::to_string(length) + " bytes, found " + std::to_string(into.ByteLength()));
+    }
+    for (uint64_t i = 0; i < length / 8; i++) {
+      uint64_t word;
+      bitmap.snapshot_range(offset / 8 + i, 1, &word);
+      memcpy(into.Data() + i * 8, &word, 8);
+    }
+    return info[3];
+  }
+  auto buffer = Napi::Buffer<uint8_t>::New(env, length);
+  bitmap.snapshot_range(offset / 8, length / 8, reinterpret_cast<uint64_t*>(buffer.Data()));
   return buffer;
 }
 
-// mode "replace", "merge" (OR) or "all" (every bit set: a full sync).
+// Replaces the bitmap with the on-disk one: the area at bitmapOffsetBytes of the disk (whole
+// blocks, at least the bitmap's words) read kBitmapLoadChunkBytes at a time into one buffer,
+// so no copy of the whole bitmap exists, in JS or here. At start-up, before anything is served.
+Napi::Value BitmapLoad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  LocalDisk* disk = unwrap<LocalDisk>(info, 1, "disk")->object;
+  uint64_t offset = get_u64(info[2], "offsetBytes");
+  auto& bitmap = box->pipeline->bitmap();
+  const uint64_t size_bytes = bitmap.words() * 8;
+  const uint64_t area_bytes = (size_bytes + nraid::kBlockBytes - 1) / nraid::kBlockBytes * nraid::kBlockBytes;
+  check_range(env, disk, offset, area_bytes);
+  AlignedBuffer buffer(nraid::kBitmapLoadChunkBytes);
+  if (buffer.data == nullptr) throw Napi::Error::New(env, "bitmapLoad: out of memory");
+  for (uint64_t at = 0; at < area_bytes; at += nraid::kBitmapLoadChunkBytes) {
+    uint64_t read_bytes = std::min(nraid::kBitmapLoadChunkBytes, area_bytes - at);
+    int rc = disk->read(buffer.data, read_bytes, offset + at);
+    if (rc != 0) throw errno_error(env, -rc, "read " + disk->path() + ": " + strerror(-rc));
+    uint64_t words = std::min(read_bytes, size_bytes - at) / 8;
+    bitmap.load_range(at / 8, words, static_cast<const uint8_t*>(buffer.data));
+  }
+  return env.Undefined();
+}
+
+Napi::Value BitmapSizeBytes(const Napi::CallbackInfo& info) {
+  PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
+  return Napi::Number::New(info.Env(), static_cast<double>(box->pipeline->bitmap().words() * 8));
+}
+
+// mode "replace" or "merge" (OR) of words at offsetBytes (a multiple of 8, default 0) of the
+// bitmap, in place and without a copy; "all" (every bit set: a full sync); "clear" (none);
+// "range": the bits covering data bytes [info[2], info[2] + info[3]) set.
 Napi::Value BitmapSet(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   PipelineBox* box = unwrap<PipelineBox>(info, 0, "pipeline")->object;
@@ -644,20 +701,38 @@ Napi::Value BitmapSet(const Napi::CallbackInfo& info) {
     bitmap.set_range(0, box->pipeline->data_size_bytes());
     return env.Undefined();
   }
+  if (mode == "clear") {
+    bitmap.clear_all();
+    return env.Undefined();
+  }
+  if (mode == "range") {
+    uint64_t offset = get_u64(info[2], "offsetBytes");
+    uint64_t length = get_u64(info[3], "lengthBytes");
+    uint64_t size = box->pipeline->data_size_bytes();
+    if (offset > size || length > size - offset) {
+      throw Napi::RangeError::New(env, "bitmapSet: expected a range within the " + std::to_string(size) + " data bytes, found offset " +
+                                           std::to_string(offset) + " and length " + std::to_string(length));
+    }
+    bitmap.set_range(offset, length);
+    return env.Undefined();
+  }
+  if (mode != "merge" && mode != "replace") throw Napi::TypeError::New(env, "bitmapSet: mode must be replace, merge, all, clear or range");
   if (!info[2].IsTypedArray()) throw Napi::TypeError::New(env, "bitmapSet: expected a Uint8Array");
   auto data = info[2].As<Napi::Uint8Array>();
-  if (data.ByteLength() < bitmap.words() * 8) {
-    throw Napi::RangeError::New(env, "bitmapSet: expected " + std::to_string(bitmap.words() * 8) + " bytes, found " +
-                                         std::to_string(data.ByteLength()));
+  const uint64_t size_bytes = bitmap.words() * 8;
+  // Without an offset: the whole bitmap (a longer array is allowed: the on-disk area is whole
+  // blocks). With one: exactly the array's words, within the bitmap.
+  const bool whole = info.Length() <= 3 || info[3].IsUndefined();
+  uint64_t offset = whole ? 0 : get_u64(info[3], "offsetBytes");
+  uint64_t length = whole ? size_bytes : data.ByteLength();
+  if ((whole && data.ByteLength() < size_bytes) || offset % 8 != 0 || length % 8 != 0 || offset > size_bytes ||
+      length > size_bytes - offset) {
+    throw Napi::RangeError::New(env, "bitmapSet: expected " + (whole ? std::to_string(size_bytes) + " bytes" : std::string("whole words")) +
+                                         " within the bitmap's " + std::to_string(size_bytes) + " bytes, found " +
+                                         std::to_string(data.ByteLength()) + " at offset " + std::to_string(offset));
   }
-  std::vector<uint64_t> words(bitmap.words());
-  memcpy(words.data(), data.Data(), words.size() * 8);
-  // Bits past the end of the data never count.
-  uint64_t tail_bits = bitmap.bits() % 64;
-  if (tail_bits != 0) words.back() &= (1ull << tail_bits) - 1;
-  if (mode == "merge") bitmap.merge(words.data());
-  else if (mode == "replace") bitmap.load(words.data());
-  else throw Napi::TypeError::New(env, "bitmapSet: mode must be replace, merge or all");
+  if (mode == "merge") bitmap.merge_range(offset / 8, length / 8, data.Data());
+  else bitmap.load_range(offset / 8, length / 8, data.Data());
   return env.Undefined();
 }
 
@@ -816,6 +891,7 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  mallopt(M_ARENA_MAX, nraid::kMallocArenasMax);
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
   exports.Set("crc32cHardware", Napi::Boolean::New(env, nraid::crc32c_hardware()));
   exports.Set("diskOpen", Napi::Function::New(env, DiskOpen));
@@ -844,6 +920,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resyncSet", Napi::Function::New(env, ResyncSet));
   exports.Set("bitmapGet", Napi::Function::New(env, BitmapGet));
   exports.Set("bitmapSet", Napi::Function::New(env, BitmapSet));
+  exports.Set("bitmapSizeBytes", Napi::Function::New(env, BitmapSizeBytes));
+  exports.Set("bitmapLoad", Napi::Function::New(env, BitmapLoad));
   exports.Set("generationArm", Napi::Function::New(env, GenerationArm));
   exports.Set("generationTake", Napi::Function::New(env, GenerationTake));
   exports.Set("setSuspended", Napi::Function::New(env, SetSuspended));

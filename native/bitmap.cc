@@ -1,5 +1,7 @@
 #include "bitmap.h"
 
+#include <string.h>
+
 #include "nraid_assert.h"
 
 namespace nraid {
@@ -9,9 +11,22 @@ Bitmap::Bitmap(uint64_t data_size_bytes, uint32_t granularity_bytes)
       granularity_bytes_(granularity_bytes),
       bits_((data_size_bytes + granularity_bytes - 1) / granularity_bytes),
       words_((bits_ + 63) / 64),
-      data_(new std::atomic<uint64_t>[words_]) {
+      blocks_((words_ + kWordsPerBlock - 1) / kWordsPerBlock),
+      data_(words_),
+      changed_((blocks_ + 63) / 64) {
+  // Zero-filled by the kernel, and resident only where a bit was ever set: no pass over the
+  // words here (that would make all of them resident).
   NRAID_ASSERT(granularity_bytes > 0 && (granularity_bytes & (granularity_bytes - 1)) == 0);
-  for (uint64_t i = 0; i < words_; i++) data_[i].store(0, std::memory_order_relaxed);
+}
+
+void Bitmap::note_changed_word(uint64_t word) {
+  uint64_t block = word / kWordsPerBlock;
+  changed_[block / 64].fetch_or(1ull << (block % 64), std::memory_order_seq_cst);
+}
+
+uint64_t Bitmap::tail_mask(uint64_t word) const {
+  uint64_t tail_bits = bits_ % 64;
+  return (word + 1 == words_ && tail_bits != 0) ? (1ull << tail_bits) - 1 : ~0ull;
 }
 
 void Bitmap::apply(uint64_t offset_bytes, uint64_t length_bytes, bool set) {
@@ -25,9 +40,17 @@ void Bitmap::apply(uint64_t offset_bytes, uint64_t length_bytes, bool set) {
     uint64_t high = (last / 64 == word) ? last % 64 : 63;
     uint64_t mask = (high == 63 ? ~0ull : ((1ull << (high + 1)) - 1)) & ~((1ull << low) - 1);
     if (set) {
-      data_[word].fetch_or(mask, std::memory_order_relaxed);
+      // A look first: on a write without a peer the bits are mostly set already,
+      // and a read keeps a clean word's page shared with the zero page.
+      if ((data_[word].load(std::memory_order_relaxed) & mask) != mask) {
+        uint64_t old = data_[word].fetch_or(mask, std::memory_order_seq_cst);
+        if ((old & mask) != mask) note_changed_word(word);
+      }
     } else {
-      data_[word].fetch_and(~mask, std::memory_order_relaxed);
+      if ((data_[word].load(std::memory_order_relaxed) & mask) != 0) {
+        uint64_t old = data_[word].fetch_and(~mask, std::memory_order_seq_cst);
+        if ((old & mask) != 0) note_changed_word(word);
+      }
     }
     bit = (word + 1) * 64;
   }
@@ -36,6 +59,13 @@ void Bitmap::apply(uint64_t offset_bytes, uint64_t length_bytes, bool set) {
 void Bitmap::set_range(uint64_t offset_bytes, uint64_t length_bytes) { apply(offset_bytes, length_bytes, true); }
 
 void Bitmap::clear_range(uint64_t offset_bytes, uint64_t length_bytes) { apply(offset_bytes, length_bytes, false); }
+
+void Bitmap::clear_all() {
+  for (uint64_t word = 0; word < words_; word++) {
+    if (data_[word].load(std::memory_order_relaxed) == 0) continue;
+    if (data_[word].exchange(0, std::memory_order_seq_cst) != 0) note_changed_word(word);
+  }
+}
 
 bool Bitmap::test(uint64_t bit) const {
   return bit < bits_ && (data_[bit / 64].load(std::memory_order_relaxed) >> (bit % 64)) & 1;
@@ -61,21 +91,46 @@ uint64_t Bitmap::count_set() const {
   return count;
 }
 
-void Bitmap::snapshot(uint64_t* out) const {
-  for (uint64_t i = 0; i < words_; i++) out[i] = data_[i].load(std::memory_order_relaxed);
-}
-
 void Bitmap::snapshot_range(uint64_t first_word, uint64_t count, uint64_t* out) const {
-  NRAID_ASSERT(first_word + count <= words_);
+  NRAID_ASSERT(first_word <= words_ && count <= words_ - first_word);
   for (uint64_t i = 0; i < count; i++) out[i] = data_[first_word + i].load(std::memory_order_relaxed);
 }
 
-void Bitmap::merge(const uint64_t* in) {
-  for (uint64_t i = 0; i < words_; i++) data_[i].fetch_or(in[i], std::memory_order_relaxed);
+void Bitmap::merge_range(uint64_t first_word, uint64_t count, const uint8_t* in) {
+  NRAID_ASSERT(first_word <= words_ && count <= words_ - first_word);
+  for (uint64_t i = 0; i < count; i++) {
+    uint64_t word = first_word + i;
+    uint64_t value;
+    memcpy(&value, in + i * 8, 8);
+    value &= tail_mask(word);
+    if (value == 0 || (data_[word].load(std::memory_order_relaxed) & value) == value) continue;
+    uint64_t old = data_[word].fetch_or(value, std::memory_order_seq_cst);
+    if ((old | value) != old) note_changed_word(word);
+  }
 }
 
-void Bitmap::load(const uint64_t* in) {
-  for (uint64_t i = 0; i < words_; i++) data_[i].store(in[i], std::memory_order_relaxed);
+void Bitmap::load_range(uint64_t first_word, uint64_t count, const uint8_t* in) {
+  NRAID_ASSERT(first_word <= words_ && count <= words_ - first_word);
+  for (uint64_t i = 0; i < count; i++) {
+    uint64_t word = first_word + i;
+    uint64_t value;
+    memcpy(&value, in + i * 8, 8);
+    value &= tail_mask(word);
+    if (data_[word].load(std::memory_order_relaxed) == value) continue;  // zero stays unwritten: not resident
+    if (data_[word].exchange(value, std::memory_order_seq_cst) != value) note_changed_word(word);
+  }
+}
+
+bool Bitmap::take_changed(uint64_t block) {
+  NRAID_ASSERT(block < blocks_);
+  uint64_t mask = 1ull << (block % 64);
+  if ((changed_[block / 64].load(std::memory_order_seq_cst) & mask) == 0) return false;
+  return (changed_[block / 64].fetch_and(~mask, std::memory_order_seq_cst) & mask) != 0;
+}
+
+void Bitmap::mark_changed(uint64_t block) {
+  NRAID_ASSERT(block < blocks_);
+  changed_[block / 64].fetch_or(1ull << (block % 64), std::memory_order_seq_cst);
 }
 
 }  // namespace nraid

@@ -16,6 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstddef>
 #include <mutex>
 #include <vector>
@@ -29,6 +30,8 @@
 
 // Linux >= 6.9 (FUSE 7.40); the system headers here stop at 7.38.
 constexpr int kFuseNotifyResend = 7;
+// Linux >= 6.1 (MADV_COLLAPSE); older kernels refuse it (EINVAL), and khugepaged collapses later.
+constexpr int kMadvCollapse = 25;
 
 namespace nraid {
 namespace {
@@ -41,21 +44,24 @@ constexpr size_t kReadOffsetBytes = kFuseHeaderRoomBytes - kWriteHeaderBytes;
 constexpr size_t kBufferSlackBytes = kBlockBytes;
 constexpr size_t kWorkerBufferBytes = kFuseBufferBytes + kBufferSlackBytes;
 constexpr size_t kReadSizeBytes = kWorkerBufferBytes - kReadOffsetBytes;
-// One worker's part of the arena: its request buffer, then its stack.
-constexpr size_t kArenaSlotBytes = kWorkerBufferBytes + kFrontendStackBytes;
-// The arena is aligned and sized in transparent huge pages.
+// The arena: every worker's request buffer, then (from a 2 MiB boundary) every worker's stack.
+// Its pages are small (MADV_NOHUGEPAGE) while the device is quiet: a touch makes 4 KiB
+// resident, not 2 MiB (a thread's stack is touched as it starts, its buffer by any request).
+// Once a large request is seen, the buffers' part turns to transparent huge pages (1 MiB
+// writes through 4 KiB pages ran at 0.55x the rate through 2 MiB pages, bench row nraid);
+// back to small pages when every thread has idled.
 constexpr size_t kHugePageBytes = 2 * kMiB;
 constexpr uint32_t kOurMinorVersion = 38;
 constexpr uint64_t kRootNodeId = FUSE_ROOT_ID;
 constexpr uint64_t kAttrValidSeconds = 1;
 
 static_assert(kWriteHeaderBytes == 80);
-static_assert(kWorkerBufferBytes % kBlockBytes == 0 && kArenaSlotBytes % kBlockBytes == 0, "buffers and stacks stay block-aligned in the arena");
+static_assert(kWorkerBufferBytes % kBlockBytes == 0 && kFrontendStackBytes % kBlockBytes == 0, "buffers and stacks stay block-aligned in the arena");
 static_assert(sizeof(fuse_out_header) <= kFuseHeaderRoomBytes);
 static_assert(kReadSizeBytes >= kWriteHeaderBytes + kRequestBytesMax, "the kernel refuses a read() shorter than this");
 
-// The arena kept for the next frontend of this process: prepared at daemon start
-// (prepare_memory) or left by an earlier frontend, every page already touched.
+// The arena kept for the next frontend of this process: mapped at daemon start
+// (prepare_memory) or left by an earlier frontend (its pages given back).
 // Never destroyed: the preparing thread is detached and may still run when the process exits.
 struct Arena {
   uint8_t* base = nullptr;
@@ -64,13 +70,18 @@ struct Arena {
 std::mutex& g_arena_mutex = *new std::mutex;
 Arena& g_spare_arena = *new Arena;
 
-size_t arena_bytes_for(uint32_t threads) {
-  return (kArenaSlotBytes * threads + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
-}
+size_t round_to_huge(size_t bytes) { return (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes; }
 
-// Every buffer and stack in one mapping advised for transparent huge pages, every page touched:
-// populating 48 threads' 60 MiB in 4 KiB faults took 0.3 s of CPU on a virtual machine (2 MiB
-// pages: 0.05 s), and that time is the pause of a restarted daemon or a promotion before it serves.
+// The buffers' part, whole huge pages: the stacks start after it.
+size_t buffers_bytes_for(uint32_t threads) { return round_to_huge(kWorkerBufferBytes * threads); }
+
+size_t arena_bytes_for(uint32_t threads) { return buffers_bytes_for(threads) + round_to_huge(kFrontendStackBytes * threads); }
+
+// Every buffer and stack in one mapping, nothing touched: a page becomes resident (and, with
+// lock-memory, locked: mlock2 MLOCK_ONFAULT in start()) when a thread first uses it. Populating
+// all of it up front cost 60 MiB resident at 48 threads whether or not they ever served (issue
+// 12: 1 TiB at <= 100 MiB); first touches now cost a fault per 4 KiB page, once per thread
+// (and again after an idle trim), on the request that touches it.
 bool map_arena(size_t bytes, Arena* arena, std::string* error) {
   void* mapped = ::mmap(nullptr, bytes + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (mapped == MAP_FAILED) {
@@ -85,8 +96,7 @@ bool map_arena(size_t bytes, Arena* arena, std::string* error) {
   ::munmap(reinterpret_cast<void*>(aligned + bytes), tail_bytes);
   arena->base = reinterpret_cast<uint8_t*>(aligned);
   arena->bytes = bytes;
-  ::madvise(arena->base, bytes, MADV_HUGEPAGE);  // advice: without THP it still works, slower
-  memset(arena->base, 0, bytes);                 // touch every page now, not on the write path
+  ::madvise(arena->base, bytes, MADV_NOHUGEPAGE);  // small pages until large requests (run_trimmer)
   return true;
 }
 
@@ -142,7 +152,7 @@ bool FuseFrontend::start(std::string* error) {
   }
   workers_ = std::vector<Worker>(options_.threads);
   {
-    // The prepared (or an earlier frontend's) arena if it is large enough: its pages are resident.
+    // The prepared (or an earlier frontend's) arena if it is large enough.
     std::lock_guard<std::mutex> lock(g_arena_mutex);
     size_t needed = arena_bytes_for(options_.threads);
     Arena arena;
@@ -156,9 +166,10 @@ bool FuseFrontend::start(std::string* error) {
     arena_ = arena.base;
     arena_bytes_ = arena.bytes;
   }
-  // Keep what the serving threads touch resident: their buffers and stacks (already touched).
-  // (mlockall would also pin V8's heap, which V8 cannot tear down then.)
-  if (options_.lock_memory && mlock(arena_, arena_bytes_) != 0) {
+  // Keep what the serving threads touch resident: their buffers and stacks, locked as they are
+  // touched (MLOCK_ONFAULT: nothing populated now). (mlockall would also pin V8's heap, which V8
+  // cannot tear down then.)
+  if (options_.lock_memory && mlock2(arena_, arena_bytes_, MLOCK_ONFAULT) != 0) {
     *error = std::string("mlock of the frontend's buffers: ") + strerror(errno);
     stop();
     return false;
@@ -167,8 +178,8 @@ bool FuseFrontend::start(std::string* error) {
     Worker& worker = workers_[i];
     worker.frontend = this;
     worker.slot = i;
-    worker.buffer = arena_ + i * kArenaSlotBytes;
-    worker.stack = worker.buffer + kWorkerBufferBytes;
+    worker.buffer = arena_ + i * kWorkerBufferBytes;
+    worker.stack = arena_ + buffers_bytes_for(options_.threads) + i * kFrontendStackBytes;
   }
   if (options_.adopt) {
     // The kernel sends FUSE_INIT once per connection: the daemon that mounted it answered it
@@ -202,6 +213,7 @@ bool FuseFrontend::start(std::string* error) {
     }
     worker.started = true;
   }
+  trimmer_ = std::thread([this] { run_trimmer(); });
   if (options_.adopt) {
     // Every request the previous daemon read and never answered goes back to the queue (unique
     // marked FUSE_UNIQUE_RESEND); the threads above serve them like new ones. A write applied
@@ -240,6 +252,12 @@ void FuseFrontend::release() {
 
 void FuseFrontend::stop() {
   stopping_.store(true, std::memory_order_release);
+  {
+    // No trim signal after this: the threads it would signal are joined below.
+    std::lock_guard<std::mutex> lock(trimmer_mutex_);
+    trimmer_cv_.notify_all();
+  }
+  if (trimmer_.joinable()) trimmer_.join();
   if (mounted_) {
     // Unmounting ends the FUSE connection once nobody holds the file: the
     // control plane detaches the loop device first. If something still holds
@@ -272,6 +290,8 @@ void FuseFrontend::stop() {
     // a spare one is kept already: one arena per process at most besides the serving one.
     std::lock_guard<std::mutex> lock(g_arena_mutex);
     munlock(arena_, arena_bytes_);
+    ::madvise(arena_, arena_bytes_, MADV_DONTNEED);  // every thread is joined: nothing in it is in use
+    ::madvise(arena_, arena_bytes_, MADV_NOHUGEPAGE);  // the next frontend starts on small pages
     if (g_spare_arena.base == nullptr) {
       g_spare_arena = Arena{arena_, arena_bytes_};
     } else {
@@ -302,14 +322,104 @@ void* FuseFrontend::run_worker(void* arg) {
 
 void FuseFrontend::serve(Worker* worker) {
   uint8_t* request = worker->buffer + kReadOffsetBytes;
+  uint64_t served = 0;  // this thread's count; worker->served is its published copy
   while (!stopping_.load(std::memory_order_acquire)) {
+    if (worker->trim.load(std::memory_order_acquire)) trim(worker);
+    worker->in_read.store(true, std::memory_order_release);
     ssize_t n = ::read(fd_, request, kReadSizeBytes);
+    worker->in_read.store(false, std::memory_order_relaxed);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == ENOENT) continue;  // ENOENT: request was interrupted
       break;  // ENODEV: unmounted or aborted
     }
+    worker->resident.store(true, std::memory_order_relaxed);  // the request touched the buffer
     if (static_cast<size_t>(n) < sizeof(fuse_in_header)) continue;
     handle(worker->slot, request, static_cast<size_t>(n), worker->buffer);
+    worker->served.store(++served, std::memory_order_relaxed);
+  }
+}
+
+// On the worker's own thread, between requests (so nothing in its buffer is in use): its buffer's
+// pages and the unused part of its stack go back to the kernel; they come back, zero-filled and
+// locked, when touched again. Locked pages cannot be dropped: unlock, drop, lock on fault again.
+void FuseFrontend::trim(Worker* worker) {
+  worker->trim.store(false, std::memory_order_relaxed);
+  if (!worker->resident.load(std::memory_order_relaxed)) return;
+  if (options_.lock_memory) {
+    munlock(worker->buffer, kWorkerBufferBytes);
+    munlock(worker->stack, kFrontendStackBytes);
+  }
+  ::madvise(worker->buffer, kWorkerBufferBytes, MADV_DONTNEED);
+  // The stack grows down from its top: drop what lies below this frame, less a margin.
+  auto here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+  auto stack = reinterpret_cast<uintptr_t>(worker->stack);
+  if (here > stack + kFrontendStackKeptBytes) {
+    uintptr_t end = (here - kFrontendStackKeptBytes) / kBlockBytes * kBlockBytes;
+    if (end > stack) ::madvise(worker->stack, end - stack, MADV_DONTNEED);
+  }
+  if (options_.lock_memory) {
+    mlock2(worker->buffer, kWorkerBufferBytes, MLOCK_ONFAULT);
+    mlock2(worker->stack, kFrontendStackBytes, MLOCK_ONFAULT);
+  }
+  worker->resident.store(false, std::memory_order_relaxed);
+  trims_.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Every kFrontendIdleCheckMs: a thread waiting in read() that served nothing since
+// kFrontendIdleTrimMs, with pages to give back, is asked to trim itself (a flag, then SIGURG to
+// take it out of read(); a request it reads meanwhile is served first, the trim after).
+void FuseFrontend::run_trimmer() {
+  name_thread("nraid-fuse-trim");
+  const uint32_t idle_checks = kFrontendIdleTrimMs / kFrontendIdleCheckMs;
+  std::vector<uint64_t> seen(workers_.size(), 0);
+  std::vector<uint32_t> quiet(workers_.size(), 0);
+  const size_t buffers_bytes = buffers_bytes_for(options_.threads);
+  bool huge = false;
+  std::unique_lock<std::mutex> lock(trimmer_mutex_);
+  while (!stopping_.load(std::memory_order_acquire)) {
+    trimmer_cv_.wait_for(lock, std::chrono::milliseconds(kFrontendIdleCheckMs));
+    if (stopping_.load(std::memory_order_acquire)) break;
+    bool large = large_request_seen_.exchange(false, std::memory_order_acq_rel);
+    if (large && !huge) {
+      // Large requests: the buffers to huge pages, new faults and (MADV_COLLAPSE, Linux >= 6.1,
+      // safe while threads use them: a range in use by I/O is skipped) what is resident now.
+      ::madvise(arena_, buffers_bytes, MADV_HUGEPAGE);
+      ::madvise(arena_, buffers_bytes, kMadvCollapse);
+      // The collapse made every buffer resident: each thread gives its own back once idle.
+      for (auto& worker : workers_) worker.resident.store(true, std::memory_order_relaxed);
+      huge = true;
+      huge_switches_.fetch_add(1, std::memory_order_relaxed);
+    }
+    bool any_resident = false;
+    for (size_t i = 0; i < workers_.size(); i++) {
+      Worker& worker = workers_[i];
+      uint64_t served = worker.served.load(std::memory_order_relaxed);
+      if (served != seen[i]) {
+        seen[i] = served;
+        quiet[i] = 0;
+        continue;
+      }
+      if (!worker.resident.load(std::memory_order_relaxed)) continue;
+      any_resident = true;
+      if (++quiet[i] < idle_checks) continue;
+      quiet[i] = 0;
+      if (!worker.in_read.load(std::memory_order_acquire)) continue;  // busy with a long request
+      worker.trim.store(true, std::memory_order_release);
+      pthread_kill(worker.thread, SIGURG);
+    }
+    if (huge && !large && !any_resident) {
+      // Every thread idled and gave its buffer back: small pages again for the next touches,
+      // and the collapse's filling past the last buffer (no thread's) goes back too.
+      ::madvise(arena_, buffers_bytes, MADV_NOHUGEPAGE);
+      uint8_t* tail = arena_ + static_cast<size_t>(options_.threads) * kWorkerBufferBytes;
+      size_t tail_bytes = buffers_bytes - static_cast<size_t>(options_.threads) * kWorkerBufferBytes;
+      if (tail_bytes > 0) {
+        if (options_.lock_memory) munlock(tail, tail_bytes);
+        ::madvise(tail, tail_bytes, MADV_DONTNEED);
+        if (options_.lock_memory) mlock2(tail, tail_bytes, MLOCK_ONFAULT);
+      }
+      huge = false;
+    }
   }
 }
 
@@ -368,6 +478,7 @@ void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes,
       }
       uint8_t* data = buffer + kFuseHeaderRoomBytes;
       NRAID_ASSERT(request + kWriteHeaderBytes == data);
+      if (write_in->size >= kFrontendHugeRequestBytes) note_large_request();
       int rc = pipeline_->write(slot, data, write_in->size, write_in->offset);
       fuse_write_out out{};
       out.size = write_in->size;
@@ -382,6 +493,7 @@ void FuseFrontend::handle(uint32_t slot, uint8_t* request, size_t request_bytes,
       if (offset >= size_bytes) length = 0;
       else if (length > size_bytes - offset) length = static_cast<uint32_t>(size_bytes - offset);
       uint8_t* data = buffer + kFuseHeaderRoomBytes;
+      if (length >= kFrontendHugeRequestBytes) note_large_request();
       int rc = length == 0 ? 0 : pipeline_->read(slot, data, length, offset);
       if (rc != 0) {
         reply(in->unique, rc, nullptr, 0);

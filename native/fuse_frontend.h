@@ -7,8 +7,11 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "pipeline.h"
@@ -47,14 +50,17 @@ class FuseFrontend {
   // meanwhile waits for the next daemon (upgrade, `nraid restart`).
   void release();
 
-  // Allocates and touches the buffers and stacks of `threads` workers ahead of
-  // the first start() (the daemon calls it at its start, off the event loop).
-  // They outlive each frontend, for the next start() of this process: first
-  // touching ~60 MiB of fresh memory took 0.6-2.4 s of every promotion on a
-  // loaded VM. Thread-safe.
+  // Maps (without touching) the buffers and stacks of `threads` workers ahead
+  // of the first start() (the daemon calls it at its start, off the event
+  // loop). The mapping outlives each frontend, for the next start() of this
+  // process; its pages become resident only as threads use them. Thread-safe.
   static void prepare_memory(uint32_t threads);
 
   uint64_t requests_unknown() const { return requests_unknown_.load(std::memory_order_relaxed); }
+  // Idle threads' buffers and stacks given back so far (run_trimmer).
+  uint64_t trims() const { return trims_.load(std::memory_order_relaxed); }
+  // Times the buffers turned to huge pages after large requests (run_trimmer).
+  uint64_t huge_switches() const { return huge_switches_.load(std::memory_order_relaxed); }
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
   // The descriptor we serve (for the holder to take a duplicate of); -1 when stopped.
   int fd() const { return fd_; }
@@ -68,9 +74,21 @@ class FuseFrontend {
     pthread_t thread{};
     bool started = false;
     std::atomic<bool> exited{false};
+    // Published by the thread for the trimmer: requests served, waiting in read(), pages touched
+    // since the last trim. Set by the trimmer: give them back before the next read().
+    std::atomic<uint64_t> served{0};
+    std::atomic<bool> in_read{false};
+    std::atomic<bool> resident{false};
+    std::atomic<bool> trim{false};
   };
   static void* run_worker(void* arg);
   void serve(Worker* worker);
+  void trim(Worker* worker);
+  // On the serving path: one load, and a store only the first time in a check period.
+  void note_large_request() {
+    if (!large_request_seen_.load(std::memory_order_relaxed)) large_request_seen_.store(true, std::memory_order_relaxed);
+  }
+  void run_trimmer();
   void handle(uint32_t slot, uint8_t* request, size_t request_bytes, uint8_t* buffer);
   void reply(uint64_t unique, int error, const void* body, size_t body_bytes);
   void reply_data(uint64_t unique, uint8_t* data_with_room, uint32_t data_bytes);
@@ -80,12 +98,19 @@ class FuseFrontend {
   int fd_ = -1;
   bool mounted_ = false;
   std::vector<Worker> workers_;
-  // Every worker's buffer and stack: one mapping, huge-page aligned, populated (and locked) at start.
+  // Every worker's buffer, then every worker's stack: one mapping, 2 MiB aligned, resident (and
+  // locked) as touched.
   uint8_t* arena_ = nullptr;
   size_t arena_bytes_ = 0;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> initialized_{false};
   std::atomic<uint64_t> requests_unknown_{0};
+  std::atomic<uint64_t> trims_{0};
+  std::atomic<uint64_t> huge_switches_{0};
+  std::atomic<bool> large_request_seen_{false};
+  std::thread trimmer_;
+  std::mutex trimmer_mutex_;
+  std::condition_variable trimmer_cv_;
 };
 
 }  // namespace nraid

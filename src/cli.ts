@@ -29,7 +29,7 @@ import {
   errorReply,
   toNraidError,
 } from './errors';
-import { adminCallTimeoutMsDefault, daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
+import { adminCallTimeoutMsDefault, daemonNodeFlags, daemonProbeTimeoutMs, downExitTimeoutMs, processExitPollMs, statusWatchIntervalMs, switchoverSettlePollMs, switchoverSettleWaitMs, upReadyTimeoutMs } from './limits';
 import { jsonLogger } from './log';
 import { ResourceStatus, formatBytes, statusLine } from './state';
 
@@ -176,8 +176,8 @@ async function up(ctx: Context): Promise<void> {
   const child = spawn(
     process.execPath,
     held
-      ? [path.join(__dirname, 'holder.js'), ctx.config.path, ctx.local.name]
-      : [path.join(__dirname, '..', '..', 'bin', 'nraid'), 'up', '--foreground', '-c', ctx.config.path, '-n', ctx.local.name],
+      ? [...daemonNodeFlags, path.join(__dirname, 'holder.js'), ctx.config.path, ctx.local.name]
+      : [...daemonNodeFlags, path.join(__dirname, '..', '..', 'bin', 'nraid'), 'up', '--foreground', '-c', ctx.config.path, '-n', ctx.local.name],
     { detached: true, stdio: ['ignore', logFd, logFd, 'ipc'] },
   );
   let daemonPid = child.pid;

@@ -23,7 +23,7 @@ import path from 'node:path';
 import { ResourceConfig, loadConfig, localAndPeer } from './config';
 import { readRecord } from './device';
 import { EXIT_HANDED_OVER, HOLDER_ENV, HOLDER_FD_ENV, HOLDER_RESTART_ENV, HOLDER_STANDBY_ENV, RESTART_REFUSED_FILE, RestartNote, ToDaemon, ToHolder } from './holder-client';
-import { daemonHandoverWaitMs, daemonRestartRetryMs, holderReleaseWaitMs, processExitPollMs } from './limits';
+import { daemonHandoverWaitMs, daemonNodeFlags, daemonRestartRetryMs, holderReleaseWaitMs, processExitPollMs } from './limits';
 import { Logger, jsonLogger } from './log';
 import { detachLoop, loopBackingFile } from './loop';
 import { binding } from './native';
@@ -118,7 +118,7 @@ class Holder {
     const entry = process.env.NRAID_TEST_DAEMON_ENTRY || path.join(__dirname, '..', '..', 'bin', 'nraid');
     const child = spawn(
       process.execPath,
-      [entry, 'up', '--foreground', '-c', this.config.path, '-n', this.nodeName],
+      [...daemonNodeFlags, entry, 'up', '--foreground', '-c', this.config.path, '-n', this.nodeName],
       { stdio: ['ignore', logFd, logFd, 'ipc', inherit ? this.fuseFd! : 'ignore'], env },
     );
     fs.closeSync(logFd);

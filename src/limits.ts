@@ -143,6 +143,13 @@ export const controlMessageBytesMax = 16 * MiB;
 
 // --- Control plane (src/resource/) -----------------------------------------------
 
+/**
+ * Node flags of a daemon process (and of the CLI: bin/nraid's #! line repeats
+ * them, for systemd's `nraid up --foreground`): V8's semi-spaces at 1 MiB,
+ * not up to 16 MiB. The control plane allocates little; the default kept
+ * ~4 MiB more resident in rss-1t (issue 12: a 1 TiB Primary at <= 100 MiB).
+ */
+export const daemonNodeFlags: readonly string[] = ['--max-semi-space-size=1'];
 /** A switchover's drain: how long the peer may take to write what was sent. */
 export const drainTimeoutMs = 10_000;
 /** How long a switchover waits for the peer's answer before its outcome is unknown. */

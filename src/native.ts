@@ -22,6 +22,10 @@ export interface NativeCounters {
   sequence: number;
   epoch: number;
   frontendUnknownRequests: number;
+  /** Times an idle frontend thread gave its buffer's and stack's pages back. */
+  frontendTrims: number;
+  /** Times the frontend's buffers turned to huge pages after large requests (back to small ones when idle). */
+  frontendHugeSwitches: number;
   replicatedWrites: number;
   /** Writes done with no peer: their regions are set in the bitmap. */
   dirtyWrites: number;
@@ -138,7 +142,7 @@ export interface FrontendOptions {
   /** Shown as the source in /proc/mounts, so a stale mount can be recognised. */
   source: string;
   threads: number;
-  /** mlock of buffers and stacks, PR_SET_IO_FLUSHER: a block server must not wait on reclaim. */
+  /** mlock (as touched: MLOCK_ONFAULT) of buffers and stacks, PR_SET_IO_FLUSHER: a block server must not wait on reclaim. */
   lockMemory: boolean;
   /** A /dev/fuse descriptor the holder keeps open (inherited); unset: open a new one. */
   fuseFd?: number;
@@ -272,9 +276,32 @@ export interface Binding {
    * outside native/limits.h; then nothing changed.
    */
   resyncSet(pipeline: PipelineHandle, settings: ResyncSettings): void;
-  /** The dirty bitmap as little-endian u64 words (the on-disk layout). */
-  bitmapGet(pipeline: PipelineHandle): Buffer;
-  bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge' | 'all', words?: Uint8Array): void;
+  /**
+   * Bytes [offsetBytes, offsetBytes + lengthBytes) of the dirty bitmap as
+   * little-endian u64 words (the on-disk layout), by default all of it. Take
+   * it in chunks: the whole bitmap is 32 MiB per TiB of data. Throws
+   * RangeError unless both are whole words within the bitmap. With `into`,
+   * the words go there (from its start) and `into` is returned.
+   */
+  bitmapGet(pipeline: PipelineHandle, offsetBytes?: number, lengthBytes?: number): Buffer;
+  bitmapGet<T extends Uint8Array>(pipeline: PipelineHandle, offsetBytes: number, lengthBytes: number, into: T): T;
+  /**
+   * Replaces the bitmap with the on-disk one at `offsetBytes` of `disk`, read
+   * in chunks into one native buffer (no whole copy anywhere). Throws on a
+   * read error (then the bitmap holds what was read so far).
+   */
+  bitmapLoad(pipeline: PipelineHandle, disk: DiskHandle, offsetBytes: number): void;
+  /** The dirty bitmap's size in bytes (whole u64 words). */
+  bitmapSizeBytes(pipeline: PipelineHandle): number;
+  /**
+   * replace/merge: `words` written or OR-ed in place at `offsetBytes` of the
+   * bitmap (whole words); without an offset `words` is the whole bitmap (or
+   * longer: the on-disk area). all: every bit set. clear: none.
+   */
+  bitmapSet(pipeline: PipelineHandle, mode: 'replace' | 'merge', words: Uint8Array, offsetBytes?: number): void;
+  bitmapSet(pipeline: PipelineHandle, mode: 'all' | 'clear'): void;
+  /** range: the bits covering data bytes [offsetBytes, offsetBytes + lengthBytes) set. */
+  bitmapSet(pipeline: PipelineHandle, mode: 'range', offsetBytes: number, lengthBytes: number): void;
   /**
    * A new generation starts on the first write without a peer: the data plane
    * writes this superblock image at `offsetBytes` (durably) just before it.
@@ -319,10 +346,12 @@ export interface Binding {
   /** Returns the /dev/fuse descriptor it serves (the holder takes a duplicate of it). */
   frontendStart(pipeline: PipelineHandle, options: FrontendOptions): number;
   /**
-   * Allocates and touches the buffers and stacks of `threads` frontend
+   * Maps (without touching) the buffers and stacks of `threads` frontend
    * workers on a native thread of its own, for the next frontendStart of this
-   * process (they are kept across frontends): a promotion then does not first
-   * touch ~60 MiB of fresh memory (0.6-2.4 s on a loaded VM). Returns at once.
+   * process (kept across frontends). Their pages become resident, and locked
+   * with lockMemory, only as the threads touch them, and a thread idle for
+   * 10 s gives them back (issue 12: 62 MiB at 48 threads was resident and
+   * locked whether or not a thread ever served). Returns at once.
    */
   frontendPrepare(threads: number): void;
   frontendStop(pipeline: PipelineHandle): void;

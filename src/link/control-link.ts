@@ -95,7 +95,9 @@ import {
   ControlNotices,
   ControlRequestKind,
   ControlRequests,
+  HandlerResponses,
   ProtocolVersion,
+  RequestOptions,
 } from '../protocol/control';
 import { Backoff } from './backoff';
 import { ControlSession, RequestHandler, SessionEnd, SessionInfo } from './control-session';
@@ -278,6 +280,7 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
     kind: K,
     body: ControlRequests[K]['request'],
     timeoutMs: number = controlRequestTimeoutMsDefault,
+    options: RequestOptions = {},
   ): Promise<ControlRequests[K]['response']> {
     const session = this.session;
     if (!session?.established) {
@@ -288,13 +291,13 @@ export class ControlLink extends EventEmitter<ControlLinkEvents> {
         ),
       );
     }
-    return session.request(kind, body, timeoutMs);
+    return session.request(kind, body, timeoutMs, options);
   }
 
   /** Registers the handler of one request kind; returns a function that removes it. */
   onRequest<K extends ControlRequestKind>(
     kind: K,
-    handler: (body: ControlRequests[K]['request']) => ControlRequests[K]['response'] | Promise<ControlRequests[K]['response']>,
+    handler: (body: ControlRequests[K]['request']) => HandlerResponses[K] | Promise<HandlerResponses[K]>,
   ): () => void {
     if (this.handlers.has(kind)) throw new InternalError(`a handler for request kind '${kind}' is already registered`);
     this.handlers.set(kind, handler as RequestHandler);

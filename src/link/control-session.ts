@@ -48,6 +48,7 @@ import { bitmapChunks, checkBitmapReply } from '../protocol/bitmap-chunks';
 import {
   Answer,
   BitmapReply,
+  BitmapSource,
   ControlFrameReader,
   ControlMessage,
   ControlNotice,
@@ -58,6 +59,7 @@ import {
   NodeState,
   ProtocolVersion,
   Request,
+  RequestOptions,
   encodeFrame,
   sessionVersion,
 } from '../protocol/control';
@@ -376,11 +378,16 @@ export class ControlSession extends EventEmitter<SessionEvents> {
   // ---------------------------------------------------------- requests
 
   /** Asks the peer; see PendingRequests.ask. Rejects with StateError unless the session is established. */
-  request<K extends ControlRequestKind>(kind: K, body: ControlRequests[K]['request'], timeoutMs: number): Promise<ControlRequests[K]['response']> {
+  request<K extends ControlRequestKind>(
+    kind: K,
+    body: ControlRequests[K]['request'],
+    timeoutMs: number,
+    options: RequestOptions = {},
+  ): Promise<ControlRequests[K]['response']> {
     if (this.phase !== 'established') {
       return Promise.reject(new StateError(`cannot send request '${kind}' to ${this.config.peerName}: the session is not established`));
     }
-    return this.pending.ask(kind, body, timeoutMs, (request) => this.send({ type: 'request', body: request }));
+    return this.pending.ask(kind, body, timeoutMs, (request) => this.send({ type: 'request', body: request }), options);
   }
 
   private onRequest(request: Request): void {
@@ -408,7 +415,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     if (this.phase !== 'established') return;
     try {
       if (kind === 'bitmap') {
-        const reply = answer as BitmapReply;
+        const reply = answer as BitmapReply | BitmapSource;
         checkBitmapReply(reply);
         this.sendQueue.enqueue(this.bitmapFrames(id, reply));
         return;
@@ -420,7 +427,7 @@ export class ControlSession extends EventEmitter<SessionEvents> {
     }
   }
 
-  private *bitmapFrames(id: number, reply: BitmapReply): Generator<Buffer, void, void> {
+  private *bitmapFrames(id: number, reply: BitmapReply | BitmapSource): Generator<Buffer, void, void> {
     for (const chunk of bitmapChunks(reply)) {
       yield encodeFrame({ type: 'response', body: { id, ok: true, answer: { kind: 'bitmap', body: chunk } } });
     }

@@ -2,12 +2,13 @@
  * The asking side of a control session's requests: request ids, the limit on
  * requests waiting, a timeout per request, matching each Response to its
  * request, and putting a chunked bitmap answer back together (and checking
- * it) before it resolves.
+ * it) before it resolves, or handing its checked parts to the request's
+ * onBitmapPart sink as they arrive.
  */
 import { PeerError, ProtocolError, RemoteError } from '../errors';
 import { controlRequestsPendingMax } from '../limits';
 import { BitmapAssembler } from '../protocol/bitmap-chunks';
-import { BitmapReply, ControlRequestKind, ControlRequests, Request, Response } from '../protocol/control';
+import { BitmapReply, ControlRequestKind, ControlRequests, Request, RequestOptions, Response } from '../protocol/control';
 import { LinkLog } from './session-types';
 
 interface PendingRequest {
@@ -36,6 +37,7 @@ export class PendingRequests {
     body: ControlRequests[K]['request'],
     timeoutMs: number,
     send: (request: Request) => void,
+    options: RequestOptions = {},
   ): Promise<ControlRequests[K]['response']> {
     if (this.pending.size >= controlRequestsPendingMax) {
       return Promise.reject(
@@ -58,7 +60,7 @@ export class PendingRequests {
           ),
         );
       }, timeoutMs);
-      const assembler = kind === 'bitmap' ? new BitmapAssembler() : null;
+      const assembler = kind === 'bitmap' ? new BitmapAssembler(options.onBitmapPart) : null;
       this.pending.set(id, { kind, resolve: resolve as (answer: unknown) => void, reject, timer, assembler });
       try {
         send({ id, kind, body } as Request);

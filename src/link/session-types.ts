@@ -4,7 +4,7 @@
  * once closed).
  */
 import { NraidError } from '../errors';
-import { ControlRequestKind, ControlRequests, NodeState, PeerHello, ProtocolVersion } from '../protocol/control';
+import { ControlRequestKind, ControlRequests, HandlerResponses, NodeState, PeerHello, ProtocolVersion } from '../protocol/control';
 
 export type LinkLogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type LinkLog = (level: LinkLogLevel, msg: string, fields: Record<string, unknown>) => void;
@@ -12,7 +12,7 @@ export type LinkLog = (level: LinkLogLevel, msg: string, fields: Record<string, 
 /** Answers one kind of request from the peer; what it throws goes back as an error Response. */
 export type RequestHandler<K extends ControlRequestKind = ControlRequestKind> = (
   body: ControlRequests[K]['request'],
-) => ControlRequests[K]['response'] | Promise<ControlRequests[K]['response']>;
+) => HandlerResponses[K] | Promise<HandlerResponses[K]>;
 
 export interface SessionConfig {
   dialer: boolean;

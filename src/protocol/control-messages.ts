@@ -63,6 +63,24 @@ export interface BitmapReply {
   granularityBytes: number;
   words: Buffer;
 }
+/**
+ * A bitmap answer read a chunk at a time as it is sent (what a daemon
+ * answers: its bitmap is 32 MiB per TiB of data, and a whole copy in JS
+ * would stay resident): `read` returns bytes [offsetBytes, offsetBytes +
+ * lengthBytes) of `sizeBytes` of words.
+ */
+export interface BitmapSource {
+  granularityBytes: number;
+  sizeBytes: number;
+  read(offsetBytes: number, lengthBytes: number): Buffer;
+}
+/** One checked, decompressed part of a bitmap answer, for a request's onBitmapPart sink. */
+export interface BitmapPart {
+  granularityBytes: number;
+  totalBytes: number;
+  offsetBytes: number;
+  words: Buffer;
+}
 /** A node's answer to a promotion request; `reason` is '' when ok. */
 export interface PromoteVote {
   ok: boolean;
@@ -85,6 +103,12 @@ export interface ControlRequests {
   resyncStart: { request: { bytes: bigint; current: bigint; history: [bigint, bigint] }; response: { ok: boolean } };
 }
 export type ControlRequestKind = keyof ControlRequests;
+/** What a handler may answer per kind: the response, or for bitmap also a BitmapSource. */
+export type HandlerResponses = { [K in ControlRequestKind]: K extends 'bitmap' ? BitmapReply | BitmapSource : ControlRequests[K]['response'] };
+/** Per request: with onBitmapPart, a bitmap answer's parts go there as they arrive (and the answer resolves with no words). */
+export interface RequestOptions {
+  onBitmapPart?: (part: BitmapPart) => void;
+}
 
 export interface ControlNotices {
   resyncNone: Record<string, never>;

@@ -5,7 +5,7 @@
  * pipeline's thread-safe function, so the event loop never blocks on it.
  */
 import { SystemError, isErrnoException, systemError as errnoError, toNraidError } from '../errors';
-import { FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, ResyncSettings, binding } from '../native';
+import { DiskHandle, FrontendOptions, NativeCounters, NativeEventType, PipelineHandle, ResyncSettings, binding } from '../native';
 import { newestTransaction } from '../activity-log';
 import { BackingDisk } from '../disk';
 import type { NativeTls } from '../link/tls';
@@ -65,23 +65,39 @@ export class DataPlane {
   }
 
   // --- bitmap and activity log ---
-  bitmapWords(): Buffer {
-    return binding.bitmapGet(this.h);
+  /**
+   * Bytes [offsetBytes, offsetBytes + lengthBytes) of the bitmap's words: a
+   * chunk, never the whole 32 MiB per TiB; with `into`, read into its start
+   * and returned as a view of it.
+   */
+  bitmapWords(offsetBytes: number, lengthBytes: number, into?: Buffer): Buffer {
+    if (into === undefined) return binding.bitmapGet(this.h, offsetBytes, lengthBytes);
+    return binding.bitmapGet(this.h, offsetBytes, lengthBytes, into).subarray(0, lengthBytes);
+  }
+  /** The bitmap from the on-disk area at `offsetBytes` of `disk`, read a chunk at a time in native code. */
+  loadBitmap(disk: DiskHandle, offsetBytes: number): void {
+    binding.bitmapLoad(this.h, disk, offsetBytes);
   }
   bitmapBytes(): number {
-    return binding.bitmapGet(this.h).length;
+    return binding.bitmapSizeBytes(this.h);
   }
-  replaceBitmap(words: Uint8Array): void {
-    binding.bitmapSet(this.h, 'replace', words);
+  /** `words` (whole u64 words) in place at `offsetBytes` of the bitmap. */
+  replaceBitmap(words: Uint8Array, offsetBytes: number): void {
+    binding.bitmapSet(this.h, 'replace', words, offsetBytes);
   }
-  mergeBitmap(words: Uint8Array): void {
-    binding.bitmapSet(this.h, 'merge', words);
+  /** `words` (whole u64 words) OR-ed in at `offsetBytes` of the bitmap. */
+  mergeBitmap(words: Uint8Array, offsetBytes: number): void {
+    binding.bitmapSet(this.h, 'merge', words, offsetBytes);
+  }
+  /** The bits of data bytes [offsetBytes, offsetBytes + lengthBytes) set. */
+  markRange(offsetBytes: number, lengthBytes: number): void {
+    binding.bitmapSet(this.h, 'range', offsetBytes, lengthBytes);
   }
   markAll(): void {
     binding.bitmapSet(this.h, 'all');
   }
   clearBitmap(): void {
-    binding.bitmapSet(this.h, 'replace', Buffer.alloc(this.bitmapBytes()));
+    binding.bitmapSet(this.h, 'clear');
   }
   /** The changed bitmap blocks to disk; durably with `flush`. */
   async persistBitmap(flush: boolean): Promise<number> {
@@ -174,7 +190,7 @@ export class DataPlane {
   startFrontend(options: FrontendOptions): number {
     return binding.frontendStart(this.h, options);
   }
-  /** The frontend's memory, made ready in the background for the first promotion (see Binding.frontendPrepare). */
+  /** The frontend's memory, mapped in the background for the first promotion (see Binding.frontendPrepare). */
   prepareFrontend(threads: number): void {
     binding.frontendPrepare(threads);
   }

@@ -7,7 +7,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ActivityLogInspection, extentsToBitmap, inspectActivityLog } from '../activity-log';
+import { ActivityLogInspection, inspectActivityLog } from '../activity-log';
 import { BackingDisk } from '../disk';
 import { MetadataError } from '../errors';
 import { Superblock, encodeSuperblock, inspectSuperblocks, superblockSlotOffsetBytes } from '../metadata';
@@ -123,7 +123,10 @@ export class MetadataStore {
 
     let bitmapReadable = true;
     try {
-      plane.replaceBitmap(this.disk.read(sb.bitmapOffsetBytes, sb.bitmapSizeBytes));
+      // Read a chunk at a time in native code: the whole bitmap is 32 MiB per TiB, and a copy in JS
+      // would stay resident until a garbage collection that a quiet daemon may not run for long.
+      if (sb.bitmapSizeBytes < plane.bitmapBytes()) throw new Error(`the on-disk bitmap has ${sb.bitmapSizeBytes} bytes, the data needs ${plane.bitmapBytes()}`);
+      plane.loadBitmap(this.disk.handle, sb.bitmapOffsetBytes);
     } catch (error) {
       bitmapReadable = false;
       plane.markAll();
@@ -158,7 +161,12 @@ export class MetadataStore {
       merged = true;
       this.log.warn('activity log not trusted: the whole device is marked out of sync', { reason: action.reason });
     } else if (action.kind === 'extents') {
-      plane.mergeBitmap(extentsToBitmap(action.extents, action.extentBytes, sb.bitmapGranularityBytes, sb.dataSizeBytes, plane.bitmapBytes()));
+      // Extent by extent in place (no bitmap-sized buffer), each once: distinct extents are disjoint
+      // ranges, so the work is bounded by the bitmap's size. Extents past the data are ignored.
+      for (const extent of new Set(action.extents)) {
+        const offsetBytes = extent * action.extentBytes;
+        if (offsetBytes < sb.dataSizeBytes) plane.markRange(offsetBytes, Math.min(action.extentBytes, sb.dataSizeBytes - offsetBytes));
+      }
       merged = true;
       this.log.warn(this.opened.lost === null ? 'crashed primary: activity-log extents marked out of sync' : 'the last run may have ended as Primary: activity-log extents marked out of sync', {
         extents: action.extents.length,

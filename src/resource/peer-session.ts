@@ -83,7 +83,16 @@ export class PeerSession {
       if (notice.kind === 'adjust') this.options.onAdjust();
       this.dispatch({ type: 'peer-notice', notice });
     });
-    link.onRequest('bitmap', () => ({ granularityBytes: this.options.granularityBytes, words: this.plane.bitmapWords() }));
+    // Read a chunk at a time as the answer leaves (bitmap-chunks.ts), into one buffer per answer:
+    // never a whole copy in JS, and no trail of per-chunk garbage.
+    link.onRequest('bitmap', () => {
+      const scratch = Buffer.allocUnsafe(limits.bitmapChunkBytesMax);
+      return {
+        granularityBytes: this.options.granularityBytes,
+        sizeBytes: this.plane.bitmapBytes(),
+        read: (offsetBytes: number, lengthBytes: number) => this.plane.bitmapWords(offsetBytes, lengthBytes, scratch),
+      };
+    });
     link.onRequest('splitBrainFacts', () => this.ask({ kind: 'splitBrainFacts' }) as never);
     link.onRequest('promotePrepare', (body) => this.ask({ kind: 'promotePrepare', requestId: body.requestId, current: body.current }) as never);
     link.onRequest('switchover', () => this.ask({ kind: 'switchover', holder: this.options.holder() }) as never);
@@ -211,14 +220,19 @@ export class PeerSession {
   private async mergePeerBitmap(sessionId: number, all: boolean): Promise<void> {
     try {
       if (all) this.plane.markAll();
-      const reply = await this.link.request('bitmap', {}, limits.bitmapRequestTimeoutMs);
       const expected = this.plane.bitmapBytes();
-      if (reply.granularityBytes !== this.options.granularityBytes || reply.words.length !== expected) {
-        throw new PeerError(
-          `the peer's bitmap does not match: ${reply.words.length} bytes at ${reply.granularityBytes} bytes per bit, expected ${expected} at ${this.options.granularityBytes}`,
-        );
-      }
-      this.plane.mergeBitmap(reply.words);
+      // Merged part by part as it arrives (OR: a part merged before a later one fails only marks
+      // more to resync), checked before the first part is merged.
+      await this.link.request('bitmap', {}, limits.bitmapRequestTimeoutMs, {
+        onBitmapPart: (part) => {
+          if (part.granularityBytes !== this.options.granularityBytes || part.totalBytes !== expected) {
+            throw new PeerError(
+              `the peer's bitmap does not match: ${part.totalBytes} bytes at ${part.granularityBytes} bytes per bit, expected ${expected} at ${this.options.granularityBytes}`,
+            );
+          }
+          this.plane.mergeBitmap(part.words, part.offsetBytes);
+        },
+      });
       await this.plane.persistBitmap(true);
       this.dispatch({ type: 'bitmap-merged', sessionId, error: null });
     } catch (error) {

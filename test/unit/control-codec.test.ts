@@ -271,6 +271,54 @@ describe('bitmap chunks', () => {
     expect(whole?.words.equals(words)).toBe(true);
   });
 
+  test.each([
+    ['sparse (compresses)', false],
+    ['random (sent raw)', true],
+  ])('a %s BitmapSource is read a chunk at a time into the same chunks, and a sink gets them back part by part', (_name, dense) => {
+    // Regression (issue 12): a daemon answered and merged whole bitmaps, 32 MiB per TiB each, in JS.
+    const words = bitmapWords(3 * bitmapChunkBytesMax + 24, dense);
+    const reads: Array<[number, number]> = [];
+    const source = {
+      granularityBytes: 4096,
+      sizeBytes: words.length,
+      read: (offsetBytes: number, lengthBytes: number) => {
+        reads.push([offsetBytes, lengthBytes]);
+        return Buffer.from(words.subarray(offsetBytes, offsetBytes + lengthBytes));
+      },
+    };
+    // A chunk's words are valid until the next step: each is copied (as encoding it would).
+    const fromSource: BitmapChunk[] = [];
+    for (const one of bitmapChunks(source)) fromSource.push({ ...one, words: Buffer.from(one.words) });
+    expect(reads).toEqual([[0, bitmapChunkBytesMax], [bitmapChunkBytesMax, bitmapChunkBytesMax], [2 * bitmapChunkBytesMax, bitmapChunkBytesMax], [3 * bitmapChunkBytesMax, 24]]);
+    expect(fromSource).toEqual([...bitmapChunks({ granularityBytes: 4096, words })]);
+
+    const merged = Buffer.alloc(words.length);
+    const parts: number[] = [];
+    const assembler = new BitmapAssembler((part) => {
+      expect({ granularityBytes: part.granularityBytes, totalBytes: part.totalBytes }).toEqual({ granularityBytes: 4096, totalBytes: words.length });
+      parts.push(part.offsetBytes);
+      part.words.copy(merged, part.offsetBytes);
+    });
+    let end: ReturnType<BitmapAssembler['push']> = null;
+    for (const one of fromSource) end = assembler.push(one);
+    expect(end).toEqual({ granularityBytes: 4096, words: Buffer.alloc(0) });
+    expect(parts).toEqual([0, 1, 2, 3].map((i) => i * bitmapChunkBytesMax));
+    expect(merged.equals(words)).toBe(true);
+
+    // What the sink throws fails the answer at that chunk.
+    const refusing = new BitmapAssembler(() => {
+      throw new ProtocolError('not this bitmap');
+    });
+    expect(() => refusing.push(fromSource[0]!)).toThrow('not this bitmap');
+  });
+
+  test('a BitmapSource that is not whole words or reads short is not sent', () => {
+    const read = (_o: number, l: number) => Buffer.alloc(l);
+    expect(() => [...bitmapChunks({ granularityBytes: 4096, sizeBytes: 12, read })]).toThrow(/whole u64 words, found 12 bytes/);
+    expect(() => [...bitmapChunks({ granularityBytes: 4096, sizeBytes: bitmapReplyBytesMax + 8, read })]).toThrow(ProtocolError);
+    expect(() => [...bitmapChunks({ granularityBytes: 4096, sizeBytes: 16, read: () => Buffer.alloc(8) })]).toThrow(/expected 16 bytes of bitmap words at 0, read 8/);
+  });
+
   test('an empty bitmap is one empty last chunk', () => {
     const chunks = [...bitmapChunks({ granularityBytes: 4096, words: Buffer.alloc(0) })];
     expect(chunks).toEqual([{ granularityBytes: 4096, totalBytes: 0, offsetBytes: 0, wordsBytes: 0, words: Buffer.alloc(0), lz4: false, last: true }]);

@@ -48,3 +48,10 @@ describe('src/limits.ts and native/limits.h', () => {
     expect(edited.get('kBlockBytes')).not.toBe(limits.blockBytes);
   });
 });
+
+describe('daemon node flags', () => {
+  test("bin/nraid's #! line carries src/limits.ts daemonNodeFlags (systemd runs the daemon through it)", () => {
+    const first = fs.readFileSync(path.join(REPO_ROOT, 'bin', 'nraid'), 'utf8').split('\n')[0];
+    expect(first).toBe(`#!/usr/bin/env -S node ${limits.daemonNodeFlags.join(' ')}`);
+  });
+});

@@ -125,7 +125,7 @@ export class MetadataStore {
     try {
       // Read a chunk at a time in native code: the whole bitmap is 32 MiB per TiB, and a copy in JS
       // would stay resident until a garbage collection that a quiet daemon may not run for long.
-      if (sb.bitmapSizeBytes < plane.bitmapBytes()) throw new Error(`the on-disk bitmap has ${sb.bitmapSizeBytes} bytes, the data needs ${plane.bitmapBytes()}`);
+      if (sb.bitmapSizeBytes < plane.bitmapBytes()) throw new MetadataError(`the on-disk bitmap has ${sb.bitmapSizeBytes} bytes, the data needs ${plane.bitmapBytes()}`);
       plane.loadBitmap(this.disk.handle, sb.bitmapOffsetBytes);
     } catch (error) {
       bitmapReadable = false;

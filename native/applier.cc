@@ -106,27 +106,27 @@ void Applier::fail(const std::string& reason) {
 
 namespace {
 
-// An ack echoes the seq, epoch and request id of the frame it answers.
+// An answer (ack or reply) echoes the seq, epoch and request id of the frame it answers, and its resync flag.
+FrameHeader answer_to(uint16_t type, const FrameHeader& about) {
+  FrameHeader answer{};
+  answer.type = type;
+  answer.flags = about.flags & kFlagResync;
+  answer.seq = about.seq;
+  answer.epoch = about.epoch;
+  answer.request_id = about.request_id;
+  return answer;
+}
+
 FrameHeader make_ack(uint16_t type, const FrameHeader& about) {
-  FrameHeader ack{};
-  ack.type = type;
-  ack.flags = about.flags & kFlagResync;
-  ack.seq = about.seq;
-  ack.epoch = about.epoch;
-  ack.request_id = about.request_id;
+  FrameHeader ack = answer_to(type, about);
   frame_seal(&ack);
   return ack;
 }
 
 // OV_REPLY to `request`: one digest per block, `digests` (request.length / kBlockBytes of them).
 FrameHeader make_digest_reply(const FrameHeader& request, const uint64_t* digests, PayloadCheck check) {
-  FrameHeader reply{};
-  reply.type = kFrameOvReply;
-  reply.flags = request.flags & kFlagResync;
-  reply.seq = request.seq;
-  reply.epoch = request.epoch;
+  FrameHeader reply = answer_to(kFrameOvReply, request);
   reply.offset = request.offset;
-  reply.request_id = request.request_id;
   reply.length = request.length / kBlockBytes * kDigestBytes;
   frame_seal(&reply, digests, check);
   return reply;

@@ -96,29 +96,30 @@ void Bitmap::snapshot_range(uint64_t first_word, uint64_t count, uint64_t* out) 
   for (uint64_t i = 0; i < count; i++) out[i] = data_[first_word + i].load(std::memory_order_relaxed);
 }
 
-void Bitmap::merge_range(uint64_t first_word, uint64_t count, const uint8_t* in) {
+template <typename Apply>
+void Bitmap::apply_range(uint64_t first_word, uint64_t count, const uint8_t* in, Apply apply) {
   NRAID_ASSERT(first_word <= words_ && count <= words_ - first_word);
   for (uint64_t i = 0; i < count; i++) {
     uint64_t word = first_word + i;
     uint64_t value;
     memcpy(&value, in + i * 8, 8);
-    value &= tail_mask(word);
-    if (value == 0 || (data_[word].load(std::memory_order_relaxed) & value) == value) continue;
-    uint64_t old = data_[word].fetch_or(value, std::memory_order_seq_cst);
-    if ((old | value) != old) note_changed_word(word);
+    if (apply(word, value & tail_mask(word))) note_changed_word(word);
   }
 }
 
+void Bitmap::merge_range(uint64_t first_word, uint64_t count, const uint8_t* in) {
+  apply_range(first_word, count, in, [this](uint64_t word, uint64_t value) {
+    if (value == 0 || (data_[word].load(std::memory_order_relaxed) & value) == value) return false;
+    uint64_t old = data_[word].fetch_or(value, std::memory_order_seq_cst);
+    return (old | value) != old;
+  });
+}
+
 void Bitmap::load_range(uint64_t first_word, uint64_t count, const uint8_t* in) {
-  NRAID_ASSERT(first_word <= words_ && count <= words_ - first_word);
-  for (uint64_t i = 0; i < count; i++) {
-    uint64_t word = first_word + i;
-    uint64_t value;
-    memcpy(&value, in + i * 8, 8);
-    value &= tail_mask(word);
-    if (data_[word].load(std::memory_order_relaxed) == value) continue;  // zero stays unwritten: not resident
-    if (data_[word].exchange(value, std::memory_order_seq_cst) != value) note_changed_word(word);
-  }
+  apply_range(first_word, count, in, [this](uint64_t word, uint64_t value) {
+    if (data_[word].load(std::memory_order_relaxed) == value) return false;  // zero stays unwritten: not resident
+    return data_[word].exchange(value, std::memory_order_seq_cst) != value;
+  });
 }
 
 bool Bitmap::take_changed(uint64_t block) {

@@ -53,6 +53,10 @@ class Bitmap {
  private:
   void apply(uint64_t offset_bytes, uint64_t length_bytes, bool set);
   void note_changed_word(uint64_t word);
+  // Calls apply(word, value) for each little-endian word of `in` (its tail bits masked off) from
+  // `first_word`; notes the word as changed where apply says it changed.
+  template <typename Apply>
+  void apply_range(uint64_t first_word, uint64_t count, const uint8_t* in, Apply apply);
   uint64_t tail_mask(uint64_t word) const;
   const uint64_t data_size_bytes_;
   const uint32_t granularity_bytes_;

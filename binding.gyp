@@ -11,6 +11,7 @@
         "native/bitmap.cc",
         "native/link_io.cc",
         "native/link_stream.cc",
+        "native/record_cipher.cc",
         "native/replicator.cc",
         "native/applier.cc",
         "native/activity_log.cc",
@@ -22,7 +23,8 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc": ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter", "-pthread"],
-      "ldflags": ["-pthread"]
+      "ldflags": ["-pthread"],
+      "libraries": ["-lIPSec_MB"]
     }
   ]
 }

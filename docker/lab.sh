@@ -32,7 +32,7 @@ cache_dir=${NRAID_LAB_CACHE:-/var/cache/nraid-lab}
 suite=bookworm
 # What nraid and its build need; the Dockerfile installs only what is missing,
 # so with this base it needs no network for packages.
-base_packages=ca-certificates,e2fsprogs,util-linux,mount,iproute2,procps,python3,g++,make
+base_packages=ca-certificates,e2fsprogs,util-linux,mount,iproute2,procps,python3,g++,make,libipsec-mb-dev
 # Raise when build_base changes what goes into the base.
 base_recipe=1
 image=localhost/nraid:lab

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "crc32c.h"
+#include "record_cipher.h"
 #include "fuse_frontend.h"
 #include "js_bridge.h"
 #include "limits.h"
@@ -87,6 +88,87 @@ Napi::Value Crc32c(const Napi::CallbackInfo& info) {
   auto data = info[0].As<Napi::Uint8Array>();
   uint32_t seed = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 0;
   return Napi::Number::New(env, nraid::crc32c(seed, data.Data(), data.ByteLength()));
+}
+
+// Tests only (test/unit/record-cipher.test.ts): one TLS 1.3 record sealed from
+// `pieces` (a record's plaintext, split where the caller likes) or opened,
+// with the traffic secret `secret` at record number `seq`, so that the data
+// link's record layer is checked against another implementation.
+void RecordCipherFor(Napi::Env env, const Napi::CallbackInfo& info, bool seal, nraid::RecordCipher* cipher) {
+  if (!info[0].IsString() || !info[1].IsTypedArray() || !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "record cipher: expected (suite, secret, seq, data)");
+  }
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  nraid::RecordSuite suite;
+  const EVP_MD* digest = EVP_sha256();
+  if (name == "aes-128-gcm") {
+    suite = nraid::RecordSuite::kAes128Gcm;
+  } else if (name == "aes-256-gcm") {
+    suite = nraid::RecordSuite::kAes256Gcm;
+    digest = EVP_sha384();
+  } else if (name == "chacha20-poly1305") {
+    suite = nraid::RecordSuite::kChacha20Poly1305;
+  } else {
+    throw Napi::TypeError::New(env, "record cipher: expected aes-128-gcm, aes-256-gcm or chacha20-poly1305, found " + name);
+  }
+  auto secret = info[1].As<Napi::Uint8Array>();
+  if (secret.ByteLength() != static_cast<size_t>(EVP_MD_get_size(digest))) {
+    throw Napi::RangeError::New(env, "record cipher: expected a secret of the suite's hash size, found " +
+                                         std::to_string(secret.ByteLength()) + " bytes");
+  }
+  if (!cipher->init(suite, digest, secret.Data(), secret.ByteLength(), seal)) {
+    throw Napi::Error::New(env, "record cipher: cannot set up the key");
+  }
+  cipher->set_sequence_for_test(static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value()));
+}
+
+Napi::Value RecordSeal(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  nraid::RecordCipher cipher;
+  RecordCipherFor(env, info, true, &cipher);
+  if (!info[3].IsArray()) throw Napi::TypeError::New(env, "record seal: expected an array of Uint8Array pieces");
+  auto array = info[3].As<Napi::Array>();
+  std::vector<iovec> iov;
+  size_t plain_bytes = 0;
+  for (uint32_t i = 0; i < array.Length(); i++) {
+    Napi::Value piece = array.Get(i);
+    if (!piece.IsTypedArray()) throw Napi::TypeError::New(env, "record seal: expected Uint8Array pieces");
+    auto bytes = piece.As<Napi::Uint8Array>();
+    iov.push_back({bytes.Data(), bytes.ByteLength()});
+    plain_bytes += bytes.ByteLength();
+  }
+  if (plain_bytes == 0 || plain_bytes > nraid::kTlsRecordPlainBytesMax) {
+    throw Napi::RangeError::New(env, "record seal: expected 1 to 16384 bytes of plaintext, found " + std::to_string(plain_bytes));
+  }
+  auto record = Napi::Uint8Array::New(env, plain_bytes + nraid::kTlsRecordOverheadBytes);
+  int index = 0;
+  size_t offset = 0;
+  if (!cipher.seal(iov.data(), static_cast<int>(iov.size()), &index, &offset, plain_bytes, record.Data())) {
+    throw Napi::Error::New(env, "record seal: the cipher failed");
+  }
+  return record;
+}
+
+Napi::Value RecordOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  nraid::RecordCipher cipher;
+  RecordCipherFor(env, info, false, &cipher);
+  if (!info[3].IsTypedArray()) throw Napi::TypeError::New(env, "record open: expected the record as a Uint8Array");
+  auto record = info[3].As<Napi::Uint8Array>();
+  constexpr size_t kHeaderBytes = nraid::RecordCipher::kHeaderBytes;
+  constexpr size_t kTagBytes = nraid::RecordCipher::kTagBytes;
+  if (record.ByteLength() < kHeaderBytes + kTagBytes + 1) {
+    throw Napi::RangeError::New(env, "record open: expected at least 22 bytes, found " + std::to_string(record.ByteLength()));
+  }
+  const size_t body_bytes = record.ByteLength() - kHeaderBytes;
+  auto plain = Napi::Uint8Array::New(env, body_bytes - kTagBytes - 1);
+  uint8_t type = 0;
+  ssize_t n = cipher.open(record.Data(), body_bytes, plain.Data(), &type);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("rc", Napi::Number::New(env, n < 0 ? static_cast<double>(n) : 0));
+  result.Set("type", Napi::Number::New(env, type));
+  result.Set("plain", plain);
+  return result;
 }
 
 // ---- disk ----
@@ -893,6 +975,8 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mallopt(M_ARENA_MAX, nraid::kMallocArenasMax);
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
+  exports.Set("recordSeal", Napi::Function::New(env, RecordSeal));
+  exports.Set("recordOpen", Napi::Function::New(env, RecordOpen));
   exports.Set("crc32cHardware", Napi::Boolean::New(env, nraid::crc32c_hardware()));
   exports.Set("diskOpen", Napi::Function::New(env, DiskOpen));
   exports.Set("diskInfo", Napi::Function::New(env, DiskInfo));

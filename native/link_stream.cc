@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <openssl/err.h>
-#include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/tls1.h>
 #include <openssl/x509.h>
@@ -70,36 +69,10 @@ void keep_traffic_secret(const SSL* ssl, const char* line) {
   for (size_t i = 0; i < hex.size(); i += 2) target->push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
 }
 
-// HKDF-Expand-Label(secret, label, "", length) of RFC 8446 7.1, for lengths of one hash block at most.
-bool expand_label(const EVP_MD* digest, const uint8_t* secret, size_t secret_bytes, const char* label, uint8_t* out,
-                  size_t length) {
-  uint8_t info[2 + 1 + 255 + 1 + 1];
-  const size_t label_bytes = 6 + strlen(label);
-  NRAID_ASSERT(label_bytes <= 255);
-  size_t n = 0;
-  info[n++] = static_cast<uint8_t>(length >> 8);
-  info[n++] = static_cast<uint8_t>(length);
-  info[n++] = static_cast<uint8_t>(label_bytes);
-  memcpy(info + n, "tls13 ", 6);
-  memcpy(info + n + 6, label, label_bytes - 6);
-  n += label_bytes;
-  info[n++] = 0;  // no context
-  info[n++] = 1;  // HKDF-Expand's first block counter
-  uint8_t block[EVP_MAX_MD_SIZE];
-  unsigned int block_bytes = 0;
-  if (HMAC(digest, secret, static_cast<int>(secret_bytes), info, n, block, &block_bytes) == nullptr ||
-      length > block_bytes) {
-    return false;
-  }
-  memcpy(out, block, length);
-  OPENSSL_cleanse(block, sizeof(block));
-  return true;
-}
-
 constexpr uint8_t kRecordApplicationData = 23;
 constexpr uint8_t kRecordAlert = 21;
-constexpr size_t kRecordHeaderBytes = 5;
-constexpr size_t kTagBytes = 16;
+constexpr size_t kRecordHeaderBytes = RecordCipher::kHeaderBytes;
+constexpr size_t kTagBytes = RecordCipher::kTagBytes;
 
 unsigned int psk_server(SSL* ssl, const char* identity, unsigned char* psk, unsigned int psk_max_bytes) {
   const std::string* key = psk_of(ssl);
@@ -184,13 +157,7 @@ int set_receive_timeout(int fd, uint32_t timeout_ms) {
 
 LinkStream::LinkStream(int fd) : fd_(fd), buffer_(new uint8_t[kSocketReadBufferBytes]) {}
 
-LinkStream::~LinkStream() {
-  for (Direction* direction : {&send_, &receive_}) {
-    EVP_CIPHER_CTX_free(direction->ctx);
-    OPENSSL_cleanse(direction->secret, sizeof(direction->secret));
-    OPENSSL_cleanse(direction->iv, sizeof(direction->iv));
-  }
-}
+LinkStream::~LinkStream() = default;
 
 int LinkStream::handshake(const TlsOptions& options, bool server, std::string* error) {
   if (!options.enabled) return 0;
@@ -301,17 +268,18 @@ int LinkStream::start_records(SSL* ssl, BIO* network_in, bool server, const std:
                               const std::string& server_secret, std::string* error) {
   const SSL_CIPHER* suite = SSL_get_current_cipher(ssl);
   const uint32_t id = suite == nullptr ? 0 : SSL_CIPHER_get_id(suite);
+  RecordSuite record_suite;
   switch (id) {
-    case TLS1_3_CK_AES_128_GCM_SHA256: cipher_ = EVP_aes_128_gcm(); key_bytes_ = 16; break;
-    case TLS1_3_CK_AES_256_GCM_SHA384: cipher_ = EVP_aes_256_gcm(); key_bytes_ = 32; break;
-    case TLS1_3_CK_CHACHA20_POLY1305_SHA256: cipher_ = EVP_chacha20_poly1305(); key_bytes_ = 32; break;
+    case TLS1_3_CK_AES_128_GCM_SHA256: record_suite = RecordSuite::kAes128Gcm; break;
+    case TLS1_3_CK_AES_256_GCM_SHA384: record_suite = RecordSuite::kAes256Gcm; break;
+    case TLS1_3_CK_CHACHA20_POLY1305_SHA256: record_suite = RecordSuite::kChacha20Poly1305; break;
     default:
       *error = std::string("data link TLS: expected an AES-GCM or ChaCha20-Poly1305 suite, found ") +
                (suite == nullptr ? "none" : SSL_CIPHER_get_name(suite));
       return -EPROTO;
   }
-  digest_ = SSL_CIPHER_get_handshake_digest(suite);
-  const size_t hash_bytes = digest_ == nullptr ? 0 : static_cast<size_t>(EVP_MD_get_size(digest_));
+  const EVP_MD* digest = SSL_CIPHER_get_handshake_digest(suite);
+  const size_t hash_bytes = digest == nullptr ? 0 : static_cast<size_t>(EVP_MD_get_size(digest));
   if (hash_bytes == 0 || client_secret.size() != hash_bytes || server_secret.size() != hash_bytes) {
     *error = "data link TLS: the handshake gave no application traffic secrets (key log)";
     return -EPROTO;
@@ -323,12 +291,8 @@ int LinkStream::start_records(SSL* ssl, BIO* network_in, bool server, const std:
   }
   const std::string& mine = server ? server_secret : client_secret;
   const std::string& theirs = server ? client_secret : server_secret;
-  memcpy(send_.secret, mine.data(), hash_bytes);
-  memcpy(receive_.secret, theirs.data(), hash_bytes);
-  send_.secret_bytes = receive_.secret_bytes = hash_bytes;
-  send_.ctx = EVP_CIPHER_CTX_new();
-  receive_.ctx = EVP_CIPHER_CTX_new();
-  if (send_.ctx == nullptr || receive_.ctx == nullptr || !install_key(&send_, true) || !install_key(&receive_, false)) {
+  if (!send_.init(record_suite, digest, reinterpret_cast<const uint8_t*>(mine.data()), hash_bytes, true) ||
+      !receive_.init(record_suite, digest, reinterpret_cast<const uint8_t*>(theirs.data()), hash_bytes, false)) {
     *error = "data link TLS: cannot set up the record keys: " + openssl_error("out of memory");
     return -ENOMEM;
   }
@@ -339,34 +303,6 @@ int LinkStream::start_records(SSL* ssl, BIO* network_in, bool server, const std:
   cipher_end_ = left == 0 ? 0 : static_cast<size_t>(BIO_read(network_in, cipher_in_.get(), static_cast<int>(left)));
   tls_ = true;
   return 0;
-}
-
-bool LinkStream::install_key(Direction* direction, bool encrypt) {
-  uint8_t key[32];
-  NRAID_ASSERT(key_bytes_ <= sizeof(key));
-  bool ok = expand_label(digest_, direction->secret, direction->secret_bytes, "key", key, key_bytes_) &&
-            expand_label(digest_, direction->secret, direction->secret_bytes, "iv", direction->iv, sizeof(direction->iv)) &&
-            EVP_CipherInit_ex(direction->ctx, cipher_, nullptr, key, nullptr, encrypt ? 1 : 0) == 1;
-  OPENSSL_cleanse(key, sizeof(key));
-  direction->seq = 0;
-  return ok;
-}
-
-bool LinkStream::next_nonce(Direction* direction, bool encrypt, uint8_t nonce[12]) {
-  if (direction->seq == kTlsRecordsPerKey) {
-    // The TLS 1.3 KeyUpdate derivation (RFC 8446 7.2), at a count both ends know.
-    uint8_t next[EVP_MAX_MD_SIZE];
-    if (!expand_label(digest_, direction->secret, direction->secret_bytes, "traffic upd", next, direction->secret_bytes)) {
-      return false;
-    }
-    memcpy(direction->secret, next, direction->secret_bytes);
-    OPENSSL_cleanse(next, sizeof(next));
-    if (!install_key(direction, encrypt)) return false;
-  }
-  memcpy(nonce, direction->iv, 12);
-  for (int i = 0; i < 8; i++) nonce[11 - i] ^= static_cast<uint8_t>(direction->seq >> (8 * i));
-  direction->seq++;
-  return true;
 }
 
 size_t LinkStream::buffered() {
@@ -470,30 +406,13 @@ int LinkStream::next_record(size_t* body_offset, size_t* body_bytes) {
 }
 
 ssize_t LinkStream::open_record(size_t body_offset, size_t body_bytes, uint8_t* out) {
-  uint8_t* header = cipher_in_.get() + body_offset - kRecordHeaderBytes;
-  uint8_t* body = cipher_in_.get() + body_offset;
-  const size_t inner_bytes = body_bytes - kTagBytes;  // plaintext and its content type
+  const uint8_t* record = cipher_in_.get() + body_offset - kRecordHeaderBytes;
   cipher_start_ = body_offset + body_bytes;
-  uint8_t nonce[12];
   uint8_t type = 0;
-  int n = 0;
-  EVP_CIPHER_CTX* ctx = receive_.ctx;
-  bool ok = next_nonce(&receive_, false, nonce) && EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_DecryptUpdate(ctx, nullptr, &n, header, kRecordHeaderBytes) == 1 &&
-            EVP_DecryptUpdate(ctx, out, &n, body, static_cast<int>(inner_bytes - 1)) == 1 &&
-            EVP_DecryptUpdate(ctx, &type, &n, body + inner_bytes - 1, 1) == 1 &&
-            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kTagBytes, body + inner_bytes) == 1;
-  if (!ok) {
-    ERR_clear_error();
-    return -EIO;
-  }
-  uint8_t final_bytes[EVP_MAX_BLOCK_LENGTH];  // none for these AEADs
-  if (EVP_DecryptFinal_ex(ctx, final_bytes, &n) != 1) {
-    ERR_clear_error();
-    return -EBADMSG;  // the tag does not match: the record was changed on the way (or forged)
-  }
+  ssize_t n = receive_.open(record, body_bytes, out, &type);
+  if (n < 0) return n;
   if (cipher_start_ == cipher_end_) cipher_start_ = cipher_end_ = 0;
-  if (type == kRecordApplicationData) return static_cast<ssize_t>(inner_bytes - 1);
+  if (type == kRecordApplicationData) return n;
   // The peer's close_notify (or any alert): the stream ends. Padding or post-handshake messages never come from nraid.
   return type == kRecordAlert ? -EPIPE : -EPROTO;
 }
@@ -520,7 +439,7 @@ int LinkStream::writev_tls(iovec* iov, int count) {
       if (rc != 0) return rc;
       used = 0;
     }
-    if (!seal_record(iov, count, &index, &offset, plain_bytes, used)) {
+    if (!send_.seal(iov, count, &index, &offset, plain_bytes, cipher_out_.get() + used)) {
       ERR_clear_error();
       return -EIO;
     }
@@ -530,53 +449,6 @@ int LinkStream::writev_tls(iovec* iov, int count) {
   if (used == 0) return 0;
   iovec out{cipher_out_.get(), used};
   return writev_full(fd_, &out, 1);
-}
-
-bool LinkStream::seal_record(iovec* iov, int count, int* index, size_t* offset, size_t plain_bytes, size_t used) {
-  NRAID_ASSERT(plain_bytes > 0 && plain_bytes <= kTlsRecordPlainBytesMax);
-  NRAID_ASSERT(used + plain_bytes + kTlsRecordOverheadBytes <= kTlsCipherChunkBytes);
-  uint8_t* header = cipher_out_.get() + used;
-  const size_t body_bytes = plain_bytes + 1 + kTagBytes;
-  header[0] = kRecordApplicationData;
-  header[1] = 0x03;
-  header[2] = 0x03;
-  header[3] = static_cast<uint8_t>(body_bytes >> 8);
-  header[4] = static_cast<uint8_t>(body_bytes);
-  uint8_t* sealed = header + kRecordHeaderBytes;
-  uint8_t nonce[12];
-  int n = 0;
-  EVP_CIPHER_CTX* ctx = send_.ctx;
-  if (!next_nonce(&send_, true, nonce) || EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) != 1 ||
-      EVP_EncryptUpdate(ctx, nullptr, &n, header, kRecordHeaderBytes) != 1) {
-    return false;
-  }
-  // Sealed from where the pieces lie (frame headers and payloads), no gathering copy.
-  size_t left = plain_bytes;
-  while (left > 0) {
-    NRAID_ASSERT(*index < count);
-    const size_t piece = std::min(left, iov[*index].iov_len - *offset);
-    if (piece > 0) {
-      if (EVP_EncryptUpdate(ctx, sealed, &n, static_cast<const uint8_t*>(iov[*index].iov_base) + *offset,
-                            static_cast<int>(piece)) != 1) {
-        return false;
-      }
-      sealed += n;
-    }
-    left -= piece;
-    *offset += piece;
-    if (*offset == iov[*index].iov_len) {
-      (*index)++;
-      *offset = 0;
-    }
-  }
-  const uint8_t type = kRecordApplicationData;
-  if (EVP_EncryptUpdate(ctx, sealed, &n, &type, 1) != 1) return false;
-  sealed += n;
-  if (EVP_EncryptFinal_ex(ctx, sealed, &n) != 1) return false;
-  sealed += n;
-  if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, kTagBytes, sealed) != 1) return false;
-  NRAID_ASSERT(sealed + kTagBytes == header + kRecordHeaderBytes + body_bytes);
-  return true;
 }
 
 }  // namespace nraid

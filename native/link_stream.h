@@ -10,7 +10,8 @@
 // the records itself, as kTLS does in a kernel: both traffic secrets are taken
 // from the handshake (OpenSSL's key log callback), key and IV derived as RFC
 // 8446 7.3 says, and each direction seals or opens its records with its own
-// AEAD context (EVP, AES-NI where the CPU has it). So the receiver and the
+// RecordCipher (record_cipher.h: AES-GCM through Intel's ipsec-mb, VAES where
+// the CPU has it; ChaCha20-Poly1305 through EVP). So the receiver and the
 // senders share no lock and no SSL object, a record is sealed from where the
 // plaintext lies straight into the send buffer, and opened from the receive
 // buffer straight into its destination (a large payload lands where the
@@ -35,6 +36,7 @@
 #include <string>
 
 #include "limits.h"
+#include "record_cipher.h"
 
 namespace nraid {
 
@@ -74,24 +76,12 @@ class LinkStream {
   int write(const void* data, size_t length);
 
  private:
-  // One direction's record protection: the AEAD context, the traffic secret
-  // (for the next key), the static IV and the record sequence number.
-  struct Direction {
-    EVP_CIPHER_CTX* ctx = nullptr;
-    uint8_t secret[EVP_MAX_MD_SIZE];
-    size_t secret_bytes = 0;
-    uint8_t iv[12];
-    uint64_t seq = 0;
-  };
-
   int read_plain(void* data, size_t length);
   int read_tls(uint8_t* out, size_t length);
   // Takes the traffic secrets of `ssl`'s finished handshake (`client_secret`,
   // `server_secret`: from its key log) and what it left unread, and sets up both directions.
   int start_records(SSL* ssl, BIO* network_in, bool server, const std::string& client_secret,
                     const std::string& server_secret, std::string* error);
-  // Key and IV of `direction` from its secret; `encrypt` picks the context's direction.
-  bool install_key(Direction* direction, bool encrypt);
   // The next record whole in cipher_in_ (reading the socket as needed): 0 and
   // its body's bounds, or a negative errno.
   int next_record(size_t* body_offset, size_t* body_bytes);
@@ -99,9 +89,6 @@ class LinkStream {
   // body_bytes - tag - 1): the plaintext's size, or a negative errno.
   ssize_t open_record(size_t body_offset, size_t body_bytes, uint8_t* out);
   int writev_tls(iovec* iov, int count);
-  // Seals `plain_bytes` taken from iov[*index] at *offset onward into one record at cipher_out_ + used.
-  bool seal_record(iovec* iov, int count, int* index, size_t* offset, size_t plain_bytes, size_t used);
-  bool next_nonce(Direction* direction, bool encrypt, uint8_t nonce[12]);
 
   const int fd_;
   std::unique_ptr<uint8_t[]> buffer_;  // read: plaintext (or, plain TCP, bytes) not yet taken
@@ -114,11 +101,8 @@ class LinkStream {
 
   std::mutex write_mutex_;  // send_, cipher_out_, the socket's write side
   bool tls_ = false;
-  const EVP_CIPHER* cipher_ = nullptr;
-  const EVP_MD* digest_ = nullptr;
-  size_t key_bytes_ = 0;
-  Direction send_;
-  Direction receive_;
+  RecordCipher send_;
+  RecordCipher receive_;
 };
 
 }  // namespace nraid

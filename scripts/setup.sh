@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# libipsec-mb-dev: the data link's AES-GCM (Intel's ipsec-mb, native/record_cipher.h), linked by the addon.
 # postgresql: the PostgreSQL failover test and bench/postgres.js; podman, runc, debootstrap: the two-node lab (docker/lab.sh).
-packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio nbdkit nbdfuse postgresql
+packages=(g++ make python3 e2fsprogs util-linux iproute2 coreutils fio nbdkit nbdfuse libipsec-mb-dev postgresql
   podman runc debootstrap)
 missing=()
 for package in "${packages[@]}"; do

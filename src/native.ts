@@ -165,6 +165,10 @@ export interface NativeError extends Error {
 export interface Binding {
   crc32c(data: Uint8Array, seed?: number): number;
   readonly crc32cHardware: boolean;
+  /** Tests only: one data-link TLS record sealed from `pieces` with traffic secret `secret` at record number `seq`. */
+  recordSeal(suite: RecordSuiteName, secret: Uint8Array, seq: number, pieces: Uint8Array[]): Uint8Array;
+  /** Tests only: a record opened; `rc` 0, or a negative errno (-EBADMSG: the tag did not match). */
+  recordOpen(suite: RecordSuiteName, secret: Uint8Array, seq: number, record: Uint8Array): { rc: number; type: number; plain: Uint8Array };
   readonly limits: {
     blockBytes: number;
     requestBytesMax: number;
@@ -380,6 +384,9 @@ function load(): Binding {
 }
 
 export const binding: Binding = load();
+
+/** The data link's record ciphers (TLS 1.3 suites), as the test hooks name them. */
+export type RecordSuiteName = 'aes-128-gcm' | 'aes-256-gcm' | 'chacha20-poly1305';
 
 export function crc32c(data: Uint8Array, seed = 0): number {
   return binding.crc32c(data, seed);

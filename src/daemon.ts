@@ -373,6 +373,7 @@ export class Daemon extends EventEmitter {
     status.daemonRestarts = this.held?.restarts() ?? null;
     const c = parts.plane.counters();
     status.verify = this.verifier?.progress() ?? null;
+    status.lastResync = parts.runner.lastResync;
     status.resyncSent = { dataBytes: c?.resyncDataBytesSent ?? 0, zeroBytes: c?.resyncZeroBytesSent ?? 0, equalBytes: c?.resyncEqualBytes ?? 0 };
     return status;
   }

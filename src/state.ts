@@ -86,6 +86,8 @@ export interface ResourceStatus {
   verify?: VerifyProgress | null;
   /** What resyncs of this session sent: data bytes, bytes covered by zero frames, bytes found equal by digest. */
   resyncSent?: { dataBytes: number; zeroBytes: number; equalBytes: number };
+  /** The last resync of this daemon that ended (finished or cut short), on its own clock; null: none yet. */
+  lastResync?: LastResync | null;
   /** Restarts of this resource's daemon by its holder (daemon-restart-bound-ms); null without a holder. */
   daemonRestarts?: DaemonRestarts | null;
 }
@@ -122,6 +124,19 @@ export interface ResyncProgress {
   paused: boolean;
   /** Applications do I/O on the source: the resync runs at its min rate. */
   throttled: boolean;
+}
+
+/** A resync that ended, timed from its start (source: its first read; target: its durable Inconsistent state) to its end. */
+export interface LastResync {
+  direction: 'source' | 'target';
+  /** Reached the end (the bitmap clean, the target UpToDate), or cut short (link lost, paused for good, down). */
+  finished: boolean;
+  /** Progress in that time, counted as ResyncProgress.bytesDone counts it. */
+  bytes: number;
+  seconds: number;
+  rateBytesPerSec: number;
+  /** When it ended (ISO 8601). */
+  endedAt: string;
 }
 
 export interface VerifyProgress {

@@ -11,14 +11,14 @@ import { runHook, runHookWithOutput } from '../hooks';
 import * as limits from '../limits';
 import { Logger } from '../log';
 import { flagBits } from '../metadata';
-import { ResourceStatus } from '../state';
+import { LastResync, ResourceStatus } from '../state';
 import { DataPlane } from './data-plane';
 import { Exposure } from './exposure';
 import { Command, Effect, Event, MachineState, peerServes, step } from './machine';
 import { RoleHookPurpose } from './machine-core';
 import { MetadataStore, mintUuid } from './metadata-store';
 import { PeerSession } from './peer-session';
-import { ResyncClock, resyncTargetBytes } from './status';
+import { ResyncClock, endedResync, resyncTargetBytes } from './status';
 
 export interface RunnerOwners {
   plane: DataPlane;
@@ -61,6 +61,8 @@ export class Runner extends EventEmitter {
   private nextCommand = 1;
   private readonly commands = new Map<number, { resolve: (status: ResourceStatus) => void; reject: (error: Error) => void }>();
   resync: ResyncClock | null = null;
+  /** The last resync that ended here, on the daemon's clock (status lastResync). */
+  lastResync: LastResync | null = null;
 
   constructor(
     public state: MachineState,
@@ -77,6 +79,20 @@ export class Runner extends EventEmitter {
     const csums = !settings.afterCrashOnly || crashed;
     this.owners.log.info('resync starts', { csums, crashedPrimary: crashed });
     return csums;
+  }
+
+  /** Records (and logs, as DRBD's "Resync done (total N sec; ... K/sec)") the resync that just ended. */
+  private resyncEnded(clock: ResyncClock): void {
+    this.resync = null;
+    const finished = this.state.replication === 'Established';
+    const ended = endedResync(clock, this.owners.plane.open ? this.owners.plane.counters() : null, finished, Date.now());
+    this.lastResync = ended;
+    this.owners.log.info(finished ? 'resync done' : 'resync stopped before its end', {
+      direction: ended.direction,
+      bytes: ended.bytes,
+      seconds: Number(ended.seconds.toFixed(3)),
+      mibPerSecond: Number((ended.rateBytesPerSec / 1048576).toFixed(1)),
+    });
   }
 
   dispatch(event: Event): void {
@@ -114,7 +130,7 @@ export class Runner extends EventEmitter {
             this.owners.log.error(`${effect.kind} failed`, { error: (error as Error).message });
           }
         }
-        if (this.resync !== null && !resyncRuns(this.state, this.resync.direction)) this.resync = null;
+        if (this.resync !== null && !resyncRuns(this.state, this.resync.direction)) this.resyncEnded(this.resync);
         if (result.tag !== undefined) {
           const disk = { md: this.owners.store.view(), armed: this.owners.store.armedGeneration };
           this.queue.unshift({ type: 'program-done', tag: result.tag, error: failure, disk });

@@ -4,7 +4,7 @@
  */
 import { NativeCounters } from '../native';
 import { Superblock } from '../metadata';
-import { ResourceStatus } from '../state';
+import { LastResync, ResourceStatus } from '../state';
 import { MachineState, diskState, peerServes } from './machine';
 import { DamageReport } from './metadata-damage';
 import { ResyncTotals } from './resync-control';
@@ -44,11 +44,23 @@ export function resyncTargetBytes(c: NativeCounters): number {
   return c.resyncBytesReceived + c.zeroBytesApplied;
 }
 
+/** What a resync did from its start to `nowMs`, counted as `status` counts its progress. */
+function resyncBytesDone(clock: ResyncClock, c: NativeCounters): number {
+  return Math.max(0, (clock.direction === 'source' ? c.resyncBytesDone : resyncTargetBytes(c)) - clock.doneBaseBytes);
+}
+
+/** The record of a resync that ended at `nowMs` (`finished`: it reached the end). */
+export function endedResync(clock: ResyncClock, c: NativeCounters | null, finished: boolean, nowMs: number): LastResync {
+  const bytes = c === null ? 0 : resyncBytesDone(clock, c);
+  const seconds = Math.max(0.001, (nowMs - clock.startedAtMs) / 1000);
+  return { direction: clock.direction, finished, bytes, seconds, rateBytesPerSec: Math.round(bytes / seconds), endedAt: new Date(nowMs).toISOString() };
+}
+
 function resyncProgress(f: StatusFacts): ResourceStatus['resync'] {
   const c = f.counters;
   if (f.resync === null || c === null || f.state.session?.direction !== f.resync.direction) return null;
   const source = f.resync.direction === 'source';
-  const done = Math.max(0, (source ? c.resyncBytesDone : resyncTargetBytes(c)) - f.resync.doneBaseBytes);
+  const done = resyncBytesDone(f.resync, c);
   // The source's bitmap is what is left; the target knows the total the source announced.
   const left = source ? c.outOfSyncBytes : Math.max(0, f.resync.totalBytes - done);
   const elapsedS = Math.max(0.001, (f.nowMs - f.resync.startedAtMs) / 1000);

@@ -178,6 +178,10 @@ describeIntegration(`resync control (${FULL ? 'full: 256 MiB' : 'short: 64 MiB; 
     const sentTotalBefore = num(alphaSyncing, 'resyncSentBytesTotal');
     expect(sentTotalBefore).toBeGreaterThan(0);
     await kill9('alpha');
+    // The target saw its resync cut short: recorded as such, with what arrived before.
+    const cut = await r.waitFor('beta', (s) => s.connection !== 'Connected' && s.lastResync != null, 15_000);
+    expect(cut.lastResync).toMatchObject({ direction: 'target', finished: false });
+    expect(num(cut.lastResync as NraidStatus, 'bytes')).toBeGreaterThan(0);
     await setMaxRate(FAST_MIB, []);
     await r.runOk('alpha', 'up');
     // Counted over both runs: the restarted daemon starts from what it saved.
@@ -187,6 +191,16 @@ describeIntegration(`resync control (${FULL ? 'full: 256 MiB' : 'short: 64 MiB; 
     const received = num(await r.status('beta'), 'resyncReceivedBytesTotal') - receivedBefore;
     expect(received).toBeGreaterThanOrEqual(dirty);
     expect(received).toBeLessThanOrEqual(1.1 * dirty);
+    // Both ends timed the resumed resync on their own clocks (status lastResync, the log's "resync done").
+    const [alphaDone, betaDone] = [await r.status('alpha'), await r.status('beta')];
+    expect(alphaDone.lastResync).toMatchObject({ direction: 'source', finished: true });
+    expect(betaDone.lastResync).toMatchObject({ direction: 'target', finished: true });
+    for (const done of [alphaDone, betaDone]) {
+      const last = done.lastResync as NraidStatus;
+      expect(num(last, 'bytes')).toBeGreaterThan(0);
+      expect(num(last, 'bytes')).toBeLessThanOrEqual(dirty);
+      expect(num(last, 'rateBytesPerSec')).toBeCloseTo(num(last, 'bytes') / num(last, 'seconds'), -3);
+    }
     await expectIdentical();
   }, 180_000);
 

@@ -24,13 +24,8 @@ constexpr uint64_t kWakeTag = kActiveMax;
 
 Applier::Applier(LocalDisk* disk, uint64_t data_size_bytes, LinkCounters* counters, EventSink sink)
     : disk_(disk), data_size_bytes_(data_size_bytes), counters_(counters), sink_(std::move(sink)) {
-  buffers_.resize(kApplyBuffers);
-  for (uint32_t i = 0; i < kApplyBuffers; i++) {
-    void* buffer = nullptr;
-    if (posix_memalign(&buffer, kBlockBytes, kRequestBytesMax) != 0) abort();
-    buffers_[i] = static_cast<uint8_t*>(buffer);
-    free_buffers_.push_back(i);
-  }
+  // Taken last-in first-out: the few a link keeps in use are the ones resident.
+  for (uint32_t i = kApplyBuffers; i-- > 0;) free_buffers_.push_back(i);
   active_.resize(kActiveMax);
   reply_digests_.reset(new uint64_t[uint64_t{kApplyBuffers} * (kDigestReplyBytesMax / kDigestBytes)]);
   void* buffer = nullptr;
@@ -40,7 +35,6 @@ Applier::Applier(LocalDisk* disk, uint64_t data_size_bytes, LinkCounters* counte
 
 Applier::~Applier() {
   stop("closed");
-  for (uint8_t* buffer : buffers_) free(buffer);
   free(read_buffer_);
 }
 

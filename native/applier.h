@@ -18,6 +18,7 @@
 
 #include "bitmap.h"
 #include "frame.h"
+#include "huge_buffers.h"
 #include "limits.h"
 #include "link_io.h"
 #include "link_stream.h"
@@ -86,7 +87,7 @@ class Applier {
   uint32_t recv_acks_pending_ = 0;
   std::mutex mutex_;       // buffers, active set
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
-  std::vector<uint8_t*> buffers_;
+  HugeBuffers buffers_{kApplyBuffers, kRequestBytesMax};
   uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY
   // The reaper's digests for OV_REPLY, one reply's worth per payload buffer (the one read).
   std::unique_ptr<uint64_t[]> reply_digests_;

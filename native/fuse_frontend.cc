@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "limits.h"
+#include "huge_buffers.h"
 #include "nraid_assert.h"
 
 #ifndef PR_SET_IO_FLUSHER
@@ -50,7 +51,6 @@ constexpr size_t kReadSizeBytes = kWorkerBufferBytes - kReadOffsetBytes;
 // Once a large request is seen, the buffers' part turns to transparent huge pages (1 MiB
 // writes through 4 KiB pages ran at 0.55x the rate through 2 MiB pages, bench row nraid);
 // back to small pages when every thread has idled.
-constexpr size_t kHugePageBytes = 2 * kMiB;
 constexpr uint32_t kOurMinorVersion = 38;
 constexpr uint64_t kRootNodeId = FUSE_ROOT_ID;
 constexpr uint64_t kAttrValidSeconds = 1;
@@ -70,8 +70,6 @@ struct Arena {
 std::mutex& g_arena_mutex = *new std::mutex;
 Arena& g_spare_arena = *new Arena;
 
-size_t round_to_huge(size_t bytes) { return (bytes + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes; }
-
 // The buffers' part, whole huge pages: the stacks start after it.
 size_t buffers_bytes_for(uint32_t threads) { return round_to_huge(kWorkerBufferBytes * threads); }
 
@@ -83,18 +81,12 @@ size_t arena_bytes_for(uint32_t threads) { return buffers_bytes_for(threads) + r
 // 12: 1 TiB at <= 100 MiB); first touches now cost a fault per 4 KiB page, once per thread
 // (and again after an idle trim), on the request that touches it.
 bool map_arena(size_t bytes, Arena* arena, std::string* error) {
-  void* mapped = ::mmap(nullptr, bytes + kHugePageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mapped == MAP_FAILED) {
+  uint8_t* aligned = map_huge_aligned(bytes);
+  if (aligned == nullptr) {
     *error = std::string("cannot map the frontend's request buffers and stacks: ") + strerror(errno);
     return false;
   }
-  // Trim to a huge-page-aligned window (the kernel backs only aligned 2 MiB ranges with huge pages).
-  auto base = reinterpret_cast<uintptr_t>(mapped);
-  uintptr_t aligned = (base + kHugePageBytes - 1) / kHugePageBytes * kHugePageBytes;
-  if (aligned > base) ::munmap(mapped, aligned - base);
-  size_t tail_bytes = base + kHugePageBytes - aligned;  // > 0: aligned - base < kHugePageBytes
-  ::munmap(reinterpret_cast<void*>(aligned + bytes), tail_bytes);
-  arena->base = reinterpret_cast<uint8_t*>(aligned);
+  arena->base = aligned;
   arena->bytes = bytes;
   ::madvise(arena->base, bytes, MADV_NOHUGEPAGE);  // small pages until large requests (run_trimmer)
   return true;

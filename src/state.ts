@@ -126,10 +126,10 @@ export interface ResyncProgress {
   throttled: boolean;
 }
 
-/** A resync that ended, timed from its start (source: its first read; target: its durable Inconsistent state) to its end. */
+/** A resync that ended, timed from its start (source: when it starts to send; target: once its Inconsistent state is on disk) to its end. */
 export interface LastResync {
   direction: 'source' | 'target';
-  /** Reached the end (the bitmap clean, the target UpToDate), or cut short (link lost, paused for good, down). */
+  /** Reached the end (the bitmap clean, the target UpToDate), or cut short (the link lost, the session dropped). */
   finished: boolean;
   /** Progress in that time, counted as ResyncProgress.bytesDone counts it. */
   bytes: number;

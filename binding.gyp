@@ -7,7 +7,7 @@
         "native/crc32c.cc",
         "native/local_io.cc",
         "native/fuse_frontend.cc",
-        "native/huge_buffers.cc",
+        "native/io_buffers.cc",
         "native/pipeline.cc",
         "native/bitmap.cc",
         "native/link_io.cc",

@@ -24,8 +24,6 @@ constexpr uint64_t kWakeTag = kActiveMax;
 
 Applier::Applier(LocalDisk* disk, uint64_t data_size_bytes, LinkCounters* counters, EventSink sink)
     : disk_(disk), data_size_bytes_(data_size_bytes), counters_(counters), sink_(std::move(sink)) {
-  // Taken last-in first-out: the few a link keeps in use are the ones resident.
-  for (uint32_t i = kApplyBuffers; i-- > 0;) free_buffers_.push_back(i);
   active_.resize(kActiveMax);
   reply_digests_.reset(new uint64_t[uint64_t{kApplyBuffers} * (kDigestReplyBytesMax / kDigestBytes)]);
   void* buffer = nullptr;
@@ -162,7 +160,7 @@ bool Applier::overlaps_active_locked(uint64_t offset, uint64_t length) const {
 void Applier::release_locked(uint32_t active) {
   Active& a = active_[active];
   NRAID_ASSERT(a.in_use);
-  if (a.buffer != kNoBuffer) free_buffers_.push_back(a.buffer);
+  if (a.buffer != kNoBuffer) buffers_.give(a.buffer);
   a.in_use = false;
   active_count_--;
   done_cv_.notify_all();
@@ -249,19 +247,18 @@ void Applier::receive_loop() {
     if (frame_has_payload(header.type)) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
-        if (free_buffers_.empty()) {
+        if (buffers_.empty()) {
           lock.unlock();
           flush_recv_acks();  // a failure ends the wait below
           lock.lock();
         }
-        done_cv_.wait(lock, [&] { return failed() || !free_buffers_.empty(); });
+        done_cv_.wait(lock, [&] { return failed() || !buffers_.empty(); });
         if (failed()) return;
-        buffer = free_buffers_.back();
-        free_buffers_.pop_back();
+        buffer = buffers_.take(header.length);
       }
       if (reader.buffered() < header.length && !flush_recv_acks()) {
         std::lock_guard<std::mutex> lock(mutex_);
-        free_buffers_.push_back(buffer);
+        buffers_.give(buffer);
         return;
       }
       rc = reader.read(buffers_[buffer], header.length);
@@ -269,7 +266,7 @@ void Applier::receive_loop() {
       if (!intact) {
         {
           std::lock_guard<std::mutex> lock(mutex_);
-          free_buffers_.push_back(buffer);
+          buffers_.give(buffer);
         }
         if (rc != 0) {
           // The end of the stream inside a payload reads as it does between frames, not as "Broken pipe".
@@ -287,7 +284,7 @@ void Applier::receive_loop() {
     if ((header.flags & kFlagWantRecvAck) != 0 && !queue_recv_ack(header)) {
       if (buffer != kNoBuffer) {
         std::lock_guard<std::mutex> lock(mutex_);
-        free_buffers_.push_back(buffer);
+        buffers_.give(buffer);
       }
       return;
     }
@@ -303,7 +300,7 @@ void Applier::receive_loop() {
     }
     done_cv_.wait(lock, can_start);
     if (failed()) {
-      if (buffer != kNoBuffer) free_buffers_.push_back(buffer);
+      if (buffer != kNoBuffer) buffers_.give(buffer);
       return;
     }
     NRAID_ASSERT(header.type != kFrameRsData || resync_allowed_.load(std::memory_order_acquire));
@@ -351,12 +348,11 @@ bool Applier::serve_digests(const FrameHeader& request) {
   {
     std::unique_lock<std::mutex> lock(mutex_);
     done_cv_.wait(lock, [&] {
-      return failed() || (!free_buffers_.empty() && active_count_ < kActiveMax &&
+      return failed() || (!buffers_.empty() && active_count_ < kActiveMax &&
                           !overlaps_active_locked(request.offset, request.length));
     });
     if (failed()) return false;
-    buffer = free_buffers_.back();
-    free_buffers_.pop_back();
+    buffer = buffers_.take(request.length);
     while (active_[active].in_use) active++;
     active_[active] = Active{true, request, buffer};
     active_count_++;

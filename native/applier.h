@@ -18,7 +18,7 @@
 
 #include "bitmap.h"
 #include "frame.h"
-#include "huge_buffers.h"
+#include "io_buffers.h"
 #include "limits.h"
 #include "link_io.h"
 #include "link_stream.h"
@@ -87,11 +87,10 @@ class Applier {
   uint32_t recv_acks_pending_ = 0;
   std::mutex mutex_;       // buffers, active set
   std::condition_variable done_cv_;  // the receiver waits for buffers, overlaps, an empty pipe
-  HugeBuffers buffers_{kApplyBuffers, kRequestBytesMax};
+  PayloadBuffers buffers_{kApplyLargeBuffers, kApplyBuffers - kApplyLargeBuffers, kRequestBytesMax, kApplyLargePayloadBytes};
   uint8_t* read_buffer_ = nullptr;  // the receiver's, for READ_REPLY
   // The reaper's digests for OV_REPLY, one reply's worth per payload buffer (the one read).
   std::unique_ptr<uint64_t[]> reply_digests_;
-  std::vector<uint32_t> free_buffers_;
   std::vector<Active> active_;
   uint32_t active_count_ = 0;
   uint32_t io_in_flight_ = 0;  // submitted and not reaped (writes, and reads for digests)

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "limits.h"
-#include "huge_buffers.h"
+#include "io_buffers.h"
 #include "nraid_assert.h"
 
 #ifndef PR_SET_IO_FLUSHER

@@ -186,6 +186,10 @@ static_assert(kResyncThrottledChunkBytes <= kResyncChunkBytes && kResyncThrottle
 // Payload buffers in flight (the receive window), which also bounds the
 // asynchronous disk writes in flight.
 constexpr uint32_t kApplyBuffers = 64;
+// Of those, the ones in huge pages (native/io_buffers.h), taken first for payloads
+// of kApplyLargePayloadBytes or more: a resync window's worth and then some.
+constexpr uint32_t kApplyLargeBuffers = 16;
+constexpr uint32_t kApplyLargePayloadBytes = 128 * 1024;
 // With nothing else in flight, the receiver writes a frame this small itself
 // and waits for it: at queue depth 1 that is one wake-up less than the
 // reaper's. A larger write would hold up the frames behind it for longer.
@@ -198,6 +202,8 @@ constexpr uint32_t kReapMax = 64;
 static_assert(kInlineApplyBytesMax <= kRequestBytesMax);
 static_assert(kInlineApplyBytesMax % kBlockBytes == 0);
 static_assert(kApplyBuffers <= kUnackedEntries, "the receive window is within what the source keeps in flight");
+static_assert(kApplyLargeBuffers >= kResyncWindowChunks && kApplyLargeBuffers <= kApplyBuffers,
+              "a resync window's chunks all land in huge pages");
 
 // ---- process ----
 

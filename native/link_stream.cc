@@ -69,7 +69,6 @@ void keep_traffic_secret(const SSL* ssl, const char* line) {
   for (size_t i = 0; i < hex.size(); i += 2) target->push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
 }
 
-constexpr uint8_t kRecordApplicationData = 23;
 constexpr uint8_t kRecordAlert = 21;
 constexpr size_t kRecordHeaderBytes = RecordCipher::kHeaderBytes;
 constexpr size_t kTagBytes = RecordCipher::kTagBytes;

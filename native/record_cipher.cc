@@ -20,8 +20,6 @@ namespace nraid {
 
 namespace {
 
-constexpr uint8_t kRecordApplicationData = 23;
-
 // ipsec-mb's init runs its self-test of every algorithm (IMB_FEATURE_SELF_TEST), which
 // faults in 3.1 MiB of the library's code that GCM never runs again; they stay in the
 // daemon's RSS (issue 12: <= 100 MiB). Once it is done, the library's code pages leave
@@ -70,22 +68,6 @@ IMB_MGR* gcm_manager() {
     return made;
   }();
   return manager;
-}
-
-struct GcmCalls {
-  aes_gcm_pre_t pre;
-  aes_gcm_init_t init;
-  aes_gcm_enc_dec_update_t update;
-  aes_gcm_enc_dec_finalize_t finalize;
-};
-
-GcmCalls gcm_calls(IMB_MGR* manager, RecordSuite suite, bool seal) {
-  if (suite == RecordSuite::kAes128Gcm) {
-    return {manager->gcm128_pre, manager->gcm128_init, seal ? manager->gcm128_enc_update : manager->gcm128_dec_update,
-            seal ? manager->gcm128_enc_finalize : manager->gcm128_dec_finalize};
-  }
-  return {manager->gcm256_pre, manager->gcm256_init, seal ? manager->gcm256_enc_update : manager->gcm256_dec_update,
-          seal ? manager->gcm256_enc_finalize : manager->gcm256_dec_finalize};
 }
 
 size_t key_bytes_of(RecordSuite suite) { return suite == RecordSuite::kAes128Gcm ? 16 : 32; }
@@ -139,7 +121,13 @@ bool RecordCipher::init(RecordSuite suite, const EVP_MD* digest, const uint8_t* 
     if (evp_ == nullptr) evp_ = EVP_CIPHER_CTX_new();
     if (evp_ == nullptr) return false;
   } else {
-    if (gcm_manager() == nullptr) return false;
+    IMB_MGR* const m = gcm_manager();
+    if (m == nullptr) return false;
+    const bool aes128 = suite == RecordSuite::kAes128Gcm;
+    gcm_calls_ = aes128 ? GcmCalls{m->gcm128_pre, m->gcm128_init, seal ? m->gcm128_enc_update : m->gcm128_dec_update,
+                                   seal ? m->gcm128_enc_finalize : m->gcm128_dec_finalize}
+                        : GcmCalls{m->gcm256_pre, m->gcm256_init, seal ? m->gcm256_enc_update : m->gcm256_dec_update,
+                                   seal ? m->gcm256_enc_finalize : m->gcm256_dec_finalize};
     if (gcm_key_ == nullptr) {
       void* memory = aligned_alloc(64, (sizeof(gcm_key_data) + 63) / 64 * 64);
       if (memory == nullptr) return false;
@@ -151,13 +139,13 @@ bool RecordCipher::init(RecordSuite suite, const EVP_MD* digest, const uint8_t* 
 
 bool RecordCipher::install_key() {
   uint8_t key[32];
-  const size_t key_bytes = suite_ == RecordSuite::kChacha20Poly1305 ? 32 : key_bytes_of(suite_);
+  const size_t key_bytes = key_bytes_of(suite_);
   bool ok = tls13_expand_label(digest_, secret_, secret_bytes_, "key", key, key_bytes) &&
             tls13_expand_label(digest_, secret_, secret_bytes_, "iv", iv_, sizeof(iv_));
   if (ok && suite_ == RecordSuite::kChacha20Poly1305) {
     ok = EVP_CipherInit_ex(evp_, EVP_chacha20_poly1305(), nullptr, key, nullptr, seal_ ? 1 : 0) == 1;
   } else if (ok) {
-    gcm_calls(gcm_manager(), suite_, seal_).pre(key, gcm_key_);
+    gcm_calls_.pre(key, gcm_key_);
   }
   OPENSSL_cleanse(key, sizeof(key));
   seq_ = 0;
@@ -192,7 +180,7 @@ bool RecordCipher::seal(const iovec* iov, int count, int* index, size_t* offset,
   uint8_t nonce[12];
   if (!next_nonce(nonce)) return false;
   const bool gcm = suite_ != RecordSuite::kChacha20Poly1305;
-  const GcmCalls calls = gcm ? gcm_calls(gcm_manager(), suite_, true) : GcmCalls{};
+  const GcmCalls& calls = gcm_calls_;
   int n = 0;
   if (gcm) {
     calls.init(gcm_key_, &gcm_, nonce, out, kHeaderBytes);  // the header is the additional data
@@ -243,7 +231,7 @@ ssize_t RecordCipher::open(const uint8_t* record, size_t body_bytes, uint8_t* ou
   uint8_t nonce[12];
   if (!next_nonce(nonce)) return -EIO;
   if (suite_ != RecordSuite::kChacha20Poly1305) {
-    const GcmCalls calls = gcm_calls(gcm_manager(), suite_, false);
+    const GcmCalls& calls = gcm_calls_;
     calls.init(gcm_key_, &gcm_, nonce, record, kHeaderBytes);
     if (inner_bytes > 1) calls.update(gcm_key_, &gcm_, out, body, inner_bytes - 1);
     calls.update(gcm_key_, &gcm_, type, body + inner_bytes - 1, 1);

@@ -27,6 +27,9 @@ namespace nraid {
 
 enum class RecordSuite : uint8_t { kAes128Gcm, kAes256Gcm, kChacha20Poly1305 };
 
+// The outer content type of every TLS 1.3 record after the handshake (RFC 8446 5.2).
+constexpr uint8_t kRecordApplicationData = 23;
+
 class RecordCipher {
  public:
   static constexpr size_t kHeaderBytes = 5;
@@ -60,6 +63,14 @@ class RecordCipher {
   // The nonce of the next record (and the key update when its count is reached).
   bool next_nonce(uint8_t nonce[12]);
 
+  // This direction's AES-GCM calls, for the CPU ipsec-mb picked (set by init).
+  struct GcmCalls {
+    aes_gcm_pre_t pre = nullptr;
+    aes_gcm_init_t init = nullptr;
+    aes_gcm_enc_dec_update_t update = nullptr;
+    aes_gcm_enc_dec_finalize_t finalize = nullptr;
+  };
+
   RecordSuite suite_ = RecordSuite::kAes128Gcm;
   const EVP_MD* digest_ = nullptr;
   bool seal_ = false;
@@ -69,6 +80,7 @@ class RecordCipher {
   uint64_t seq_ = 0;
   gcm_key_data* gcm_key_ = nullptr;  // AES-GCM: expanded key and hash key powers (64-byte aligned)
   gcm_context_data gcm_{};           // AES-GCM: the record in progress
+  GcmCalls gcm_calls_{};
   EVP_CIPHER_CTX* evp_ = nullptr;    // ChaCha20-Poly1305
 };
 

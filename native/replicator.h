@@ -22,7 +22,7 @@
 #include "activity_log.h"
 #include "bitmap.h"
 #include "frame.h"
-#include "huge_buffers.h"
+#include "io_buffers.h"
 #include "limits.h"
 #include "link_io.h"
 #include "link_stream.h"
@@ -274,7 +274,7 @@ class Replicator {
   AsyncIo reads_;               // the resync thread's reads ahead
   bool reads_open_ = false;     // else every read is synchronous (no AIO context could be had)
 
-  HugeBuffers resync_buffers_{kResyncWindowChunks, kResyncChunkBytes};
+  IoBuffers resync_buffers_{kResyncWindowChunks, kResyncChunkBytes, PageSize::kHuge};  // every one carries whole chunks
   // This side's digests of each resync buffer's range (kResyncChunkBytes / kBlockBytes each).
   std::unique_ptr<uint64_t[]> resync_digests_;
   uint64_t digest_reply_[kDigestReplyBytesMax / kDigestBytes];  // the receiver's

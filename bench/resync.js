@@ -146,7 +146,7 @@ async function timedSync(p) {
     const st = await status(p.configPath, 'alpha');
     if (sourceSeconds === null && st.replication === 'SyncSource') sourceSeconds = Number(process.hrtime.bigint() - started) / 1e9;
     if (st.resync?.throttled) throttledPolls++;
-    return st.replication === 'Established' && st.peerDisk === 'UpToDate' && st.outOfSyncBytes === 0 ? st : null;
+    return inSync(st) ? st : null;
   });
   return { seconds: Number(process.hrtime.bigint() - started) / 1e9, sourceSeconds, throttledPolls, sent: s.resyncSent };
 }
@@ -177,9 +177,14 @@ function rssBytes(pid) {
   return m === null ? 0 : Number(m[1]) * 1024;
 }
 
+/** The pair is in sync, as the Primary (alpha) sees it. */
+function inSync(st) {
+  return st.replication === 'Established' && st.peerDisk === 'UpToDate' && st.outOfSyncBytes === 0;
+}
+
 async function established(configPath) {
   const st = await status(configPath, 'alpha');
-  return st.replication === 'Established' && st.peerDisk === 'UpToDate' && st.outOfSyncBytes === 0 ? st : null;
+  return inSync(st) ? st : null;
 }
 
 /** The rows; `log` gets progress lines. */
@@ -235,8 +240,7 @@ async function runResyncBench({ sizeBytes, dataBytes, dirtyBytes, rssSizeBytes, 
           await until('resync after invalidate', async () => {
             const st = await status(full.configPath, 'alpha');
             if (st.resync?.throttled) throttledPolls++;
-            const done = st.replication === 'Established' && st.peerDisk === 'UpToDate' && st.outOfSyncBytes === 0;
-            return done && st.lastResync?.endedAt !== endedBefore ? st : null;
+            return inSync(st) && st.lastResync?.endedAt !== endedBefore ? st : null;
           });
           sync = { seconds: seconds(started), throttledPolls };
         }
